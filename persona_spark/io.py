@@ -1,0 +1,174 @@
+"""The table layer: every job reads and writes named Delta tables through ``TableStore``.
+
+Two engines, one table format:
+
+* ``spark`` — Spark's own Delta connector (Databricks, or a cluster started with the delta-spark
+  jars). Names resolve to ``catalog.schema.name`` in catalog mode or to paths under ``root``.
+* ``delta-rs`` — for local mode without the connector (no Maven, no jars). Spark still does the
+  heavy lifting: it writes the Parquet data files in parallel into the table directory, and the
+  driver commits them to the Delta log with delta-rs in one transaction. Reads resolve the
+  snapshot (any version) with delta-rs and hand the file list to Spark. Only file metadata
+  crosses to the driver, never rows — except MERGE, whose source (the changed rows) is passed to
+  delta-rs as Arrow; in local mode driver and executors share one machine anyway.
+
+Both give real Delta tables (``_delta_log``), readable by the other engine, and every write is a
+single commit: a stage that fails before its commit leaves the previous version as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from persona_spark.config import TablesConf
+from persona_spark.session import has_delta_connector
+
+
+class TableStore:
+    def __init__(self, spark: SparkSession, conf: TablesConf | None = None):
+        self.spark = spark
+        self.conf = conf or TablesConf()
+        backend = self.conf.backend
+        if backend == "auto":
+            backend = "spark" if self.conf.catalog or has_delta_connector(spark) else "delta-rs"
+        if backend == "delta-rs" and self.conf.catalog:
+            raise ValueError(
+                "tables.catalog is set but the Spark Delta connector is not available: catalog "
+                "tables need Spark's Delta support (Databricks or the delta-spark jars)"
+            )
+        self.backend = backend
+
+    # ---- naming -------------------------------------------------------------------------
+    def table_name(self, name: str) -> str:
+        return self.conf.names.get(name, name)
+
+    def location(self, name: str) -> str:
+        """Catalog name (catalog mode) or absolute path of the Delta table called ``name``."""
+        table = self.table_name(name)
+        if self.conf.catalog:
+            schema = self.conf.schema_ or "default"
+            return f"{self.conf.catalog}.{schema}.{table}"
+        return str(Path(self.conf.root).resolve() / table)
+
+    # ---- queries ------------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        loc = self.location(name)
+        if self.conf.catalog:
+            return self.spark.catalog.tableExists(loc)
+        return (Path(loc) / "_delta_log").is_dir()
+
+    def version(self, name: str) -> int | None:
+        if not self.exists(name):
+            return None
+        if self.backend == "delta-rs":
+            from deltalake import DeltaTable
+
+            return DeltaTable(self.location(name)).version()
+        return int(self._spark_delta_table(name).history(1).collect()[0]["version"])
+
+    def read_table(self, name: str, version: int | None = None) -> DataFrame:
+        if not self.exists(name):
+            raise FileNotFoundError(
+                f"table {name!r} does not exist at {self.location(name)}; run the stage that writes it first"
+            )
+        loc = self.location(name)
+        if self.backend == "spark":
+            reader = self.spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            return reader.table(loc) if self.conf.catalog else reader.load(loc)
+        from deltalake import DeltaTable
+
+        table = DeltaTable(loc, version=version)
+        schema = from_arrow_schema(pa.schema(table.schema().to_arrow()))
+        files = table.file_uris()
+        if not files:
+            return self.spark.createDataFrame([], schema)
+        return self.spark.read.schema(schema).parquet(*files)
+
+    # ---- writes -------------------------------------------------------------------------
+    def write_table(self, df: DataFrame, name: str, mode: str = "overwrite") -> int:
+        """Write ``df`` as the next version of ``name`` in one commit; returns that version."""
+        if mode not in ("overwrite", "append"):
+            raise ValueError(f"mode must be 'overwrite' or 'append', not {mode!r}")
+        loc = self.location(name)
+        if self.backend == "spark":
+            writer = df.write.format("delta").mode(mode)
+            if mode == "overwrite":
+                writer = writer.option("overwriteSchema", "true")
+            writer.saveAsTable(loc) if self.conf.catalog else writer.save(loc)
+        else:
+            self._write_delta_rs(df, loc, mode)
+        return self.version(name)
+
+    def merge_table(self, df: DataFrame, name: str, keys: list[str]) -> int:
+        """Upsert ``df`` into ``name`` on ``keys``: matched rows are updated, new rows inserted."""
+        missing = [k for k in keys if k not in df.columns]
+        if missing:
+            raise ValueError(f"merge into {name!r}: key columns {missing} are not in the source {df.columns}")
+        if not self.exists(name):
+            return self.write_table(df, name, "overwrite")
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        if self.backend == "spark":
+            self._spark_delta_table(name).alias("t").merge(df.alias("s"), condition).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            return self.version(name)
+        from deltalake import DeltaTable
+
+        table = DeltaTable(self.location(name))
+        target_schema = pa.schema(table.schema().to_arrow())
+        source = df.select(*[f.name for f in target_schema]).toArrow().cast(target_schema)
+        (
+            table.merge(source, condition, source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return DeltaTable(self.location(name)).version()
+
+    # ---- engines ------------------------------------------------------------------------
+    def _spark_delta_table(self, name: str):
+        from delta.tables import DeltaTable
+
+        loc = self.location(name)
+        if self.conf.catalog:
+            return DeltaTable.forName(self.spark, loc)
+        return DeltaTable.forPath(self.spark, loc)
+
+    @staticmethod
+    def _write_delta_rs(df: DataFrame, loc: str, mode: str) -> None:
+        from deltalake import DeltaTable, Schema
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        arrow_schema = to_arrow_schema(df.schema, timestamp_utc=True)
+        batch_dir = f"data-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        target = os.path.join(loc, batch_dir)
+        df.write.mode("errorifexists").parquet(target)
+        now_ms = int(time.time() * 1000)
+        actions = []
+        for file_name in sorted(os.listdir(target)):
+            if not file_name.endswith(".parquet"):
+                continue
+            full = os.path.join(target, file_name)
+            rows = pq.read_metadata(full).num_rows
+            actions.append(
+                AddAction(
+                    path=f"{batch_dir}/{file_name}",
+                    size=os.path.getsize(full),
+                    partition_values={},
+                    modification_time=now_ms,
+                    data_change=True,
+                    stats=json.dumps({"numRecords": rows}),
+                )
+            )
+        if os.path.isdir(os.path.join(loc, "_delta_log")):
+            DeltaTable(loc).create_write_transaction(actions, mode, arrow_schema)
+        else:
+            create_table_with_add_actions(loc, Schema.from_arrow(arrow_schema), actions, mode="error")
