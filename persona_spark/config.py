@@ -57,6 +57,8 @@ class IngestConf(Section):
     products: str | None = None
     timestamp_format: str | None = None  # None: Spark's default parsing
     cancellation_prefix: str | None = None  # Online Retail: "C"
+    # overwrite: the source is the full history; append: the source is a new batch of lines.
+    mode: Literal["overwrite", "append"] = "overwrite"
 
 
 class GraphConf(Section):
@@ -64,6 +66,9 @@ class GraphConf(Section):
     min_item_degree: int = 1
     test_fraction: float = 0.2
     seed: int = 42
+    # Folder of the paper's index-based split (train.json, test.json, *_personas_gpt4.json),
+    # loaded by the ``load-paper-split`` stage instead of ingest + build-graph.
+    paper_split_dir: str | None = None
 
 
 class GenerateConf(Section):
@@ -79,6 +84,7 @@ class GenerateConf(Section):
     days: int = 365
     seed: int = 7
     partitions: int = 4
+    dirty_share: float = 0.01  # lines blemished on purpose so the demo exercises the quarantine
 
 
 class AffinityConf(Section):

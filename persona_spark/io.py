@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+from pyspark.sql.types import StructType
 
 from persona_spark.config import TablesConf
 from persona_spark.session import has_delta_connector
@@ -80,14 +81,23 @@ class TableStore:
                 f"table {name!r} does not exist at {self.location(name)}; run the stage that writes it first"
             )
         loc = self.location(name)
+        if self.conf.catalog:
+            reader = self.spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            return reader.table(loc)
+        return self.read_path(loc, version)
+
+    def read_path(self, path: str, version: int | None = None) -> DataFrame:
+        """Any Delta table by path (e.g. an ingestion source outside this store)."""
         if self.backend == "spark":
             reader = self.spark.read.format("delta")
             if version is not None:
                 reader = reader.option("versionAsOf", version)
-            return reader.table(loc) if self.conf.catalog else reader.load(loc)
+            return reader.load(path)
         from deltalake import DeltaTable
 
-        table = DeltaTable(loc, version=version)
+        table = DeltaTable(path, version=version)
         schema = from_arrow_schema(pa.schema(table.schema().to_arrow()))
         files = table.file_uris()
         if not files:
@@ -147,7 +157,7 @@ class TableStore:
         from deltalake import DeltaTable, Schema
         from deltalake.transaction import AddAction, create_table_with_add_actions
 
-        arrow_schema = to_arrow_schema(df.schema, timestamp_utc=True)
+        arrow_schema = to_arrow_schema(_as_nullable(df.schema), timestamp_utc=True)
         batch_dir = f"data-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
         target = os.path.join(loc, batch_dir)
         df.write.mode("errorifexists").parquet(target)
@@ -172,3 +182,21 @@ class TableStore:
             DeltaTable(loc).create_write_transaction(actions, mode, arrow_schema)
         else:
             create_table_with_add_actions(loc, Schema.from_arrow(arrow_schema), actions, mode="error")
+
+
+def _as_nullable(schema: StructType) -> StructType:
+    """Delta tables written from DataFrames take every column as nullable (as the Spark connector
+    does), so a later write or MERGE with nulls is not rejected by a constraint nobody declared."""
+
+    def relax(node):
+        if isinstance(node, dict):
+            node = {k: relax(v) for k, v in node.items()}
+            for flag in ("nullable", "containsNull", "valueContainsNull"):
+                if flag in node:
+                    node[flag] = True
+            return node
+        if isinstance(node, list):
+            return [relax(v) for v in node]
+        return node
+
+    return StructType.fromJson(relax(schema.jsonValue()))

@@ -9,6 +9,7 @@ laptop crawl and write Parquet that delta-rs reads less faithfully.
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -28,6 +29,8 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
     builder = SparkSession.builder.appName(conf.app_name)
     launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if not launched_by_spark_submit:
+        # Local Python workers must run the interpreter that has this package installed.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(conf.master).config("spark.driver.memory", conf.driver_memory)
     settings = {
         "spark.sql.shuffle.partitions": str(conf.shuffle_partitions),

@@ -1,0 +1,150 @@
+"""The user–item bipartite graph: dense indices, aggregated edges, a stable train/test split.
+
+Indices are stable: a rebuild keeps every known customer's and item's index and appends new ones
+after the current maximum, so caches keyed by index (LLM labels) survive monthly refreshes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+USERS_SCHEMA = "user_idx int, customer_id string, degree int"
+ITEMS_SCHEMA = "item_idx int, item_id string, item_name string, degree int"
+
+
+def dense_index(keys: DataFrame, key: str, idx: str, existing: DataFrame | None = None) -> DataFrame:
+    """Assign dense int indices to distinct ``key`` values, keeping those already in ``existing``.
+
+    New keys get ``max(existing) + 1 …`` in sorted key order. Distributed: range-partition the
+    sorted keys, number rows inside each partition, offset by the (tiny) per-partition counts.
+    """
+    distinct = keys.select(key).distinct()
+    start = 0
+    if existing is not None:
+        known = existing.select(key, idx)
+        distinct = distinct.join(known.select(key), key, "left_anti")
+        start = (known.agg(F.max(idx)).first()[0] or -1) + 1
+    ranged = (
+        distinct.repartitionByRange(key)
+        .sortWithinPartitions(key)
+        .withColumn("_part", F.spark_partition_id())
+        .localCheckpoint()
+    )
+    counts = sorted((r["_part"], r["count"]) for r in ranged.groupBy("_part").count().collect())
+    offsets, running = [], start
+    for part, count in counts:
+        offsets.append((part, running))
+        running += count
+    spark = keys.sparkSession
+    offset_df = spark.createDataFrame(offsets or [(0, start)], "_part int, _offset long")
+    numbered = ranged.withColumn("_pos", F.row_number().over(Window.partitionBy("_part").orderBy(key)) - 1)
+    fresh = numbered.join(F.broadcast(offset_df), "_part").select(key, (F.col("_offset") + F.col("_pos")).cast("int").alias(idx))
+    if existing is None:
+        return fresh
+    return existing.select(key, F.col(idx).cast("int").alias(idx)).unionByName(fresh)
+
+
+def aggregate_edges(transactions: DataFrame) -> DataFrame:
+    """One row per (customer, item): distinct orders, total quantity, first and last purchase."""
+    return transactions.groupBy("customer_id", "item_id").agg(
+        F.countDistinct("order_id").cast("int").alias("n_purchases"),
+        F.sum("quantity").cast("long").alias("quantity"),
+        F.min("ts").alias("first_ts"),
+        F.max("ts").alias("last_ts"),
+    )
+
+
+def filter_degrees(pairs: DataFrame, min_user_degree: int, min_item_degree: int) -> DataFrame:
+    """One pass of degree filtering (users, then items), as configured."""
+    if min_user_degree > 1:
+        keep = pairs.groupBy("customer_id").count().filter(F.col("count") >= min_user_degree).select("customer_id")
+        pairs = pairs.join(keep, "customer_id")
+    if min_item_degree > 1:
+        keep = pairs.groupBy("item_id").count().filter(F.col("count") >= min_item_degree).select("item_id")
+        pairs = pairs.join(keep, "item_id")
+    return pairs
+
+
+def split_edges(pairs: DataFrame, test_fraction: float, seed: int) -> DataFrame:
+    """Add ``split``: a seeded hash of (customer, item) puts ~test_fraction of each user's items in test.
+
+    The hash depends only on the pair and the seed, so the split is the same across reruns,
+    cluster sizes and new purchases of other items. A user whose items all hashed to test keeps
+    the lowest-hash one in train, so every user with >= 1 item has >= 1 train item.
+    """
+    score = (F.xxhash64(F.lit(seed), "customer_id", "item_id").bitwiseAND(F.lit(0x7FFFFFFF)) / F.lit(float(0x7FFFFFFF)))
+    per_user = Window.partitionBy("customer_id")
+    all_test = F.max("_h").over(per_user) < F.lit(test_fraction)
+    keep_in_train = all_test & (F.col("_h") == F.min("_h").over(per_user))
+    is_test = (F.col("_h") < F.lit(test_fraction)) & ~keep_in_train
+    return pairs.withColumn("_h", score).withColumn("split", F.when(is_test, "test").otherwise("train")).drop("_h")
+
+
+def build_graph(
+    transactions: DataFrame,
+    min_user_degree: int = 1,
+    min_item_degree: int = 1,
+    test_fraction: float = 0.2,
+    seed: int = 42,
+    existing_users: DataFrame | None = None,
+    existing_items: DataFrame | None = None,
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """transactions -> (users, items, edges) with dense stable indices and a train/test split."""
+    pairs = filter_degrees(aggregate_edges(transactions), min_user_degree, min_item_degree)
+    pairs = split_edges(pairs, test_fraction, seed).persist()
+    user_index = dense_index(pairs, "customer_id", "user_idx", existing_users)
+    item_index = dense_index(pairs, "item_id", "item_idx", existing_items)
+    names = transactions.groupBy("item_id").agg(F.max("item_name").alias("item_name"))
+    edges = (
+        pairs.join(user_index, "customer_id")
+        .join(item_index, "item_id")
+        .select("user_idx", "item_idx", "n_purchases", "quantity", "first_ts", "last_ts", "split")
+    )
+    user_degree = pairs.groupBy("customer_id").agg(F.count("*").cast("int").alias("degree"))
+    item_degree = pairs.groupBy("item_id").agg(F.count("*").cast("int").alias("degree"))
+    users = user_index.join(user_degree, "customer_id").select("user_idx", "customer_id", "degree")
+    items = item_index.join(item_degree, "item_id").join(names, "item_id", "left").select(
+        "item_idx", "item_id", "item_name", "degree"
+    )
+    return users, items, edges
+
+
+def load_gplr_split(spark: SparkSession, data_dir: str | Path) -> dict[str, DataFrame]:
+    """The paper's index-based OnlineRetail split as ``users``, ``items``, ``edges`` tables.
+
+    Also returns the authors' GPT-4 labels as ``reference_personas`` (user_idx, persona_idx) and
+    ``reference_item_personas`` (item_idx, persona_idx) when present. The files are a fixed
+    reference dataset of a few hundred thousand edges, read on the driver.
+    """
+    data_dir = Path(data_dir)
+    edge_rows = []
+    for split in ("train", "test"):
+        for user, item_list in json.loads((data_dir / f"{split}.json").read_text()).items():
+            edge_rows.extend((int(user), int(item), 1, 1, None, None, split) for item in item_list)
+    edges = spark.createDataFrame(
+        edge_rows,
+        "user_idx int, item_idx int, n_purchases int, quantity long, first_ts timestamp, last_ts timestamp, split string",
+    )
+    user_ids = sorted({r[0] for r in edge_rows})
+    item_ids = sorted({r[1] for r in edge_rows})
+    degree_u: dict[int, int] = {}
+    degree_i: dict[int, int] = {}
+    for u, i, *_ in edge_rows:
+        degree_u[u] = degree_u.get(u, 0) + 1
+        degree_i[i] = degree_i.get(i, 0) + 1
+    users = spark.createDataFrame([(u, str(u), degree_u[u]) for u in user_ids], USERS_SCHEMA)
+    items = spark.createDataFrame([(i, str(i), f"item {i}", degree_i[i]) for i in item_ids], ITEMS_SCHEMA)
+    tables = {"users": users, "items": items, "edges": edges}
+    for file_name, table, key in (
+        ("user_personas_gpt4.json", "reference_personas", "user_idx"),
+        ("item_personas_gpt4.json", "reference_item_personas", "item_idx"),
+    ):
+        path = data_dir / file_name
+        if path.exists():
+            rows = [(int(k), int(p)) for k, ps in json.loads(path.read_text()).items() for p in ps]
+            tables[table] = spark.createDataFrame(rows, f"{key} int, persona_idx int")
+    return tables
