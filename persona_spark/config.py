@@ -95,6 +95,25 @@ class AffinityConf(Section):
     broadcast_max_rows: int = 2_000_000
 
 
+class SegmentConf(Section):
+    """Segmentation and robustness (paper §7.4): one-hot personas or RFM -> PCA -> L2 -> KMeans."""
+
+    ks: list[int] = Field(default_factory=lambda: [5, 15, 25, 35])
+    pca_components: int = 3
+    rfm_buckets: int = 10  # quantile buckets per R, F and M
+    max_iter: int = 20
+    seed: int = 42
+    top_personas: int = 3  # dominant personas named per segment
+    top_items: int = 5  # distinctive items named per segment
+
+
+class ReportConf(Section):
+    path: str = "data/report/index.html"  # PNG figures are written next to it, and embedded in it
+    k: int | None = None  # segmentation shown in detail; None: the k with the best persona silhouette
+    max_points: int = 3000  # users sampled for the segment projection plots
+    top_personas: int = 20  # personas shown in the persona bar chart / heat map (most frequent)
+
+
 class Config(Section):
     personas: str = str(DEFAULT_PERSONAS)
     spark: SparkConf = Field(default_factory=SparkConf)
@@ -103,6 +122,8 @@ class Config(Section):
     graph: GraphConf = Field(default_factory=GraphConf)
     generate: GenerateConf = Field(default_factory=GenerateConf)
     affinity: AffinityConf = Field(default_factory=AffinityConf)
+    segment: SegmentConf = Field(default_factory=SegmentConf)
+    report: ReportConf = Field(default_factory=ReportConf)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

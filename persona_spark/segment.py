@@ -1,0 +1,329 @@
+"""Customer segmentation on personas, the RFM baseline, and the two-period robustness check (§7.4).
+
+Both representations go through one pipeline so their silhouettes are comparable (paper Table 9):
+a per-user vector (multi-hot personas, or one-hot RFM deciles) → centre → PCA → L2-normalize →
+KMeans for each k → silhouette. Everything is Spark ML, so it runs wherever the tables live; the
+driver only holds the fitted models (a few centres) and one silhouette number per k.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from pyspark.ml import Pipeline
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import PCA, Normalizer, OneHotEncoder, QuantileDiscretizer, StandardScaler, VectorAssembler
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from persona_spark.explore import distinctive_items, require_columns
+
+log = logging.getLogger(__name__)
+
+RFM_COLUMNS = ("recency_days", "frequency", "monetary")
+RFM_BUCKETS = ("r_bucket", "f_bucket", "m_bucket")
+
+
+# ---- representations ---------------------------------------------------------------------------
+def persona_vectors(personas: DataFrame, n_personas: int, key: str = "user_idx") -> DataFrame:
+    """``key, features``: one multi-hot vector per user over the persona set (|R| is tens, so dense)."""
+    require_columns(personas, [key, "persona_idx"], "personas")
+    if n_personas < 1:
+        raise ValueError(f"n_personas must be positive, got {n_personas}")
+    checked = F.when(
+        (F.col("persona_idx") < 0) | (F.col("persona_idx") >= n_personas) | F.col("persona_idx").isNull(),
+        F.raise_error(
+            F.concat(
+                F.lit(f"personas.persona_idx out of range 0..{n_personas - 1}: "),
+                F.coalesce(F.col("persona_idx").cast("string"), F.lit("null")),
+                F.lit(f" for {key}="),
+                F.col(key).cast("string"),
+            )
+        ),
+    ).otherwise(F.col("persona_idx"))
+    sets = personas.groupBy(key).agg(F.collect_set(checked).alias("persona_set"))
+    multi_hot = F.transform(
+        F.sequence(F.lit(0), F.lit(n_personas - 1)),
+        lambda i: F.when(F.array_contains("persona_set", i), F.lit(1.0)).otherwise(F.lit(0.0)),
+    )
+    return sets.select(key, array_to_vector(multi_hot).alias("features"))
+
+
+def rfm_values(transactions: DataFrame, key: str = "customer_id") -> DataFrame:
+    """``key, recency_days, frequency, monetary`` as of the last timestamp in ``transactions``.
+
+    Frequency counts distinct orders, monetary sums quantity × unit price (unknown price counts 0);
+    recency is NaN when a user's timestamps are all unknown, so the discretizer files it apart.
+    """
+    require_columns(transactions, [key, "order_id", "quantity", "unit_price", "ts"], "transactions")
+    as_of = transactions.agg(F.max("ts").alias("as_of"))
+    per_user = transactions.groupBy(key).agg(
+        F.max("ts").alias("last_ts"),
+        F.countDistinct("order_id").cast("double").alias("frequency"),
+        F.sum(F.col("quantity") * F.coalesce(F.col("unit_price"), F.lit(0.0))).cast("double").alias("monetary"),
+    )
+    recency = (F.unix_timestamp("as_of") - F.unix_timestamp("last_ts")) / 86400.0
+    return per_user.crossJoin(F.broadcast(as_of)).select(
+        key,
+        F.coalesce(recency.cast("double"), F.lit(float("nan"))).alias("recency_days"),
+        "frequency",
+        "monetary",
+    )
+
+
+def rfm_buckets(rfm: DataFrame, buckets: int = 10) -> DataFrame:
+    """Adds ``r_bucket, f_bucket, m_bucket``: quantile buckets 0..buckets-1 (ties may merge buckets)."""
+    require_columns(rfm, list(RFM_COLUMNS), "rfm")
+    if buckets < 2:
+        raise ValueError(f"buckets must be at least 2, got {buckets}")
+    discretizer = QuantileDiscretizer(
+        inputCols=list(RFM_COLUMNS), outputCols=list(RFM_BUCKETS), numBuckets=buckets, handleInvalid="keep"
+    )
+    return discretizer.fit(rfm).transform(rfm)
+
+
+def rfm_vectors(transactions: DataFrame, key: str = "customer_id", buckets: int = 10) -> DataFrame:
+    """``key, r_bucket, f_bucket, m_bucket, features``: the three deciles one-hot encoded side by side."""
+    bucketed = rfm_buckets(rfm_values(transactions, key), buckets)
+    one_hot_cols = [f"{c}_onehot" for c in RFM_BUCKETS]
+    pipeline = Pipeline(
+        stages=[
+            OneHotEncoder(inputCols=list(RFM_BUCKETS), outputCols=one_hot_cols, dropLast=False, handleInvalid="keep"),
+            VectorAssembler(inputCols=one_hot_cols, outputCol="features"),
+        ]
+    )
+    return pipeline.fit(bucketed).transform(bucketed).select(key, *RFM_BUCKETS, "features")
+
+
+# ---- the shared pipeline -------------------------------------------------------------------------
+def embed(features: DataFrame, components: int = 3, key: str = "user_idx") -> DataFrame:
+    """``key, embedding``: centre (as textbook PCA does; Spark's PCA alone does not), project, L2-normalize."""
+    require_columns(features, [key, "features"], "features")
+    first = features.select("features").head(1)
+    if not first:
+        raise ValueError("no users to segment: the feature table is empty")
+    components = min(components, len(first[0][0]))
+    pipeline = Pipeline(
+        stages=[
+            StandardScaler(inputCol="features", outputCol="centred", withMean=True, withStd=False),
+            PCA(k=components, inputCol="centred", outputCol="projected"),
+            Normalizer(inputCol="projected", outputCol="embedding", p=2.0),
+        ]
+    )
+    return pipeline.fit(features).transform(features).select(key, "embedding")
+
+
+@dataclass
+class Segmentation:
+    """KMeans for each k on one cached embedding: per-user assignments and a silhouette per k."""
+
+    embedded: DataFrame  # key, embedding — cached; call ``release`` once the outputs are written
+    assignments: DataFrame  # key, k, segment
+    silhouettes: list[dict]  # {k, clusters, silhouette}
+
+    def points(self, key: str = "user_idx") -> DataFrame:
+        """``key, x, y, z``: the normalized PCA coordinates, for plotting (z is 0 with 2 components)."""
+        coords = vector_to_array("embedding")
+        return self.embedded.select(
+            key,
+            coords.getItem(0).alias("x"),
+            *[F.when(F.size(coords) > i, coords.getItem(i)).otherwise(F.lit(0.0)).alias(axis) for i, axis in ((1, "y"), (2, "z"))],
+        )
+
+    def release(self) -> None:
+        self.embedded.unpersist()
+
+
+def segment_users(
+    features: DataFrame,
+    ks: list[int],
+    components: int = 3,
+    seed: int = 42,
+    max_iter: int = 20,
+    key: str = "user_idx",
+) -> Segmentation:
+    """Cluster the embedded users for every k; silhouette is NaN when KMeans finds fewer than 2 clusters
+    (e.g. more clusters asked for than distinct persona combinations exist)."""
+    if not ks or any(k < 2 for k in ks):
+        raise ValueError(f"every k must be at least 2, got {ks}")
+    embedded = embed(features, components, key).persist()
+    evaluator = ClusteringEvaluator(featuresCol="embedding", predictionCol="segment", distanceMeasure="squaredEuclidean")
+    assignments, silhouettes = [], []
+    for k in ks:
+        model = KMeans(k=k, seed=seed, maxIter=max_iter, featuresCol="embedding", predictionCol="segment").fit(embedded)
+        predicted = model.transform(embedded)
+        found = sum(1 for size in model.summary.clusterSizes if size > 0)
+        score = evaluator.evaluate(predicted) if found >= 2 else math.nan
+        log.info("k=%d: %d non-empty clusters, silhouette %.4f", k, found, score)
+        silhouettes.append({"k": k, "clusters": found, "silhouette": float(score)})
+        assignments.append(predicted.select(key, F.lit(k).alias("k"), F.col("segment").cast("int")))
+    union = assignments[0]
+    for more in assignments[1:]:
+        union = union.unionByName(more)
+    return Segmentation(embedded, union, silhouettes)
+
+
+# ---- segments described in words ----------------------------------------------------------------
+def describe_segments(
+    assignments: DataFrame,
+    personas: DataFrame,
+    edges: DataFrame,
+    items: DataFrame,
+    persona_names: DataFrame,
+    top_personas: int = 3,
+    top_items: int = 5,
+) -> DataFrame:
+    """One row per (k, segment): size, share, dominant personas, distinctive items and a sentence.
+
+    Dominant personas are the most common within the segment (with their lift over all users);
+    items are those segment members buy more than everyone else does (see ``distinctive_items``).
+    """
+    require_columns(assignments, ["user_idx", "k", "segment"], "segments")
+    require_columns(persona_names, ["persona_idx", "name"], "persona_set")
+    sizes = assignments.groupBy("k", "segment").agg(F.count("*").alias("size"))
+    by_k = Window.partitionBy("k")
+    sizes = sizes.withColumn("share", F.col("size") / F.sum("size").over(by_k))
+    n_users = assignments.select("user_idx").distinct().count()  # one number, not rows
+
+    persona_users = personas.select("user_idx", "persona_idx").distinct()
+    overall = persona_users.groupBy("persona_idx").agg((F.count("*") / F.lit(n_users)).alias("overall_share"))
+    in_segment = (
+        assignments.join(persona_users, "user_idx")
+        .groupBy("k", "segment", "persona_idx")
+        .agg(F.count("*").alias("members"))
+        .join(sizes, ["k", "segment"])
+        .join(F.broadcast(overall), "persona_idx")
+        .join(F.broadcast(persona_names.select("persona_idx", "name")), "persona_idx", "left")
+        .withColumn("persona_share", F.col("members") / F.col("size"))
+        .withColumn("lift", F.col("persona_share") / F.col("overall_share"))
+        .withColumn(
+            "pos",
+            F.row_number().over(
+                Window.partitionBy("k", "segment").orderBy(F.desc("persona_share"), F.desc("lift"), "persona_idx")
+            ),
+        )
+        .filter(F.col("pos") <= top_personas)
+    )
+    persona_struct = F.struct(
+        "pos",
+        "persona_idx",
+        F.coalesce("name", F.concat(F.lit("persona "), F.col("persona_idx").cast("string"))).alias("name"),
+        F.col("persona_share").alias("share"),
+        "lift",
+    )
+    dominant = in_segment.groupBy("k", "segment").agg(F.sort_array(F.collect_list(persona_struct)).alias("personas"))
+
+    groups = assignments.select("user_idx", F.struct("k", "segment").alias("group"))
+    items_ranked = distinctive_items(groups, edges, items, top_n=top_items, group_cols=["group"])
+    item_struct = F.struct("item_rank", "item_idx", "item_name", "buyers", F.col("buyer_share").alias("share"), "lift")
+    top = items_ranked.groupBy(F.col("group.k").alias("k"), F.col("group.segment").alias("segment")).agg(
+        F.sort_array(F.collect_list(item_struct)).alias("top_items")
+    )
+
+    summary = sizes.join(dominant, ["k", "segment"], "left").join(top, ["k", "segment"], "left")
+    persona_text = F.array_join(
+        F.transform(
+            F.coalesce("personas", F.array()),
+            lambda p: F.format_string("%s (%d%%)", p["name"], F.round(p["share"] * 100).cast("int")),
+        ),
+        ", ",
+    )
+    item_text = F.array_join(F.transform(F.coalesce("top_items", F.array()), lambda i: F.initcap(F.trim(i["item_name"]))), ", ")
+    description = F.concat(
+        F.format_number(F.col("size"), 0),
+        F.lit(" customers ("),
+        F.format_number(F.col("share") * 100, 1),
+        F.lit("%). Mostly "),
+        F.when(persona_text == "", F.lit("no persona")).otherwise(persona_text),
+        F.lit(". Buys more than others: "),
+        F.when(item_text == "", F.lit("nothing stands out")).otherwise(item_text),
+        F.lit("."),
+    )
+    return summary.select(
+        "k",
+        F.col("segment").cast("int"),
+        F.col("size").cast("long"),
+        "share",
+        F.transform(F.coalesce("personas", F.array()), lambda p: p.dropFields("pos")).alias("personas"),
+        F.transform(F.coalesce("top_items", F.array()), lambda i: i.dropFields("item_rank")).alias("top_items"),
+        description.alias("description"),
+    )
+
+
+# ---- robustness over two periods (paper Table 8) --------------------------------------------------
+def split_periods(transactions: DataFrame, key: str = "customer_id") -> DataFrame:
+    """Adds ``period`` (1 or 2): each user's orders in time order, first half vs second half.
+
+    Users with a single order cannot be split and are dropped, as are lines without a timestamp
+    (they cannot be placed in time).
+    """
+    require_columns(transactions, [key, "order_id", "ts"], "transactions")
+    dated = transactions.filter(F.col("ts").isNotNull())
+    orders = dated.groupBy(key, "order_id").agg(F.min("ts").alias("order_ts"))
+    by_user = Window.partitionBy(key)
+    ordered = (
+        orders.withColumn("order_pos", F.row_number().over(by_user.orderBy("order_ts", "order_id")))
+        .withColumn("n_orders", F.count("*").over(by_user))
+        .filter(F.col("n_orders") >= 2)
+        .select(
+            key,
+            "order_id",
+            F.when(F.col("order_pos") <= F.ceil(F.col("n_orders") / 2), F.lit(1)).otherwise(F.lit(2)).alias("period"),
+        )
+    )
+    return dated.join(ordered, [key, "order_id"])
+
+
+def _unchanged(first: DataFrame, second: DataFrame, key: str, representation: str) -> DataFrame:
+    """``representation, users, unchanged, share_unchanged`` for users with a value in both periods."""
+    both = first.withColumnRenamed("value", "v1").join(second.withColumnRenamed("value", "v2"), key)
+    return both.agg(
+        F.lit(representation).alias("representation"),
+        F.count("*").alias("users"),
+        F.sum(F.when(F.col("v1") == F.col("v2"), 1).otherwise(0)).cast("long").alias("unchanged"),
+    ).withColumn("share_unchanged", F.col("unchanged") / F.col("users"))
+
+
+def robustness(transactions: DataFrame, labeler, key: str = "customer_id", buckets: int = 10) -> DataFrame:
+    """How many users keep the same representation from their first to their second period.
+
+    ``labeler(transactions_of_period) -> DataFrame[key, persona_idx]`` gives persona labels from one
+    period's purchases (any labeler: the offline embedding one, an LLM, a test stub); personas are
+    compared as sets, RFM as the (r, f, m) decile triple computed within each period.
+    Returns rows ``representation ('personas'|'rfm'), users, unchanged, share_unchanged``; pass
+    ``labeler=None`` for the RFM row only.
+    """
+    periods = split_periods(transactions, key)
+    persona_sets, rfm_triples = [], []
+    for period in (1, 2):
+        part = periods.filter(F.col("period") == period).drop("period")
+        rfm = rfm_buckets(rfm_values(part, key), buckets)
+        rfm_triples.append(rfm.select(key, F.array(*RFM_BUCKETS).alias("value")))
+        if labeler is not None:
+            labels = labeler(part)
+            require_columns(labels, [key, "persona_idx"], f"labeler output for period {period}")
+            persona_sets.append(
+                labels.groupBy(key).agg(F.array_sort(F.collect_set("persona_idx")).alias("value"))
+            )
+    result = _unchanged(*rfm_triples, key, "rfm")
+    if labeler is not None:
+        result = _unchanged(*persona_sets, key, "personas").unionByName(result)
+    return result
+
+
+__all__ = [
+    "Segmentation",
+    "describe_segments",
+    "embed",
+    "persona_vectors",
+    "rfm_buckets",
+    "rfm_values",
+    "rfm_vectors",
+    "robustness",
+    "segment_users",
+    "split_periods",
+]
