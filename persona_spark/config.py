@@ -88,11 +88,100 @@ class GenerateConf(Section):
 
 
 class AffinityConf(Section):
-    ell: int = 2
-    eps: float = 0.0
-    beta: float = 0.5
-    weighted: bool = False
-    broadcast_max_rows: int = 2_000_000
+    ell: int = Field(2, ge=1)  # ℓ̂: number of user→item→user round trips averaged
+    eps: float = Field(0.0, ge=0)  # absolute error bound; state entries below eps/(2·ell) are pruned
+    beta: float = Field(0.5, ge=0)  # de-bias exponent for rare personas; 0 disables
+    weighted: bool = False  # weight edges by n_purchases instead of 1
+    # Hop state with at most this many reached nodes is broadcast; larger goes through a shuffle
+    # join, and no task ever holds more than this many source nodes.
+    broadcast_max_rows: int = Field(2_000_000, ge=1)
+    target_blocks: int = Field(0, ge=0)  # node blocks per kind; 0 = max(parallelism, edges / 4M)
+    checkpoint: Literal["local", "reliable"] = "local"  # lineage cut per hop; reliable needs spark.checkpoint_dir
+
+
+class OpenAIConf(Section):
+    """Any OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, Databricks serving, vLLM, llama.cpp)."""
+
+    base_url: str | None = None  # None: api.openai.com
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var on the driver ...
+    secret_scope: str | None = None  # ... or from this Databricks secret scope/key when the env var is unset
+    secret_key: str | None = None
+    max_tokens: int = 300  # always sent: bounds the price of every answer
+    temperature: float = 0.0
+    timeout_s: float = 60.0  # per attempt
+    max_attempts: int = 5  # 429 / 5xx / timeouts / connection errors are retried up to this many tries
+    backoff_base_s: float = 0.5  # full-jitter exponential backoff when no Retry-After is given
+    backoff_max_s: float = 30.0
+    # Total requests in flight = concurrency (per partition) x partitions running at once.
+    concurrency: int = 8
+    partitions: int = 2  # global cap on parallel labeling tasks
+    users_per_request: int = 1  # > 1: several users (or items) per prompt, ids validated per user
+    json_mode: Literal["json_object", "json_schema", "off"] = "json_object"
+    price_prompt_per_1k: float = 0.00015  # USD per 1k prompt tokens (dry-run estimate, summaries)
+    price_completion_per_1k: float = 0.0006
+
+
+class EmbeddingLabelConf(Section):
+    """Offline zero-shot labeler: all-MiniLM-L6-v2 similarity of product names to persona descriptions."""
+
+    temperature: float = 0.05  # softmax temperature turning an item's cosine similarities into votes
+    weight: Literal["log_quantity", "quantity", "count"] = "log_quantity"
+    relative_threshold: float = 0.5  # keep personas scoring >= this x the best persona's score
+    min_similarity: float = 0.1  # mean best cosine below this: Unrepresentable
+    batch_size: int = 64
+    partitions: int = 2
+
+
+class RecordedConf(Section):
+    """Replay labels another LLM already gave (e.g. the paper's GPT-4 labels)."""
+
+    path: str | None = None  # JSON {"<id>": [persona_idx, ...]}; ids absent from it are Unrepresentable
+    table: str | None = None  # or a table with the id column and ``persona_idx array<int>``
+    model: str | None = None  # written to the ``model`` column; default "recorded:<file or table>"
+    item_path: str | None = None  # the same for item labels (GPLR's item signal)
+    item_table: str | None = None
+
+
+class SelectionConf(Section):
+    mode: Literal["all", "sample", "table"] = "sample"
+    size: int = 200  # sample size
+    table: str | None = None  # mode=table: a table with the id column (user_idx / item_idx)
+    seed: int = 0
+
+
+class PersonaGenerationConf(Section):
+    """Persona-set generation (paper App. B): sampled histories -> candidate personas -> merged set."""
+
+    sample_users: int = 200
+    histories_per_prompt: int = 20
+    candidates_per_prompt: int = 10
+    target_size: int = 20
+    title: str = "generated"
+    output: str = "data/personas/generated.yaml"
+    seed: int = 0
+
+
+class LabelingConf(Section):
+    backend: Literal["embedding", "openai", "recorded"] = "embedding"
+    max_personas: int = 5
+    history_tokens: int = 1500  # token budget of one serialized history (most frequent items first)
+    max_name_chars: int = 80  # product names are untrusted: longer ones are cut
+    user_prompt: str = "user_v1"  # template name under resources/prompts, or a path to a YAML file
+    item_prompt: str = "item_v1"
+    chunk_size: int = 5000  # entities labeled and committed to the cache table per Spark job
+    # Every paid answer is appended here the moment it arrives, and recovered on the next run.
+    # On a cluster use storage both Python and Spark see (e.g. a /Volumes/... path).
+    journal_dir: str = "data/labels_journal"
+    retry_errors: bool = True  # a rerun labels again entities whose cached row is an error
+    dry_run: bool = False  # print estimated tokens and cost, call nothing
+    progress_interval_s: float = 10.0
+    users: SelectionConf = Field(default_factory=SelectionConf)
+    items: SelectionConf = Field(default_factory=lambda: SelectionConf(mode="all"))
+    openai: OpenAIConf = Field(default_factory=OpenAIConf)
+    embedding: EmbeddingLabelConf = Field(default_factory=EmbeddingLabelConf)
+    recorded: RecordedConf = Field(default_factory=RecordedConf)
+    generate: PersonaGenerationConf = Field(default_factory=PersonaGenerationConf)
 
 
 class SegmentConf(Section):
@@ -114,6 +203,57 @@ class ReportConf(Section):
     top_personas: int = 20  # personas shown in the persona bar chart / heat map (most frequent)
 
 
+class RecommendConf(Section):
+    """Graph recommender (LGCN / LGCN3 / A-LGCN3 / MF / LightGCN) and persona cold start."""
+
+    export_dir: str = "data/recommend/export"  # the directory export writes and train reads
+    model_dir: str = "data/recommend/models"  # <model>-seed<seed>/embeddings.npz + run.json
+    eigen_cache_dir: str = "data/recommend/eigen_cache"  # eigenvectors per graph hash
+    model: Literal["mf", "lightgcn", "lgcn", "lgcn3", "algcn3"] = "lgcn3"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    dim: int = 64
+    eigen_k: int = 128  # LGCN: eigenvectors of the smallest Laplacian eigenvalues
+    lightgcn_layers: int = 3
+    lr: float = 0.001
+    reg: float = 1e-4  # L2 on the batch's ego embeddings
+    batch_size: int = 2048
+    max_epochs: int = 10  # laptop demo; the benchmark uses more
+    patience: int = 3  # evaluations without validation improvement before stopping
+    eval_every: int = 1
+    val_fraction: float = 0.1  # carved from training edges for early stopping
+    split_seed: int = 0  # the validation split is fixed across training seeds
+    ks: list[int] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100])
+    decorrelation_weight: float = 0.1  # alpha of A-LGCN3
+    persona_edge_weight: float = 1.0  # multiplier of user/item-persona edges in the LGCN3 graph
+    persona_weights: Literal["binary", "score"] = "binary"  # export: edge weight 1 or the persona score
+    max_persona_rank: int | None = None  # export: keep a user's personas up to this rank
+    device: str = "auto"  # auto: cuda when available
+    amp: bool = False  # bf16 autocast (GPU)
+    progress: bool = True  # a progress bar per epoch
+    cold_start_k: int = 20  # items per new customer / customers per new item
+
+
+class GPLRConf(Section):
+    budget: float = Field(0.05, gt=0)  # < 1: fraction of users; >= 1: number of users answered by the LLM
+    rounds: int = Field(4, ge=1)  # T: round 1 random, rounds 2..T Diversity-Uncertainty
+    sampling: Literal["du", "random"] = "du"
+    seed: int = 0
+    assignment: Literal["learned", "topk"] = "learned"  # topk = the paper's fixed top-k of Ψ
+    top_k: int = Field(5, ge=1)
+    max_personas: int = Field(8, ge=1)  # learned: upper bound of personas per user
+    cv_folds: int = Field(4, ge=2)  # cross-fitting folds over the prototypes
+    max_train_users: int = Field(20_000, ge=10)  # prototypes used to fit the assignment model
+    l2: float = Field(1.0, ge=0)
+    item_signal: bool = True  # label items with the LLM too and use them as a second signal
+
+
+class EvaluateConf(Section):
+    # (user_idx | customer_id, persona_idx) rows to score against: the GPT-4 labels of the paper
+    # split (reference_personas) or the generator's planted personas.
+    reference_table: str = "planted_personas"
+    baseline_k: int = 5
+
+
 class Config(Section):
     personas: str = str(DEFAULT_PERSONAS)
     spark: SparkConf = Field(default_factory=SparkConf)
@@ -122,8 +262,12 @@ class Config(Section):
     graph: GraphConf = Field(default_factory=GraphConf)
     generate: GenerateConf = Field(default_factory=GenerateConf)
     affinity: AffinityConf = Field(default_factory=AffinityConf)
+    gplr: GPLRConf = Field(default_factory=GPLRConf)
+    evaluate: EvaluateConf = Field(default_factory=EvaluateConf)
+    labeling: LabelingConf = Field(default_factory=LabelingConf)
     segment: SegmentConf = Field(default_factory=SegmentConf)
     report: ReportConf = Field(default_factory=ReportConf)
+    recommend: RecommendConf = Field(default_factory=RecommendConf)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

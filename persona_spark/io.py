@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
@@ -119,28 +120,38 @@ class TableStore:
             self._write_delta_rs(df, loc, mode)
         return self.version(name)
 
-    def merge_table(self, df: DataFrame, name: str, keys: list[str]) -> int:
-        """Upsert ``df`` into ``name`` on ``keys``: matched rows are updated, new rows inserted."""
-        missing = [k for k in keys if k not in df.columns]
+    def merge_table(self, df: DataFrame, name: str, keys: list[str], delete_when: str | None = None) -> int:
+        """Upsert ``df`` into ``name`` on ``keys``: matched rows are updated, new rows inserted.
+
+        ``delete_when`` names a boolean column of ``df``: its true rows delete the matching target
+        row instead (tombstones), so one commit can replace a changed set of rows.
+        """
+        missing = [k for k in keys + ([delete_when] if delete_when else []) if k not in df.columns]
         if missing:
             raise ValueError(f"merge into {name!r}: key columns {missing} are not in the source {df.columns}")
+        columns = [c for c in df.columns if c != delete_when]
         if not self.exists(name):
-            return self.write_table(df, name, "overwrite")
+            rows = df.filter(~F.col(delete_when)) if delete_when else df
+            return self.write_table(rows.select(*columns), name, "overwrite")
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        values = {f"`{c}`": f"s.`{c}`" for c in columns}
+        keep = f"NOT s.`{delete_when}`" if delete_when else None
+        drop = f"s.`{delete_when}`" if delete_when else None
         if self.backend == "spark":
-            self._spark_delta_table(name).alias("t").merge(df.alias("s"), condition).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            builder = self._spark_delta_table(name).alias("t").merge(df.alias("s"), condition)
+            if drop:
+                builder = builder.whenMatchedDelete(drop)
+            builder.whenMatchedUpdate(keep, values).whenNotMatchedInsert(keep, values).execute()
             return self.version(name)
         from deltalake import DeltaTable
 
         table = DeltaTable(self.location(name))
         target_schema = pa.schema(table.schema().to_arrow())
-        source = df.select(*[f.name for f in target_schema]).toArrow().cast(target_schema)
-        (
-            table.merge(source, condition, source_alias="s", target_alias="t")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
-        )
+        source = df.select(*[f.name for f in target_schema], *([delete_when] if delete_when else [])).toArrow()
+        merger = table.merge(source, condition, source_alias="s", target_alias="t")
+        if drop:
+            merger = merger.when_matched_delete(drop)
+        merger.when_matched_update(values, keep).when_not_matched_insert(values, keep).execute()
         return DeltaTable(self.location(name)).version()
 
     # ---- engines ------------------------------------------------------------------------

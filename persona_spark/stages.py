@@ -12,7 +12,9 @@ from typing import Callable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark import graph, ingest
+from persona_spark import graph, ingest, labeling
+from persona_spark import report as report_lib
+from persona_spark import segment as segment_lib
 from persona_spark.config import Config
 from persona_spark.generate import generate as generate_lines
 from persona_spark.io import TableStore
@@ -113,9 +115,236 @@ def _graph_summary(store: TableStore) -> dict:
             "tables": {t: store.location(t) for t in ("users", "items", "edges")}}
 
 
+def _persona_names(cfg: Config, store: TableStore) -> DataFrame:
+    """``persona_idx, name`` of the run: its ``persona_set`` table, else the configured persona set."""
+    if store.exists("persona_set"):
+        return store.read_table("persona_set").select("persona_idx", "name")
+    return load_persona_set(cfg.personas).to_dataframe(store.spark).select("persona_idx", "name")
+
+
+def segment_stage(cfg: Config, store: TableStore) -> dict:
+    """Segment customers on personas (and RFM when transactions exist): segments, silhouette, summary."""
+    conf = cfg.segment
+    personas = store.read_table("personas")
+    names = _persona_names(cfg, store)
+    representations = {"personas": segment_lib.persona_vectors(personas, names.count())}
+    if store.exists("transactions") and store.exists("users"):
+        users = store.read_table("users").select("customer_id", "user_idx")
+        rfm = segment_lib.rfm_vectors(store.read_table("transactions"), "customer_id", conf.rfm_buckets)
+        representations["rfm"] = rfm.join(users, "customer_id").select("user_idx", "features")
+    else:
+        log.info("segment: no transactions/users tables, so no RFM baseline")
+    results = {
+        name: segment_lib.segment_users(features, conf.ks, conf.pca_components, conf.seed, conf.max_iter)
+        for name, features in representations.items()
+    }
+    try:
+        tagged = [(name, F.lit(name).alias("representation")) for name in results]
+        store.write_table(
+            _union([results[n].assignments.select(tag, "user_idx", "k", "segment") for n, tag in tagged]), "segments"
+        )
+        store.write_table(_union([results[n].points().select(tag, "user_idx", "x", "y", "z") for n, tag in tagged]),
+                          "segment_points")
+        silhouettes = [{"representation": n, **row} for n, result in results.items() for row in result.silhouettes]
+        store.write_table(
+            store.spark.createDataFrame(silhouettes, "representation string, k int, clusters int, silhouette double"),
+            "silhouette",
+        )
+    finally:
+        for result in results.values():
+            result.release()
+    persona_segments = store.read_table("segments").filter(F.col("representation") == "personas")
+    summary = segment_lib.describe_segments(
+        persona_segments.select("user_idx", "k", "segment"), personas, store.read_table("edges"),
+        store.read_table("items"), names, conf.top_personas, conf.top_items,
+    )
+    store.write_table(summary, "segment_summary")
+    return {"silhouette": silhouettes, "users": persona_segments.select("user_idx").distinct().count(),
+            "tables": {t: store.location(t) for t in ("segments", "segment_points", "silhouette", "segment_summary")}}
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def robustness_stage(cfg: Config, store: TableStore) -> dict:
+    """Count customers whose personas / RFM deciles stay the same from the first to the second half of their orders."""
+    labeler = None  # wired to the offline embedding labeler below
+    result = segment_lib.robustness(store.read_table("transactions"), labeler, "customer_id", cfg.segment.rfm_buckets)
+    store.write_table(result, "robustness")
+    return {"robustness": [row.asDict() for row in store.read_table("robustness").collect()],
+            "table": store.location("robustness")}
+
+
+def report_stage(cfg: Config, store: TableStore) -> dict:
+    """Render the HTML report (and its PNG figures) from whichever tables of the run exist."""
+    tables = {name: store.read_table(name) if store.exists(name) else None for name in report_lib.REPORT_TABLES}
+    names = {row["persona_idx"]: row["name"] for row in _persona_names(cfg, store).collect()}
+    prices = (cfg.labeling.openai.price_prompt_per_1k, cfg.labeling.openai.price_completion_per_1k)
+    result = report_lib.build_report(tables, cfg.report.path, names, cfg.report, prices)
+    return {"report": str(result.path), "figures": [str(p) for p in result.figures], "sections": result.sections}
+
+
+def label_users_stage(cfg: Config, store: TableStore) -> dict:
+    """Label users (a sample, all, or those listed in a table) with the configured backend into ``user_labels``."""
+    requests = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"))
+    return _label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.users, "user_idx", store), "user")
+
+
+def label_items_stage(cfg: Config, store: TableStore) -> dict:
+    """Label items (all by default) with the personas likely to buy them into ``item_labels``."""
+    requests = labeling.build_item_requests(store.read_table("items"))
+    return _label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.items, "item_idx", store), "item")
+
+
+def _label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str) -> dict:
+    try:
+        labels = labeling.label_entities(store, requests, load_persona_set(cfg.personas), cfg.labeling, kind)
+    except labeling.DryRunEstimate as dry:
+        return {"dry_run": True, **dry.estimate}
+    return {**labeling.summarize(labels, cfg.labeling), "table": store.location(labeling.KINDS[kind].table)}
+
+
+def generate_personas_stage(cfg: Config, store: TableStore) -> dict:
+    """Generate a persona set from sampled purchase histories with the LLM (paper App. B)."""
+    from persona_spark.labeling.client import resolve_api_key
+    from persona_spark.labeling.persona_sets import PersonaSetGenerator, sample_entities, write_persona_set
+
+    conf = cfg.labeling
+    if conf.backend != "openai":
+        raise ValueError("generate-personas needs an LLM: set labeling.backend=openai (and labeling.openai.*)")
+    histories = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"))
+    entities = sample_entities(histories, conf.generate.sample_users, conf.generate.seed)
+    generator = PersonaSetGenerator(conf)
+    if conf.dry_run:
+        estimate = generator.estimate(entities)
+        log.info("generate-personas estimate: %s", estimate)
+        return {"dry_run": True, **estimate}
+    persona_set, stats = generator.generate(entities, resolve_api_key(conf.openai, store.spark))
+    path = write_persona_set(persona_set, conf.generate.output, generator.metadata(stats))
+    table = persona_set.to_dataframe(store.spark).select(
+        "*", F.lit(persona_set.title).alias("title"), F.lit(conf.openai.model).alias("model"),
+        F.current_timestamp().alias("created"),
+    )
+    store.write_table(table, "generated_persona_sets", mode="append")
+    return {**stats, "file": str(path), "table": store.location("generated_persona_sets")}
+
+
+
+def _label_conf_for(cfg: Config, kind: str):
+    """Labeling settings for users or items (a recorded backend replays a different file for items)."""
+    conf = cfg.labeling
+    if kind == "item" and conf.backend == "recorded":
+        recorded = conf.recorded.model_copy(update={"path": conf.recorded.item_path, "table": conf.recorded.item_table})
+        conf = conf.model_copy(update={"recorded": recorded})
+    return conf
+
+
+def gplr_stage(cfg: Config, store: TableStore) -> dict:
+    """Run GPLR: LLM labels for a budget of users, personas propagated to everyone -> ``personas``."""
+    import json
+    import time
+
+    from persona_spark import labeling
+    from persona_spark.gplr import GPLR, item_vectors_from_labels
+
+    started = time.perf_counter()
+    persona_set = load_persona_set(cfg.personas)
+    users, items, edges = (store.read_table(t) for t in ("users", "items", "edges"))
+    train = edges.filter(F.col("split") == "train").localCheckpoint()
+    requests = labeling.build_user_histories(train, items).localCheckpoint()
+
+    def label_users(selected: DataFrame) -> DataFrame:
+        wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
+        return labeling.label_entities(store, wanted, persona_set, cfg.labeling, "user")
+
+    item_vectors = None
+    if cfg.gplr.item_signal:
+        item_rows = labeling.label_entities(
+            store, labeling.build_item_requests(items), persona_set, _label_conf_for(cfg, "item"), "item"
+        )
+        item_vectors = item_vectors_from_labels(item_rows, len(persona_set)).localCheckpoint()
+    reusable = None
+    if store.exists("gplr_prototypes"):
+        previous = store.read_table("gplr_prototypes").filter(F.col("status") == "ok")
+        reusable = previous.join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx")
+    run = GPLR(users, train, label_users, len(persona_set), cfg.gplr, cfg.affinity, item_vectors, reusable)
+    result = run.run()
+
+    personas = result.personas.localCheckpoint()
+    changed = _changed_persona_rows(store, personas)
+    store.merge_table(changed, "personas", ["user_idx", "persona_idx"], delete_when="removed")
+    asked = result.asked.join(requests.select("user_idx", "history_hash"), "user_idx", "left")
+    store.write_table(asked, "gplr_prototypes")
+    record = {
+        "run_id": time.strftime("%Y%m%dT%H%M%S"), "budget": result.budget, "rounds": cfg.gplr.rounds,
+        "sampling": cfg.gplr.sampling, "assignment": cfg.gplr.assignment, "seed": cfg.gplr.seed,
+        "eps": cfg.affinity.eps, "ell": cfg.affinity.ell, "beta": cfg.affinity.beta,
+        "persona_set_version": persona_set.version, "labeling_backend": cfg.labeling.backend,
+        "details": json.dumps(result.record()), "seconds": round(time.perf_counter() - started, 2),
+    }
+    store.write_table(store.spark.createDataFrame([record]), "gplr_runs", "append")
+    counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
+    summary = {**{k: v for k, v in record.items() if k != "details"}, "per_round": result.rounds,
+               "persona_rows": counts, "rows_rewritten": changed.count(),
+               "assignment_cv_micro_f1": result.model.cv_micro_f1, "tables": {"personas": store.location("personas")}}
+    log.info("gplr: %s", summary)
+    return summary
+
+
+def _changed_persona_rows(store: TableStore, personas: DataFrame) -> DataFrame:
+    """New/changed rows plus tombstones for rows that disappeared: only these are rewritten."""
+    fresh = personas.withColumn("removed", F.lit(False))
+    if not store.exists("personas"):
+        return fresh
+    old = store.read_table("personas")
+    changed = personas.exceptAll(old.select(*personas.columns)).withColumn("removed", F.lit(False))
+    gone = old.join(personas, ["user_idx", "persona_idx"], "left_anti").withColumn("removed", F.lit(True))
+    return changed.unionByName(gone.select(*fresh.columns))
+
+
+def evaluate_stage(cfg: Config, store: TableStore) -> dict:
+    """Score ``personas`` against a reference table on users the run did not label; print table + JSON."""
+    from persona_spark import evaluate
+
+    reference = store.read_table(cfg.evaluate.reference_table)
+    if "user_idx" not in reference.columns:
+        reference = reference.join(store.read_table("users"), "customer_id").select("user_idx", "persona_idx")
+    asked = store.read_table("gplr_prototypes")
+    eval_users = evaluate.evaluation_users(reference, asked).localCheckpoint()
+    personas = store.read_table("personas")
+    prototypes = personas.filter(F.col("source") == "llm")
+    summary, per_persona = evaluate.evaluate_sets(personas, reference, eval_users)
+    baseline, _ = evaluate.evaluate_sets(
+        evaluate.popular_personas(prototypes, eval_users, cfg.evaluate.baseline_k), reference, eval_users
+    )
+    run_id = store.read_table("gplr_runs").agg(F.max("run_id")).first()[0]
+    result = {"run_id": run_id, "reference": cfg.evaluate.reference_table, "users": eval_users.count(),
+              **{k: round(v, 4) for k, v in summary.items()}, "baseline_micro_f1": round(baseline["micro_f1"], 4)}
+    spark = store.spark
+    store.write_table(spark.createDataFrame([{**result, "method": cfg.gplr.assignment}]), "evaluation", "append")
+    per_persona.insert(0, "run_id", run_id)
+    store.write_table(spark.createDataFrame(per_persona), "evaluation_per_persona", "append")
+    persona_set = load_persona_set(cfg.personas)
+    per_persona["name"] = [persona_set.names[i] if i < len(persona_set) else str(i) for i in per_persona.persona_idx]
+    print(per_persona[["persona_idx", "name", "actual", "predicted", "precision", "recall", "f1"]].to_string(
+        index=False, float_format=lambda v: f"{v:.3f}"))
+    return result
+
 STAGES: dict[str, Stage] = {
     "generate": generate,
     "ingest": ingest_stage,
     "build-graph": build_graph_stage,
     "load-paper-split": load_paper_split,
+    "gplr": gplr_stage,
+    "evaluate": evaluate_stage,
+    "segment": segment_stage,
+    "robustness": robustness_stage,
+    "report": report_stage,
+    "label-users": label_users_stage,
+    "label-items": label_items_stage,
+    "generate-personas": generate_personas_stage,
 }

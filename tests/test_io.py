@@ -119,3 +119,16 @@ def test_connector_and_delta_rs_read_each_others_tables(spark, tmp_path):
     via_rs.write_table(_people(spark, 4), "b")
     assert via_rs.read_table("a").count() == 3
     assert via_spark.read_table("b").count() == 4
+
+
+def test_merge_with_tombstones_replaces_a_changed_set_in_one_commit(store, spark):
+    rows = [(1, 0, 0.5), (1, 1, 0.4), (2, 3, 0.9)]
+    store.write_table(spark.createDataFrame(rows, "user_idx int, persona_idx int, score double"), "sets")
+    change = spark.createDataFrame(
+        [(1, 1, 0.0, True), (1, 2, 0.7, False), (1, 0, 0.6, False)],
+        "user_idx int, persona_idx int, score double, gone boolean",
+    )
+    store.merge_table(change, "sets", keys=["user_idx", "persona_idx"], delete_when="gone")
+    got = sorted(tuple(r) for r in store.read_table("sets").collect())
+    assert got == [(1, 0, 0.6), (1, 2, 0.7), (2, 3, 0.9)]
+    assert store.version("sets") == 1 and "gone" not in store.read_table("sets").columns

@@ -1,0 +1,372 @@
+"""GPLR (paper Algorithm 1): label a budget of users with the LLM, propagate to everyone else.
+
+The loop: round 1 labels τ/T random users; rounds 2..T label the τ/T users with the highest
+Diversity-Uncertainty score under the current affinity Ψ. Labelling is a callable (any backend,
+cached by the labeling layer), so this module never touches tables.
+
+Budget accounting (explicit, reported per round): the budget counts users *answered* by the LLM.
+An 'unrepresentable' answer was paid for, so it counts, but the user is no prototype (no
+persona to propagate). An 'error' (no usable answer) does not count; its budget moves to the
+next round, and the user is not asked again in this run (the labeling cache retries errors in a
+later run). Prototypes still valid from an earlier run (same serialized history, so the cache
+answers for free) are reused first and count towards the budget.
+
+Assignment, beyond the paper's fixed top-k of Ψ (``assignment='learned'``): a logistic model
+over (user, persona) pairs, trained on the prototypes only with K-fold cross-fitting — each
+fold's features come from the affinity computed *without* that fold's prototypes, exactly as
+for an unlabelled user. Features: Ψ at ℓ̂=1 and ℓ̂=2 (normalized, square-rooted, top-3/top-6
+flags), the same for the LLM's item labels pushed to users through their purchases, the persona
+prior Q̂ and a per-persona intercept. Each user then gets every persona whose probability
+clears a threshold chosen on out-of-fold predictions for micro-F1 (at least 1, at most
+``max_personas``). The model thereby picks how much each hop depth and the item signal count
+and how many personas a user gets; the per-persona intercepts play the de-bias role of β.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from persona_spark.affinity import compute_affinity, prototype_labels
+from persona_spark.config import AffinityConf, GPLRConf
+from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
+
+log = logging.getLogger("persona_spark.gplr")
+
+LabelFn = Callable[[DataFrame], DataFrame]
+PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source string"
+
+
+# ---- features and the assignment model (numpy, shared by training on the driver and scoring) ----
+
+def _normalized(m: np.ndarray) -> np.ndarray:
+    total = m.sum(axis=1, keepdims=True)
+    return np.divide(m, total, out=np.zeros_like(m), where=total > 0)
+
+
+def pair_features(signals: list[np.ndarray], q_hat: np.ndarray) -> np.ndarray:
+    """(n users × |R| personas) signal matrices -> one feature row per (user, persona), n·|R| rows."""
+    n, n_personas = signals[0].shape
+    columns = []
+    for signal in signals:
+        share = _normalized(signal)
+        rank = np.argsort(np.argsort(-signal, axis=1, kind="stable"), axis=1)
+        reached = (signal.sum(axis=1, keepdims=True) > 0).astype(float)
+        columns += [share, np.sqrt(share), (rank < 3) * reached, (rank < 6) * reached]
+    columns.append(np.broadcast_to(q_hat, (n, n_personas)))
+    dense = np.stack(columns, axis=-1)
+    one_hot = np.broadcast_to(np.eye(n_personas), (n, n_personas, n_personas))
+    return np.concatenate([dense, one_hot], axis=-1).reshape(n * n_personas, -1)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 25) -> np.ndarray:
+    """L2-regularized logistic regression by Newton's method (a few thousand rows, tens of features)."""
+    x = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
+        gradient = x.T @ (p - y) + l2 * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x @ w[:-1] + w[-1], -30, 30)))
+
+
+def select_personas(scores: np.ndarray, threshold: float, max_personas: int, min_personas: int = 1) -> np.ndarray:
+    """0/1 matrix: personas scoring >= threshold, at least ``min_personas``, at most ``max_personas``."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rank = np.argsort(order, axis=1)
+    chosen = (scores >= threshold) | (rank < min_personas)
+    return (chosen & (rank < max_personas)).astype(np.int8)
+
+
+def micro_f1(predicted: np.ndarray, actual: np.ndarray) -> float:
+    denominator = predicted.sum() + actual.sum()
+    return float(2 * (predicted * actual).sum() / denominator) if denominator else 0.0
+
+
+@dataclass
+class AssignmentModel:
+    """How personas are picked from a user's signals; stored in ``gplr_runs`` as JSON."""
+
+    mode: str  # 'learned' | 'topk'
+    top_k: int = 5
+    max_personas: int = 8
+    threshold: float = 0.0
+    weights: list[float] = field(default_factory=list)
+    q_hat: list[float] = field(default_factory=list)
+    uses_item_signal: bool = False
+    cv_micro_f1: float | None = None
+
+    def scores(self, signals: list[np.ndarray]) -> np.ndarray:
+        n, n_personas = signals[0].shape
+        if self.mode == "topk":
+            return signals[0]
+        x = pair_features(signals, np.asarray(self.q_hat))
+        return predict_logistic(np.asarray(self.weights), x).reshape(n, n_personas)
+
+    def select(self, scores: np.ndarray) -> np.ndarray:
+        if self.mode == "topk":  # the paper: top-k personas with positive affinity
+            return select_personas(scores, np.inf, self.top_k, self.top_k) * (scores > 0)
+        return select_personas(scores, self.threshold, self.max_personas)
+
+
+def fit_assignment(folds: list[tuple[list[np.ndarray], np.ndarray]], q_hat: np.ndarray, conf: GPLRConf,
+                   uses_item_signal: bool) -> AssignmentModel:
+    """Cross-fitted training data per fold (signals, labels) -> model with an out-of-fold threshold."""
+    xs = [pair_features(signals, q_hat) for signals, _ in folds]
+    ys = [labels.reshape(-1).astype(float) for _, labels in folds]
+    out_of_fold = []
+    for k in range(len(folds)):
+        rest = [i for i in range(len(folds)) if i != k]
+        if not rest:
+            rest = [k]
+        w = fit_logistic(np.vstack([xs[i] for i in rest]), np.concatenate([ys[i] for i in rest]), conf.l2)
+        out_of_fold.append(predict_logistic(w, xs[k]).reshape(folds[k][1].shape))
+    scores, labels = np.vstack(out_of_fold), np.vstack([labels for _, labels in folds])
+    candidates = [(micro_f1(select_personas(scores, t, conf.max_personas), labels), t) for t in np.linspace(0.05, 0.9, 35)]
+    best_f1, threshold = max(candidates)
+    weights = fit_logistic(np.vstack(xs), np.concatenate(ys), conf.l2)
+    return AssignmentModel("learned", conf.top_k, conf.max_personas, float(threshold), weights.tolist(),
+                           q_hat.tolist(), uses_item_signal, round(best_f1, 4))
+
+
+# ---- Spark side -----------------------------------------------------------------------------
+
+def _matrix(column: pd.Series, n_personas: int) -> np.ndarray:
+    out = np.zeros((len(column), n_personas))
+    for i, vec in enumerate(column):
+        if vec is not None:
+            out[i] = vec
+    return out
+
+
+def _assign_partition(model: AssignmentModel, signal_cols: list[str], n_personas: int,
+                      batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        if batch.empty:
+            continue
+        signals = [_matrix(batch[c], n_personas) for c in signal_cols]
+        scores = model.scores(signals)
+        chosen = model.select(scores)
+        rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
+        rows, personas = np.nonzero(chosen)
+        yield pd.DataFrame({
+            "user_idx": batch["user_idx"].to_numpy()[rows].astype("int32"),
+            "persona_idx": personas.astype("int32"),
+            "score": scores[rows, personas].astype(float),
+            "rank": (rank[rows, personas] + 1).astype("int32"),
+            "source": "propagated",
+        })
+
+
+def assign(signals: DataFrame, model: AssignmentModel, n_personas: int) -> DataFrame:
+    """``user_idx`` + signal array columns (``psi``, ``psi2``, ``items``) -> propagated persona rows."""
+    cols = ["psi"] if model.mode == "topk" else ["psi", "psi2"] + (["items"] if model.uses_item_signal else [])
+
+    def run(batches):
+        return _assign_partition(model, cols, n_personas, batches)
+
+    return signals.select("user_idx", *cols).mapInPandas(run, PERSONAS_SCHEMA)
+
+
+def llm_persona_rows(prototypes: DataFrame) -> DataFrame:
+    """The prototypes' own LLM labels as persona rows (score 1, rank in answer order)."""
+    return prototypes.select(
+        "user_idx", "persona_idx", F.lit(1.0).alias("score"),
+        F.row_number().over(_by_user()).cast("int").alias("rank"), F.lit("llm").alias("source"),
+    )
+
+
+def _by_user():
+    from pyspark.sql import Window
+
+    return Window.partitionBy("user_idx").orderBy("persona_idx")
+
+
+def ok_prototypes(label_rows: DataFrame) -> DataFrame:
+    """Label rows -> ``user_idx, persona_idx`` for answers with at least one valid persona."""
+    return (
+        label_rows.filter((F.col("status") == "ok") & (F.size("persona_idx") > 0))
+        .select("user_idx", F.explode("persona_idx").alias("persona_idx"))
+        .distinct()
+    )
+
+
+def item_vectors_from_labels(item_rows: DataFrame, n_personas: int) -> DataFrame:
+    """Item label rows -> ``item_idx, vec``: the item's personas, each weighted 1/(number of them)."""
+    chosen = item_rows.filter((F.col("status") == "ok") & (F.size("persona_idx") > 0))
+    share = F.lit(1.0) / F.size("persona_idx")
+    vec = F.transform(F.sequence(F.lit(0), F.lit(n_personas - 1)),
+                      lambda r: F.when(F.array_contains("persona_idx", r), share).otherwise(F.lit(0.0)))
+    return chosen.select(F.col("item_idx").cast("int"), vec.alias("vec"))
+
+
+@dataclass
+class GPLRResult:
+    prototypes: DataFrame  # user_idx, persona_idx
+    asked: DataFrame  # user_idx, status
+    personas: DataFrame  # PERSONAS_SCHEMA, prototypes and propagated
+    model: AssignmentModel
+    rounds: list[dict]
+    budget: int
+    seconds: dict
+
+    def record(self) -> dict:
+        return {"budget": self.budget, "rounds": self.rounds, "model": asdict(self.model), "seconds": self.seconds}
+
+
+class GPLR:
+    """One GPLR run over fixed inputs; ``run()`` returns the result, nothing is written."""
+
+    def __init__(self, users: DataFrame, train_edges: DataFrame, label_users: LabelFn, n_personas: int,
+                 conf: GPLRConf, affinity_conf: AffinityConf, item_vectors: DataFrame | None = None,
+                 reusable_prototypes: DataFrame | None = None):
+        self.users = users.select("user_idx")
+        self.edges = train_edges
+        self.label_users = label_users
+        self.n_personas = n_personas
+        self.conf = conf
+        self.affinity_conf = affinity_conf
+        self.item_vectors = item_vectors
+        self.reusable = reusable_prototypes
+        self.seconds: dict[str, float] = {}
+
+    def _timed(self, key: str, started: float) -> None:
+        self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 3)
+
+    def budget(self) -> int:
+        if self.conf.budget >= 1:
+            return int(self.conf.budget)
+        return max(1, round(self.conf.budget * self.users.count()))
+
+    def affinity(self, prototypes: DataFrame, ell: int | None = None, beta: float | None = None) -> DataFrame:
+        started = time.perf_counter()
+        conf = self.affinity_conf.model_copy(update={k: v for k, v in (("ell", ell), ("beta", beta)) if v is not None})
+        scores = compute_affinity(self.edges, prototype_labels(prototypes, self.n_personas, conf.beta), self.n_personas, conf)
+        scores = scores.localCheckpoint()
+        self._timed("affinity", started)
+        return scores
+
+    def label(self, selected: DataFrame) -> DataFrame:
+        started = time.perf_counter()
+        rows = self.label_users(selected).select("user_idx", "persona_idx", "status").localCheckpoint()
+        self._timed("labeling", started)
+        return rows
+
+    def run(self) -> GPLRResult:
+        conf = self.conf
+        budget = self.budget()
+        answered = self.label(self.reusable) if self.reusable is not None else None
+        rounds = []
+        if answered is not None:
+            rounds.append(self._round_record("reused", answered))
+        spent = answered.filter(F.col("status") != "error").count() if answered is not None else 0
+        sizes = round_sizes(max(budget - spent, 0), conf.rounds)
+        psi = None
+        carry = 0
+        for r, size in enumerate(sizes):
+            want = size + carry
+            if want <= 0:
+                continue
+            asked_so_far = answered.select("user_idx") if answered is not None else None
+            candidates = self.users if asked_so_far is None else self.users.join(asked_so_far, "user_idx", "left_anti")
+            started = time.perf_counter()
+            if psi is None or conf.sampling == "random":
+                chosen = pick_random(candidates, want, conf.seed + r)
+                how = "random"
+            else:
+                q_hat = persona_distribution(ok_prototypes(answered), self.n_personas)
+                chosen = pick_top(du_scores(candidates, psi, q_hat), want, conf.seed + r)
+                how = "du"
+            chosen = chosen.localCheckpoint()
+            self._timed("sampling", started)
+            rows = self.label(chosen)
+            answered = rows if answered is None else answered.unionByName(rows).localCheckpoint()
+            record = self._round_record(how, rows)
+            rounds.append(record)
+            carry = want - record["answered"]
+            log.info("GPLR round %d/%d (%s): %s", r + 1, len(sizes), how, record)
+            if r < len(sizes) - 1 and conf.sampling == "du":
+                psi = self.affinity(ok_prototypes(answered))
+        if answered is None:
+            raise ValueError("GPLR: the budget is 0 users; raise gplr.budget")
+        prototypes = ok_prototypes(answered).localCheckpoint()
+        if prototypes.limit(1).count() == 0:
+            raise ValueError("GPLR: no user got a valid persona from the LLM; check the labeling errors in user_labels")
+        model, signals = self._fit_and_signals(prototypes)
+        started = time.perf_counter()
+        unlabelled = signals.join(answered.select("user_idx"), "user_idx", "left_anti")
+        personas = llm_persona_rows(prototypes).unionByName(assign(unlabelled, model, self.n_personas))
+        self._timed("assignment", started)
+        asked = answered.select("user_idx", "status")
+        return GPLRResult(prototypes, asked, personas, model, rounds, budget, dict(self.seconds))
+
+    def _round_record(self, how: str, rows: DataFrame) -> dict:
+        counts = {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
+        return {"sampling": how, "asked": sum(counts.values()), "ok": counts.get("ok", 0),
+                "unrepresentable": counts.get("unrepresentable", 0), "errors": counts.get("error", 0),
+                "answered": counts.get("ok", 0) + counts.get("unrepresentable", 0)}
+
+    def _signals(self, prototypes: DataFrame, items: DataFrame | None) -> DataFrame:
+        """Every user with its signal arrays (null where unreached)."""
+        frame = self.users
+        if self.conf.assignment == "topk":
+            psi = self.affinity(prototypes, beta=self.affinity_conf.beta)
+            return frame.join(psi.withColumnRenamed("scores", "psi"), "user_idx", "left")
+        for name, ell in (("psi", 1), ("psi2", 2)):
+            psi = self.affinity(prototypes, ell=ell, beta=0.0).withColumnRenamed("scores", name)
+            frame = frame.join(psi, "user_idx", "left")
+        if items is not None:
+            frame = frame.join(items, "user_idx", "left")
+        return frame
+
+    def _fit_and_signals(self, prototypes: DataFrame) -> tuple[AssignmentModel, DataFrame]:
+        conf = self.conf
+        if conf.assignment == "topk":
+            return AssignmentModel("topk", conf.top_k, conf.top_k), self._signals(prototypes, None)
+        items = None
+        if self.item_vectors is not None:
+            from persona_spark.affinity import propagate_to_users
+
+            items = propagate_to_users(self.edges, self.item_vectors, self.affinity_conf).withColumnRenamed("vec", "items")
+            items = items.localCheckpoint()
+        started = time.perf_counter()
+        proto_users = prototypes.select("user_idx").distinct()
+        train_users = proto_users.orderBy(seeded_order(conf.seed + 7919)).limit(conf.max_train_users)
+        fold_of = F.pmod(seeded_order(conf.seed + 104729), F.lit(conf.cv_folds)).cast("int")
+        train_users = train_users.withColumn("fold", fold_of).localCheckpoint()
+        folds = []
+        for k in range(conf.cv_folds):
+            held_out = train_users.filter(F.col("fold") == k).select("user_idx")
+            rest = prototypes.join(held_out, "user_idx", "left_anti")
+            signals = self._signals(rest, items).join(held_out, "user_idx")
+            folds.append(self._collect_fold(signals, prototypes, items is not None))
+        self._timed("cross_fitting", started)
+        q_hat = persona_distribution(prototypes, self.n_personas)
+        model = fit_assignment([f for f in folds if len(f[1])], q_hat, conf, items is not None)
+        log.info("assignment model: threshold %.3f, cross-fitted micro-F1 %.4f", model.threshold, model.cv_micro_f1)
+        return model, self._signals(prototypes, items)
+
+    def _collect_fold(self, signals: DataFrame, prototypes: DataFrame, with_items: bool) -> tuple[list[np.ndarray], np.ndarray]:
+        """A fold's held-out prototypes: signals and labels to the driver (bounded by max_train_users)."""
+        labels = prototypes.groupBy("user_idx").agg(F.collect_list("persona_idx").alias("labels"))
+        cols = ["psi", "psi2"] + (["items"] if with_items else [])
+        frame = signals.join(labels, "user_idx").select("user_idx", "labels", *cols).toPandas()
+        y = np.zeros((len(frame), self.n_personas), dtype=np.int8)
+        for i, personas in enumerate(frame["labels"]):
+            y[i, list(personas)] = 1
+        return [_matrix(frame[c], self.n_personas) for c in cols], y
