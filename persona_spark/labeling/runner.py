@@ -1,0 +1,333 @@
+"""The cache-aware labeling loop GPLR calls every round, and the histories it labels.
+
+``label_entities`` (1) commits answers a killed run left in the journal, (2) anti-joins the
+requests with the cache table on (id, history_hash, model, prompt_version, persona_set_version),
+(3) labels only what is missing, ``chunk_size`` entities per Spark job, appending each chunk to the
+cache table in one commit, and (4) returns one label row per requested entity. The cache tables
+(``user_labels`` / ``item_labels``) are append-only — every answer ever paid for stays auditable;
+readers take the best row per key (a valid answer over an error, then the newest).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator
+
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from persona_spark.config import LabelingConf, SelectionConf
+from persona_spark.labeling import journal as journal_io
+from persona_spark.labeling.backends import (
+    EmbeddingBackend,
+    LabelBackend,
+    OpenAIBackend,
+    RecordedBackend,
+    entities_of,
+    label_columns,
+    label_schema,
+)
+from persona_spark.labeling.client import resolve_api_key
+from persona_spark.labeling.prompts import LabelPrompt
+from persona_spark.personas import PersonaSet
+
+log = logging.getLogger(__name__)
+
+HISTORY_TYPE = "array<struct<item_idx:int,name:string,n:int,quantity:bigint>>"
+EXPECTED_PERSONAS_PER_ANSWER = 3  # for the expected (not maximal) completion size in estimates
+
+
+@dataclass(frozen=True)
+class EntityKind:
+    name: str  # user | item
+    id_col: str
+    table: str  # the cache table
+
+
+KINDS = {"user": EntityKind("user", "user_idx", "user_labels"), "item": EntityKind("item", "item_idx", "item_labels")}
+
+
+class DryRunEstimate(Exception):
+    """Raised instead of labeling when ``labeling.dry_run`` is set; carries the estimate."""
+
+    def __init__(self, estimate: dict):
+        super().__init__(f"labeling.dry_run is set, nothing was called: {estimate}")
+        self.estimate = estimate
+
+
+# ---- requests ---------------------------------------------------------------------------------
+def build_user_histories(edges: DataFrame, items: DataFrame) -> DataFrame:
+    """``user_idx, history, history_hash`` from the train edges: every purchased item with its
+    name, purchase count and quantity, most frequent first (ties: larger quantity, lower index).
+    The hash covers the whole history, so a user whose purchases changed is labeled again."""
+    named = edges.filter(F.col("split") == "train").join(items.select("item_idx", "item_name"), "item_idx", "left")
+    entry = F.struct(
+        (-F.col("n_purchases")).alias("neg_n"),
+        (-F.col("quantity")).alias("neg_quantity"),
+        F.col("item_idx").cast("int").alias("item_idx"),
+        F.coalesce("item_name", F.concat(F.lit("item "), F.col("item_idx").cast("string"))).alias("name"),
+        F.col("n_purchases").cast("int").alias("n"),
+        F.col("quantity").cast("long").alias("quantity"),
+    )
+    grouped = named.groupBy("user_idx").agg(F.sort_array(F.collect_list(entry)).alias("sorted"))
+    history = F.transform("sorted", lambda p: F.struct(p["item_idx"].alias("item_idx"), p["name"].alias("name"), p["n"].alias("n"), p["quantity"].alias("quantity")))
+    return grouped.select(F.col("user_idx").cast("int"), history.alias("history")).withColumn("history_hash", history_hash("history"))
+
+
+def build_item_requests(items: DataFrame) -> DataFrame:
+    """``item_idx, history, history_hash``: an item is labeled from its own name."""
+    name = F.coalesce("item_name", F.concat(F.lit("item "), F.col("item_idx").cast("string")))
+    history = F.array(F.struct(F.col("item_idx").cast("int").alias("item_idx"), name.alias("name"), F.lit(1).alias("n"), F.lit(1).cast("long").alias("quantity")))
+    return items.select(F.col("item_idx").cast("int"), history.alias("history")).withColumn("history_hash", history_hash("history"))
+
+
+def history_hash(column: str):
+    return F.substring(F.sha2(F.to_json(column), 256), 1, 16)
+
+
+def select_entities(requests: DataFrame, selection: SelectionConf, id_col: str, store) -> DataFrame:
+    """All requests, a seeded hash sample of ``size``, or those whose id is in ``selection.table``."""
+    if selection.mode == "all":
+        return requests
+    if selection.mode == "sample":
+        order = F.xxhash64(F.lit(selection.seed), id_col)
+        return requests.orderBy(order, id_col).limit(selection.size)
+    if not selection.table:
+        raise ValueError("selection mode 'table' needs a table name (labeling.users.table / labeling.items.table)")
+    chosen = store.read_table(selection.table)
+    if id_col not in chosen.columns:
+        raise ValueError(f"table {selection.table!r} has no column {id_col!r} (has {chosen.columns})")
+    return requests.join(chosen.select(id_col).distinct(), id_col, "left_semi")
+
+
+def check_requests(requests: DataFrame, kind: EntityKind) -> None:
+    missing = [c for c in (kind.id_col, "history", "history_hash") if c not in requests.columns]
+    if missing:
+        raise ValueError(
+            f"{kind.name} label requests lack columns {missing} (have {requests.columns}); "
+            "build them with build_user_histories / build_item_requests"
+        )
+
+
+# ---- backends ---------------------------------------------------------------------------------
+def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | EntityKind, store) -> LabelBackend:
+    kind = KINDS[kind] if isinstance(kind, str) else kind
+    if conf.backend == "embedding":
+        return EmbeddingBackend(conf.embedding, persona_set, store, kind.id_col, conf.max_personas, conf.max_name_chars)
+    if conf.backend == "recorded":
+        return RecordedBackend(conf.recorded, persona_set, store, kind.id_col)
+    template = conf.user_prompt if kind.name == "user" else conf.item_prompt
+    prompt = LabelPrompt(template, persona_set, conf.max_personas, conf.history_tokens, conf.max_name_chars)
+    return OpenAIBackend(conf.openai, resolve_api_key(conf.openai, store.spark), prompt, kind.id_col, persona_set)
+
+
+# ---- cache ------------------------------------------------------------------------------------
+def cached_rows(store, kind: EntityKind, backend: LabelBackend) -> DataFrame | None:
+    if not store.exists(kind.table):
+        return None
+    key = backend.key
+    return store.read_table(kind.table).filter(
+        (F.col("model") == key.model)
+        & (F.col("prompt_version") == key.prompt_version)
+        & (F.col("persona_set_version") == key.persona_set_version)
+    )
+
+
+def missing_requests(requests: DataFrame, store, kind: EntityKind, backend: LabelBackend, retry_errors: bool) -> DataFrame:
+    cached = cached_rows(store, kind, backend)
+    if cached is None:
+        return requests
+    if retry_errors:
+        cached = cached.filter(F.col("status") != "error")
+    return requests.join(cached.select(kind.id_col, "history_hash"), [kind.id_col, "history_hash"], "left_anti")
+
+
+def best_rows(labels: DataFrame, id_col: str) -> DataFrame:
+    """One row per (id, history_hash): a valid answer over an error, then the newest."""
+    order = Window.partitionBy(id_col, "history_hash").orderBy((F.col("status") == "error").asc(), F.col("ts").desc())
+    return labels.withColumn("_rank", F.row_number().over(order)).filter("_rank = 1").drop("_rank")
+
+
+def recover_journal(store, kind: EntityKind, journal_dir: str) -> int:
+    """Commit answers a killed run left in the journal (skipping rows already committed), then
+    delete those journal files. Returns how many rows were recovered."""
+    root = f"{journal_dir}/{kind.name}"
+    files = journal_io.journal_files(root)
+    if not files:
+        return 0
+    spark = store.spark
+    schema = label_schema(kind.id_col).replace("ts timestamp", "ts long")
+    raw = spark.read.schema(schema).option("mode", "DROPMALFORMED").json([str(f) for f in files])
+    rows = raw.withColumn("ts", F.timestamp_micros("ts")).dropDuplicates([kind.id_col, "history_hash", "model", "prompt_version", "persona_set_version", "ts"])
+    if store.exists(kind.table):
+        keys = [kind.id_col, "history_hash", "model", "prompt_version", "persona_set_version", "ts"]
+        rows = rows.join(store.read_table(kind.table).select(*keys), keys, "left_anti")
+    rows = rows.select(*label_columns(kind.id_col))
+    recovered = rows.count()
+    if recovered:
+        store.write_table(rows, kind.table, mode="append")
+        log.info("recovered %d %s labels from the journal of an interrupted run", recovered, kind.name)
+    for folder in {f.parent for f in files}:
+        journal_io.remove(folder)
+    return recovered
+
+
+# ---- progress ---------------------------------------------------------------------------------
+class Progress:
+    """Logs done / failed / remaining and tokens spent, read from the journal while chunks run."""
+
+    def __init__(self, kind: str, total: int, interval_s: float):
+        self.kind, self.total, self.interval_s = kind, total, interval_s
+        self.started = time.monotonic()
+        self.done = self.failed = self.prompt_tokens = self.completion_tokens = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tail: journal_io.JournalTail | None = None
+
+    def line(self) -> str:
+        tail = self._tail
+        done = self.done + (tail.rows if tail else 0)
+        failed = self.failed + (tail.statuses.get("error", 0) if tail else 0)
+        prompt = self.prompt_tokens + (tail.prompt_tokens if tail else 0)
+        completion = self.completion_tokens + (tail.completion_tokens if tail else 0)
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        return (
+            f"labeling {self.kind}s: done {done} (failed {failed}), remaining {self.total - done} of {self.total}, "
+            f"tokens {prompt} prompt + {completion} completion, {rate:.1f}/s"
+        )
+
+    def watch(self, folder: str) -> None:
+        self._tail = journal_io.JournalTail(folder)
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(self.interval_s):
+                self._tail.poll()
+                log.info(self.line())
+
+        if self.interval_s > 0:
+            self._thread = threading.Thread(target=run, daemon=True, name="labeling-progress")
+            self._thread.start()
+
+    def chunk_done(self) -> None:
+        """Stop watching, fold the chunk's final journal counts into the totals, log them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            tail.poll()
+            self.done += tail.rows
+            self.failed += tail.statuses.get("error", 0)
+            self.prompt_tokens += tail.prompt_tokens
+            self.completion_tokens += tail.completion_tokens
+        log.info(self.line())
+
+    def as_dict(self) -> dict:
+        return {"labeled": self.done, "failed": self.failed, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+def label_entities(
+    store,
+    requests: DataFrame,
+    persona_set: PersonaSet,
+    conf: LabelingConf,
+    kind: str = "user",
+    backend: LabelBackend | None = None,
+) -> DataFrame:
+    """Label every requested entity that the cache does not answer yet; return one row per request.
+
+    ``requests``: ``<user_idx|item_idx>, history, history_hash`` (``build_user_histories`` /
+    ``build_item_requests``, filtered to the entities wanted). Rows with status 'unrepresentable'
+    or 'error' are returned too, so the caller decides what counts towards its budget.
+    """
+    entity = KINDS[kind]
+    check_requests(requests, entity)
+    backend = backend or make_backend(conf, persona_set, entity, store)
+    if conf.dry_run:
+        raise DryRunEstimate(estimate_labeling(store, requests, conf, entity, backend))
+    if backend.paid:
+        recover_journal(store, entity, conf.journal_dir)
+    missing = missing_requests(requests, store, entity, backend, conf.retry_errors)
+    total = missing.count()
+    n_chunks = max(1, math.ceil(total / conf.chunk_size))
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    progress = Progress(entity.name, total, conf.progress_interval_s)
+    log.info("labeling %d %ss with %s (%s) in %d chunk(s)", total, entity.name, backend.key.model, backend.key.prompt_version, n_chunks if total else 0)
+    chunk_of = F.pmod(F.xxhash64(entity.id_col, "history_hash"), F.lit(n_chunks))
+    for chunk in range(n_chunks if total else 0):
+        # Re-checked against the cache per chunk: rows committed meanwhile are never sent again.
+        todo = missing_requests(requests.filter(chunk_of == chunk), store, entity, backend, conf.retry_errors)
+        folder = journal_io.chunk_dir(conf.journal_dir, entity.name, run_id, chunk) if backend.paid else None
+        if folder is not None:
+            progress.watch(folder)
+        version = store.write_table(backend.label(todo, folder), entity.table, mode="append")
+        log.info("%s labels: chunk %d/%d committed as version %d of %s", entity.name, chunk + 1, n_chunks, version, entity.table)
+        progress.chunk_done()
+        if folder is not None:
+            journal_io.remove(folder)
+    result = cached_rows(store, entity, backend)
+    wanted = requests.select(entity.id_col, "history_hash")
+    return best_rows(result.join(wanted, [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
+
+
+def estimate_partition(backend: LabelBackend, id_col: str, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    for pdf in batches:
+        sizes = backend.prompt_texts(entities_of(pdf, id_col))
+        yield pd.DataFrame(
+            {
+                "entities": [len(pdf)],
+                "requests": [len(sizes)],
+                "prompt_tokens": [sum(p for p, _ in sizes)],
+                "completion_tokens_max": [sum(c for _, c in sizes)],
+            }
+        )
+
+
+def estimate_labeling(store, requests: DataFrame, conf: LabelingConf, kind: EntityKind, backend: LabelBackend) -> dict:
+    """Tokens and cost of labeling what the cache lacks, computed from the real prompts (chars/4)."""
+    missing = missing_requests(requests, store, kind, backend, conf.retry_errors)
+    totals = missing.mapInPandas(
+        partial(estimate_partition, backend, kind.id_col),
+        "entities long, requests long, prompt_tokens long, completion_tokens_max long",
+    ).agg(*[F.sum(c).alias(c) for c in ("entities", "requests", "prompt_tokens", "completion_tokens_max")]).first()
+    totals = {k: int(totals[k] or 0) for k in ("entities", "requests", "prompt_tokens", "completion_tokens_max")}
+    estimate = {"backend": conf.backend, "model": backend.key.model, "prompt_version": backend.key.prompt_version, **totals}
+    if backend.paid:
+        prices = conf.openai
+        # An answer is about this many tokens per entity: JSON keys plus a few persona names.
+        expected_completion = totals["entities"] * (8 + 6 * EXPECTED_PERSONAS_PER_ANSWER)
+        estimate["completion_tokens_expected"] = min(expected_completion, totals["completion_tokens_max"])
+        estimate["cost_expected_usd"] = round(
+            totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + estimate["completion_tokens_expected"] / 1000 * prices.price_completion_per_1k, 4
+        )
+        estimate["cost_max_usd"] = round(
+            totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + totals["completion_tokens_max"] / 1000 * prices.price_completion_per_1k, 4
+        )
+    log.info("labeling estimate: %s", estimate)
+    return estimate
+
+
+def summarize(labels: DataFrame, conf: LabelingConf) -> dict:
+    """Counts per status and tokens/cost of the returned rows (one small aggregation)."""
+    row = labels.agg(
+        F.count(F.lit(1)).alias("entities"),
+        *[F.sum((F.col("status") == s).cast("int")).alias(s) for s in ("ok", "unrepresentable", "error")],
+        F.sum("prompt_tokens").alias("prompt_tokens"),
+        F.sum("completion_tokens").alias("completion_tokens"),
+    ).first()
+    summary = {k: int(row[k] or 0) for k in ("entities", "ok", "unrepresentable", "error", "prompt_tokens", "completion_tokens")}
+    if conf.backend == "openai":
+        summary["cost_usd"] = round(
+            summary["prompt_tokens"] / 1000 * conf.openai.price_prompt_per_1k + summary["completion_tokens"] / 1000 * conf.openai.price_completion_per_1k, 4
+        )
+    return summary
