@@ -202,7 +202,7 @@ def label_items_stage(cfg: Config, store: TableStore) -> dict:
 
 def _label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str) -> dict:
     try:
-        labels = labeling.label_entities(store, requests, load_persona_set(cfg.personas), cfg.labeling, kind)
+        labels = labeling.label_entities(store, requests, load_persona_set(cfg.personas), _label_conf_for(cfg, kind), kind)
     except labeling.DryRunEstimate as dry:
         return {"dry_run": True, **dry.estimate}
     return {**labeling.summarize(labels, cfg.labeling), "table": store.location(labeling.KINDS[kind].table)}

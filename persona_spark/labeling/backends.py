@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling.client import ChatClient, Secret
-from persona_spark.labeling.prompts import MAX_ERROR_CHARS, Entity, LabelPrompt, Verdict, error_verdict, sanitize_name
+from persona_spark.labeling.prompts import Entity, LabelPrompt, Verdict, error_verdict, estimate_tokens, sanitize_name
 from persona_spark.personas import PersonaSet
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -114,10 +114,6 @@ class LabelBackend:
     def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
         raise NotImplementedError
 
-    def prompt_texts(self, entities: list[Entity]) -> list[tuple[int, int]]:
-        """(prompt tokens, completion token bound) per request, for the dry-run estimate."""
-        return []
-
 
 # ---- openai -----------------------------------------------------------------------------------
 @dataclass
@@ -133,6 +129,13 @@ class OpenAIWorker:
     def requests_of(self, entities: list[Entity]) -> list[list[Entity]]:
         size = max(1, self.conf.users_per_request)
         return [entities[i : i + size] for i in range(0, len(entities), size)]
+
+    def request_sizes(self, entities: list[Entity]) -> list[tuple[int, int]]:
+        """(estimated prompt tokens, completion token bound) of each request, for dry runs."""
+        return [
+            (sum(estimate_tokens(m["content"]) + 4 for m in self.prompt.messages(group)), self.conf.max_tokens)
+            for group in self.requests_of(entities)
+        ]
 
     async def label_group(self, client: ChatClient, group: list[Entity]) -> list[dict]:
         """One chat request for ``group``; always returns one row per entity, never raises."""
@@ -219,13 +222,6 @@ class OpenAIBackend(LabelBackend):
         fn = partial(label_partition, self.worker, journal_folder)
         return requests.repartition(self.conf.partitions).mapInPandas(fn, label_schema(self.worker.id_col))
 
-    def prompt_texts(self, entities: list[Entity]) -> list[tuple[int, int]]:
-        from persona_spark.labeling.prompts import estimate_tokens
-
-        return [
-            (sum(estimate_tokens(m["content"]) + 4 for m in self.worker.prompt.messages(group)), self.conf.max_tokens)
-            for group in self.worker.requests_of(entities)
-        ]
 
 
 # ---- embedding --------------------------------------------------------------------------------
@@ -359,13 +355,21 @@ class EmbeddingBackend(LabelBackend):
             self.store.write_table(embedded, "item_embeddings", mode="append")
         return missing
 
+    def persona_vectors(self) -> np.ndarray:
+        """Embedded "name: description" of every persona, computed in a Spark task so the driver
+        never loads the model (the Python worker that embedded the items already has it)."""
+        texts = [f"{n}: {d}" if d else n for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
+        frame = self.store.spark.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)
+        fn = partial(embed_partition, self.conf.batch_size, max(len(t) for t in texts))
+        rows = frame.mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA).select("item_idx", "embedding").collect()
+        return np.array([r["embedding"] for r in sorted(rows, key=lambda r: r["item_idx"])], dtype=np.float32)
+
     def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
         needed = requests.select(F.explode("history").alias("p")).select(
             F.col("p.item_idx").alias("item_idx"), F.col("p.name").alias("text")
         ).distinct()
         self.ensure_item_embeddings(needed)
-        texts = [f"{n}: {d}" if d else n for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
-        persona_vectors = embed_texts(texts, self.conf.batch_size)
+        persona_vectors = self.persona_vectors()
         embeddings = (
             self.store.read_table("item_embeddings")
             .filter(F.col("model") == EMBEDDING_MODEL)

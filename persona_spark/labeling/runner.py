@@ -280,9 +280,9 @@ def label_entities(
     return best_rows(result.join(wanted, [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
 
 
-def estimate_partition(backend: LabelBackend, id_col: str, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def estimate_partition(worker, id_col: str, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     for pdf in batches:
-        sizes = backend.prompt_texts(entities_of(pdf, id_col))
+        sizes = worker.request_sizes(entities_of(pdf, id_col))
         yield pd.DataFrame(
             {
                 "entities": [len(pdf)],
@@ -294,25 +294,25 @@ def estimate_partition(backend: LabelBackend, id_col: str, batches: Iterator[pd.
 
 
 def estimate_labeling(store, requests: DataFrame, conf: LabelingConf, kind: EntityKind, backend: LabelBackend) -> dict:
-    """Tokens and cost of labeling what the cache lacks, computed from the real prompts (chars/4)."""
+    """Entities the cache lacks and, for a paid backend, the tokens and cost of labeling them,
+    measured on the real prompts (chars/4) in a Spark job."""
     missing = missing_requests(requests, store, kind, backend, conf.retry_errors)
+    estimate = {"backend": conf.backend, "model": backend.key.model, "prompt_version": backend.key.prompt_version}
+    if not backend.paid:
+        return {**estimate, "entities": missing.count(), "requests": 0, "prompt_tokens": 0, "cost_max_usd": 0.0}
+    columns = ("entities", "requests", "prompt_tokens", "completion_tokens_max")
     totals = missing.mapInPandas(
-        partial(estimate_partition, backend, kind.id_col),
-        "entities long, requests long, prompt_tokens long, completion_tokens_max long",
-    ).agg(*[F.sum(c).alias(c) for c in ("entities", "requests", "prompt_tokens", "completion_tokens_max")]).first()
-    totals = {k: int(totals[k] or 0) for k in ("entities", "requests", "prompt_tokens", "completion_tokens_max")}
-    estimate = {"backend": conf.backend, "model": backend.key.model, "prompt_version": backend.key.prompt_version, **totals}
-    if backend.paid:
-        prices = conf.openai
-        # An answer is about this many tokens per entity: JSON keys plus a few persona names.
-        expected_completion = totals["entities"] * (8 + 6 * EXPECTED_PERSONAS_PER_ANSWER)
-        estimate["completion_tokens_expected"] = min(expected_completion, totals["completion_tokens_max"])
-        estimate["cost_expected_usd"] = round(
-            totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + estimate["completion_tokens_expected"] / 1000 * prices.price_completion_per_1k, 4
-        )
-        estimate["cost_max_usd"] = round(
-            totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + totals["completion_tokens_max"] / 1000 * prices.price_completion_per_1k, 4
-        )
+        partial(estimate_partition, backend.worker, kind.id_col), ", ".join(f"{c} long" for c in columns)
+    ).agg(*[F.sum(c).alias(c) for c in columns]).first()
+    totals = {k: int(totals[k] or 0) for k in columns}
+    prices = conf.openai
+    # An answer is about this many tokens per entity: JSON keys plus a few persona names.
+    expected_completion = min(totals["entities"] * (8 + 6 * EXPECTED_PERSONAS_PER_ANSWER), totals["completion_tokens_max"])
+    estimate.update(totals, completion_tokens_expected=expected_completion)
+    estimate["cost_expected_usd"] = round(totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + expected_completion / 1000 * prices.price_completion_per_1k, 4)
+    estimate["cost_max_usd"] = round(
+        totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + totals["completion_tokens_max"] / 1000 * prices.price_completion_per_1k, 4
+    )
     log.info("labeling estimate: %s", estimate)
     return estimate
 

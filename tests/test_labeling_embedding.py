@@ -1,0 +1,101 @@
+"""The offline embedding labeler (real all-MiniLM-L6-v2 weights, no network) and the label stages."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from persona_spark.config import DEFAULT_PERSONAS, Config, EmbeddingLabelConf, LabelingConf
+from persona_spark.labeling import CacheKey, build_user_histories, label_entities
+from persona_spark.labeling.backends import EmbeddingScorer
+from persona_spark.personas import load_persona_set
+from persona_spark.stages import STAGES
+
+ITEMS = ["Dry dog food 10kg", "Cat litter 5l", "Tomato seeds", "Organic loose leaf green tea", "Whey protein 1kg",
+         "Chef knife 20cm", "Baby nappies size 3"]
+# user -> [(item, purchases, quantity)]
+PURCHASES = {0: [(0, 3, 6), (1, 2, 2)], 1: [(2, 1, 4), (3, 1, 4)], 2: [(4, 5, 5), (5, 1, 1)]}
+
+
+@pytest.fixture(scope="module")
+def personas():
+    return load_persona_set(DEFAULT_PERSONAS)
+
+
+def graph(spark, purchases):
+    ts = datetime(2024, 5, 1)
+    edges = spark.createDataFrame(
+        [(u, i, n, q, ts, ts, "train") for u, lines in purchases.items() for i, n, q in lines],
+        "user_idx int, item_idx int, n_purchases int, quantity long, first_ts timestamp, last_ts timestamp, split string",
+    )
+    items = spark.createDataFrame([(i, f"SKU{i}", name, 1) for i, name in enumerate(ITEMS)], "item_idx int, item_id string, item_name string, degree int")
+    return edges, items
+
+
+def scorer(personas, **rule):
+    """Three items voting for personas 0, 1 and 2 with best cosines 0.5, 0.4 and 0.05."""
+    votes = np.zeros((3, len(personas)), np.float32)
+    votes[0, 0], votes[1, 1], votes[2, 2] = 1.0, 1.0, 1.0
+    conf = EmbeddingLabelConf(**rule)
+    key = CacheKey("m", "p", personas.version)
+    return EmbeddingScorer(conf, personas, 2, "user_idx", key, np.array([10, 20, 30]), votes, np.array([0.5, 0.4, 0.05], np.float32))
+
+
+def test_picking_rule_weights_threshold_cap_and_unrepresentable(personas):
+    history = [{"item_idx": 10, "n": 1, "quantity": 9}, {"item_idx": 20, "n": 4, "quantity": 4}, {"item_idx": 30, "n": 1, "quantity": 1}]
+    verdict, audit = scorer(personas).verdict(history)  # log1p weights 2.30, 1.61, 0.69
+    assert verdict.personas == (personas.names[0], personas.names[1]) and verdict.persona_idx == (0, 1)
+    assert json.loads(audit)["top_scores"][personas.names[0]] == pytest.approx(np.log(10) / np.log(10 * 5 * 2), abs=1e-3)
+    by_count, _ = scorer(personas, weight="count").verdict(history)  # item 20 bought 4 times now leads
+    assert by_count.persona_idx[0] == 1
+    strict, _ = scorer(personas, relative_threshold=0.9).verdict(history)
+    assert strict.persona_idx == (0,)
+    capped, _ = scorer(personas, relative_threshold=0.0).verdict(history)
+    assert len(capped.persona_idx) == 2  # max_personas
+    unfit, _ = scorer(personas, min_similarity=0.9).verdict(history)
+    assert unfit.status == "unrepresentable" and unfit.personas == ()
+    unknown, _ = scorer(personas).verdict([{"item_idx": 99, "n": 1, "quantity": 1}])
+    assert unknown.status == "error" and "embedding" in unknown.error
+
+
+def test_embedding_labels_users_and_items_and_caches_item_embeddings(spark, store, personas):
+    conf = LabelingConf.model_validate({"embedding": {"partitions": 1}})
+    edges, items = graph(spark, PURCHASES)
+    rows = {r["user_idx"]: r for r in label_entities(store, build_user_histories(edges, items), personas, conf).collect()}
+    assert rows[0]["personas"][0] == "Pet Lover" and rows[0]["status"] == "ok"
+    assert set(rows[1]["personas"][:2]) == {"Gardener", "Coffee and Tea Connoisseur"}
+    assert rows[2]["personas"][0] == "Fitness Enthusiast"
+    for row in rows.values():
+        assert [personas.names[i] for i in row["persona_idx"]] == row["personas"] and len(row["personas"]) <= 5
+        assert row["model"] == "all-MiniLM-L6-v2" and row["prompt_version"].startswith("embed_v1-")
+        assert '"top_scores"' in row["answer"] and row["prompt_tokens"] == 0
+    embedded = store.read_table("item_embeddings")
+    assert embedded.count() == 6 and len(embedded.first()["embedding"]) == 384  # items bought, once each
+
+    # A new user with known items is labeled without embedding anything again.
+    version = store.version("item_embeddings")
+    edges2, _ = graph(spark, {**PURCHASES, 3: [(0, 1, 1), (2, 1, 1)]})
+    fourth = label_entities(store, build_user_histories(edges2, items), personas, conf).filter("user_idx = 3").first()
+    assert store.version("item_embeddings") == version and fourth["status"] == "ok"
+
+
+
+
+def test_label_stages_write_the_cache_tables(spark, store, personas):
+    edges, items = graph(spark, PURCHASES)
+    store.write_table(edges, "edges")
+    store.write_table(items, "items")
+    cfg = Config.model_validate({"labeling": {"embedding": {"partitions": 1}, "users": {"mode": "sample", "size": 2}}})
+    summary = STAGES["label-users"](cfg, store)
+    assert summary["entities"] == 2 and summary["ok"] + summary["unrepresentable"] == 2 and summary["prompt_tokens"] == 0
+    assert store.read_table("user_labels").count() == 2
+    items_summary = STAGES["label-items"](cfg, store)
+    assert items_summary["entities"] == len(ITEMS) and items_summary["ok"] == len(ITEMS)
+    item_rows = {r["item_idx"]: r for r in store.read_table("item_labels").collect()}
+    assert item_rows[6]["personas"][0] == "Busy Parent" and item_rows[5]["personas"][0] == "Home Chef"
+    assert store.read_table("item_embeddings").count() == len(ITEMS)  # each item embedded once
+    dry = STAGES["label-users"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), store)
+    assert dry["dry_run"] is True and dry["entities"] == 0  # both sampled users are cached already
