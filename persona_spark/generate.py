@@ -46,7 +46,9 @@ def build_catalog(personas: PersonaSet, n_items: int, zipf_exponent: float, seed
     """Named products from the catalog file, variants added round-robin until ``n_items``."""
     spec = yaml.safe_load(Path(catalog_path).read_text())
     variants = spec["variants"]
-    base = [(cat, name) for cat, c in spec["categories"].items() for name in c["products"]]
+    # Interleave categories so that even a small catalog covers every category.
+    lists = [[(cat, name) for name in c["products"]] for cat, c in spec["categories"].items()]
+    base = [entry for depth in range(max(map(len, lists))) for entry in (lst[depth] for lst in lists if depth < len(lst))]
     rng = np.random.default_rng(seed)
     names, cats = [], []
     for k in range(n_items):

@@ -7,8 +7,8 @@ cached by the labeling layer), so this module never touches tables.
 Budget accounting (explicit, reported per round): the budget counts users *answered* by the LLM.
 An 'unrepresentable' answer was paid for, so it counts, but the user is no prototype (no
 persona to propagate). An 'error' (no usable answer) does not count; its budget moves to the
-next round, and the user is not asked again in this run (the labeling cache retries errors in a
-later run). Prototypes still valid from an earlier run (same serialized history, so the cache
+next round (after round T, up to ``MAX_TOP_UP_ROUNDS`` top-up rounds), and the user is not asked
+again in this run (the labeling cache retries errors in a later run). Prototypes still valid from an earlier run (same serialized history, so the cache
 answers for free) are reused first and count towards the budget.
 
 Assignment, beyond the paper's fixed top-k of Ψ (``assignment='learned'``): a logistic model
@@ -42,6 +42,9 @@ log = logging.getLogger("persona_spark.gplr")
 
 LabelFn = Callable[[DataFrame], DataFrame]
 PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source string"
+# Rounds added after the planned T when errors left budget unspent (bounded: an endpoint that
+# keeps failing must not loop forever).
+MAX_TOP_UP_ROUNDS = 3
 
 
 # ---- features and the assignment model (numpy, shared by training on the driver and scoring) ----
@@ -268,6 +271,11 @@ class GPLR:
         return rows
 
     def run(self) -> GPLRResult:
+        answered, rounds = self.sample()
+        return self.assign_all(answered, rounds)
+
+    def sample(self) -> tuple[DataFrame, list[dict]]:
+        """The labelling rounds: ``(user_idx, persona_idx, status)`` of every user asked, per-round records."""
         conf = self.conf
         budget = self.budget()
         answered = self.label(self.reusable) if self.reusable is not None else None
@@ -278,20 +286,21 @@ class GPLR:
         sizes = round_sizes(max(budget - spent, 0), conf.rounds)
         psi = None
         carry = 0
-        for r, size in enumerate(sizes):
-            want = size + carry
+        r = -1
+        while r + 1 < len(sizes) + MAX_TOP_UP_ROUNDS:
+            r += 1
+            want = (sizes[r] if r < len(sizes) else 0) + carry
             if want <= 0:
+                if r >= len(sizes):
+                    break
                 continue
-            asked_so_far = answered.select("user_idx") if answered is not None else None
-            candidates = self.users if asked_so_far is None else self.users.join(asked_so_far, "user_idx", "left_anti")
+            candidates = self.users if answered is None else self.users.join(answered.select("user_idx"), "user_idx", "left_anti")
             started = time.perf_counter()
             if psi is None or conf.sampling == "random":
-                chosen = pick_random(candidates, want, conf.seed + r)
-                how = "random"
+                chosen, how = pick_random(candidates, want, conf.seed + r), "random"
             else:
                 q_hat = persona_distribution(ok_prototypes(answered), self.n_personas)
-                chosen = pick_top(du_scores(candidates, psi, q_hat), want, conf.seed + r)
-                how = "du"
+                chosen, how = pick_top(du_scores(candidates, psi, q_hat), want, conf.seed + r), "du"
             chosen = chosen.localCheckpoint()
             self._timed("sampling", started)
             rows = self.label(chosen)
@@ -300,20 +309,27 @@ class GPLR:
             rounds.append(record)
             carry = want - record["answered"]
             log.info("GPLR round %d/%d (%s): %s", r + 1, len(sizes), how, record)
-            if r < len(sizes) - 1 and conf.sampling == "du":
+            if record["asked"] == 0:
+                break  # nobody left to ask
+            if conf.sampling == "du" and (r < len(sizes) - 1 or carry > 0):
                 psi = self.affinity(ok_prototypes(answered))
         if answered is None:
             raise ValueError("GPLR: the budget is 0 users; raise gplr.budget")
+        return answered, rounds
+
+    def assign_all(self, answered: DataFrame, rounds: list[dict], assignment: str | None = None) -> GPLRResult:
+        """Personas for everyone from the answers: LLM labels for prototypes, assigned for the rest."""
+        mode = assignment or self.conf.assignment
         prototypes = ok_prototypes(answered).localCheckpoint()
         if prototypes.limit(1).count() == 0:
             raise ValueError("GPLR: no user got a valid persona from the LLM; check the labeling errors in user_labels")
-        model, signals = self._fit_and_signals(prototypes)
+        model, signals = self._fit_and_signals(prototypes, mode)
         started = time.perf_counter()
         unlabelled = signals.join(answered.select("user_idx"), "user_idx", "left_anti")
         personas = llm_persona_rows(prototypes).unionByName(assign(unlabelled, model, self.n_personas))
         self._timed("assignment", started)
         asked = answered.select("user_idx", "status")
-        return GPLRResult(prototypes, asked, personas, model, rounds, budget, dict(self.seconds))
+        return GPLRResult(prototypes, asked, personas, model, rounds, self.budget(), dict(self.seconds))
 
     def _round_record(self, how: str, rows: DataFrame) -> dict:
         counts = {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
@@ -321,10 +337,10 @@ class GPLR:
                 "unrepresentable": counts.get("unrepresentable", 0), "errors": counts.get("error", 0),
                 "answered": counts.get("ok", 0) + counts.get("unrepresentable", 0)}
 
-    def _signals(self, prototypes: DataFrame, items: DataFrame | None) -> DataFrame:
+    def _signals(self, prototypes: DataFrame, items: DataFrame | None, mode: str) -> DataFrame:
         """Every user with its signal arrays (null where unreached)."""
         frame = self.users
-        if self.conf.assignment == "topk":
+        if mode == "topk":
             psi = self.affinity(prototypes, beta=self.affinity_conf.beta)
             return frame.join(psi.withColumnRenamed("scores", "psi"), "user_idx", "left")
         for name, ell in (("psi", 1), ("psi2", 2)):
@@ -334,10 +350,10 @@ class GPLR:
             frame = frame.join(items, "user_idx", "left")
         return frame
 
-    def _fit_and_signals(self, prototypes: DataFrame) -> tuple[AssignmentModel, DataFrame]:
+    def _fit_and_signals(self, prototypes: DataFrame, mode: str) -> tuple[AssignmentModel, DataFrame]:
         conf = self.conf
-        if conf.assignment == "topk":
-            return AssignmentModel("topk", conf.top_k, conf.top_k), self._signals(prototypes, None)
+        if mode == "topk":
+            return AssignmentModel("topk", conf.top_k, conf.top_k), self._signals(prototypes, None, mode)
         items = None
         if self.item_vectors is not None:
             from persona_spark.affinity import propagate_to_users
@@ -353,13 +369,13 @@ class GPLR:
         for k in range(conf.cv_folds):
             held_out = train_users.filter(F.col("fold") == k).select("user_idx")
             rest = prototypes.join(held_out, "user_idx", "left_anti")
-            signals = self._signals(rest, items).join(held_out, "user_idx")
+            signals = self._signals(rest, items, mode).join(held_out, "user_idx")
             folds.append(self._collect_fold(signals, prototypes, items is not None))
         self._timed("cross_fitting", started)
         q_hat = persona_distribution(prototypes, self.n_personas)
         model = fit_assignment([f for f in folds if len(f[1])], q_hat, conf, items is not None)
         log.info("assignment model: threshold %.3f, cross-fitted micro-F1 %.4f", model.threshold, model.cv_micro_f1)
-        return model, self._signals(prototypes, items)
+        return model, self._signals(prototypes, items, mode)
 
     def _collect_fold(self, signals: DataFrame, prototypes: DataFrame, with_items: bool) -> tuple[list[np.ndarray], np.ndarray]:
         """A fold's held-out prototypes: signals and labels to the driver (bounded by max_train_users)."""

@@ -1,0 +1,16 @@
+"""GPLR's affinity engine: labelled users' personas propagated to everyone over the purchase graph.
+
+Public API (pure DataFrame transforms; the ``affinity`` stage and GPLR call them):
+
+* ``prototype_labels(labels, n_personas, beta)`` → ``user_idx, vec``: the rows of L.
+* ``compute_affinity(edges, prototypes, n_personas, conf)`` → ``user_idx, scores``: Ψ.
+* ``propagate_to_users(edges, item_vectors, conf)`` → ``user_idx, vec``: one item → user step.
+* ``affinity_long(scores)`` → ``user_idx, persona_idx, score`` (non-zero scores only).
+
+``reference`` holds the single-machine scipy exact Ψ and the paper's RevAff for tests/benchmarks.
+"""
+
+from persona_spark.affinity.engine import affinity_long, compute_affinity, propagate_to_users
+from persona_spark.affinity.prototypes import debias_weights, prototype_labels
+
+__all__ = ["affinity_long", "compute_affinity", "debias_weights", "propagate_to_users", "prototype_labels"]

@@ -1,0 +1,571 @@
+"""Distributed user–persona affinity Ψ = (1/ℓ̂) Σ_{ℓ=1..ℓ̂} (P·P')^ℓ · L as Spark jobs.
+
+P[u,v] = w_uv / Σ_v' w_uv' (user → item) and P'[v,u] = w_uv / Σ_u' w_u'v (item → user), with
+w = 1 (the paper) or ``n_purchases`` (``AffinityConf.weighted``). Ψ is computed for all personas
+at once by 2ℓ̂ hops of message passing: odd hops average user state onto items, even hops average
+item state onto users, and the user states after the even hops are summed.
+
+Why this layout (see /work/shared/notes/measurements.md): one DataFrame row per (node, persona)
+or per edge is ~70× slower than a single-machine scipy product, because every hop would shuffle
+|E|·|R| values through Spark rows. Here the graph is cut once into *tiles* and each hop is a
+handful of partition-local sparse × dense products:
+
+* Nodes of a kind (users or items) are split into ``T`` target blocks by ``idx % T``; a node's
+  local row in its block is ``idx // T``. The same nodes are split into ``S`` source blocks
+  (``S`` divides ``T``, so a target block lies inside one source block).
+* A tile holds, for one target block ``tb`` and one source block ``sb``, the row-normalized
+  transition weights as a CSC matrix (target rows × source columns), serialized into binary
+  columns. Tiles are built once per call (one pass over the edges, one shuffle of compact
+  binary rows) and cached.
+* A *state* is sparse in nodes and dense in personas: per block, the local ids of the nodes
+  reached and a dense (reached × |R|) float64 matrix. Unreached nodes hold nothing.
+* A hop multiplies each tile by its source block's state, restricted to the reached columns, so
+  the work is proportional to the edges leaving reached nodes. With ``S > 1`` the partial
+  products of a target block are summed in a shuffle of block rows.
+* The source state reaches the tiles by a broadcast when it has at most ``broadcast_max_rows``
+  reached rows, otherwise by a shuffle join: each source block is replicated to the ``T`` target
+  blocks and joined with the tiles on (tb, sb), so no task holds more than one source block
+  (``broadcast_max_rows`` nodes at most). Nothing proportional to |U| or |E| reaches the driver
+  except a state that is below the broadcast limit.
+* Every hop's state is checkpointed (local by default), so the plan never grows with ℓ̂.
+
+ε-pruning and its guarantee — proof
+-----------------------------------
+Write one persona column at a time (columns never mix). Let A_1, …, A_{2ℓ̂} be the hop matrices
+(alternately P' and P). Each is non-negative with row sums 1 (rows of nodes without edges are 0),
+so ‖A_k x‖_∞ ≤ ‖x‖_∞ for every vector x. Exact: x_0 = L, x_k = A_k x_{k-1}. Pruned:
+x̂_0 = L, x̂_k = prune_τ(A_k x̂_{k-1}) where prune_τ zeroes entries with |value| < τ, so
+‖prune_τ(y) − y‖_∞ < τ. By induction ‖x_k − x̂_k‖_∞ ≤ kτ:
+
+    ‖x_k − x̂_k‖ ≤ ‖A_k (x_{k-1} − x̂_{k-1})‖ + ‖A_k x̂_{k-1} − prune_τ(A_k x̂_{k-1})‖
+                ≤ (k−1)τ + τ.
+
+Ψ = (1/ℓ̂) Σ_ℓ x_{2ℓ}, hence |Ψ̂ − Ψ| ≤ (1/ℓ̂) Σ_{ℓ=1..ℓ̂} 2ℓτ = (ℓ̂+1)τ elementwise, and with
+τ = ε/(2ℓ̂) this is (ℓ̂+1)/(2ℓ̂)·ε ≤ ε for every ℓ̂ ≥ 1. For non-negative L every x̂_k ≤ x_k (pruning
+only removes mass), so Ψ̂ never overestimates: 0 ≤ Ψ − Ψ̂ ≤ ε. With ε = 0 nothing is pruned and
+the result equals the exact product up to float rounding. The same argument bounds the paper's
+reverse push (RevAff, Theorem 3); ``reference.rev_aff`` applies the identical pruning rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from persona_spark.config import AffinityConf
+
+log = logging.getLogger("persona_spark.affinity")
+
+TO_ITEMS, TO_USERS = 0, 1  # hop directions: user state → item state, item state → user state
+EDGES_PER_TILE_BLOCK = 4_000_000  # automatic target blocks: at least one per this many edges
+OUTPUT_BATCH_ROWS = 65_536
+
+TILE_FIELDS = [("direction", "int"), ("tb", "int"), ("sb", "int"), ("n_rows", "int"), ("n_cols", "int"),
+               ("indptr", "binary"), ("indices", "binary"), ("data", "binary")]
+EDGE_PART_FIELDS = [("direction", "int"), ("tb", "int"), ("t_local", "binary"), ("s", "binary"), ("w", "binary")]
+STATE_FIELDS = [("block", "int"), ("n", "int"), ("rows", "binary"), ("vals", "binary")]
+
+
+def _ddl(fields: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in fields)
+
+
+def _arrow_schema(fields: list[tuple[str, str]]) -> pa.Schema:
+    return pa.schema([(name, pa.int32() if kind == "int" else pa.binary()) for name, kind in fields])
+
+
+TILE_SCHEMA, EDGE_PART_SCHEMA, STATE_SCHEMA = _ddl(TILE_FIELDS), _ddl(EDGE_PART_FIELDS), _ddl(STATE_FIELDS)
+SCORES_SCHEMA = "user_idx int, scores array<double>"
+
+
+# ---- blocks ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Blocking:
+    """How the nodes of one kind are cut: T target blocks, S source blocks (S divides T)."""
+
+    n_nodes: int
+    target_blocks: int
+    source_blocks: int
+
+    @property
+    def target_rows(self) -> int:
+        return max(1, math.ceil(self.n_nodes / self.target_blocks))
+
+    @property
+    def source_rows(self) -> int:
+        return self.target_rows * (self.target_blocks // self.source_blocks)
+
+    @classmethod
+    def plan(cls, n_nodes: int, parallel_blocks: int, broadcast_max_rows: int) -> "Blocking":
+        source = max(1, math.ceil(n_nodes / broadcast_max_rows))
+        target = math.ceil(max(parallel_blocks, source) / source) * source
+        return cls(n_nodes, target, source)
+
+
+def _bytes(scalar) -> memoryview:
+    return scalar.as_buffer()
+
+
+def _frombuffer(buf, dtype) -> np.ndarray:
+    return np.frombuffer(buf, dtype=dtype) if len(buf) else np.empty(0, dtype=dtype)
+
+
+@dataclass
+class BlockState:
+    """Reached local rows (sorted, unique) of one block and their dense persona vectors."""
+
+    rows: np.ndarray  # int32 [n]
+    vals: np.ndarray  # float64 [n, R]
+
+    @classmethod
+    def from_buffers(cls, rows, vals, width: int) -> "BlockState":
+        r = _frombuffer(rows, np.int32)
+        return cls(r, _frombuffer(vals, np.float64).reshape(len(r), width))
+
+
+def _combine(rows: np.ndarray, vals: np.ndarray, tau: float) -> BlockState:
+    """Sum duplicate rows, zero entries with |v| < tau, drop rows left all zero."""
+    order = np.argsort(rows, kind="stable")
+    rows, vals = rows[order], vals[order]
+    if len(rows):
+        uniq, start = np.unique(rows, return_index=True)
+        if len(uniq) != len(rows):
+            vals = np.add.reduceat(vals, start, axis=0)
+            rows = uniq
+    return _prune(rows, vals, tau)
+
+
+def _prune(rows: np.ndarray, vals: np.ndarray, tau: float) -> BlockState:
+    if tau > 0:
+        vals = np.where(np.abs(vals) < tau, 0.0, vals)
+    keep = (vals != 0).any(axis=1)
+    return BlockState(np.ascontiguousarray(rows[keep], dtype=np.int32), np.ascontiguousarray(vals[keep]))
+
+
+def _state_row(block: int, state: BlockState) -> dict:
+    return {"block": int(block), "n": len(state.rows), "rows": state.rows.tobytes(), "vals": state.vals.tobytes()}
+
+
+def _state_batch(rows: list[dict]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=_arrow_schema(STATE_FIELDS))
+
+
+# ---- tiles -------------------------------------------------------------------------------------
+def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Blocking,
+                directions: tuple[int, ...], flush_edges: int = 4_000_000) -> Iterator[pa.RecordBatch]:
+    """Per input partition: edges grouped by (direction, target block) as compact binary rows."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+
+    def flush():
+        if not pending:
+            return None
+        table = pa.Table.from_batches(pending)
+        u = table.column("u").to_numpy().astype(np.int64)
+        i = table.column("i").to_numpy().astype(np.int64)
+        w = table.column("w").to_numpy().astype(np.float64)
+        out = []
+        for direction in directions:
+            t, s, tblk = (i, u, items) if direction == TO_ITEMS else (u, i, users)
+            tb = t % tblk.target_blocks
+            order = np.argsort(tb, kind="stable")
+            bounds = np.searchsorted(tb[order], np.arange(tblk.target_blocks + 1))
+            for b in range(tblk.target_blocks):
+                sel = order[bounds[b]:bounds[b + 1]]
+                if len(sel):
+                    out.append({"direction": direction, "tb": b,
+                                "t_local": (t[sel] // tblk.target_blocks).astype(np.int32).tobytes(),
+                                "s": s[sel].astype(np.int32).tobytes(), "w": w[sel].tobytes()})
+        return pa.RecordBatch.from_pylist(out, schema=_arrow_schema(EDGE_PART_FIELDS))
+
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= flush_edges:
+            yield flush()
+            pending, count = [], 0
+    last = flush()
+    if last is not None:
+        yield last
+
+
+def _assemble_tiles(batches: Iterable[pa.RecordBatch], users: Blocking, items: Blocking) -> Iterator[pa.RecordBatch]:
+    """All edges of a target block → row-normalized CSC tiles, one per source block.
+
+    The row normalization needs every edge of a target node, which is why the edges are first
+    gathered per target block; the degree is then local to this task.
+    """
+    table = pa.Table.from_batches(list(batches), schema=_arrow_schema(EDGE_PART_FIELDS))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, key in enumerate(zip(table.column("direction").to_pylist(), table.column("tb").to_pylist())):
+        groups.setdefault(key, []).append(k)
+    for (direction, tb), members in groups.items():
+        tblk, sblk = (items, users) if direction == TO_ITEMS else (users, items)
+        t = np.concatenate([_frombuffer(_bytes(table.column("t_local")[k]), np.int32) for k in members])
+        s = np.concatenate([_frombuffer(_bytes(table.column("s")[k]), np.int32) for k in members]).astype(np.int64)
+        w = np.concatenate([_frombuffer(_bytes(table.column("w")[k]), np.float64) for k in members])
+        degree = np.bincount(t, weights=w, minlength=tblk.target_rows)
+        w = w / degree[t]
+        sb = s % sblk.source_blocks
+        out = []
+        for b in np.unique(sb):
+            sel = sb == b
+            tile = sp.csc_matrix((w[sel], (t[sel], s[sel] // sblk.source_blocks)),
+                                 shape=(tblk.target_rows, sblk.source_rows))
+            out.append({"direction": direction, "tb": tb, "sb": int(b), "n_rows": tile.shape[0],
+                        "n_cols": tile.shape[1], "indptr": tile.indptr.astype(np.int64).tobytes(),
+                        "indices": tile.indices.astype(np.int32).tobytes(), "data": tile.data.tobytes()})
+        yield pa.RecordBatch.from_pylist(out, schema=_arrow_schema(TILE_FIELDS))
+
+
+def spread_keys(spark, partitions: int) -> list[int]:
+    """keys[p] hashes to partition p under ``repartition(partitions, key)``.
+
+    Spark places a row by murmur3(key) mod n, which lumps small block ids together (0..3 land on
+    partitions 1,1,0,1 for n=2); routing block b through keys[b % n] spreads the blocks evenly.
+    """
+    candidates = spark.range(64 * partitions).select(
+        F.col("id").cast("int").alias("key"), F.pmod(F.hash(F.col("id").cast("int")), F.lit(partitions)).alias("p"))
+    keys: dict[int, int] = {}
+    for row in candidates.collect():
+        keys.setdefault(row.p, row.key)
+    return [keys.get(p, p) for p in range(partitions)]
+
+
+def build_tiles(edges: DataFrame, users: Blocking, items: Blocking, weighted: bool,
+                directions: tuple[int, ...], partitions: int) -> DataFrame:
+    """Cut the edges into cached transition tiles for the requested hop directions.
+
+    One pass over the edges emits them per target block as compact binary rows; one shuffle of
+    those rows (not of edge rows) gathers each target block on one task, spread evenly.
+    """
+    weight = F.col("n_purchases").cast("double") if weighted else F.lit(1.0)
+    compact = edges.select(F.col("user_idx").cast("int").alias("u"), F.col("item_idx").cast("int").alias("i"),
+                           weight.alias("w"))
+    parts = compact.mapInArrow(partial(_edge_parts, users=users, items=items, directions=directions),
+                               EDGE_PART_SCHEMA)
+    keys = F.array(*[F.lit(k) for k in spread_keys(edges.sparkSession, partitions)])
+    routed = parts.repartition(partitions, F.element_at(keys, F.col("tb") % partitions + 1))
+    return routed.mapInArrow(partial(_assemble_tiles, users=users, items=items), TILE_SCHEMA).persist()
+
+
+# ---- hops --------------------------------------------------------------------------------------
+def _multiply(batches: Iterable[pa.RecordBatch], width: int, tau: float | None,
+              state_of: Callable[[pa.RecordBatch, int], BlockState | None]) -> Iterator[pa.RecordBatch]:
+    """tile × (state of its source block, restricted to reached columns) for every tile row.
+
+    ``tau`` is the pruning threshold when this product is the hop's final value (one source
+    block); ``None`` emits unpruned partial products to be summed per target block first.
+    """
+    for batch in batches:
+        out = []
+        for k in range(batch.num_rows):
+            state = state_of(batch, k)
+            if state is None or len(state.rows) == 0:
+                continue
+            col = batch.column
+            tile = sp.csc_matrix(
+                (_frombuffer(_bytes(col("data")[k]), np.float64), _frombuffer(_bytes(col("indices")[k]), np.int32),
+                 _frombuffer(_bytes(col("indptr")[k]), np.int64)),
+                shape=(col("n_rows")[k].as_py(), col("n_cols")[k].as_py()))
+            product = np.asarray(tile[:, state.rows] @ state.vals)
+            result = _prune(np.arange(product.shape[0]), product, tau or 0.0)
+            if len(result.rows):
+                out.append(_state_row(col("tb")[k].as_py(), result))
+        if out:
+            yield _state_batch(out)
+
+
+def _broadcast_lookup(broadcast, width: int, batch: pa.RecordBatch, k: int) -> BlockState | None:
+    return broadcast.value.get(batch.column("sb")[k].as_py())
+
+
+def _joined_lookup(width: int, batch: pa.RecordBatch, k: int) -> BlockState:
+    return BlockState.from_buffers(_bytes(batch.column("srows")[k]), _bytes(batch.column("svals")[k]), width)
+
+
+def _sum_blocks(group: pd.DataFrame, width: int, tau: float) -> pd.DataFrame:
+    """Sum the block states of one block (partial products, or terms of Ψ), then prune."""
+    states = [BlockState.from_buffers(r, v, width) for r, v in zip(group["rows"], group["vals"])]
+    summed = _combine(np.concatenate([s.rows for s in states]), np.concatenate([s.vals for s in states]), tau)
+    return pd.DataFrame([_state_row(group["block"].iloc[0], summed)]) if len(summed.rows) else _EMPTY_STATE
+
+
+_EMPTY_STATE = pd.DataFrame({"block": pd.Series(dtype="int32"), "n": pd.Series(dtype="int32"),
+                             "rows": pd.Series(dtype=object), "vals": pd.Series(dtype=object)})
+
+
+def sum_states(states: DataFrame, width: int, tau: float = 0.0) -> DataFrame:
+    return states.groupBy("block").applyInPandas(partial(_sum_blocks, width=width, tau=tau), STATE_SCHEMA)
+
+
+def _to_source_blocks(block_states: Iterable[tuple[int, BlockState]], blocking: Blocking) -> dict[int, BlockState]:
+    """Re-index target-block states into source blocks (global id = local·T + block)."""
+    by_source: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for block, state in block_states:
+        global_ids = state.rows.astype(np.int64) * blocking.target_blocks + block
+        by_source.setdefault(block % blocking.source_blocks, []).append(
+            (global_ids // blocking.source_blocks, state.vals))
+    return {sb: _combine(np.concatenate([r for r, _ in parts]), np.concatenate([v for _, v in parts]), 0.0)
+            for sb, parts in by_source.items()}
+
+
+def _reblock_group(group: pd.DataFrame, blocking: Blocking, width: int) -> pd.DataFrame:
+    states = [(int(b), BlockState.from_buffers(r, v, width)) for b, r, v in zip(group["block"], group["rows"], group["vals"])]
+    (sb, state), = _to_source_blocks(states, blocking).items()
+    return pd.DataFrame([_state_row(sb, state)])
+
+
+@dataclass
+class HopPlan:
+    """What a hop needs: its tiles, the source/target blockings, the persona width."""
+
+    tiles: DataFrame
+    source: Blocking
+    target: Blocking
+    width: int
+    broadcast_max_rows: int
+    checkpoint_mode: str = "local"
+
+
+def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = None,
+        label: str = "hop") -> DataFrame:
+    """One averaging step: target state = rows of the tiles × source state, pruned below tau."""
+    started = time.perf_counter()
+    spark = state.sparkSession
+    reached = state.agg(F.sum("n")).first()[0] or 0
+    single_source = plan.source.source_blocks == 1
+    final_tau = tau if single_source else None
+    broadcast = None
+    if reached <= plan.broadcast_max_rows:
+        path = "broadcast"
+        table = state.toArrow()
+        blocks = [(b, BlockState.from_buffers(r, v, plan.width)) for b, r, v in zip(
+            table.column("block").to_pylist(), (x.as_buffer() for x in table.column("rows")),
+            (x.as_buffer() for x in table.column("vals")))]
+        broadcast = spark.sparkContext.broadcast(_to_source_blocks(blocks, plan.source))
+        products = plan.tiles.mapInArrow(
+            partial(_multiply, width=plan.width, tau=final_tau,
+                    state_of=partial(_broadcast_lookup, broadcast, plan.width)), STATE_SCHEMA)
+    else:
+        path = "shuffle"
+        source_states = state.groupBy((F.col("block") % plan.source.source_blocks).alias("sb_key")).applyInPandas(
+            partial(_reblock_group, blocking=plan.source, width=plan.width), STATE_SCHEMA)
+        replicated = source_states.select(F.col("block").alias("sb"), F.col("rows").alias("srows"),
+                                          F.col("vals").alias("svals")).crossJoin(
+            spark.range(plan.target.target_blocks).select(F.col("id").cast("int").alias("tb")))
+        joined = plan.tiles.join(replicated.hint("shuffle_hash"), ["tb", "sb"])
+        products = joined.mapInArrow(
+            partial(_multiply, width=plan.width, tau=final_tau, state_of=partial(_joined_lookup, plan.width)),
+            STATE_SCHEMA)
+    result = products if single_source else sum_states(products, plan.width, tau)
+    result = checkpoint(result, plan.checkpoint_mode)
+    if broadcast is not None:
+        broadcast.destroy()
+    seconds = time.perf_counter() - started
+    log.info("%s: %s path, %d source rows reached, %.2fs", label, path, reached, seconds)
+    if trace is not None:
+        trace.append({"phase": label, "path": path, "source_rows": int(reached), "seconds": round(seconds, 3)})
+    return result
+
+
+def checkpoint(df: DataFrame, mode: str = "local") -> DataFrame:
+    """Materialize and cut the lineage so the plan stays flat however many hops follow."""
+    return df.checkpoint(eager=True) if mode == "reliable" else df.localCheckpoint(eager=True)
+
+
+# ---- vectors in and scores out ------------------------------------------------------------------
+def _pack_group(group: pd.DataFrame, blocking: Blocking, width: int) -> pd.DataFrame:
+    idx = group["idx"].to_numpy(dtype=np.int64)
+    vals = np.stack(group["vec"].to_numpy()).astype(np.float64).reshape(len(idx), width)
+    state = _combine(idx // blocking.target_blocks, vals, 0.0)
+    return pd.DataFrame([_state_row(group["block"].iloc[0], state)]) if len(state.rows) else _EMPTY_STATE
+
+
+def pack_vectors(vectors: DataFrame, idx_col: str, vec_col: str, blocking: Blocking, width: int) -> DataFrame:
+    """(node idx, vec) rows → block states in the target blocking of that node kind."""
+    rows = vectors.select(F.col(idx_col).cast("long").alias("idx"), F.col(vec_col).alias("vec"))
+    rows = rows.withColumn("block", (F.col("idx") % blocking.target_blocks).cast("int"))
+    return rows.groupBy("block").applyInPandas(partial(_pack_group, blocking=blocking, width=width), STATE_SCHEMA)
+
+
+def _unpack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, scale: float) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for k in range(batch.num_rows):
+            state = BlockState.from_buffers(_bytes(batch.column("rows")[k]), _bytes(batch.column("vals")[k]), width)
+            ids = state.rows.astype(np.int64) * blocking.target_blocks + batch.column("block")[k].as_py()
+            for lo in range(0, len(ids), OUTPUT_BATCH_ROWS):
+                chunk = state.vals[lo:lo + OUTPUT_BATCH_ROWS] * scale
+                offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32) * width)
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(ids[lo:lo + OUTPUT_BATCH_ROWS].astype(np.int32)),
+                     pa.ListArray.from_arrays(offsets, pa.array(chunk.ravel()))],
+                    names=["idx", "vec"])
+
+
+def unpack_states(states: DataFrame, blocking: Blocking, width: int, idx_col: str, vec_col: str,
+                  scale: float = 1.0) -> DataFrame:
+    out = states.mapInArrow(partial(_unpack, blocking=blocking, width=width, scale=scale),
+                            "idx int, vec array<double>")
+    return out.withColumnsRenamed({"idx": idx_col, "vec": vec_col})
+
+
+# ---- input checks ------------------------------------------------------------------------------
+def _require_columns(df: DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; has {df.columns}")
+
+
+def edge_stats(edges: DataFrame, weighted: bool) -> dict:
+    """Counts and index ranges of the edges in one pass; raises naming the offending column."""
+    cols = ["user_idx", "item_idx"] + (["n_purchases"] if weighted else [])
+    _require_columns(edges, cols, "edges")
+    aggs = [F.count(F.lit(1)).alias("edges"), F.max("user_idx").alias("max_user"), F.min("user_idx").alias("min_user"),
+            F.max("item_idx").alias("max_item"), F.min("item_idx").alias("min_item")]
+    aggs += [F.sum(F.col(c).isNull().cast("long")).alias(f"null_{c}") for c in cols]
+    if weighted:
+        aggs.append(F.min("n_purchases").alias("min_weight"))
+    stats = edges.agg(*aggs).first().asDict()
+    for c in cols:
+        if stats[f"null_{c}"]:
+            raise ValueError(f"edges: {stats[f'null_{c}']} row(s) have a null {c}")
+    for kind in ("user", "item"):
+        if stats[f"min_{kind}"] is not None and stats[f"min_{kind}"] < 0:
+            raise ValueError(f"edges: {kind}_idx must be >= 0, found {stats[f'min_{kind}']}")
+    if weighted and stats["min_weight"] is not None and stats["min_weight"] <= 0:
+        raise ValueError(f"edges: n_purchases must be > 0 for weighted propagation, found {stats['min_weight']}")
+    return stats
+
+
+def vector_stats(vectors: DataFrame, idx_col: str, vec_col: str, what: str, width: int | None = None) -> dict:
+    _require_columns(vectors, [idx_col, vec_col], what)
+    stats = vectors.agg(F.count(F.lit(1)).alias("rows"), F.max(idx_col).alias("max_idx"),
+                        F.min(idx_col).alias("min_idx"), F.min(F.size(vec_col)).alias("min_width"),
+                        F.max(F.size(vec_col)).alias("max_width"),
+                        F.sum(F.col(idx_col).isNull().cast("long")).alias("null_idx"),
+                        F.sum(F.col(vec_col).isNull().cast("long")).alias("null_vec")).first().asDict()
+    if stats["null_idx"] or stats["null_vec"]:
+        raise ValueError(f"{what}: {stats['null_idx']} null {idx_col} and {stats['null_vec']} null {vec_col} value(s)")
+    if stats["min_idx"] is not None and stats["min_idx"] < 0:
+        raise ValueError(f"{what}: {idx_col} must be >= 0, found {stats['min_idx']}")
+    widths = {stats["min_width"], stats["max_width"]} - {None}
+    if len(widths) > 1 or (width is not None and widths - {width}):
+        want = f"length {width} (the number of personas)" if width is not None else "the same length"
+        raise ValueError(f"{what}: every {vec_col} must have {want}; found lengths "
+                         f"{stats['min_width']}..{stats['max_width']}")
+    return stats
+
+
+# ---- public API --------------------------------------------------------------------------------
+def _require_checkpoint_dir(edges: DataFrame, conf: AffinityConf) -> None:
+    if conf.checkpoint == "reliable" and edges.sparkSession.sparkContext.getCheckpointDir() is None:
+        raise ValueError("affinity.checkpoint=reliable needs a checkpoint directory "
+                         "(SparkContext.setCheckpointDir; the stage sets spark.checkpoint_dir)")
+
+
+def _parallel_blocks(edges: DataFrame, n_edges: int, conf: AffinityConf) -> int:
+    if conf.target_blocks:
+        return conf.target_blocks
+    return max(edges.sparkSession.sparkContext.defaultParallelism, math.ceil(n_edges / EDGES_PER_TILE_BLOCK))
+
+
+def compute_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: int, conf: AffinityConf | None = None,
+                     trace: list[dict] | None = None) -> DataFrame:
+    """Ψ for every user reached from a prototype within 2ℓ̂ hops → ``user_idx int, scores array<double>``.
+
+    ``edges`` are the propagation edges, already filtered by the caller (the stage keeps
+    ``split='train'``); one row per (user_idx, item_idx) pair, ``n_purchases`` used when
+    ``conf.weighted``. ``prototypes`` are the rows of L (``prototype_labels``). Users with no
+    row have Ψ = 0 for every persona (unreached, or pruned to zero). ``scores[r]`` is persona r.
+    With ``conf.eps > 0`` every score is within ε of the exact Ψ and never above it (see the
+    module docstring). ``trace``, when given, receives one dict per phase (path, seconds).
+    """
+    conf = conf or AffinityConf()
+    if conf.ell < 1:
+        raise ValueError(f"affinity.ell must be >= 1, got {conf.ell}")
+    _require_checkpoint_dir(edges, conf)
+    stats = edge_stats(edges, conf.weighted)
+    protos = vector_stats(prototypes, "user_idx", "vec", "prototypes", n_personas)
+    n_users = max(stats["max_user"] or 0, protos["max_idx"] or 0) + 1
+    n_items = (stats["max_item"] or 0) + 1
+    parallel = _parallel_blocks(edges, stats["edges"], conf)
+    users = Blocking.plan(n_users, parallel, conf.broadcast_max_rows)
+    items = Blocking.plan(n_items, parallel, conf.broadcast_max_rows)
+    tau = conf.eps / (2 * conf.ell)
+
+    started = time.perf_counter()
+    tiles = build_tiles(edges, users, items, conf.weighted, (TO_ITEMS, TO_USERS), parallel)
+    try:
+        tiles.count()
+        if trace is not None:
+            trace.append({"phase": "tiles", "seconds": round(time.perf_counter() - started, 3),
+                          "user_blocks": [users.target_blocks, users.source_blocks],
+                          "item_blocks": [items.target_blocks, items.source_blocks]})
+        to_items = HopPlan(tiles.where(F.col("direction") == TO_ITEMS), users, items, n_personas,
+                           conf.broadcast_max_rows, conf.checkpoint)
+        to_users = HopPlan(tiles.where(F.col("direction") == TO_USERS), items, users, n_personas,
+                           conf.broadcast_max_rows, conf.checkpoint)
+        state = checkpoint(pack_vectors(prototypes, "user_idx", "vec", users, n_personas), conf.checkpoint)
+        terms = []
+        for step in range(1, conf.ell + 1):
+            state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
+            state = hop(state, to_users, tau, trace, f"hop {2 * step} (items→users)")
+            terms.append(state)
+        total = terms[0] if len(terms) == 1 else checkpoint(sum_states(_union(terms), n_personas), conf.checkpoint)
+    finally:
+        tiles.unpersist()
+    return unpack_states(total, users, n_personas, "user_idx", "scores", scale=1.0 / conf.ell)
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def propagate_to_users(edges: DataFrame, item_vectors: DataFrame, conf: AffinityConf | None = None) -> DataFrame:
+    """One item → user averaging step: ``user_idx, vec`` = Σ_v P[u,v]·vec[v] (row-normalized P).
+
+    GPLR pushes the LLM's item labels to users with it. Same tiles and hop as the affinity engine;
+    ``edges`` already filtered by the caller; users whose items carry no vector get no row.
+    """
+    conf = conf or AffinityConf()
+    _require_checkpoint_dir(edges, conf)
+    stats = edge_stats(edges, conf.weighted)
+    vec = vector_stats(item_vectors, "item_idx", "vec", "item_vectors")
+    width = vec["max_width"]
+    if not vec["rows"] or not stats["edges"]:
+        return edges.sparkSession.createDataFrame([], "user_idx int, vec array<double>")
+    n_users = (stats["max_user"] or 0) + 1
+    n_items = max(stats["max_item"] or 0, vec["max_idx"] or 0) + 1
+    parallel = _parallel_blocks(edges, stats["edges"], conf)
+    users = Blocking.plan(n_users, parallel, conf.broadcast_max_rows)
+    items = Blocking.plan(n_items, parallel, conf.broadcast_max_rows)
+    tiles = build_tiles(edges, users, items, conf.weighted, (TO_USERS,), parallel)
+    try:
+        state = checkpoint(pack_vectors(item_vectors, "item_idx", "vec", items, width), conf.checkpoint)
+        plan = HopPlan(tiles, items, users, width, conf.broadcast_max_rows, conf.checkpoint)
+        result = hop(state, plan, 0.0, label="item→user")
+    finally:
+        tiles.unpersist()
+    return unpack_states(result, users, width, "user_idx", "vec")
+
+
+def affinity_long(df: DataFrame) -> DataFrame:
+    """``user_idx, scores`` → ``user_idx, persona_idx, score`` with zero scores left out."""
+    exploded = df.select("user_idx", F.posexplode("scores").alias("persona_idx", "score"))
+    return exploded.where(F.col("score") != 0).select(
+        "user_idx", F.col("persona_idx").cast("int"), F.col("score").cast("double"))

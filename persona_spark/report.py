@@ -1,0 +1,628 @@
+"""One self-contained HTML report of a run, written for the people who use personas.
+
+Only small aggregates leave Spark (counts per persona or segment, a bounded sample of points, a few
+run rows). Each figure is drawn with matplotlib, saved as PNG next to the HTML and embedded in it
+as base64, so the file opens offline and can be mailed as is. A section whose table is missing says
+which stage writes it; a section that fails to draw says so and the rest of the report still renders.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from pyspark.sql import DataFrame  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from persona_spark.config import ReportConf  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Which stage writes each table the report reads; named in "not available" notes.
+WRITTEN_BY = {
+    "personas": "gplr",
+    "persona_set": "generate",
+    "users": "build-graph",
+    "items": "build-graph",
+    "edges": "build-graph",
+    "segments": "segment",
+    "segment_points": "segment",
+    "segment_summary": "segment",
+    "silhouette": "segment",
+    "robustness": "robustness",
+    "evaluation": "evaluate",
+    "evaluation_per_persona": "evaluate",
+    "recommend_runs": "train",
+    "user_labels": "label-users",
+}
+REPORT_TABLES = tuple(WRITTEN_BY)
+
+LLM_COLOUR = "#1f5f99"
+PROPAGATED_COLOUR = "#8fbce6"
+RFM_COLOUR = "#d08a2c"
+INK = "#1f2933"
+K_TOLERANCE = 0.05  # silhouette slack when the report picks the segmentation to show
+METRIC_COLUMN = re.compile(r"^(ndcg|f1|recall|precision|hr|hit|mrr|map)_?@?\d+$", re.IGNORECASE)
+
+plt.rcParams.update(
+    {
+        "font.size": 10.5,
+        "axes.titlesize": 12,
+        "axes.titleweight": "bold",
+        "axes.titlelocation": "left",
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.edgecolor": "#9aa5b1",
+        "axes.labelcolor": INK,
+        "xtick.color": INK,
+        "ytick.color": INK,
+        "text.color": INK,
+        "figure.dpi": 110,
+        "savefig.dpi": 110,
+    }
+)
+
+
+# ---- figures and html helpers ---------------------------------------------------------------------
+class Figures:
+    """Saves each figure as ``<folder>/<name>.png`` and returns an <img> embedding the same bytes."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.written: list[Path] = []
+
+    def embed(self, fig, name: str, alt: str) -> str:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight", facecolor="white")
+        plt.close(fig)
+        data = buffer.getvalue()
+        path = self.folder / f"{name}.png"
+        path.write_bytes(data)
+        self.written.append(path)
+        encoded = base64.b64encode(data).decode("ascii")
+        return f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}"></figure>'
+
+
+def _table(frame: pd.DataFrame, percent: tuple[str, ...] = (), decimals: int = 3) -> str:
+    """A pandas frame as an escaped HTML table; ``percent`` columns shown as 12.3 %."""
+    shown = frame.copy()
+    for column in shown.columns:
+        values = shown[column]
+        if column in percent:
+            shown[column] = values.map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f} %")
+        elif pd.api.types.is_float_dtype(values):
+            shown[column] = values.map(lambda v: "" if pd.isna(v) else f"{v:,.{decimals}f}")
+        elif pd.api.types.is_integer_dtype(values):
+            shown[column] = values.map(lambda v: f"{v:,}")
+    return shown.to_html(index=False, classes="data", border=0, escape=True, na_rep="")
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _cards(pairs: list[tuple[str, str]]) -> str:
+    cells = "".join(
+        f'<div class="card"><div class="value">{html.escape(v)}</div><div class="label">{html.escape(k)}</div></div>'
+        for k, v in pairs
+    )
+    return f'<div class="cards">{cells}</div>'
+
+
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _segment_colours(n: int) -> list:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
+    return [cmap(i if n <= 20 else i / max(n - 1, 1)) for i in range(n)]
+
+
+# ---- the report's context ----------------------------------------------------------------------------
+@dataclass
+class Context:
+    tables: Mapping[str, DataFrame | None]
+    persona_names: dict[int, str]
+    conf: ReportConf
+    figures: Figures
+    prices_per_1k: tuple[float, float]
+    facts: dict = field(default_factory=dict)  # headline numbers gathered by sections for the overview
+
+    def name(self, idx: int) -> str:
+        return self.persona_names.get(int(idx), f"persona {idx}")
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    needs: tuple[str, ...]
+    lead: str  # one sentence: what the reader learns here and how to read it
+    build: Callable[[Context], str]
+
+
+# ---- sections ------------------------------------------------------------------------------------------
+def _persona_distribution(ctx: Context) -> str:
+    personas = ctx.tables["personas"]
+    counts = (
+        personas.groupBy("persona_idx", "source").agg(F.countDistinct("user_idx").alias("users")).toPandas()
+    )
+    wide = counts.pivot_table(index="persona_idx", columns="source", values="users", fill_value=0, aggfunc="sum")
+    for source in ("llm", "propagated"):
+        if source not in wide.columns:
+            wide[source] = 0
+    wide["total"] = wide["llm"] + wide["propagated"]
+    wide = wide.sort_values("total", ascending=False)
+    users = personas.select("user_idx").distinct().count()
+    per_user = (
+        personas.groupBy("user_idx").agg(F.countDistinct("persona_idx").alias("n")).groupBy("n").count().toPandas()
+    ).sort_values("n")
+    llm_users = personas.filter(F.col("source") == "llm").select("user_idx").distinct().count()
+    ctx.facts.update(users_with_personas=users, llm_users=llm_users)
+
+    shown = wide.head(ctx.conf.top_personas).iloc[::-1]
+    labels = [_short(ctx.name(i), 34) for i in shown.index]
+    fig, (ax, ax2) = plt.subplots(
+        1, 2, figsize=(11, 0.32 * len(shown) + 1.6), gridspec_kw={"width_ratios": [3, 1.1]}
+    )
+    ax.barh(labels, shown["llm"], color=LLM_COLOUR, label="labelled by the LLM")
+    ax.barh(labels, shown["propagated"], left=shown["llm"], color=PROPAGATED_COLOUR, label="propagated (GPLR)")
+    for y, total in enumerate(shown["total"]):
+        ax.text(total, y, f"  {100 * total / users:.0f} %", va="center", fontsize=9)
+    ax.set_xlabel("customers")
+    ax.set_title("Customers per persona")
+    ax.legend(loc="lower right", frameon=False)
+    ax.margins(x=0.12)
+    ax2.bar(per_user["n"].astype(str), per_user["count"], color=LLM_COLOUR)
+    ax2.set_title("Personas per customer")
+    ax2.set_xlabel("number of personas")
+    ax2.set_ylabel("customers")
+    img = ctx.figures.embed(fig, "persona_distribution", "customers per persona, labelled vs propagated")
+
+    table = pd.DataFrame(
+        {
+            "persona": [ctx.name(i) for i in wide.index],
+            "customers": wide["total"].astype(int).values,
+            "share of customers": (wide["total"] / users).values,
+            "labelled by LLM": wide["llm"].astype(int).values,
+            "propagated": wide["propagated"].astype(int).values,
+        }
+    )
+    note = _note(
+        f"{users:,} customers have at least one persona; {llm_users:,} of them were labelled by the LLM "
+        "(the prototypes), the others received personas by propagation over the purchase graph."
+    )
+    return note + img + "<details><summary>All personas as a table</summary>" + _table(
+        table, percent=("share of customers",)
+    ) + "</details>"
+
+
+def _cooccurrence(ctx: Context) -> str:
+    assigned = ctx.tables["personas"].select("user_idx", "persona_idx").distinct()
+    pairs = (
+        assigned.alias("a")
+        .join(assigned.alias("b"), "user_idx")
+        .groupBy(F.col("a.persona_idx").alias("row"), F.col("b.persona_idx").alias("col"))
+        .count()
+        .toPandas()
+    )
+    matrix = pairs.pivot_table(index="row", columns="col", values="count", fill_value=0)
+    diagonal = pd.Series(np.diag(matrix.reindex(columns=matrix.index).fillna(0).values), index=matrix.index)
+    top = diagonal.sort_values(ascending=False).head(ctx.conf.top_personas).index
+    conditional = matrix.reindex(index=top, columns=top).fillna(0).div(diagonal[top], axis=0)
+    values = conditional.values.astype(float)
+    np.fill_diagonal(values, np.nan)
+    names = [_short(ctx.name(i), 30) for i in top]
+    size = 0.42 * len(top) + 2.5
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    cmap = plt.get_cmap("Blues").copy()
+    cmap.set_bad("#eef1f4")
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1)
+    ax.set_xticks(range(len(top)), names, rotation=60, ha="right")
+    ax.set_yticks(range(len(top)), names)
+    ax.spines[:].set_visible(False)
+    if len(top) <= 25:
+        for r in range(len(top)):
+            for c in range(len(top)):
+                if not math.isnan(values[r, c]) and values[r, c] >= 0.005:
+                    ax.text(c, r, f"{100 * values[r, c]:.0f}", ha="center", va="center", fontsize=7.5,
+                            color="white" if values[r, c] > 0.55 else INK)
+    ax.set_title("Of the customers with the row persona, % who also have the column persona")
+    fig.colorbar(image, ax=ax, fraction=0.035, pad=0.02, format=PercentFormatter(xmax=1, decimals=0))
+    strongest = (
+        conditional.where(~np.eye(len(top), dtype=bool)).stack().sort_values(ascending=False).head(3)
+    )
+    bullets = "".join(
+        f"<li>{100 * share:.0f} % of <b>{html.escape(ctx.name(r))}</b> customers are also "
+        f"<b>{html.escape(ctx.name(c))}</b></li>"
+        for (r, c), share in strongest.items()
+    )
+    return ctx.figures.embed(fig, "persona_cooccurrence", "persona co-occurrence heat map") + (
+        f"<p>Strongest overlaps:</p><ul>{bullets}</ul>" if bullets else ""
+    )
+
+
+def _chosen_k(ctx: Context, silhouettes: pd.DataFrame) -> int | None:
+    """``report.k``, else the smallest k whose persona silhouette is within ``K_TOLERANCE`` of the best:
+    silhouette tends to creep up with k, and a marketer reads 15 segments, not 35."""
+    if ctx.conf.k is not None:
+        return ctx.conf.k
+    persona_rows = silhouettes[(silhouettes["representation"] == "personas") & silhouettes["silhouette"].notna()]
+    if persona_rows.empty:
+        return None
+    good = persona_rows[persona_rows["silhouette"] >= persona_rows["silhouette"].max() - K_TOLERANCE]
+    return int(good["k"].min())
+
+
+def _segment_name(personas) -> str:
+    """The segment's majority personas (held by ≥ half its members), most characteristic (lift) first."""
+    personas = list(personas) if personas is not None else []
+    majority = sorted((p for p in personas if p["share"] >= 0.5), key=lambda p: -p["lift"])[:2]
+    chosen = majority or personas[:1]
+    return " + ".join(p["name"] for p in chosen) if chosen else "no persona"
+
+
+def _segments(ctx: Context) -> str:
+    silhouettes = ctx.tables["silhouette"].toPandas()
+    k = _chosen_k(ctx, silhouettes)
+    summary = ctx.tables["segment_summary"]
+    available = sorted(int(r["k"]) for r in summary.select("k").distinct().collect())
+    if k is None or k not in available:
+        return _note(f"No segmentation with k={k} in segment_summary (available: {available}).")
+    rows = summary.filter(F.col("k") == k).toPandas().sort_values("size", ascending=False)
+    rows["name"] = rows["personas"].map(_segment_name)
+    colours = dict(zip(sorted(rows["segment"]), _segment_colours(len(rows))))
+    ctx.facts["segments_k"] = k
+
+    fig, ax = plt.subplots(figsize=(11, 0.34 * len(rows) + 1.4))
+    ordered = rows.iloc[::-1]
+    ax.barh([f"S{s}" for s in ordered["segment"]], ordered["size"], color=[colours[s] for s in ordered["segment"]])
+    for y, (size, share, name) in enumerate(zip(ordered["size"], ordered["share"], ordered["name"])):
+        ax.text(size, y, f"  {100 * share:.1f} %  ·  {name}", va="center", fontsize=9)
+    ax.set_xlabel("customers")
+    ax.set_xlim(0, ordered["size"].max() * 2.6)
+    ax.spines["bottom"].set_bounds(0, ordered["size"].max() * 1.05)
+    ax.set_title(f"Segment sizes (k = {k}), named after their characteristic majority personas")
+    parts = [ctx.figures.embed(fig, "segment_sizes", f"segment sizes for k={k}")]
+
+    points = _projection_sample(ctx, k)
+    if points is not None and not points.empty:
+        parts.append(_projection_figures(ctx, points, colours, k))
+    else:
+        parts.append(_note("No projection points (segment_points) for this segmentation."))
+
+    table = pd.DataFrame(
+        {
+            "segment": rows["segment"].map(lambda v: f"S{v}"),
+            "name": rows["name"],
+            "customers": rows["size"].astype(int),
+            "share": rows["share"],
+            "dominant personas (share of segment, lift vs all)": rows["personas"].map(
+                lambda ps: "; ".join(f"{p['name']} ({100 * p['share']:.0f} %, ×{p['lift']:.1f})" for p in ps)
+            ),
+            "buys more than other customers": rows["top_items"].map(
+                lambda items: "; ".join(str(i["item_name"]).strip().capitalize() for i in items)
+            ),
+        }
+    )
+    parts.append("<h3>What each segment is</h3>" + _table(table, percent=("share",)))
+    return "".join(parts)
+
+
+def _projection_sample(ctx: Context, k: int) -> pd.DataFrame | None:
+    points, segments = ctx.tables.get("segment_points"), ctx.tables["segments"]
+    if points is None:
+        return None
+    chosen = segments.filter((F.col("representation") == "personas") & (F.col("k") == k)).select("user_idx", "segment")
+    joined = points.filter(F.col("representation") == "personas").join(chosen, "user_idx")
+    total = joined.count()
+    if total > ctx.conf.max_points:
+        joined = joined.sample(fraction=min(1.0, 1.3 * ctx.conf.max_points / total), seed=7)
+    return joined.limit(ctx.conf.max_points).select("x", "y", "z", "segment").toPandas()
+
+
+def _projection_figures(ctx: Context, points: pd.DataFrame, colours: dict, k: int) -> str:
+    # Persona vectors are discrete, so many customers share a point; a little jitter shows the crowd.
+    rng = np.random.default_rng(0)
+    jitter = rng.normal(0, 0.025, size=(len(points), 3))
+    xyz = points[["x", "y", "z"]].to_numpy() + jitter
+    point_colours = [colours.get(s, "#999999") for s in points["segment"]]
+    fig = plt.figure(figsize=(12, 5.2))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.scatter(xyz[:, 0], xyz[:, 1], c=point_colours, s=9, alpha=0.55, linewidths=0)
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2")
+    ax.set_title("2-D projection")
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    ax3.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=point_colours, s=7, alpha=0.5, linewidths=0)
+    ax3.set_title("3-D projection", loc="left")
+    ax3.set_xlabel("component 1")
+    ax3.set_ylabel("component 2")
+    ax3.set_zlabel("component 3")
+    ax3.view_init(elev=22, azim=38)
+    fig.suptitle(
+        f"{len(points):,} customers (sample), coloured by segment (k = {k}); positions jittered slightly",
+        x=0.01, ha="left", fontsize=10, color="#52606d",
+    )
+    return ctx.figures.embed(fig, "segment_projection", "customers projected on the first principal components")
+
+
+def _silhouette(ctx: Context) -> str:
+    frame = ctx.tables["silhouette"].toPandas().sort_values(["representation", "k"])
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    styles = {"personas": (LLM_COLOUR, "o", "personas"), "rfm": (RFM_COLOUR, "s", "RFM (recency, frequency, monetary)")}
+    for representation, group in frame.groupby("representation"):
+        colour, marker, label = styles.get(representation, ("#555555", "^", representation))
+        ax.plot(group["k"], group["silhouette"], marker=marker, color=colour, label=label, linewidth=2)
+    ax.set_xlabel("number of segments k")
+    ax.set_ylabel("silhouette (higher = better separated)")
+    ax.set_ylim(min(0.0, float(np.nanmin(frame["silhouette"])) - 0.05) if frame["silhouette"].notna().any() else 0, 1.0)
+    ax.set_xticks(sorted(frame["k"].unique()))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False)
+    ax.set_title("Silhouette vs k")
+    wide = frame.pivot_table(index="k", columns="representation", values="silhouette").reset_index()
+    wide.columns = [str(c) for c in wide.columns]
+    return ctx.figures.embed(fig, "silhouette", "silhouette versus k for personas and RFM") + _table(wide)
+
+
+def _robustness(ctx: Context) -> str:
+    frame = ctx.tables["robustness"].toPandas()
+    fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(frame) + 1.3))
+    colours = [LLM_COLOUR if r == "personas" else RFM_COLOUR for r in frame["representation"]]
+    ax.barh(frame["representation"], frame["share_unchanged"], color=colours)
+    for y, share in enumerate(frame["share_unchanged"]):
+        ax.text(share, y, f"  {100 * share:.1f} %", va="center")
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("share of customers whose representation did not change")
+    ax.set_title("Stable from one period to the next")
+    table = frame.rename(columns={"users": "customers compared", "unchanged": "unchanged", "share_unchanged": "share unchanged"})
+    return ctx.figures.embed(fig, "robustness", "share of customers with an unchanged representation") + _table(
+        table, percent=("share unchanged",)
+    )
+
+
+def _quality(ctx: Context) -> str:
+    evaluation = ctx.tables["evaluation"].toPandas()
+    parts = [_table(evaluation)]
+    per_persona = ctx.tables.get("evaluation_per_persona")
+    if per_persona is None:
+        parts.append(_note("Per-persona precision/recall not available — run evaluate."))
+        return "".join(parts)
+    order = "ts" if "ts" in per_persona.columns else "run_id"
+    latest = per_persona.orderBy(F.desc(order)).select("run_id").head(1)
+    if not latest:
+        return "".join(parts)
+    run_id = latest[0]["run_id"]
+    frame = per_persona.filter(F.col("run_id") == run_id).toPandas().sort_values("support")
+    frame["label"] = [f"{_short(ctx.name(i), 30)} (n={s:,})" for i, s in zip(frame["persona_idx"], frame["support"])]
+    fig, ax = plt.subplots(figsize=(9, 0.34 * len(frame) + 1.5))
+    y = np.arange(len(frame))
+    ax.barh(y + 0.2, frame["precision"], height=0.4, color=LLM_COLOUR, label="precision")
+    ax.barh(y - 0.2, frame["recall"], height=0.4, color=PROPAGATED_COLOUR, label="recall")
+    ax.set_yticks(y, frame["label"])
+    ax.set_xlim(0, 1)
+    ax.legend(loc="lower right", frameon=False)
+    ax.set_title(f"Per persona, run {run_id} (n = reference customers with the persona)")
+    parts.append(ctx.figures.embed(fig, "quality_per_persona", "precision and recall per persona"))
+    return "".join(parts)
+
+
+def _recommendations(ctx: Context) -> str:
+    runs = ctx.tables["recommend_runs"].toPandas()
+    metrics = [c for c in runs.columns if METRIC_COLUMN.match(c)]
+    if "model" not in runs.columns or not metrics:
+        return _table(runs)
+    grouped = runs.groupby("model")[metrics]
+    means, stds = grouped.mean(), grouped.std().fillna(0.0)
+    summary = means.copy()
+    summary.insert(0, "runs", runs.groupby("model").size())
+    if "seconds" in runs.columns:
+        summary["seconds"] = runs.groupby("model")["seconds"].mean()
+    summary = summary.reset_index()
+    headline = [m for m in metrics if m.lower().startswith("ndcg")] or metrics
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(headline)
+    x = np.arange(len(means))
+    for j, metric in enumerate(headline):
+        ax.bar(x + j * width - 0.4 + width / 2, means[metric], width, yerr=stds[metric], capsize=3,
+               label=metric, color=plt.get_cmap("Blues")(0.35 + 0.6 * (j + 1) / len(headline)))
+    ax.set_xticks(x, means.index)
+    ax.set_ylabel("mean over seeds")
+    ax.legend(frameon=False, ncol=min(len(headline), 6))
+    ax.set_title("Recommendation quality by model (error bars: std over seeds)")
+    return ctx.figures.embed(fig, "recommendations", "recommendation metrics by model") + _table(summary, decimals=4)
+
+
+def _labeling(ctx: Context) -> str:
+    labels = ctx.tables["user_labels"]
+    prompt_price, completion_price = ctx.prices_per_1k
+    keys = [c for c in ("model", "prompt_version", "status") if c in labels.columns]
+    tokens = {c: F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in ("prompt_tokens", "completion_tokens") if c in labels.columns}
+    aggregates = [F.count("*").alias("customers"), *tokens.values()]
+    if "latency_ms" in labels.columns:
+        aggregates += [F.avg("latency_ms").alias("mean latency ms"), F.percentile_approx("latency_ms", 0.95).alias("p95 latency ms")]
+    ledger = labels.groupBy(*keys).agg(*aggregates).toPandas().sort_values(keys)
+    ledger["estimated cost USD"] = (
+        ledger.get("prompt_tokens", 0) / 1000 * prompt_price + ledger.get("completion_tokens", 0) / 1000 * completion_price
+    )
+    total_cost = float(ledger["estimated cost USD"].sum())
+    total_tokens = int(ledger.get("prompt_tokens", pd.Series([0])).sum() + ledger.get("completion_tokens", pd.Series([0])).sum())
+    ctx.facts.update(labeling_cost=total_cost, labeled=int(ledger["customers"].sum()))
+    parts = [
+        _cards(
+            [
+                ("customers sent to the labeler", f"{int(ledger['customers'].sum()):,}"),
+                ("tokens used", f"{total_tokens:,}"),
+                ("estimated cost", f"${total_cost:,.2f}"),
+            ]
+        ),
+        _note(
+            f"Cost at the configured prices: ${prompt_price:g} per 1k prompt tokens, ${completion_price:g} per 1k "
+            "completion tokens (labeling.openai.price_*_per_1k); offline labelers use no tokens."
+        ),
+        _table(ledger, decimals=2),
+    ]
+    if "status" in labels.columns and "error" in labels.columns:
+        errors = (
+            labels.filter(F.col("error").isNotNull()).groupBy("status", "error").count()
+            .orderBy(F.desc("count")).limit(5).toPandas()
+        )
+        if not errors.empty:
+            parts.append("<h3>Most frequent errors</h3>" + _table(errors))
+    return "".join(parts)
+
+
+SECTIONS = (
+    Section("personas", "Who our customers are", ("personas",),
+            "How many customers carry each persona, and whether the LLM labelled them directly or they "
+            "received the persona through their purchases (propagation).", _persona_distribution),
+    Section("cooccurrence", "Personas that go together", ("personas",),
+            "Read a row: of the customers with that persona, the share who also have each other persona. "
+            "Dark cells are combinations worth a joint campaign.", _cooccurrence),
+    Section("segments", "Customer segments", ("segments", "segment_summary", "silhouette"),
+            "Customers grouped by their persona combination (personas → PCA → KMeans). Each segment is named "
+            "after its dominant personas and the products its members buy more than other customers.", _segments),
+    Section("silhouette", "Segment quality: personas vs RFM", ("silhouette",),
+            "Silhouette measures how well separated segments are (1 = perfectly). Persona-based segments are "
+            "compared with the classic RFM segmentation put through the same pipeline.", _silhouette),
+    Section("robustness", "Stability over time", ("robustness",),
+            "Each customer's purchases are split into an earlier and a later half; a stable representation "
+            "keeps customers in the same place, so campaigns built on it keep reaching the right people.", _robustness),
+    Section("quality", "Persona quality (GPLR vs reference labels)", ("evaluation",),
+            "How well propagated personas match reference labels on customers the LLM did not label.", _quality),
+    Section("recommendations", "Recommendations", ("recommend_runs",),
+            "Offline ranking quality of the recommenders trained on the purchase graph with personas.", _recommendations),
+    Section("labeling", "Labeling cost and token ledger", ("user_labels",),
+            "What labeling the prototypes cost: customers, tokens and estimated spend per model and prompt version.", _labeling),
+)
+
+
+# ---- assembly -----------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    path: Path
+    figures: list[Path]
+    sections: dict[str, str]  # key -> "ok" | "missing" | "failed"
+
+
+def _overview(tables: Mapping[str, DataFrame | None], ctx: Context) -> str:
+    cards = []
+    for table, label in (("users", "customers"), ("items", "products"), ("edges", "customer–product pairs")):
+        if tables.get(table) is not None:
+            cards.append((label, f"{tables[table].count():,}"))
+    cards.append(("personas in the set", f"{len(ctx.persona_names):,}"))
+    if "users_with_personas" in ctx.facts:
+        cards.append(("customers with personas", f"{ctx.facts['users_with_personas']:,}"))
+        cards.append(("labelled by the LLM", f"{ctx.facts['llm_users']:,}"))
+    if "segments_k" in ctx.facts:
+        cards.append(("segments shown", str(ctx.facts["segments_k"])))
+    if "labeling_cost" in ctx.facts:
+        cards.append(("labeling cost (est.)", f"${ctx.facts['labeling_cost']:,.2f}"))
+    return _cards(cards)
+
+
+def build_report(
+    tables: Mapping[str, DataFrame | None],
+    path: str | Path,
+    persona_names: dict[int, str],
+    conf: ReportConf | None = None,
+    prices_per_1k: tuple[float, float] = (0.0, 0.0),
+    title: str = "Customer personas",
+) -> Report:
+    """Render the report from whichever tables exist (``None`` = not written yet) to ``path``."""
+    conf = conf or ReportConf()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ctx = Context(tables, persona_names, conf, Figures(path.parent / "figures"), prices_per_1k)
+    bodies, status = [], {}
+    for section in SECTIONS:
+        missing = [t for t in section.needs if tables.get(t) is None]
+        if missing:
+            stages = sorted({WRITTEN_BY.get(t, "?") for t in missing})
+            body = _note(
+                f"Not available — run {' and '.join('persona-spark ' + s for s in stages)} "
+                f"(table{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing)."
+            )
+            status[section.key] = "missing"
+        else:
+            try:
+                body = f'<p class="lead">{html.escape(section.lead)}</p>' + section.build(ctx)
+                status[section.key] = "ok"
+            except Exception as error:  # one broken section must not cost the reader the whole report
+                log.exception("report section %s failed", section.key)
+                body = _note(f"This section could not be rendered: {type(error).__name__}: {error}")
+                status[section.key] = "failed"
+        css = "section missing" if status[section.key] == "missing" else "section"
+        bodies.append(f'<section id="{section.key}" class="{css}"><h2>{html.escape(section.title)}</h2>{body}</section>')
+    nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in SECTIONS)
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    document = HTML_TEMPLATE.format(
+        title=html.escape(title), generated=generated, nav=nav, overview=_overview(tables, ctx), sections="".join(bodies)
+    )
+    path.write_text(document, encoding="utf-8")
+    log.info("report written to %s (%s)", path, status)
+    return Report(path, ctx.figures.written, status)
+
+
+HTML_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+  body {{ font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #1f2933;
+         background: #f5f7fa; margin: 0; line-height: 1.5; }}
+  header {{ background: #0f3b66; color: white; padding: 28px 40px 18px; }}
+  header h1 {{ margin: 0 0 4px; font-size: 28px; }}
+  header .sub {{ color: #c4dcf2; font-size: 14px; }}
+  nav {{ background: #16497c; padding: 8px 40px; position: sticky; top: 0; z-index: 1; }}
+  nav a {{ color: #e1efff; text-decoration: none; margin-right: 18px; font-size: 14px; white-space: nowrap; }}
+  nav a:hover {{ text-decoration: underline; }}
+  main {{ max-width: 1180px; margin: 0 auto; padding: 12px 40px 60px; }}
+  .section {{ background: white; border-radius: 10px; padding: 18px 26px 22px; margin: 22px 0;
+              box-shadow: 0 1px 3px rgba(15, 59, 102, 0.12); }}
+  .section.missing {{ background: #fbfcfd; box-shadow: none; border: 1px dashed #cbd2d9; }}
+  h2 {{ margin: 4px 0 6px; font-size: 21px; color: #0f3b66; }}
+  h3 {{ font-size: 16px; margin: 22px 0 8px; }}
+  .lead {{ color: #3e4c59; margin-top: 0; }}
+  .note {{ color: #616e7c; font-size: 14px; }}
+  figure {{ margin: 12px 0; }}
+  figure img {{ max-width: 100%; height: auto; }}
+  .cards {{ display: flex; flex-wrap: wrap; gap: 12px; margin: 18px 0 6px; }}
+  .card {{ background: white; border-radius: 10px; padding: 12px 18px; min-width: 130px;
+           box-shadow: 0 1px 3px rgba(15, 59, 102, 0.12); }}
+  .card .value {{ font-size: 22px; font-weight: 700; color: #0f3b66; }}
+  .card .label {{ font-size: 13px; color: #616e7c; }}
+  table.data {{ border-collapse: collapse; font-size: 13.5px; margin: 10px 0; width: 100%; }}
+  table.data th {{ text-align: left; background: #e4ecf5; padding: 6px 10px; }}
+  table.data td {{ padding: 5px 10px; border-top: 1px solid #e4e7eb; vertical-align: top; }}
+  table.data tr:nth-child(even) td {{ background: #f8fafc; }}
+  details summary {{ cursor: pointer; color: #16497c; margin: 8px 0; }}
+  footer {{ color: #7b8794; font-size: 12px; text-align: center; padding: 20px; }}
+</style></head>
+<body>
+<header><h1>{title}</h1><div class="sub">Personas from purchases (GPLR) · generated {generated}</div></header>
+<nav>{nav}</nav>
+<main>
+{overview}
+{sections}
+</main>
+<footer>persona-spark · figures are also saved as PNG files in the figures/ folder next to this page</footer>
+</body></html>
+"""

@@ -1,0 +1,32 @@
+"""A tiny interaction world with planted persona structure, shared by the recommender tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from persona_spark.recommend.data import RecData
+
+
+def planted_world(n_personas: int = 4, users_per_persona: int = 30, items_per_persona: int = 20,
+                  purchases: int = 8, seed: int = 0) -> RecData:
+    """Each user has one persona and buys ``purchases`` items of that persona's block only.
+
+    Items carry their block's persona; a quarter of each user's items go to test.
+    """
+    rng = np.random.default_rng(seed)
+    n_users, n_items = n_personas * users_per_persona, n_personas * items_per_persona
+    user_persona = np.repeat(np.arange(n_personas), users_per_persona)
+    train, test = [], []
+    for user, persona in enumerate(user_persona):
+        block = persona * items_per_persona + rng.choice(items_per_persona, purchases, replace=False)
+        cut = purchases * 3 // 4
+        train += [(user, item) for item in block[:cut]]
+        test += [(user, item) for item in block[cut:]]
+    item_persona = np.repeat(np.arange(n_personas), items_per_persona)
+    return RecData(
+        n_users=n_users, n_items=n_items, n_personas=n_personas,
+        train=np.array(train), test=np.array(test),
+        user_personas=np.stack([np.arange(n_users), user_persona], 1),
+        item_personas=np.stack([np.arange(n_items), item_persona], 1),
+        persona_names=tuple(f"Persona {p}" for p in range(n_personas)),
+    )

@@ -1,0 +1,194 @@
+"""Recommender: metrics by hand, masking, the eigenvector cache, training, the Spark export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from persona_spark.config import RecommendConf  # noqa: E402
+from persona_spark.recommend.data import RecData, load_gplr_json, read_directory, write_directory  # noqa: E402
+from persona_spark.recommend.metrics import evaluate, f1_at_k, hit_matrix, ndcg_at_k, recall_at_k  # noqa: E402
+from persona_spark.recommend.models import MODELS, correlation_penalty  # noqa: E402
+from persona_spark.recommend.spectral import EigenCache, normalized_adjacency, top_eigenpairs  # noqa: E402
+from persona_spark.recommend.train import train  # noqa: E402
+from tests.conftest import shared_path  # noqa: E402
+from tests.recommend_world import planted_world  # noqa: E402
+
+FAST = dict(dim=16, eigen_k=24, lr=0.02, batch_size=128, max_epochs=6, patience=6, progress=False, device="cpu")
+
+
+# ---- metrics ------------------------------------------------------------------------------
+def test_metrics_match_hand_computed_values():
+    hits = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
+    n_relevant = np.array([2, 5, 1])
+    # user 0: DCG = 1/log2(2) + 1/log2(4) = 1.5; ideal over min(2, 3) = 2 hits = 1 + 1/log2(3)
+    # user 1: DCG = 1/log2(3); ideal over min(5, 3) = 3 hits = 1 + 1/log2(3) + 1/log2(4)
+    expected_ndcg = [1.5 / (1 + 1 / math.log2(3)), (1 / math.log2(3)) / (1.5 + 1 / math.log2(3)), 0.0]
+    np.testing.assert_allclose(ndcg_at_k(hits, n_relevant, 3), expected_ndcg)
+    # user 0: P = 2/3, R = 1 -> F1 = 0.8; user 1: P = 1/3, R = 1/5 -> F1 = 0.25; user 2: no hit -> 0
+    np.testing.assert_allclose(f1_at_k(hits, n_relevant, 3), [0.8, 0.25, 0.0])
+    np.testing.assert_allclose(recall_at_k(hits, n_relevant, 1), [0.5, 0.0, 0.0])
+
+
+def test_hit_matrix_looks_up_each_rows_own_relevant_set():
+    relevant = (np.array([0, 2, 2, 3]), np.array([1, 4, 0]))  # row 0: {1, 4}, row 1: {}, row 2: {0}
+    top = np.array([[4, 0, 1], [0, 1, 2]])
+    assert hit_matrix(top, np.array([0, 2]), relevant).tolist() == [[True, False, True], [True, False, False]]
+
+
+def test_training_items_are_masked_and_users_without_test_items_skipped():
+    # one dimension: item scores are 5, 4, 3, 2, 1 for every user
+    items = torch.tensor([[5.0], [4.0], [3.0], [2.0], [1.0]])
+    users = torch.ones(3, 1)
+    train_pairs = np.array([[0, 0], [0, 1], [1, 0]])
+    test_pairs = np.array([[0, 2], [1, 4]])  # user 2 has no test item: skipped
+    masked = evaluate(users, items, test_pairs, train_pairs, ks=(1, 2))
+    # user 0 ranks 2, 3, 4 (items 0, 1 masked) -> hit at rank 1; user 1 ranks 1, 2, 3 -> no hit in top 2
+    assert masked["evaluated"] == 2
+    assert masked["ndcg@1"] == pytest.approx(0.5) and masked["recall@2"] == pytest.approx(0.5)
+    unmasked = evaluate(users, items, test_pairs, None, ks=(1, 2))
+    assert unmasked["ndcg@1"] == 0.0
+
+
+# ---- data ---------------------------------------------------------------------------------
+def test_validation_split_is_disjoint_and_keeps_every_user(tmp_path):
+    data = planted_world()
+    fit, validation = data.split_validation(0.3, seed=1)
+    assert len(fit.train) + len(validation) == len(data.train) and len(validation) > 0.15 * len(data.train)
+    assert not set(map(tuple, fit.train)) & set(map(tuple, validation))
+    assert set(fit.train[:, 0]) == set(data.train[:, 0])
+    assert np.array_equal(data.split_validation(0.3, seed=1)[1], validation)
+
+
+def test_directory_round_trip_and_bad_rows_named(tmp_path):
+    data = planted_world()
+    back = read_directory(write_directory(data, tmp_path / "export"))
+    for name in ("train", "test", "user_personas", "item_personas"):
+        assert np.array_equal(getattr(back, name), getattr(data, name))
+    assert back.persona_names == data.persona_names and back.n_items == data.n_items
+    with pytest.raises(ValueError, match=r"train.item_idx: row 1 has 80, outside 0..79"):
+        RecData(n_users=2, n_items=80, n_personas=1, train=np.array([[0, 1], [1, 80]]))
+    with pytest.raises(FileNotFoundError, match="export"):
+        read_directory(tmp_path / "nothing")
+
+
+def test_paper_split_loads_with_published_counts():
+    data = load_gplr_json(shared_path("online_retail_gplr"))
+    assert (data.n_users, data.n_items, data.n_personas) == (4297, 3846, 20)
+    assert (len(data.train), len(data.test)) == (208_956, 54_311)
+    assert len(np.unique(data.user_personas[:, 0])) == 4286
+
+
+# ---- graph and eigenvectors ---------------------------------------------------------------
+def test_normalized_adjacency_of_tripartite_graph():
+    data = RecData(n_users=2, n_items=1, n_personas=1, train=np.array([[0, 0], [1, 0]]),
+                   user_personas=np.array([[0, 0]]), item_personas=np.array([[0, 0]]))
+    adjacency = normalized_adjacency(data, with_personas=True).toarray()
+    # nodes: user0, user1, item0, persona0; degrees 2, 1, 3, 2
+    degrees = np.array([2, 1, 3, 2])
+    edges = np.zeros((4, 4))
+    for a, b in ((0, 2), (1, 2), (0, 3), (2, 3)):
+        edges[a, b] = edges[b, a] = 1
+    np.testing.assert_allclose(adjacency, edges / np.sqrt(np.outer(degrees, degrees)))
+    assert normalized_adjacency(data, with_personas=False).shape == (3, 3)
+
+
+def test_lobpcg_basis_matches_dense_eigendecomposition():
+    rng = np.random.default_rng(3)
+    pairs = np.unique(np.stack([rng.integers(0, 400, 4000), rng.integers(0, 300, 4000)], 1), axis=0)
+    matrix = normalized_adjacency(RecData(n_users=400, n_items=300, n_personas=0, train=pairs), False)
+    values, vectors = top_eigenpairs(matrix, 10)
+    dense = np.linalg.eigvalsh(matrix.toarray())[::-1][:10]
+    np.testing.assert_allclose(values, dense, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(matrix @ vectors - vectors * values, axis=0), 0, atol=1e-3)
+
+
+def test_eigenvector_cache_is_reused_per_graph(tmp_path):
+    data = planted_world()
+    matrix = normalized_adjacency(data, with_personas=True)
+    first = EigenCache(tmp_path)
+    values, vectors = first.lowpass_basis(matrix, 12)
+    assert (first.hits, first.misses) == (0, 1) and len(list(tmp_path.glob("eig-*.npz"))) == 1
+    second = EigenCache(tmp_path)  # a new process would see only the files
+    again = second.lowpass_basis(matrix, 12)
+    assert (second.hits, second.misses) == (1, 0)
+    np.testing.assert_array_equal(again[1], vectors)
+    second.lowpass_basis(normalized_adjacency(data, with_personas=False), 12)
+    assert second.misses == 1 and len(list(tmp_path.glob("eig-*.npz"))) == 2
+
+
+# ---- models and training ------------------------------------------------------------------
+def test_correlation_penalty_is_zero_for_uncorrelated_columns_and_grows_with_correlation():
+    independent = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert float(correlation_penalty(independent)) == pytest.approx(0.0, abs=1e-6)
+    copied = torch.stack([independent[:, 0], independent[:, 0]], 1)
+    assert float(correlation_penalty(copied)) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path):
+    data = planted_world()
+    result = train(data, RecommendConf(**FAST), seed=0, model_name=model, cache=EigenCache(tmp_path))
+    assert result.device == "cpu" and 1 <= result.best_epoch <= result.epochs <= FAST["max_epochs"]
+    assert result.losses[-1] < result.losses[0]
+    # a random ranking of the 20 items left per user finds ~2 of 80 items: NDCG@10 ~ 0.09
+    assert result.metrics["ndcg@10"] > 0.3, result.summary()
+    assert result.user_embeddings.shape == (data.n_users, 16)
+    has_personas = model in ("lgcn3", "algcn3")
+    assert (result.persona_embeddings is not None) == has_personas
+    run = json.loads(result.save(tmp_path / model).joinpath("run.json").read_text())
+    assert run["model"] == model and run["ndcg@10"] == result.metrics["ndcg@10"]
+
+
+def test_early_stopping_selects_on_validation_not_test():
+    data = planted_world()
+    conf = RecommendConf(**{**FAST, "max_epochs": 30, "patience": 2, "lr": 0.05})
+    result = train(data, conf, seed=1, model_name="mf")
+    assert result.epochs < 30 and result.epochs - result.best_epoch == 2
+    # the test split was never looked at while training: no test item is a training edge
+    assert not set(map(tuple, data.test)) & set(map(tuple, data.train))
+
+
+def test_lgcn3_without_persona_edges_is_an_error():
+    data = RecData(n_users=2, n_items=2, n_personas=3, train=np.array([[0, 0], [1, 1]]))
+    with pytest.raises(ValueError, match="persona edges"):
+        train(data, RecommendConf(**FAST), seed=0, model_name="lgcn3")
+
+
+# ---- Spark export ---------------------------------------------------------------------------
+def test_export_writes_the_directory_the_trainer_reads(spark, tmp_path):
+    from persona_spark.recommend.export import interaction_pairs, item_persona_edges, user_persona_edges, write_export
+
+    edges = spark.createDataFrame(
+        [(0, 0, "train"), (0, 1, "test"), (1, 1, "train"), (2, 0, "train")], "user_idx int, item_idx int, split string"
+    )
+    personas = spark.createDataFrame(
+        [(0, 1, 0.9, 1, "llm"), (0, 0, 0.2, 2, "llm"), (1, 1, 0.5, 1, "propagated")],
+        "user_idx int, persona_idx int, score double, rank int, source string",
+    )
+    item_labels = spark.createDataFrame(
+        [(0, [0, 1], "ok", 1), (0, [1], "ok", 2), (1, None, "error", 3), (1, [0], "ok", 1)],
+        "item_idx int, persona_idx array<int>, status string, ts int",
+    )
+    parts = {
+        "train": interaction_pairs(edges, "train"),
+        "test": interaction_pairs(edges, "test"),
+        "user_personas": user_persona_edges(personas, "score", max_rank=1),
+        "item_personas": item_persona_edges(item_labels),
+    }
+    counts = write_export(tmp_path / "export", parts, n_users=3, n_items=2, persona_names=("A", "B"))
+    assert counts == {"train": 3, "test": 1, "user_personas": 2, "item_personas": 2}
+    data = read_directory(tmp_path / "export")
+    assert sorted(map(tuple, data.train)) == [(0, 0), (1, 1), (2, 0)]
+    assert sorted(map(tuple, data.item_personas)) == [(0, 1), (1, 0)]  # newest valid answer per item
+    order = np.argsort(data.user_personas[:, 0])
+    assert data.user_personas[order].tolist() == [[0, 1], [1, 1]]
+    np.testing.assert_allclose(data.user_persona_weight[order], [0.9, 0.5])
+    assert data.persona_names == ("A", "B")
+    plain = item_persona_edges(spark.createDataFrame([(1, 0)], "item_idx int, persona_idx int"))
+    assert [tuple(r) for r in plain.collect()] == [(1, 0, 1.0)]

@@ -1,0 +1,183 @@
+"""Segmentation, RFM and two-period robustness (paper §7.4) on a tiny planted shop and the raw Online Retail sample."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import functions as F
+
+from persona_spark import segment
+from tests.conftest import shared_path
+from tests.persona_world import COMBOS, N_USERS, PERSONAS, build_world, combo_of
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world()
+
+
+@pytest.fixture(scope="module")
+def frames(spark, world):
+    return world.frames(spark)
+
+
+def test_persona_vectors_are_multi_hot(frames):
+    vectors = segment.persona_vectors(frames["personas"], len(PERSONAS))
+    got = {r["user_idx"]: r["v"] for r in vectors.select("user_idx", vector_to_array("features").alias("v")).collect()}
+    assert sorted(got) == list(range(N_USERS))
+    for user, vector in got.items():
+        assert vector == [1.0 if p in combo_of(user) else 0.0 for p in range(len(PERSONAS))]
+
+
+def test_persona_index_outside_the_set_is_reported(spark):
+    bad = spark.createDataFrame([(1, 0), (2, 7)], "user_idx int, persona_idx int")
+    with pytest.raises(Exception, match=r"persona_idx out of range 0\.\.2: 7 for user_idx=2"):
+        segment.persona_vectors(bad, 3).collect()
+
+
+def test_segmentation_recovers_planted_persona_groups(frames):
+    result = segment.segment_users(segment.persona_vectors(frames["personas"], len(PERSONAS)), ks=[2, 4], seed=1)
+    try:
+        scores = {row["k"]: row for row in result.silhouettes}
+        # Four distinct persona combinations: with k=4 every cluster is one point, perfectly separated.
+        assert scores[4]["clusters"] == 4 and scores[4]["silhouette"] == pytest.approx(1.0)
+        assert 0.0 < scores[2]["silhouette"] < 1.0
+        assignments = result.assignments.filter("k = 4").toPandas()
+        assignments["combo"] = assignments["user_idx"].map(combo_of)
+        segments_per_combo = assignments.groupby("combo")["segment"].nunique()
+        assert (segments_per_combo == 1).all()
+        assert assignments.groupby("segment")["combo"].nunique().max() == 1
+        points = result.points().toPandas()
+        assert len(points) == N_USERS
+        assert np.allclose(np.linalg.norm(points[["x", "y", "z"]].to_numpy(), axis=1), 1.0)
+    finally:
+        result.release()
+
+
+def test_segment_users_rejects_bad_k(frames):
+    with pytest.raises(ValueError, match="at least 2"):
+        segment.segment_users(segment.persona_vectors(frames["personas"], 3), ks=[1])
+
+
+def test_rfm_values_match_pandas(world, frames):
+    got = segment.rfm_values(frames["transactions"]).toPandas().set_index("customer_id").sort_index()
+    lines = pd.DataFrame(world.transactions, columns=frames["transactions"].columns)
+    as_of = lines["ts"].max()
+    per_user = lines.assign(value=lines["quantity"] * lines["unit_price"]).groupby("customer_id")
+    expected = pd.DataFrame(
+        {
+            "recency_days": (as_of - per_user["ts"].max()).dt.total_seconds() / 86400,
+            "frequency": per_user["order_id"].nunique().astype(float),
+            "monetary": per_user["value"].sum(),
+        }
+    ).sort_index()
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
+def test_rfm_buckets_are_ordered_deciles(frames):
+    bucketed = segment.rfm_buckets(segment.rfm_values(frames["transactions"]), buckets=10).toPandas()
+    for value, bucket in zip(segment.RFM_COLUMNS, segment.RFM_BUCKETS):
+        assert bucketed[bucket].between(0, 9).all()
+        ordered = bucketed.sort_values(value)
+        assert ordered[bucket].is_monotonic_increasing, f"{bucket} not monotone in {value}"
+    assert bucketed["m_bucket"].nunique() >= 5  # monetary values are varied enough to fill buckets
+    vectors = segment.rfm_vectors(frames["transactions"]).select(vector_to_array("features").alias("v")).toPandas()
+    assert all(sum(v) == 3.0 for v in vectors["v"])  # one bucket on for each of R, F and M
+
+
+def test_describe_segments_names_planted_personas_and_items(spark, frames):
+    # Segments = the planted combinations themselves, so the expected description is known.
+    assignments = spark.createDataFrame(
+        [(user, 4, COMBOS.index(combo_of(user))) for user in range(N_USERS)], "user_idx int, k int, segment int"
+    )
+    summary = segment.describe_segments(
+        assignments, frames["personas"], frames["edges"], frames["items"], frames["persona_set"], top_items=3
+    ).toPandas()
+    assert sorted(summary["segment"]) == [0, 1, 2, 3]
+    assert summary["size"].sum() == N_USERS and summary["share"].sum() == pytest.approx(1.0)
+    by_segment = summary.set_index("segment")
+    for segment_id, combo in enumerate(COMBOS):
+        row = by_segment.loc[segment_id]
+        top = [p["persona_idx"] for p in row["personas"] if p["share"] == 1.0]
+        assert sorted(top) == list(combo)
+        item_personas = {i["item_idx"] // 5 for i in row["top_items"]}
+        assert item_personas <= set(combo), "distinctive items must come from the segment's personas"
+        assert 15 not in {i["item_idx"] for i in row["top_items"]}, "the bestseller is bought by all: lift 1"
+        for persona in combo:
+            assert PERSONAS.names[persona] in row["description"]
+    assert by_segment.loc[2, "description"].startswith("10 customers (25.0%). Mostly Book Lover (100%)")
+
+
+def test_split_periods_halves_each_users_orders(spark):
+    rows = [
+        ("a", "o1", "2024-01-01"), ("a", "o1", "2024-01-01"), ("a", "o2", "2024-02-01"), ("a", "o3", "2024-03-01"),
+        ("b", "o4", "2024-01-05"), ("b", "o5", "2024-01-06"),
+        ("c", "o6", "2024-01-07"),  # a single order cannot be split
+        ("d", "o7", "2024-01-01"), ("d", "o8", None),  # undated lines cannot be placed in time
+    ]
+    lines = spark.createDataFrame(rows, "customer_id string, order_id string, day string").withColumn(
+        "ts", F.to_timestamp("day")
+    )
+    periods = segment.split_periods(lines)
+    got = sorted({(r["customer_id"], r["order_id"], r["period"]) for r in periods.collect()})
+    assert got == [("a", "o1", 1), ("a", "o2", 1), ("a", "o3", 2), ("b", "o4", 1), ("b", "o5", 2)]
+    assert periods.count() == 5  # both lines of order o1 kept
+
+
+def test_robustness_counts_unchanged_users(spark, world):
+    # Every customer repeats its first-period orders 100 days later, so RFM deciles cannot change;
+    # one customer switches to another persona's items in the second period.
+    switcher = "C005"
+    lines = []
+    for customer, order, item_id, name, quantity, price, ts in world.transactions:
+        lines.append((customer, order, item_id, name, quantity, price, ts))
+        item = int(item_id[1:])
+        if customer == switcher and item < 15:
+            item = (item + 10) % 15  # its Home Baker items become Gardener items
+        lines.append((customer, order + "-later", f"I{item:02d}", name, quantity, price, ts + timedelta(days=100)))
+    lines.append(("C999", "single", "I00", "GARDEN TROWEL", 1, 1.0, world.transactions[0][6]))
+    transactions = spark.createDataFrame(lines, "customer_id string, order_id string, item_id string, "
+                                                "item_name string, quantity long, unit_price double, ts timestamp")
+
+    def labeler(part):  # persona = the item's block of five, the bestseller says nothing
+        idx = F.regexp_extract("item_id", r"I(\d+)", 1).cast("int")
+        return part.filter(idx < 15).select("customer_id", (idx / 5).cast("int").alias("persona_idx"))
+
+    result = {r["representation"]: r for r in segment.robustness(transactions, labeler).collect()}
+    assert result["personas"]["users"] == N_USERS == result["rfm"]["users"]  # C999 has one order
+    assert result["personas"]["unchanged"] == N_USERS - 1
+    assert result["rfm"]["unchanged"] == N_USERS
+    assert result["rfm"]["share_unchanged"] == pytest.approx(1.0)
+    only_rfm = segment.robustness(transactions, None).collect()
+    assert [r["representation"] for r in only_rfm] == ["rfm"]
+
+
+def test_robustness_on_raw_online_retail_sample(spark):
+    csv = shared_path("online_retail_raw", "online_retail_sample_40k.csv")
+    raw = pd.read_csv(csv, dtype={"InvoiceNo": str, "StockCode": str})
+    raw = raw[raw["CustomerID"].notna() & (raw["Quantity"] > 0)]
+    canonical = pd.DataFrame(
+        {
+            "customer_id": raw["CustomerID"].astype(int).astype(str),
+            "order_id": raw["InvoiceNo"],
+            "item_id": raw["StockCode"],
+            "item_name": raw["Description"],
+            "quantity": raw["Quantity"].astype("int64"),
+            "unit_price": raw["UnitPrice"].astype(float),
+            "ts": pd.to_datetime(raw["InvoiceDate"]),
+        }
+    )
+    transactions = spark.createDataFrame(canonical)
+
+    def first_digit_labeler(part):  # a crude but deterministic labeler: stock-code families
+        return part.select("customer_id", F.substring("item_id", 1, 1).cast("int").alias("persona_idx")).dropna()
+
+    result = {r["representation"]: r for r in segment.robustness(transactions, first_digit_labeler).collect()}
+    splittable = int((canonical.groupby("customer_id")["order_id"].nunique() >= 2).sum())
+    assert result["rfm"]["users"] == splittable > 500
+    for row in result.values():
+        assert 0 < row["unchanged"] < row["users"]

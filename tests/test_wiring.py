@@ -1,0 +1,113 @@
+"""The three ways to run a stage reach the same functions: CLI, spark-submit jobs, Databricks bundle."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from persona_spark.config import load_config
+from persona_spark.stages import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _job_stage(path: Path) -> str:
+    """The stage name a jobs/*.py script passes to the CLI."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List) and node.elts and isinstance(node.elts[0], ast.Constant):
+            return node.elts[0].value
+    raise AssertionError(f"{path} does not call persona_spark.cli.main([stage, ...])")
+
+
+def test_every_job_script_runs_a_registered_stage():
+    jobs = sorted((ROOT / "jobs").glob("*.py"))
+    assert jobs
+    for job in jobs:
+        stage = _job_stage(job)
+        assert stage in STAGES, f"{job.name} runs unknown stage {stage!r}"
+        assert job.stem == stage.replace("-", "_")
+
+
+def _bundle_tasks():
+    bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
+    tasks = []
+    for pattern in bundle["include"]:
+        for resource in sorted(ROOT.glob(pattern)):
+            for job in yaml.safe_load(resource.read_text())["resources"]["jobs"].values():
+                tasks += [(job, t) for t in job["tasks"]]
+    return bundle, tasks
+
+
+def test_bundle_targets_schedule_and_secrets():
+    bundle, tasks = _bundle_tasks()
+    assert bundle["targets"]["dev"]["mode"] == "development"
+    assert bundle["targets"]["prod"]["mode"] == "production"
+    assert bundle["targets"]["dev"]["variables"]["schedule_pause"] == "PAUSED"
+    job = tasks[0][0]
+    assert job["schedule"]["pause_status"] == "${var.schedule_pause}"
+    env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    assert all(v.startswith("{{secrets/") for v in env.values())  # keys only from the secret scope
+    keys = [t["task_key"] for _, t in tasks]
+    assert keys == ["ingest", "build_graph", "gplr", "export", "train", "segment", "report"]
+    gpu = {c["job_cluster_key"]: c for c in job["job_clusters"]}[[t for _, t in tasks if t["task_key"] == "train"][0]["job_cluster_key"]]
+    assert gpu["new_cluster"]["node_type_id"] == "${var.gpu_node_type}"
+
+
+def test_bundle_tasks_call_package_entry_points_with_valid_parameters():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    bundle, tasks = _bundle_tasks()
+    variables = {name: str(v.get("default", "x")) for name, v in bundle["variables"].items()}
+    for _, task in tasks:
+        wheel_task = task["python_wheel_task"]
+        assert wheel_task["package_name"] == "persona_spark"
+        assert scripts[wheel_task["entry_point"]] == "persona_spark.cli:main"
+        params = [re.sub(r"\$\{var\.(\w+)\}", lambda m: variables[m.group(1)], str(p)) for p in wheel_task["parameters"]]
+        params = [re.sub(r"\{\{job\.parameters\.\w+\}\}", "x", p) for p in params]
+        stage, rest = params[0], params[1:]
+        assert stage in STAGES, f"task {task['task_key']} runs unknown stage {stage}"
+        conf = rest[rest.index("--conf") + 1]
+        assert conf.endswith("conf/databricks.yaml")
+        overrides = [rest[i + 1] for i, p in enumerate(rest) if p == "--set"]
+        load_config(ROOT / "conf" / "databricks.yaml", overrides)  # every key exists and validates
+
+
+def test_every_shipped_config_loads():
+    for conf in sorted((ROOT / "conf").glob("*.yaml")):
+        load_config(conf)
+
+
+def test_cli_lists_every_stage():
+    out = subprocess.run([sys.executable, "-m", "persona_spark.cli", "--help"], capture_output=True, text=True, check=True)
+    for stage in STAGES:
+        assert stage in out.stdout
+
+
+def test_unknown_setting_is_rejected_naming_it():
+    with pytest.raises(Exception, match="gplr.budgett|budgett"):
+        load_config(None, ["gplr.budgett=3"])
+
+
+def test_spark_submit_runs_a_job_script(tmp_path):
+    """jobs/generate.py through pyspark's own spark-submit, local mode."""
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    if not spark_submit.exists():
+        pytest.skip(f"spark-submit not found next to {sys.executable}")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    result = subprocess.run(
+        [str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false", str(ROOT / "jobs" / "generate.py"),
+         "--set", f"tables.root={tmp_path}", "--set", "generate.users=20", "--set", "generate.items=40",
+         "--set", "generate.partitions=1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"stage": "generate"' in result.stdout
+    assert (tmp_path / "raw_transactions" / "_delta_log" / "00000000000000000000.json").exists()
