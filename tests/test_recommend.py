@@ -19,7 +19,8 @@ from persona_spark.recommend.train import train  # noqa: E402
 from tests.conftest import shared_path  # noqa: E402
 from tests.recommend_world import planted_world  # noqa: E402
 
-FAST = dict(dim=16, eigen_k=24, lr=0.02, batch_size=128, max_epochs=6, patience=6, progress=False, device="cpu")
+FAST = dict(dim=16, eigen_k=24, lr=0.05, batch_size=128, max_epochs=8, patience=8, decorrelation_weight=0.01,
+            progress=False, device="cpu")
 
 
 # ---- metrics ------------------------------------------------------------------------------
@@ -136,8 +137,8 @@ def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path
     result = train(data, RecommendConf(**FAST), seed=0, model_name=model, cache=EigenCache(tmp_path))
     assert result.device == "cpu" and 1 <= result.best_epoch <= result.epochs <= FAST["max_epochs"]
     assert result.losses[-1] < result.losses[0]
-    # a random ranking of the 20 items left per user finds ~2 of 80 items: NDCG@10 ~ 0.09
-    assert result.metrics["ndcg@10"] > 0.3, result.summary()
+    # a random ranking of the 74 unbought items finds ~2 of 80 items: NDCG@10 ~ 0.09
+    assert result.metrics["ndcg@10"] > 0.25, result.summary()
     assert result.user_embeddings.shape == (data.n_users, 16)
     has_personas = model in ("lgcn3", "algcn3")
     assert (result.persona_embeddings is not None) == has_personas

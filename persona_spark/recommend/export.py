@@ -50,10 +50,10 @@ def item_persona_edges(item_labels: DataFrame) -> DataFrame:
     if "ts" in labels.columns:
         newest = Window.partitionBy("item_idx").orderBy(F.col("ts").desc())
         labels = labels.withColumn("_newest", F.row_number().over(newest)).filter("_newest = 1")
-    persona = labels.schema["persona_idx"].dataType.simpleString()
-    persona_col = F.explode("persona_idx") if persona.startswith("array") else F.col("persona_idx")
+    if labels.schema["persona_idx"].dataType.simpleString().startswith("array"):
+        labels = labels.select("item_idx", F.explode("persona_idx").alias("persona_idx"))
     return (
-        labels.select(F.col("item_idx").cast("int"), persona_col.cast("int").alias("persona_idx"))
+        labels.select(F.col("item_idx").cast("int"), F.col("persona_idx").cast("int"))
         .dropna()
         .dropDuplicates()
         .withColumn("weight", F.lit(1.0).cast("float"))

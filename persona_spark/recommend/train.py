@@ -89,11 +89,11 @@ def batch_loss(model: Recommender, users, positives, negatives, reg: float, deco
     l2 = 0.5 * (ego[user_nodes].pow(2).sum() + ego[item_nodes].pow(2).sum() + ego[negative_nodes].pow(2).sum())
     loss = bpr + reg * l2 / len(users)
     if decorrelation_weight > 0:
-        _, _, personas = model.split(nodes)
-        blocks = [nodes[torch.unique(user_nodes)], nodes[torch.unique(torch.cat([item_nodes, negative_nodes]))]]
-        if personas.shape[0] > 1:
-            blocks.append(personas)
-        loss = loss + decorrelation_weight * sum(correlation_penalty(b.float()) for b in blocks)
+        # One correlation over the batch's users and items and all personas: a persona block alone
+        # has fewer rows (20) than columns (64), so its own correlation matrix is degenerate.
+        persona_nodes = torch.arange(model.n_users + model.n_items, nodes.shape[0], device=nodes.device)
+        batch_nodes = torch.unique(torch.cat([user_nodes, item_nodes, negative_nodes, persona_nodes]))
+        loss = loss + decorrelation_weight * correlation_penalty(nodes[batch_nodes].float())
     return loss
 
 
