@@ -6,6 +6,7 @@ bundle call exactly these. Library modules stay pure ``DataFrame -> DataFrame``.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Callable
 
@@ -171,9 +172,17 @@ def _union(frames: list[DataFrame]) -> DataFrame:
 
 
 def robustness_stage(cfg: Config, store: TableStore) -> dict:
-    """Count customers whose personas / RFM deciles stay the same from the first to the second half of their orders."""
-    labeler = None  # wired to the offline embedding labeler below
-    result = segment_lib.robustness(store.read_table("transactions"), labeler, "customer_id", cfg.segment.rfm_buckets)
+    """Count customers whose personas / RFM deciles stay the same from the first to the second half of
+    their orders; each half is labelled by the configured labeling backend (not cached in user_labels)."""
+    conf = cfg.segment
+    transactions = store.read_table("transactions")
+    if conf.robustness_customers is not None:
+        customers = transactions.select("customer_id").distinct()
+        sample = customers.orderBy(F.xxhash64(F.lit(conf.seed), "customer_id"), "customer_id").limit(conf.robustness_customers)
+        transactions = transactions.join(sample, "customer_id", "left_semi")
+    backend = labeling.make_backend(cfg.labeling, load_persona_set(cfg.personas), "user", store)
+    labeler = segment_lib.period_labeler(backend.label, store.read_table("users"), store.read_table("items"))
+    result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
     store.write_table(result, "robustness")
     return {"robustness": [row.asDict() for row in store.read_table("robustness").collect()],
             "table": store.location("robustness")}
@@ -245,10 +254,8 @@ def _label_conf_for(cfg: Config, kind: str):
 
 def gplr_stage(cfg: Config, store: TableStore) -> dict:
     """Run GPLR: LLM labels for a budget of users, personas propagated to everyone -> ``personas``."""
-    import json
     import time
 
-    from persona_spark import labeling
     from persona_spark.gplr import GPLR, item_vectors_from_labels
 
     started = time.perf_counter()
@@ -261,6 +268,8 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
         wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
         return labeling.label_entities(store, wanted, persona_set, cfg.labeling, "user")
 
+    if cfg.labeling.dry_run:
+        return _gplr_estimate(cfg, store, persona_set, users, items, requests)
     item_vectors = None
     if cfg.gplr.item_signal:
         item_rows = labeling.label_entities(
@@ -275,7 +284,7 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     result = run.run()
 
     personas = result.personas.localCheckpoint()
-    changed = _changed_persona_rows(store, personas)
+    changed = _changed_persona_rows(store, personas).localCheckpoint()  # pinned before the merge rewrites its source
     store.merge_table(changed, "personas", ["user_idx", "persona_idx"], delete_when="removed")
     asked = result.asked.join(requests.select("user_idx", "history_hash"), "user_idx", "left")
     store.write_table(asked, "gplr_prototypes")
@@ -293,6 +302,65 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
                "assignment_cv_micro_f1": result.model.cv_micro_f1, "tables": {"personas": store.location("personas")}}
     log.info("gplr: %s", summary)
     return summary
+
+
+def affinity_stage(cfg: Config, store: TableStore) -> dict:
+    """Ψ from ``prototype_labels`` (user_idx, persona_idx (, weight)) over the train edges → ``affinity``.
+
+    ``affinity`` is long: ``user_idx int, persona_idx int, score double``, non-zero scores only
+    (users no prototype reaches have no rows). GPLR calls the library directly; this stage is for
+    running the engine on its own (other label sources, parameter sweeps).
+    """
+    import time
+
+    from persona_spark import affinity as affinity_lib
+
+    if not store.exists("prototype_labels"):
+        raise ValueError(f"affinity: table prototype_labels (user_idx, persona_idx[, weight]) not found under "
+                         f"{store.location('prototype_labels')}")
+    conf = cfg.affinity
+    if conf.checkpoint == "reliable" and store.spark.sparkContext.getCheckpointDir() is None:
+        store.spark.sparkContext.setCheckpointDir(cfg.spark.checkpoint_dir)
+    started = time.perf_counter()
+    n_personas = _persona_names(cfg, store).count()
+    train = store.read_table("edges").filter(F.col("split") == "train")
+    prototypes = affinity_lib.prototype_labels(store.read_table("prototype_labels"), n_personas, conf.beta)
+    trace: list[dict] = []
+    scores = affinity_lib.compute_affinity(train, prototypes, n_personas, conf, trace)
+    version = store.write_table(affinity_lib.affinity_long(scores), "affinity")
+    written = store.read_table("affinity").agg(F.count(F.lit(1)).alias("rows"),
+                                               F.countDistinct("user_idx").alias("users")).first()
+    summary = {"users_reached": written["users"], "rows": written["rows"], "personas": n_personas,
+               "ell": conf.ell, "eps": conf.eps, "beta": conf.beta, "weighted": conf.weighted,
+               "seconds": round(time.perf_counter() - started, 2), "phases": trace, "version": version,
+               "tables": {"affinity": store.location("affinity")}}
+    log.info("affinity: %s", {k: v for k, v in summary.items() if k != "phases"})
+    return summary
+
+
+def _gplr_estimate(cfg: Config, store: TableStore, persona_set, users, items, requests) -> dict:
+    """What a GPLR run would pay, nothing called: the items (once) and ``budget`` users. Which users
+    DU sampling picks is unknown before round 1, so a random sample of that size stands in for them."""
+    from persona_spark.gplr import budget_size
+    from persona_spark.sampling import pick_random
+
+    def estimate(entity_requests: DataFrame, conf, kind: str) -> dict:
+        try:
+            labeling.label_entities(store, entity_requests, persona_set, conf, kind)
+        except labeling.DryRunEstimate as dry:
+            return dry.estimate
+        raise AssertionError("labeling.dry_run is set but label_entities did not stop")
+
+    budget = budget_size(cfg.gplr.budget, users.count())
+    sample = pick_random(users.select("user_idx"), budget, cfg.gplr.seed)
+    result = {"dry_run": True, "budget": budget,
+              "users": estimate(requests.join(sample, "user_idx", "left_semi"), cfg.labeling, "user")}
+    if cfg.gplr.item_signal:
+        result["items"] = estimate(labeling.build_item_requests(items), _label_conf_for(cfg, "item"), "item")
+    for key in ("cost_expected_usd", "cost_max_usd", "prompt_tokens"):
+        result[key] = round(sum(part.get(key, 0) for part in (result["users"], result.get("items", {}))), 4)
+    print(json.dumps(result, indent=2, default=str))
+    return result
 
 
 def _changed_persona_rows(store: TableStore, personas: DataFrame) -> DataFrame:
@@ -335,6 +403,104 @@ def evaluate_stage(cfg: Config, store: TableStore) -> dict:
     return result
 
 
+def export_stage(cfg: Config, store: TableStore) -> dict:
+    """Write the recommender's directory (train/test edges, user/item personas, index maps) from tables."""
+    from persona_spark.recommend import export
+
+    conf = cfg.recommend
+    spark = store.spark
+    edges, users, items = (store.read_table(t) for t in ("edges", "users", "items"))
+    if not store.exists(conf.user_personas_table):
+        raise ValueError(f"export: table {conf.user_personas_table!r} not found (run gplr, or set "
+                         "recommend.user_personas_table=reference_personas for the paper split's GPT-4 labels)")
+    item_source = next((t for t in ("item_labels", "reference_item_personas") if store.exists(t)), None)
+    item_personas = (export.item_persona_edges(store.read_table(item_source)) if item_source else
+                     spark.createDataFrame([], "item_idx int, persona_idx int, weight float"))
+    names = _persona_names(cfg, store)
+    persona_names = tuple(r["name"] for r in names.orderBy("persona_idx").collect())
+    bounds = {"users": users.agg(F.max("user_idx")).first()[0], "items": items.agg(F.max("item_idx")).first()[0]}
+    parts = {
+        "train": export.interaction_pairs(edges, "train"),
+        "test": export.interaction_pairs(edges, "test"),
+        "user_personas": export.user_persona_edges(store.read_table(conf.user_personas_table), conf.persona_weights,
+                                                   conf.max_persona_rank),
+        "item_personas": item_personas,
+        "users": users.select("user_idx", "customer_id"),
+        "items": items.select("item_idx", "item_id", "item_name"),
+        "personas": names,
+    }
+    counts = export.write_export(conf.export_dir, parts, bounds["users"] + 1, bounds["items"] + 1, persona_names)
+    log.info("export: %s -> %s", counts, conf.export_dir)
+    return {"rows": counts, "item_personas_from": item_source, "export_dir": conf.export_dir}
+
+
+RECOMMEND_RUNS_SCHEMA = (
+    "run_id string, model string, seed int, ndcg_at_10 double, f1_at_10 double, metrics map<string, double>, "
+    "val_ndcg_at_10 double, best_epoch int, epochs int, seconds double, device string, model_path string"
+)
+
+
+def train_stage(cfg: Config, store: TableStore) -> dict:
+    """Train recommend.model for each of recommend.seeds on the export; metrics -> ``recommend_runs``."""
+    import time
+    from pathlib import Path
+
+    try:
+        from persona_spark.recommend.spectral import EigenCache
+        from persona_spark.recommend.train import train
+    except ImportError as error:
+        raise RuntimeError(f"the train stage needs torch ({error}): pip install 'persona-spark[train]'") from error
+    from persona_spark.recommend.data import read_directory
+
+    conf = cfg.recommend
+    data = read_directory(conf.export_dir)
+    cache = EigenCache(conf.eigen_cache_dir)
+    run_id, rows, summaries = time.strftime("%Y%m%dT%H%M%S"), [], []
+    for seed in conf.seeds:
+        result = train(data, conf, seed, cache=cache)
+        path = result.save(Path(conf.model_dir) / f"{result.model}-seed{seed}", data)
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        rows.append((run_id, result.model, seed, metrics.get("ndcg@10"), metrics.get("f1@10"), metrics,
+                     float(result.val_ndcg), result.best_epoch, result.epochs, round(result.seconds, 2),
+                     result.device, str(path)))
+        summary = result.summary()
+        summaries.append({k: summary.get(k) for k in ("model", "seed", "ndcg@10", "f1@10", "epochs", "seconds", "device")})
+        log.info("train: %s", summary)
+    store.write_table(store.spark.createDataFrame(rows, RECOMMEND_RUNS_SCHEMA), "recommend_runs", "append")
+    return {"runs": summaries, "run_id": run_id, "model_dir": conf.model_dir, "table": store.location("recommend_runs")}
+
+
+def cold_start_stage(cfg: Config, store: TableStore) -> dict:
+    """Items per persona and per new customer, customers per new item, from personas alone -> ``cold_start_recs``."""
+    from pathlib import Path
+
+    from persona_spark.recommend import coldstart_batch as batch
+    from persona_spark.recommend.coldstart import ColdStartModel
+
+    conf = cfg.recommend
+    spark = store.spark
+    run_dir = Path(conf.model_dir) / f"{conf.model}-seed{conf.seeds[0]}"
+    model = ColdStartModel.from_run(run_dir, with_users=False)
+    export_dir = Path(conf.export_dir)
+    train = spark.read.parquet(str(export_dir / "train"))
+    each_persona = spark.createDataFrame([(p, [p]) for p in range(len(model.persona_names))],
+                                         "subject_idx int, personas array<int>")
+    recs = batch.recommend_items(each_persona, model, conf.cold_start_k, "persona")
+    if store.exists(conf.declared_personas_table):
+        declared = batch.without_training_edges(store.read_table(conf.declared_personas_table), train, "user_idx")
+        customers = batch.persona_lists(declared, "user_idx").withColumnRenamed("user_idx", "subject_idx")
+        recs = recs.unionByName(batch.recommend_items(customers, model, conf.cold_start_k, "new_customer"))
+    tagged = batch.without_training_edges(spark.read.parquet(str(export_dir / "item_personas")), train, "item_idx")
+    new_items = [(r["item_idx"], r["personas"]) for r in batch.persona_lists(tagged, "item_idx").collect()]
+    if new_items:
+        users = spark.read.parquet(str(run_dir / "users.parquet"))
+        recs = recs.unionByName(batch.audiences_for_items(new_items, model, users, conf.cold_start_k))
+    store.write_table(recs, "cold_start_recs")
+    counts = {r["subject"]: r["count"] for r in
+              store.read_table("cold_start_recs").groupBy("subject").agg(F.countDistinct("subject_idx").alias("count")).collect()}
+    return {"subjects": counts, "model": str(run_dir), "table": store.location("cold_start_recs")}
+
+
 DEMO_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "export", "train", "segment", "report"]
 
 
@@ -358,6 +524,7 @@ STAGES: dict[str, Stage] = {
     "build-graph": build_graph_stage,
     "load-paper-split": load_paper_split,
     "gplr": gplr_stage,
+    "affinity": affinity_stage,
     "evaluate": evaluate_stage,
     "segment": segment_stage,
     "robustness": robustness_stage,
@@ -365,5 +532,8 @@ STAGES: dict[str, Stage] = {
     "label-users": label_users_stage,
     "label-items": label_items_stage,
     "generate-personas": generate_personas_stage,
+    "export": export_stage,
+    "train": train_stage,
+    "cold-start": cold_start_stage,
     "demo": demo,
 }

@@ -1,0 +1,241 @@
+"""The affinity engine against single-machine references: exact scipy Ψ and the paper's RevAff.
+
+Graphs are tiny (tens of nodes) so the whole file stays well under a minute of Spark work; the
+paths the engine takes at scale (shuffle join, several source blocks) are forced by a small
+``broadcast_max_rows`` instead of big data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from persona_spark.affinity import (affinity_long, compute_affinity, debias_weights, propagate_to_users,
+                                    prototype_labels)
+from persona_spark.affinity.reference import exact_affinity, rev_aff
+from persona_spark.config import AffinityConf, load_config
+from persona_spark.stages import STAGES
+
+N_USERS, N_ITEMS, N_PERSONAS = 60, 25, 4
+
+
+def random_graph(seed: int, n_users: int = N_USERS, n_items: int = N_ITEMS, n_edges: int = 200,
+                 labelled_every: int = 6, n_personas: int = N_PERSONAS):
+    """Unique (user, item) pairs and a non-negative L with a few labelled users."""
+    rng = np.random.default_rng(seed)
+    pairs = np.unique(np.stack([rng.integers(n_users, size=n_edges), rng.integers(n_items, size=n_edges)], 1), axis=0)
+    labels = np.zeros((n_users, n_personas))
+    for user in range(0, n_users, labelled_every):
+        labels[user, rng.choice(n_personas, size=rng.integers(1, 3), replace=False)] = rng.uniform(0.2, 1.0)
+    return pairs[:, 0], pairs[:, 1], labels
+
+
+def edges_df(spark, users, items, purchases=None):
+    purchases = np.ones(len(users), dtype=int) if purchases is None else purchases
+    rows = [(int(u), int(i), int(n)) for u, i, n in zip(users, items, purchases)]
+    return spark.createDataFrame(rows, "user_idx int, item_idx int, n_purchases int")
+
+
+def vectors_df(spark, matrix: np.ndarray, idx_col: str):
+    rows = [(int(k), [float(v) for v in matrix[k]]) for k in range(len(matrix)) if matrix[k].any()]
+    return spark.createDataFrame(rows, f"{idx_col} int, vec array<double>")
+
+
+def dense(df, n_rows: int, width: int, idx_col: str = "user_idx", vec_col: str = "scores") -> np.ndarray:
+    out = np.zeros((n_rows, width))
+    for row in df.collect():
+        assert not out[row[idx_col]].any(), f"{idx_col} {row[idx_col]} appears twice"
+        out[row[idx_col]] = row[vec_col]
+    return out
+
+
+def spark_affinity(spark, users, items, labels, conf: AffinityConf, trace=None, purchases=None) -> np.ndarray:
+    scores = compute_affinity(edges_df(spark, users, items, purchases), vectors_df(spark, labels, "user_idx"),
+                              labels.shape[1], conf, trace)
+    return dense(scores, labels.shape[0], labels.shape[1])
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return random_graph(seed=7)
+
+
+# ---- exactness and the two data paths ----------------------------------------------------------
+@pytest.mark.parametrize("eps", [0.0, 0.05])
+def test_broadcast_and_shuffle_paths_agree_and_match_references(spark, graph, eps):
+    users, items, labels = graph
+    reference = rev_aff(users, items, labels, 2, eps, N_ITEMS)
+    results = {}
+    for path, limit in (("broadcast", 1_000_000), ("shuffle", 4)):
+        trace: list[dict] = []
+        results[path] = spark_affinity(spark, users, items, labels,
+                                       AffinityConf(ell=2, eps=eps, broadcast_max_rows=limit), trace)
+        assert {t["path"] for t in trace if "path" in t} == {path}
+    np.testing.assert_allclose(results["shuffle"], results["broadcast"], rtol=0, atol=1e-12)
+    # Same pruning rule as the paper's reverse push: identical up to float rounding.
+    np.testing.assert_allclose(results["broadcast"], reference, rtol=0, atol=1e-12)
+    if eps == 0:
+        exact = exact_affinity(users, items, labels, 2, N_ITEMS)
+        np.testing.assert_allclose(results["broadcast"], exact, rtol=0, atol=1e-12)
+        assert np.count_nonzero(exact) > 0
+
+
+def test_weighted_edges_use_purchase_counts(spark, graph):
+    users, items, labels = graph
+    purchases = np.random.default_rng(3).integers(1, 6, size=len(users))
+    got = spark_affinity(spark, users, items, labels, AffinityConf(ell=1, weighted=True), purchases=purchases)
+    np.testing.assert_allclose(got, exact_affinity(users, items, labels, 1, N_ITEMS, weights=purchases), atol=1e-12)
+    assert np.abs(got - exact_affinity(users, items, labels, 1, N_ITEMS)).max() > 1e-3  # weights matter here
+
+
+def test_lineage_stays_flat_up_to_four_round_trips(spark, graph):
+    users, items, labels = graph
+    edges, protos = edges_df(spark, users, items), vectors_df(spark, labels, "user_idx")
+
+    def plan_lines(ell: int):
+        scores = compute_affinity(edges, protos, N_PERSONAS, AffinityConf(ell=ell))
+        return scores, scores._jdf.queryExecution().logical().treeString().count("\n")
+
+    _, one = plan_lines(1)
+    four_scores, four = plan_lines(4)
+    assert four == one  # every hop is checkpointed: 8 hops plan like 2
+    np.testing.assert_allclose(dense(four_scores, N_USERS, N_PERSONAS),
+                               exact_affinity(users, items, labels, 4, N_ITEMS), atol=1e-12)
+
+
+# ---- the ε guarantee -----------------------------------------------------------------------------
+@st.composite
+def small_graphs(draw, max_users: int = 14, max_items: int = 8):
+    n_users, n_items = draw(st.integers(2, max_users)), draw(st.integers(1, max_items))
+    n_personas = draw(st.integers(1, 3))
+    pairs = draw(st.sets(st.tuples(st.integers(0, n_users - 1), st.integers(0, n_items - 1)), min_size=1, max_size=40))
+    pairs = np.array(sorted(pairs))
+    cells = st.sampled_from([0.0, 0.0, 1.0]) | st.floats(0.01, 1.0)
+    labels = np.array(draw(st.lists(st.lists(cells, min_size=n_personas, max_size=n_personas),
+                                    min_size=n_users, max_size=n_users)))
+    labels[0, 0] = max(labels[0, 0], 0.5)  # at least one prototype
+    return pairs[:, 0], pairs[:, 1], labels, n_items
+
+
+@settings(max_examples=5, deadline=None, derandomize=True, database=None)
+@given(small_graphs(), st.integers(1, 3), st.floats(0.005, 0.6), st.sampled_from([3, 1_000_000]))
+def test_spark_pruned_affinity_is_within_eps_below_exact(spark, graph_case, ell, eps, broadcast_max_rows):
+    users, items, labels, n_items = graph_case
+    got = spark_affinity(spark, users, items, labels, AffinityConf(ell=ell, eps=eps, broadcast_max_rows=broadcast_max_rows))
+    gap = exact_affinity(users, items, labels, ell, n_items) - got
+    assert gap.min() >= -1e-12  # pruning only removes mass
+    assert gap.max() <= eps + 1e-12
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(small_graphs(max_users=20, max_items=10), st.integers(1, 3), st.sampled_from([0.0, 0.01, 0.1, 0.5]))
+def test_rev_aff_matches_scipy_exactly_at_eps_zero_and_within_eps_otherwise(graph_case, ell, eps):
+    users, items, labels, n_items = graph_case
+    exact = exact_affinity(users, items, labels, ell, n_items)
+    gap = exact - rev_aff(users, items, labels, ell, eps, n_items)
+    if eps == 0:
+        np.testing.assert_allclose(gap, 0, atol=1e-12)
+    assert gap.min() >= -1e-12 and gap.max() <= eps + 1e-12
+
+
+def test_exact_scipy_reference_by_hand():
+    # u0 - i0 - u1 - i1: P = [[1, 0], [1/2, 1/2]], P' = [[1/2, 1/2], [0, 1]]; L labels u0 with persona 0.
+    users, items = np.array([0, 1, 1]), np.array([0, 0, 1])
+    labels = np.array([[1.0], [0.0]])
+    # P P' = [[1/2, 1/2], [1/4, 3/4]] -> (P P') L = [1/2, 1/4]
+    np.testing.assert_allclose(exact_affinity(users, items, labels, 1), [[0.5], [0.25]])
+    # (P P')^2 L = [3/8, 5/16]; Ψ(ℓ̂=2) = mean of both
+    np.testing.assert_allclose(exact_affinity(users, items, labels, 2), [[(0.5 + 0.375) / 2], [(0.25 + 0.3125) / 2]])
+
+
+# ---- L: prototype labels and de-bias ------------------------------------------------------------
+def test_debias_weights():
+    np.testing.assert_allclose(debias_weights({0: 4.0, 1: 2.0, 2: 1.0}, 4, 1.0), [0.25, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(debias_weights({0: 4.0, 1: 1.0}, 3, 0.5), [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(debias_weights({0: 4.0, 1: 1.0}, 2, 0.0), [1.0, 1.0])
+
+
+def test_prototype_labels_normalize_each_user_and_debias_rare_personas(spark):
+    labels = spark.createDataFrame(
+        [(0, 0, 1.0), (0, 1, 1.0), (1, 0, 2.0), (2, 0, 1.0), (2, 0, 1.0), (2, 2, 2.0), (3, 1, 0.0)],
+        "user_idx int, persona_idx int, weight double")
+    got = {r.user_idx: r.vec for r in prototype_labels(labels, 4, beta=1.0).collect()}
+    # persona mass Q: 0 -> 1 + 2 + 2 = 5, 1 -> 1, 2 -> 2 (user 3's zero weight adds nothing); c = (1/Q)^1 · 1
+    c = np.array([1 / 5, 1.0, 1 / 2, 0.0])
+    assert sorted(got) == [0, 1, 2]  # user 3 has only a zero weight
+    np.testing.assert_allclose(got[0], c * [0.5, 0.5, 0, 0])
+    np.testing.assert_allclose(got[1], c * [1, 0, 0, 0])
+    np.testing.assert_allclose(got[2], c * [0.5, 0, 0.5, 0])
+    # Without weights every row counts 1, so user 2's repeated persona 0 counts twice; β = 0: no de-bias.
+    unweighted = {r.user_idx: r.vec for r in prototype_labels(labels.drop("weight"), 4, beta=0.0).collect()}
+    np.testing.assert_allclose(unweighted[2], [2 / 3, 0, 1 / 3, 0])
+    np.testing.assert_allclose(unweighted[3], [0, 1, 0, 0])
+
+
+def test_bad_inputs_name_the_column(spark, graph):
+    users, items, labels = graph
+    protos = vectors_df(spark, labels, "user_idx")
+    with pytest.raises(ValueError, match="persona_idx must lie in \\[0, 4\\)"):
+        prototype_labels(spark.createDataFrame([(0, 4)], "user_idx int, persona_idx int"), 4, 0.5)
+    nulls = spark.createDataFrame([(0, 1, 1), (None, 2, 1)], "user_idx int, item_idx int, n_purchases int")
+    with pytest.raises(ValueError, match="null user_idx"):
+        compute_affinity(nulls, protos, N_PERSONAS)
+    with pytest.raises(ValueError, match="length 5"):
+        compute_affinity(edges_df(spark, users, items), protos, 5)
+    with pytest.raises(ValueError, match="missing column.*item_idx"):
+        compute_affinity(edges_df(spark, users, items).drop("item_idx"), protos, N_PERSONAS)
+
+
+# ---- the item → user step and the long format ----------------------------------------------------
+def test_propagate_to_users_is_one_row_normalized_step(spark, graph):
+    users, items, _ = graph
+    item_vectors = np.zeros((N_ITEMS, 3))
+    item_vectors[::3] = np.random.default_rng(5).uniform(size=(len(item_vectors[::3]), 3))
+    got = propagate_to_users(edges_df(spark, users, items), vectors_df(spark, item_vectors, "item_idx"),
+                             AffinityConf(broadcast_max_rows=4))
+    adjacency = np.zeros((N_USERS, N_ITEMS))
+    adjacency[users, items] = 1
+    degree = adjacency.sum(1, keepdims=True)
+    expected = np.divide(adjacency, degree, out=np.zeros_like(adjacency), where=degree > 0) @ item_vectors
+    np.testing.assert_allclose(dense(got, N_USERS, 3, vec_col="vec"), expected, atol=1e-12)
+
+
+def test_affinity_long_keeps_non_zero_scores(spark):
+    wide = spark.createDataFrame([(3, [0.0, 0.25, 0.0]), (5, [0.5, 0.0, 0.125])], "user_idx int, scores array<double>")
+    assert sorted(tuple(r) for r in affinity_long(wide).collect()) == [(3, 1, 0.25), (5, 0, 0.5), (5, 2, 0.125)]
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+def test_affinity_stage_uses_train_edges_and_writes_long_table(spark, store, graph):
+    users, items, labels = graph
+    split = np.where(np.arange(len(users)) % 5 == 0, "test", "train")
+    edges = spark.createDataFrame([(int(u), int(i), 1, str(s)) for u, i, s in zip(users, items, split)],
+                                  "user_idx int, item_idx int, n_purchases int, split string")
+    store.write_table(edges, "edges")
+    store.write_table(spark.createDataFrame(
+        [(k, f"persona {k}", "", "v1") for k in range(N_PERSONAS)],
+        "persona_idx int, name string, description string, version string"), "persona_set")
+    labelled = [(int(u), int(r)) for u, r in zip(*np.nonzero(labels))]
+    store.write_table(spark.createDataFrame(labelled, "user_idx int, persona_idx int"), "prototype_labels")
+
+    cfg = load_config(None, ["affinity.ell=2", "affinity.beta=1.0"])
+    summary = STAGES["affinity"](cfg, store)
+
+    # Independent L: unit weights, row-normalized, c_r = min Q / Q_r.
+    marks = (labels > 0).astype(float)
+    mass = marks.sum(0)
+    c = np.divide(mass[mass > 0].min(), mass, out=np.zeros_like(mass), where=mass > 0)
+    row_sums = marks.sum(1, keepdims=True)
+    prototype_matrix = np.divide(marks, row_sums, out=np.zeros_like(marks), where=row_sums > 0) * c
+    train = split == "train"
+    expected = exact_affinity(users[train], items[train], prototype_matrix, 2, N_ITEMS)
+    assert np.abs(expected - exact_affinity(users, items, prototype_matrix, 2, N_ITEMS)).max() > 1e-3  # split matters
+    got = np.zeros_like(expected)
+    table = store.read_table("affinity")
+    assert table.dtypes == [("user_idx", "int"), ("persona_idx", "int"), ("score", "double")]
+    for row in table.collect():
+        got[row.user_idx, row.persona_idx] = row.score
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert summary["rows"] == np.count_nonzero(expected) and summary["users_reached"] == (expected > 0).any(1).sum()
