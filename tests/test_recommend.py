@@ -142,7 +142,7 @@ def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path
     assert result.user_embeddings.shape == (data.n_users, 16)
     has_personas = model in ("lgcn3", "algcn3")
     assert (result.persona_embeddings is not None) == has_personas
-    run = json.loads(result.save(tmp_path / model).joinpath("run.json").read_text())
+    run = json.loads(result.save(tmp_path / model, data).joinpath("run.json").read_text())
     assert run["model"] == model and run["ndcg@10"] == result.metrics["ndcg@10"]
 
 

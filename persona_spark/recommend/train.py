@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -49,12 +51,25 @@ class TrainResult:
                 "best_epoch": self.best_epoch, "epochs": self.epochs, "seconds": round(self.seconds, 2),
                 "device": self.device}
 
-    def save(self, directory: str | Path) -> Path:
-        """Embeddings (``embeddings.npz``) and the summary (``run.json``) under ``directory``."""
+    def save(self, directory: str | Path, data: RecData) -> Path:
+        """Write the run under ``directory``: ``embeddings.npz`` (with what cold start needs from
+        ``data``, the graph it was trained on), ``users.parquet`` (user_idx, activity, embedding:
+        Spark scores audiences from it without the driver) and the summary ``run.json``."""
+        from persona_spark.recommend.coldstart import EMBEDDINGS_FILE, graph_counts
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / "embeddings.npz", users=self.user_embeddings, items=self.item_embeddings,
-                 personas=self.persona_embeddings if self.persona_embeddings is not None else np.empty((0, 0)))
+        counts = graph_counts(data)
+        personas = self.persona_embeddings if self.persona_embeddings is not None else np.empty((0, 0), np.float32)
+        np.savez(directory / EMBEDDINGS_FILE, users=self.user_embeddings, items=self.item_embeddings,
+                 personas=personas, persona_names=np.array(data.persona_names, dtype=str), **counts)
+        users = pa.table({
+            "user_idx": pa.array(np.arange(len(self.user_embeddings)), pa.int32()),
+            "activity": pa.array(counts["user_activity"], pa.int64()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(self.user_embeddings.ravel(), pa.float32()),
+                                                           self.user_embeddings.shape[1]).cast(pa.list_(pa.float32())),
+        })
+        pq.write_table(users, directory / "users.parquet")
         (directory / "run.json").write_text(json.dumps({**self.summary(), "losses": self.losses}, indent=2))
         return directory
 
