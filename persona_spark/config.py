@@ -194,6 +194,9 @@ class SegmentConf(Section):
     seed: int = 42
     top_personas: int = 3  # dominant personas named per segment
     top_items: int = 5  # distinctive items named per segment
+    # Robustness labels each compared customer twice with labeling.backend (paid with an LLM):
+    # compare a seeded sample of this many customers; None = all.
+    robustness_customers: int | None = Field(None, ge=1)
 
 
 class ReportConf(Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
@@ -21,6 +22,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.explore import distinctive_items, require_columns
+from persona_spark.graph import aggregate_edges
+from persona_spark.labeling import build_user_histories
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +291,33 @@ def _unchanged(first: DataFrame, second: DataFrame, key: str, representation: st
     ).withColumn("share_unchanged", F.col("unchanged") / F.col("users"))
 
 
+def period_labeler(label: Callable[[DataFrame], DataFrame], users: DataFrame, items: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Adapts a labeling backend (``label(requests) -> label rows``, e.g. ``make_backend(...).label``)
+    to ``robustness``: one period's transactions -> ``customer_id, persona_idx``.
+
+    The period's purchases become a history per customer, in the same format GPLR labels, so a
+    period is labelled exactly as a whole history would be. Customers and items unknown to
+    ``users``/``items`` are left out; only answers with status 'ok' count (errors and
+    unrepresentable histories have no personas to compare).
+    """
+
+    def labeler(part: DataFrame) -> DataFrame:
+        edges = (
+            aggregate_edges(part)
+            .join(users.select("customer_id", "user_idx"), "customer_id")
+            .join(items.select("item_id", "item_idx"), "item_id")
+            .select("user_idx", "item_idx", "n_purchases", "quantity", F.lit("train").alias("split"))
+        )
+        labels = label(build_user_histories(edges, items)).filter(F.col("status") == "ok")
+        return (
+            labels.select("user_idx", F.explode("persona_idx").alias("persona_idx"))
+            .join(users.select("user_idx", "customer_id"), "user_idx")
+            .select("customer_id", "persona_idx")
+        )
+
+    return labeler
+
+
 def robustness(transactions: DataFrame, labeler, key: str = "customer_id", buckets: int = 10) -> DataFrame:
     """How many users keep the same representation from their first to their second period.
 
@@ -319,6 +349,7 @@ __all__ = [
     "Segmentation",
     "describe_segments",
     "embed",
+    "period_labeler",
     "persona_vectors",
     "rfm_buckets",
     "rfm_values",

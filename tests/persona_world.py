@@ -10,6 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
+
+import yaml
 
 from persona_spark.personas import PersonaSet
 
@@ -72,6 +75,19 @@ class World:
             "personas": personas,
             "persona_set": PERSONAS.to_dataframe(spark),
         }
+
+
+def write_persona_set(path: Path) -> Path:
+    """The tiny shop's persona set as a YAML file, for configs (``Config.personas``)."""
+    entries = [{"name": n, "description": d} for n, d in zip(PERSONAS.names, PERSONAS.descriptions)]
+    path.write_text(yaml.safe_dump({"title": PERSONAS.title, "personas": entries}))
+    return path
+
+
+def write_world(store, frames: dict, names=("transactions", "users", "items", "edges", "personas", "persona_set")) -> None:
+    """Write the world's canonical tables through the table layer, as the pipeline stages would."""
+    for name in names:
+        store.write_table(frames[name], name)
 
 
 def build_world(seed: int = 0) -> World:

@@ -11,8 +11,10 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from persona_spark import segment
+from persona_spark.config import Config
+from persona_spark.stages import STAGES
 from tests.conftest import shared_path
-from tests.persona_world import COMBOS, N_USERS, PERSONAS, build_world, combo_of
+from tests.persona_world import COMBOS, N_USERS, PERSONAS, build_world, combo_of, write_persona_set, write_world
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +184,35 @@ def test_robustness_on_raw_online_retail_sample(spark):
     assert result["rfm"]["users"] == splittable > 500
     for row in result.values():
         assert 0 < row["unchanged"] < row["users"]
+
+
+def test_segment_and_robustness_stages_write_their_tables(store, frames, tmp_path):
+    write_world(store, frames)
+    cfg = Config.model_validate(
+        {
+            "personas": str(write_persona_set(tmp_path / "tiny_shop.yaml")),
+            "segment": {"ks": [2, 4], "seed": 1, "robustness_customers": 30},
+            "labeling": {"embedding": {"partitions": 1}},
+        }
+    )
+    summary = STAGES["segment"](cfg, store)
+    silhouettes = {(r["representation"], r["k"]): r["silhouette"] for r in summary["silhouette"]}
+    assert set(silhouettes) == {("personas", 2), ("personas", 4), ("rfm", 2), ("rfm", 4)}
+    assert silhouettes[("personas", 4)] == pytest.approx(1.0)  # four planted combinations, four points
+    segments = store.read_table("segments").toPandas()
+    assert segments.groupby(["representation", "k"])["user_idx"].nunique().eq(N_USERS).all()
+    described = store.read_table("segment_summary").filter("k = 4").toPandas()
+    assert described["size"].sum() == N_USERS and len(described) == 4
+    named = {tuple(sorted(p["name"] for p in ps if p["share"] == 1.0)) for ps in described["personas"]}
+    assert named == {tuple(sorted(PERSONAS.names[i] for i in combo)) for combo in COMBOS}
+    assert store.read_table("segment_points").filter("representation = 'personas'").count() == N_USERS
+
+    # Robustness with the real offline labeler: customers buy from the same favourites in both halves.
+    result = {r["representation"]: r for r in STAGES["robustness"](cfg, store)["robustness"]}
+    assert result["rfm"]["users"] == 30  # the sample; every customer has at least two orders
+    assert 0 < result["personas"]["users"] <= 30
+    assert 0 <= result["personas"]["unchanged"] <= result["personas"]["users"]
+    # The paper's Table 8 finding: personas are more stable than RFM deciles (which shift with the period).
+    assert result["personas"]["share_unchanged"] > result["rfm"]["share_unchanged"]
+    assert store.read_table("robustness").count() == 2
+    assert not store.exists("user_labels"), "robustness labels must not land in the LLM label cache"
