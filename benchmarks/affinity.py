@@ -1,0 +1,202 @@
+"""Affinity engine speed and error against single-machine scipy, all in one process.
+
+    python benchmarks/affinity.py                                  # 1 M edges, 20k users, 51 personas
+    python benchmarks/affinity.py --users 206209 --items 49677 --edges 13300000   # Instacart Full size
+
+A synthetic purchase graph is generated in Spark (lognormal user activity, Zipf item popularity,
+duplicate pairs dropped, so ``edges`` is the unique count actually reached), 5 % of users get
+1–5 random personas, L comes from ``prototype_labels``. Then, for every ℓ̂ in ``--ell``: scipy exact,
+Spark exact and Spark ε-pruned (``--eps``), plus the paper's RevAff with ``--rev-aff`` (slow: small
+graphs only). One JSON object per line:
+``{"engine", "edges", "users", "items", "personas", "ell", "eps", "seconds", "max_abs_err",
+"mean_abs_err", "peak_rss_mb", ...}`` — errors against scipy exact of the same ℓ̂; ``peak_rss_mb``
+is the peak summed RSS of this process and its children (the JVM, Python workers) during that run;
+``load_before``/``load_after`` are the 1-minute load averages (the machine may be shared); Spark
+lines carry ``phases`` (seconds per tile build / hop, and the data path each hop took).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from pyspark.sql import functions as F
+
+from persona_spark.affinity import compute_affinity, prototype_labels
+from persona_spark.affinity.reference import exact_affinity, rev_aff
+from persona_spark.config import AffinityConf, SparkConf
+from persona_spark.session import get_spark
+
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _tree_rss_mb() -> float:
+    """Summed RSS of this process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            statm = (entry / "statm").read_text().split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(statm[1]) * PAGE_MB
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
+class PeakMemory:
+    """Samples the process tree's RSS in a thread; ``peak_mb`` is the maximum since ``reset``."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s, self.peak_mb = interval_s, 0.0
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, _tree_rss_mb())
+
+    def reset(self):
+        self.peak_mb = _tree_rss_mb()
+
+    def stop(self):
+        self._stop.set()
+
+
+def synthetic_edges(spark, users: int, items: int, edges: int, zipf: float, sigma: float, seed: int):
+    """Unique (user, item) pairs, about ``edges`` of them: lognormal activity, Zipf(``zipf``) items.
+
+    Items are drawn by the inverse CDF of the continuous power law on [1, items+1]; duplicate
+    pairs are dropped, so the draw is scaled once by how many survived to approach the target.
+    """
+
+    def draw(requested: int):
+        activity = spark.range(users).select(F.col("id").cast("int").alias("user_idx"),
+                                             F.exp(F.randn(seed) * sigma).alias("a"))
+        total = activity.agg(F.sum("a")).first()[0]
+        degree = F.least(F.lit(items), F.greatest(F.lit(1), F.round(F.col("a") * (requested / total)).cast("int")))
+        r = F.rand(seed + 1)
+        if zipf == 1.0:
+            x = F.pow(F.lit(items + 1.0), r)
+        else:
+            x = F.pow(1 + r * (math.pow(items + 1.0, 1 - zipf) - 1), 1 / (1 - zipf))
+        item = F.least(F.lit(items - 1), F.floor(x).cast("int") - 1)
+        drawn = activity.select("user_idx", F.explode(F.sequence(F.lit(1), degree)).alias("k"))
+        return drawn.select("user_idx", item.alias("item_idx")).dropDuplicates(["user_idx", "item_idx"])
+
+    first = draw(edges)
+    reached = first.count()
+    return draw(int(edges * edges / reached)) if reached < 0.98 * edges else first
+
+
+def synthetic_labels(spark, users: int, personas: int, fraction: float, seed: int):
+    """``fraction`` of users with 1–5 distinct random personas (``user_idx, persona_idx``)."""
+    chosen = spark.range(users).where(F.rand(seed + 2) < fraction).select(F.col("id").cast("int").alias("user_idx"))
+    count = F.least(F.lit(personas), (1 + F.floor(F.rand(seed + 3) * 5)).cast("int"))
+    picks = F.slice(F.shuffle(F.sequence(F.lit(0), F.lit(personas - 1)), seed + 4), 1, count)
+    return chosen.select("user_idx", F.explode(picks).alias("persona_idx"))
+
+
+def dense_scores(scores, n_users: int, n_personas: int) -> np.ndarray:
+    table = scores.toArrow()
+    out = np.zeros((n_users, n_personas))
+    if table.num_rows:
+        values = table.column("scores").combine_chunks().flatten().to_numpy().reshape(-1, n_personas)
+        out[table.column("user_idx").to_numpy()] = values
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--edges", type=int, default=1_000_000)
+    parser.add_argument("--personas", type=int, default=51)
+    parser.add_argument("--labelled-frac", type=float, default=0.05)
+    parser.add_argument("--ell", type=int, nargs="+", default=[1, 2], help="ℓ̂ values to run")
+    parser.add_argument("--eps", type=float, default=0.02)
+    parser.add_argument("--beta", type=float, default=0.5)
+    parser.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
+    parser.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of user activity")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rev-aff", action="store_true", help="also run the pure-Python RevAff (small graphs)")
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", default="10g")
+    args = parser.parse_args(argv)
+
+    spark = get_spark(SparkConf(master=args.master, shuffle_partitions=2, default_parallelism=2,
+                                driver_memory=args.driver_memory, app_name="affinity-benchmark"))
+    spark.sparkContext.setLogLevel("ERROR")
+    memory = PeakMemory()
+    with tempfile.TemporaryDirectory(prefix="affinity-bench-") as tmp:
+        synthetic_edges(spark, args.users, args.items, args.edges, args.zipf, args.sigma, args.seed) \
+            .write.parquet(f"{tmp}/edges")
+        edges = spark.read.parquet(f"{tmp}/edges").persist()
+        n_edges = edges.count()
+        labels = synthetic_labels(spark, args.users, args.personas, args.labelled_frac, args.seed)
+        prototypes = prototype_labels(labels, args.personas, args.beta).localCheckpoint()
+        arrays = edges.toArrow()
+        u, i = arrays.column("user_idx").to_numpy(), arrays.column("item_idx").to_numpy()
+        L = dense_scores(prototypes.withColumnRenamed("vec", "scores"), args.users, args.personas)
+        del arrays
+        common = {"edges": n_edges, "users": args.users, "items": args.items, "personas": args.personas,
+                  "labelled_users": int(np.count_nonzero(L.any(1)))}
+
+        def report(engine: str, ell: int, eps: float, run, exact: np.ndarray | None = None) -> np.ndarray:
+            """Time ``run`` (→ result, extras); the result may be a callable giving Ψ, called untimed."""
+            load_before = os.getloadavg()[0]
+            memory.reset()
+            started = time.perf_counter()
+            result, extra = run()
+            seconds = time.perf_counter() - started
+            peak_mb = memory.peak_mb
+            psi = result() if callable(result) else result
+            err = np.abs(psi - (psi if exact is None else exact))
+            line = {"engine": engine, **common, "ell": ell, "eps": eps, "seconds": round(seconds, 3),
+                    "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+                    "peak_rss_mb": round(peak_mb), "users_reached": int(np.count_nonzero(psi.any(1))),
+                    "load_before": load_before, "load_after": os.getloadavg()[0], **extra}
+            print(json.dumps(line), flush=True)
+            return psi
+
+        def spark_run(conf: AffinityConf):
+            def run():
+                trace: list[dict] = []
+                scores = compute_affinity(edges, prototypes, args.personas, conf, trace)
+                started = time.perf_counter()
+                scores.write.format("noop").mode("overwrite").save()  # every score computed, nothing collected
+                trace.append({"phase": "unpack scores", "seconds": round(time.perf_counter() - started, 3)})
+                return (lambda: dense_scores(scores, args.users, args.personas)), {"phases": trace}
+            return run
+
+        for ell in args.ell:
+            exact = report("scipy_exact", ell, 0.0, lambda: (exact_affinity(u, i, L, ell, n_items=args.items), {}))
+            for engine, eps in (("spark_exact", 0.0), ("spark_pruned", args.eps)):
+                report(engine, ell, eps, spark_run(AffinityConf(ell=ell, eps=eps, beta=args.beta)), exact)
+            if args.rev_aff:
+                report("rev_aff", ell, args.eps, lambda: (rev_aff(u, i, L, ell, args.eps, n_items=args.items), {}), exact)
+        edges.unpersist()
+    memory.stop()
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
