@@ -47,6 +47,11 @@ PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source
 MAX_TOP_UP_ROUNDS = 3
 
 
+def budget_size(budget: float, n_users: int) -> int:
+    """``gplr.budget`` as a number of users: a fraction below 1, a count from 1 up."""
+    return int(budget) if budget >= 1 else max(1, round(budget * n_users))
+
+
 # ---- features and the assignment model (numpy, shared by training on the driver and scoring) ----
 
 def _normalized(m: np.ndarray) -> np.ndarray:
@@ -252,9 +257,7 @@ class GPLR:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 3)
 
     def budget(self) -> int:
-        if self.conf.budget >= 1:
-            return int(self.conf.budget)
-        return max(1, round(self.conf.budget * self.users.count()))
+        return budget_size(self.conf.budget, self.users.count())
 
     def affinity(self, prototypes: DataFrame, ell: int | None = None, beta: float | None = None) -> DataFrame:
         started = time.perf_counter()

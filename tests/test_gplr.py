@@ -142,10 +142,14 @@ def test_incremental_refresh_reuses_labels_and_rewrites_only_changes(spark, tmp_
     labels_before = store.read_table("user_labels").count()
     assert first["rows_rewritten"] == store.read_table("personas").count()
 
-    # Second ingestion batch: new purchases for three customers, appended to transactions.
+    # Second ingestion batch: three customers buy what three others bought (new items for them,
+    # so the purchase graph changes), appended to transactions.
     t = store.read_table("transactions")
-    movers = [r.customer_id for r in t.select("customer_id").distinct().orderBy("customer_id").limit(3).collect()]
-    batch = t.filter(F.col("customer_id").isin(movers)).limit(6).withColumn("order_id", F.concat(F.lit("new-"), "order_id"))
+    ids = [r.customer_id for r in t.select("customer_id").distinct().orderBy("customer_id").limit(6).collect()]
+    movers = dict(zip(ids[3:], ids[:3]))  # buyer whose lines are copied -> customer who gets them
+    batch = (t.filter(F.col("customer_id").isin(list(movers)))
+             .replace(movers, subset=["customer_id"])
+             .withColumn("order_id", F.concat(F.lit("new-"), "order_id")))
     batch_path = str(tmp_path / "batch2.parquet")
     batch.write.parquet(batch_path)
     appended = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"source": batch_path, "format": "parquet", "mode": "append"})})
@@ -162,3 +166,15 @@ def test_incremental_refresh_reuses_labels_and_rewrites_only_changes(spark, tmp_
     assert new_label_rows == 30 - reused  # only the replacements were labelled (no answer paid twice)
     assert store.version("personas") == personas_version + 1
     assert 0 < second["rows_rewritten"] < store.read_table("personas").count()
+
+
+def test_dry_run_prices_the_budget_and_calls_nothing(spark, tmp_path):
+    cfg = _demo_config(tmp_path, "labeling.backend=openai", "labeling.openai.base_url=http://127.0.0.1:9/v1",
+                       "labeling.dry_run=true", "gplr.item_signal=true")
+    store = _prepare(cfg, spark)
+    estimate = STAGES["gplr"](cfg, store)
+    assert estimate["dry_run"] and estimate["budget"] == 30
+    assert estimate["users"]["entities"] == 30 and estimate["items"]["entities"] == store.read_table("items").count()
+    assert estimate["prompt_tokens"] == estimate["users"]["prompt_tokens"] + estimate["items"]["prompt_tokens"] > 0
+    assert estimate["cost_expected_usd"] > 0
+    assert not store.exists("personas") and not store.exists("user_labels")  # nothing was paid for or written
