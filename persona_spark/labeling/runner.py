@@ -34,7 +34,7 @@ from persona_spark.labeling.backends import (
     label_columns,
     label_schema,
 )
-from persona_spark.labeling.client import resolve_api_key
+from persona_spark.labeling.client import Secret, resolve_api_key
 from persona_spark.labeling.prompts import LabelPrompt
 from persona_spark.personas import PersonaSet
 
@@ -125,7 +125,9 @@ def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | Entity
         return RecordedBackend(conf.recorded, persona_set, store, kind.id_col)
     template = conf.user_prompt if kind.name == "user" else conf.item_prompt
     prompt = LabelPrompt(template, persona_set, conf.max_personas, conf.history_tokens, conf.max_name_chars)
-    return OpenAIBackend(conf.openai, resolve_api_key(conf.openai, store.spark), prompt, kind.id_col, persona_set)
+    # A dry run only renders prompts to count tokens: pricing a run must not require its key.
+    key = Secret("") if conf.dry_run else resolve_api_key(conf.openai, store.spark)
+    return OpenAIBackend(conf.openai, key, prompt, kind.id_col, persona_set)
 
 
 # ---- cache ------------------------------------------------------------------------------------
