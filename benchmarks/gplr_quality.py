@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv-folds", type=int, default=GPLRConf().cv_folds)
     parser.add_argument("--ell", type=int, default=2, help="ℓ̂ of the paper's top-k assignment")
     parser.add_argument("--beta", type=float, default=0.0, help="β of the paper's top-k assignment")
+    parser.add_argument("--dump-assignments", type=Path, default=None, metavar="DIR",
+                        help="also write each run's personas as DIR/<budget>-<seed>-<method>.json "
+                             "({user_idx: [persona_idx, ...]}, the recommender benchmark's --user-personas)")
     args = parser.parse_args(argv)
 
     data = Path(args.data)
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = run.assign_all(answered, rounds, method)
                     personas = result.personas.localCheckpoint()
                     metrics, _ = evaluate.evaluate_sets(personas, reference, eval_users)
+                    if args.dump_assignments:
+                        _dump(personas, args.dump_assignments / f"{budget}-{seed}-{method}+{sampling}.json")
                     baseline, _ = evaluate.evaluate_sets(
                         evaluate.popular_personas(result.prototypes, eval_users, conf.top_k), reference, eval_users)
                     print(json.dumps({
@@ -96,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                         "assignment_seconds": round(time.perf_counter() - started, 1),
                     }), flush=True)
     return 0
+
+
+def _dump(personas, path: Path) -> None:
+    sets = personas.groupBy("user_idx").agg(F.sort_array(F.collect_list("persona_idx")).alias("p")).collect()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({str(r["user_idx"]): list(r["p"]) for r in sets}))
 
 
 if __name__ == "__main__":

@@ -199,6 +199,16 @@ def _json_pairs(path: Path) -> np.ndarray:
     return _pairs([(int(key), int(value)) for key, values in mapping.items() for value in values])
 
 
+def read_user_personas(path: str | Path) -> np.ndarray:
+    """(user_idx, persona_idx) pairs of another labelling (e.g. a GPLR run's ``personas``), from
+    ``{"user_idx": [persona_idx, ...]}`` JSON or a Parquet file/directory with those two columns."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return _json_pairs(path)
+    table = pq.read_table(path, columns=["user_idx", "persona_idx"])
+    return np.stack([table[c].to_numpy().astype(np.int64) for c in ("user_idx", "persona_idx")], axis=1)
+
+
 def load_gplr_json(data_dir: str | Path, user_personas: str | Path | None = "user_personas_gpt4.json") -> RecData:
     """The paper's split (``train.json``, ``test.json``, GPT-4 labels, ``personas.json``).
 
