@@ -217,7 +217,7 @@ class RecommendConf(Section):
     dim: int = 64
     eigen_k: int = 128  # LGCN: eigenvectors of the smallest Laplacian eigenvalues
     lightgcn_layers: int = 3
-    lr: float = 0.001
+    lr: float = 0.01  # Adam; 0.001 barely moves in the demo's few epochs
     reg: float = 1e-4  # L2 on the batch's ego embeddings
     batch_size: int = 2048
     max_epochs: int = 10  # laptop demo; the benchmark uses more

@@ -31,6 +31,10 @@ class Recommender(nn.Module):
         """Final embeddings of all nodes (users, items, personas)."""
         raise NotImplementedError
 
+    def propagate_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Final embeddings of the nodes ``rows`` only (a training batch needs no more)."""
+        return self.propagate()[rows]
+
     def split(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(users, items, personas) blocks of a node-embedding matrix."""
         return torch.split(nodes, [self.n_users, self.n_items, self.n_personas])
@@ -78,9 +82,15 @@ class LGCN(Recommender):
         self.theta = nn.Parameter(torch.ones(basis.shape[1]))
 
     def propagate(self) -> torch.Tensor:
+        return self.propagate_rows(None)
+
+    def propagate_rows(self, rows: torch.Tensor | None) -> torch.Tensor:
+        # Uᵀ·E0 needs every node; U·(…) only the requested rows, which saves a third of a step.
         ego = self.embedding.weight
-        spectral = self.basis @ (self.theta[:, None] * (self.basis.T @ ego))
-        return ego + 0.5 * spectral
+        filtered = self.theta[:, None] * (self.basis.T @ ego)
+        if rows is None:
+            return ego + 0.5 * (self.basis @ filtered)
+        return ego[rows] + 0.5 * (self.basis[rows] @ filtered)
 
 
 def build_model(name: str, data: RecData, dim: int, eigen_k: int, lightgcn_layers: int,

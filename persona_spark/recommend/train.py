@@ -95,20 +95,21 @@ def sample_negatives(users: torch.Tensor, n_items: int, positive_keys: torch.Ten
 
 def batch_loss(model: Recommender, users, positives, negatives, reg: float, decorrelation_weight: float):
     """BPR with one negative + L2 on the batch's ego embeddings (+ AFDGCF de-correlation)."""
-    nodes = model.propagate()
-    user_nodes, item_nodes = users, model.n_users + positives
-    negative_nodes = model.n_users + negatives
-    u, i, j = nodes[user_nodes], nodes[item_nodes], nodes[negative_nodes]
-    bpr = F.softplus((u * j).sum(1) - (u * i).sum(1)).mean()
-    ego = model.embedding.weight
-    l2 = 0.5 * (ego[user_nodes].pow(2).sum() + ego[item_nodes].pow(2).sum() + ego[negative_nodes].pow(2).sum())
-    loss = bpr + reg * l2 / len(users)
+    user_nodes, item_nodes, negative_nodes = users, model.n_users + positives, model.n_users + negatives
+    batch = len(users)
+    rows = [user_nodes, item_nodes, negative_nodes]
     if decorrelation_weight > 0:
         # One correlation over the batch's users and items and all personas: a persona block alone
         # has fewer rows (20) than columns (64), so its own correlation matrix is degenerate.
-        persona_nodes = torch.arange(model.n_users + model.n_items, nodes.shape[0], device=nodes.device)
-        batch_nodes = torch.unique(torch.cat([user_nodes, item_nodes, negative_nodes, persona_nodes]))
-        loss = loss + decorrelation_weight * correlation_penalty(nodes[batch_nodes].float())
+        rows.append(torch.arange(model.n_users + model.n_items, model.embedding.num_embeddings, device=users.device))
+    nodes = model.propagate_rows(torch.cat(rows))
+    u, i, j = nodes[:batch], nodes[batch : 2 * batch], nodes[2 * batch : 3 * batch]
+    bpr = F.softplus((u * j).sum(1) - (u * i).sum(1)).mean()
+    ego = model.embedding.weight
+    l2 = 0.5 * (ego[user_nodes].pow(2).sum() + ego[item_nodes].pow(2).sum() + ego[negative_nodes].pow(2).sum())
+    loss = bpr + reg * l2 / batch
+    if decorrelation_weight > 0:
+        loss = loss + decorrelation_weight * correlation_penalty(nodes.float())
     return loss
 
 
