@@ -162,9 +162,17 @@ def _state_batch(rows: list[dict]) -> pa.RecordBatch:
 
 
 # ---- tiles -------------------------------------------------------------------------------------
+def _block_dtype(blocks: int):
+    """The narrowest block-id type: numpy's stable argsort is a linear radix sort for 16-bit ints."""
+    return np.int16 if blocks <= np.iinfo(np.int16).max else np.int32
+
+
 def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Blocking,
                 directions: tuple[int, ...], flush_edges: int = 4_000_000) -> Iterator[pa.RecordBatch]:
-    """Per input partition: edges grouped by (direction, target block) as compact binary rows."""
+    """Per input partition: edges grouped by (direction, target block) as compact binary rows.
+
+    ``w`` stays empty for unweighted edges (the input has no ``w`` column): half the shuffle bytes.
+    """
     pending: list[pa.RecordBatch] = []
     count = 0
 
@@ -172,13 +180,13 @@ def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Block
         if not pending:
             return None
         table = pa.Table.from_batches(pending)
-        u = table.column("u").to_numpy().astype(np.int64)
-        i = table.column("i").to_numpy().astype(np.int64)
-        w = table.column("w").to_numpy().astype(np.float64)
+        u = table.column("u").to_numpy().astype(np.int32)
+        i = table.column("i").to_numpy().astype(np.int32)
+        w = table.column("w").to_numpy().astype(np.float64) if "w" in table.column_names else None
         out = []
         for direction in directions:
             t, s, tblk = (i, u, items) if direction == TO_ITEMS else (u, i, users)
-            tb = t % tblk.target_blocks
+            tb = (t % tblk.target_blocks).astype(_block_dtype(tblk.target_blocks))
             order = np.argsort(tb, kind="stable")
             bounds = np.searchsorted(tb[order], np.arange(tblk.target_blocks + 1))
             for b in range(tblk.target_blocks):
@@ -186,7 +194,7 @@ def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Block
                 if len(sel):
                     out.append({"direction": direction, "tb": b,
                                 "t_local": (t[sel] // tblk.target_blocks).astype(np.int32).tobytes(),
-                                "s": s[sel].astype(np.int32).tobytes(), "w": w[sel].tobytes()})
+                                "s": s[sel].tobytes(), "w": b"" if w is None else w[sel].tobytes()})
         return pa.RecordBatch.from_pylist(out, schema=_arrow_schema(EDGE_PART_FIELDS))
 
     for batch in batches:
@@ -215,6 +223,7 @@ def _assemble_tiles(batches: Iterable[pa.RecordBatch], users: Blocking, items: B
         t = np.concatenate([_frombuffer(_bytes(table.column("t_local")[k]), np.int32) for k in members])
         s = np.concatenate([_frombuffer(_bytes(table.column("s")[k]), np.int32) for k in members]).astype(np.int64)
         w = np.concatenate([_frombuffer(_bytes(table.column("w")[k]), np.float64) for k in members])
+        w = w if len(w) else np.ones(len(t))  # unweighted parts carry no weights
         degree = np.bincount(t, weights=w, minlength=tblk.target_rows)
         w = w / degree[t]
         sb = s % sblk.source_blocks
@@ -250,9 +259,9 @@ def build_tiles(edges: DataFrame, users: Blocking, items: Blocking, weighted: bo
     One pass over the edges emits them per target block as compact binary rows; one shuffle of
     those rows (not of edge rows) gathers each target block on one task, spread evenly.
     """
-    weight = F.col("n_purchases").cast("double") if weighted else F.lit(1.0)
+    weight = [F.col("n_purchases").cast("double").alias("w")] if weighted else []
     compact = edges.select(F.col("user_idx").cast("int").alias("u"), F.col("item_idx").cast("int").alias("i"),
-                           weight.alias("w"))
+                           *weight)
     parts = compact.mapInArrow(partial(_edge_parts, users=users, items=items, directions=directions),
                                EDGE_PART_SCHEMA)
     keys = F.array(*[F.lit(k) for k in spread_keys(edges.sparkSession, partitions)])
