@@ -21,13 +21,15 @@ class Section(BaseModel):
 
 
 class SparkConf(Section):
-    master: str = "local[*]"
+    """Local session settings; an active session (spark-submit, Databricks) is reused as it is."""
+
+    master: str = "local[*]"  # local mode only
     app_name: str = "persona-spark"
-    shuffle_partitions: int = 4
+    shuffle_partitions: int = 4  # small machines crawl with Spark's default of 200
     default_parallelism: int = 4
-    driver_memory: str = "4g"
+    driver_memory: str = "4g"  # local mode: the driver is the whole cluster
     ui_enabled: bool = False
-    checkpoint_dir: str = "data/checkpoints"
+    checkpoint_dir: str = "data/checkpoints"  # reliable checkpoints (affinity.checkpoint=reliable)
     # Extra Spark settings, e.g. {"spark.jars.packages": "io.delta:delta-spark_2.13:4.0.0"}
     # on a cluster that can reach Maven; the Delta extensions are added automatically then.
     extra: dict[str, str] = Field(default_factory=dict)
@@ -49,8 +51,8 @@ class TablesConf(Section):
 
 class IngestConf(Section):
     source: str | None = None  # path (csv/parquet/delta) or table name; None = generated demo data
-    format: Literal["csv", "parquet", "delta", "table"] = "csv"
-    preset: Literal["canonical", "online_retail", "instacart"] = "canonical"
+    format: Literal["csv", "parquet", "delta", "table"] = "csv"  # how to read ``source``
+    preset: Literal["canonical", "online_retail", "instacart"] = "canonical"  # column mapping of a known source
     # canonical column -> source column; overrides the preset's mapping.
     mapping: dict[str, str] = Field(default_factory=dict)
     # Instacart: order lines are joined with these product names.
@@ -62,9 +64,9 @@ class IngestConf(Section):
 
 
 class GraphConf(Section):
-    min_user_degree: int = 1
-    min_item_degree: int = 1
-    test_fraction: float = 0.2
+    min_user_degree: int = 1  # users with fewer distinct items are left out of the graph
+    min_item_degree: int = 1  # items with fewer distinct buyers are left out of the graph
+    test_fraction: float = 0.2  # share of each user's items in the test split (seeded hash per pair)
     seed: int = 42
     # Folder of the paper's index-based split (train.json, test.json, *_personas_gpt4.json),
     # loaded by the ``load-paper-split`` stage instead of ingest + build-graph.
@@ -72,8 +74,8 @@ class GraphConf(Section):
 
 
 class GenerateConf(Section):
-    users: int = 2000
-    items: int = 600
+    users: int = 2000  # customers of the generated demo shop
+    items: int = 600  # products (named, from the packaged catalog)
     mean_orders_per_user: float = 6.0
     mean_lines_per_order: float = 4.0
     min_personas: int = 1
@@ -103,7 +105,7 @@ class OpenAIConf(Section):
     """Any OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, Databricks serving, vLLM, llama.cpp)."""
 
     base_url: str | None = None  # None: api.openai.com
-    model: str = "gpt-4o-mini"
+    model: str = "gpt-4o-mini"  # model / deployment / serving endpoint name
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var on the driver ...
     secret_scope: str | None = None  # ... or from this Databricks secret scope/key when the env var is unset
     secret_key: str | None = None
@@ -163,8 +165,8 @@ class PersonaGenerationConf(Section):
 
 
 class LabelingConf(Section):
-    backend: Literal["embedding", "openai", "recorded"] = "embedding"
-    max_personas: int = 5
+    backend: Literal["embedding", "openai", "recorded"] = "embedding"  # who answers: offline embeddings, an LLM endpoint, or recorded answers
+    max_personas: int = 5  # personas one answer may name
     history_tokens: int = 1500  # token budget of one serialized history (most frequent items first)
     max_name_chars: int = 80  # product names are untrusted: longer ones are cut
     user_prompt: str = "user_v1"  # template name under resources/prompts, or a path to a YAML file
@@ -241,14 +243,14 @@ class RecommendConf(Section):
 class GPLRConf(Section):
     budget: float = Field(0.05, gt=0)  # < 1: fraction of users; >= 1: number of users answered by the LLM
     rounds: int = Field(4, ge=1)  # T: round 1 random, rounds 2..T Diversity-Uncertainty
-    sampling: Literal["du", "random"] = "du"
+    sampling: Literal["du", "random"] = "du"  # du: Diversity-Uncertainty rounds; random: one random draw
     seed: int = 0
     assignment: Literal["learned", "topk"] = "learned"  # topk = the paper's fixed top-k of Ψ
-    top_k: int = Field(5, ge=1)
+    top_k: int = Field(5, ge=1)  # personas per user with assignment=topk
     max_personas: int = Field(8, ge=1)  # learned: upper bound of personas per user
     cv_folds: int = Field(4, ge=2)  # cross-fitting folds over the prototypes
     max_train_users: int = Field(20_000, ge=10)  # prototypes used to fit the assignment model
-    l2: float = Field(1.0, ge=0)
+    l2: float = Field(1.0, ge=0)  # ridge penalty of the learned assignment model
     item_signal: bool = True  # label items with the LLM too and use them as a second signal
 
 
@@ -260,7 +262,7 @@ class EvaluateConf(Section):
 
 
 class Config(Section):
-    personas: str = str(DEFAULT_PERSONAS)
+    personas: str = str(DEFAULT_PERSONAS)  # persona set R: a YAML/JSON file of names + descriptions
     spark: SparkConf = Field(default_factory=SparkConf)
     tables: TablesConf = Field(default_factory=TablesConf)
     ingest: IngestConf = Field(default_factory=IngestConf)
@@ -304,3 +306,70 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = parse_override(item)
         _set_path(tree, key, value)
     return Config.model_validate(tree)
+
+
+# ---- the configuration reference (docs/configuration.md is generated from this file) ----------
+
+def _field_comments() -> dict[tuple[str, str], str]:
+    """(class, field) -> the comment written beside the field, or on the lines right above it."""
+    import ast
+    import io
+    import tokenize
+
+    source = Path(__file__).read_text()
+    lines = source.splitlines()
+    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    own_line = {n for n in comments if lines[n - 1].lstrip().startswith("#")}
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    above, line = [], stmt.lineno - 1
+                    while line in own_line:
+                        above.insert(0, comments[line])
+                        line -= 1
+                    text = " ".join(above + ([comments[stmt.lineno]] if stmt.lineno in comments else []))
+                    found[(node.name, stmt.target.id)] = text
+    return found
+
+
+def config_reference() -> str:
+    """Every key of ``Config`` with its type, default and meaning, as Markdown tables per section."""
+    comments = _field_comments()
+
+    def rows(defaults: BaseModel, prefix: str) -> list[str]:
+        out = []
+        model = type(defaults)
+        for name, info in model.model_fields.items():
+            key = f"{prefix}{info.alias or name}"
+            annotation = info.annotation
+            default = getattr(defaults, name)
+            if isinstance(default, BaseModel):
+                out += rows(default, key + ".")
+                continue
+            if name == "personas" and model is Config:
+                default = "the packaged demo_shop.yaml"
+            kind = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "\\|")
+            meaning = comments.get((model.__name__, name), "").replace("|", "\\|")
+            out.append(f"| `{key}` | `{kind}` | `{default!r}` | {meaning} |")
+        return out
+
+    lines = ["# Configuration reference", "",
+             "Generated from `persona_spark/config.py` (`python -m persona_spark.config`). Every key is optional;",
+             "set them in a YAML file (`--conf`) or per run with `--set key=value`. Unknown keys are errors.", ""]
+    defaults = Config()
+    for name in Config.model_fields:
+        section = getattr(defaults, name)
+        if isinstance(section, BaseModel):
+            doc = (type(section).__doc__ or "").strip().splitlines()
+            lines += [f"## `{name}`", ""] + ([doc[0], ""] if doc else [])
+            lines += ["| key | type | default | meaning |", "|---|---|---|---|", *rows(section, name + "."), ""]
+    lines += ["## top level", "", "| key | type | default | meaning |", "|---|---|---|---|",
+              *[r for r in rows(defaults, "") if r.startswith("| `personas`")], ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona_spark.config import load_config
+from persona_spark.config import config_reference, load_config
 from persona_spark.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +111,9 @@ def test_spark_submit_runs_a_job_script(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"stage": "generate"' in result.stdout
     assert (tmp_path / "raw_transactions" / "_delta_log" / "00000000000000000000.json").exists()
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from config.py; a new knob must show up there."""
+    assert (ROOT / "docs" / "configuration.md").read_text() == config_reference(), (
+        "docs/configuration.md is stale: run `python -m persona_spark.config > docs/configuration.md`")
