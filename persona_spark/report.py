@@ -57,7 +57,8 @@ PROPAGATED_COLOUR = "#8fbce6"
 RFM_COLOUR = "#d08a2c"
 INK = "#1f2933"
 K_TOLERANCE = 0.05  # silhouette slack when the report picks the segmentation to show
-METRIC_COLUMN = re.compile(r"^(ndcg|f1|recall|precision|hr|hit|mrr|map)_?@?\d+$", re.IGNORECASE)
+# ndcg@10, ndcg_at_10, ndcg_10 ... (but not val_ndcg_at_10: validation is not a test result)
+METRIC_COLUMN = re.compile(r"^(ndcg|f1|recall|precision|hr|hit|mrr|map)(?:@|_at_|_)(\d+)$", re.IGNORECASE)
 
 plt.rcParams.update(
     {
@@ -233,7 +234,9 @@ def _cooccurrence(ctx: Context) -> str:
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     cmap = plt.get_cmap("Blues").copy()
     cmap.set_bad("#eef1f4")
-    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1)
+    top_share = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    vmax = min(1.0, max(0.1, math.ceil(top_share * 10) / 10))  # scale to the strongest overlap for contrast
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=vmax)
     ax.set_xticks(range(len(top)), names, rotation=60, ha="right")
     ax.set_yticks(range(len(top)), names)
     ax.spines[:].set_visible(False)
@@ -242,7 +245,7 @@ def _cooccurrence(ctx: Context) -> str:
             for c in range(len(top)):
                 if not math.isnan(values[r, c]) and values[r, c] >= 0.005:
                     ax.text(c, r, f"{100 * values[r, c]:.0f}", ha="center", va="center", fontsize=7.5,
-                            color="white" if values[r, c] > 0.55 else INK)
+                            color="white" if values[r, c] > 0.55 * vmax else INK)
     ax.set_title("Of the customers with the row persona, % who also have the column persona")
     fig.colorbar(image, ax=ax, fraction=0.035, pad=0.02, format=PercentFormatter(xmax=1, decimals=0))
     strongest = (
@@ -296,14 +299,16 @@ def _segments(ctx: Context) -> str:
     for y, (size, share, name) in enumerate(zip(ordered["size"], ordered["share"], ordered["name"])):
         ax.text(size, y, f"  {100 * share:.1f} %  ·  {name}", va="center", fontsize=9)
     ax.set_xlabel("customers")
-    ax.set_xlim(0, ordered["size"].max() * 2.6)
-    ax.spines["bottom"].set_bounds(0, ordered["size"].max() * 1.05)
+    largest = ordered["size"].max()
+    ax.set_xlim(0, largest * 2.6)  # room for the names
+    ax.set_xticks([t for t in ax.get_xticks() if 0 <= t <= largest * 1.05])
+    ax.spines["bottom"].set_bounds(0, largest * 1.05)
     ax.set_title(f"Segment sizes (k = {k}), named after their characteristic majority personas")
     parts = [ctx.figures.embed(fig, "segment_sizes", f"segment sizes for k={k}")]
 
     points = _projection_sample(ctx, k)
     if points is not None and not points.empty:
-        parts.append(_projection_figures(ctx, points, colours, k))
+        parts.append(_projection_figures(ctx, points, colours, dict(zip(rows["segment"], rows["name"])), k))
     else:
         parts.append(_note("No projection points (segment_points) for this segmentation."))
 
@@ -337,27 +342,34 @@ def _projection_sample(ctx: Context, k: int) -> pd.DataFrame | None:
     return joined.limit(ctx.conf.max_points).select("x", "y", "z", "segment").toPandas()
 
 
-def _projection_figures(ctx: Context, points: pd.DataFrame, colours: dict, k: int) -> str:
+def _projection_figures(ctx: Context, points: pd.DataFrame, colours: dict, names: dict, k: int) -> str:
     # Persona vectors are discrete, so many customers share a point; a little jitter shows the crowd.
     rng = np.random.default_rng(0)
     jitter = rng.normal(0, 0.025, size=(len(points), 3))
     xyz = points[["x", "y", "z"]].to_numpy() + jitter
     point_colours = [colours.get(s, "#999999") for s in points["segment"]]
-    fig = plt.figure(figsize=(12, 5.2))
+    fig = plt.figure(figsize=(12, 5.6))
     ax = fig.add_subplot(1, 2, 1)
-    ax.scatter(xyz[:, 0], xyz[:, 1], c=point_colours, s=9, alpha=0.55, linewidths=0)
+    ax.scatter(xyz[:, 0], xyz[:, 1], c=point_colours, s=10, alpha=0.6, linewidths=0)
     ax.set_xlabel("component 1")
     ax.set_ylabel("component 2")
     ax.set_title("2-D projection")
     ax3 = fig.add_subplot(1, 2, 2, projection="3d")
-    ax3.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=point_colours, s=7, alpha=0.5, linewidths=0)
+    ax3.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=point_colours, s=10, alpha=0.8, linewidths=0, depthshade=False)
     ax3.set_title("3-D projection", loc="left")
-    ax3.set_xlabel("component 1")
-    ax3.set_ylabel("component 2")
-    ax3.set_zlabel("component 3")
+    for axis, label in ((ax3.xaxis, "component 1"), (ax3.yaxis, "component 2"), (ax3.zaxis, "component 3")):
+        axis.set_ticks([-1, 0, 1])
+        axis.set_label_text(label)
     ax3.view_init(elev=22, azim=38)
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color=colours[s], label=f"S{s} {_short(names[s], 34)}")
+        for s in sorted(colours)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(handles) - 1) // 4)))
     fig.suptitle(
-        f"{len(points):,} customers (sample), coloured by segment (k = {k}); positions jittered slightly",
+        f"{len(points):,} customers (sample), coloured by segment (k = {k}); customers with similar persona "
+        "combinations lie close together (positions jittered slightly)",
         x=0.01, ha="left", fontsize=10, color="#52606d",
     )
     return ctx.figures.embed(fig, "segment_projection", "customers projected on the first principal components")
@@ -400,54 +412,103 @@ def _robustness(ctx: Context) -> str:
 
 def _quality(ctx: Context) -> str:
     evaluation = ctx.tables["evaluation"].toPandas()
-    parts = [_table(evaluation)]
+    shown = [c for c in ("run_id", "method", "reference", "users", "micro_f1", "macro_f1", "precision", "recall",
+                         "baseline_micro_f1") if c in evaluation.columns]
+    if "run_id" in evaluation.columns:
+        evaluation = evaluation.sort_values("run_id", ascending=False)
+    renamed = evaluation[shown or list(evaluation.columns)].rename(
+        columns={"users": "customers scored", "micro_f1": "micro F1", "macro_f1": "macro F1",
+                 "baseline_micro_f1": "baseline micro F1 (most popular personas)"}
+    )
+    parts = [_table(renamed)]
     per_persona = ctx.tables.get("evaluation_per_persona")
     if per_persona is None:
-        parts.append(_note("Per-persona precision/recall not available — run evaluate."))
+        parts.append(_note("Per-persona precision/recall not available — run persona-spark evaluate."))
         return "".join(parts)
-    order = "ts" if "ts" in per_persona.columns else "run_id"
-    latest = per_persona.orderBy(F.desc(order)).select("run_id").head(1)
-    if not latest:
+    latest = per_persona.agg(F.max("run_id").alias("run_id")).first()["run_id"]
+    if latest is None:
         return "".join(parts)
-    run_id = latest[0]["run_id"]
-    frame = per_persona.filter(F.col("run_id") == run_id).toPandas().sort_values("support")
-    frame["label"] = [f"{_short(ctx.name(i), 30)} (n={s:,})" for i, s in zip(frame["persona_idx"], frame["support"])]
+    frame = per_persona.filter(F.col("run_id") == latest).toPandas()
+    support = "support" if "support" in frame.columns else "actual"  # customers with the persona in the reference
+    frame = frame[frame[support] > 0].sort_values(support)
+    frame["label"] = [f"{_short(ctx.name(i), 30)} (n={s:,})" for i, s in zip(frame["persona_idx"], frame[support])]
     fig, ax = plt.subplots(figsize=(9, 0.34 * len(frame) + 1.5))
     y = np.arange(len(frame))
     ax.barh(y + 0.2, frame["precision"], height=0.4, color=LLM_COLOUR, label="precision")
     ax.barh(y - 0.2, frame["recall"], height=0.4, color=PROPAGATED_COLOUR, label="recall")
     ax.set_yticks(y, frame["label"])
     ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     ax.legend(loc="lower right", frameon=False)
-    ax.set_title(f"Per persona, run {run_id} (n = reference customers with the persona)")
+    ax.set_title(f"Per persona, run {latest} (n = reference customers with the persona)")
     parts.append(ctx.figures.embed(fig, "quality_per_persona", "precision and recall per persona"))
     return "".join(parts)
 
 
+def _metric_rows(runs: DataFrame) -> pd.DataFrame:
+    """``model, run, metric, k, value``: one row per model run and ranking metric (small: runs × metrics).
+
+    Reads the ``metrics`` map (``ndcg@10`` ...) the train stage writes, else flat columns like
+    ``ndcg_at_10`` / ``ndcg@10`` / ``ndcg_10``; validation metrics (``val_*``) are not test results."""
+    run_key = [c for c in ("run_id", "seed") if c in runs.columns]
+    run = F.concat_ws("/", *[F.col(c).cast("string") for c in run_key]) if run_key else F.monotonically_increasing_id().cast("string")
+    if "metrics" in runs.columns:
+        long = runs.select("model", run.alias("run"), F.explode("metrics").alias("name", "value"))
+    else:
+        columns = [c for c in runs.columns if METRIC_COLUMN.match(c)]
+        if not columns:
+            return pd.DataFrame(columns=["model", "run", "metric", "k", "value"])
+        pairs = F.array(*[F.struct(F.lit(c).alias("name"), F.col(c).cast("double").alias("value")) for c in columns])
+        long = runs.select("model", run.alias("run"), F.explode(pairs).alias("m")).select("model", "run", "m.name", "m.value")
+    frame = long.toPandas()
+    parsed = frame["name"].str.extract(METRIC_COLUMN)
+    frame["metric"], frame["k"] = parsed[0].str.lower(), pd.to_numeric(parsed[1])
+    return frame.dropna(subset=["metric", "k", "value"]).astype({"k": int})
+
+
 def _recommendations(ctx: Context) -> str:
-    runs = ctx.tables["recommend_runs"].toPandas()
-    metrics = [c for c in runs.columns if METRIC_COLUMN.match(c)]
-    if "model" not in runs.columns or not metrics:
-        return _table(runs)
-    grouped = runs.groupby("model")[metrics]
-    means, stds = grouped.mean(), grouped.std().fillna(0.0)
-    summary = means.copy()
-    summary.insert(0, "runs", runs.groupby("model").size())
-    if "seconds" in runs.columns:
-        summary["seconds"] = runs.groupby("model")["seconds"].mean()
-    summary = summary.reset_index()
-    headline = [m for m in metrics if m.lower().startswith("ndcg")] or metrics
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    width = 0.8 / len(headline)
-    x = np.arange(len(means))
-    for j, metric in enumerate(headline):
-        ax.bar(x + j * width - 0.4 + width / 2, means[metric], width, yerr=stds[metric], capsize=3,
-               label=metric, color=plt.get_cmap("Blues")(0.35 + 0.6 * (j + 1) / len(headline)))
-    ax.set_xticks(x, means.index)
-    ax.set_ylabel("mean over seeds")
-    ax.legend(frameon=False, ncol=min(len(headline), 6))
-    ax.set_title("Recommendation quality by model (error bars: std over seeds)")
-    return ctx.figures.embed(fig, "recommendations", "recommendation metrics by model") + _table(summary, decimals=4)
+    runs = ctx.tables["recommend_runs"]
+    if "model" not in runs.columns:
+        return _note("recommend_runs has no 'model' column; nothing to compare.")
+    rows = _metric_rows(runs)
+    if rows.empty:
+        return _note("recommend_runs has no ranking metrics (expected a metrics map or ndcg_at_<k> columns).")
+    stats = rows.groupby(["model", "metric", "k"])["value"].agg(["mean", "std", "count"]).reset_index()
+    stats["std"] = stats["std"].fillna(0.0)
+    metrics = [m for m in ("ndcg", "recall", "f1") if m in set(stats["metric"])] or sorted(set(stats["metric"]))
+    models = sorted(set(stats["model"]))
+    colours = dict(zip(models, _segment_colours(len(models))))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1, 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for model in models:
+            line = stats[(stats["metric"] == metric) & (stats["model"] == model)].sort_values("k")
+            ax.errorbar(line["k"], line["mean"], yerr=line["std"], marker="o", capsize=3, linewidth=2,
+                        color=colours[model], label=model)
+        ax.set_xscale("log")
+        ks = sorted(set(stats[stats["metric"] == metric]["k"]))
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_xlabel("top-K recommended products")
+        ax.set_title(f"{metric.upper() if metric == 'f1' else metric.capitalize()}@K")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("mean over training seeds")
+    axes[0][-1].legend(frameon=False)
+    figure = ctx.figures.embed(fig, "recommendations", "recommendation metrics by model and K")
+
+    headline_k = 10 if 10 in set(stats["k"]) else int(stats["k"].min())
+    table = stats[stats["k"] == headline_k].copy()
+    table["cell"] = [f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}" for m, s, n in zip(table["mean"], table["std"], table["count"])]
+    wide = table.pivot(index="model", columns="metric", values="cell")
+    wide.columns = [f"{c}@{headline_k}" for c in wide.columns]
+    runs_pd = runs.select(*[c for c in ("model", "seconds", "epochs", "device") if c in runs.columns]).toPandas()
+    extra = runs_pd.groupby("model").agg(
+        **{"training runs": ("model", "size")},
+        **({"mean seconds": ("seconds", "mean")} if "seconds" in runs_pd else {}),
+        **({"epochs": ("epochs", "max")} if "epochs" in runs_pd else {}),
+        **({"device": ("device", "first")} if "device" in runs_pd else {}),
+    )
+    summary = wide.join(extra).reset_index()
+    return figure + _note(f"Mean ± standard deviation over training seeds at K = {headline_k}.") + _table(summary, decimals=1)
 
 
 def _labeling(ctx: Context) -> str:

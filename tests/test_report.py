@@ -1,0 +1,137 @@
+"""The HTML report renders from a run's tables: every section, decodable embedded figures, no network."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from datetime import datetime
+
+import matplotlib.image
+import pytest
+
+from persona_spark import report
+from persona_spark.config import Config
+from persona_spark.labeling import label_schema
+from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES
+from tests.persona_world import N_USERS, PERSONAS, build_world, write_persona_set, write_world
+
+PRICES = (0.5, 2.0)  # USD per 1k prompt / completion tokens
+LABEL_TOKENS = [(u, 400 + u, 20 + u % 3) for u in range(12)]  # user, prompt tokens, completion tokens
+IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def run_tables(spark) -> dict:
+    """Small rows in the schemas the evaluate, train, label-users and robustness stages write."""
+    ts = datetime(2024, 6, 1)
+    labels = [
+        (u, [PERSONAS.names[u % 3]], [u % 3], "ok", None, "gpt-4o-mini", "user_v1", PERSONAS.version, f"h{u}",
+         prompt, completion, 900 + u, 1, "{}", ts)
+        for u, prompt, completion in LABEL_TOKENS
+    ]
+    runs = [
+        ("r1", model, seed, None, None, {f"{m}@{k}": base + seed / 100 + k / 1000 for m in ("ndcg", "f1", "recall") for k in (5, 10, 20)},
+         0.3, 3, 4, 12.5, "cpu", f"models/{model}-seed{seed}")
+        for model, base in (("lgcn3", 0.30), ("mf", 0.20)) for seed in (0, 1)
+    ]
+    return {
+        "evaluation": spark.createDataFrame(
+            [("20240601T000000", "planted_personas", 28, 0.8123, 0.7912, 0.8, 0.82, 0.41, "learned")],
+            "run_id string, reference string, users long, micro_f1 double, macro_f1 double, precision double, "
+            "recall double, baseline_micro_f1 double, method string",
+        ),
+        "evaluation_per_persona": spark.createDataFrame(
+            [("20240601T000000", p, 8, 10, 9, 0.8, 0.89, 0.84) for p in range(3)],
+            "run_id string, persona_idx int, tp long, predicted long, actual long, precision double, recall double, f1 double",
+        ),
+        "recommend_runs": spark.createDataFrame(runs, RECOMMEND_RUNS_SCHEMA),
+        "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
+        "robustness": spark.createDataFrame(
+            [("personas", 40, 31, 31 / 40), ("rfm", 40, 4, 0.1)],
+            "representation string, users long, unchanged long, share_unchanged double",
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def rendered(spark, tmp_path_factory):
+    """A full run's tables in a store (segment run for real), then the report stage."""
+    from persona_spark.config import TablesConf
+    from persona_spark.io import TableStore
+
+    root = tmp_path_factory.mktemp("report_run")
+    store = TableStore(spark, TablesConf(root=str(root / "tables")))
+    write_world(store, build_world().frames(spark))
+    for name, frame in run_tables(spark).items():
+        store.write_table(frame, name)
+    cfg = Config.model_validate(
+        {
+            "personas": str(write_persona_set(root / "tiny_shop.yaml")),
+            "segment": {"ks": [2, 4], "seed": 1},
+            "report": {"path": str(root / "report" / "index.html")},
+            "labeling": {"openai": {"price_prompt_per_1k": PRICES[0], "price_completion_per_1k": PRICES[1]}},
+        }
+    )
+    STAGES["segment"](cfg, store)
+    summary = STAGES["report"](cfg, store)
+    return summary, (root / "report" / "index.html").read_text(encoding="utf-8")
+
+
+def test_report_has_every_section_rendered(rendered):
+    summary, page = rendered
+    assert summary["sections"] == {s.key: "ok" for s in report.SECTIONS}
+    for section in report.SECTIONS:
+        assert f'<section id="{section.key}" class="section">' in page
+        assert section.title.replace("&", "&amp;") in page
+    assert "could not be rendered" not in page and "Not available" not in page
+
+
+def test_report_figures_decode_and_match_the_png_files(rendered):
+    summary, page = rendered
+    embedded = [base64.b64decode(data) for data in IMG.findall(page)]
+    files = {p: open(p, "rb").read() for p in summary["figures"]}
+    assert len(embedded) == len(files) >= 7  # one per figure, all also saved next to the page
+    assert sorted(embedded) == sorted(files.values())
+    for data in embedded:
+        image = matplotlib.image.imread(io.BytesIO(data), format="png")
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    assert not re.search(r'(src|href)="(https?:)?//', page), "the page must open offline"
+
+
+def test_report_states_the_numbers_of_the_run(rendered):
+    _, page = rendered
+    cost = sum(p / 1000 * PRICES[0] + c / 1000 * PRICES[1] for _, p, c in LABEL_TOKENS)
+    tokens = sum(p + c for _, p, c in LABEL_TOKENS)
+    assert f"${cost:,.2f}" in page and f"{tokens:,}" in page
+    assert f"{N_USERS:,} customers have at least one persona; 12 of them were labelled by the LLM" in page
+    assert "0.812" in page  # micro F1 of the evaluation row
+    assert "0.3150 ± 0.0071" in page  # lgcn3 ndcg@10 over seeds 0 and 1: 0.31 and 0.32
+    assert "77.5 %" in page  # personas unchanged in the robustness table
+    for name in PERSONAS.names:
+        assert name in page
+
+
+def test_missing_tables_say_which_stage_to_run(spark, store, tmp_path):
+    frames = build_world().frames(spark)
+    write_world(store, frames, names=("personas", "persona_set"))
+    cfg = Config.model_validate(
+        {"personas": str(write_persona_set(tmp_path / "p.yaml")), "report": {"path": str(tmp_path / "r" / "index.html")}}
+    )
+    summary = STAGES["report"](cfg, store)
+    assert summary["sections"]["personas"] == "ok" and summary["sections"]["cooccurrence"] == "ok"
+    assert {k for k, v in summary["sections"].items() if v == "missing"} == {
+        "segments", "silhouette", "robustness", "quality", "recommendations", "labeling"
+    }
+    page = (tmp_path / "r" / "index.html").read_text()
+    for stage in ("segment", "robustness", "evaluate", "train", "label-users"):
+        assert f"Not available — run persona-spark {stage}" in page
+
+
+def test_a_broken_section_does_not_cost_the_rest(spark, tmp_path):
+    frames = build_world().frames(spark)
+    broken = spark.createDataFrame([("personas", 3)], "representation string, users long")  # no share_unchanged
+    tables = {"personas": frames["personas"], "robustness": broken}
+    result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)))
+    assert result.sections["robustness"] == "failed" and result.sections["personas"] == "ok"
+    page = (tmp_path / "index.html").read_text()
+    assert "This section could not be rendered" in page and "share_unchanged" in page
