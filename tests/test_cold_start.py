@@ -31,8 +31,9 @@ def trained():
                                               result.persona_embeddings)
 
 
-def test_new_customer_gets_the_items_of_the_chosen_persona(trained):
-    _, model = trained
+@pytest.mark.parametrize("query", ["embedding", "centroid"])
+def test_new_customer_gets_the_items_of_the_chosen_persona(trained, query):
+    model = replace(trained[1], query=query)
     for persona in (0, 1, 2):
         ranking = model.recommend_for_personas([f"Persona {persona}"], k=10)
         assert ranking.method == PERSONAS
@@ -41,8 +42,9 @@ def test_new_customer_gets_the_items_of_the_chosen_persona(trained):
         assert np.all(np.diff(ranking.scores) <= 0)
 
 
-def test_new_item_reaches_the_customers_of_its_personas(trained):
-    _, model = trained
+@pytest.mark.parametrize("query", ["embedding", "centroid"])
+def test_new_item_reaches_the_customers_of_its_personas(trained, query):
+    model = replace(trained[1], query=query)
     ranking = model.audience_for_item(["persona 1"], k=20)  # case-insensitive name match
     assert ranking.method == PERSONAS
     assert ((ranking.indices // USERS_PER_PERSONA) == 1).sum() >= 18, ranking.indices

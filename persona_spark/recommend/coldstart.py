@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -45,10 +45,14 @@ class ColdStartModel:
     item_popularity: np.ndarray  # training purchases per item
     user_activity: np.ndarray  # training purchases per user
     persona_known: np.ndarray  # bool per persona: it had at least one edge in the training graph
+    # Alternative queries (query="centroid"): per persona, the mean final embedding of the training
+    # users labelled with it (to score items) and of the items tagged with it (to score users).
+    user_centroids: np.ndarray | None = None
+    item_centroids: np.ndarray | None = None
+    query: Literal["embedding", "centroid"] = "embedding"
 
     def __post_init__(self) -> None:
-        if np.ndim(self.persona_embeddings) != 2 or not len(self.persona_embeddings):
-            raise ValueError("cold start needs persona embeddings: train lgcn3 or algcn3, not a model without personas")
+        _check_personas(self.persona_embeddings)
         n_personas = len(self.persona_embeddings)
         for name, values, size in (("persona_names", self.persona_names, n_personas),
                                    ("persona_known", self.persona_known, n_personas),
@@ -56,20 +60,26 @@ class ColdStartModel:
                                    ("user_activity", self.user_activity, len(self.user_embeddings))):
             if len(values) != size:
                 raise ValueError(f"{name} has {len(values)} entries for {size} embeddings")
+        if self.query not in ("embedding", "centroid"):
+            raise ValueError(f"query must be 'embedding' or 'centroid', not {self.query!r}")
+        if self.query == "centroid" and (self.user_centroids is None or self.item_centroids is None):
+            raise ValueError("query='centroid' needs user_centroids and item_centroids")
 
     @classmethod
-    def from_training(cls, data: RecData, user_embeddings, item_embeddings, persona_embeddings) -> "ColdStartModel":
+    def from_training(cls, data: RecData, user_embeddings, item_embeddings, persona_embeddings,
+                      query: str = "embedding") -> "ColdStartModel":
         """Embeddings of a run trained on ``data`` (the graph it saw decides what is popular and known)."""
+        _check_personas(persona_embeddings)
+        users, items = np.asarray(user_embeddings, np.float32), np.asarray(item_embeddings, np.float32)
         return cls(
-            user_embeddings=np.asarray(user_embeddings, np.float32),
-            item_embeddings=np.asarray(item_embeddings, np.float32),
+            user_embeddings=users, item_embeddings=items,
             persona_embeddings=np.asarray(persona_embeddings, np.float32),
             persona_names=data.persona_names or tuple(str(p) for p in range(data.n_personas)),
-            **graph_counts(data),
+            **graph_counts(data), **persona_centroids(data, users, items, persona_embeddings), query=query,
         )
 
     @classmethod
-    def from_run(cls, model_dir: str | Path, with_users: bool = True) -> "ColdStartModel":
+    def from_run(cls, model_dir: str | Path, with_users: bool = True, query: str = "embedding") -> "ColdStartModel":
         """A run saved by ``TrainResult.save``; ``with_users=False`` leaves the user side empty
         (new-customer recommendations need only personas and items)."""
         path = Path(model_dir) / EMBEDDINGS_FILE
@@ -81,7 +91,8 @@ class ColdStartModel:
             return cls(user_embeddings=users, item_embeddings=stored["items"],
                        persona_embeddings=stored["personas"], persona_names=tuple(stored["persona_names"].tolist()),
                        item_popularity=stored["item_popularity"], user_activity=activity,
-                       persona_known=stored["persona_known"])
+                       persona_known=stored["persona_known"], user_centroids=stored["user_centroids"],
+                       item_centroids=stored["item_centroids"], query=query)
 
     # ---- persona names -------------------------------------------------------------------
     def persona_indices(self, personas: Iterable[str | int]) -> list[int]:
@@ -97,10 +108,17 @@ class ColdStartModel:
                 indices.append(persona_set.index_of(persona))
         return indices
 
-    def persona_query(self, personas: Iterable[str | int]) -> np.ndarray | None:
-        """Mean embedding of the chosen personas that carry signal; None when none does."""
+    def persona_query(self, personas: Iterable[str | int], side: str = "items") -> np.ndarray | None:
+        """Mean vector of the chosen personas that carry signal (None when none does), to score
+        ``side`` ("items" or "users")."""
         useful = [p for p in self.persona_indices(personas) if self.persona_known[p]]
-        return self.persona_embeddings[useful].mean(axis=0) if useful else None
+        if not useful:
+            return None
+        if self.query == "centroid":
+            vectors = self.user_centroids if side == "items" else self.item_centroids
+        else:
+            vectors = self.persona_embeddings
+        return vectors[useful].mean(axis=0)
 
     # ---- the two cold-start questions ----------------------------------------------------
     def recommend_for_personas(self, personas: Sequence[str | int], k: int,
@@ -111,7 +129,7 @@ class ColdStartModel:
     def audience_for_item(self, item_personas: Sequence[str | int], k: int,
                           exclude: Sequence[int] = ()) -> Ranking:
         """The ``k`` customers most likely to want a new item tagged with ``item_personas``."""
-        return _rank(self.persona_query(item_personas), self.user_embeddings, self.user_activity, k, exclude)
+        return _rank(self.persona_query(item_personas, "users"), self.user_embeddings, self.user_activity, k, exclude)
 
 
 def _rank(query: np.ndarray | None, candidates: np.ndarray, popularity: np.ndarray, k: int,
@@ -131,6 +149,11 @@ def _rank(query: np.ndarray | None, candidates: np.ndarray, popularity: np.ndarr
     return Ranking(indices=top, scores=scores[top], method=method)
 
 
+def _check_personas(persona_embeddings) -> None:
+    if persona_embeddings is None or np.ndim(persona_embeddings) != 2 or not len(persona_embeddings):
+        raise ValueError("cold start needs persona embeddings: train lgcn3 or algcn3, not a model without personas")
+
+
 def graph_counts(data: RecData) -> dict[str, np.ndarray]:
     """Popularity of items, activity of users and which personas had an edge, in ``data``'s training graph."""
     known = np.zeros(data.n_personas, bool)
@@ -139,3 +162,18 @@ def graph_counts(data: RecData) -> dict[str, np.ndarray]:
     return {"item_popularity": np.bincount(data.train[:, 1], minlength=data.n_items),
             "user_activity": np.bincount(data.train[:, 0], minlength=data.n_users),
             "persona_known": known}
+
+
+def persona_centroids(data: RecData, user_embeddings, item_embeddings, persona_embeddings) -> dict[str, np.ndarray]:
+    """Per persona the mean final embedding of its labelled users and of its tagged items; a
+    persona without any keeps its own embedding there."""
+    out = {}
+    for name, pairs, embeddings in (("user_centroids", data.user_personas, user_embeddings),
+                                    ("item_centroids", data.item_personas, item_embeddings)):
+        sums = np.array(persona_embeddings, np.float64, copy=True)
+        counts = np.bincount(pairs[:, 1], minlength=data.n_personas)
+        if len(pairs):
+            sums[counts > 0] = 0.0
+            np.add.at(sums, pairs[:, 1], np.asarray(embeddings, np.float64)[pairs[:, 0]])
+        out[name] = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return out

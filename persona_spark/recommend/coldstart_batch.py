@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from persona_spark.recommend.coldstart import PERSONAS, POPULARITY, ColdStartModel
 
 RECS_SCHEMA = "subject string, subject_idx int, rank int, target_idx int, score double, method string"
+RECS_COLUMNS = [part.split()[0] for part in RECS_SCHEMA.split(", ")]
 
 
 def persona_lists(pairs: DataFrame, key: str) -> DataFrame:
@@ -83,9 +84,6 @@ def audiences_for_items(items: list[tuple[int, list[int]]], model: ColdStartMode
     order = Window.partitionBy("subject_idx").orderBy(F.col("score").desc(), F.col("target_idx"))
     return (candidates.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= k)
             .select(F.lit("new_item").alias("subject"), "subject_idx", "rank", "target_idx", "score", "method"))
-
-
-RECS_COLUMNS = [part.split()[0] for part in RECS_SCHEMA.split(", ")]
 
 
 def _rows(subject: str, subject_idx: int, ranking) -> pd.DataFrame:

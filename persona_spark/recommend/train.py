@@ -55,14 +55,15 @@ class TrainResult:
         """Write the run under ``directory``: ``embeddings.npz`` (with what cold start needs from
         ``data``, the graph it was trained on), ``users.parquet`` (user_idx, activity, embedding:
         Spark scores audiences from it without the driver) and the summary ``run.json``."""
-        from persona_spark.recommend.coldstart import EMBEDDINGS_FILE, graph_counts
+        from persona_spark.recommend.coldstart import EMBEDDINGS_FILE, graph_counts, persona_centroids
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         counts = graph_counts(data)
         personas = self.persona_embeddings if self.persona_embeddings is not None else np.empty((0, 0), np.float32)
+        centroids = persona_centroids(data, self.user_embeddings, self.item_embeddings, personas) if len(personas) else {}
         np.savez(directory / EMBEDDINGS_FILE, users=self.user_embeddings, items=self.item_embeddings,
-                 personas=personas, persona_names=np.array(data.persona_names, dtype=str), **counts)
+                 personas=personas, persona_names=np.array(data.persona_names, dtype=str), **counts, **centroids)
         users = pa.table({
             "user_idx": pa.array(np.arange(len(self.user_embeddings)), pa.int32()),
             "activity": pa.array(counts["user_activity"], pa.int64()),
