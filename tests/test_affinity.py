@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from persona_spark.affinity import (affinity_long, compute_affinity, debias_weights, propagate_to_users,
-                                    prototype_labels)
+from persona_spark.affinity import (affinity_long, compute_affinity, debias_weights, prepare_graph,
+                                    propagate_to_users, prototype_labels)
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, load_config
 from persona_spark.stages import STAGES
@@ -90,12 +90,20 @@ def test_weighted_edges_use_purchase_counts(spark, graph):
     assert np.abs(got - exact_affinity(users, items, labels, 1, N_ITEMS)).max() > 1e-3  # weights matter here
 
 
-def test_lineage_stays_flat_up_to_four_round_trips(spark, graph):
+@pytest.fixture(scope="module")
+def prepared(spark, graph):
+    users, items, _ = graph
+    prepared_graph = prepare_graph(edges_df(spark, users, items), AffinityConf())
+    yield prepared_graph
+    prepared_graph.release()
+
+
+def test_lineage_stays_flat_up_to_four_round_trips(spark, graph, prepared):
     users, items, labels = graph
-    edges, protos = edges_df(spark, users, items), vectors_df(spark, labels, "user_idx")
+    protos = vectors_df(spark, labels, "user_idx")
 
     def plan_lines(ell: int):
-        scores = compute_affinity(edges, protos, N_PERSONAS, AffinityConf(ell=ell))
+        scores = compute_affinity(prepared, protos, N_PERSONAS, AffinityConf(ell=ell))
         return scores, scores._jdf.queryExecution().logical().treeString().count("\n")
 
     _, one = plan_lines(1)
@@ -103,6 +111,23 @@ def test_lineage_stays_flat_up_to_four_round_trips(spark, graph):
     assert four == one  # every hop is checkpointed: 8 hops plan like 2
     np.testing.assert_allclose(dense(four_scores, N_USERS, N_PERSONAS),
                                exact_affinity(users, items, labels, 4, N_ITEMS), atol=1e-12)
+
+
+def test_prepared_graph_serves_repeated_calls(spark, graph, prepared):
+    users, items, labels = graph
+    # A prototype beyond every user with edges: it has no edges, so it changes nothing.
+    isolated = np.vstack([labels, np.zeros((4, N_PERSONAS))])
+    isolated[-1, 0] = 1.0
+    got = dense(compute_affinity(prepared, vectors_df(spark, isolated, "user_idx"), N_PERSONAS, AffinityConf(ell=1)),
+                len(isolated), N_PERSONAS)
+    np.testing.assert_allclose(got[:N_USERS], exact_affinity(users, items, labels, 1, N_ITEMS), atol=1e-12)
+    assert not got[N_USERS:].any()
+    item_vectors = np.eye(N_ITEMS, 2)
+    pushed = dense(propagate_to_users(prepared, vectors_df(spark, item_vectors, "item_idx")), N_USERS, 2, vec_col="vec")
+    degree = np.bincount(users, minlength=N_USERS)
+    np.testing.assert_allclose(pushed[:, 0], np.bincount(users[items == 0], minlength=N_USERS) / np.maximum(degree, 1))
+    with pytest.raises(ValueError, match="prepared for"):
+        compute_affinity(prepared, vectors_df(spark, labels, "user_idx"), N_PERSONAS, AffinityConf(weighted=True))
 
 
 # ---- the ε guarantee -----------------------------------------------------------------------------

@@ -5,12 +5,16 @@ Public API (pure DataFrame transforms; the ``affinity`` stage and GPLR call them
 * ``prototype_labels(labels, n_personas, beta)`` → ``user_idx, vec``: the rows of L.
 * ``compute_affinity(edges, prototypes, n_personas, conf)`` → ``user_idx, scores``: Ψ.
 * ``propagate_to_users(edges, item_vectors, conf)`` → ``user_idx, vec``: one item → user step.
+* ``prepare_graph(edges, conf)`` → ``AffinityGraph``: the edges cut into cached tiles once; pass it
+  instead of ``edges`` to the two calls above when propagating repeatedly, ``release()`` it after.
 * ``affinity_long(scores)`` → ``user_idx, persona_idx, score`` (non-zero scores only).
 
 ``reference`` holds the single-machine scipy exact Ψ and the paper's RevAff for tests/benchmarks.
 """
 
-from persona_spark.affinity.engine import affinity_long, compute_affinity, propagate_to_users
+from persona_spark.affinity.engine import (AffinityGraph, affinity_long, compute_affinity, prepare_graph,
+                                           propagate_to_users)
 from persona_spark.affinity.prototypes import debias_weights, prototype_labels
 
-__all__ = ["affinity_long", "compute_affinity", "debias_weights", "propagate_to_users", "prototype_labels"]
+__all__ = ["AffinityGraph", "affinity_long", "compute_affinity", "debias_weights", "prepare_graph",
+           "propagate_to_users", "prototype_labels"]

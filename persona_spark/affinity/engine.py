@@ -490,43 +490,97 @@ def _parallel_blocks(edges: DataFrame, n_edges: int, conf: AffinityConf) -> int:
     return max(edges.sparkSession.sparkContext.defaultParallelism, math.ceil(n_edges / EDGES_PER_TILE_BLOCK))
 
 
-def compute_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: int, conf: AffinityConf | None = None,
-                     trace: list[dict] | None = None) -> DataFrame:
-    """Ψ for every user reached from a prototype within 2ℓ̂ hops → ``user_idx int, scores array<double>``.
+@dataclass
+class AffinityGraph:
+    """The transition tiles of one edge set, cut once and shared by every propagation over it.
+
+    Building the tiles (one pass and one shuffle of all edges) is the most expensive phase of a
+    call. GPLR propagates over the same train edges many times (each round, ℓ̂ = 1 and 2, the item
+    signal), so a caller that propagates repeatedly prepares the graph once with ``prepare_graph``,
+    passes it instead of the edges, and calls ``release`` at the end.
+    """
+
+    tiles: DataFrame
+    users: Blocking
+    items: Blocking
+    directions: tuple[int, ...]
+    layout: tuple  # the AffinityConf fields the tiles were cut for
+
+    def plan(self, direction: int, width: int, conf: AffinityConf) -> HopPlan:
+        if direction not in self.directions:
+            raise ValueError(f"this AffinityGraph was prepared without hop direction {direction}")
+        if _layout(conf) != self.layout:
+            raise ValueError(f"AffinityGraph was prepared for (weighted, broadcast_max_rows, target_blocks) = "
+                             f"{self.layout}, the call asks for {_layout(conf)}")
+        source, target = (self.users, self.items) if direction == TO_ITEMS else (self.items, self.users)
+        tiles = self.tiles if len(self.directions) == 1 else self.tiles.where(F.col("direction") == direction)
+        return HopPlan(tiles, source, target, width, conf.broadcast_max_rows, conf.checkpoint)
+
+    def release(self) -> None:
+        self.tiles.unpersist()
+
+
+def _layout(conf: AffinityConf) -> tuple:
+    return conf.weighted, conf.broadcast_max_rows, conf.target_blocks
+
+
+def prepare_graph(edges: DataFrame, conf: AffinityConf | None = None,
+                  directions: tuple[int, ...] = (TO_ITEMS, TO_USERS), trace: list[dict] | None = None) -> AffinityGraph:
+    """Validate the edges and cut (and cache) their tiles; ``release()`` the result when done.
 
     ``edges`` are the propagation edges, already filtered by the caller (the stage keeps
-    ``split='train'``); one row per (user_idx, item_idx) pair, ``n_purchases`` used when
-    ``conf.weighted``. ``prototypes`` are the rows of L (``prototype_labels``). Users with no
-    row have Ψ = 0 for every persona (unreached, or pruned to zero). ``scores[r]`` is persona r.
-    With ``conf.eps > 0`` every score is within ε of the exact Ψ and never above it (see the
-    module docstring). ``trace``, when given, receives one dict per phase (path, seconds).
+    ``split='train'``): one row per (user_idx, item_idx), ``n_purchases`` used when ``conf.weighted``.
+    """
+    conf = conf or AffinityConf()
+    started = time.perf_counter()
+    stats = edge_stats(edges, conf.weighted)
+    parallel = _parallel_blocks(edges, stats["edges"], conf)
+    users = Blocking.plan((stats["max_user"] or 0) + 1, parallel, conf.broadcast_max_rows)
+    items = Blocking.plan((stats["max_item"] or 0) + 1, parallel, conf.broadcast_max_rows)
+    tiles = build_tiles(edges, users, items, conf.weighted, directions, parallel)
+    tiles.count()
+    if trace is not None:
+        trace.append({"phase": "tiles", "seconds": round(time.perf_counter() - started, 3),
+                      "user_blocks": [users.target_blocks, users.source_blocks],
+                      "item_blocks": [items.target_blocks, items.source_blocks]})
+    return AffinityGraph(tiles, users, items, directions, _layout(conf))
+
+
+def _graph_for(edges: DataFrame | AffinityGraph, conf: AffinityConf, directions: tuple[int, ...],
+               trace: list[dict] | None) -> tuple[AffinityGraph, bool]:
+    """The caller's prepared graph, or one prepared for this call (second value: release it after)."""
+    if isinstance(edges, AffinityGraph):
+        return edges, False
+    _require_checkpoint_dir(edges, conf)
+    return prepare_graph(edges, conf, directions, trace), True
+
+
+def _with_edges(vectors: DataFrame, idx_col: str, blocking: Blocking) -> DataFrame:
+    """Nodes beyond the largest index with an edge have no edges: they never push or receive mass."""
+    return vectors.where(F.col(idx_col) < blocking.n_nodes)
+
+
+def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_personas: int,
+                     conf: AffinityConf | None = None, trace: list[dict] | None = None) -> DataFrame:
+    """Ψ for every user reached from a prototype within 2ℓ̂ hops → ``user_idx int, scores array<double>``.
+
+    ``edges`` are the propagation edges (see ``prepare_graph``) or a graph prepared from them.
+    ``prototypes`` are the rows of L (``prototype_labels``). Users with no row have Ψ = 0 for every
+    persona (unreached, or pruned to zero). ``scores[r]`` is persona r. With ``conf.eps > 0`` every
+    score is within ε of the exact Ψ and never above it (see the module docstring). ``trace``,
+    when given, receives one dict per phase (path, seconds).
     """
     conf = conf or AffinityConf()
     if conf.ell < 1:
         raise ValueError(f"affinity.ell must be >= 1, got {conf.ell}")
-    _require_checkpoint_dir(edges, conf)
-    stats = edge_stats(edges, conf.weighted)
-    protos = vector_stats(prototypes, "user_idx", "vec", "prototypes", n_personas)
-    n_users = max(stats["max_user"] or 0, protos["max_idx"] or 0) + 1
-    n_items = (stats["max_item"] or 0) + 1
-    parallel = _parallel_blocks(edges, stats["edges"], conf)
-    users = Blocking.plan(n_users, parallel, conf.broadcast_max_rows)
-    items = Blocking.plan(n_items, parallel, conf.broadcast_max_rows)
-    tau = conf.eps / (2 * conf.ell)
-
-    started = time.perf_counter()
-    tiles = build_tiles(edges, users, items, conf.weighted, (TO_ITEMS, TO_USERS), parallel)
+    vector_stats(prototypes, "user_idx", "vec", "prototypes", n_personas)
+    graph, own = _graph_for(edges, conf, (TO_ITEMS, TO_USERS), trace)
     try:
-        tiles.count()
-        if trace is not None:
-            trace.append({"phase": "tiles", "seconds": round(time.perf_counter() - started, 3),
-                          "user_blocks": [users.target_blocks, users.source_blocks],
-                          "item_blocks": [items.target_blocks, items.source_blocks]})
-        to_items = HopPlan(tiles.where(F.col("direction") == TO_ITEMS), users, items, n_personas,
-                           conf.broadcast_max_rows, conf.checkpoint)
-        to_users = HopPlan(tiles.where(F.col("direction") == TO_USERS), items, users, n_personas,
-                           conf.broadcast_max_rows, conf.checkpoint)
-        state = checkpoint(pack_vectors(prototypes, "user_idx", "vec", users, n_personas), conf.checkpoint)
+        to_items, to_users = graph.plan(TO_ITEMS, n_personas, conf), graph.plan(TO_USERS, n_personas, conf)
+        tau = conf.eps / (2 * conf.ell)
+        packed = pack_vectors(_with_edges(prototypes, "user_idx", graph.users), "user_idx", "vec", graph.users,
+                              n_personas)
+        state = checkpoint(packed, conf.checkpoint)
         terms = []
         for step in range(1, conf.ell + 1):
             state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
@@ -534,8 +588,9 @@ def compute_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: int, c
             terms.append(state)
         total = terms[0] if len(terms) == 1 else checkpoint(sum_states(_union(terms), n_personas), conf.checkpoint)
     finally:
-        tiles.unpersist()
-    return unpack_states(total, users, n_personas, "user_idx", "scores", scale=1.0 / conf.ell)
+        if own:
+            graph.release()
+    return unpack_states(total, graph.users, n_personas, "user_idx", "scores", scale=1.0 / conf.ell)
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:
@@ -545,32 +600,27 @@ def _union(frames: list[DataFrame]) -> DataFrame:
     return out
 
 
-def propagate_to_users(edges: DataFrame, item_vectors: DataFrame, conf: AffinityConf | None = None) -> DataFrame:
+def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame,
+                       conf: AffinityConf | None = None) -> DataFrame:
     """One item → user averaging step: ``user_idx, vec`` = Σ_v P[u,v]·vec[v] (row-normalized P).
 
     GPLR pushes the LLM's item labels to users with it. Same tiles and hop as the affinity engine;
-    ``edges`` already filtered by the caller; users whose items carry no vector get no row.
+    ``edges`` as in ``compute_affinity``; users whose items carry no vector get no row.
     """
     conf = conf or AffinityConf()
-    _require_checkpoint_dir(edges, conf)
-    stats = edge_stats(edges, conf.weighted)
     vec = vector_stats(item_vectors, "item_idx", "vec", "item_vectors")
     width = vec["max_width"]
-    if not vec["rows"] or not stats["edges"]:
-        return edges.sparkSession.createDataFrame([], "user_idx int, vec array<double>")
-    n_users = (stats["max_user"] or 0) + 1
-    n_items = max(stats["max_item"] or 0, vec["max_idx"] or 0) + 1
-    parallel = _parallel_blocks(edges, stats["edges"], conf)
-    users = Blocking.plan(n_users, parallel, conf.broadcast_max_rows)
-    items = Blocking.plan(n_items, parallel, conf.broadcast_max_rows)
-    tiles = build_tiles(edges, users, items, conf.weighted, (TO_USERS,), parallel)
+    if not vec["rows"]:
+        return item_vectors.sparkSession.createDataFrame([], "user_idx int, vec array<double>")
+    graph, own = _graph_for(edges, conf, (TO_USERS,), None)
     try:
-        state = checkpoint(pack_vectors(item_vectors, "item_idx", "vec", items, width), conf.checkpoint)
-        plan = HopPlan(tiles, items, users, width, conf.broadcast_max_rows, conf.checkpoint)
-        result = hop(state, plan, 0.0, label="item→user")
+        packed = pack_vectors(_with_edges(item_vectors, "item_idx", graph.items), "item_idx", "vec", graph.items, width)
+        state = checkpoint(packed, conf.checkpoint)
+        result = hop(state, graph.plan(TO_USERS, width, conf), 0.0, label="item→user")
     finally:
-        tiles.unpersist()
-    return unpack_states(result, users, width, "user_idx", "vec")
+        if own:
+            graph.release()
+    return unpack_states(result, graph.users, width, "user_idx", "vec")
 
 
 def affinity_long(df: DataFrame) -> DataFrame:
