@@ -398,10 +398,12 @@ def _robustness(ctx: Context) -> str:
     frame = ctx.tables["robustness"].toPandas()
     fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(frame) + 1.3))
     colours = [LLM_COLOUR if r == "personas" else RFM_COLOUR for r in frame["representation"]]
-    ax.barh(frame["representation"], frame["share_unchanged"], color=colours)
+    labels = [{"personas": "personas", "rfm": "RFM deciles"}.get(r, r) for r in frame["representation"]]
+    ax.barh(labels, frame["share_unchanged"], color=colours)
     for y, share in enumerate(frame["share_unchanged"]):
         ax.text(share, y, f"  {100 * share:.1f} %", va="center")
     ax.set_xlim(0, 1.12)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     ax.set_xlabel("share of customers whose representation did not change")
     ax.set_title("Stable from one period to the next")
     table = frame.rename(columns={"users": "customers compared", "unchanged": "unchanged", "share_unchanged": "share unchanged"})
@@ -445,7 +447,7 @@ def _quality(ctx: Context) -> str:
     return "".join(parts)
 
 
-def _metric_rows(runs: DataFrame) -> pd.DataFrame:
+def metric_rows(runs: DataFrame) -> pd.DataFrame:
     """``model, run, metric, k, value``: one row per model run and ranking metric (small: runs × metrics).
 
     Reads the ``metrics`` map (``ndcg@10`` ...) the train stage writes, else flat columns like
@@ -470,7 +472,7 @@ def _recommendations(ctx: Context) -> str:
     runs = ctx.tables["recommend_runs"]
     if "model" not in runs.columns:
         return _note("recommend_runs has no 'model' column; nothing to compare.")
-    rows = _metric_rows(runs)
+    rows = metric_rows(runs)
     if rows.empty:
         return _note("recommend_runs has no ranking metrics (expected a metrics map or ndcg_at_<k> columns).")
     stats = rows.groupby(["model", "metric", "k"])["value"].agg(["mean", "std", "count"]).reset_index()
