@@ -155,6 +155,16 @@ def test_early_stopping_selects_on_validation_not_test():
     assert not set(map(tuple, data.test)) & set(map(tuple, data.train))
 
 
+def test_batch_rows_propagate_like_the_full_graph():
+    from persona_spark.recommend.models import build_model
+
+    data = planted_world()
+    for name in ("lightgcn", "lgcn3"):
+        model = build_model(name, data, dim=8, eigen_k=16, lightgcn_layers=2, persona_edge_weight=1.0)
+        rows = torch.tensor([0, 5, data.n_users + 3, 5])
+        torch.testing.assert_close(model.propagate_rows(rows), model.propagate()[rows])
+
+
 def test_lgcn3_without_persona_edges_is_an_error():
     data = RecData(n_users=2, n_items=2, n_personas=3, train=np.array([[0, 0], [1, 1]]))
     with pytest.raises(ValueError, match="persona edges"):
