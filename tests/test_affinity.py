@@ -126,6 +126,11 @@ def test_prepared_graph_serves_repeated_calls(spark, graph, prepared):
     pushed = dense(propagate_to_users(prepared, vectors_df(spark, item_vectors, "item_idx")), N_USERS, 2, vec_col="vec")
     degree = np.bincount(users, minlength=N_USERS)
     np.testing.assert_allclose(pushed[:, 0], np.bincount(users[items == 0], minlength=N_USERS) / np.maximum(degree, 1))
+    # ε so large that hop 1 prunes everything: the later hops run no Spark job and nobody has a score.
+    trace: list[dict] = []
+    assert compute_affinity(prepared, vectors_df(spark, labels, "user_idx"), N_PERSONAS,
+                            AffinityConf(ell=2, eps=10.0), trace).count() == 0
+    assert [t["path"] for t in trace] == ["broadcast", "empty", "empty", "empty"]
     with pytest.raises(ValueError, match="prepared for"):
         compute_affinity(prepared, vectors_df(spark, labels, "user_idx"), N_PERSONAS, AffinityConf(weighted=True))
 

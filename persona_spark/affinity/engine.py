@@ -15,8 +15,8 @@ handful of partition-local sparse × dense products:
   (``S`` divides ``T``, so a target block lies inside one source block).
 * A tile holds, for one target block ``tb`` and one source block ``sb``, the row-normalized
   transition weights as a CSC matrix (target rows × source columns), serialized into binary
-  columns. Tiles are built once per call (one pass over the edges, one shuffle of compact
-  binary rows) and cached.
+  columns. Tiles are built once per call, or once for many calls with ``prepare_graph`` (one
+  pass over the edges, one shuffle of compact binary rows) and cached.
 * A *state* is sparse in nodes and dense in personas: per block, the local ids of the nodes
   reached and a dense (reached × |R|) float64 matrix. Unreached nodes hold nothing.
 * A hop multiplies each tile by its source block's state, restricted to the reached columns, so
@@ -357,7 +357,9 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     single_source = plan.source.source_blocks == 1
     final_tau = tau if single_source else None
     broadcast = None
-    if reached <= plan.broadcast_max_rows:
+    if reached == 0:  # everything was pruned (or nothing labelled): the next state is empty too
+        path, products = "empty", None
+    elif reached <= plan.broadcast_max_rows:
         path = "broadcast"
         table = state.toArrow()
         blocks = [(b, BlockState.from_buffers(r, v, plan.width)) for b, r, v in zip(
@@ -378,8 +380,10 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
         products = joined.mapInArrow(
             partial(_multiply, width=plan.width, tau=final_tau, state_of=partial(_joined_lookup, plan.width)),
             STATE_SCHEMA)
-    result = products if single_source else sum_states(products, plan.width, tau)
-    result = checkpoint(result, plan.checkpoint_mode)
+    if products is None:
+        result = state
+    else:
+        result = checkpoint(products if single_source else sum_states(products, plan.width, tau), plan.checkpoint_mode)
     if broadcast is not None:
         broadcast.destroy()
     seconds = time.perf_counter() - started
@@ -478,8 +482,8 @@ def vector_stats(vectors: DataFrame, idx_col: str, vec_col: str, what: str, widt
 
 
 # ---- public API --------------------------------------------------------------------------------
-def _require_checkpoint_dir(edges: DataFrame, conf: AffinityConf) -> None:
-    if conf.checkpoint == "reliable" and edges.sparkSession.sparkContext.getCheckpointDir() is None:
+def _require_checkpoint_dir(df: DataFrame, conf: AffinityConf) -> None:
+    if conf.checkpoint == "reliable" and df.sparkSession.sparkContext.getCheckpointDir() is None:
         raise ValueError("affinity.checkpoint=reliable needs a checkpoint directory "
                          "(SparkContext.setCheckpointDir; the stage sets spark.checkpoint_dir)")
 
@@ -549,9 +553,9 @@ def prepare_graph(edges: DataFrame, conf: AffinityConf | None = None,
 def _graph_for(edges: DataFrame | AffinityGraph, conf: AffinityConf, directions: tuple[int, ...],
                trace: list[dict] | None) -> tuple[AffinityGraph, bool]:
     """The caller's prepared graph, or one prepared for this call (second value: release it after)."""
+    _require_checkpoint_dir(edges.tiles if isinstance(edges, AffinityGraph) else edges, conf)
     if isinstance(edges, AffinityGraph):
         return edges, False
-    _require_checkpoint_dir(edges, conf)
     return prepare_graph(edges, conf, directions, trace), True
 
 
