@@ -269,7 +269,8 @@ class GPLR:
 
     def label(self, selected: DataFrame) -> DataFrame:
         started = time.perf_counter()
-        rows = self.label_users(selected).select("user_idx", "persona_idx", "status").localCheckpoint()
+        rows = self.label_users(selected).select(
+            "user_idx", "persona_idx", "status", "prompt_tokens", "completion_tokens").localCheckpoint()
         self._timed("labeling", started)
         return rows
 
@@ -278,7 +279,7 @@ class GPLR:
         return self.assign_all(answered, rounds)
 
     def sample(self) -> tuple[DataFrame, list[dict]]:
-        """The labelling rounds: ``(user_idx, persona_idx, status)`` of every user asked, per-round records."""
+        """The labelling rounds: ``(user_idx, persona_idx, status, *_tokens)`` of every user asked, per-round records."""
         conf = self.conf
         budget = self.budget()
         answered = self.label(self.reusable) if self.reusable is not None else None
@@ -335,10 +336,16 @@ class GPLR:
         return GPLRResult(prototypes, asked, personas, model, rounds, self.budget(), dict(self.seconds))
 
     def _round_record(self, how: str, rows: DataFrame) -> dict:
-        counts = {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
+        """Counts per status and the tokens of the answers (for ``reused``: what they cost back then)."""
+        per_status = rows.groupBy("status").agg(
+            F.count(F.lit(1)).alias("n"), F.sum("prompt_tokens").alias("prompt"), F.sum("completion_tokens").alias("completion"))
+        stats = {r["status"]: r for r in per_status.collect()}
+        counts = {status: r["n"] for status, r in stats.items()}
         return {"sampling": how, "asked": sum(counts.values()), "ok": counts.get("ok", 0),
                 "unrepresentable": counts.get("unrepresentable", 0), "errors": counts.get("error", 0),
-                "answered": counts.get("ok", 0) + counts.get("unrepresentable", 0)}
+                "answered": counts.get("ok", 0) + counts.get("unrepresentable", 0),
+                "prompt_tokens": int(sum(r["prompt"] or 0 for r in stats.values())),
+                "completion_tokens": int(sum(r["completion"] or 0 for r in stats.values()))}
 
     def _signals(self, prototypes: DataFrame, items: DataFrame | None, mode: str) -> DataFrame:
         """Every user with its signal arrays (null where unreached)."""

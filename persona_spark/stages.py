@@ -293,6 +293,8 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
         "sampling": cfg.gplr.sampling, "assignment": cfg.gplr.assignment, "seed": cfg.gplr.seed,
         "eps": cfg.affinity.eps, "ell": cfg.affinity.ell, "beta": cfg.affinity.beta,
         "persona_set_version": persona_set.version, "labeling_backend": cfg.labeling.backend,
+        **{f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in result.rounds if r["sampling"] != "reused")
+           for kind in ("prompt", "completion")},
         "details": json.dumps(result.record()), "seconds": round(time.perf_counter() - started, 2),
     }
     store.write_table(store.spark.createDataFrame([record]), "gplr_runs", "append")
