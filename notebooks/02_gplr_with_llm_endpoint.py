@@ -1,0 +1,147 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # GPLR with an OpenAI-compatible endpoint, and what it costs
+# MAGIC
+# MAGIC GPLR sends only a small budget of customers (`gplr.budget`, 5 % by default) to the LLM and propagates their
+# MAGIC personas to everyone else. This notebook
+# MAGIC
+# MAGIC 1. points the labeler at an OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, Databricks model serving,
+# MAGIC    vLLM, llama.cpp ...),
+# MAGIC 2. **estimates tokens and cost before anything is paid** (a dry run on the real prompts),
+# MAGIC 3. runs GPLR with that endpoint and compares the token ledger with the estimate.
+# MAGIC
+# MAGIC Endpoint: the `base_url` widget, else the `OPENAI_BASE_URL` env var, else `labeling.openai.base_url` of the config.
+# MAGIC The API key is read from the env var `labeling.openai.api_key_env` or the Databricks secret scope
+# MAGIC `labeling.openai.secret_scope` / `secret_key` — never typed into a notebook.
+# MAGIC **When no endpoint is configured** the notebook starts a local stand-in server on 127.0.0.1 that answers with a
+# MAGIC simple keyword rule, so everything below runs offline (its answers are not an LLM's, its token counts are real
+# MAGIC request sizes). Results go to tables with an `_llm` suffix, next to the run's own tables.
+
+# COMMAND ----------
+
+import os
+import re
+
+from persona_spark import labeling
+from persona_spark.config import SelectionConf
+from persona_spark.io import TableStore
+from persona_spark.labeling.loopback import LoopbackChatServer, Reply, answer, entity_ids
+from persona_spark.notebook import open_run, show, widget
+from persona_spark.personas import load_persona_set
+from persona_spark.stages import STAGES
+
+dbutils = globals().get("dbutils")
+run = open_run(dbutils)
+cfg, spark, store = run.cfg, run.spark, run.store
+persona_set = load_persona_set(cfg.personas)
+base_url = widget(dbutils, "base_url", os.environ.get("OPENAI_BASE_URL", cfg.labeling.openai.base_url or ""), "LLM endpoint")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The endpoint (or a local stand-in)
+
+# COMMAND ----------
+
+BLOCK = re.compile(r'<(user|item) id="([^"]+)">(.*?)</\1>', re.S)
+persona_words = {n: set(re.findall(r"[a-z]{4,}", f"{n} {d}".lower())) for n, d in zip(persona_set.names, persona_set.descriptions)}
+
+
+def keyword_stand_in(body: dict, _call: int) -> Reply:
+    """Answers like an obedient model: the two personas whose descriptions share most words with the history."""
+    texts = {entity_id: text.lower() for _, entity_id, text in BLOCK.findall(body["messages"][-1]["content"])}
+
+    def personas_for(entity_id: str) -> list[str]:
+        words = set(re.findall(r"[a-z]{4,}", texts.get(entity_id, "")))
+        ranked = sorted(persona_set.names, key=lambda name: -len(persona_words[name] & words))
+        return ranked[:2]
+
+    return Reply(content=answer(entity_ids(body), personas_for))
+
+
+stand_in = None
+llm = cfg.model_copy(deep=True)
+llm.labeling.backend = "openai"
+if base_url:
+    llm.labeling.openai.base_url = base_url
+else:
+    stand_in = LoopbackChatServer(keyword_stand_in).start()
+    llm.labeling.openai.base_url = stand_in.base_url
+    llm.labeling.openai.model = "keyword-stand-in"
+    llm.labeling.openai.api_key_env = "PERSONA_SPARK_STAND_IN_KEY"  # the stand-in accepts any key
+    os.environ[llm.labeling.openai.api_key_env] = "stand-in"
+print(f"endpoint: {llm.labeling.openai.base_url}  model: {llm.labeling.openai.model}")
+
+# This run's LLM tables sit next to the run's own ones, suffixed _llm (the cache is per table).
+LLM_TABLES = ("personas", "user_labels", "item_labels", "gplr_prototypes", "gplr_runs", "evaluation", "evaluation_per_persona")
+llm.tables.names = {**cfg.tables.names, **{t: f"{cfg.tables.names.get(t, t)}_llm" for t in LLM_TABLES}}
+llm_store = TableStore(spark, llm.tables)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Cost estimate (nothing is called)
+# MAGIC The dry run builds the real prompts for the customers GPLR would send and counts their tokens
+# MAGIC (4 characters per token); the answer size is bounded by `labeling.openai.max_tokens`. Prices per 1k tokens
+# MAGIC come from `labeling.openai.price_prompt_per_1k` / `price_completion_per_1k`.
+
+# COMMAND ----------
+
+users = store.read_table("users")
+edges, items = store.read_table("edges"), store.read_table("items")
+n_customers = users.count()
+budget = int(llm.gplr.budget if llm.gplr.budget >= 1 else round(llm.gplr.budget * n_customers))
+histories = labeling.build_user_histories(edges, items)
+sample = labeling.select_entities(histories, SelectionConf(mode="sample", size=max(budget, 1), seed=llm.gplr.seed), "user_idx", store)
+
+estimate_conf = llm.labeling.model_copy(update={"dry_run": True})
+try:
+    labeling.label_entities(llm_store, sample, persona_set, estimate_conf, "user")
+except labeling.DryRunEstimate as dry:
+    estimate = dry.estimate
+per_customer = estimate["cost_expected_usd"] / max(estimate["entities"], 1)
+print(
+    f"GPLR budget: {budget:,} of {n_customers:,} customers -> {estimate['prompt_tokens']:,} prompt tokens, "
+    f"expected ${estimate['cost_expected_usd']:.4f} (at most ${estimate['cost_max_usd']:.4f})\n"
+    f"labelling every customer instead would cost about ${per_customer * n_customers:.4f}"
+)
+if llm.gplr.item_signal:
+    try:
+        labeling.label_entities(llm_store, labeling.build_item_requests(items), persona_set, estimate_conf, "item")
+    except labeling.DryRunEstimate as dry:
+        item_estimate = dry.estimate
+    print(f"item signal: {item_estimate['entities']:,} products, expected ${item_estimate['cost_expected_usd']:.4f}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Run GPLR with the endpoint
+# MAGIC Every answer is journaled the moment it arrives and cached in `user_labels_llm`, so a rerun (or a killed run)
+# MAGIC never pays for the same customer twice.
+
+# COMMAND ----------
+
+gplr_summary = STAGES["gplr"](llm, llm_store)
+print({k: gplr_summary[k] for k in ("budget", "rounds", "persona_rows", "seconds")})
+if llm_store.exists(llm.evaluate.reference_table):
+    evaluation = STAGES["evaluate"](llm, llm_store)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The token ledger: what was actually spent
+
+# COMMAND ----------
+
+from pyspark.sql import functions as F
+
+ledger = llm_store.read_table("user_labels").groupBy("model", "status").agg(
+    F.count("*").alias("customers"), F.sum("prompt_tokens").alias("prompt_tokens"),
+    F.sum("completion_tokens").alias("completion_tokens"), F.avg("latency_ms").alias("mean_latency_ms"),
+)
+spent = labeling.summarize(llm_store.read_table("user_labels"), llm.labeling)
+ledger_rows = show(ledger)
+print(f"spent ${spent['cost_usd']:.4f} on {spent['entities']:,} customers (estimated ${estimate['cost_expected_usd']:.4f})")
+if stand_in is not None:
+    print(f"the stand-in server answered {stand_in.request_count:,} requests")
+    stand_in.stop()

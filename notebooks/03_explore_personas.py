@@ -1,0 +1,98 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Exploring personas
+# MAGIC
+# MAGIC Personas are meant to be browsed: *who* are our Gardeners who also bake, *why* does a customer carry a
+# MAGIC persona, and *what* does a persona buy? The explorer functions in `persona_spark.explore` answer these with
+# MAGIC small Spark DataFrames (everything stays in Spark; only the answers are shown). Run the quick start (or the
+# MAGIC `gplr` stage) first.
+
+# COMMAND ----------
+
+import matplotlib.pyplot as plt
+from pyspark.sql import functions as F
+
+from persona_spark import explore
+from persona_spark.notebook import open_run, show
+from persona_spark.personas import load_persona_set
+
+run = open_run(globals().get("dbutils"))
+cfg, spark, store = run.cfg, run.spark, run.store
+persona_set = load_persona_set(cfg.personas)
+personas, edges, items = (store.read_table(t) for t in ("personas", "edges", "items"))
+print(f"{len(persona_set)} personas: {', '.join(persona_set.names)}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## How personas combine
+# MAGIC Pick a few personas: every customer falls in one of the 2^n groups of which of them they have.
+
+# COMMAND ----------
+
+counts = personas.groupBy("persona_idx").agg(F.countDistinct("user_idx").alias("customers")).orderBy(F.desc("customers"))
+top_two = [persona_set.names[r["persona_idx"]] for r in counts.limit(2).collect()]
+groups = show(explore.persona_groups(personas, top_two, persona_set))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Customers with a persona combination
+# MAGIC `users_with(include=..., exclude=..., mode="all"|"any")`: intersections, unions and exclusions of personas,
+# MAGIC e.g. for a campaign audience.
+
+# COMMAND ----------
+
+both = explore.users_with(personas, include=top_two, persona_set=persona_set)
+only_first = explore.users_with(personas, include=top_two[0], exclude=top_two[1], persona_set=persona_set)
+print(f"{both.count():,} customers are {' and '.join(top_two)}; {only_first.count():,} are {top_two[0]} but not {top_two[1]}")
+audience = show(both, 10)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## What a persona buys (persona-first navigation)
+# MAGIC Products a persona's customers buy more than everyone else (`lift` > 1), ranked by buyers × ln(lift), so
+# MAGIC the shop's bestsellers do not top every list.
+
+# COMMAND ----------
+
+persona_items = explore.items_for(top_two[0], personas, edges, items, persona_set, top_n=10).toPandas()
+show(persona_items[["item_rank", "item_name", "buyers", "buyer_share", "lift"]])
+fig, ax = plt.subplots(figsize=(8, 0.35 * len(persona_items) + 1))
+ax.barh(persona_items["item_name"].str.slice(0, 40)[::-1], persona_items["lift"][::-1], color="#1f5f99")
+ax.set_xlabel("lift: how much more often these customers buy it than everyone")
+ax.set_title(f"What {top_two[0]} customers buy")
+plt.show()
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Why does this customer have these personas?
+# MAGIC `explain(user)` follows the first step of the random walk behind propagation: from the customer's products to
+# MAGIC the LLM-labelled customers who bought them too. `share` is each neighbour's / product's part of the persona.
+
+# COMMAND ----------
+
+propagated_user = personas.filter(F.col("source") == "propagated").agg(F.min("user_idx")).first()[0]
+why = explore.explain(propagated_user, personas, edges, items, persona_set, top_n=5, weighted=cfg.affinity.weighted)
+print(f"customer {propagated_user}:")
+own = show(why.personas)
+neighbours = show(why.neighbours, 15)
+contributing_items = show(why.items, 15)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Segments in words
+# MAGIC Written by the `segment` stage: each segment's size, dominant personas and the products it buys more than others.
+
+# COMMAND ----------
+
+if store.exists("segment_summary"):
+    summary = store.read_table("segment_summary")
+    k = min(r["k"] for r in summary.select("k").distinct().collect())
+    for row in summary.filter(F.col("k") == k).orderBy(F.desc("size")).collect():
+        print(f"S{row['segment']}: {row['description']}")
+else:
+    print("no segments yet: run persona-spark segment")
