@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         "sampling_seconds": round(sampled_s, 1),
                         "assignment_seconds": round(time.perf_counter() - started, 1),
                     }), flush=True)
+                run.release()
     return 0
 
 

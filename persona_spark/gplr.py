@@ -34,7 +34,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark.affinity import compute_affinity, prototype_labels
+from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_graph, propagate_to_users, prototype_labels
 from persona_spark.config import AffinityConf, GPLRConf
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
 
@@ -252,6 +252,22 @@ class GPLR:
         self.item_vectors = item_vectors
         self.reusable = reusable_prototypes
         self.seconds: dict[str, float] = {}
+        self._graph: AffinityGraph | None = None
+
+    @property
+    def graph(self) -> AffinityGraph:
+        """The train edges cut into tiles once: every round, fold and hop depth propagates over them."""
+        if self._graph is None:
+            started = time.perf_counter()
+            self._graph = prepare_graph(self.edges, self.affinity_conf)
+            self._timed("graph", started)
+        return self._graph
+
+    def release(self) -> None:
+        """Drop the cached tiles (call when done with this run)."""
+        if self._graph is not None:
+            self._graph.release()
+            self._graph = None
 
     def _timed(self, key: str, started: float) -> None:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 3)
@@ -262,7 +278,7 @@ class GPLR:
     def affinity(self, prototypes: DataFrame, ell: int | None = None, beta: float | None = None) -> DataFrame:
         started = time.perf_counter()
         conf = self.affinity_conf.model_copy(update={k: v for k, v in (("ell", ell), ("beta", beta)) if v is not None})
-        scores = compute_affinity(self.edges, prototype_labels(prototypes, self.n_personas, conf.beta), self.n_personas, conf)
+        scores = compute_affinity(self.graph, prototype_labels(prototypes, self.n_personas, conf.beta), self.n_personas, conf)
         scores = scores.localCheckpoint()
         self._timed("affinity", started)
         return scores
@@ -275,8 +291,11 @@ class GPLR:
         return rows
 
     def run(self) -> GPLRResult:
-        answered, rounds = self.sample()
-        return self.assign_all(answered, rounds)
+        try:
+            answered, rounds = self.sample()
+            return self.assign_all(answered, rounds)
+        finally:
+            self.release()
 
     def sample(self) -> tuple[DataFrame, list[dict]]:
         """The labelling rounds: ``(user_idx, persona_idx, status, *_tokens)`` of every user asked, per-round records."""
@@ -366,9 +385,7 @@ class GPLR:
             return AssignmentModel("topk", conf.top_k, conf.top_k), self._signals(prototypes, None, mode)
         items = None
         if self.item_vectors is not None:
-            from persona_spark.affinity import propagate_to_users
-
-            items = propagate_to_users(self.edges, self.item_vectors, self.affinity_conf).withColumnRenamed("vec", "items")
+            items = propagate_to_users(self.graph, self.item_vectors, self.affinity_conf).withColumnRenamed("vec", "items")
             items = items.localCheckpoint()
         started = time.perf_counter()
         proto_users = prototypes.select("user_idx").distinct()
