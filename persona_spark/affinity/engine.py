@@ -59,6 +59,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -353,7 +354,11 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     """One averaging step: target state = rows of the tiles × source state, pruned below tau."""
     started = time.perf_counter()
     spark = state.sparkSession
-    reached = state.agg(F.sum("n")).first()[0] or 0
+    # When the source kind has at most broadcast_max_rows nodes, the state fits the broadcast
+    # whatever it holds: collect it at once instead of counting it first (one Spark job less).
+    table = state.toArrow() if plan.source.n_nodes <= plan.broadcast_max_rows else None
+    reached = (pc.sum(table.column("n")).as_py() if table is not None
+               else state.agg(F.sum("n")).first()[0]) or 0
     single_source = plan.source.source_blocks == 1
     final_tau = tau if single_source else None
     broadcast = None
@@ -361,7 +366,7 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
         path, products = "empty", None
     elif reached <= plan.broadcast_max_rows:
         path = "broadcast"
-        table = state.toArrow()
+        table = table if table is not None else state.toArrow()
         blocks = [(b, BlockState.from_buffers(r, v, plan.width)) for b, r, v in zip(
             table.column("block").to_pylist(), (x.as_buffer() for x in table.column("rows")),
             (x.as_buffer() for x in table.column("vals")))]
