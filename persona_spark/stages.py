@@ -503,7 +503,7 @@ def cold_start_stage(cfg: Config, store: TableStore) -> dict:
     return {"subjects": counts, "model": str(run_dir), "table": store.location("cold_start_recs")}
 
 
-DEMO_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "export", "train", "segment", "report"]
+DEMO_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "export", "train", "cold-start", "segment", "report"]
 
 
 def demo(cfg: Config, store: TableStore) -> dict:
