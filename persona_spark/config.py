@@ -236,6 +236,7 @@ class RecommendConf(Section):
     amp: bool = False  # bf16 autocast (GPU)
     progress: bool = True  # a progress bar per epoch
     cold_start_k: int = 20  # items per new customer / customers per new item
+    audience_activity_exponent: float = 0.5  # new-item audiences: persona purchase share x activity^this
     user_personas_table: str = "personas"  # export: user labels (reference_personas = the paper's GPT-4 labels)
     declared_personas_table: str = "declared_personas"  # cold-start: personas customers chose at sign-up
 

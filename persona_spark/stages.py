@@ -492,11 +492,14 @@ def cold_start_stage(cfg: Config, store: TableStore) -> dict:
         declared = batch.without_training_edges(store.read_table(conf.declared_personas_table), train, "user_idx")
         customers = batch.persona_lists(declared, "user_idx").withColumnRenamed("user_idx", "subject_idx")
         recs = recs.unionByName(batch.recommend_items(customers, model, conf.cold_start_k, "new_customer"))
-    tagged = batch.without_training_edges(spark.read.parquet(str(export_dir / "item_personas")), train, "item_idx")
+    item_personas = spark.read.parquet(str(export_dir / "item_personas"))
+    tagged = batch.without_training_edges(item_personas, train, "item_idx")
     new_items = [(r["item_idx"], r["personas"]) for r in batch.persona_lists(tagged, "item_idx").collect()]
     if new_items:
-        users = spark.read.parquet(str(run_dir / "users.parquet"))
-        recs = recs.unionByName(batch.audiences_for_items(new_items, model, users, conf.cold_start_k))
+        n_personas = len(model.persona_names)
+        profile = batch.persona_purchase_profile(train, item_personas, n_personas)
+        recs = recs.unionByName(batch.audiences_for_items(new_items, profile, n_personas, conf.cold_start_k,
+                                                          conf.audience_activity_exponent))
     store.write_table(recs, "cold_start_recs")
     counts = {r["subject"]: r["count"] for r in
               store.read_table("cold_start_recs").groupBy("subject").agg(F.countDistinct("subject_idx").alias("count")).collect()}

@@ -10,7 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from persona_spark.config import Config, RecommendConf, TablesConf  # noqa: E402
-from persona_spark.recommend.coldstart import PERSONAS, POPULARITY, ColdStartModel  # noqa: E402
+from persona_spark.recommend.coldstart import (  # noqa: E402
+    PERSONAS, POPULARITY, ColdStartModel, persona_purchase_share)
+from persona_spark.recommend.data import RecData  # noqa: E402
 from persona_spark.recommend.train import train  # noqa: E402
 from tests.recommend_world import planted_world  # noqa: E402
 
@@ -42,12 +44,61 @@ def test_new_customer_gets_the_items_of_the_chosen_persona(trained, query):
         assert np.all(np.diff(ranking.scores) <= 0)
 
 
-@pytest.mark.parametrize("query", ["embedding", "centroid"])
-def test_new_item_reaches_the_customers_of_its_personas(trained, query):
-    model = replace(trained[1], query=query)
-    ranking = model.audience_for_item(["persona 1"], k=20)  # case-insensitive name match
+def test_new_item_reaches_the_customers_of_its_personas(trained):
+    ranking = trained[1].audience_for_item(["persona 1"], k=20)  # case-insensitive name match
     assert ranking.method == PERSONAS
     assert ((ranking.indices // USERS_PER_PERSONA) == 1).sum() >= 18, ranking.indices
+
+
+def purchase_world() -> RecData:
+    """Three customers, four items; item 0 tagged {0}, item 1 {0, 1}, item 2 {1}, item 3 untagged.
+
+    A: 10 purchases, 4 of item 0 and 2 of item 1 -> share of persona 0 = (4 + 2/2) / 10 = 0.5
+    B: 2 purchases, both of item 0             -> share of persona 0 = 1.0
+    C: 20 purchases, all of item 3             -> 0
+    """
+    a, b, c = 0, 1, 2
+    train = [(a, 0)] * 4 + [(a, 1)] * 2 + [(a, 2)] * 1 + [(a, 3)] * 3 + [(b, 0)] * 2 + [(c, 3)] * 20
+    return RecData(n_users=3, n_items=4, n_personas=2, train=np.array(train), test=np.empty((0, 2), np.int64),
+                   user_personas=np.empty((0, 2), np.int64), item_personas=np.array([(0, 0), (1, 0), (1, 1), (2, 1)]))
+
+
+def test_persona_purchase_share_by_hand():
+    data = purchase_world()
+    share = persona_purchase_share(data, np.bincount(data.train[:, 0], minlength=3))
+    np.testing.assert_allclose(share, [[0.5, 0.2], [1.0, 0.0], [0.0, 0.0]], rtol=1e-6)
+
+
+def test_audience_weighs_persona_share_by_activity():
+    """γ = 0 ranks by share alone (B first), γ = 0.5 lets A's larger history win, γ = 1 is raw purchase
+    count on the tagged items; C, who never bought a tagged item, is last whatever γ."""
+    data = purchase_world()
+    model = ColdStartModel.from_training(data, np.zeros((3, 2)), np.zeros((4, 2)), np.ones((2, 2)))
+    assert list(replace(model, activity_exponent=0.0).audience_for_item([0], k=3).indices) == [1, 0, 2]
+    assert list(model.audience_for_item([0], k=3).indices) == [0, 1, 2]
+    scores = replace(model, activity_exponent=1.0).audience_for_item([0], k=3).scores
+    np.testing.assert_allclose(scores, [(0.5 + 1e-3) * 10, (1.0 + 1e-3) * 2, 1e-3 * 20])
+
+
+def test_spark_purchase_profile_and_audience_equal_the_in_memory_ones(spark):
+    from persona_spark.recommend.coldstart_batch import audiences_for_items, persona_purchase_profile
+
+    data = purchase_world()
+    train = spark.createDataFrame([(int(u), int(i)) for u, i in data.train], "user_idx int, item_idx int")
+    tags = spark.createDataFrame([(int(i), int(p), 1.0) for i, p in data.item_personas],
+                                 "item_idx int, persona_idx int, weight double")
+    profile = persona_purchase_profile(train, tags, 2).toPandas().sort_values("user_idx")
+    assert list(profile.activity) == [10, 2, 20]
+    np.testing.assert_allclose(np.stack(profile.persona_share), [[0.5, 0.2], [1.0, 0.0], [0.0, 0.0]])
+    # item 7 tagged with persona 0, item 8 with persona 1; k=2 of 3 customers
+    recs = audiences_for_items([(7, [0]), (8, [1])], persona_purchase_profile(train, tags, 2), 2, 2, 0.5).toPandas()
+    model = ColdStartModel.from_training(data, np.zeros((3, 2)), np.zeros((4, 2)), np.ones((2, 2)))
+    for item, persona in ((7, 0), (8, 1)):
+        rows = recs[recs.subject_idx == item].sort_values("rank")
+        expected = model.audience_for_item([persona], k=2)
+        assert list(rows.target_idx) == list(expected.indices)
+        np.testing.assert_allclose(rows.score, expected.scores)
+        assert set(rows.method) == {PERSONAS}
 
 
 def test_two_personas_mix_their_items(trained):
@@ -83,7 +134,7 @@ def test_unknown_persona_names_are_errors(trained):
 def test_model_without_personas_cannot_do_cold_start(trained):
     data, model = trained
     with pytest.raises(ValueError, match="persona embeddings"):
-        ColdStartModel.from_training(data, model.user_embeddings, model.item_embeddings, None)
+        ColdStartModel.from_training(data, np.zeros((data.n_users, 4)), model.item_embeddings, None)
 
 
 def test_export_train_cold_start_stages_write_cold_start_recs(spark, tmp_path):
@@ -133,4 +184,5 @@ def test_export_train_cold_start_stages_write_cold_start_recs(spark, tmp_path):
     assert np.all(np.diff(audience.score.to_numpy()) <= 0)
     # the Spark audience equals the in-memory one
     model = ColdStartModel.from_run(tmp_path / "models" / "lgcn3-seed0")
-    assert list(audience.target_idx) == list(model.audience_for_item([2], k=10).indices)
+    expected = model.audience_for_item([2], k=10)
+    assert list(audience.target_idx) == list(expected.indices)

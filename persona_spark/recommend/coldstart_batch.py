@@ -4,7 +4,7 @@ Three kinds of row (``subject``): ``persona`` — the top items of each single p
 sign-up page shows before the customer picks); ``new_customer`` — top items for customers who
 have personas but no training purchase; ``new_item`` — the likeliest customers for items that
 have persona tags but no training purchase. Persona and item embeddings are small and travel to
-the executors; user embeddings stay a distributed table (``users.parquet`` of the trained run).
+the executors; the customers' persona purchase profile is computed and scored where it lies.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.recommend.coldstart import PERSONAS, POPULARITY, ColdStartModel
+from persona_spark.recommend.coldstart import PERSONAS, POPULARITY, ColdStartModel, audience_scores
 
 RECS_SCHEMA = "subject string, subject_idx int, rank int, target_idx int, score double, method string"
 RECS_COLUMNS = [part.split()[0] for part in RECS_SCHEMA.split(", ")]
@@ -36,7 +36,7 @@ def recommend_items(queries: DataFrame, model: ColdStartModel, k: int, subject: 
     """Top-``k`` items for each row of ``queries`` (``subject_idx, personas``), one row per item.
 
     ``subject`` names what the rows are: "new_customer" (subject_idx = user_idx) or "persona"."""
-    slim = replace(model, user_embeddings=model.user_embeddings[:0], user_activity=model.user_activity[:0])
+    slim = replace(model, user_activity=model.user_activity[:0], user_persona_share=model.user_persona_share[:0])
 
     def rank(batches):
         for batch in batches:
@@ -49,38 +49,63 @@ def recommend_items(queries: DataFrame, model: ColdStartModel, k: int, subject: 
     return queries.select("subject_idx", "personas").mapInPandas(rank, RECS_SCHEMA)
 
 
-def audiences_for_items(items: list[tuple[int, list[int]]], model: ColdStartModel, users: DataFrame,
-                        k: int) -> DataFrame:
+def persona_purchase_profile(train: DataFrame, item_personas: DataFrame, n_personas: int) -> DataFrame:
+    """``user_idx, activity, persona_share array<double>``: each customer's training purchases and the
+    share of them on items tagged with each persona (an item split evenly over its tags) — the
+    Spark form of ``coldstart.persona_purchase_share``."""
+    tags = item_personas.select("item_idx", F.col("persona_idx").cast("int")).distinct()
+    weights = tags.join(tags.groupBy("item_idx").count(), "item_idx").select(
+        "item_idx", "persona_idx", (1.0 / F.col("count")).alias("weight"))
+    mass = (train.select("user_idx", "item_idx").join(weights, "item_idx")
+            .groupBy("user_idx", "persona_idx").agg(F.sum("weight").alias("mass"))
+            .groupBy("user_idx").agg(F.map_from_entries(F.collect_list(F.struct("persona_idx", "mass"))).alias("mass")))
+    activity = train.groupBy("user_idx").agg(F.count("*").alias("activity"))
+    share = F.transform(F.sequence(F.lit(0), F.lit(n_personas - 1)),
+                        lambda p: F.coalesce(F.col("mass")[p], F.lit(0.0)) / F.col("activity"))
+    return activity.join(mass, "user_idx", "left").select("user_idx", "activity", share.alias("persona_share"))
+
+
+def audiences_for_items(items: list[tuple[int, list[int]]], profile: DataFrame, n_personas: int, k: int,
+                        activity_exponent: float) -> DataFrame:
     """The ``k`` likeliest customers of each new item, from its persona tags.
 
-    ``items`` is the (small) list of new items with their tags; ``users`` the run's distributed
-    ``user_idx, activity, embedding`` table. Each user partition keeps its own top ``k`` per item,
-    then one window picks the overall top ``k``: no user embedding reaches the driver.
+    ``items`` is the (small) list of new items with their tags; ``profile`` the distributed
+    ``persona_purchase_profile``. Each partition keeps its own top ``k`` per item, then one window
+    picks the overall top ``k``: no customer row reaches the driver. An item none of whose tags any
+    customer bought ranks by activity (popularity), as ``ColdStartModel.audience_for_item`` does.
     """
-    queries = [model.persona_query(tags) for _, tags in items]
+    if not items:
+        raise ValueError("audiences_for_items needs at least one new item")
+    bought = {row["pos"] for row in
+              profile.select(F.posexplode("persona_share")).where("col > 0").select("pos").distinct().collect()}
     item_ids = np.array([item for item, _ in items], np.int64)
-    by_popularity = np.array([q is None for q in queries])
-    dim = model.item_embeddings.shape[1]
-    query_matrix = np.stack([q if q is not None else np.zeros(dim, np.float32) for q in queries]) if items else None
+    tag_matrix = np.zeros((n_personas, len(items)))
+    for column, (_, tags) in enumerate(items):
+        tag_matrix[list(tags), column] = 1.0
+    by_popularity = np.array([not (set(tags) & bought) for _, tags in items])
 
     def local_top(batches):
         for batch in batches:
-            if not len(batch) or query_matrix is None:
+            if not len(batch):
                 continue
-            embeddings = np.stack(batch["embedding"].to_numpy()).astype(np.float32)
-            scores = embeddings @ query_matrix.T
-            scores[:, by_popularity] = batch["activity"].to_numpy(np.float64)[:, None]
+            activity = batch["activity"].to_numpy(np.float64)
+            scores = audience_scores(np.stack(batch["persona_share"].to_numpy()) @ tag_matrix, activity[:, None],
+                                     activity_exponent)
+            scores[:, by_popularity] = activity[:, None]
             keep = min(k, len(batch))
-            top = np.argpartition(-scores, keep - 1, axis=0)[:keep]
+            user_idx = batch["user_idx"].to_numpy()
+            # ties go to the lower user_idx here as in the final window, or a tied customer the
+            # window would rank first could already be gone
+            top = np.stack([np.lexsort((user_idx, -scores[:, column]))[:keep] for column in range(len(item_ids))], 1)
             columns = np.broadcast_to(np.arange(len(item_ids)), top.shape)
             yield pd.DataFrame({
                 "subject_idx": np.repeat(item_ids[None, :], keep, 0).ravel(),
-                "target_idx": batch["user_idx"].to_numpy()[top].ravel(),
+                "target_idx": user_idx[top].ravel(),
                 "score": scores[top, columns].ravel(),
                 "method": np.where(np.repeat(by_popularity[None, :], keep, 0), POPULARITY, PERSONAS).ravel(),
             })
 
-    candidates = users.mapInPandas(local_top, "subject_idx int, target_idx int, score double, method string")
+    candidates = profile.mapInPandas(local_top, "subject_idx int, target_idx int, score double, method string")
     order = Window.partitionBy("subject_idx").orderBy(F.col("score").desc(), F.col("target_idx"))
     return (candidates.withColumn("rank", F.row_number().over(order)).filter(F.col("rank") <= k)
             .select(F.lit("new_item").alias("subject"), "subject_idx", "rank", "target_idx", "score", "method"))

@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -53,24 +51,16 @@ class TrainResult:
 
     def save(self, directory: str | Path, data: RecData) -> Path:
         """Write the run under ``directory``: ``embeddings.npz`` (with what cold start needs from
-        ``data``, the graph it was trained on), ``users.parquet`` (user_idx, activity, embedding:
-        Spark scores audiences from it without the driver) and the summary ``run.json``."""
+        ``data``, the graph it was trained on) and the summary ``run.json``."""
         from persona_spark.recommend.coldstart import EMBEDDINGS_FILE, graph_counts, persona_centroids
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        counts = graph_counts(data)
         personas = self.persona_embeddings if self.persona_embeddings is not None else np.empty((0, 0), np.float32)
-        centroids = persona_centroids(data, self.user_embeddings, self.item_embeddings, personas) if len(personas) else {}
+        centroids = {"user_centroids": persona_centroids(data, self.user_embeddings, personas)} if len(personas) else {}
         np.savez(directory / EMBEDDINGS_FILE, users=self.user_embeddings, items=self.item_embeddings,
-                 personas=personas, persona_names=np.array(data.persona_names, dtype=str), **counts, **centroids)
-        users = pa.table({
-            "user_idx": pa.array(np.arange(len(self.user_embeddings)), pa.int32()),
-            "activity": pa.array(counts["user_activity"], pa.int64()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(self.user_embeddings.ravel(), pa.float32()),
-                                                           self.user_embeddings.shape[1]).cast(pa.list_(pa.float32())),
-        })
-        pq.write_table(users, directory / "users.parquet")
+                 personas=personas, persona_names=np.array(data.persona_names, dtype=str), **graph_counts(data),
+                 **centroids)
         (directory / "run.json").write_text(json.dumps({**self.summary(), "losses": self.losses}, indent=2))
         return directory
 
