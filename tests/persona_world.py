@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 
 from persona_spark.personas import PersonaSet
@@ -116,3 +117,14 @@ def build_world(seed: int = 0) -> World:
             (user, item, len(bought), sum(q for q, _ in bought), min(t for _, t in bought), max(t for _, t in bought), split)
         )
     return world
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    """The shop, as a fixture for the modules that import it."""
+    return build_world()
+
+
+@pytest.fixture(scope="module")
+def frames(spark, world):
+    return world.frames(spark)

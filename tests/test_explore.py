@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 
 from persona_spark import explore
-from tests.persona_world import BESTSELLER, COMBOS, ITEMS_PER_PERSONA, LLM_USERS, N_USERS, PERSONAS, build_world, combo_of
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world()
-
-
-@pytest.fixture(scope="module")
-def frames(spark, world):
-    return world.frames(spark)
+from tests.persona_world import BESTSELLER, COMBOS, ITEMS_PER_PERSONA, LLM_USERS, N_USERS, PERSONAS, combo_of
+from tests.persona_world import frames, world  # noqa: F401 (module fixtures)
 
 
 def users_of(df) -> set[int]:

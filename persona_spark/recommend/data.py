@@ -99,27 +99,17 @@ class RecData:
 
         Returns the reduced data (held-out users stay as indices without edges) and their indices.
         """
-        held = _draw(np.concatenate([self.train[:, 0], self.test[:, 0]]), fraction, seed)
-        keep_label = ~np.isin(self.user_personas[:, 0], held)
-        return replace(
-            self,
-            train=_without(self.train, 0, held),
-            test=_without(self.test, 0, held),
-            user_personas=self.user_personas[keep_label],
-            user_persona_weight=self.user_persona_weight[keep_label],
-        ), held
+        return self._holdout(0, "user_personas", "user_persona_weight", fraction, seed)
 
     def holdout_items(self, fraction: float, seed: int) -> tuple["RecData", np.ndarray]:
         """Remove a random ``fraction`` of purchased items: all their edges and persona tags."""
-        held = _draw(np.concatenate([self.train[:, 1], self.test[:, 1]]), fraction, seed)
-        keep_tag = ~np.isin(self.item_personas[:, 0], held)
-        return replace(
-            self,
-            train=_without(self.train, 1, held),
-            test=_without(self.test, 1, held),
-            item_personas=self.item_personas[keep_tag],
-            item_persona_weight=self.item_persona_weight[keep_tag],
-        ), held
+        return self._holdout(1, "item_personas", "item_persona_weight", fraction, seed)
+
+    def _holdout(self, column: int, labels: str, weights: str, fraction: float, seed: int):
+        held = _draw(np.concatenate([self.train[:, column], self.test[:, column]]), fraction, seed)
+        keep = ~np.isin(getattr(self, labels)[:, 0], held)
+        return replace(self, train=_without(self.train, column, held), test=_without(self.test, column, held),
+                       **{labels: getattr(self, labels)[keep], weights: getattr(self, weights)[keep]}), held
 
     def with_user_personas(self, pairs: np.ndarray, weight: np.ndarray | None = None) -> "RecData":
         """The same interactions with another user–persona labelling (e.g. GPLR instead of GPT-4)."""
