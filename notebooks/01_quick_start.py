@@ -8,7 +8,7 @@
 # MAGIC 2. **gplr** – a small budget of customers is labelled by the labeler (offline embedding model by default,
 # MAGIC    an LLM in production) and everyone else gets personas by propagation over the graph,
 # MAGIC 3. **evaluate** – personas are scored against reference labels (the demo shop's planted personas),
-# MAGIC 4. **export / train / cold-start** – the LGCN3 recommender learns from purchases *and* personas, and
+# MAGIC 4. **export-tripartite / train / cold-start** – the LGCN3 recommender learns from purchases *and* personas, and
 # MAGIC    recommends from personas alone to customers and items without history (needs the `torch` extra),
 # MAGIC 5. **segment / report** – customer segments and a self-contained HTML report.
 # MAGIC
@@ -43,7 +43,7 @@ summaries = {}
 for stage in DEMO_STAGES:
     if stage == "generate" and cfg.ingest.source is not None:
         continue
-    if stage in ("export", "train", "cold-start") and not has_torch:
+    if stage in ("export-tripartite", "train", "cold-start") and not has_torch:
         print(f"[{stage:>11}] skipped: install the torch extra (pip install 'persona-spark[train]') to train")
         continue
     if stage == "evaluate" and not store.exists(cfg.evaluate.reference_table):

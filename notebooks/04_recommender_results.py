@@ -19,7 +19,7 @@ run = open_run(globals().get("dbutils"))
 cfg, spark, store = run.cfg, run.spark, run.store
 runs = run.table("recommend_runs")
 if runs is None:
-    print("No training run yet: run `persona-spark export` and `persona-spark train` (needs the torch extra); "
+    print("No training run yet: run `persona-spark export-tripartite` and `persona-spark train` (needs the torch extra); "
           "the cells below skip until then.")
 
 # COMMAND ----------

@@ -230,14 +230,14 @@ class RecommendConf(Section):
     ks: list[int] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100])
     decorrelation_weight: float = 0.1  # alpha of A-LGCN3
     persona_edge_weight: float = 1.0  # multiplier of user/item-persona edges in the LGCN3 graph
-    persona_weights: Literal["binary", "score"] = "binary"  # export: edge weight 1 or the persona score
-    max_persona_rank: int | None = None  # export: keep a user's personas up to this rank
+    persona_weights: Literal["binary", "score"] = "binary"  # export-tripartite: edge weight 1 or the persona score
+    max_persona_rank: int | None = None  # export-tripartite: keep a user's personas up to this rank
     device: str = "auto"  # auto: cuda when available
     amp: bool = False  # bf16 autocast (GPU)
     progress: bool = True  # a progress bar per epoch
     cold_start_k: int = 20  # items per new customer / customers per new item
     audience_activity_exponent: float = 0.5  # new-item audiences: persona purchase share x activity^this
-    user_personas_table: str = "personas"  # export: user labels (reference_personas = the paper's GPT-4 labels)
+    user_personas_table: str = "personas"  # export-tripartite: user labels (reference_personas = the paper's GPT-4 labels)
     declared_personas_table: str = "declared_personas"  # cold-start: personas customers chose at sign-up
 
 

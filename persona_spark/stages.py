@@ -506,7 +506,7 @@ def cold_start_stage(cfg: Config, store: TableStore) -> dict:
     return {"subjects": counts, "model": str(run_dir), "table": store.location("cold_start_recs")}
 
 
-DEMO_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "export", "train", "cold-start", "segment", "report"]
+DEMO_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "export-tripartite", "train", "cold-start", "segment", "report"]
 
 
 def demo(cfg: Config, store: TableStore) -> dict:
@@ -537,7 +537,7 @@ STAGES: dict[str, Stage] = {
     "label-users": label_users_stage,
     "label-items": label_items_stage,
     "generate-personas": generate_personas_stage,
-    "export": export_stage,
+    "export-tripartite": export_stage,
     "train": train_stage,
     "cold-start": cold_start_stage,
     "demo": demo,

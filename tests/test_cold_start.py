@@ -164,7 +164,7 @@ def test_export_train_cold_start_stages_write_cold_start_recs(spark, tmp_path):
                  "eigen_cache_dir": str(tmp_path / "eig"), "cold_start_k": 10}
     cfg = Config(recommend=recommend)
 
-    exported = STAGES["export"](cfg, store)
+    exported = STAGES["export-tripartite"](cfg, store)
     assert exported["rows"]["train"] == len(world.train) and exported["rows"]["item_personas"] == new_item + 1
     trained = STAGES["train"](cfg, store)
     assert trained["runs"][0]["model"] == "lgcn3" and trained["runs"][0]["ndcg@10"] > 0.25

@@ -57,7 +57,7 @@ def test_bundle_targets_schedule_and_secrets():
     env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert all(v.startswith("{{secrets/") for v in env.values())  # keys only from the secret scope
     keys = [t["task_key"] for _, t in tasks]
-    assert keys == ["ingest", "build_graph", "gplr", "export", "train", "cold_start", "segment", "report"]
+    assert keys == ["ingest", "build_graph", "gplr", "export_tripartite", "train", "cold_start", "segment", "report"]
     gpu = {c["job_cluster_key"]: c for c in job["job_clusters"]}[[t for _, t in tasks if t["task_key"] == "train"][0]["job_cluster_key"]]
     assert gpu["new_cluster"]["node_type_id"] == "${var.gpu_node_type}"
 

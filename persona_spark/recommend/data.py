@@ -163,7 +163,7 @@ def read_directory(path: str | Path) -> RecData:
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} not found: run the 'export' stage first (recommend.export_dir)")
+        raise FileNotFoundError(f"{meta_path} not found: run the 'export-tripartite' stage first (recommend.export_dir)")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
