@@ -146,6 +146,17 @@ def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path
     assert run["model"] == model and run["ndcg@10"] == result.metrics["ndcg@10"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU check: no CUDA device here (CI never has one)")
+@pytest.mark.parametrize("model", ["lightgcn", "lgcn3"])
+def test_training_on_cuda_with_mixed_precision(model, tmp_path):
+    data = planted_world()
+    result = train(data, RecommendConf(**{**FAST, "device": "auto", "amp": True}), seed=0, model_name=model,
+                   cache=EigenCache(tmp_path))
+    assert result.device.startswith("cuda")
+    assert result.losses[-1] < result.losses[0] and result.metrics["ndcg@10"] > 0.25, result.summary()
+    assert result.user_embeddings.dtype == np.float32 and np.isfinite(result.item_embeddings).all()
+
+
 def test_early_stopping_selects_on_validation_not_test():
     data = planted_world()
     conf = RecommendConf(**{**FAST, "max_epochs": 30, "patience": 2, "lr": 0.05})
