@@ -495,12 +495,16 @@ def cold_start_stage(cfg: Config, store: TableStore) -> dict:
     item_personas = spark.read.parquet(str(export_dir / "item_personas"))
     tagged = batch.without_training_edges(item_personas, train, "item_idx")
     new_items = [(r["item_idx"], r["personas"]) for r in batch.persona_lists(tagged, "item_idx").collect()]
+    profile = None
     if new_items:
         n_personas = len(model.persona_names)
-        profile = batch.persona_purchase_profile(train, item_personas, n_personas)
+        # kept: audiences_for_items reads it once for the personas anybody bought, then scores it
+        profile = batch.persona_purchase_profile(train, item_personas, n_personas).persist()
         recs = recs.unionByName(batch.audiences_for_items(new_items, profile, n_personas, conf.cold_start_k,
                                                           conf.audience_activity_exponent))
     store.write_table(recs, "cold_start_recs")
+    if profile is not None:
+        profile.unpersist()
     counts = {r["subject"]: r["count"] for r in
               store.read_table("cold_start_recs").groupBy("subject").agg(F.countDistinct("subject_idx").alias("count")).collect()}
     return {"subjects": counts, "model": str(run_dir), "table": store.location("cold_start_recs")}
