@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recommend import BENCHMARK_DEFAULTS  # noqa: E402  (the settings both benchmarks share)
 
 from persona_spark.config import RecommendConf, parse_override
-from persona_spark.recommend.coldstart import ColdStartModel, Ranking
+from persona_spark.recommend.coldstart import ColdStartModel, top_k_ranking
 from persona_spark.recommend.data import csr, load_gplr_json
 from persona_spark.recommend.metrics import hit_matrix, summarize
 from persona_spark.recommend.spectral import EigenCache
@@ -98,9 +98,7 @@ def cold_start_run(data, task: str, conf: RecommendConf, seed: int, fraction: fl
 
         def by_embeddings(key):
             query = model.persona_query(tags[key])
-            scores = users @ query if query is not None else model.user_activity.astype(np.float64)
-            top = np.argsort(-scores, kind="stable")[: max(KS)]
-            return Ranking(top, scores[top], "personas" if query is not None else "popularity")
+            return top_k_ranking(None if query is None else users @ query, model.user_activity, max(KS), ())
 
         methods = {"personas": lambda key: chosen.audience_for_item(tags[key], max(KS)),
                    "persona_embeddings": by_embeddings,

@@ -23,7 +23,6 @@ import os
 import re
 
 from persona_spark import labeling
-from persona_spark.config import SelectionConf
 from persona_spark.io import TableStore
 from persona_spark.labeling.loopback import LoopbackChatServer, Reply, answer, entity_ids
 from persona_spark.notebook import open_run, show, widget
@@ -87,30 +86,18 @@ llm_store = TableStore(spark, llm.tables)
 
 # COMMAND ----------
 
-users = store.read_table("users")
-edges, items = store.read_table("edges"), store.read_table("items")
-n_customers = users.count()
-budget = int(llm.gplr.budget if llm.gplr.budget >= 1 else round(llm.gplr.budget * n_customers))
-histories = labeling.build_user_histories(edges, items)
-sample = labeling.select_entities(histories, SelectionConf(mode="sample", size=max(budget, 1), seed=llm.gplr.seed), "user_idx", store)
-
-estimate_conf = llm.labeling.model_copy(update={"dry_run": True})
-try:
-    labeling.label_entities(llm_store, sample, persona_set, estimate_conf, "user")
-except labeling.DryRunEstimate as dry:
-    estimate = dry.estimate
+dry_run = llm.model_copy(update={"labeling": llm.labeling.model_copy(update={"dry_run": True})})
+plan = STAGES["gplr"](dry_run, llm_store)  # the gplr stage's own dry run: prices its budget, calls nothing
+estimate, budget = plan["users"], plan["budget"]
+n_customers = store.read_table("users").count()
 per_customer = estimate["cost_expected_usd"] / max(estimate["entities"], 1)
 print(
     f"GPLR budget: {budget:,} of {n_customers:,} customers -> {estimate['prompt_tokens']:,} prompt tokens, "
     f"expected ${estimate['cost_expected_usd']:.4f} (at most ${estimate['cost_max_usd']:.4f})\n"
     f"labelling every customer instead would cost about ${per_customer * n_customers:.4f}"
 )
-if llm.gplr.item_signal:
-    try:
-        labeling.label_entities(llm_store, labeling.build_item_requests(items), persona_set, estimate_conf, "item")
-    except labeling.DryRunEstimate as dry:
-        item_estimate = dry.estimate
-    print(f"item signal: {item_estimate['entities']:,} products, expected ${item_estimate['cost_expected_usd']:.4f}")
+if "items" in plan:
+    print(f"item signal: {plan['items']['entities']:,} products, expected ${plan['items']['cost_expected_usd']:.4f}")
 
 # COMMAND ----------
 

@@ -174,6 +174,9 @@ def _union(frames: list[DataFrame]) -> DataFrame:
 def robustness_stage(cfg: Config, store: TableStore) -> dict:
     """Count customers whose personas / RFM deciles stay the same from the first to the second half of
     their orders; each half is labelled by the configured labeling backend (not cached in user_labels)."""
+    if cfg.labeling.dry_run:
+        raise ValueError("robustness has no dry run: it labels each customer's two halves directly (not through "
+                         "the cache); price it with label-users, or set segment.robustness_customers to a sample")
     conf = cfg.segment
     transactions = store.read_table("transactions")
     if conf.robustness_customers is not None:
@@ -207,6 +210,12 @@ def label_items_stage(cfg: Config, store: TableStore) -> dict:
     """Label items (all by default) with the personas likely to buy them into ``item_labels``."""
     requests = labeling.build_item_requests(store.read_table("items"))
     return _label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.items, "item_idx", store), "item")
+
+
+def _ensure_checkpoint_dir(cfg: Config, store: TableStore) -> None:
+    """Reliable affinity checkpoints need a checkpoint directory: ``spark.checkpoint_dir`` unless one is set."""
+    if cfg.affinity.checkpoint == "reliable" and store.spark.sparkContext.getCheckpointDir() is None:
+        store.spark.sparkContext.setCheckpointDir(cfg.spark.checkpoint_dir)
 
 
 def _label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str) -> dict:
@@ -269,7 +278,7 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
         return labeling.label_entities(store, wanted, persona_set, cfg.labeling, "user")
 
     if cfg.labeling.dry_run:
-        return _gplr_estimate(cfg, store, persona_set, users, items, requests)
+        return _gplr_estimate(cfg, store, users, items, requests)
     item_vectors = None
     if cfg.gplr.item_signal:
         item_rows = labeling.label_entities(
@@ -280,6 +289,7 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     if store.exists("gplr_prototypes"):
         previous = store.read_table("gplr_prototypes").filter(F.col("status") == "ok")
         reusable = previous.join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx")
+    _ensure_checkpoint_dir(cfg, store)
     run = GPLR(users, train, label_users, len(persona_set), cfg.gplr, cfg.affinity, item_vectors, reusable)
     result = run.run()
 
@@ -321,8 +331,7 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
         raise ValueError(f"affinity: table prototype_labels (user_idx, persona_idx[, weight]) not found under "
                          f"{store.location('prototype_labels')}")
     conf = cfg.affinity
-    if conf.checkpoint == "reliable" and store.spark.sparkContext.getCheckpointDir() is None:
-        store.spark.sparkContext.setCheckpointDir(cfg.spark.checkpoint_dir)
+    _ensure_checkpoint_dir(cfg, store)
     started = time.perf_counter()
     n_personas = _persona_names(cfg, store).count()
     train = store.read_table("edges").filter(F.col("split") == "train")
@@ -340,28 +349,20 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
     return summary
 
 
-def _gplr_estimate(cfg: Config, store: TableStore, persona_set, users, items, requests) -> dict:
+def _gplr_estimate(cfg: Config, store: TableStore, users, items, requests) -> dict:
     """What a GPLR run would pay, nothing called: the items (once) and ``budget`` users. Which users
     DU sampling picks is unknown before round 1, so a random sample of that size stands in for them."""
     from persona_spark.gplr import budget_size
     from persona_spark.sampling import pick_random
 
-    def estimate(entity_requests: DataFrame, conf, kind: str) -> dict:
-        try:
-            labeling.label_entities(store, entity_requests, persona_set, conf, kind)
-        except labeling.DryRunEstimate as dry:
-            return dry.estimate
-        raise AssertionError("labeling.dry_run is set but label_entities did not stop")
-
     budget = budget_size(cfg.gplr.budget, users.count())
     sample = pick_random(users.select("user_idx"), budget, cfg.gplr.seed)
     result = {"dry_run": True, "budget": budget,
-              "users": estimate(requests.join(sample, "user_idx", "left_semi"), cfg.labeling, "user")}
+              "users": _label_stage(cfg, store, requests.join(sample, "user_idx", "left_semi"), "user")}
     if cfg.gplr.item_signal:
-        result["items"] = estimate(labeling.build_item_requests(items), _label_conf_for(cfg, "item"), "item")
+        result["items"] = _label_stage(cfg, store, labeling.build_item_requests(items), "item")
     for key in ("cost_expected_usd", "cost_max_usd", "prompt_tokens"):
         result[key] = round(sum(part.get(key, 0) for part in (result["users"], result.get("items", {}))), 4)
-    print(json.dumps(result, indent=2, default=str))
     return result
 
 

@@ -6,6 +6,9 @@ import numpy as np
 
 from persona_spark.recommend.data import RecData
 
+# Trainer settings small enough for a test, large enough to learn the planted world.
+FAST = dict(dim=16, eigen_k=24, lr=0.05, batch_size=128, max_epochs=8, patience=8, progress=False, device="cpu")
+
 
 def planted_world(n_personas: int = 4, users_per_persona: int = 30, items_per_persona: int = 20,
                   purchases: int = 8, seed: int = 0) -> RecData:

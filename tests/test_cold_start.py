@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -9,15 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from persona_spark.config import Config, RecommendConf, TablesConf  # noqa: E402
+from persona_spark.config import Config, RecommendConf  # noqa: E402
 from persona_spark.recommend.coldstart import (  # noqa: E402
-    PERSONAS, POPULARITY, ColdStartModel, persona_purchase_share)
+    NO_MATCH_SHARE, PERSONAS, POPULARITY, ColdStartModel, persona_purchase_share)
 from persona_spark.recommend.data import RecData  # noqa: E402
 from persona_spark.recommend.train import train  # noqa: E402
-from tests.recommend_world import planted_world  # noqa: E402
+from tests.recommend_world import FAST, planted_world  # noqa: E402
 
-FAST = dict(dim=16, eigen_k=24, lr=0.05, batch_size=128, max_epochs=8, patience=8, progress=False, device="cpu",
-            seeds=[0])
 ITEMS_PER_PERSONA, USERS_PER_PERSONA = 20, 30
 
 
@@ -77,7 +76,7 @@ def test_audience_weighs_persona_share_by_activity():
     assert list(replace(model, activity_exponent=0.0).audience_for_item([0], k=3).indices) == [1, 0, 2]
     assert list(model.audience_for_item([0], k=3).indices) == [0, 1, 2]
     scores = replace(model, activity_exponent=1.0).audience_for_item([0], k=3).scores
-    np.testing.assert_allclose(scores, [(0.5 + 1e-3) * 10, (1.0 + 1e-3) * 2, 1e-3 * 20])
+    np.testing.assert_allclose(scores, [(0.5 + NO_MATCH_SHARE) * 10, (1.0 + NO_MATCH_SHARE) * 2, NO_MATCH_SHARE * 20])
 
 
 def test_spark_purchase_profile_and_audience_equal_the_in_memory_ones(spark):
@@ -131,21 +130,22 @@ def test_unknown_persona_names_are_errors(trained):
         model.recommend_for_personas([0], k=0)
 
 
-def test_model_without_personas_cannot_do_cold_start(trained):
+def test_model_without_personas_cannot_do_cold_start(trained, tmp_path):
     data, model = trained
     with pytest.raises(ValueError, match="persona embeddings"):
         ColdStartModel.from_training(data, np.zeros((data.n_users, 4)), model.item_embeddings, None)
+    saved = train(data, RecommendConf(**FAST, model="mf"), seed=0).save(tmp_path / "mf", data)
+    with pytest.raises(ValueError, match="persona embeddings"):
+        ColdStartModel.from_run(saved)
 
 
-def test_export_train_cold_start_stages_write_cold_start_recs(spark, tmp_path):
+def test_export_train_cold_start_stages_write_cold_start_recs(spark, store, tmp_path):
     """The three stages on tables of the planted world plus one new customer and one new item."""
-    from persona_spark.io import TableStore
     from persona_spark.recommend.coldstart import EMBEDDINGS_FILE
     from persona_spark.stages import STAGES
 
     world = planted_world()
     new_user, new_item = world.n_users, world.n_items  # no purchases at all
-    store = TableStore(spark, TablesConf(root=str(tmp_path / "tables")))
     edges = [(int(u), int(i), "train") for u, i in world.train] + [(int(u), int(i), "test") for u, i in world.test]
     store.write_table(spark.createDataFrame(edges, "user_idx int, item_idx int, split string"), "edges")
     store.write_table(spark.createDataFrame([(u, f"c{u}") for u in range(new_user + 1)],
@@ -160,7 +160,7 @@ def test_export_train_cold_start_stages_write_cold_start_recs(spark, tmp_path):
     tags = [(int(i), [int(p)], "ok") for i, p in world.item_personas] + [(new_item, [2], "ok")]
     store.write_table(spark.createDataFrame(tags, "item_idx int, persona_idx array<int>, status string"), "item_labels")
     store.write_table(spark.createDataFrame([(new_user, 1)], "user_idx int, persona_idx int"), "declared_personas")
-    recommend = {**FAST, "export_dir": str(tmp_path / "export"), "model_dir": str(tmp_path / "models"),
+    recommend = {**FAST, "seeds": [0], "export_dir": str(tmp_path / "export"), "model_dir": str(tmp_path / "models"),
                  "eigen_cache_dir": str(tmp_path / "eig"), "cold_start_k": 10}
     cfg = Config(recommend=recommend)
 
@@ -169,7 +169,9 @@ def test_export_train_cold_start_stages_write_cold_start_recs(spark, tmp_path):
     trained = STAGES["train"](cfg, store)
     assert trained["runs"][0]["model"] == "lgcn3" and trained["runs"][0]["ndcg@10"] > 0.25
     runs = store.read_table("recommend_runs").collect()
-    assert len(runs) == 1 and runs[0]["metrics"]["f1@10"] == pytest.approx(runs[0]["f1_at_10"])
+    saved = json.loads((tmp_path / "models" / "lgcn3-seed0" / "run.json").read_text())
+    assert len(runs) == 1 and saved["f1@10"] > 0 and runs[0]["f1_at_10"] == pytest.approx(saved["f1@10"])
+    assert runs[0]["metrics"]["ndcg@10"] == pytest.approx(saved["ndcg@10"])
     assert (tmp_path / "models" / "lgcn3-seed0" / EMBEDDINGS_FILE).exists()
 
     summary = STAGES["cold-start"](cfg, store)

@@ -105,6 +105,9 @@ def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
     labels = ns["llm_store"].read_table("user_labels").toPandas()
     assert set(labels["model"]) == {"keyword-stand-in"} and len(labels) >= budget
     assert ns["spent"]["entities"] == len(labels) and ns["spent"]["cost_usd"] > 0
+    run = ns["llm_store"].read_table("gplr_runs").first()  # the ledger adds up: run = its rounds = the cache
+    assert run.prompt_tokens == sum(r["prompt_tokens"] for r in ns["gplr_summary"]["per_round"] if r["sampling"] != "reused")
+    assert run.prompt_tokens == int(labels["prompt_tokens"].sum()) > 0
     store = ns["store"]
     llm_personas = ns["llm_store"].read_table("personas")
     assert llm_personas.select("user_idx").distinct().count() == store.read_table("users").count()

@@ -17,10 +17,10 @@ from persona_spark.recommend.models import MODELS, correlation_penalty  # noqa: 
 from persona_spark.recommend.spectral import EigenCache, normalized_adjacency, top_eigenpairs  # noqa: E402
 from persona_spark.recommend.train import train  # noqa: E402
 from tests.conftest import shared_path  # noqa: E402
+from tests.recommend_world import FAST as BASE  # noqa: E402
 from tests.recommend_world import planted_world  # noqa: E402
 
-FAST = dict(dim=16, eigen_k=24, lr=0.05, batch_size=128, max_epochs=8, patience=8, decorrelation_weight=0.01,
-            progress=False, device="cpu")
+FAST = {**BASE, "decorrelation_weight": 0.01}
 
 
 # ---- metrics ------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from persona_spark import report
 from persona_spark.config import Config
 from persona_spark.labeling import label_schema
 from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES
-from tests.persona_world import N_USERS, PERSONAS, build_world, write_persona_set, write_world
+from tests.persona_world import N_USERS, PERSONAS, write_persona_set, write_world
+from tests.persona_world import frames, world  # noqa: F401 (module fixtures)
 
 PRICES = (0.5, 2.0)  # USD per 1k prompt / completion tokens
 LABEL_TOKENS = [(u, 400 + u, 20 + u % 3) for u in range(12)]  # user, prompt tokens, completion tokens
@@ -54,14 +55,14 @@ def run_tables(spark) -> dict:
 
 
 @pytest.fixture(scope="module")
-def rendered(spark, tmp_path_factory):
+def rendered(spark, frames, tmp_path_factory):
     """A full run's tables in a store (segment run for real), then the report stage."""
     from persona_spark.config import TablesConf
     from persona_spark.io import TableStore
 
     root = tmp_path_factory.mktemp("report_run")
     store = TableStore(spark, TablesConf(root=str(root / "tables")))
-    write_world(store, build_world().frames(spark))
+    write_world(store, frames)
     for name, frame in run_tables(spark).items():
         store.write_table(frame, name)
     cfg = Config.model_validate(
@@ -111,8 +112,7 @@ def test_report_states_the_numbers_of_the_run(rendered):
         assert name in page
 
 
-def test_missing_tables_say_which_stage_to_run(spark, store, tmp_path):
-    frames = build_world().frames(spark)
+def test_missing_tables_say_which_stage_to_run(frames, store, tmp_path):
     write_world(store, frames, names=("personas", "persona_set"))
     cfg = Config.model_validate(
         {"personas": str(write_persona_set(tmp_path / "p.yaml")), "report": {"path": str(tmp_path / "r" / "index.html")}}
@@ -127,8 +127,7 @@ def test_missing_tables_say_which_stage_to_run(spark, store, tmp_path):
         assert f"Not available — run persona-spark {stage}" in page
 
 
-def test_a_broken_section_does_not_cost_the_rest(spark, tmp_path):
-    frames = build_world().frames(spark)
+def test_a_broken_section_does_not_cost_the_rest(spark, frames, tmp_path):
     broken = spark.createDataFrame([("personas", 3)], "representation string, users long")  # no share_unchanged
     tables = {"personas": frames["personas"], "robustness": broken}
     result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)))

@@ -19,6 +19,7 @@ numpy only (no torch, no Spark): notebooks and serving load a trained run with `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -95,17 +96,22 @@ class ColdStartModel:
             raise FileNotFoundError(f"{path} not found: run the 'train' stage with recommend.model=lgcn3 first")
         with np.load(path) as stored:  # npz members load lazily: the customer side only when asked for
             personas = stored["personas"]
+            _check_personas(personas)  # a run without personas saved no cold-start fields either
             activity = stored["user_activity"] if with_users else np.empty(0, np.int64)
             share = stored["user_persona_share"] if with_users else np.empty((0, len(personas)), np.float32)
             return cls(item_embeddings=stored["items"], persona_embeddings=personas,
                        persona_names=tuple(stored["persona_names"].tolist()),
                        item_popularity=stored["item_popularity"], user_activity=activity, user_persona_share=share,
-                       persona_known=stored["persona_known"], user_centroids=stored["user_centroids"], **options)
+                       persona_known=stored["persona_known"], user_centroids=stored.get("user_centroids"), **options)
 
     # ---- persona names -------------------------------------------------------------------
+    @cached_property
+    def _persona_set(self) -> PersonaSet:
+        """Built once per model: batch jobs resolve names for every query."""
+        return PersonaSet(self.persona_names, ("",) * len(self.persona_names), title="trained personas")
+
     def persona_indices(self, personas: Iterable[str | int]) -> list[int]:
         """Indices of persona names (exact, then case/space-normalized) or indices; unknown ones raise."""
-        persona_set = PersonaSet(self.persona_names, ("",) * len(self.persona_names), title="trained personas")
         indices = []
         for persona in personas:
             if isinstance(persona, (int, np.integer)):
@@ -113,7 +119,7 @@ class ColdStartModel:
                     raise KeyError(f"persona index {persona} is outside 0..{len(self.persona_names) - 1}")
                 indices.append(int(persona))
             else:
-                indices.append(persona_set.index_of(persona))
+                indices.append(self._persona_set.index_of(persona))
         return indices
 
     def persona_query(self, personas: Iterable[str | int]) -> np.ndarray | None:
@@ -130,7 +136,7 @@ class ColdStartModel:
         """Top-``k`` items for a customer with no history who chose ``personas``."""
         query = self.persona_query(personas)
         scores = None if query is None else self.item_embeddings @ query
-        return _rank(scores, self.item_popularity, k, exclude)
+        return top_k_ranking(scores, self.item_popularity, k, exclude)
 
     def audience_for_item(self, item_personas: Sequence[str | int], k: int,
                           exclude: Sequence[int] = ()) -> Ranking:
@@ -138,7 +144,7 @@ class ColdStartModel:
         tags = sorted(set(self.persona_indices(item_personas)))
         share = self.user_persona_share[:, tags].sum(axis=1, dtype=np.float64)
         scores = audience_scores(share, self.user_activity, self.activity_exponent) if share.any() else None
-        return _rank(scores, self.user_activity, k, exclude)
+        return top_k_ranking(scores, self.user_activity, k, exclude)
 
 
 def audience_scores(share: np.ndarray, activity: np.ndarray, exponent: float) -> np.ndarray:
@@ -146,7 +152,8 @@ def audience_scores(share: np.ndarray, activity: np.ndarray, exponent: float) ->
     return (np.asarray(share, np.float64) + NO_MATCH_SHARE) * np.power(np.asarray(activity, np.float64), exponent)
 
 
-def _rank(scores: np.ndarray | None, popularity: np.ndarray, k: int, exclude: Sequence[int]) -> Ranking:
+def top_k_ranking(scores: np.ndarray | None, popularity: np.ndarray, k: int, exclude: Sequence[int]) -> Ranking:
+    """Top ``k`` by ``scores``, or by ``popularity`` when there are none (the fallback)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     method = POPULARITY if scores is None else PERSONAS

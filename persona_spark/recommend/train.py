@@ -50,17 +50,17 @@ class TrainResult:
                 "device": self.device}
 
     def save(self, directory: str | Path, data: RecData) -> Path:
-        """Write the run under ``directory``: ``embeddings.npz`` (with what cold start needs from
-        ``data``, the graph it was trained on) and the summary ``run.json``."""
+        """Write the run under ``directory``: ``embeddings.npz`` (for a model with personas also what
+        cold start needs from ``data``, the graph it was trained on) and the summary ``run.json``."""
         from persona_spark.recommend.coldstart import EMBEDDINGS_FILE, graph_counts, persona_centroids
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         personas = self.persona_embeddings if self.persona_embeddings is not None else np.empty((0, 0), np.float32)
-        centroids = {"user_centroids": persona_centroids(data, self.user_embeddings, personas)} if len(personas) else {}
+        cold_start = ({**graph_counts(data), "user_centroids": persona_centroids(data, self.user_embeddings, personas)}
+                      if len(personas) else {})
         np.savez(directory / EMBEDDINGS_FILE, users=self.user_embeddings, items=self.item_embeddings,
-                 personas=personas, persona_names=np.array(data.persona_names, dtype=str), **graph_counts(data),
-                 **centroids)
+                 personas=personas, persona_names=np.array(data.persona_names, dtype=str), **cold_start)
         (directory / "run.json").write_text(json.dumps({**self.summary(), "losses": self.losses}, indent=2))
         return directory
 
@@ -93,8 +93,10 @@ def batch_loss(model: Recommender, users, positives, negatives, reg: float, deco
         # One correlation over the batch's users and items and all personas: a persona block alone
         # has fewer rows (20) than columns (64), so its own correlation matrix is degenerate.
         rows.append(torch.arange(model.n_users + model.n_items, model.embedding.num_embeddings, device=users.device))
-    nodes = model.propagate_rows(torch.cat(rows))
-    u, i, j = nodes[:batch], nodes[batch : 2 * batch], nodes[2 * batch : 3 * batch]
+    # each distinct node propagated (and correlated) once, however often the batch names it
+    distinct, position = torch.unique(torch.cat(rows), return_inverse=True)
+    nodes = model.propagate_rows(distinct)
+    u, i, j = (nodes[position[k * batch : (k + 1) * batch]] for k in range(3))
     bpr = F.softplus((u * j).sum(1) - (u * i).sum(1)).mean()
     ego = model.embedding.weight
     l2 = 0.5 * (ego[user_nodes].pow(2).sum() + ego[item_nodes].pow(2).sum() + ego[negative_nodes].pow(2).sum())
