@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from persona_spark import storage
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_PERSONAS = PACKAGE_ROOT / "resources" / "personas" / "demo_shop.yaml"
@@ -21,17 +23,25 @@ class Section(BaseModel):
 
 
 class SparkConf(Section):
-    """Local session settings; an active session (spark-submit, Databricks) is reused as it is."""
+    """Settings of a session this package builds; an active one (spark-submit, Databricks) is reused as it is."""
 
-    master: str = "local[*]"  # local mode only
+    master: str = "local[*]"  # local[n], or spark://host:7077 for a standalone cluster
     app_name: str = "persona-spark"
-    shuffle_partitions: int = 4  # small machines crawl with Spark's default of 200
-    default_parallelism: int = 4
+    shuffle_partitions: int = Field(4, ge=1)  # small machines crawl with Spark's default of 200
+    default_parallelism: int = Field(4, ge=1)
     driver_memory: str = "4g"  # local mode: the driver is the whole cluster
     ui_enabled: bool = False
-    checkpoint_dir: str = "data/checkpoints"  # reliable checkpoints (affinity.checkpoint=reliable)
-    # Extra Spark settings, e.g. {"spark.jars.packages": "io.delta:delta-spark_2.13:4.0.0"}
-    # on a cluster that can reach Maven; the Delta extensions are added automatically then.
+    checkpoint_dir: str = "data/checkpoints"  # reliable checkpoints (affinity.checkpoint=reliable); a URI on a cluster
+    # The Delta connector io.delta:delta-spark_2.13 at the installed delta-spark's version (resolved from Maven once
+    # per machine); false only for the delta-rs fallback on a jar-less laptop.
+    delta: bool = True
+    hadoop_aws: bool = False  # org.apache.hadoop:hadoop-aws for s3a:// (switched on when a location is s3a://)
+    packages: list[str] = Field(default_factory=list)  # more Maven coordinates group:artifact:version
+    repositories: list[str] = Field(default_factory=list)  # Maven repositories tried before Maven Central
+    jars: list[str] = Field(default_factory=list)  # jar files or folders of jars: replaces Maven resolution
+    ivy_cache: str = "~/.cache/persona-spark/ivy"  # where resolved jars are kept, outside the repository
+    warehouse_dir: str | None = None  # spark.sql.warehouse.dir (catalog-mode tables of a local session)
+    # Extra Spark settings, e.g. {"spark.executor.memory": "2g"}.
     extra: dict[str, str] = Field(default_factory=dict)
 
 
@@ -43,8 +53,9 @@ class TablesConf(Section):
     schema_: str | None = Field(default=None, alias="schema")
     # Rename individual tables: {"transactions": "sales_lines"}.
     names: dict[str, str] = Field(default_factory=dict)
-    # auto: the Spark Delta connector when it is on the classpath, delta-rs otherwise.
-    backend: Literal["auto", "spark", "delta-rs"] = "auto"
+    # spark: Spark's Delta connector (everywhere). delta-rs: an explicit fallback for a single machine without the
+    # connector jars; refused when the master is not local or the root is not a local path.
+    backend: Literal["spark", "delta-rs"] = "spark"
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -94,9 +105,9 @@ class AffinityConf(Section):
     eps: float = Field(0.0, ge=0)  # absolute error bound; state entries below eps/(2·ell) are pruned
     beta: float = Field(0.5, ge=0)  # de-bias exponent for rare personas; 0 disables
     weighted: bool = False  # weight edges by n_purchases instead of 1
-    # Hop state with at most this many reached nodes is broadcast; larger goes through a shuffle
-    # join, and no task ever holds more than this many source nodes.
-    broadcast_max_rows: int = Field(2_000_000, ge=1)
+    # Hop state of at most this many bytes (reached nodes x (4 + 8 x personas)) is broadcast; larger goes through
+    # a shuffle join, and no task ever holds a source block larger than this.
+    broadcast_max_bytes: int = Field(256 * 2**20, ge=1)
     target_blocks: int = Field(0, ge=0)  # node blocks per kind; 0 = max(parallelism, edges / 4M)
     checkpoint: Literal["local", "reliable"] = "local"  # lineage cut per hop; reliable needs spark.checkpoint_dir
 
@@ -262,7 +273,23 @@ class EvaluateConf(Section):
     baseline_k: int = 5
 
 
+# Run locations derived from ``Config.root`` unless set explicitly: (section path, field, location under root).
+RUN_LOCATIONS = (
+    ("tables", "root", "tables"),
+    ("spark", "checkpoint_dir", "checkpoints"),
+    ("labeling", "journal_dir", "labels_journal"),
+    ("labeling.generate", "output", "personas/generated.yaml"),
+    ("report", "path", "report/index.html"),
+    ("recommend", "export_dir", "recommend/export"),
+    ("recommend", "model_dir", "recommend/models"),
+    ("recommend", "eigen_cache_dir", "recommend/eigen_cache"),
+)
+
+
 class Config(Section):
+    # One root per deployment (a path, s3a://bucket/prefix, /Volumes/<catalog>/<schema>/<volume>): every run
+    # location in RUN_LOCATIONS that is not set explicitly lives under it.
+    root: str = "data"
     personas: str = str(DEFAULT_PERSONAS)  # persona set R: a YAML/JSON file of names + descriptions
     spark: SparkConf = Field(default_factory=SparkConf)
     tables: TablesConf = Field(default_factory=TablesConf)
@@ -276,6 +303,31 @@ class Config(Section):
     segment: SegmentConf = Field(default_factory=SegmentConf)
     report: ReportConf = Field(default_factory=ReportConf)
     recommend: RecommendConf = Field(default_factory=RecommendConf)
+
+    @model_validator(mode="after")
+    def _derive_locations(self) -> "Config":
+        """Fill run locations from ``root``; make plain paths absolute so executors (whose working
+        directory differs) see the driver's; switch on hadoop-aws when anything is on s3a://."""
+        for section_path, field, relative in RUN_LOCATIONS:
+            section = self
+            for part in section_path.split("."):
+                section = getattr(section, part)
+            if field not in section.model_fields_set:
+                setattr(section, field, storage.join(self.root, relative))
+            setattr(section, field, storage.absolute(getattr(section, field)))
+        if "hadoop_aws" not in self.spark.model_fields_set:
+            self.spark.hadoop_aws = any(storage.scheme(loc) in storage.S3_SCHEMES for loc in self.run_locations().values())
+        return self
+
+    def run_locations(self) -> dict[str, str]:
+        """``section.field -> location`` of every run location (after derivation)."""
+        out = {}
+        for section_path, field, _ in RUN_LOCATIONS:
+            section = self
+            for part in section_path.split("."):
+                section = getattr(section, part)
+            out[f"{section_path}.{field}"] = getattr(section, field)
+        return out
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -360,7 +412,7 @@ def config_reference() -> str:
     lines = ["# Configuration reference", "",
              "Generated from `persona_spark/config.py` (`python -m persona_spark.config`). Every key is optional;",
              "set them in a YAML file (`--conf`) or per run with `--set key=value`. Unknown keys are errors.", ""]
-    defaults = Config()
+    defaults = Config.model_construct()  # the sections' own defaults, not this machine's absolute paths
     for name in Config.model_fields:
         section = getattr(defaults, name)
         if isinstance(section, BaseModel):

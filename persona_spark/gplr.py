@@ -34,7 +34,8 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_graph, propagate_to_users, prototype_labels
+from persona_spark.affinity import (AffinityGraph, checkpoint, compute_affinity, prepare_graph, propagate_to_users,
+                                   prototype_labels)
 from persona_spark.config import AffinityConf, GPLRConf
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
 
@@ -259,7 +260,7 @@ class GPLR:
         """The train edges cut into tiles once: every round, fold and hop depth propagates over them."""
         if self._graph is None:
             started = time.perf_counter()
-            self._graph = prepare_graph(self.edges, self.affinity_conf)
+            self._graph = prepare_graph(self.edges, self.affinity_conf, self.n_personas)
             self._timed("graph", started)
         return self._graph
 
@@ -268,6 +269,11 @@ class GPLR:
         if self._graph is not None:
             self._graph.release()
             self._graph = None
+
+    def _pin(self, df: DataFrame) -> DataFrame:
+        """Materialize an intermediate result: a local checkpoint, or a reliable one (survives a lost
+        executor) with ``affinity.checkpoint=reliable``."""
+        return checkpoint(df, self.affinity_conf.checkpoint)
 
     def _timed(self, key: str, started: float) -> None:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 3)
@@ -279,14 +285,14 @@ class GPLR:
         started = time.perf_counter()
         conf = self.affinity_conf.model_copy(update={k: v for k, v in (("ell", ell), ("beta", beta)) if v is not None})
         scores = compute_affinity(self.graph, prototype_labels(prototypes, self.n_personas, conf.beta), self.n_personas, conf)
-        scores = scores.localCheckpoint()
+        scores = self._pin(scores)
         self._timed("affinity", started)
         return scores
 
     def label(self, selected: DataFrame) -> DataFrame:
         started = time.perf_counter()
-        rows = self.label_users(selected).select(
-            "user_idx", "persona_idx", "status", "prompt_tokens", "completion_tokens").localCheckpoint()
+        rows = self._pin(self.label_users(selected).select(
+            "user_idx", "persona_idx", "status", "prompt_tokens", "completion_tokens"))
         self._timed("labeling", started)
         return rows
 
@@ -324,10 +330,10 @@ class GPLR:
             else:
                 q_hat = persona_distribution(ok_prototypes(answered), self.n_personas)
                 chosen, how = pick_top(du_scores(candidates, psi, q_hat), want, conf.seed + r), "du"
-            chosen = chosen.localCheckpoint()
+            chosen = self._pin(chosen)
             self._timed("sampling", started)
             rows = self.label(chosen)
-            answered = rows if answered is None else answered.unionByName(rows).localCheckpoint()
+            answered = rows if answered is None else self._pin(answered.unionByName(rows))
             record = self._round_record(how, rows)
             rounds.append(record)
             carry = want - record["answered"]
@@ -343,7 +349,7 @@ class GPLR:
     def assign_all(self, answered: DataFrame, rounds: list[dict], assignment: str | None = None) -> GPLRResult:
         """Personas for everyone from the answers: LLM labels for prototypes, assigned for the rest."""
         mode = assignment or self.conf.assignment
-        prototypes = ok_prototypes(answered).localCheckpoint()
+        prototypes = self._pin(ok_prototypes(answered))
         if prototypes.limit(1).count() == 0:
             raise ValueError("GPLR: no user got a valid persona from the LLM; check the labeling errors in user_labels")
         model, signals = self._fit_and_signals(prototypes, mode)
@@ -386,12 +392,12 @@ class GPLR:
         items = None
         if self.item_vectors is not None:
             items = propagate_to_users(self.graph, self.item_vectors, self.affinity_conf).withColumnRenamed("vec", "items")
-            items = items.localCheckpoint()
+            items = self._pin(items)
         started = time.perf_counter()
         proto_users = prototypes.select("user_idx").distinct()
         train_users = proto_users.orderBy(seeded_order(conf.seed + 7919)).limit(conf.max_train_users)
         fold_of = F.pmod(seeded_order(conf.seed + 104729), F.lit(conf.cv_folds)).cast("int")
-        train_users = train_users.withColumn("fold", fold_of).localCheckpoint()
+        train_users = self._pin(train_users.withColumn("fold", fold_of))
         folds = []
         for k in range(conf.cv_folds):
             held_out = train_users.filter(F.col("fold") == k).select("user_idx")

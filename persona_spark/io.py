@@ -2,14 +2,16 @@
 
 Two engines, one table format:
 
-* ``spark`` — Spark's own Delta connector (Databricks, or a cluster started with the delta-spark
-  jars). Names resolve to ``catalog.schema.name`` in catalog mode or to paths under ``root``.
-* ``delta-rs`` — for local mode without the connector (no Maven, no jars). Spark still does the
-  heavy lifting: it writes the Parquet data files in parallel into the table directory, and the
-  driver commits them to the Delta log with delta-rs in one transaction. Reads resolve the
-  snapshot (any version) with delta-rs and hand the file list to Spark. Only file metadata
-  crosses to the driver, never rows — except MERGE, whose source (the changed rows) is passed to
-  delta-rs as Arrow; in local mode driver and executors share one machine anyway.
+* ``spark`` (the default, everywhere) — Spark's own Delta connector: Databricks, a cluster
+  launched with ``--packages io.delta:delta-spark_2.13:<version>``, or a session built by
+  ``session.get_spark`` (which resolves the jar). Names resolve to a quoted
+  ``catalog.schema.name`` in catalog mode or to locations under ``root`` (a path or any Hadoop
+  URI: ``s3a://``, ``abfss://``, ``hdfs://``, ``/Volumes/...``).
+* ``delta-rs`` — an explicit fallback for one machine without the connector jars. Spark writes the
+  Parquet data files into the table directory and the driver commits them to the Delta log with
+  delta-rs, which only works while driver and executors share one local disk: it is refused for a
+  non-local master or a root that is not a local path. MERGE passes its source (the changed rows)
+  to delta-rs as Arrow on the driver.
 
 Both give real Delta tables (``_delta_log``), readable by the other engine, and every write is a
 single commit: a stage that fails before its commit leaves the previous version as it was.
@@ -21,7 +23,6 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,42 +31,55 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
+from persona_spark import storage
 from persona_spark.config import TablesConf
-from persona_spark.session import has_delta_connector
+from persona_spark.session import delta_coordinates, has_delta_connector, is_local_master
 
 
 class TableStore:
     def __init__(self, spark: SparkSession, conf: TablesConf | None = None):
         self.spark = spark
         self.conf = conf or TablesConf()
-        backend = self.conf.backend
-        if backend == "auto":
-            backend = "spark" if self.conf.catalog or has_delta_connector(spark) else "delta-rs"
-        if backend == "delta-rs" and self.conf.catalog:
-            raise ValueError(
-                "tables.catalog is set but the Spark Delta connector is not available: catalog "
-                "tables need Spark's Delta support (Databricks or the delta-spark jars)"
+        self.backend = self.conf.backend
+        if self.backend == "spark" and not has_delta_connector(spark):
+            raise RuntimeError(
+                f"tables.backend=spark needs Spark's Delta connector, which this session lacks: start it with "
+                f"--packages {delta_coordinates()} (plus --conf spark.sql.extensions=io.delta.sql."
+                "DeltaSparkSessionExtension --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta."
+                "catalog.DeltaCatalog), let persona-spark build the session (spark.delta=true), or on a single "
+                "machine without the jars set tables.backend=delta-rs"
             )
-        self.backend = backend
+        if self.backend == "delta-rs":
+            why = ("tables.catalog is set (catalog tables need the connector)" if self.conf.catalog else
+                   f"the master is {spark.sparkContext.master!r}, not local" if not is_local_master(spark) else
+                   f"tables.root {self.conf.root!r} is not a local path" if not storage.is_local(self.conf.root)
+                   else None)
+            if why:
+                raise ValueError(f"tables.backend=delta-rs only works on one machine with one local disk, but {why}: "
+                                 f"use tables.backend=spark with the Delta connector ({delta_coordinates()})")
 
     # ---- naming -------------------------------------------------------------------------
     def table_name(self, name: str) -> str:
         return self.conf.names.get(name, name)
 
     def location(self, name: str) -> str:
-        """Catalog name (catalog mode) or absolute path of the Delta table called ``name``."""
+        """Quoted ``catalog.schema.table`` (catalog mode) or the table's location under ``root``."""
         table = self.table_name(name)
         if self.conf.catalog:
-            schema = self.conf.schema_ or "default"
-            return f"{self.conf.catalog}.{schema}.{table}"
-        return str(Path(self.conf.root).resolve() / table)
+            parts = (self.conf.catalog, self.conf.schema_ or "default", table)
+            return ".".join("`" + part.replace("`", "``") + "`" for part in parts)
+        return storage.join(storage.absolute(self.conf.root), table)
 
     # ---- queries ------------------------------------------------------------------------
     def exists(self, name: str) -> bool:
         loc = self.location(name)
         if self.conf.catalog:
             return self.spark.catalog.tableExists(loc)
-        return (Path(loc) / "_delta_log").is_dir()
+        if self.backend == "delta-rs":
+            return os.path.isdir(os.path.join(loc, "_delta_log"))
+        from delta.tables import DeltaTable
+
+        return DeltaTable.isDeltaTable(self.spark, loc)
 
     def version(self, name: str) -> int | None:
         if not self.exists(name):

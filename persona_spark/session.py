@@ -1,15 +1,20 @@
-"""The one place a SparkSession is made.
+"""The one place a SparkSession is made, and the one place that knows which kind it is.
 
 Inside Databricks, spark-submit or a notebook a session already exists (or is configured by the
-launcher) and is reused untouched. Only a bare local run gets a session built here, tuned for a
-small machine: Spark's defaults (200 shuffle partitions, UI, INT96 timestamps) make a 2-core
-laptop crawl and write Parquet that delta-rs reads less faithfully.
+launcher) and is reused untouched. Only a bare run gets a session built here: it resolves the
+Delta connector (and ``hadoop-aws`` for ``s3a://`` locations) from Maven once per machine into
+``spark.ivy_cache`` (outside the repository), and is tuned for a small machine: Spark's defaults
+(200 shuffle partitions, UI, INT96 timestamps) make a 2-core laptop crawl.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import sys
+from importlib import metadata
+from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
@@ -19,6 +24,73 @@ DELTA_EXTENSIONS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+SCALA_VERSION = "2.13"
+
+
+class JarsUnavailable(RuntimeError):
+    """The JVM could not start because a Maven package could not be resolved or a jar is missing."""
+
+
+def delta_coordinates() -> str:
+    """The connector jar matching the installed ``delta-spark`` Python package (their APIs move together)."""
+    return f"io.delta:delta-spark_{SCALA_VERSION}:{metadata.version('delta-spark')}"
+
+
+def hadoop_aws_coordinates() -> str:
+    """``hadoop-aws`` must match the Hadoop client Spark ships; its POM brings the AWS SDK bundle."""
+    import pyspark
+
+    found = glob.glob(os.path.join(os.path.dirname(pyspark.__file__), "jars", "hadoop-client-api-*.jar"))
+    match = re.search(r"hadoop-client-api-([\d.]+)\.jar", found[0]) if found else None
+    if match is None:
+        raise JarsUnavailable("cannot tell Spark's Hadoop version (no hadoop-client-api jar in pyspark/jars); "
+                              "set spark.packages to org.apache.hadoop:hadoop-aws:<that version>")
+    return f"org.apache.hadoop:hadoop-aws:{match.group(1)}"
+
+
+def jar_settings(conf: SparkConf) -> dict[str, str]:
+    """``spark.jars`` / ``spark.jars.packages`` for a session this module builds.
+
+    ``conf.jars`` (files or folders of jars, e.g. copied from an offline mirror) replaces Maven
+    resolution entirely; otherwise the packages resolve from Maven Central, or from
+    ``conf.repositories`` first, into ``conf.ivy_cache``.
+    """
+    if conf.jars:
+        files = []
+        for entry in conf.jars:
+            path = os.path.expanduser(entry)
+            listed = sorted(glob.glob(os.path.join(path, "*.jar"))) if os.path.isdir(path) else [path]
+            missing = [f for f in listed if not os.path.isfile(f)]
+            if not listed or missing:
+                raise JarsUnavailable(f"spark.jars: {missing or path} not found (a jar file or a folder of jars)")
+            files += listed
+        return {"spark.jars": ",".join(files)}
+    packages = ([delta_coordinates()] if conf.delta else []) + (
+        [hadoop_aws_coordinates()] if conf.hadoop_aws else []) + list(conf.packages)
+    if not packages:
+        return {}
+    settings = {"spark.jars.packages": ",".join(packages), "spark.jars.ivy": os.path.expanduser(conf.ivy_cache)}
+    if conf.repositories:
+        settings["spark.jars.repositories"] = ",".join(conf.repositories)
+    return settings
+
+
+def s3a_settings(endpoint: str | None) -> dict[str, str]:
+    """Point ``s3a://`` at an S3-compatible endpoint (``AWS_ENDPOINT_URL``: MinIO, moto, Ceph...).
+
+    Credentials never appear in the configuration: S3A's default chain reads the standard AWS
+    environment variables (or an instance profile) on the driver and every executor.
+    """
+    if not endpoint:
+        return {}
+    parsed = urlparse(endpoint)
+    return {
+        "spark.hadoop.fs.s3a.endpoint": endpoint,
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(parsed.scheme == "https").lower(),
+        "spark.hadoop.fs.s3a.endpoint.region": os.environ.get("AWS_REGION", "us-east-1"),
+        "spark.executorEnv.AWS_ENDPOINT_URL": endpoint,
+    }
 
 
 def get_spark(conf: SparkConf | None = None) -> SparkSession:
@@ -28,10 +100,6 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
     conf = conf or SparkConf()
     builder = SparkSession.builder.appName(conf.app_name)
     launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
-    if not launched_by_spark_submit:
-        # Local Python workers must run the interpreter that has this package installed.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.master(conf.master).config("spark.driver.memory", conf.driver_memory)
     settings = {
         "spark.sql.shuffle.partitions": str(conf.shuffle_partitions),
         "spark.default.parallelism": str(conf.default_parallelism),
@@ -44,22 +112,63 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.driver.extraJavaOptions": "-Dio.netty.tryReflectionSetAccessible=true",
     }
-    if "delta" in conf.extra.get("spark.jars.packages", "") or conf.extra.get("spark.jars"):
-        settings.update(DELTA_EXTENSIONS)
+    if not launched_by_spark_submit:
+        # Python workers must run the interpreter that has this package installed.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.master(conf.master).config("spark.driver.memory", conf.driver_memory)
+        settings.update(jar_settings(conf))
+        settings.update(s3a_settings(os.environ.get("AWS_ENDPOINT_URL")))
+        if conf.warehouse_dir:
+            settings["spark.sql.warehouse.dir"] = conf.warehouse_dir
+        if conf.delta or conf.jars:  # under spark-submit the launcher sets these beside --packages
+            settings.update(DELTA_EXTENSIONS)
     settings.update(conf.extra)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    try:
+        spark = builder.getOrCreate()
+    except Exception as error:
+        if "JAVA_GATEWAY_EXITED" not in str(error):
+            raise
+        wanted = settings.get("spark.jars.packages") or settings.get("spark.jars") or "no jars"
+        raise JarsUnavailable(
+            f"Spark's JVM did not start with {wanted} (the reason is printed above, e.g. 'unresolved dependency'). "
+            f"Jars resolve from Maven Central into spark.ivy_cache={conf.ivy_cache}; on a machine without "
+            "Maven access set spark.repositories to a reachable mirror, or spark.jars to a folder of the jars "
+            "(fetch them elsewhere, e.g. `mvn dependency:get -Dartifact=<coordinates>`)."
+        ) from error
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel("WARN")
     return spark
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session (Databricks serverless, standard-access clusters): no JVM, no RDDs."""
+    return not hasattr(spark, "_jsc")
+
+
+def is_local_master(spark: SparkSession) -> bool:
+    """Driver and executors share one machine (and so one disk): ``local``, ``local[n]``, ``local-cluster``."""
+    if is_connect(spark):
+        return False
+    return spark.sparkContext.master.startswith("local")
+
+
 def has_delta_connector(spark: SparkSession) -> bool:
-    """True when Spark itself can read and write Delta (Databricks, or a cluster with the jars)."""
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is None:  # Spark Connect (Databricks serverless / shared clusters) always ships Delta
+    """True when Spark itself can read and write Delta (Databricks, or a session with the jars).
+
+    A classic session is asked whether the connector's class loads; a Connect session has no JVM
+    to ask, so it is probed with a Delta read of a path that cannot exist: without the connector
+    the server answers "failed to find data source: delta", with it the path is merely missing.
+    """
+    if is_connect(spark):
+        try:
+            spark.read.format("delta").load("/persona-spark-delta-probe/does-not-exist").schema
+        except Exception as error:  # noqa: BLE001 - the message tells which failure it is
+            text = str(error)
+            return not ("DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source" in text)
         return True
     from py4j.java_gateway import JavaClass
 
     # py4j resolves names through Spark's class loader; an unknown class comes back as a package.
-    return isinstance(jvm.io.delta.tables.DeltaTable, JavaClass)
+    return isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass)

@@ -92,7 +92,8 @@ def build_graph_stage(cfg: Config, store: TableStore) -> dict:
         conf.seed, existing_users, existing_items,
     )
     # Materialize before overwriting the tables the indices were read from.
-    users, items, edges = users.localCheckpoint(), items.localCheckpoint(), edges.localCheckpoint()
+    _ensure_checkpoint_dir(cfg, store)
+    users, items, edges = _pin(cfg, users), _pin(cfg, items), _pin(cfg, edges)
     store.write_table(users, "users")
     store.write_table(items, "items")
     store.write_table(edges, "edges")
@@ -213,9 +214,16 @@ def label_items_stage(cfg: Config, store: TableStore) -> dict:
 
 
 def _ensure_checkpoint_dir(cfg: Config, store: TableStore) -> None:
-    """Reliable affinity checkpoints need a checkpoint directory: ``spark.checkpoint_dir`` unless one is set."""
+    """Reliable checkpoints need a checkpoint directory: ``spark.checkpoint_dir`` unless one is set."""
     if cfg.affinity.checkpoint == "reliable" and store.spark.sparkContext.getCheckpointDir() is None:
         store.spark.sparkContext.setCheckpointDir(cfg.spark.checkpoint_dir)
+
+
+def _pin(cfg: Config, df: DataFrame) -> DataFrame:
+    """Materialize an intermediate result the way ``affinity.checkpoint`` says (reliable: survives a lost executor)."""
+    from persona_spark.affinity import checkpoint
+
+    return checkpoint(df, cfg.affinity.checkpoint)
 
 
 def _label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str) -> dict:
@@ -270,8 +278,9 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     started = time.perf_counter()
     persona_set = load_persona_set(cfg.personas)
     users, items, edges = (store.read_table(t) for t in ("users", "items", "edges"))
-    train = edges.filter(F.col("split") == "train").localCheckpoint()
-    requests = labeling.build_user_histories(train, items).localCheckpoint()
+    _ensure_checkpoint_dir(cfg, store)
+    train = _pin(cfg, edges.filter(F.col("split") == "train"))
+    requests = _pin(cfg, labeling.build_user_histories(train, items))
 
     def label_users(selected: DataFrame) -> DataFrame:
         wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
@@ -284,17 +293,16 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
         item_rows = labeling.label_entities(
             store, labeling.build_item_requests(items), persona_set, _label_conf_for(cfg, "item"), "item"
         )
-        item_vectors = item_vectors_from_labels(item_rows, len(persona_set)).localCheckpoint()
+        item_vectors = _pin(cfg, item_vectors_from_labels(item_rows, len(persona_set)))
     reusable = None
     if store.exists("gplr_prototypes"):
         previous = store.read_table("gplr_prototypes").filter(F.col("status") == "ok")
         reusable = previous.join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx")
-    _ensure_checkpoint_dir(cfg, store)
     run = GPLR(users, train, label_users, len(persona_set), cfg.gplr, cfg.affinity, item_vectors, reusable)
     result = run.run()
 
-    personas = result.personas.localCheckpoint()
-    changed = _changed_persona_rows(store, personas).localCheckpoint()  # pinned before the merge rewrites its source
+    personas = _pin(cfg, result.personas)
+    changed = _pin(cfg, _changed_persona_rows(store, personas))  # pinned before the merge rewrites its source
     store.merge_table(changed, "personas", ["user_idx", "persona_idx"], delete_when="removed")
     asked = result.asked.join(requests.select("user_idx", "history_hash"), "user_idx", "left")
     store.write_table(asked, "gplr_prototypes")
@@ -385,7 +393,7 @@ def evaluate_stage(cfg: Config, store: TableStore) -> dict:
     if "user_idx" not in reference.columns:
         reference = reference.join(store.read_table("users"), "customer_id").select("user_idx", "persona_idx")
     asked = store.read_table("gplr_prototypes")
-    eval_users = evaluate.evaluation_users(reference, asked).localCheckpoint()
+    eval_users = _pin(cfg, evaluate.evaluation_users(reference, asked))
     personas = store.read_table("personas")
     prototypes = personas.filter(F.col("source") == "llm")
     summary, per_persona = evaluate.evaluate_sets(personas, reference, eval_users)

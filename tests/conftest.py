@@ -22,14 +22,17 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+TEST_SPARK = dict(master="local[2]", shuffle_partitions=2, default_parallelism=2, driver_memory="2g", ui_enabled=False)
+
+
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
+    """With the Delta connector (resolved from Maven into the user's cache on first use)."""
     from persona_spark.config import SparkConf
     from persona_spark.session import get_spark
 
-    session = get_spark(
-        SparkConf(master="local[2]", shuffle_partitions=2, default_parallelism=2, driver_memory="2g", ui_enabled=False)
-    )
+    warehouse = str(tmp_path_factory.mktemp("warehouse"))
+    session = get_spark(SparkConf(**TEST_SPARK, warehouse_dir=warehouse))
     yield session
     session.stop()
 

@@ -2,7 +2,7 @@
 
 Graphs are tiny (tens of nodes) so the whole file stays well under a minute of Spark work; the
 paths the engine takes at scale (shuffle join, several source blocks) are forced by a small
-``broadcast_max_rows`` instead of big data.
+``broadcast_max_bytes`` instead of big data.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from persona_spark.affinity import (affinity_long, compute_affinity, debias_weights, prepare_graph,
                                     propagate_to_users, prototype_labels)
+from persona_spark.affinity.engine import state_row_bytes
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, load_config
 from persona_spark.stages import STAGES
@@ -71,7 +72,7 @@ def test_broadcast_and_shuffle_paths_agree_and_match_references(spark, graph, ep
     for path, limit in (("broadcast", 1_000_000), ("shuffle", 4)):
         trace: list[dict] = []
         results[path] = spark_affinity(spark, users, items, labels,
-                                       AffinityConf(ell=2, eps=eps, broadcast_max_rows=limit), trace)
+                                       AffinityConf(ell=2, eps=eps, broadcast_max_bytes=limit * state_row_bytes(N_PERSONAS)), trace)
         assert {t["path"] for t in trace if "path" in t} == {path}
     np.testing.assert_allclose(results["shuffle"], results["broadcast"], rtol=0, atol=1e-12)
     # Same pruning rule as the paper's reverse push: identical up to float rounding.
@@ -93,7 +94,7 @@ def test_weighted_edges_use_purchase_counts(spark, graph):
 @pytest.fixture(scope="module")
 def prepared(spark, graph):
     users, items, _ = graph
-    prepared_graph = prepare_graph(edges_df(spark, users, items), AffinityConf())
+    prepared_graph = prepare_graph(edges_df(spark, users, items), AffinityConf(), N_PERSONAS)
     yield prepared_graph
     prepared_graph.release()
 
@@ -153,7 +154,8 @@ def small_graphs(draw, max_users: int = 14, max_items: int = 8):
 @given(small_graphs(), st.integers(1, 3), st.floats(0.005, 0.6), st.sampled_from([3, 1_000_000]))
 def test_spark_pruned_affinity_is_within_eps_below_exact(spark, graph_case, ell, eps, broadcast_max_rows):
     users, items, labels, n_items = graph_case
-    got = spark_affinity(spark, users, items, labels, AffinityConf(ell=ell, eps=eps, broadcast_max_rows=broadcast_max_rows))
+    limit = broadcast_max_rows * state_row_bytes(labels.shape[1])
+    got = spark_affinity(spark, users, items, labels, AffinityConf(ell=ell, eps=eps, broadcast_max_bytes=limit))
     gap = exact_affinity(users, items, labels, ell, n_items) - got
     assert gap.min() >= -1e-12  # pruning only removes mass
     assert gap.max() <= eps + 1e-12
@@ -224,7 +226,7 @@ def test_propagate_to_users_is_one_row_normalized_step(spark, graph):
     item_vectors = np.zeros((N_ITEMS, 3))
     item_vectors[::3] = np.random.default_rng(5).uniform(size=(len(item_vectors[::3]), 3))
     got = propagate_to_users(edges_df(spark, users, items), vectors_df(spark, item_vectors, "item_idx"),
-                             AffinityConf(broadcast_max_rows=4))
+                             AffinityConf(broadcast_max_bytes=4 * state_row_bytes(3)))
     adjacency = np.zeros((N_USERS, N_ITEMS))
     adjacency[users, items] = 1
     degree = adjacency.sum(1, keepdims=True)

@@ -1,4 +1,5 @@
-"""The table layer writes real Delta tables, versioned, mergeable, atomic per write."""
+"""The table layer's contract, run against both engines and catalog mode: real Delta tables,
+versioned, mergeable, atomic per write, readable by the other engine."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from persona_spark.session import has_delta_connector
+from persona_spark.config import TablesConf
+from persona_spark.io import TableStore
+
+ENGINES = ["spark", "delta-rs"]
 
 
 def _people(spark, n=5):
@@ -23,62 +27,63 @@ def _people(spark, n=5):
     )
 
 
-def test_write_produces_delta_log_readable_by_delta_rs(store, spark):
-    df = _people(spark)
-    version = store.write_table(df, "people")
-    assert version == 0
-    location = Path(store.location("people"))
-    commits = sorted((location / "_delta_log").glob("*.json"))
-    assert [c.name for c in commits] == ["00000000000000000000.json"]
-    actions = [json.loads(line) for line in commits[0].read_text().splitlines()]
-    assert any("metaData" in a for a in actions) and any("add" in a for a in actions)
-    via_delta_rs = DeltaTable(str(location)).to_pyarrow_table().sort_by("key")
-    assert via_delta_rs.column("name").to_pylist() == [f"name-{i}" for i in range(5)]
-    assert via_delta_rs.column("vec").to_pylist()[3] == [3.0, 0.5]
-    assertDataFrameEqual(store.read_table("people"), df)
+@pytest.fixture(params=ENGINES + ["catalog"])
+def any_store(request, spark, tmp_path):
+    """A store of each kind: the connector on paths, delta-rs on paths, the connector on catalog tables."""
+    if request.param == "catalog":
+        schema = "select"  # a reserved word: every part of the name must be quoted
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS `spark_catalog`.`{schema}`")
+        yield TableStore(spark, TablesConf(catalog="spark_catalog", schema=schema, names={"people": "table"}))
+        spark.sql(f"DROP SCHEMA `spark_catalog`.`{schema}` CASCADE")
+    else:
+        yield TableStore(spark, TablesConf(root=str(tmp_path / "tables"), backend=request.param))
 
 
-def test_table_written_by_delta_rs_is_read_by_spark(store, spark, tmp_path):
-    path = Path(store.location("external"))
-    write_deltalake(str(path), pa.table({"key": pa.array([1, 2], pa.int32()), "name": ["a", "b"]}))
-    rows = sorted((r["key"], r["name"]) for r in store.read_table("external").collect())
-    assert rows == [(1, "a"), (2, "b")]
+# ---- the contract: every engine and mode ---------------------------------------------------------
+def test_overwrite_append_and_time_travel_with_schema_change(any_store, spark):
+    assert any_store.version("people") is None and not any_store.exists("people")
+    assert any_store.write_table(_people(spark, 3), "people") == 0
+    assert any_store.exists("people")
+    any_store.write_table(_people(spark, 5).drop("vec"), "people")  # the schema changes on overwrite
+    any_store.write_table(_people(spark, 2).drop("vec"), "people", mode="append")
+    assert any_store.version("people") == 2
+    assert any_store.read_table("people", version=0).count() == 3
+    assert "vec" in any_store.read_table("people", version=0).columns
+    assert "vec" not in any_store.read_table("people").columns
+    assertDataFrameEqual(any_store.read_table("people", version=1), _people(spark, 5).drop("vec"))
+    assert any_store.read_table("people").count() == 7
 
 
-def test_versions_and_time_travel(store, spark):
-    store.write_table(_people(spark, 3), "people")
-    store.write_table(_people(spark, 5).drop("vec"), "people")  # schema changes on overwrite
-    store.write_table(_people(spark, 2).drop("vec"), "people", mode="append")
-    assert store.version("people") == 2
-    assert store.read_table("people", version=0).count() == 3
-    assert "vec" in store.read_table("people", version=0).columns
-    assert store.read_table("people").count() == 7
-
-
-def test_merge_updates_matches_and_inserts_new_keys(store, spark):
-    store.write_table(_people(spark, 4), "people")
+def test_merge_updates_matches_and_inserts_new_keys(any_store, spark):
+    any_store.write_table(_people(spark, 4), "people")
     changes = spark.createDataFrame(
         [(2, "changed", [9.0], None), (7, "new", [7.0], None)], "key int, name string, vec array<double>, ts timestamp"
     )
-    store.merge_table(changes, "people", keys=["key"])
-    rows = {r["key"]: r["name"] for r in store.read_table("people").collect()}
+    assert any_store.merge_table(changes, "people", keys=["key"]) == 1
+    rows = {r["key"]: r["name"] for r in any_store.read_table("people").collect()}
     assert rows == {0: "name-0", 1: "name-1", 2: "changed", 3: "name-3", 7: "new"}
-    assert store.version("people") == 1
 
 
-def test_merge_into_missing_table_creates_it(store, spark):
-    store.merge_table(_people(spark, 2), "fresh", keys=["key"])
-    assert store.read_table("fresh").count() == 2
+def test_merge_with_tombstones_replaces_a_changed_set_in_one_commit(any_store, spark):
+    rows = [(1, 0, 0.5), (1, 1, 0.4), (2, 3, 0.9)]
+    any_store.write_table(spark.createDataFrame(rows, "user_idx int, persona_idx int, score double"), "sets")
+    change = spark.createDataFrame(
+        [(1, 1, 0.0, True), (1, 2, 0.7, False), (1, 0, 0.6, False)],
+        "user_idx int, persona_idx int, score double, gone boolean",
+    )
+    any_store.merge_table(change, "sets", keys=["user_idx", "persona_idx"], delete_when="gone")
+    got = sorted(tuple(r) for r in any_store.read_table("sets").collect())
+    assert got == [(1, 0, 0.6), (1, 2, 0.7), (2, 3, 0.9)]
+    assert any_store.version("sets") == 1 and "gone" not in any_store.read_table("sets").columns
 
 
-def test_merge_rejects_missing_key_column(store, spark):
-    store.write_table(_people(spark, 2), "people")
-    with pytest.raises(ValueError, match="key columns \\['nope'\\]"):
-        store.merge_table(_people(spark, 2), "people", keys=["nope"])
+def test_merge_into_missing_table_creates_it(any_store, spark):
+    any_store.merge_table(_people(spark, 2), "fresh", keys=["key"])
+    assert any_store.read_table("fresh").count() == 2
 
 
-def test_failed_write_leaves_previous_version_readable(store, spark):
-    store.write_table(_people(spark, 3), "people")
+def test_failed_write_leaves_previous_version_readable(any_store, spark):
+    any_store.write_table(_people(spark, 3), "people")
 
     @F.udf("int")
     def explode_on_two(key):
@@ -88,47 +93,74 @@ def test_failed_write_leaves_previous_version_readable(store, spark):
 
     failing = _people(spark, 3).withColumn("key", explode_on_two("key"))
     with pytest.raises(Exception, match="stage failed mid-write"):
-        store.write_table(failing, "people")
-    assert store.version("people") == 0
-    assert sorted(r["key"] for r in store.read_table("people").collect()) == [0, 1, 2]
+        any_store.write_table(failing, "people")
+    assert any_store.version("people") == 0
+    assert sorted(r["key"] for r in any_store.read_table("people").collect()) == [0, 1, 2]
 
 
-def test_missing_table_error_names_table_and_location(store):
+def test_merge_rejects_missing_key_column(any_store, spark):
+    any_store.write_table(_people(spark, 2), "people")
+    with pytest.raises(ValueError, match="key columns \\['nope'\\]"):
+        any_store.merge_table(_people(spark, 2), "people", keys=["nope"])
+
+
+def test_missing_table_error_names_table_and_location(any_store):
     with pytest.raises(FileNotFoundError, match="'nowhere' does not exist"):
-        store.read_table("nowhere")
+        any_store.read_table("nowhere")
 
 
+# ---- the engines read each other's tables ----------------------------------------------------------
+@pytest.mark.parametrize("writer,reader", [("spark", "delta-rs"), ("delta-rs", "spark")])
+def test_each_engine_reads_the_others_tables_and_merges(spark, tmp_path, writer, reader):
+    root = str(tmp_path / "tables")
+    first, second = (TableStore(spark, TablesConf(root=root, backend=b)) for b in (writer, reader))
+    first.write_table(_people(spark, 3), "people")
+    assertDataFrameEqual(second.read_table("people"), _people(spark, 3))
+    second.merge_table(_people(spark, 5).where("key >= 2"), "people", keys=["key"])
+    assert first.version("people") == 1
+    assertDataFrameEqual(first.read_table("people"), _people(spark, 5))
+    assert second.read_table("people", version=0).count() == 3
+
+
+def test_connector_writes_a_log_that_delta_rs_reads(spark, tmp_path):
+    store = TableStore(spark, TablesConf(root=str(tmp_path)))
+    store.write_table(_people(spark), "people")
+    location = Path(store.location("people"))
+    commits = sorted((location / "_delta_log").glob("*.json"))
+    assert [c.name for c in commits] == ["00000000000000000000.json"]
+    actions = [json.loads(line) for line in commits[0].read_text().splitlines()]
+    assert any("metaData" in a for a in actions) and any("add" in a for a in actions)
+    via_delta_rs = DeltaTable(str(location)).to_pyarrow_table().sort_by("key")
+    assert via_delta_rs.column("vec").to_pylist()[3] == [3.0, 0.5]
+
+
+def test_table_written_outside_the_store_by_delta_rs_is_read(spark, tmp_path):
+    store = TableStore(spark, TablesConf(root=str(tmp_path)))
+    write_deltalake(store.location("external"), pa.table({"key": pa.array([1, 2], pa.int32()), "name": ["a", "b"]}))
+    assert sorted((r["key"], r["name"]) for r in store.read_table("external").collect()) == [(1, "a"), (2, "b")]
+
+
+# ---- naming and the delta-rs fallback's limits ------------------------------------------------------
 def test_table_names_can_be_remapped(spark, tmp_path):
-    from persona_spark.config import TablesConf
-    from persona_spark.io import TableStore
-
     store = TableStore(spark, TablesConf(root=str(tmp_path), names={"people": "crm_people"}))
     store.write_table(_people(spark, 1), "people")
     assert (tmp_path / "crm_people" / "_delta_log").is_dir()
 
 
-def test_connector_and_delta_rs_read_each_others_tables(spark, tmp_path):
-    from persona_spark.config import TablesConf
-    from persona_spark.io import TableStore
-
-    if not has_delta_connector(spark):
-        pytest.skip("the Spark Delta connector jars are not on the classpath (no Maven here); runs on clusters/Databricks")
-    via_spark = TableStore(spark, TablesConf(root=str(tmp_path), backend="spark"))
-    via_rs = TableStore(spark, TablesConf(root=str(tmp_path), backend="delta-rs"))
-    via_spark.write_table(_people(spark, 3), "a")
-    via_rs.write_table(_people(spark, 4), "b")
-    assert via_rs.read_table("a").count() == 3
-    assert via_spark.read_table("b").count() == 4
+def test_catalog_names_are_quoted_three_part_names(spark):
+    store = TableStore(spark, TablesConf(catalog="spark_catalog", schema="a`b", names={"people": "crm people"}))
+    assert store.location("people") == "`spark_catalog`.`a``b`.`crm people`"
 
 
-def test_merge_with_tombstones_replaces_a_changed_set_in_one_commit(store, spark):
-    rows = [(1, 0, 0.5), (1, 1, 0.4), (2, 3, 0.9)]
-    store.write_table(spark.createDataFrame(rows, "user_idx int, persona_idx int, score double"), "sets")
-    change = spark.createDataFrame(
-        [(1, 1, 0.0, True), (1, 2, 0.7, False), (1, 0, 0.6, False)],
-        "user_idx int, persona_idx int, score double, gone boolean",
-    )
-    store.merge_table(change, "sets", keys=["user_idx", "persona_idx"], delete_when="gone")
-    got = sorted(tuple(r) for r in store.read_table("sets").collect())
-    assert got == [(1, 0, 0.6), (1, 2, 0.7), (2, 3, 0.9)]
-    assert store.version("sets") == 1 and "gone" not in store.read_table("sets").columns
+def test_uri_roots_are_joined_without_folding_the_scheme(spark):
+    store = TableStore(spark, TablesConf(root="s3a://bucket/persona/tables/"))
+    assert store.location("personas") == "s3a://bucket/persona/tables/personas"
+
+
+@pytest.mark.parametrize("conf,reason", [
+    (dict(root="s3a://bucket/tables"), "not a local path"),
+    (dict(catalog="spark_catalog", schema="s"), "catalog tables need the connector"),
+])
+def test_delta_rs_is_refused_off_a_single_local_disk(spark, conf, reason):
+    with pytest.raises(ValueError, match=reason):
+        TableStore(spark, TablesConf(backend="delta-rs", **conf))

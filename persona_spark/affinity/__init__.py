@@ -12,9 +12,9 @@ Public API (pure DataFrame transforms; the ``affinity`` stage and GPLR call them
 ``reference`` holds the single-machine scipy exact Ψ and the paper's RevAff for tests/benchmarks.
 """
 
-from persona_spark.affinity.engine import (AffinityGraph, affinity_long, compute_affinity, prepare_graph,
+from persona_spark.affinity.engine import (AffinityGraph, affinity_long, checkpoint, compute_affinity, prepare_graph,
                                            propagate_to_users)
 from persona_spark.affinity.prototypes import debias_weights, prototype_labels
 
-__all__ = ["AffinityGraph", "affinity_long", "compute_affinity", "debias_weights", "prepare_graph",
+__all__ = ["AffinityGraph", "affinity_long", "checkpoint", "compute_affinity", "debias_weights", "prepare_graph",
            "propagate_to_users", "prototype_labels"]

@@ -22,11 +22,11 @@ handful of partition-local sparse × dense products:
 * A hop multiplies each tile by its source block's state, restricted to the reached columns, so
   the work is proportional to the edges leaving reached nodes. With ``S > 1`` the partial
   products of a target block are summed in a shuffle of block rows.
-* The source state reaches the tiles by a broadcast when it has at most ``broadcast_max_rows``
-  reached rows, otherwise by a shuffle join: each source block is replicated to the ``T`` target
-  blocks and joined with the tiles on (tb, sb), so no task holds more than one source block
-  (``broadcast_max_rows`` nodes at most). Nothing proportional to |U| or |E| reaches the driver
-  except a state that is below the broadcast limit.
+* The source state reaches the tiles by a broadcast when its reached rows take at most
+  ``broadcast_max_bytes`` (4 + 8·|R| bytes a row), otherwise by a shuffle join: each source block
+  is replicated to the ``T`` target blocks and joined with the tiles on (tb, sb), so no task holds
+  more than one source block (at most ``broadcast_max_bytes`` of state). Nothing proportional to
+  |U| or |E| reaches the driver except a state that is below the broadcast limit.
 * Every hop's state is checkpointed (local by default), so the plan never grows with ℓ̂.
 
 ε-pruning and its guarantee — proof
@@ -108,8 +108,8 @@ class Blocking:
         return self.target_rows * (self.target_blocks // self.source_blocks)
 
     @classmethod
-    def plan(cls, n_nodes: int, parallel_blocks: int, broadcast_max_rows: int) -> "Blocking":
-        source = max(1, math.ceil(n_nodes / broadcast_max_rows))
+    def plan(cls, n_nodes: int, parallel_blocks: int, max_source_rows: int) -> "Blocking":
+        source = max(1, math.ceil(n_nodes / max_source_rows))
         target = math.ceil(max(parallel_blocks, source) / source) * source
         return cls(n_nodes, target, source)
 
@@ -345,7 +345,7 @@ class HopPlan:
     source: Blocking
     target: Blocking
     width: int
-    broadcast_max_rows: int
+    broadcast_max_bytes: int
     checkpoint_mode: str = "local"
 
 
@@ -354,9 +354,10 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     """One averaging step: target state = rows of the tiles × source state, pruned below tau."""
     started = time.perf_counter()
     spark = state.sparkSession
-    # When the source kind has at most broadcast_max_rows nodes, the state fits the broadcast
-    # whatever it holds: collect it at once instead of counting it first (one Spark job less).
-    table = state.toArrow() if plan.source.n_nodes <= plan.broadcast_max_rows else None
+    row_bytes = state_row_bytes(plan.width)
+    # When every node of the source kind would fit the broadcast, the state fits whatever it
+    # holds: collect it at once instead of counting it first (one Spark job less).
+    table = state.toArrow() if plan.source.n_nodes * row_bytes <= plan.broadcast_max_bytes else None
     reached = (pc.sum(table.column("n")).as_py() if table is not None
                else state.agg(F.sum("n")).first()[0]) or 0
     single_source = plan.source.source_blocks == 1
@@ -364,7 +365,7 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     broadcast = None
     if reached == 0:  # everything was pruned (or nothing labelled): the next state is empty too
         path, products = "empty", None
-    elif reached <= plan.broadcast_max_rows:
+    elif reached * row_bytes <= plan.broadcast_max_bytes:
         path = "broadcast"
         table = table if table is not None else state.toArrow()
         blocks = [(b, BlockState.from_buffers(r, v, plan.width)) for b, r, v in zip(
@@ -396,6 +397,16 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     if trace is not None:
         trace.append({"phase": label, "path": path, "source_rows": int(reached), "seconds": round(seconds, 3)})
     return result
+
+
+def state_row_bytes(width: int) -> int:
+    """Bytes one reached node takes in a state: its int32 local row and |R| float64 scores."""
+    return 4 + 8 * width
+
+
+def max_source_rows(conf: AffinityConf, width: int) -> int:
+    """Nodes per source block, so one block's full state stays within ``broadcast_max_bytes``."""
+    return max(1, conf.broadcast_max_bytes // state_row_bytes(width))
 
 
 def checkpoint(df: DataFrame, mode: str = "local") -> DataFrame:
@@ -514,54 +525,61 @@ class AffinityGraph:
     items: Blocking
     directions: tuple[int, ...]
     layout: tuple  # the AffinityConf fields the tiles were cut for
+    width: int  # the widest state (personas) its source blocks were sized for
 
     def plan(self, direction: int, width: int, conf: AffinityConf) -> HopPlan:
         if direction not in self.directions:
             raise ValueError(f"this AffinityGraph was prepared without hop direction {direction}")
         if _layout(conf) != self.layout:
-            raise ValueError(f"AffinityGraph was prepared for (weighted, broadcast_max_rows, target_blocks) = "
+            raise ValueError(f"AffinityGraph was prepared for (weighted, broadcast_max_bytes, target_blocks) = "
                              f"{self.layout}, the call asks for {_layout(conf)}")
+        if width > self.width:
+            raise ValueError(f"AffinityGraph was prepared for states of at most {self.width} personas, "
+                             f"the call propagates {width}")
         source, target = (self.users, self.items) if direction == TO_ITEMS else (self.items, self.users)
         tiles = self.tiles if len(self.directions) == 1 else self.tiles.where(F.col("direction") == direction)
-        return HopPlan(tiles, source, target, width, conf.broadcast_max_rows, conf.checkpoint)
+        return HopPlan(tiles, source, target, width, conf.broadcast_max_bytes, conf.checkpoint)
 
     def release(self) -> None:
         self.tiles.unpersist()
 
 
 def _layout(conf: AffinityConf) -> tuple:
-    return conf.weighted, conf.broadcast_max_rows, conf.target_blocks
+    return conf.weighted, conf.broadcast_max_bytes, conf.target_blocks
 
 
-def prepare_graph(edges: DataFrame, conf: AffinityConf | None = None,
+def prepare_graph(edges: DataFrame, conf: AffinityConf | None = None, width: int = 1,
                   directions: tuple[int, ...] = (TO_ITEMS, TO_USERS), trace: list[dict] | None = None) -> AffinityGraph:
     """Validate the edges and cut (and cache) their tiles; ``release()`` the result when done.
 
     ``edges`` are the propagation edges, already filtered by the caller (the stage keeps
     ``split='train'``): one row per (user_idx, item_idx), ``n_purchases`` used when ``conf.weighted``.
+    ``width`` is the widest state propagated over it (the number of personas): source blocks are
+    cut so that one block's state stays within ``broadcast_max_bytes``.
     """
     conf = conf or AffinityConf()
     started = time.perf_counter()
     stats = edge_stats(edges, conf.weighted)
     parallel = _parallel_blocks(edges, stats["edges"], conf)
-    users = Blocking.plan((stats["max_user"] or 0) + 1, parallel, conf.broadcast_max_rows)
-    items = Blocking.plan((stats["max_item"] or 0) + 1, parallel, conf.broadcast_max_rows)
+    rows = max_source_rows(conf, width)
+    users = Blocking.plan((stats["max_user"] or 0) + 1, parallel, rows)
+    items = Blocking.plan((stats["max_item"] or 0) + 1, parallel, rows)
     tiles = build_tiles(edges, users, items, conf.weighted, directions, parallel)
     tiles.count()
     if trace is not None:
         trace.append({"phase": "tiles", "seconds": round(time.perf_counter() - started, 3),
                       "user_blocks": [users.target_blocks, users.source_blocks],
                       "item_blocks": [items.target_blocks, items.source_blocks]})
-    return AffinityGraph(tiles, users, items, directions, _layout(conf))
+    return AffinityGraph(tiles, users, items, directions, _layout(conf), width)
 
 
-def _graph_for(edges: DataFrame | AffinityGraph, conf: AffinityConf, directions: tuple[int, ...],
+def _graph_for(edges: DataFrame | AffinityGraph, conf: AffinityConf, width: int, directions: tuple[int, ...],
                trace: list[dict] | None) -> tuple[AffinityGraph, bool]:
     """The caller's prepared graph, or one prepared for this call (second value: release it after)."""
     _require_checkpoint_dir(edges.tiles if isinstance(edges, AffinityGraph) else edges, conf)
     if isinstance(edges, AffinityGraph):
         return edges, False
-    return prepare_graph(edges, conf, directions, trace), True
+    return prepare_graph(edges, conf, width, directions, trace), True
 
 
 def _with_edges(vectors: DataFrame, idx_col: str, blocking: Blocking) -> DataFrame:
@@ -583,7 +601,7 @@ def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_
     if conf.ell < 1:
         raise ValueError(f"affinity.ell must be >= 1, got {conf.ell}")
     vector_stats(prototypes, "user_idx", "vec", "prototypes", n_personas)
-    graph, own = _graph_for(edges, conf, (TO_ITEMS, TO_USERS), trace)
+    graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace)
     try:
         to_items, to_users = graph.plan(TO_ITEMS, n_personas, conf), graph.plan(TO_USERS, n_personas, conf)
         tau = conf.eps / (2 * conf.ell)
@@ -621,7 +639,7 @@ def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame
     width = vec["max_width"]
     if not vec["rows"]:
         return item_vectors.sparkSession.createDataFrame([], "user_idx int, vec array<double>")
-    graph, own = _graph_for(edges, conf, (TO_USERS,), None)
+    graph, own = _graph_for(edges, conf, width, (TO_USERS,), None)
     try:
         packed = pack_vectors(_with_edges(item_vectors, "item_idx", graph.items), "item_idx", "vec", graph.items, width)
         state = checkpoint(packed, conf.checkpoint)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import posixpath
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark import storage
 from persona_spark.config import LabelingConf, SelectionConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling.backends import (
@@ -160,13 +162,13 @@ def best_rows(labels: DataFrame, id_col: str) -> DataFrame:
 def recover_journal(store, kind: EntityKind, journal_dir: str) -> int:
     """Commit answers a killed run left in the journal (skipping rows already committed), then
     delete those journal files. Returns how many rows were recovered."""
-    root = f"{journal_dir}/{kind.name}"
+    root = storage.join(journal_dir, kind.name)
     files = journal_io.journal_files(root)
     if not files:
         return 0
     spark = store.spark
     schema = label_schema(kind.id_col).replace("ts timestamp", "ts long")
-    raw = spark.read.schema(schema).option("mode", "DROPMALFORMED").json([str(f) for f in files])
+    raw = spark.read.schema(schema).option("mode", "DROPMALFORMED").json(files)
     rows = raw.withColumn("ts", F.timestamp_micros("ts")).dropDuplicates([kind.id_col, "history_hash", "model", "prompt_version", "persona_set_version", "ts"])
     if store.exists(kind.table):
         keys = [kind.id_col, "history_hash", "model", "prompt_version", "persona_set_version", "ts"]
@@ -176,7 +178,7 @@ def recover_journal(store, kind: EntityKind, journal_dir: str) -> int:
     if recovered:
         store.write_table(rows, kind.table, mode="append")
         log.info("recovered %d %s labels from the journal of an interrupted run", recovered, kind.name)
-    for folder in {f.parent for f in files}:
+    for folder in {posixpath.dirname(f) for f in files}:
         journal_io.remove(folder)
     return recovered
 

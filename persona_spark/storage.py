@@ -1,0 +1,161 @@
+"""Files that are not tables (journal, report, recommender export, models, caches) at any URI.
+
+Spark reaches a location through Hadoop's FileSystem; the Python side (driver code that writes a
+report, executors that journal LLM answers, torch training reading an export) reaches the same
+location through Arrow's filesystems, so one string works for both:
+
+* a plain path (made absolute on the driver by the config), ``file:/...``
+* ``s3a://bucket/key`` (also ``s3://``): S3 or any S3-compatible store; the endpoint comes from
+  ``AWS_ENDPOINT_URL`` and the credentials from the standard AWS environment variables or an
+  instance profile, never from configuration files
+* ``dbfs:/...``: Databricks' FUSE mount ``/dbfs/...`` (``/Volumes/...`` paths are plain paths there)
+* anything else Arrow or an installed fsspec implementation knows (``gs://``, ``abfss://``, ``hdfs://``)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import re
+import uuid
+from urllib.parse import urlparse
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
+S3_SCHEMES = ("s3a", "s3", "s3n")
+
+
+def scheme(location: str) -> str | None:
+    """``s3a`` for ``s3a://b/k``; None for a plain path."""
+    match = _SCHEME.match(location)
+    return match.group(1).lower() if match else None
+
+
+def absolute(location: str) -> str:
+    """A URI stays as it is; a plain path becomes absolute (the driver's view, which local executors share)."""
+    return location if scheme(location) else os.path.abspath(os.path.expanduser(location))
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for paths and URIs alike (never through pathlib, which folds ``s3a://`` to ``s3a:/``)."""
+    out = base.rstrip("/") if scheme(base) else base
+    for part in parts:
+        out = posixpath.join(out, part.strip("/")) if scheme(out) else os.path.join(out, part)
+    return out
+
+
+def is_local(location: str) -> bool:
+    return scheme(location) in (None, "file")
+
+
+@functools.lru_cache(maxsize=None)
+def _s3(endpoint: str | None, region: str):
+    from pyarrow import fs
+
+    options = {"region": region}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+    return fs.S3FileSystem(**options)
+
+
+def filesystem(location: str):
+    """(Arrow filesystem, path inside it) for ``location``."""
+    from pyarrow import fs
+
+    kind = scheme(location)
+    if kind is None:
+        return fs.LocalFileSystem(), absolute(location)
+    if kind == "file":
+        return fs.LocalFileSystem(), urlparse(location).path
+    if kind == "dbfs":
+        return fs.LocalFileSystem(), "/dbfs/" + urlparse(location).path.lstrip("/")
+    if kind in S3_SCHEMES:
+        parsed = urlparse(location)
+        return (_s3(os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_REGION", "us-east-1")),
+                f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/"))
+    try:
+        return fs.FileSystem.from_uri(location)
+    except Exception:  # noqa: BLE001 - Arrow does not know the scheme: try fsspec
+        try:
+            import fsspec
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+        except ImportError as error:
+            raise ValueError(f"no filesystem for {location!r}: Arrow does not know {kind}:// and fsspec "
+                             "is not installed") from error
+        handler, path = fsspec.core.url_to_fs(location)
+        return PyFileSystem(FSSpecHandler(handler)), path
+
+
+def exists(location: str) -> bool:
+    from pyarrow import fs
+
+    handle, path = filesystem(location)
+    return handle.get_file_info(path).type != fs.FileType.NotFound
+
+
+def makedirs(location: str) -> None:
+    handle, path = filesystem(location)
+    handle.create_dir(path, recursive=True)
+
+
+def read_bytes(location: str) -> bytes:
+    handle, path = filesystem(location)
+    if handle.get_file_info(path).type.name == "NotFound":
+        raise FileNotFoundError(location)
+    with handle.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode("utf-8")
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Replace ``location`` as a whole: a reader sees the old or the new content, never a part.
+
+    Object stores give that per object; on a local disk the bytes go to a temporary file first.
+    """
+    handle, path = filesystem(location)
+    parent = posixpath.dirname(path) if not is_local(location) else os.path.dirname(path)
+    if parent:
+        handle.create_dir(parent, recursive=True)
+    target = path if not is_local(location) else f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with handle.open_output_stream(target) as stream:
+        stream.write(data)
+    if target != path:
+        handle.move(target, path)
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode("utf-8"))
+
+
+def list_files(location: str, suffix: str = "") -> list[str]:
+    """Every file under ``location`` (recursively) ending in ``suffix``, as locations, sorted."""
+    from pyarrow import fs
+
+    handle, path = filesystem(location)
+    if handle.get_file_info(path).type != fs.FileType.Directory:
+        return []
+    infos = handle.get_file_info(fs.FileSelector(path, recursive=True))
+    found = sorted(i.path for i in infos if i.type == fs.FileType.File and i.path.endswith(suffix))
+    return [join(location, posixpath.relpath(p, path)) for p in found]
+
+
+def remove_tree(location: str) -> None:
+    from pyarrow import fs
+
+    handle, path = filesystem(location)
+    if handle.get_file_info(path).type == fs.FileType.Directory:
+        handle.delete_dir(path)
+
+
+def local_copy(location: str, folder: str) -> str:
+    """A local file with ``location``'s bytes (for readers that need a real path, e.g. ``np.load``)."""
+    if is_local(location):
+        return filesystem(location)[1]
+    target = os.path.join(folder, posixpath.basename(urlparse(location).path))
+    with open(target, "wb") as out:
+        out.write(read_bytes(location))
+    return target
