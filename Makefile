@@ -3,20 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install
+.PHONY: demo test install jars
 
 $(BIN)/persona-spark: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,train,embed]"
+	$(BIN)/pip install -q -e ".[spark,dev,train,embed]"
 	touch $@
 
 install: $(BIN)/persona-spark
 
-demo: install
+# Spark's Delta connector and hadoop-aws, resolved from Maven Central once per machine into ~/.cache/persona-spark/ivy.
+jars: install
+	$(BIN)/python -m persona_spark.session
+
+demo: jars
 	$(BIN)/persona-spark demo --conf conf/local.yaml
 
 # pytest exits 5 when it collected no test; that is a failure to report, not a crash to hide,
 # but CI only treats it as red if something actually failed.
-test: install
+test: jars
 	$(BIN)/python -m pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

@@ -20,11 +20,10 @@
 # COMMAND ----------
 
 import os
-import re
 
 from persona_spark import labeling
 from persona_spark.io import TableStore
-from persona_spark.labeling.loopback import LoopbackChatServer, Reply, answer, entity_ids
+from persona_spark.labeling.loopback import LoopbackChatServer, keyword_responder
 from persona_spark.notebook import open_run, show, widget
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES
@@ -42,20 +41,7 @@ base_url = widget(dbutils, "base_url", os.environ.get("OPENAI_BASE_URL", cfg.lab
 
 # COMMAND ----------
 
-BLOCK = re.compile(r'<(user|item) id="([^"]+)">(.*?)</\1>', re.S)
-persona_words = {n: set(re.findall(r"[a-z]{4,}", f"{n} {d}".lower())) for n, d in zip(persona_set.names, persona_set.descriptions)}
-
-
-def keyword_stand_in(body: dict, _call: int) -> Reply:
-    """Answers like an obedient model: the two personas whose descriptions share most words with the history."""
-    texts = {entity_id: text.lower() for _, entity_id, text in BLOCK.findall(body["messages"][-1]["content"])}
-
-    def personas_for(entity_id: str) -> list[str]:
-        words = set(re.findall(r"[a-z]{4,}", texts.get(entity_id, "")))
-        ranked = sorted(persona_set.names, key=lambda name: -len(persona_words[name] & words))
-        return ranked[:2]
-
-    return Reply(content=answer(entity_ids(body), personas_for))
+keyword_stand_in = keyword_responder(list(persona_set.names), list(persona_set.descriptions))
 
 
 stand_in = None

@@ -127,17 +127,18 @@ def generate(spark: SparkSession, personas: PersonaSet, conf: GenerateConf) -> t
     """Returns (raw transaction lines as strings, planted_personas, the catalog as pandas)."""
     catalog = build_catalog(personas, conf.items, conf.zipf_exponent, conf.seed)
     n_personas = len(personas)
-    catalog_b = spark.sparkContext.broadcast(catalog)
+    # The catalog (hundreds of items) travels in the closure: no SparkContext broadcast, so a
+    # Spark Connect session runs this as well.
 
     def lines_of(batches):
         for batch in batches:
-            frame, _ = _users_lines(batch["id"].to_numpy(), catalog_b.value, conf, n_personas)
+            frame, _ = _users_lines(batch["id"].to_numpy(), catalog, conf, n_personas)
             rng = np.random.default_rng([conf.seed, int(batch["id"].iloc[0]) if len(batch) else 0, 1])
             yield _dirty(frame, conf.dirty_share, rng)
 
     def planted_of(batches):
         for batch in batches:
-            yield _users_lines(batch["id"].to_numpy(), catalog_b.value, _planted_only(conf), n_personas)[1]
+            yield _users_lines(batch["id"].to_numpy(), catalog, _planted_only(conf), n_personas)[1]
 
     ids = spark.range(0, conf.users, numPartitions=conf.partitions)
     raw = ids.mapInPandas(lines_of, RAW_SCHEMA)

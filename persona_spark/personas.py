@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from persona_spark import storage
 
 UNREPRESENTABLE = "Unrepresentable"
 
@@ -64,11 +68,12 @@ class PersonaSet:
 
 
 def load_persona_set(path: str | Path) -> PersonaSet:
-    """Read a persona set from YAML/JSON: a list of {name, description[, index]} or {personas: [...]}."""
-    path = Path(path)
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    title = path.stem
+    """Read a persona set from YAML/JSON (any location): a list of {name, description[, index]} or {personas: [...]}."""
+    path = str(path)
+    text = storage.read_text(path)
+    stem, suffix = os.path.splitext(posixpath.basename(path))
+    data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    title = stem
     if isinstance(data, dict):
         title = data.get("title", title)
         data = data.get("personas")

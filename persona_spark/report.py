@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+import posixpath
 from typing import Callable, Mapping
 
 import matplotlib
@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
+from persona_spark import storage  # noqa: E402
 from persona_spark.config import ReportConf  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -83,18 +84,17 @@ plt.rcParams.update(
 class Figures:
     """Saves each figure as ``<folder>/<name>.png`` and returns an <img> embedding the same bytes."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: str):
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.written: list[Path] = []
+        self.written: list[str] = []
 
     def embed(self, fig, name: str, alt: str) -> str:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", bbox_inches="tight", facecolor="white")
         plt.close(fig)
         data = buffer.getvalue()
-        path = self.folder / f"{name}.png"
-        path.write_bytes(data)
+        path = storage.join(self.folder, f"{name}.png")
+        storage.write_bytes(path, data)
         self.written.append(path)
         encoded = base64.b64encode(data).decode("ascii")
         return f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}"></figure>'
@@ -580,8 +580,8 @@ SECTIONS = (
 # ---- assembly -----------------------------------------------------------------------------------------
 @dataclass
 class Report:
-    path: Path
-    figures: list[Path]
+    path: str
+    figures: list[str]
     sections: dict[str, str]  # key -> "ok" | "missing" | "failed"
 
 
@@ -603,17 +603,16 @@ def _overview(tables: Mapping[str, DataFrame | None], ctx: Context) -> str:
 
 def build_report(
     tables: Mapping[str, DataFrame | None],
-    path: str | Path,
+    path: str,
     persona_names: dict[int, str],
     conf: ReportConf | None = None,
     prices_per_1k: tuple[float, float] = (0.0, 0.0),
     title: str = "Customer personas",
 ) -> Report:
-    """Render the report from whichever tables exist (``None`` = not written yet) to ``path``."""
+    """Render the report from whichever tables exist (``None`` = not written yet) to ``path`` (any URI)."""
     conf = conf or ReportConf()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ctx = Context(tables, persona_names, conf, Figures(path.parent / "figures"), prices_per_1k)
+    path = storage.absolute(str(path))
+    ctx = Context(tables, persona_names, conf, Figures(storage.join(posixpath.dirname(path), "figures")), prices_per_1k)
     bodies, status = [], {}
     for section in SECTIONS:
         missing = [t for t in section.needs if tables.get(t) is None]
@@ -639,7 +638,7 @@ def build_report(
     document = HTML_TEMPLATE.format(
         title=html.escape(title), generated=generated, nav=nav, overview=_overview(tables, ctx), sections="".join(bodies)
     )
-    path.write_text(document, encoding="utf-8")
+    storage.write_text(path, document)
     log.info("report written to %s (%s)", path, status)
     return Report(path, ctx.figures.written, status)
 

@@ -172,3 +172,12 @@ def has_delta_connector(spark: SparkSession) -> bool:
 
     # py4j resolves names through Spark's class loader; an unknown class comes back as a package.
     return isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass)
+
+
+if __name__ == "__main__":
+    # `python -m persona_spark.session`: resolve the jars a local session uses (Delta connector and hadoop-aws) into
+    # spark.ivy_cache once, e.g. on a new machine or in CI before the tests.
+    session = get_spark(SparkConf(master="local[1]", hadoop_aws=True))
+    print(f"Delta connector present: {has_delta_connector(session)}; jars cached under "
+          f"{os.path.expanduser(SparkConf().ivy_cache)}")
+    session.stop()

@@ -13,7 +13,7 @@ from typing import Callable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark import graph, ingest, labeling
+from persona_spark import graph, ingest, labeling, storage
 from persona_spark import report as report_lib
 from persona_spark import segment as segment_lib
 from persona_spark.config import Config
@@ -198,7 +198,7 @@ def report_stage(cfg: Config, store: TableStore) -> dict:
     names = {row["persona_idx"]: row["name"] for row in _persona_names(cfg, store).collect()}
     prices = (cfg.labeling.openai.price_prompt_per_1k, cfg.labeling.openai.price_completion_per_1k)
     result = report_lib.build_report(tables, cfg.report.path, names, cfg.report, prices)
-    return {"report": str(result.path), "figures": [str(p) for p in result.figures], "sections": result.sections}
+    return {"report": result.path, "figures": result.figures, "sections": result.sections}
 
 
 def label_users_stage(cfg: Config, store: TableStore) -> dict:
@@ -454,7 +454,6 @@ RECOMMEND_RUNS_SCHEMA = (
 def train_stage(cfg: Config, store: TableStore) -> dict:
     """Train recommend.model for each of recommend.seeds on the export; metrics -> ``recommend_runs``."""
     import time
-    from pathlib import Path
 
     try:
         from persona_spark.recommend.spectral import EigenCache
@@ -469,7 +468,7 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
     run_id, rows, summaries = time.strftime("%Y%m%dT%H%M%S"), [], []
     for seed in conf.seeds:
         result = train(data, conf, seed, cache=cache)
-        path = result.save(Path(conf.model_dir) / f"{result.model}-seed{seed}", data)
+        path = result.save(storage.join(conf.model_dir, f"{result.model}-seed{seed}"), data)
         metrics = {k: float(v) for k, v in result.metrics.items()}
         rows.append((run_id, result.model, seed, metrics.get("ndcg@10"), metrics.get("f1@10"), metrics,
                      float(result.val_ndcg), result.best_epoch, result.epochs, round(result.seconds, 2),
@@ -483,17 +482,14 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
 
 def cold_start_stage(cfg: Config, store: TableStore) -> dict:
     """Items per persona and per new customer, customers per new item, from personas alone -> ``cold_start_recs``."""
-    from pathlib import Path
-
     from persona_spark.recommend import coldstart_batch as batch
     from persona_spark.recommend.coldstart import ColdStartModel
 
     conf = cfg.recommend
     spark = store.spark
-    run_dir = Path(conf.model_dir) / f"{conf.model}-seed{conf.seeds[0]}"
+    run_dir = storage.join(conf.model_dir, f"{conf.model}-seed{conf.seeds[0]}")
     model = ColdStartModel.from_run(run_dir, with_users=False)
-    export_dir = Path(conf.export_dir)
-    train = spark.read.parquet(str(export_dir / "train"))
+    train = spark.read.parquet(storage.join(conf.export_dir, "train"))
     each_persona = spark.createDataFrame([(p, [p]) for p in range(len(model.persona_names))],
                                          "subject_idx int, personas array<int>")
     recs = batch.recommend_items(each_persona, model, conf.cold_start_k, "persona")
@@ -501,7 +497,7 @@ def cold_start_stage(cfg: Config, store: TableStore) -> dict:
         declared = batch.without_training_edges(store.read_table(conf.declared_personas_table), train, "user_idx")
         customers = batch.persona_lists(declared, "user_idx").withColumnRenamed("user_idx", "subject_idx")
         recs = recs.unionByName(batch.recommend_items(customers, model, conf.cold_start_k, "new_customer"))
-    item_personas = spark.read.parquet(str(export_dir / "item_personas"))
+    item_personas = spark.read.parquet(storage.join(conf.export_dir, "item_personas"))
     tagged = batch.without_training_edges(item_personas, train, "item_idx")
     new_items = [(r["item_idx"], r["personas"]) for r in batch.persona_lists(tagged, "item_idx").collect()]
     profile = None

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona_spark.config import config_reference, load_config
+from persona_spark.config import SparkConf, config_reference, load_config
+from persona_spark.session import DELTA_EXTENSIONS, delta_coordinates
 from persona_spark.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def _bundle_tasks():
     tasks = []
     for pattern in bundle["include"]:
         for resource in sorted(ROOT.glob(pattern)):
-            for job in yaml.safe_load(resource.read_text())["resources"]["jobs"].values():
+            for job in yaml.safe_load(resource.read_text())["resources"].get("jobs", {}).values():
                 tasks += [(job, t) for t in job["tasks"]]
     return bundle, tasks
 
@@ -97,13 +98,16 @@ def test_unknown_setting_is_rejected_naming_it():
 
 
 def test_spark_submit_runs_a_job_script(tmp_path):
-    """jobs/generate.py through pyspark's own spark-submit, local mode."""
+    """jobs/generate.py through pyspark's own spark-submit with the connector from --packages (the README's command)."""
     spark_submit = Path(sys.executable).parent / "spark-submit"
     if not spark_submit.exists():
         pytest.skip(f"spark-submit not found next to {sys.executable}")
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     result = subprocess.run(
-        [str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false", str(ROOT / "jobs" / "generate.py"),
+        [str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+         "--packages", delta_coordinates(), "--conf", f"spark.jars.ivy={os.path.expanduser(SparkConf().ivy_cache)}",
+         *[arg for key, value in DELTA_EXTENSIONS.items() for arg in ("--conf", f"{key}={value}")],
+         str(ROOT / "jobs" / "generate.py"),
          "--set", f"tables.root={tmp_path}", "--set", "generate.users=20", "--set", "generate.items=40",
          "--set", "generate.partitions=1"],
         capture_output=True, text=True, env=env, timeout=300,

@@ -53,6 +53,26 @@ def obedient(personas_for: Callable[[str], list[str]]) -> Responder:
     return lambda body, _n: Reply(content=answer(entity_ids(body), personas_for))
 
 
+HISTORY_BLOCK = re.compile(r'<(user|item) id="([^"]+)">(.*?)</\1>', re.S)
+
+
+def keyword_responder(names: list[str], descriptions: list[str], per_entity: int = 2) -> Responder:
+    """An offline stand-in for a model: each entity gets the ``per_entity`` personas whose name and
+    description share most words with its history (deterministic, so runs can be compared)."""
+    words_of = {n: set(re.findall(r"[a-z]{4,}", f"{n} {d}".lower())) for n, d in zip(names, descriptions)}
+
+    def respond(body: dict, _n: int) -> Reply:
+        texts = {entity: text.lower() for _, entity, text in HISTORY_BLOCK.findall(body["messages"][-1]["content"])}
+
+        def personas_for(entity: str) -> list[str]:
+            words = set(re.findall(r"[a-z]{4,}", texts.get(entity, "")))
+            return sorted(names, key=lambda name: -len(words_of[name] & words))[:per_entity]
+
+        return Reply(content=answer(entity_ids(body), personas_for))
+
+    return respond
+
+
 def with_rate_limits(inner: Responder, fraction: float, retry_after_s: float = 1.0, seed: int = 0) -> Responder:
     """Wrap ``inner`` so a random ``fraction`` of requests get 429 with a ``Retry-After`` header."""
     rng = random.Random(seed)

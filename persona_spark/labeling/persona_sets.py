@@ -12,13 +12,13 @@ import asyncio
 import json
 import logging
 import time
-from pathlib import Path
 from string import Template
 
 import yaml
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from persona_spark import storage
 from persona_spark.config import LabelingConf
 from persona_spark.labeling.client import CallResult, ChatClient, Secret
 from persona_spark.labeling.prompts import Entity, HistoryFormat, estimate_tokens, load_template_file, strip_code_fence
@@ -154,15 +154,13 @@ class PersonaSetGenerator:
         }
 
 
-def write_persona_set(persona_set: PersonaSet, path: str | Path, metadata: dict) -> Path:
-    """YAML that ``load_persona_set`` reads back to the same set (same version)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_persona_set(persona_set: PersonaSet, path: str, metadata: dict) -> str:
+    """YAML (at any location) that ``load_persona_set`` reads back to the same set (same version)."""
     document = {
         "title": persona_set.title,
         "version": persona_set.version,
         "generated": metadata,
         "personas": [{"name": n, "description": d} for n, d in zip(persona_set.names, persona_set.descriptions)],
     }
-    path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=120))
+    storage.write_text(path, yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=120))
     return path

@@ -18,14 +18,15 @@ numpy only (no torch, no Spark): notebooks and serving load a trained run with `
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
+from persona_spark import storage
 from persona_spark.personas import PersonaSet
 from persona_spark.recommend.data import RecData
 
@@ -88,13 +89,13 @@ class ColdStartModel:
                    **options)
 
     @classmethod
-    def from_run(cls, model_dir: str | Path, with_users: bool = True, **options) -> "ColdStartModel":
-        """A run saved by ``TrainResult.save``; ``with_users=False`` leaves the customer side empty
-        (new-customer recommendations need only personas and items)."""
-        path = Path(model_dir) / EMBEDDINGS_FILE
-        if not path.exists():
+    def from_run(cls, model_dir: str, with_users: bool = True, **options) -> "ColdStartModel":
+        """A run saved by ``TrainResult.save`` (any location); ``with_users=False`` leaves the customer side
+        empty (new-customer recommendations need only personas and items)."""
+        path = storage.join(str(model_dir), EMBEDDINGS_FILE)
+        if not storage.exists(path):
             raise FileNotFoundError(f"{path} not found: run the 'train' stage with recommend.model=lgcn3 first")
-        with np.load(path) as stored:  # npz members load lazily: the customer side only when asked for
+        with np.load(io.BytesIO(storage.read_bytes(path))) as stored:  # npz members load lazily: the customer side only when asked for
             personas = stored["personas"]
             _check_personas(personas)  # a run without personas saved no cold-start fields either
             activity = stored["user_activity"] if with_users else np.empty(0, np.int64)

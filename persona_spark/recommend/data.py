@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from persona_spark import storage
+
 FORMAT = "persona-spark-recommend/1"
 META_FILE = "meta.json"
 PAIR_PARTS = {
@@ -152,27 +154,28 @@ def write_directory(data: RecData, path: str | Path) -> Path:
     return path
 
 
-def write_meta(path: str | Path, n_users: int, n_items: int, n_personas: int, persona_names=()) -> None:
+def write_meta(path: str, n_users: int, n_items: int, n_personas: int, persona_names=()) -> None:
     meta = {"format": FORMAT, "n_users": n_users, "n_items": n_items, "n_personas": n_personas,
             "persona_names": list(persona_names)}
-    (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2))
+    storage.write_text(storage.join(str(path), META_FILE), json.dumps(meta, indent=2))
 
 
-def read_directory(path: str | Path) -> RecData:
-    """Read what ``export-tripartite`` (or ``write_directory``) wrote."""
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not meta_path.exists():
+def read_directory(path: str) -> RecData:
+    """Read what ``export-tripartite`` (or ``write_directory``) wrote, at any location ``storage`` reaches."""
+    path = str(path)
+    meta_path = storage.join(path, META_FILE)
+    if not storage.exists(meta_path):
         raise FileNotFoundError(f"{meta_path} not found: run the 'export-tripartite' stage first (recommend.export_dir)")
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(storage.read_text(meta_path))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     parts = {}
     for name, columns in PAIR_PARTS.items():
-        table = pq.read_table(path / name)
+        filesystem, part_path = storage.filesystem(storage.join(path, name))
+        table = pq.read_table(part_path, filesystem=filesystem)
         missing = [c for c in columns if c not in table.column_names]
         if missing:
-            raise ValueError(f"{path / name}: missing columns {missing} (has {table.column_names})")
+            raise ValueError(f"{storage.join(path, name)}: missing columns {missing} (has {table.column_names})")
         parts[name] = np.stack([table[c].to_numpy().astype(np.int64) for c in columns], axis=1)
         if name in WEIGHTED_PARTS:
             weight = table["weight"].to_numpy() if "weight" in table.column_names else None

@@ -7,11 +7,10 @@ The layout is the one ``persona_spark.recommend.data.read_directory`` reads.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark import storage
 from persona_spark.recommend.data import write_meta
 
 
@@ -61,7 +60,7 @@ def item_persona_edges(item_labels: DataFrame) -> DataFrame:
 
 
 def write_export(
-    path: str | Path,
+    path: str,
     parts: dict[str, DataFrame],
     n_users: int,
     n_items: int,
@@ -72,14 +71,12 @@ def write_export(
     ``parts`` needs train, test, user_personas, item_personas; index maps (users, items,
     personas) may ride along. Returns the row count of each part (one count job per part).
     """
-    path = Path(path)
     missing = {"train", "test", "user_personas", "item_personas"} - set(parts)
     if missing:
         raise ValueError(f"export needs parts {sorted(missing)}")
-    path.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, frame in parts.items():
-        target = str(path / name)
+        target = storage.join(path, name)
         frame.write.mode("overwrite").parquet(target)
         counts[name] = frame.sparkSession.read.parquet(target).count()
     write_meta(path, n_users, n_items, len(persona_names), persona_names)

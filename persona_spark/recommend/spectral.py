@@ -6,13 +6,14 @@ Node layout everywhere: users ``0..n_users-1``, then items, then personas.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import lobpcg
 
+from persona_spark import storage
 from persona_spark.recommend.data import RecData
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ class EigenCache:
     ``misses`` count lookups, so callers and tests can see that a cached basis was reused.
     """
 
-    def __init__(self, directory: str | Path | None = None):
-        self.directory = Path(directory) if directory is not None else None
+    def __init__(self, directory: str | None = None):
+        self.directory = str(directory) if directory is not None else None
         self.hits = 0
         self.misses = 0
         self._memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -79,22 +80,21 @@ class EigenCache:
         if not 0 < k <= n_nodes:
             raise ValueError(f"eigen_k={k} must be in 1..{n_nodes} (the number of graph nodes)")
         key = graph_key(matrix, k)
-        path = self.directory / f"eig-{key}.npz" if self.directory is not None else None
+        path = storage.join(self.directory, f"eig-{key}.npz") if self.directory is not None else None
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
-        if path is not None and path.exists():
+        if path is not None and storage.exists(path):
             self.hits += 1
-            with np.load(path) as stored:
+            with np.load(io.BytesIO(storage.read_bytes(path))) as stored:
                 result = stored["values"], stored["vectors"]
         else:
             self.misses += 1
             result = top_eigenpairs(matrix, k)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, values=result[0], vectors=result[1])
-                tmp.replace(path)
+                buffer = io.BytesIO()
+                np.savez(buffer, values=result[0], vectors=result[1])
+                storage.write_bytes(path, buffer.getvalue())
         self._memory[key] = result
         return result
 

@@ -7,17 +7,18 @@ at the end, with every training purchase (validation included) masked.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from persona_spark import storage
 from persona_spark.config import RecommendConf
 from persona_spark.recommend.data import RecData
 from persona_spark.recommend.metrics import evaluate
@@ -49,19 +50,20 @@ class TrainResult:
                 "best_epoch": self.best_epoch, "epochs": self.epochs, "seconds": round(self.seconds, 2),
                 "device": self.device}
 
-    def save(self, directory: str | Path, data: RecData) -> Path:
+    def save(self, directory: str, data: RecData) -> str:
         """Write the run under ``directory``: ``embeddings.npz`` (for a model with personas also what
         cold start needs from ``data``, the graph it was trained on) and the summary ``run.json``."""
         from persona_spark.recommend.coldstart import EMBEDDINGS_FILE, graph_counts, persona_centroids
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         personas = self.persona_embeddings if self.persona_embeddings is not None else np.empty((0, 0), np.float32)
         cold_start = ({**graph_counts(data), "user_centroids": persona_centroids(data, self.user_embeddings, personas)}
                       if len(personas) else {})
-        np.savez(directory / EMBEDDINGS_FILE, users=self.user_embeddings, items=self.item_embeddings,
+        buffer = io.BytesIO()
+        np.savez(buffer, users=self.user_embeddings, items=self.item_embeddings,
                  personas=personas, persona_names=np.array(data.persona_names, dtype=str), **cold_start)
-        (directory / "run.json").write_text(json.dumps({**self.summary(), "losses": self.losses}, indent=2))
+        directory = str(directory)
+        storage.write_bytes(storage.join(directory, EMBEDDINGS_FILE), buffer.getvalue())
+        storage.write_text(storage.join(directory, "run.json"), json.dumps({**self.summary(), "losses": self.losses}, indent=2))
         return directory
 
 

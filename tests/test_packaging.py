@@ -1,0 +1,34 @@
+"""The wheel installs where Spark is the platform's own (Databricks, a cluster image): without pyspark."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_without_pyspark(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next(dist.glob("persona_spark-*.whl"))
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True,
+                             timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                            check=True).stdout.lower()
+    assert "pyspark" not in listed and "delta-spark" not in listed
+    probe = ("import persona_spark, persona_spark.config as c, persona_spark.storage as s; "
+             "cfg = c.load_config(None, ['root=s3a://bucket/run']); print(cfg.tables.root, s.join(cfg.root, 'x'))")
+    imported = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert imported.stdout.split() == ["s3a://bucket/run/tables", "s3a://bucket/run/x"]

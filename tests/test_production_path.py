@@ -1,0 +1,139 @@
+"""The production path, for real: the Delta connector on an S3-compatible store, a multi-process
+standalone cluster, a worker lost in the middle of GPLR.
+
+Everything runs through the CLI in child processes, as a job would, against servers started here
+on 127.0.0.1: moto's S3 server, a Spark master and two workers (separate JVMs, own work and
+scratch directories), and an OpenAI-protocol chat server (a deterministic keyword stand-in for a
+model). Data is the generated demo shop at a small size.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+
+from persona_spark.labeling.loopback import LoopbackChatServer, keyword_responder
+from persona_spark.personas import load_persona_set
+from persona_spark.config import DEFAULT_PERSONAS
+from tests.production_world import S3Server, StandaloneCluster, run_stages, write_conf
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "lake"
+KEY_ENV = "PERSONA_SPARK_TEST_LLM_KEY"
+CLUSTER_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "segment", "report"]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server.start()
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def llm():
+    personas = load_persona_set(DEFAULT_PERSONAS)
+    with LoopbackChatServer(keyword_responder(list(personas.names), list(personas.descriptions)),
+                            model="keyword-stand-in") as server:
+        yield server
+
+
+def settings(root: str, master: str, llm_url: str, scratch: str, **more) -> dict:
+    """A small shop, the openai backend against the stand-in, every location under ``root``."""
+    conf = {
+        "root": root,
+        "spark": {"master": master, "shuffle_partitions": 2, "default_parallelism": 2, "driver_memory": "1g",
+                  "extra": {"spark.executor.memory": "1g", "spark.local.dir": scratch}},
+        "generate": {"users": 240, "items": 120, "partitions": 2},
+        "gplr": {"budget": 0.1, "rounds": 2},
+        "labeling": {"backend": "openai", "openai": {"base_url": llm_url, "model": "keyword-stand-in",
+                                                      "api_key_env": KEY_ENV, "partitions": 2}},
+        "segment": {"ks": [3, 5]},
+        "recommend": {"max_epochs": 2, "dim": 16, "eigen_k": 16, "progress": False},
+    }
+    for key, value in more.items():
+        section, field = key.split("__")
+        conf.setdefault(section, {})[field] = value
+    return conf
+
+
+def personas_on_s3(s3: S3Server, prefix: str, version: int | None = None) -> list[tuple]:
+    table = DeltaTable(f"s3://{BUCKET}/{prefix}/tables/personas", version=version,
+                       storage_options=s3.delta_options()).to_pyarrow_table()
+    rows = zip(*(table.column(c).to_pylist() for c in ("user_idx", "persona_idx", "source")),
+               pc.round(table.column("score"), 9).to_pylist())
+    return sorted(rows)
+
+
+@pytest.fixture(scope="module")
+def local_run(s3, llm, tmp_path_factory):
+    """The demo on local[2] with every location on S3, from an empty working directory."""
+    base = tmp_path_factory.mktemp("local_run")
+    workdir, scratch = base / "work", base / "scratch"
+    workdir.mkdir()
+    scratch.mkdir()
+    conf = write_conf(base / "conf.yaml", settings(f"s3a://{BUCKET}/local", "local[2]", llm.base_url, str(scratch)))
+    result = run_stages(["demo"], conf, {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, workdir)
+    assert result.returncode == 0, result.stdout[-6000:]
+    return workdir, result
+
+
+def test_demo_runs_on_object_storage_and_leaves_nothing_on_local_disk(s3, local_run):
+    workdir, result = local_run
+    keys = s3.keys(BUCKET, "local/")
+    for table in ("raw_transactions", "transactions", "edges", "personas", "user_labels", "item_labels",
+                  "gplr_runs", "evaluation", "segments", "recommend_runs", "cold_start_recs"):
+        assert f"local/tables/{table}/_delta_log/00000000000000000000.json" in keys, table
+    for location in ("local/report/index.html", "local/report/figures/persona_distribution.png",
+                     "local/recommend/export/meta.json", "local/recommend/models/lgcn3-seed0/embeddings.npz",
+                     "local/recommend/models/lgcn3-seed0/run.json"):
+        assert location in keys, location
+    assert any(k.startswith("local/recommend/eigen_cache/eig-") for k in keys)
+    assert any(k.startswith("local/recommend/export/train/") and k.endswith(".parquet") for k in keys)
+    # The journal held the paid answers until each chunk was committed to user_labels, then went away.
+    assert not any(k.startswith("local/labels_journal/") and k.endswith(".jsonl") for k in keys)
+    assert list(workdir.iterdir()) == [], "a run location fell back to the local disk"
+    assert len(personas_on_s3(s3, "local")) > 240  # every customer has at least one persona
+
+
+def test_cluster_on_object_storage_matches_local_and_survives_a_lost_worker(s3, llm, local_run, tmp_path):
+    env = {**s3.env, KEY_ENV: "sk-test"}
+    cluster = StandaloneCluster(tmp_path / "cluster", env).start()
+    try:
+        scratch = tmp_path / "driver_scratch"
+        scratch.mkdir()
+        root = f"s3a://{BUCKET}/cluster"
+        conf = write_conf(tmp_path / "conf.yaml", settings(root, cluster.url, llm.base_url, str(scratch)))
+        result = run_stages(CLUSTER_STAGES, conf, env, tmp_path)
+        assert result.returncode == 0, result.stdout[-6000:]
+        before = personas_on_s3(s3, "cluster")
+        assert before == personas_on_s3(s3, "local"), "the same seed gave other personas on the cluster"
+        assert "cluster/report/index.html" in s3.keys(BUCKET, "cluster/report/")
+
+        refused = run_stages(["generate"], write_conf(tmp_path / "rs.yaml", settings(
+            root, cluster.url, llm.base_url, str(scratch), tables__backend="delta-rs")), env, tmp_path)
+        assert refused.returncode != 0 and "delta-rs only works on one machine" in refused.stdout
+
+        # GPLR again with reliable checkpoints on S3; a worker (and its executor) dies at the first hop.
+        killed = threading.Event()
+
+        def kill_at_first_hop(line: str) -> None:
+            if not killed.is_set() and "hop 1" in line:
+                cluster.kill_worker(0)
+                killed.set()
+
+        faulty = write_conf(tmp_path / "faulty.yaml", settings(root, cluster.url, llm.base_url, str(scratch),
+                                                               affinity__checkpoint="reliable"))
+        rerun = run_stages(["gplr"], faulty, env, tmp_path, on_line=kill_at_first_hop)
+        assert killed.is_set(), "the stage ended before a worker could be killed"
+        assert rerun.returncode == 0, rerun.stdout[-6000:]
+        assert "Lost executor" in rerun.stdout or "lost executor" in rerun.stdout.lower()
+        assert personas_on_s3(s3, "cluster") == before
+        assert any(k.startswith("cluster/checkpoints/") for k in s3.keys(BUCKET, "cluster/checkpoints/"))
+    finally:
+        cluster.stop()
