@@ -26,6 +26,9 @@ class SparkConf(Section):
     """Settings of a session this package builds; an active one (spark-submit, Databricks) is reused as it is."""
 
     master: str = "local[*]"  # local[n], or spark://host:7077 for a standalone cluster
+    # Spark Connect instead of a classic session: sc://host:15002 (a running server), or local[n] for a Connect
+    # server started here with the settings below. Databricks serverless sessions are reused as they are.
+    remote: str | None = None
     app_name: str = "persona-spark"
     shuffle_partitions: int = Field(4, ge=1)  # small machines crawl with Spark's default of 200
     default_parallelism: int = Field(4, ge=1)

@@ -33,7 +33,7 @@ from pyspark.sql.types import StructType
 
 from persona_spark import storage
 from persona_spark.config import TablesConf
-from persona_spark.session import delta_coordinates, has_delta_connector, is_local_master
+from persona_spark.session import delta_coordinates, describe_master, has_delta_connector, is_connect, is_local_master
 
 
 class TableStore:
@@ -51,7 +51,7 @@ class TableStore:
             )
         if self.backend == "delta-rs":
             why = ("tables.catalog is set (catalog tables need the connector)" if self.conf.catalog else
-                   f"the master is {spark.sparkContext.master!r}, not local" if not is_local_master(spark) else
+                   f"the session runs on {describe_master(spark)}, not a local master" if not is_local_master(spark) else
                    f"tables.root {self.conf.root!r} is not a local path" if not storage.is_local(self.conf.root)
                    else None)
             if why:
@@ -77,11 +77,16 @@ class TableStore:
             return self.spark.catalog.tableExists(loc)
         if self.backend == "delta-rs":
             return os.path.isdir(os.path.join(loc, "_delta_log"))
+        if is_connect(self.spark):
+            return self._connect_version(loc) is not None
         from delta.tables import DeltaTable
 
         return DeltaTable.isDeltaTable(self.spark, loc)
 
     def version(self, name: str) -> int | None:
+        """The table's latest version, None when it does not exist."""
+        if self.backend == "spark" and is_connect(self.spark):
+            return self._connect_version(self.location(name))
         if not self.exists(name):
             return None
         if self.backend == "delta-rs":
@@ -151,6 +156,9 @@ class TableStore:
         values = {f"`{c}`": f"s.`{c}`" for c in columns}
         keep = f"NOT s.`{delete_when}`" if delete_when else None
         drop = f"s.`{delete_when}`" if delete_when else None
+        if self.backend == "spark" and is_connect(self.spark):
+            self._connect_merge(df, name, condition, values, keep, drop)
+            return self.version(name)
         if self.backend == "spark":
             builder = self._spark_delta_table(name).alias("t").merge(df.alias("s"), condition)
             if drop:
@@ -169,6 +177,34 @@ class TableStore:
         return DeltaTable(self.location(name)).version()
 
     # ---- engines ------------------------------------------------------------------------
+    # A Spark Connect session has Delta's SQL but not necessarily its Python API (that needs the
+    # Delta Connect server plugin), so there history and MERGE go through SQL; classic sessions
+    # use ``DeltaTable`` (``forName`` / ``forPath``).
+    def _sql_ref(self, loc: str) -> str:
+        return loc if self.conf.catalog else "delta.`" + loc.replace("`", "``") + "`"
+
+    def _connect_version(self, loc: str) -> int | None:
+        from pyspark.errors import AnalysisException
+
+        try:
+            return int(self.spark.sql(f"DESCRIBE HISTORY {self._sql_ref(loc)} LIMIT 1").first()["version"])
+        except AnalysisException:  # no such table, or not a Delta table
+            return None
+
+    def _connect_merge(self, df: DataFrame, name: str, condition: str, values: dict[str, str], keep: str | None,
+                       drop: str | None) -> None:
+        view = f"persona_spark_merge_{uuid.uuid4().hex}"
+        df.createOrReplaceTempView(view)
+        keep_clause = f" AND {keep}" if keep else ""
+        statement = (f"MERGE INTO {self._sql_ref(self.location(name))} AS t USING {view} AS s ON {condition} "
+                     + (f"WHEN MATCHED AND {drop} THEN DELETE " if drop else "")
+                     + f"WHEN MATCHED{keep_clause} THEN UPDATE SET " + ", ".join(f"{c} = {v}" for c, v in values.items())
+                     + f" WHEN NOT MATCHED{keep_clause} THEN INSERT ({', '.join(values)}) VALUES ({', '.join(values.values())})")
+        try:
+            self.spark.sql(statement)
+        finally:
+            self.spark.catalog.dropTempView(view)
+
     def _spark_delta_table(self, name: str):
         from delta.tables import DeltaTable
 

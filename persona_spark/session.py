@@ -13,7 +13,9 @@ import glob
 import os
 import re
 import sys
+from functools import partial
 from importlib import metadata
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
@@ -93,12 +95,19 @@ def s3a_settings(endpoint: str | None) -> dict[str, str]:
     }
 
 
+# Settings a Spark Connect client may change on a running server (the rest are the server's).
+CONNECT_RUNTIME_SETTINGS = ("spark.sql.shuffle.partitions", "spark.sql.session.timeZone",
+                            "spark.sql.execution.arrow.pyspark.enabled", "spark.sql.adaptive.enabled",
+                            "spark.sql.parquet.outputTimestampType")
+
+
 def get_spark(conf: SparkConf | None = None) -> SparkSession:
+    """The active session (spark-submit, Databricks, a notebook), else one built from ``conf``:
+    classic on ``conf.master``, or a Spark Connect session with ``conf.remote``."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     conf = conf or SparkConf()
-    builder = SparkSession.builder.appName(conf.app_name)
     launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     settings = {
         "spark.sql.shuffle.partitions": str(conf.shuffle_partitions),
@@ -112,16 +121,28 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.driver.extraJavaOptions": "-Dio.netty.tryReflectionSetAccessible=true",
     }
-    if not launched_by_spark_submit:
+    remote_server = conf.remote is not None and conf.remote.startswith("sc://")
+    if remote_server:
+        builder = SparkSession.builder.remote(conf.remote)
+        settings = {k: v for k, v in settings.items() if k in CONNECT_RUNTIME_SETTINGS}
+    else:
         # Python workers must run the interpreter that has this package installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.master(conf.master).config("spark.driver.memory", conf.driver_memory)
-        settings.update(jar_settings(conf))
-        settings.update(s3a_settings(os.environ.get("AWS_ENDPOINT_URL")))
-        if conf.warehouse_dir:
-            settings["spark.sql.warehouse.dir"] = conf.warehouse_dir
-        if conf.delta or conf.jars:  # under spark-submit the launcher sets these beside --packages
-            settings.update(DELTA_EXTENSIONS)
+        if conf.remote is not None:  # a Spark Connect server started here, e.g. remote="local[2]"
+            builder = SparkSession.builder.remote(conf.remote)
+            settings["spark.checkpoint.dir"] = conf.checkpoint_dir
+        else:
+            builder = SparkSession.builder.appName(conf.app_name)
+        if not launched_by_spark_submit:
+            if conf.remote is None:
+                builder = builder.master(conf.master)
+            settings["spark.driver.memory"] = conf.driver_memory
+            settings.update(jar_settings(conf))
+            settings.update(s3a_settings(os.environ.get("AWS_ENDPOINT_URL")))
+            if conf.warehouse_dir:
+                settings["spark.sql.warehouse.dir"] = conf.warehouse_dir
+            if conf.delta or conf.jars:  # under spark-submit the launcher sets these beside --packages
+                settings.update(DELTA_EXTENSIONS)
     settings.update(conf.extra)
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -152,6 +173,64 @@ def is_local_master(spark: SparkSession) -> bool:
     if is_connect(spark):
         return False
     return spark.sparkContext.master.startswith("local")
+
+
+# Spark Connect ships a UDF's closure inside the plan (gRPC messages are 128 MiB by default), so state that a
+# classic session broadcasts must stay well below that there.
+CONNECT_CLOSURE_MAX_BYTES = 64 * 2**20
+
+
+def describe_master(spark: SparkSession) -> str:
+    return "a Spark Connect server" if is_connect(spark) else repr(spark.sparkContext.master)
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """Task slots to plan for: the scheduler's own count on a classic session, the configured default on Connect."""
+    if is_connect(spark):
+        return int(spark.conf.get("spark.default.parallelism", None) or spark.conf.get("spark.sql.shuffle.partitions"))
+    return spark.sparkContext.defaultParallelism
+
+
+def ensure_checkpoint_dir(spark: SparkSession, directory: str) -> None:
+    """Reliable checkpoints need a directory: ``directory`` unless the session already has one.
+
+    A Connect client cannot set it: the server's ``spark.checkpoint.dir`` must be configured (a
+    local Connect session built here sets it from ``spark.checkpoint_dir``).
+    """
+    if is_connect(spark):
+        if not spark.conf.get("spark.checkpoint.dir", None):
+            raise ValueError("affinity.checkpoint=reliable on Spark Connect needs the server's spark.checkpoint.dir "
+                             "(set it in the cluster's Spark config), or use affinity.checkpoint=local")
+        return
+    if spark.sparkContext.getCheckpointDir() is None:
+        spark.sparkContext.setCheckpointDir(directory)
+
+
+def has_checkpoint_dir(spark: SparkSession) -> bool:
+    if is_connect(spark):
+        return bool(spark.conf.get("spark.checkpoint.dir", None))
+    return spark.sparkContext.getCheckpointDir() is not None
+
+
+def share_with_tasks(spark: SparkSession, value) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """(getter, release) for a read-only value every task needs: a broadcast on a classic session (sent
+    once per executor), the UDF closure on Spark Connect (which has no broadcast)."""
+    if is_connect(spark):
+        return partial(_identity, value), _nothing
+    broadcast = spark.sparkContext.broadcast(value)
+    return partial(_broadcast_value, broadcast), broadcast.destroy
+
+
+def _identity(value):
+    return value
+
+
+def _broadcast_value(broadcast):
+    return broadcast.value
+
+
+def _nothing() -> None:
+    return None
 
 
 def has_delta_connector(spark: SparkSession) -> bool:

@@ -20,6 +20,7 @@ from persona_spark.config import Config
 from persona_spark.generate import generate as generate_lines
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
+from persona_spark.session import ensure_checkpoint_dir
 
 Stage = Callable[[Config, TableStore], dict]
 
@@ -215,8 +216,8 @@ def label_items_stage(cfg: Config, store: TableStore) -> dict:
 
 def _ensure_checkpoint_dir(cfg: Config, store: TableStore) -> None:
     """Reliable checkpoints need a checkpoint directory: ``spark.checkpoint_dir`` unless one is set."""
-    if cfg.affinity.checkpoint == "reliable" and store.spark.sparkContext.getCheckpointDir() is None:
-        store.spark.sparkContext.setCheckpointDir(cfg.spark.checkpoint_dir)
+    if cfg.affinity.checkpoint == "reliable":
+        ensure_checkpoint_dir(store.spark, cfg.spark.checkpoint_dir)
 
 
 def _pin(cfg: Config, df: DataFrame) -> DataFrame:

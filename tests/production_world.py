@@ -146,7 +146,7 @@ def write_conf(path: Path, settings: dict) -> str:
     return str(path)
 
 
-def run_stages(stages: list[str], conf: str, env: dict[str, str], cwd: Path, timeout_s: float = 900,
+def run_stages(stages: list[str], conf: str, env: dict[str, str], cwd: Path, timeout_s: float = 1800,
                on_line=None) -> subprocess.CompletedProcess:
     """The CLI's stages, one after the other in one child process (one Spark session, as a job would)."""
     code = ("import sys\nfrom persona_spark.cli import main\n"

@@ -101,6 +101,21 @@ def test_demo_runs_on_object_storage_and_leaves_nothing_on_local_disk(s3, local_
     assert len(personas_on_s3(s3, "local")) > 240  # every customer has at least one persona
 
 
+def test_demo_on_spark_connect_gives_the_same_personas(s3, llm, local_run, tmp_path):
+    """Databricks serverless and standard-access clusters hand a job a Spark Connect session: no
+    SparkContext, RDDs or JVM. The demo on a local Connect server (with the Delta connector) gives
+    the same personas as on the classic local[2] session."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    conf = settings(f"s3a://{BUCKET}/connect", "local[2]", llm.base_url, str(scratch))
+    conf["spark"]["remote"] = "local[2]"
+    result = run_stages(["demo"], write_conf(tmp_path / "conf.yaml", conf),
+                        {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert personas_on_s3(s3, "connect") == personas_on_s3(s3, "local")
+    assert "connect/report/index.html" in s3.keys(BUCKET, "connect/report/")
+
+
 def test_cluster_on_object_storage_matches_local_and_survives_a_lost_worker(s3, llm, local_run, tmp_path):
     env = {**s3.env, KEY_ENV: "sk-test"}
     cluster = StandaloneCluster(tmp_path / "cluster", env).start()
@@ -137,3 +152,25 @@ def test_cluster_on_object_storage_matches_local_and_survives_a_lost_worker(s3, 
         assert any(k.startswith("cluster/checkpoints/") for k in s3.keys(BUCKET, "cluster/checkpoints/"))
     finally:
         cluster.stop()
+
+
+def test_journal_on_object_storage_keeps_every_written_answer(s3, monkeypatch):
+    """No append on S3: every write is its own object, readable at once by another process's reader."""
+    from persona_spark.labeling import journal
+
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    folder = journal.chunk_dir(f"s3a://{BUCKET}/journal-test", "user", "run1", 0)
+    writer = journal.JournalWriter(folder, partition=3, attempt=0)
+    tail = journal.JournalTail(folder)
+    writer.write([{"user_idx": 1, "status": "ok", "prompt_tokens": 10}])
+    tail.poll()
+    writer.write([{"user_idx": 2, "status": "error"}, {"user_idx": 3, "status": "ok", "completion_tokens": 4}])
+    writer.close()
+    tail.poll()
+    files = journal.journal_files(folder)
+    assert len(files) == 2 and all(f.startswith(f"s3a://{BUCKET}/journal-test/user/run1-c0/part-00003-0-") for f in files)
+    assert [r["user_idx"] for r in journal.read_rows(files)] == [1, 2, 3]
+    assert (tail.rows, tail.statuses, tail.prompt_tokens, tail.completion_tokens) == (3, {"ok": 2, "error": 1}, 10, 4)
+    journal.remove(journal.chunk_dir(f"s3a://{BUCKET}/journal-test", "user", "run1", 0))
+    assert journal.journal_files(folder) == []

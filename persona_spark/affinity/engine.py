@@ -28,6 +28,9 @@ handful of partition-local sparse × dense products:
   more than one source block (at most ``broadcast_max_bytes`` of state). Nothing proportional to
   |U| or |E| reaches the driver except a state that is below the broadcast limit.
 * Every hop's state is checkpointed (local by default), so the plan never grows with ℓ̂.
+* On Spark Connect there is no broadcast: a small state travels in the UDF closure instead
+  (``session.share_with_tasks``), capped at ``CONNECT_CLOSURE_MAX_BYTES``; larger states take the
+  shuffle join, as on a classic session.
 
 ε-pruning and its guarantee — proof
 -----------------------------------
@@ -65,6 +68,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark.config import AffinityConf
+from persona_spark.session import (CONNECT_CLOSURE_MAX_BYTES, default_parallelism, has_checkpoint_dir, is_connect,
+                                   share_with_tasks)
 
 log = logging.getLogger("persona_spark.affinity")
 
@@ -297,8 +302,8 @@ def _multiply(batches: Iterable[pa.RecordBatch], width: int, tau: float | None,
             yield _state_batch(out)
 
 
-def _broadcast_lookup(broadcast, width: int, batch: pa.RecordBatch, k: int) -> BlockState | None:
-    return broadcast.value.get(batch.column("sb")[k].as_py())
+def _shared_lookup(blocks_of: Callable[[], dict], width: int, batch: pa.RecordBatch, k: int) -> BlockState | None:
+    return blocks_of().get(batch.column("sb")[k].as_py())
 
 
 def _joined_lookup(width: int, batch: pa.RecordBatch, k: int) -> BlockState:
@@ -355,26 +360,28 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     started = time.perf_counter()
     spark = state.sparkSession
     row_bytes = state_row_bytes(plan.width)
+    broadcast_max_bytes = (min(plan.broadcast_max_bytes, CONNECT_CLOSURE_MAX_BYTES) if is_connect(spark)
+                           else plan.broadcast_max_bytes)
     # When every node of the source kind would fit the broadcast, the state fits whatever it
     # holds: collect it at once instead of counting it first (one Spark job less).
-    table = state.toArrow() if plan.source.n_nodes * row_bytes <= plan.broadcast_max_bytes else None
+    table = state.toArrow() if plan.source.n_nodes * row_bytes <= broadcast_max_bytes else None
     reached = (pc.sum(table.column("n")).as_py() if table is not None
                else state.agg(F.sum("n")).first()[0]) or 0
     single_source = plan.source.source_blocks == 1
     final_tau = tau if single_source else None
-    broadcast = None
+    release = None
     if reached == 0:  # everything was pruned (or nothing labelled): the next state is empty too
         path, products = "empty", None
-    elif reached * row_bytes <= plan.broadcast_max_bytes:
+    elif reached * row_bytes <= broadcast_max_bytes:
         path = "broadcast"
         table = table if table is not None else state.toArrow()
         blocks = [(b, BlockState.from_buffers(r, v, plan.width)) for b, r, v in zip(
             table.column("block").to_pylist(), (x.as_buffer() for x in table.column("rows")),
             (x.as_buffer() for x in table.column("vals")))]
-        broadcast = spark.sparkContext.broadcast(_to_source_blocks(blocks, plan.source))
+        blocks_of, release = share_with_tasks(spark, _to_source_blocks(blocks, plan.source))
         products = plan.tiles.mapInArrow(
             partial(_multiply, width=plan.width, tau=final_tau,
-                    state_of=partial(_broadcast_lookup, broadcast, plan.width)), STATE_SCHEMA)
+                    state_of=partial(_shared_lookup, blocks_of, plan.width)), STATE_SCHEMA)
     else:
         path = "shuffle"
         source_states = state.groupBy((F.col("block") % plan.source.source_blocks).alias("sb_key")).applyInPandas(
@@ -390,8 +397,8 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
         result = state
     else:
         result = checkpoint(products if single_source else sum_states(products, plan.width, tau), plan.checkpoint_mode)
-    if broadcast is not None:
-        broadcast.destroy()
+    if release is not None:
+        release()
     seconds = time.perf_counter() - started
     log.info("%s: %s path, %d source rows reached, %.2fs", label, path, reached, seconds)
     if trace is not None:
@@ -499,7 +506,7 @@ def vector_stats(vectors: DataFrame, idx_col: str, vec_col: str, what: str, widt
 
 # ---- public API --------------------------------------------------------------------------------
 def _require_checkpoint_dir(df: DataFrame, conf: AffinityConf) -> None:
-    if conf.checkpoint == "reliable" and df.sparkSession.sparkContext.getCheckpointDir() is None:
+    if conf.checkpoint == "reliable" and not has_checkpoint_dir(df.sparkSession):
         raise ValueError("affinity.checkpoint=reliable needs a checkpoint directory "
                          "(SparkContext.setCheckpointDir; the stage sets spark.checkpoint_dir)")
 
@@ -507,7 +514,7 @@ def _require_checkpoint_dir(df: DataFrame, conf: AffinityConf) -> None:
 def _parallel_blocks(edges: DataFrame, n_edges: int, conf: AffinityConf) -> int:
     if conf.target_blocks:
         return conf.target_blocks
-    return max(edges.sparkSession.sparkContext.defaultParallelism, math.ceil(n_edges / EDGES_PER_TILE_BLOCK))
+    return max(default_parallelism(edges.sparkSession), math.ceil(n_edges / EDGES_PER_TILE_BLOCK))
 
 
 @dataclass
