@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyspark
 import yaml
 
 PYTHON = sys.executable
 SPARK_CLASS = str(Path(sys.executable).with_name("spark-class"))
+SPARK_HOME = str(Path(pyspark.__file__).parent)  # pip's pyspark is a whole Spark distribution
 
 
 def free_port() -> int:
@@ -96,8 +98,8 @@ class StandaloneCluster:
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
         scratch = self.root / name
         (scratch / "local").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, "SPARK_LOCAL_DIRS": str(scratch / "local"), "SPARK_LOG_DIR": str(scratch),
-               "SPARK_LOCAL_IP": "127.0.0.1"}
+        env = {**os.environ, **self.env, "SPARK_HOME": SPARK_HOME, "SPARK_LOCAL_DIRS": str(scratch / "local"),
+               "SPARK_LOG_DIR": str(scratch), "SPARK_LOCAL_IP": "127.0.0.1"}
         log = open(scratch / "out.log", "w")
         return subprocess.Popen([SPARK_CLASS, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -53,12 +53,17 @@ def test_bundle_targets_schedule_and_secrets():
     assert bundle["targets"]["dev"]["mode"] == "development"
     assert bundle["targets"]["prod"]["mode"] == "production"
     assert bundle["targets"]["dev"]["variables"]["schedule_pause"] == "PAUSED"
-    job = tasks[0][0]
+    jobs = {job["name"].split("-${")[0]: job for job, _ in tasks}
+    job = jobs["persona-refresh"]
     assert job["schedule"]["pause_status"] == "${var.schedule_pause}"
     env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert all(v.startswith("{{secrets/") for v in env.values())  # keys only from the secret scope
-    keys = [t["task_key"] for _, t in tasks]
+    keys = [t["task_key"] for j, t in tasks if j is job]
     assert keys == ["ingest", "build_graph", "gplr", "export_tripartite", "train", "cold_start", "segment", "report"]
+    serverless = jobs["persona-refresh-serverless"]
+    assert [e["spec"]["dependencies"] for e in serverless["environments"]] == [["../dist/*.whl"]]
+    assert all(t["environment_key"] == "persona_spark" and "job_cluster_key" not in t
+               for j, t in tasks if j is serverless)
     gpu = {c["job_cluster_key"]: c for c in job["job_clusters"]}[[t for _, t in tasks if t["task_key"] == "train"][0]["job_cluster_key"]]
     assert gpu["new_cluster"]["node_type_id"] == "${var.gpu_node_type}"
 
