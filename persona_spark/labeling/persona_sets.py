@@ -272,9 +272,12 @@ class PersonaSetGenerator:
             await client.aclose()
         if final.content is None:
             raise RuntimeError(f"the final request failed: {final.error}")
-        personas = parse_personas(final.content)
+        distinct: dict[str, tuple[str, str]] = {}
+        for name, description in parse_personas(final.content):  # a name repeated: its first entry
+            distinct.setdefault(normalize_name(name), (name, description))
+        personas = list(distinct.values())
         if len(personas) < self.gen.target_size:
-            raise RuntimeError(f"the final answer has {len(personas)} personas, {self.gen.target_size} were asked for")
+            raise RuntimeError(f"the final answer has {len(personas)} distinct personas, {self.gen.target_size} were asked for")
         if len(personas) > self.gen.target_size:
             log.warning("the final answer has %d personas; keeping the first %d", len(personas), self.gen.target_size)
             personas = personas[: self.gen.target_size]
