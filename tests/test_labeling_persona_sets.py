@@ -91,6 +91,8 @@ def test_paper_method_runs_app_b_three_steps(shop, tmp_path, monkeypatch):
             "backend": "openai", "user_prompt": "paper_v1",
             "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 2, "max_attempts": 1},
             "generate": generate}})
+        dry = STAGES["generate-personas"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop)
+        assert dry["dry_run"] and dry["requests"] == 5 + 3 + 1 and dry["sample_users"] == 5 * 4 and server.request_count == 0
         summary = STAGES["generate-personas"](cfg, shop)
         bodies = list(server.requests)
 
