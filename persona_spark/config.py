@@ -169,9 +169,17 @@ class SelectionConf(Section):
 class PersonaGenerationConf(Section):
     """Persona-set generation (paper App. B): sampled histories -> candidate personas -> merged set."""
 
-    sample_users: int = 200
-    histories_per_prompt: int = 20
-    candidates_per_prompt: int = 10
+    # merge: one sample cut into groups, candidates per group, one merge call (cheap);
+    # paper: App. B's three steps and Fig. 2 prompts (candidate_prompts x fresh samples ->
+    # refine_prompts x sets_per_refine sets -> final set), see conf/paper.yaml.
+    method: Literal["merge", "paper"] = "merge"
+    sample_users: int = 200  # merge: users sampled in all
+    histories_per_prompt: int = Field(20, ge=1)  # users per candidate prompt (paper: 100)
+    candidates_per_prompt: int = Field(10, ge=1)  # personas each candidate prompt proposes (paper: 20)
+    candidate_prompts: int = Field(40, ge=1)  # paper: step-1 prompts, each with its own random users
+    refine_prompts: int = Field(8, ge=1)  # paper: step-2 prompts
+    sets_per_refine: int = Field(5, ge=1)  # paper: step-1 sets drawn at random into each step-2 prompt
+    dataset: str = "Market Basket Analysis (MBA)"  # paper: how the step-1 prompt names the dataset
     target_size: int = 20
     title: str = "generated"
     output: str = "data/personas/generated.yaml"
@@ -183,7 +191,8 @@ class LabelingConf(Section):
     max_personas: int = 5  # personas one answer may name
     history_tokens: int = 1500  # token budget of one serialized history (most frequent items first)
     max_name_chars: int = 80  # product names are untrusted: longer ones are cut
-    user_prompt: str = "user_v1"  # template name under resources/prompts, or a path to a YAML file
+    # template name under resources/prompts (user_v1; paper_v1 = the paper's Fig. 3 prompt), or a path to a YAML file
+    user_prompt: str = "user_v1"
     item_prompt: str = "item_v1"
     chunk_size: int = 5000  # entities labeled and committed to the cache table per Spark job
     # Every paid answer is appended here the moment it arrives, and recovered on the next run.
@@ -351,13 +360,29 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file's sections; ``extends: other.yaml`` (relative to the file) is loaded first and overridden."""
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: 'extends' loops back to {seen[0]}")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: top level must be a mapping of sections")
+    tree = dict(loaded or {})
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    return _merge(_load_tree(path.parent / parent, (*seen, path.resolve())), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    tree: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level must be a mapping of sections")
-        tree = loaded or {}
+    tree: dict[str, Any] = _load_tree(Path(path)) if path is not None else {}
     for item in overrides or []:
         key, value = parse_override(item)
         _set_path(tree, key, value)

@@ -204,7 +204,7 @@ def report_stage(cfg: Config, store: TableStore) -> dict:
 
 def label_users_stage(cfg: Config, store: TableStore) -> dict:
     """Label users (a sample, all, or those listed in a table) with the configured backend into ``user_labels``."""
-    requests = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"))
+    requests = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"), labeling.history_order(cfg.labeling))
     return _label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.users, "user_idx", store), "user")
 
 
@@ -238,19 +238,19 @@ def _label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str)
 def generate_personas_stage(cfg: Config, store: TableStore) -> dict:
     """Generate a persona set from sampled purchase histories with the LLM (paper App. B)."""
     from persona_spark.labeling.client import resolve_api_key
-    from persona_spark.labeling.persona_sets import PersonaSetGenerator, sample_entities, write_persona_set
+    from persona_spark.labeling.persona_sets import PersonaSetGenerator, write_persona_set
 
     conf = cfg.labeling
     if conf.backend != "openai":
         raise ValueError("generate-personas needs an LLM: set labeling.backend=openai (and labeling.openai.*)")
-    histories = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"))
-    entities = sample_entities(histories, conf.generate.sample_users, conf.generate.seed)
-    generator = PersonaSetGenerator(conf)
+    histories = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"), labeling.history_order(conf))
+    generator = PersonaSetGenerator(conf, histories.count())
+    groups = generator.sample(histories)
     if conf.dry_run:
-        estimate = generator.estimate(entities)
+        estimate = generator.estimate(groups)
         log.info("generate-personas estimate: %s", estimate)
         return {"dry_run": True, **estimate}
-    persona_set, stats = generator.generate(entities, resolve_api_key(conf.openai, store.spark))
+    persona_set, stats = generator.generate(groups, resolve_api_key(conf.openai, store.spark))
     path = write_persona_set(persona_set, conf.generate.output, generator.metadata(stats))
     table = persona_set.to_dataframe(store.spark).select(
         "*", F.lit(persona_set.title).alias("title"), F.lit(conf.openai.model).alias("model"),
@@ -281,7 +281,7 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     users, items, edges = (store.read_table(t) for t in ("users", "items", "edges"))
     _ensure_checkpoint_dir(cfg, store)
     train = _pin(cfg, edges.filter(F.col("split") == "train"))
-    requests = _pin(cfg, labeling.build_user_histories(train, items))
+    requests = _pin(cfg, labeling.build_user_histories(train, items, labeling.history_order(cfg.labeling)))
 
     def label_users(selected: DataFrame) -> DataFrame:
         wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")

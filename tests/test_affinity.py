@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from persona_spark.affinity import (affinity_long, compute_affinity, debias_weights, prepare_graph,
                                     propagate_to_users, prototype_labels)
 from persona_spark.affinity.engine import state_row_bytes
-from persona_spark.affinity.reference import exact_affinity, rev_aff
+from persona_spark.affinity.reference import exact_affinity, push_error_bound, rev_aff
 from persona_spark.config import AffinityConf, load_config
 from persona_spark.stages import STAGES
 
@@ -67,7 +67,6 @@ def graph():
 @pytest.mark.parametrize("eps", [0.0, 0.05])
 def test_broadcast_and_shuffle_paths_agree_and_match_references(spark, graph, eps):
     users, items, labels = graph
-    reference = rev_aff(users, items, labels, 2, eps, N_ITEMS)
     results = {}
     for path, limit in (("broadcast", 1_000_000), ("shuffle", 4)):
         trace: list[dict] = []
@@ -75,12 +74,19 @@ def test_broadcast_and_shuffle_paths_agree_and_match_references(spark, graph, ep
                                        AffinityConf(ell=2, eps=eps, broadcast_max_bytes=limit * state_row_bytes(N_PERSONAS)), trace)
         assert {t["path"] for t in trace if "path" in t} == {path}
     np.testing.assert_allclose(results["shuffle"], results["broadcast"], rtol=0, atol=1e-12)
-    # Same pruning rule as the paper's reverse push: identical up to float rounding.
-    np.testing.assert_allclose(results["broadcast"], reference, rtol=0, atol=1e-12)
+    exact = exact_affinity(users, items, labels, 2, N_ITEMS)
     if eps == 0:
-        exact = exact_affinity(users, items, labels, 2, N_ITEMS)
         np.testing.assert_allclose(results["broadcast"], exact, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rev_aff(users, items, labels, 2, 0.0, N_ITEMS), exact, rtol=0, atol=1e-12)
         assert np.count_nonzero(exact) > 0
+    else:
+        # Level-synchronous pruning (the engine) vs the paper's asynchronous push: each below
+        # exact within its own bound, (ℓ̂+1)θ and ℓ̂θ.
+        engine_gap = exact - results["broadcast"]
+        rev_gap = exact - rev_aff(users, items, labels, 2, eps, N_ITEMS)
+        assert engine_gap.max() > 1e-6 and rev_gap.max() > 1e-6  # this ε prunes something
+        assert min(engine_gap.min(), rev_gap.min()) >= -1e-12
+        assert engine_gap.max() <= 3 * eps / 4 + 1e-12 and rev_gap.max() <= eps / 2 + 1e-12
 
 
 def test_weighted_edges_use_purchase_counts(spark, graph):
@@ -162,14 +168,42 @@ def test_spark_pruned_affinity_is_within_eps_below_exact(spark, graph_case, ell,
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
-@given(small_graphs(max_users=20, max_items=10), st.integers(1, 3), st.sampled_from([0.0, 0.01, 0.1, 0.5]))
-def test_rev_aff_matches_scipy_exactly_at_eps_zero_and_within_eps_otherwise(graph_case, ell, eps):
+@given(small_graphs(max_users=20, max_items=10), st.integers(1, 3), st.sampled_from([0.0, 0.01, 0.1, 0.5]),
+       st.sampled_from(["receiver", "sender"]), st.booleans())
+def test_rev_aff_is_exact_at_eps_zero_and_within_its_bound_otherwise(graph_case, ell, eps, degree, weighted):
     users, items, labels, n_items = graph_case
-    exact = exact_affinity(users, items, labels, ell, n_items)
-    gap = exact - rev_aff(users, items, labels, ell, eps, n_items)
+    weights = (np.arange(len(users)) % 3 + 1.0) if weighted else None
+    exact = exact_affinity(users, items, labels, ell, n_items, weights, degree)
+    gap = exact - rev_aff(users, items, labels, ell, eps, n_items, weights, degree)
+    bound = push_error_bound(users, items, labels.shape[0], ell, eps, n_items, weights, degree)
     if eps == 0:
         np.testing.assert_allclose(gap, 0, atol=1e-12)
-    assert gap.min() >= -1e-12 and gap.max() <= eps + 1e-12
+    assert gap.min() >= -1e-12  # RevAff never overestimates
+    assert (gap <= bound[:, None] + 1e-12).all()
+    if degree == "receiver":  # Eq. 2's walk: Theorem 3, with every pushed Δ kept, ℓ̂θ = ε/2
+        assert bound.max() <= eps / 2 + 1e-12 and gap.max() <= eps / 2 + 1e-12
+
+
+def test_sender_degree_is_the_transposed_walk_and_loses_theorem_3():
+    # u0 buys i0 (shared by u0..u3) and i1 (its own); u0 is the only prototype.
+    users, items = np.array([0, 1, 2, 3, 0]), np.array([0, 0, 0, 0, 1])
+    labels = np.array([[1.0], [0.0], [0.0], [0.0]])
+    # Eq. 2 walks from each user: u1..u3 reach i0, then u0 with probability 1/4.
+    np.testing.assert_allclose(rev_aff(users, items, labels, 1, 0.0)[:, 0], [1 / 2 * 1 / 4 + 1 / 2, 1 / 4, 1 / 4, 1 / 4])
+    # Algorithm 2 line 6 divides by the sender's degree: u0 sends 1/2 to each item, i0 splits its half 4 ways.
+    sender = rev_aff(users, items, labels, 1, 0.0, degree="sender")[:, 0]
+    np.testing.assert_allclose(sender, [1 / 8 + 1 / 2, 1 / 8, 1 / 8, 1 / 8])
+    np.testing.assert_allclose(exact_affinity(users, items, labels, 1, degree="sender")[:, 0], sender)
+    # u0 shares each of 40 items with one prototype of degree 11: each sends 1/11 < θ = 0.1 to the
+    # shared item, which (degree 2) would pass half of it to u0. Line 6 leaves all of it unpushed:
+    # u0 misses 40/22 ≫ ε = 0.2, while the receiver-degree push stays within ε/2.
+    pairs = [(0, j) for j in range(40)] + [(1 + j, j) for j in range(40)] + [(1 + j, 40 + k) for j in range(40) for k in range(10)]
+    users, items = np.array(pairs).T
+    labels = np.r_[0.0, np.ones(40)][:, None]
+    gap = exact_affinity(users, items, labels, 1, degree="sender") - rev_aff(users, items, labels, 1, 0.2, degree="sender")
+    assert gap[0, 0] == pytest.approx(40 / 22)
+    receiver_gap = exact_affinity(users, items, labels, 1) - rev_aff(users, items, labels, 1, 0.2)
+    assert 0 <= receiver_gap.min() and receiver_gap.max() <= 0.1 + 1e-12
 
 
 def test_exact_scipy_reference_by_hand():

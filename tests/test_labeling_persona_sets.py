@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 import pytest
@@ -65,3 +66,52 @@ def test_generate_personas_writes_a_loadable_versioned_set(shop, tmp_path, monke
     table = shop.read_table("generated_persona_sets")
     assert table.select("version").distinct().first()["version"] == persona_set.version
     assert table.count() == len(persona_set)
+
+
+def paper_steps(body: dict, n: int) -> Reply:
+    """App. B's answers as numbered lists: step 1 names personas after its users, steps 2 and 3
+    repeat every persona they were shown (duplicates included); one step-1 answer is garbage."""
+    system, request = body["messages"][0]["content"], body["messages"][-1]["content"]
+    if "deducing high-level consumer keywords" in system:  # step 1 (Fig. 2.a)
+        ids = entity_ids(body)
+        if ids[0] == "0":
+            return Reply(content="I cannot see any data.")
+        return Reply(content="\n".join(f"{k}. Group {ids[0]} Persona {k}\n - buys what user {ids[0]} buys" for k in (1, 2, 3)))
+    names = re.findall(r"^\d+\. (.+)$", request, flags=re.M)
+    listing = "\n".join(f"{k}. {name}\n - kept" for k, name in enumerate(names, 1))
+    return Reply(content=f"Here are the personas:\n{listing}")
+
+
+def test_paper_method_runs_app_b_three_steps(shop, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    generate = {"method": "paper", "candidate_prompts": 5, "histories_per_prompt": 4, "candidates_per_prompt": 3,
+                "refine_prompts": 3, "sets_per_refine": 2, "target_size": 3, "output": str(tmp_path / "paper.yaml")}
+    with LoopbackChatServer(paper_steps) as server:
+        cfg = Config.model_validate({"labeling": {
+            "backend": "openai", "user_prompt": "paper_v1",
+            "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 2, "max_attempts": 1},
+            "generate": generate}})
+        dry = STAGES["generate-personas"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop)
+        assert dry["dry_run"] and dry["requests"] == 5 + 3 + 1 and dry["sample_users"] == 5 * 4 and server.request_count == 0
+        summary = STAGES["generate-personas"](cfg, shop)
+        bodies = list(server.requests)
+
+    step1 = [b for b in bodies if "deducing high-level consumer keywords" in b["messages"][0]["content"]]
+    step2 = [b for b in bodies if "randomly select" in b["messages"][-1]["content"]]
+    step3 = [b for b in bodies if "that is to say" in b["messages"][-1]["content"]]
+    assert (len(step1), len(step2), len(step3)) == (5, 3, 1) and len(bodies) == 9
+    groups = [entity_ids(b) for b in step1]
+    assert all(len(set(g)) == 4 for g in groups) and len({tuple(g) for g in groups}) > 1  # fresh users per prompt
+    first = step1[0]["messages"][-1]["content"]
+    assert "about 4 (33.3 percent) users" in first and "High Coverage" in first and "High Accuracy" in first
+    assert "he bought: Garden tool" in first and "response_format" not in step1[0]  # the paper's history sentence, no JSON mode
+    refine = step2[0]["messages"][-1]["content"]
+    assert "Now we have 4 persona_sets, each containing 3 personas, and I will randomly select two persona_sets" in refine
+    assert refine.count("\n1. ") == 2 and "Group 0" not in refine  # the failed step-1 set is not drawn
+    final = step3[0]["messages"][-1]["content"]
+    assert "Now we have 3 persona sets, each containing 3 personas, for a total of 9 personas" in final
+    assert "Here are the three sets of personas" in final
+    assert summary["method"] == "paper" and summary["failed_candidate_requests"] == 1 and summary["refine_requests"] == 3
+    persona_set = load_persona_set(tmp_path / "paper.yaml")
+    assert len(persona_set) == 3 and all(name.startswith("Group ") for name in persona_set.names)  # repeats dropped
+    assert persona_set.descriptions[0] == "kept"

@@ -147,3 +147,65 @@ def test_api_key_from_env_never_shown(monkeypatch):
     monkeypatch.delenv("PS_TEST_KEY")
     with pytest.raises(RuntimeError, match="PS_TEST_KEY"):
         resolve_api_key(OpenAIConf(api_key_env="PS_TEST_KEY"))
+
+
+# ---- the paper's prompt (conf/paper.yaml: paper_v1, Fig. 3) ----------------------------------------
+@pytest.fixture(scope="module")
+def paper_prompt(personas):
+    return LabelPrompt("paper_v1", personas, max_personas=5, history_tokens=120_000, max_name_chars=80)
+
+
+def test_paper_prompt_is_fig_3_with_the_persona_list_and_history(paper_prompt, personas):
+    products = (("FAIRY CAKE DESIGN UMBRELLA", 4), ("CERAMIC STRAWBERRY DESIGN MUG", 24), ("POSTAGE", 1))
+    system, user = paper_prompt.messages([Entity(12358, products, "h")])
+    assert system["role"] == "system" and system["content"].startswith("Now you are an intelligent e-commerce domain assistant.")
+    text = user["content"]
+    assert user["role"] == "user" and text.startswith("Take a deep breath and work according to the instructions step by step.")
+    assert "at most 5 personas from our given persona list" in text and "you should find strong evidence" in text
+    assert '{"12346": [ "Vegan/Vegetarian", "High-Protein Shopper", "Pet Owner"]}' in text
+    assert '{"12999": ["Unrepresentable"]}' in text
+    for i, (name, description) in enumerate(zip(personas.names, personas.descriptions), 1):
+        assert f"{i}. {name}\n - {description}" in text
+    assert ("Here is the data of user 12358's transaction data for you to analyze:\nThe user 12358 has totally "
+            "purchased 3 unique products, we show each product name followed by its purchased times: he bought: "
+            "FAIRY CAKE DESIGN UMBRELLA, 4 times; CERAMIC STRAWBERRY DESIGN MUG, 24 times; POSTAGE, 1 times. "
+            f"Remind one more time that you can only select from the given {len(personas)} personas' list") in text
+    assert "<user" not in text  # the paper has no data blocks: validation is what guards the answer
+
+
+def test_paper_history_counts_quantities_and_cuts_only_past_the_window(personas):
+    history = [{"name": "MUG", "n": 2, "quantity": 24}, {"name": "POSTAGE", "n": 1, "quantity": None}]
+    paper = LabelPrompt("paper_v1", personas, 5, 120_000, 80)
+    assert paper.format.entity_of(1, history, "h").products == (("MUG", 24), ("POSTAGE", 1))
+    assert LabelPrompt("user_v1", personas, 5, 1500, 80).format.entity_of(1, history, "h").products == (("MUG", 2), ("POSTAGE", 1))
+    many = tuple((f"PRODUCT {i}", 1) for i in range(2000))
+    assert "Only the first" not in paper.format.text(Entity(1, many, "h"))
+    cut = LabelPrompt("paper_v1", personas, 5, 500, 80).format.text(Entity(1, many, "h"))
+    assert re.search(r"\(Only the first \d+ of the 2000 products are listed\.\)$", cut)
+
+
+def test_paper_answers_are_keyed_by_the_user_number_and_validated(paper_prompt):
+    ok = paper_prompt.parse('```json\n{"12358": ["home chef", "Pet Lover"]}\n```', [12358])[12358]
+    assert ok.status == "ok" and ok.personas == ("Home Chef", "Pet Lover")
+    assert paper_prompt.parse('{"12358": ["Unrepresentable"]}', [12358])[12358].status == "unrepresentable"
+    wrong_user = paper_prompt.parse('{"12346": ["Home Chef"]}', [12358])[12358]
+    assert wrong_user.status == "error" and "no entry for id 12358" in wrong_user.error
+    # A name injected through a product ("answer Space Pirate") is not in the set: never accepted.
+    injected = paper_prompt.parse('{"12358": ["Space Pirate"]}', [12358])[12358]
+    assert injected.status == "error" and "Space Pirate" in injected.error
+    # The format explanation shows one object per line; a user answered twice is an error.
+    lines = paper_prompt.parse('{"7": ["Gardener"]}\n{"8": ["Crafter"]}', [7, 8])
+    assert lines[7].personas == ("Gardener",) and lines[8].personas == ("Crafter",)
+    twice = paper_prompt.parse('{"7": ["Gardener"]}\n{"7": ["Crafter"]}', [7])[7]
+    assert twice.status == "error" and "several entries" in twice.error
+    assert "not valid JSON" in paper_prompt.parse("Home Chef, Pet Lover", [7])[7].error
+    assert paper_prompt.parse('["Home Chef"]', [7])[7].status == "error"
+    assert paper_prompt.parse('{"7": "Home Chef"}', [7])[7].status == "error"
+
+
+def test_paper_prompt_is_one_user_per_request_and_no_fixed_schema(paper_prompt):
+    with pytest.raises(ValueError, match="users_per_request=1"):
+        paper_prompt.messages([Entity(1, (("A", 1),), "h"), Entity(2, (("B", 1),), "h")])
+    with pytest.raises(ValueError, match="json_object or off"):
+        paper_prompt.response_format("json_schema", multi=False)
+    assert paper_prompt.response_format("off", multi=False) is None

@@ -126,3 +126,17 @@ def test_configuration_reference_is_current():
     """docs/configuration.md is generated from config.py; a new knob must show up there."""
     assert (ROOT / "docs" / "configuration.md").read_text() == config_reference(), (
         "docs/configuration.md is stale: run `python -m persona_spark.config > docs/configuration.md`")
+
+
+def test_paper_conf_is_the_papers_settings_and_extends_merges(tmp_path):
+    paper = load_config(ROOT / "conf" / "paper.yaml")
+    assert (paper.affinity.ell, paper.affinity.beta, paper.gplr.rounds, paper.gplr.top_k) == (1, 0.5, 10, 5)
+    assert paper.gplr.assignment == "topk" and paper.labeling.user_prompt == "paper_v1"
+    assert paper.labeling.generate.method == "paper" and paper.labeling.openai.model == "gpt-4-turbo"
+    faithful = load_config(ROOT / "conf" / "paper_faithful_online_retail.yaml")
+    assert faithful.labeling.backend == "recorded" and faithful.labeling.user_prompt == "paper_v1"  # override + inherited
+    assert faithful.labeling.openai.temperature == 1.0 and faithful.affinity.ell == 1
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="loops"):
+        load_config(tmp_path / "a.yaml")

@@ -46,8 +46,10 @@ x̂_0 = L, x̂_k = prune_τ(A_k x̂_{k-1}) where prune_τ zeroes entries with |v
 Ψ = (1/ℓ̂) Σ_ℓ x_{2ℓ}, hence |Ψ̂ − Ψ| ≤ (1/ℓ̂) Σ_{ℓ=1..ℓ̂} 2ℓτ = (ℓ̂+1)τ elementwise, and with
 τ = ε/(2ℓ̂) this is (ℓ̂+1)/(2ℓ̂)·ε ≤ ε for every ℓ̂ ≥ 1. For non-negative L every x̂_k ≤ x_k (pruning
 only removes mass), so Ψ̂ never overestimates: 0 ≤ Ψ − Ψ̂ ≤ ε. With ε = 0 nothing is pruned and
-the result equals the exact product up to float rounding. The same argument bounds the paper's
-reverse push (RevAff, Theorem 3); ``reference.rev_aff`` applies the identical pruning rule.
+the result equals the exact product up to float rounding. The paper's reverse push (RevAff,
+Algorithm 2, ``reference.rev_aff``) pushes asynchronously and keeps the sub-threshold mass it
+received, so its bound is ℓ̂τ instead; pruning whole hops is what lets every hop here be one
+batch of sparse products.
 """
 
 from __future__ import annotations

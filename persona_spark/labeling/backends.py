@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling.client import ChatClient, Secret
-from persona_spark.labeling.prompts import Entity, LabelPrompt, Verdict, error_verdict, estimate_tokens, sanitize_name
+from persona_spark.labeling.prompts import Entity, HistoryFormat, LabelPrompt, Verdict, error_verdict, estimate_tokens, sanitize_name
 from persona_spark.personas import PersonaSet
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -92,11 +92,8 @@ def rows_frame(rows: list[dict], id_col: str) -> pd.DataFrame:
     return frame
 
 
-def entities_of(pdf: pd.DataFrame, id_col: str) -> list[Entity]:
-    return [
-        Entity(int(i), tuple((p["name"], int(p["n"])) for p in history), h)
-        for i, history, h in zip(pdf[id_col], pdf["history"], pdf["history_hash"])
-    ]
+def entities_of(pdf: pd.DataFrame, id_col: str, history_format: HistoryFormat) -> list[Entity]:
+    return [history_format.entity_of(int(i), history, h) for i, history, h in zip(pdf[id_col], pdf["history"], pdf["history_hash"])]
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -195,7 +192,7 @@ def label_partition(worker: OpenAIWorker, journal_folder: str | None, batches: I
     client = None
     try:
         for pdf in batches:
-            entities = entities_of(pdf, worker.id_col)
+            entities = entities_of(pdf, worker.id_col, worker.prompt.format)
             rows = [earlier[(e.id, e.history_hash)] for e in entities if (e.id, e.history_hash) in earlier]
             fresh = [e for e in entities if (e.id, e.history_hash) not in earlier]
             if fresh:

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 ENTITY_TAG = re.compile(r'<(?:user|item) id="([^"]+)">')
+PAPER_HISTORY = re.compile(r"The user (\S+) has totally purchased")  # the paper's serialization (paper_v1)
 
 
 @dataclass
@@ -37,8 +38,10 @@ Responder = Callable[[dict, int], Reply]
 
 
 def entity_ids(body: dict) -> list[str]:
-    """Ids of the users/items a chat request asks about (the ``<user id="…">`` blocks of the last message)."""
-    return ENTITY_TAG.findall(body["messages"][-1]["content"])
+    """Ids of the users/items a chat request asks about: the ``<user id="…">`` blocks of the last
+    message, or, for the paper's prompts, the users whose history sentences it holds."""
+    content = body["messages"][-1]["content"]
+    return ENTITY_TAG.findall(content) or PAPER_HISTORY.findall(content)
 
 
 def answer(ids: list[str], personas_for: Callable[[str], list[str]]) -> str:

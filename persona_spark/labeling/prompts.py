@@ -81,19 +81,40 @@ def error_verdict(message: str) -> Verdict:
     return Verdict((), (), "error", message[:MAX_ERROR_CHARS])
 
 
+HISTORY_ORDERS = ("frequency", "first_purchase")
+HISTORY_COUNTS = ("n", "quantity")
+
+
 class HistoryFormat:
-    """The paper's serialization of a purchase history, bounded by a token budget."""
+    """The serialization of a purchase history, bounded by a token budget.
+
+    A template declares how a history is written: ``history`` / ``product`` / ``truncated``
+    texts, ``product_separator`` (default "; "), which number stands after a product
+    (``count``: ``n`` = orders it was in, ``quantity`` = units bought) and in which order the
+    products come (``order``: ``frequency`` = most bought first, ``first_purchase`` = as first
+    bought; ``build_user_histories`` sorts accordingly)."""
 
     def __init__(self, fields: dict, history_tokens: int, max_name_chars: int):
         self.history = Template(fields["history"])
         self.product = Template(fields["product"])
         self.truncated = Template(fields.get("truncated", ""))
+        self.separator = fields.get("product_separator", "; ")
         self.tag = fields.get("entity", "user")
+        self.count = fields.get("count", "n")
+        self.order = fields.get("order", "frequency")
+        if self.count not in HISTORY_COUNTS or self.order not in HISTORY_ORDERS:
+            raise ValueError(f"prompt template {fields.get('name')!r}: count must be one of {HISTORY_COUNTS} "
+                             f"and order one of {HISTORY_ORDERS}, got {self.count!r} / {self.order!r}")
         self.history_tokens = history_tokens
         self.max_name_chars = max_name_chars
 
+    def entity_of(self, entity_id: int, history, history_hash: str) -> Entity:
+        """A request row's ``history`` (structs with name, n, quantity) as the entity this format writes."""
+        count = (lambda p: max(int(p["quantity"] or 0), 1)) if self.count == "quantity" else (lambda p: int(p["n"]))
+        return Entity(entity_id, tuple((p["name"], count(p)) for p in history), history_hash)
+
     def text(self, entity: Entity) -> str:
-        """Products most frequent first, as many as fit the budget; a cut history says so."""
+        """Products in the history's order, as many as fit the budget; a cut history says so."""
         n_unique = len(entity.products)
         parts: list[str] = []
         used = estimate_tokens(self.history.substitute(id=entity.id, n_unique=n_unique, products=""))
@@ -104,7 +125,7 @@ class HistoryFormat:
                 break
             parts.append(part)
             used += cost
-        text = self.history.substitute(id=entity.id, n_unique=n_unique, products="; ".join(parts))
+        text = self.history.substitute(id=entity.id, n_unique=n_unique, products=self.separator.join(parts))
         if len(parts) < n_unique:
             text += self.truncated.substitute(shown=len(parts), n_unique=n_unique)
         return text
@@ -115,7 +136,16 @@ class HistoryFormat:
 
 
 class LabelPrompt:
-    """A user/item labeling template bound to a persona set and the serialization limits."""
+    """A user/item labeling template bound to a persona set and the serialization limits.
+
+    Two layouts. By default (``user_v1``) the system prompt holds the rules and the persona list,
+    histories come as ``<user id>`` data blocks followed by ``request``, few-shot ``examples`` are
+    chat turns, and answers are ``{"personas": [...]}`` (or ``{"answers": [...]}`` for several
+    users). A template with a ``user`` text (``paper_v1``) writes one user message from it
+    instead — ``$persona_list``, ``$history``, ``$id``, ``$max_personas``, ``$n_personas`` —
+    one user per request, examples inside that text; ``answer: keyed`` expects
+    ``{"<id>": [...]}``. Either way only names of the persona set are accepted.
+    """
 
     def __init__(self, template: str, persona_set: PersonaSet, max_personas: int, history_tokens: int, max_name_chars: int):
         self.fields, template_version = load_template_file(template)
@@ -124,12 +154,21 @@ class LabelPrompt:
         self.format = HistoryFormat(self.fields, history_tokens, max_name_chars)
         # Limits change the text the model sees, so they are part of the version.
         self.version = f"{template_version}-t{history_tokens}-n{max_name_chars}-k{max_personas}"
-        persona_list = "\n".join(f"- {n}: {d}" if d else f"- {n}" for n, d in zip(persona_set.names, persona_set.descriptions))
+        self.inline = "user" in self.fields
+        self.keyed = self.fields.get("answer", "personas") == "keyed"
+        self.multi = "multi_request" in self.fields
+        item = self.fields.get("persona_item")
+        entries = [
+            Template(item).substitute(number=i + 1, name=n, description=d) if item else (f"- {n}: {d}" if d else f"- {n}")
+            for i, (n, d) in enumerate(zip(persona_set.names, persona_set.descriptions))
+        ]
+        persona_list = self.fields.get("persona_separator", "\n").join(entries)
+        self._persona_list = persona_list
         self._system = {
             multi: Template(self.fields["system"]).substitute(
                 persona_list=persona_list,
                 max_personas=max_personas,
-                answer_format=self.fields["multi_format" if multi else "single_format"],
+                answer_format=self.fields.get("multi_format" if multi else "single_format", ""),
             ).strip()
             for multi in (False, True)
         }
@@ -151,10 +190,21 @@ class LabelPrompt:
             return f"{blocks}\n\n{self.fields['request']}"
         return f"{blocks}\n\n{Template(self.fields['multi_request']).substitute(count=len(entities))}"
 
+    def _inline_request(self, entity: Entity) -> str:
+        return Template(self.fields["user"]).substitute(
+            persona_list=self._persona_list, history=self.format.text(entity), id=entity.id,
+            max_personas=self.max_personas, n_personas=len(self.persona_set),
+        )
+
     def messages(self, entities: Sequence[Entity]) -> list[dict]:
         """System prompt, few-shot exchanges in the same (single/multi) shape, then the request."""
         multi = len(entities) > 1
+        if multi and not self.multi:
+            raise ValueError(f"prompt template {self.fields['name']!r} labels one user per request: "
+                             "set labeling.openai.users_per_request=1")
         messages = [{"role": "system", "content": self._system[multi]}]
+        if self.inline:
+            return messages + [{"role": "user", "content": self._inline_request(entities[0])}]
         shots = [
             (Entity(f"example-{i + 1}", tuple((n, c) for n, c in ex["products"]), ""), list(ex["personas"]))
             for i, ex in enumerate(self.examples)
@@ -176,6 +226,9 @@ class LabelPrompt:
             return None
         if mode == "json_object":
             return {"type": "json_object"}
+        if self.keyed:
+            raise ValueError(f"prompt template {self.fields['name']!r} answers keyed by user id, which a fixed "
+                             "JSON schema cannot describe: use labeling.openai.json_mode=json_object or off")
         names = {"type": "array", "items": {"type": "string", "enum": [*self.persona_set.names, UNREPRESENTABLE]}}
         single = {"type": "object", "properties": {"personas": names}, "required": ["personas"], "additionalProperties": False}
         if multi:
@@ -193,6 +246,12 @@ class LabelPrompt:
     # ---- validation ------------------------------------------------------------------------
     def parse(self, content: str | None, ids: Sequence[int]) -> dict[int, Verdict]:
         """Validate an answer for ``ids``: one verdict per id, errors recorded, nothing guessed."""
+        if self.keyed:
+            try:
+                per_id = keyed_answers(content or "")
+            except ValueError as exc:
+                return {i: error_verdict(str(exc)) for i in ids}
+            return self._verdicts(per_id, ids)
         try:
             data = json.loads(strip_code_fence(content or ""))
         except json.JSONDecodeError:
@@ -216,6 +275,9 @@ class LabelPrompt:
         else:
             shape = "an 'answers' list" if len(ids) > 1 else "a 'personas' list"
             return {i: error_verdict(f"answer JSON has no {shape}: {json.dumps(data)[:120]}") for i in ids}
+        return self._verdicts(per_id, ids)
+
+    def _verdicts(self, per_id: dict[str, object], ids: Sequence[int]) -> dict[int, Verdict]:
         verdicts = {}
         for i in ids:
             names = per_id.get(str(i))
@@ -263,6 +325,27 @@ class LabelPrompt:
         if unknown:
             return error_verdict(f"no persona of the set in the answer; unknown persona names: {unknown}")
         return error_verdict("the answer lists no persona")
+
+
+def keyed_answers(content: str) -> dict[str, object]:
+    """The paper's answer, ``{"<user number>": ["Persona", ...]}`` (Fig. 3.a/3.c): one object, or
+    one object per line as its format explanation shows; an id answered twice is marked so."""
+    text = strip_code_fence(content)
+    try:
+        objects = [json.loads(text)]
+    except json.JSONDecodeError:
+        try:
+            objects = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise ValueError(f"answer is not valid JSON: {content[:120]!r}") from None
+    per_id: dict[str, object] = {}
+    for data in objects:
+        if not isinstance(data, dict) or not data:
+            raise ValueError(f"answer JSON is not an object keyed by user number: {json.dumps(data)[:120]}")
+        for key, names in data.items():
+            key = str(key).strip()
+            per_id[key] = "answered more than once" if key in per_id else names
+    return per_id
 
 
 def strip_code_fence(text: str) -> str:

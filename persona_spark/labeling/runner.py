@@ -37,7 +37,7 @@ from persona_spark.labeling.backends import (
     label_schema,
 )
 from persona_spark.labeling.client import Secret, resolve_api_key
-from persona_spark.labeling.prompts import LabelPrompt
+from persona_spark.labeling.prompts import HISTORY_ORDERS, LabelPrompt, load_template_file
 from persona_spark.personas import PersonaSet
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,26 @@ class DryRunEstimate(Exception):
 
 
 # ---- requests ---------------------------------------------------------------------------------
-def build_user_histories(edges: DataFrame, items: DataFrame) -> DataFrame:
+def history_order(conf: LabelingConf) -> str:
+    """The product order the configured user prompt writes (``order`` of its template)."""
+    fields, _ = load_template_file(conf.user_prompt)
+    return fields.get("order", "frequency")
+
+
+def build_user_histories(edges: DataFrame, items: DataFrame, order: str = "frequency") -> DataFrame:
     """``user_idx, history, history_hash`` from the train edges: every purchased item with its
-    name, purchase count and quantity, most frequent first (ties: larger quantity, lower index).
-    The hash covers the whole history, so a user whose purchases changed is labeled again."""
+    name, purchase count and quantity, most frequent first (ties: larger quantity, lower index),
+    or with ``order='first_purchase'`` in the order first bought (ties: lower index), as the
+    paper's prompt lists them (Fig. 3.b). The hash covers the whole history, so a user whose
+    purchases changed is labeled again."""
+    if order not in HISTORY_ORDERS:
+        raise ValueError(f"history order must be one of {HISTORY_ORDERS}, got {order!r}")
     named = edges.filter(F.col("split") == "train").join(items.select("item_idx", "item_name"), "item_idx", "left")
+    first = [F.col("first_ts").alias("first_ts")] if order == "first_purchase" else []
     entry = F.struct(
-        (-F.col("n_purchases")).alias("neg_n"),
-        (-F.col("quantity")).alias("neg_quantity"),
+        *first,
+        (-F.col("n_purchases")).alias("neg_n") if order == "frequency" else F.lit(0).alias("neg_n"),
+        (-F.col("quantity")).alias("neg_quantity") if order == "frequency" else F.lit(0).alias("neg_quantity"),
         F.col("item_idx").cast("int").alias("item_idx"),
         F.coalesce("item_name", F.concat(F.lit("item "), F.col("item_idx").cast("string"))).alias("name"),
         F.col("n_purchases").cast("int").alias("n"),
@@ -127,6 +139,11 @@ def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | Entity
         return RecordedBackend(conf.recorded, persona_set, store, kind.id_col)
     template = conf.user_prompt if kind.name == "user" else conf.item_prompt
     prompt = LabelPrompt(template, persona_set, conf.max_personas, conf.history_tokens, conf.max_name_chars)
+    if conf.openai.users_per_request > 1 and not prompt.multi:
+        raise ValueError(f"prompt template {template!r} labels one {kind.name} per request: set labeling.openai.users_per_request=1")
+    if prompt.keyed and conf.openai.json_mode == "json_schema":
+        raise ValueError(f"prompt template {template!r} answers keyed by id, which a fixed JSON schema cannot "
+                         "describe: set labeling.openai.json_mode to json_object or off")
     # A dry run only renders prompts to count tokens: pricing a run must not require its key.
     key = Secret("") if conf.dry_run else resolve_api_key(conf.openai, store.spark)
     return OpenAIBackend(conf.openai, key, prompt, kind.id_col, persona_set)
@@ -286,7 +303,7 @@ def label_entities(
 
 def estimate_partition(worker, id_col: str, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     for pdf in batches:
-        sizes = worker.request_sizes(entities_of(pdf, id_col))
+        sizes = worker.request_sizes(entities_of(pdf, id_col, worker.prompt.format))
         yield pd.DataFrame(
             {
                 "entities": [len(pdf)],
