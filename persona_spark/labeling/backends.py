@@ -315,12 +315,23 @@ def vote_partition(persona_vectors: np.ndarray, centre: np.ndarray, scale: np.nd
         yield pd.DataFrame({"item_idx": pdf["item_idx"], "votes": list(votes.astype(np.float32)), "best": sims.max(axis=1)})
 
 
+def vote_totals(persona_vectors: np.ndarray, centre: np.ndarray, scale: np.ndarray, temperature: float,
+                batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Per task: the item count and the sum of the items' vote vectors (|R| numbers)."""
+    n, total = 0, np.zeros(len(persona_vectors))
+    for votes in vote_partition(persona_vectors, centre, scale, temperature, batches):
+        n, total = n + len(votes), total + np.stack(votes["votes"].to_numpy()).sum(axis=0)
+    yield pd.DataFrame({"n": [n], "total": [total.tolist()]})
+
+
 @dataclass
 class EmbeddingScorer:
     """The documented picking rule, applied per entity from its items' persona votes.
 
-    score_r = sum_i w_i * vote_i[r] / sum_i w_i (w = log1p(quantity), quantity or purchase count);
-    fit = weighted mean of each item's best cosine. fit < min_similarity -> Unrepresentable; else the
+    score_r = sum_i w_i * vote_i[r] / sum_i w_i / prior_r (w = log1p(quantity), quantity or purchase
+    count; prior_r = persona r's mean vote over the catalogue, so a score is the basket's lift over
+    what any product would give: a persona that collects some vote from everything does not win
+    everywhere); fit = weighted mean of each item's best cosine. fit < min_similarity -> Unrepresentable; else the
     personas with score_r >= relative_threshold * max score, best first, at most max_personas.
     """
 
@@ -332,6 +343,7 @@ class EmbeddingScorer:
     item_ids: np.ndarray  # sorted item_idx with votes
     votes: np.ndarray  # (items, personas)
     best: np.ndarray  # (items,)
+    prior: np.ndarray  # (personas,) mean vote over the catalogue
 
     def weights(self, history) -> np.ndarray:
         if self.conf.weight == "count":
@@ -347,7 +359,7 @@ class EmbeddingScorer:
             return error_verdict("none of the purchased items has an embedding"), ""
         w = self.weights(history)[known]
         rows = pos[known]
-        scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum()
+        scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum() / self.prior
         fit = float((w * self.best[rows]).sum() / w.sum())
         order = np.argsort(-scores, kind="stable")
         top = {self.persona_set.names[r]: round(float(scores[r]), 4) for r in order[:5]}
@@ -415,6 +427,12 @@ class EmbeddingBackend(LabelBackend):
         ).collect()
         centre, scale = hubness_correction([(m["n"], m["total"], m["squares"]) for m in moments if m["n"]],
                                            self.conf.hubness_prior_items)
+        totals = cached.dropDuplicates(["item_idx"]).mapInPandas(
+            partial(vote_totals, persona_vectors, centre, scale, self.conf.temperature), "n long, total array<double>"
+        ).collect()
+        n_catalogue = sum(t["n"] for t in totals)
+        prior = (np.sum([t["total"] for t in totals if t["n"]], axis=0) / n_catalogue if n_catalogue
+                 else np.full(len(self.persona_set), 1.0 / len(self.persona_set)))
         # One vote vector per distinct item (catalogue-sized, not user-sized), shipped to the tasks.
         votes = embeddings.mapInPandas(
             partial(vote_partition, persona_vectors, centre, scale, self.conf.temperature),
@@ -425,6 +443,7 @@ class EmbeddingBackend(LabelBackend):
             votes["item_idx"].to_numpy(dtype=np.int64),
             np.stack(votes["votes"].to_numpy()) if len(votes) else np.zeros((0, len(self.persona_set)), np.float32),
             votes["best"].to_numpy(dtype=np.float32),
+            np.maximum(prior, 1e-9).astype(np.float64),
         )
         return requests.repartition(self.conf.partitions).mapInPandas(scorer, label_schema(self.id_col))
 
