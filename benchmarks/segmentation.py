@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep("personas", segment.persona_vectors(personas, n_personas), args.ks, args.components, "user_idx")
 
     transactions = raw_transactions(spark, args.data / "online_retail_raw" / "online_retail_sample_40k.csv").localCheckpoint()
-    sweep("rfm", segment.rfm_vectors(transactions), args.ks, args.components, "customer_id")
+    sweep("rfm", segment.rfm_vectors(transactions).features, args.ks, args.components, "customer_id")
 
     if args.robustness:
         with tempfile.TemporaryDirectory() as folder:

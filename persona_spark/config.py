@@ -141,7 +141,12 @@ class OpenAIConf(Section):
 class EmbeddingLabelConf(Section):
     """Offline zero-shot labeler: all-MiniLM-L6-v2 similarity of product names to persona descriptions."""
 
-    temperature: float = 0.05  # softmax temperature turning an item's cosine similarities into votes
+    # Softmax temperature turning an item's similarities into votes, in standard deviations of each
+    # persona's similarity over the catalogue (1 = one standard deviation counts e-fold).
+    temperature: float = 1.0
+    # Weight, in items, of the all-personas moments each persona's catalogue mean/std is shrunk to
+    # (a catalogue of a few items cannot tell hubs apart, so it falls back to raw cosines).
+    hubness_prior_items: int = Field(20, ge=0)
     weight: Literal["log_quantity", "quantity", "count"] = "log_quantity"
     relative_threshold: float = 0.5  # keep personas scoring >= this x the best persona's score
     min_similarity: float = 0.1  # mean best cosine below this: Unrepresentable

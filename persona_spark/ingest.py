@@ -10,7 +10,11 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-CANONICAL = ["customer_id", "order_id", "item_id", "item_name", "quantity", "unit_price", "ts"]
+# Optional order sequence for sources without absolute dates (Instacart): the order's position in
+# the customer's history (1 = first) and the days since the customer's previous order. A preset's
+# sequence columns the source does not have stay empty; an explicit mapping to them must exist.
+SEQUENCE_COLUMNS = ["order_number", "days_since_prior_order"]
+CANONICAL = ["customer_id", "order_id", "item_id", "item_name", "quantity", "unit_price", "ts", *SEQUENCE_COLUMNS]
 REQUIRED = ["customer_id", "order_id", "item_id", "item_name", "quantity"]
 
 PRESETS: dict[str, dict[str, str]] = {
@@ -24,13 +28,16 @@ PRESETS: dict[str, dict[str, str]] = {
         "unit_price": "UnitPrice",
         "ts": "InvoiceDate",
     },
-    # Order lines joined with products.csv; Instacart has no absolute dates and no quantities
-    # (each line is one product in one order), so quantity is 1 and ts stays empty.
+    # Order lines joined with products.csv; Instacart has no absolute dates, no prices and no
+    # quantities (each line is one product in one order), so quantity is 1, ts and unit_price stay
+    # empty and the order sequence stands in for time (RFM recency, robustness periods).
     "instacart": {
         "customer_id": "user_id",
         "order_id": "order_id",
         "item_id": "product_id",
         "item_name": "product_name",
+        "order_number": "order_number",
+        "days_since_prior_order": "days_since_prior_order",
     },
 }
 PRESET_CONSTANTS: dict[str, dict[str, str]] = {"instacart": {"quantity": "1"}}
@@ -46,6 +53,8 @@ REASONS = [
     "non_positive_quantity",
     "unparseable_unit_price",
     "unparseable_timestamp",
+    "unparseable_order_number",
+    "unparseable_days_since_prior_order",
     "duplicate",
 ]
 
@@ -67,7 +76,10 @@ def to_canonical_strings(raw: DataFrame, preset: str = "canonical", overrides: d
 
     Fails fast, naming the missing source column and the mapping that expected it.
     """
-    mapping = resolve_mapping(preset, overrides or {})
+    overrides = overrides or {}
+    mapping = resolve_mapping(preset, overrides)
+    mapping = {c: s for c, s in mapping.items()
+               if not (c in SEQUENCE_COLUMNS and c not in overrides and s not in raw.columns)}
     constants = PRESET_CONSTANTS.get(preset, {})
     for canonical in REQUIRED:
         if canonical not in mapping and canonical not in constants:
@@ -104,6 +116,8 @@ def validate(lines: DataFrame, cancellation_prefix: str | None = None, timestamp
     quantity = F.col("quantity").try_cast("double")
     price = F.col("unit_price").try_cast("double")
     ts = F.try_to_timestamp(F.col("ts"), F.lit(timestamp_format)) if timestamp_format else F.col("ts").try_cast("timestamp")
+    order_number = F.col("order_number").try_cast("double")
+    days_since_prior = F.col("days_since_prior_order").try_cast("double")
     is_cancellation = F.col("order_id").startswith(cancellation_prefix) if cancellation_prefix else F.lit(False)
     line_key = [F.coalesce(F.col(c), F.lit("\u0000")) for c in CANONICAL]
     occurrence = F.row_number().over(Window.partitionBy(*line_key).orderBy(F.lit(1)))
@@ -117,6 +131,9 @@ def validate(lines: DataFrame, cancellation_prefix: str | None = None, timestamp
         ("non_positive_quantity", quantity <= 0),
         ("unparseable_unit_price", F.col("unit_price").isNotNull() & price.isNull()),
         ("unparseable_timestamp", F.col("ts").isNotNull() & ts.isNull()),
+        ("unparseable_order_number", F.col("order_number").isNotNull() & (order_number.isNull() | (order_number < 1))),
+        ("unparseable_days_since_prior_order",
+         F.col("days_since_prior_order").isNotNull() & (days_since_prior.isNull() | (days_since_prior < 0))),
         ("duplicate", F.col("_occurrence") > 1),
     ]
     reason = F.lit(None).cast("string")
@@ -128,6 +145,8 @@ def validate(lines: DataFrame, cancellation_prefix: str | None = None, timestamp
         .withColumn("_quantity", quantity)
         .withColumn("_unit_price", price)
         .withColumn("_ts", ts)
+        .withColumn("_order_number", order_number.cast("long"))
+        .withColumn("_days_since_prior_order", days_since_prior)
         .drop("_occurrence")
     )
 
@@ -142,6 +161,8 @@ def good_rows(validated: DataFrame) -> DataFrame:
         F.col("_quantity").cast("long").alias("quantity"),
         F.col("_unit_price").alias("unit_price"),
         F.col("_ts").alias("ts"),
+        F.col("_order_number").alias("order_number"),
+        F.col("_days_since_prior_order").alias("days_since_prior_order"),
     )
 
 

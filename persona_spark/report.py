@@ -45,6 +45,7 @@ WRITTEN_BY = {
     "segment_points": "segment",
     "segment_summary": "segment",
     "silhouette": "segment",
+    "rfm_parts": "segment",
     "robustness": "robustness",
     "evaluation": "evaluate",
     "evaluation_per_persona": "evaluate",
@@ -148,6 +149,38 @@ class Context:
     def name(self, idx: int) -> str:
         return self.persona_names.get(int(idx), f"persona {idx}")
 
+    def labeler(self) -> str:
+        """Who labelled the prototypes, from the ``model`` of their cached answers (a few rows)."""
+        if "labeler" not in self.facts:
+            self.facts["labeler"] = describe_labelers(self.tables.get("user_labels"), self.tables.get("personas"))
+        return self.facts["labeler"]
+
+
+EMBEDDING_LABELER_MODEL = "all-MiniLM-L6-v2"  # the offline labeler's model (labeling.backends.EMBEDDING_MODEL)
+
+
+def describe_labelers(user_labels: DataFrame | None, personas: DataFrame | None) -> str:
+    """"the offline embedding labeler (all-MiniLM-L6-v2)", "the LLM (gpt-4o-mini)", "recorded labels (...)"."""
+    if user_labels is None or "model" not in user_labels.columns:
+        return "the labeler"
+    labels = user_labels.filter(F.col("status") == "ok") if "status" in user_labels.columns else user_labels
+    if personas is not None:
+        direct = personas.filter(F.col("source") == "llm").select("user_idx").distinct()
+        asked = labels.join(direct, "user_idx", "left_semi")
+        labels = asked if asked.limit(1).count() else labels
+    models = sorted(r["model"] for r in labels.select("model").distinct().limit(5).collect() if r["model"])
+    if not models:
+        return "the labeler"
+
+    def wording(model: str) -> str:
+        if model == EMBEDDING_LABELER_MODEL:
+            return f"the offline embedding labeler ({model})"
+        if model.startswith("recorded"):
+            return f"recorded labels ({model})"
+        return f"the LLM ({model})"
+
+    return " and ".join(wording(m) for m in models)
+
 
 @dataclass(frozen=True)
 class Section:
@@ -182,7 +215,7 @@ def _persona_distribution(ctx: Context) -> str:
     fig, (ax, ax2) = plt.subplots(
         1, 2, figsize=(11, 0.32 * len(shown) + 1.6), gridspec_kw={"width_ratios": [3, 1.1]}
     )
-    ax.barh(labels, shown["llm"], color=LLM_COLOUR, label="labelled by the LLM")
+    ax.barh(labels, shown["llm"], color=LLM_COLOUR, label=f"labelled by {_short(ctx.labeler(), 48)}")
     ax.barh(labels, shown["propagated"], left=shown["llm"], color=PROPAGATED_COLOUR, label="propagated (GPLR)")
     for y, total in enumerate(shown["total"]):
         ax.text(total, y, f"  {100 * total / users:.0f} %", va="center", fontsize=9)
@@ -201,12 +234,12 @@ def _persona_distribution(ctx: Context) -> str:
             "persona": [ctx.name(i) for i in wide.index],
             "customers": wide["total"].astype(int).values,
             "share of customers": (wide["total"] / users).values,
-            "labelled by LLM": wide["llm"].astype(int).values,
+            "labelled directly (prototypes)": wide["llm"].astype(int).values,
             "propagated": wide["propagated"].astype(int).values,
         }
     )
     note = _note(
-        f"{users:,} customers have at least one persona; {llm_users:,} of them were labelled by the LLM "
+        f"{users:,} customers have at least one persona; {llm_users:,} of them were labelled by {ctx.labeler()} "
         "(the prototypes), the others received personas by propagation over the purchase graph."
     )
     return note + img + "<details><summary>All personas as a table</summary>" + _table(
@@ -378,7 +411,10 @@ def _projection_figures(ctx: Context, points: pd.DataFrame, colours: dict, names
 def _silhouette(ctx: Context) -> str:
     frame = ctx.tables["silhouette"].toPandas().sort_values(["representation", "k"])
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    styles = {"personas": (LLM_COLOUR, "o", "personas"), "rfm": (RFM_COLOUR, "s", "RFM (recency, frequency, monetary)")}
+    parts = ctx.tables.get("rfm_parts")
+    parts = parts.toPandas() if parts is not None else pd.DataFrame(columns=["part", "computed", "source"])
+    computed = [p for p, ok in zip(parts["part"], parts["computed"]) if ok] or ["recency", "frequency", "monetary"]
+    styles = {"personas": (LLM_COLOUR, "o", "personas"), "rfm": (RFM_COLOUR, "s", f"RFM ({', '.join(computed)})")}
     for representation, group in frame.groupby("representation"):
         colour, marker, label = styles.get(representation, ("#555555", "^", representation))
         ax.plot(group["k"], group["silhouette"], marker=marker, color=colour, label=label, linewidth=2)
@@ -391,7 +427,11 @@ def _silhouette(ctx: Context) -> str:
     ax.set_title("Silhouette vs k")
     wide = frame.pivot_table(index="k", columns="representation", values="silhouette").reset_index()
     wide.columns = [str(c) for c in wide.columns]
-    return ctx.figures.embed(fig, "silhouette", "silhouette versus k for personas and RFM") + _table(wide)
+    notes = "".join(
+        _note(f"RFM {part}: " + (f"from {source}." if ok else f"not computed, {source}."))
+        for part, ok, source in zip(parts["part"], parts["computed"], parts["source"])
+    )
+    return ctx.figures.embed(fig, "silhouette", "silhouette versus k for personas and RFM") + notes + _table(wide)
 
 
 def _robustness(ctx: Context) -> str:
@@ -527,21 +567,17 @@ def _labeling(ctx: Context) -> str:
     )
     total_cost = float(ledger["estimated cost USD"].sum())
     total_tokens = int(ledger.get("prompt_tokens", pd.Series([0])).sum() + ledger.get("completion_tokens", pd.Series([0])).sum())
-    ctx.facts.update(labeling_cost=total_cost, labeled=int(ledger["customers"].sum()))
-    parts = [
-        _cards(
-            [
-                ("customers sent to the labeler", f"{int(ledger['customers'].sum()):,}"),
-                ("tokens used", f"{total_tokens:,}"),
-                ("estimated cost", f"${total_cost:,.2f}"),
-            ]
-        ),
-        _note(
-            f"Cost at the configured prices: ${prompt_price:g} per 1k prompt tokens, ${completion_price:g} per 1k "
-            "completion tokens (labeling.openai.price_*_per_1k); offline labelers use no tokens."
-        ),
-        _table(ledger, decimals=2),
-    ]
+    ctx.facts.update(labeled=int(ledger["customers"].sum()))
+    cards = [("labelled by", ctx.labeler()), ("customers sent to the labeler", f"{int(ledger['customers'].sum()):,}")]
+    if total_tokens > 0:  # an offline or recorded labeler pays nothing: no cost to show
+        ctx.facts.update(labeling_cost=total_cost)
+        cards += [("tokens used", f"{total_tokens:,}"), ("estimated cost", f"${total_cost:,.2f}")]
+        note = (f"Cost at the configured prices: ${prompt_price:g} per 1k prompt tokens, ${completion_price:g} per 1k "
+                "completion tokens (labeling.openai.price_*_per_1k).")
+    else:
+        ledger = ledger.drop(columns=["estimated cost USD", "prompt_tokens", "completion_tokens"], errors="ignore")
+        note = f"The prototypes were labelled by {ctx.labeler()}, which uses no tokens and costs nothing per label."
+    parts = [_cards(cards), _note(note), _table(ledger, decimals=2)]
     if "status" in labels.columns and "error" in labels.columns:
         errors = (
             labels.filter(F.col("error").isNotNull()).groupBy("status", "error").count()
@@ -554,7 +590,7 @@ def _labeling(ctx: Context) -> str:
 
 SECTIONS = (
     Section("personas", "Who our customers are", ("personas",),
-            "How many customers carry each persona, and whether the LLM labelled them directly or they "
+            "How many customers carry each persona, and whether the labeler labelled them directly or they "
             "received the persona through their purchases (propagation).", _persona_distribution),
     Section("cooccurrence", "Personas that go together", ("personas",),
             "Read a row: of the customers with that persona, the share who also have each other persona. "
@@ -569,11 +605,12 @@ SECTIONS = (
             "Each customer's purchases are split into an earlier and a later half; a stable representation "
             "keeps customers in the same place, so campaigns built on it keep reaching the right people.", _robustness),
     Section("quality", "Persona quality (GPLR vs reference labels)", ("evaluation",),
-            "How well propagated personas match reference labels on customers the LLM did not label.", _quality),
+            "How well propagated personas match reference labels on customers the labeler did not label.", _quality),
     Section("recommendations", "Recommendations", ("recommend_runs",),
             "Offline ranking quality of the recommenders trained on the purchase graph with personas.", _recommendations),
     Section("labeling", "Labeling cost and token ledger", ("user_labels",),
-            "What labeling the prototypes cost: customers, tokens and estimated spend per model and prompt version.", _labeling),
+            "Who labelled the prototypes and what it cost: customers, tokens and estimated spend per model and "
+            "prompt version.", _labeling),
 )
 
 
@@ -593,7 +630,7 @@ def _overview(tables: Mapping[str, DataFrame | None], ctx: Context) -> str:
     cards.append(("personas in the set", f"{len(ctx.persona_names):,}"))
     if "users_with_personas" in ctx.facts:
         cards.append(("customers with personas", f"{ctx.facts['users_with_personas']:,}"))
-        cards.append(("labelled by the LLM", f"{ctx.facts['llm_users']:,}"))
+        cards.append((f"labelled by {_short(ctx.labeler(), 40)}", f"{ctx.facts['llm_users']:,}"))
     if "segments_k" in ctx.facts:
         cards.append(("segments shown", str(ctx.facts["segments_k"])))
     if "labeling_cost" in ctx.facts:

@@ -56,50 +56,118 @@ def persona_vectors(personas: DataFrame, n_personas: int, key: str = "user_idx")
     return sets.select(key, array_to_vector(multi_hot).alias("features"))
 
 
-def rfm_values(transactions: DataFrame, key: str = "customer_id") -> DataFrame:
-    """``key, recency_days, frequency, monetary`` as of the last timestamp in ``transactions``.
+def _sequence_columns(transactions: DataFrame) -> bool:
+    return all(c in transactions.columns for c in ("order_number", "days_since_prior_order"))
 
-    Frequency counts distinct orders, monetary sums quantity × unit price (unknown price counts 0);
-    recency is NaN when a user's timestamps are all unknown, so the discretizer files it apart.
+
+def rfm_values(transactions: DataFrame, key: str = "customer_id") -> DataFrame:
+    """``key, recency_days, frequency, monetary`` from whatever the source records.
+
+    Frequency counts distinct orders. Monetary sums quantity × unit price (an unknown price counts
+    0; NaN when the user has no price at all). Recency is days from the user's last timestamp to the
+    last timestamp in ``transactions``; a source without any timestamp but with an order sequence
+    (Instacart) uses the ``days_since_prior_order`` of the user's latest order instead: its snapshot
+    is taken at each user's latest order, so the wait before it is the only recency it records.
+    Recency is NaN where it cannot be known, so the discretizer files it apart.
     """
     require_columns(transactions, [key, "order_id", "quantity", "unit_price", "ts"], "transactions")
+    sequence = _sequence_columns(transactions)
     as_of = transactions.agg(F.max("ts").alias("as_of"))
+    latest = [F.max_by("days_since_prior_order", "order_number").alias("days_before_latest")] if sequence else []
     per_user = transactions.groupBy(key).agg(
         F.max("ts").alias("last_ts"),
         F.countDistinct("order_id").cast("double").alias("frequency"),
-        F.sum(F.col("quantity") * F.coalesce(F.col("unit_price"), F.lit(0.0))).cast("double").alias("monetary"),
+        F.when(
+            F.count("unit_price") > 0,
+            F.sum(F.col("quantity") * F.coalesce(F.col("unit_price"), F.lit(0.0))),
+        ).cast("double").alias("monetary"),
+        *latest,
     )
-    recency = (F.unix_timestamp("as_of") - F.unix_timestamp("last_ts")) / 86400.0
+    by_time = (F.unix_timestamp("as_of") - F.unix_timestamp("last_ts")) / 86400.0
+    recency = F.when(F.col("as_of").isNotNull(), by_time)
+    if sequence:
+        recency = recency.otherwise(F.col("days_before_latest"))
     return per_user.crossJoin(F.broadcast(as_of)).select(
         key,
         F.coalesce(recency.cast("double"), F.lit(float("nan"))).alias("recency_days"),
         "frequency",
-        "monetary",
+        F.coalesce("monetary", F.lit(float("nan"))).alias("monetary"),
     )
 
 
-def rfm_buckets(rfm: DataFrame, buckets: int = 10) -> DataFrame:
-    """Adds ``r_bucket, f_bucket, m_bucket``: quantile buckets 0..buckets-1 (ties may merge buckets)."""
-    require_columns(rfm, list(RFM_COLUMNS), "rfm")
+@dataclass(frozen=True)
+class RfmPart:
+    """One of R, F, M: whether this source lets it be computed, and from what (or why not)."""
+
+    part: str  # recency | frequency | monetary
+    column: str
+    computed: bool
+    source: str  # what it was computed from, or why it could not be
+
+    def as_row(self) -> dict:
+        return {"part": self.part, "computed": self.computed, "source": self.source}
+
+
+def rfm_parts(transactions: DataFrame, rfm: DataFrame) -> list[RfmPart]:
+    """Which RFM parts have a value for at least one customer (one aggregate row to the driver)."""
+    valid = lambda c: F.count(F.when(~F.isnan(c), 1)).alias(c)  # noqa: E731  (count skips nulls too)
+    counts = rfm.agg(*[valid(c) for c in RFM_COLUMNS]).first().asDict()
+    has_ts = transactions.filter(F.col("ts").isNotNull()).limit(1).count() > 0
+    recency_from = (
+        "timestamps (ts)" if has_ts
+        else "days_since_prior_order of each customer's latest order (order sequence)" if _sequence_columns(transactions)
+        else None
+    )
+    missing = {
+        "recency": "no timestamps (ts) and no order sequence (order_number, days_since_prior_order) in transactions",
+        "frequency": "no orders",
+        "monetary": "no unit prices (unit_price) in transactions",
+    }
+    sources = {"recency": recency_from, "frequency": "distinct orders (order_id)", "monetary": "quantity × unit_price"}
+    return [
+        RfmPart(part, column, counts[column] > 0, sources[part] if counts[column] > 0 else missing[part])
+        for part, column in zip(("recency", "frequency", "monetary"), RFM_COLUMNS)
+    ]
+
+
+def rfm_buckets(rfm: DataFrame, buckets: int = 10, columns: list[str] | None = None) -> DataFrame:
+    """Adds ``r_bucket, f_bucket, m_bucket`` (for ``columns``, default all three): quantile buckets
+    0..buckets-1 (ties may merge buckets). Every column needs a value for at least one row."""
+    columns = list(RFM_COLUMNS) if columns is None else columns
+    require_columns(rfm, columns, "rfm")
     if buckets < 2:
         raise ValueError(f"buckets must be at least 2, got {buckets}")
-    discretizer = QuantileDiscretizer(
-        inputCols=list(RFM_COLUMNS), outputCols=list(RFM_BUCKETS), numBuckets=buckets, handleInvalid="keep"
-    )
+    if not columns:
+        raise ValueError("no RFM column to bucket")
+    outputs = [RFM_BUCKETS[RFM_COLUMNS.index(c)] for c in columns]
+    discretizer = QuantileDiscretizer(inputCols=columns, outputCols=outputs, numBuckets=buckets, handleInvalid="keep")
     return discretizer.fit(rfm).transform(rfm)
 
 
-def rfm_vectors(transactions: DataFrame, key: str = "customer_id", buckets: int = 10) -> DataFrame:
-    """``key, r_bucket, f_bucket, m_bucket, features``: the three deciles one-hot encoded side by side."""
-    bucketed = rfm_buckets(rfm_values(transactions, key), buckets)
-    one_hot_cols = [f"{c}_onehot" for c in RFM_BUCKETS]
+@dataclass
+class RfmVectors:
+    features: DataFrame  # key, <bucket columns of the computed parts>, features
+    parts: list[RfmPart]
+
+
+def rfm_vectors(transactions: DataFrame, key: str = "customer_id", buckets: int = 10) -> RfmVectors:
+    """The deciles of the parts this source can give (frequency always), one-hot encoded side by side.
+
+    A part no customer has a value for (no prices: no monetary) is left out and reported in ``parts``.
+    """
+    values = rfm_values(transactions, key).localCheckpoint()  # read twice: which parts, then the buckets
+    parts = rfm_parts(transactions, values)
+    columns = [p.column for p in parts if p.computed]
+    bucket_cols = [RFM_BUCKETS[RFM_COLUMNS.index(c)] for c in columns]
+    bucketed = rfm_buckets(values, buckets, columns)
+    one_hot_cols = [f"{c}_onehot" for c in bucket_cols]
     pipeline = Pipeline(
         stages=[
-            OneHotEncoder(inputCols=list(RFM_BUCKETS), outputCols=one_hot_cols, dropLast=False, handleInvalid="keep"),
+            OneHotEncoder(inputCols=bucket_cols, outputCols=one_hot_cols, dropLast=False, handleInvalid="keep"),
             VectorAssembler(inputCols=one_hot_cols, outputCol="features"),
         ]
     )
-    return pipeline.fit(bucketed).transform(bucketed).select(key, *RFM_BUCKETS, "features")
+    return RfmVectors(pipeline.fit(bucketed).transform(bucketed).select(key, *bucket_cols, "features"), parts)
 
 
 # ---- the shared pipeline -------------------------------------------------------------------------
@@ -261,15 +329,23 @@ def describe_segments(
 def split_periods(transactions: DataFrame, key: str = "customer_id") -> DataFrame:
     """Adds ``period`` (1 or 2): each user's orders in time order, first half vs second half.
 
-    Users with a single order cannot be split and are dropped, as are lines without a timestamp
-    (they cannot be placed in time).
+    Time order is the timestamp; a source without any timestamp but with ``order_number`` (Instacart)
+    uses the order sequence instead. Users with a single order cannot be split and are dropped, as are
+    lines that cannot be placed (no timestamp, or no order number in a sequence-only source).
     """
     require_columns(transactions, [key, "order_id", "ts"], "transactions")
-    dated = transactions.filter(F.col("ts").isNotNull())
-    orders = dated.groupBy(key, "order_id").agg(F.min("ts").alias("order_ts"))
+    if transactions.filter(F.col("ts").isNotNull()).limit(1).count() > 0:
+        position = "ts"
+    elif "order_number" in transactions.columns:
+        position = "order_number"
+    else:
+        raise ValueError("robustness needs each customer's orders in order: transactions have no timestamps (ts) "
+                         "and no order_number (map one in ingest.mapping)")
+    placed = transactions.filter(F.col(position).isNotNull())
+    orders = placed.groupBy(key, "order_id").agg(F.min(position).alias("order_pos_value"))
     by_user = Window.partitionBy(key)
     ordered = (
-        orders.withColumn("order_pos", F.row_number().over(by_user.orderBy("order_ts", "order_id")))
+        orders.withColumn("order_pos", F.row_number().over(by_user.orderBy("order_pos_value", "order_id")))
         .withColumn("n_orders", F.count("*").over(by_user))
         .filter(F.col("n_orders") >= 2)
         .select(
@@ -278,7 +354,7 @@ def split_periods(transactions: DataFrame, key: str = "customer_id") -> DataFram
             F.when(F.col("order_pos") <= F.ceil(F.col("n_orders") / 2), F.lit(1)).otherwise(F.lit(2)).alias("period"),
         )
     )
-    return dated.join(ordered, [key, "order_id"])
+    return placed.join(ordered, [key, "order_id"])
 
 
 def _unchanged(first: DataFrame, second: DataFrame, key: str, representation: str) -> DataFrame:
@@ -324,15 +400,18 @@ def robustness(transactions: DataFrame, labeler, key: str = "customer_id", bucke
     ``labeler(transactions_of_period) -> DataFrame[key, persona_idx]`` gives persona labels from one
     period's purchases (any labeler: the offline embedding one, an LLM, a test stub); personas are
     compared as sets, RFM as the (r, f, m) decile triple computed within each period.
+    Only the RFM parts the source can give count (see ``rfm_vectors``: no prices, no monetary part).
     Returns rows ``representation ('personas'|'rfm'), users, unchanged, share_unchanged``; pass
     ``labeler=None`` for the RFM row only.
     """
     periods = split_periods(transactions, key)
+    columns = [p.column for p in rfm_parts(transactions, rfm_values(transactions, key)) if p.computed]
+    bucket_cols = [RFM_BUCKETS[RFM_COLUMNS.index(c)] for c in columns]
     persona_sets, rfm_triples = [], []
     for period in (1, 2):
         part = periods.filter(F.col("period") == period).drop("period")
-        rfm = rfm_buckets(rfm_values(part, key), buckets)
-        rfm_triples.append(rfm.select(key, F.array(*RFM_BUCKETS).alias("value")))
+        rfm = rfm_buckets(rfm_values(part, key), buckets, columns)
+        rfm_triples.append(rfm.select(key, F.array(*bucket_cols).alias("value")))
         if labeler is not None:
             labels = labeler(part)
             require_columns(labels, [key, "persona_idx"], f"labeler output for period {period}")
@@ -346,12 +425,15 @@ def robustness(transactions: DataFrame, labeler, key: str = "customer_id", bucke
 
 
 __all__ = [
+    "RfmPart",
+    "RfmVectors",
     "Segmentation",
     "describe_segments",
     "embed",
     "period_labeler",
     "persona_vectors",
     "rfm_buckets",
+    "rfm_parts",
     "rfm_values",
     "rfm_vectors",
     "robustness",

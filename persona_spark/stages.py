@@ -131,10 +131,17 @@ def segment_stage(cfg: Config, store: TableStore) -> dict:
     personas = store.read_table("personas")
     names = _persona_names(cfg, store)
     representations = {"personas": segment_lib.persona_vectors(personas, names.count())}
+    rfm_parts = []
     if store.exists("transactions") and store.exists("users"):
         users = store.read_table("users").select("customer_id", "user_idx")
         rfm = segment_lib.rfm_vectors(store.read_table("transactions"), "customer_id", conf.rfm_buckets)
-        representations["rfm"] = rfm.join(users, "customer_id").select("user_idx", "features")
+        rfm_parts = [part.as_row() for part in rfm.parts]
+        for part in rfm.parts:
+            if not part.computed:
+                log.warning("segment: RFM without its %s part: %s", part.part, part.source)
+        representations["rfm"] = rfm.features.join(users, "customer_id").select("user_idx", "features")
+        store.write_table(store.spark.createDataFrame(rfm_parts, "part string, computed boolean, source string"),
+                          "rfm_parts")
     else:
         log.info("segment: no transactions/users tables, so no RFM baseline")
     results = {
@@ -162,7 +169,8 @@ def segment_stage(cfg: Config, store: TableStore) -> dict:
         store.read_table("items"), names, conf.top_personas, conf.top_items,
     )
     store.write_table(summary, "segment_summary")
-    return {"silhouette": silhouettes, "users": persona_segments.select("user_idx").distinct().count(),
+    return {"silhouette": silhouettes, "rfm_parts": rfm_parts,
+            "users": persona_segments.select("user_idx").distinct().count(),
             "tables": {t: store.location(t) for t in ("segments", "segment_points", "silhouette", "segment_summary")}}
 
 

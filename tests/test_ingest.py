@@ -132,3 +132,27 @@ def test_instacart_sample_joins_names(spark, tmp_path):
     assert set(summary["quarantined_by_reason"]) == {"missing_item_name"}
     sample = store.read_table("transactions").filter(F.col("item_name").isNull()).count()
     assert sample == 0
+
+
+def test_order_sequence_columns_are_typed_and_checked(spark):
+    raw = spark.createDataFrame(
+        [("1", "10", "5", "3", "7.0", "Milk"), ("1", "11", "5", "4", "", "Eggs"), ("1", "12", "x", "4", "2", "Tea"),
+         ("2", "13", "1", "5", "-1", "Jam")],
+        "user_id string, order_id string, order_number string, product_id string, days_since_prior_order string, "
+        "product_name string",
+    )
+    validated = ingest.validate(ingest.to_canonical_strings(raw, "instacart"))
+    assert sorted(str(r["reason"]) for r in validated.collect()) == [
+        "None", "None", "unparseable_days_since_prior_order", "unparseable_order_number"]
+    good = {r["item_id"]: r for r in ingest.good_rows(validated).collect()}
+    assert (good["3"]["order_number"], good["3"]["days_since_prior_order"]) == (5, 7.0)
+    assert good["4"]["days_since_prior_order"] is None and good["4"]["quantity"] == 1
+
+
+def test_canonical_source_without_sequence_columns_still_ingests(spark):
+    rows = [("c1", "1", "A", "Mug", "1", "2.0", "2024-01-01 10:00:00")]
+    good = ingest.good_rows(_validated(spark, rows)).first()
+    assert good.order_number is None and good.days_since_prior_order is None
+    raw = spark.createDataFrame([("c1", "1")], "customer_id string, order_id string")
+    with pytest.raises(ValueError, match=r"'seq' \(for 'order_number'\)"):
+        ingest.to_canonical_strings(raw, "canonical", {"order_number": "seq"})

@@ -41,7 +41,8 @@ def scorer(personas, **rule):
     votes[0, 0], votes[1, 1], votes[2, 2] = 1.0, 1.0, 1.0
     conf = EmbeddingLabelConf(**rule)
     key = CacheKey("m", "p", personas.version)
-    return EmbeddingScorer(conf, personas, 2, "user_idx", key, np.array([10, 20, 30]), votes, np.array([0.5, 0.4, 0.05], np.float32))
+    return EmbeddingScorer(conf, personas, 2, "user_idx", key, np.array([10, 20, 30]), votes, np.array([0.5, 0.4, 0.05], np.float32),
+                          np.ones(len(personas)))
 
 
 def test_picking_rule_weights_threshold_cap_and_unrepresentable(personas):
@@ -70,7 +71,7 @@ def test_embedding_labels_users_and_items_and_caches_item_embeddings(spark, stor
     assert rows[2]["personas"][0] == "Fitness Enthusiast"
     for row in rows.values():
         assert [personas.names[i] for i in row["persona_idx"]] == row["personas"] and len(row["personas"]) <= 5
-        assert row["model"] == "all-MiniLM-L6-v2" and row["prompt_version"].startswith("embed_v1-")
+        assert row["model"] == "all-MiniLM-L6-v2" and row["prompt_version"].startswith("embed_v2-")
         assert '"top_scores"' in row["answer"] and row["prompt_tokens"] == 0
     embedded = store.read_table("item_embeddings")
     assert embedded.count() == 6 and len(embedded.first()["embedding"]) == 384  # items bought, once each
@@ -108,9 +109,9 @@ def test_hubness_correction_standardizes_each_persona_and_shrinks_small_catalogu
     sims = np.column_stack([rng.normal(0.5, 0.02, 500), rng.normal(0.1, 0.1, 500)])  # persona 0 is a hub
     moments = [(len(part), part.sum(0).tolist(), (part**2).sum(0).tolist()) for part in np.array_split(sims, 3)]
     centre, scale = hubness_correction(moments, prior_items=0)
-    assert centre == pytest.approx(sims.mean(0), abs=1e-5) and scale == pytest.approx(sims.std(0), rel=1e-4)
+    assert centre == pytest.approx(sims.mean(0), abs=1e-5) and scale == pytest.approx(sims.std(0), rel=1e-3)
     one = sims[:1]
-    small_centre, small_scale = hubness_correction([(1, one.sum(0).tolist(), (one**2).sum(0).tolist())], prior_items=20)
+    small_centre, _ = hubness_correction([(1, one.sum(0).tolist(), (one**2).sum(0).tolist())], prior_items=20)
     assert abs(small_centre[0] - small_centre[1]) < 0.05 * abs(one[0, 0] - one[0, 1])  # nearly one shared shift
 
 
@@ -118,14 +119,13 @@ def test_a_persona_voting_for_every_item_does_not_win_everywhere(personas):
     votes = np.full((3, len(personas)), 0.02, np.float32)
     votes[:, 0] = 0.6  # persona 0 collects most of every item's vote (a hub)
     votes[0, 1] = 0.3  # item 10 is specifically persona 1's
-    prior = votes.mean(axis=0).astype(np.float64)
     conf = EmbeddingLabelConf(min_similarity=0.0)
     key = CacheKey("m", "p", personas.version)
-    scorer = EmbeddingScorer(conf, personas, 2, "user_idx", key, np.array([10, 20, 30]), votes,
-                             np.array([0.5, 0.5, 0.5], np.float32), prior)
-    verdict, _ = scorer.verdict([{"item_idx": 10, "n": 1, "quantity": 1}])
-    assert verdict.persona_idx[0] == 1
-    uniform, _ = EmbeddingScorer(conf, personas, 2, "user_idx", key, np.array([10, 20, 30]), votes,
-                                 np.array([0.5, 0.5, 0.5], np.float32), np.ones(len(personas))).verdict(
-        [{"item_idx": 10, "n": 1, "quantity": 1}])
-    assert uniform.persona_idx[0] == 0  # without the catalogue prior the hub would win
+
+    def top(prior):
+        scorer = EmbeddingScorer(conf, personas, 2, "user_idx", key, np.array([10, 20, 30]), votes,
+                                 np.array([0.5, 0.5, 0.5], np.float32), prior)
+        return scorer.verdict([{"item_idx": 10, "n": 1, "quantity": 1}])[0].persona_idx[0]
+
+    assert top(votes.mean(axis=0).astype(np.float64)) == 1
+    assert top(np.ones(len(personas))) == 0  # without the catalogue prior the hub would win

@@ -134,3 +134,26 @@ def test_a_broken_section_does_not_cost_the_rest(spark, frames, tmp_path):
     assert result.sections["robustness"] == "failed" and result.sections["personas"] == "ok"
     page = (tmp_path / "index.html").read_text()
     assert "This section could not be rendered" in page and "share_unchanged" in page
+
+
+def test_report_names_the_offline_labeler_shows_no_cost_and_the_rfm_parts(spark, frames, tmp_path):
+    ts = datetime(2024, 6, 1)
+    labels = [(u, [PERSONAS.names[u % 3]], [u % 3], "ok", None, "all-MiniLM-L6-v2", "embed_v2-x", PERSONAS.version,
+               f"h{u}", 0, 0, 0, 0, "{}", ts) for u in range(12)]
+    silhouette = spark.createDataFrame([("personas", 2, 2, 0.5), ("rfm", 2, 2, 0.4)],
+                                       "representation string, k int, clusters int, silhouette double")
+    parts = spark.createDataFrame(
+        [("recency", True, "days_since_prior_order of each customer's latest order (order sequence)"),
+         ("frequency", True, "distinct orders (order_id)"),
+         ("monetary", False, "no unit prices (unit_price) in transactions")],
+        "part string, computed boolean, source string",
+    )
+    tables = {"personas": frames["personas"], "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
+              "silhouette": silhouette, "rfm_parts": parts}
+    result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)), prices_per_1k=PRICES)
+    assert result.sections["labeling"] == result.sections["personas"] == result.sections["silhouette"] == "ok"
+    page = (tmp_path / "index.html").read_text()
+    assert "12 of them were labelled by the offline embedding labeler (all-MiniLM-L6-v2)" in page
+    assert "the LLM" not in page and "$" not in page and "estimated cost" not in page
+    assert "RFM monetary: not computed, no unit prices (unit_price) in transactions." in page
+    assert "RFM recency: from days_since_prior_order" in page

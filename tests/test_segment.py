@@ -78,7 +78,7 @@ def test_rfm_buckets_are_ordered_deciles(frames):
         ordered = bucketed.sort_values(value)
         assert ordered[bucket].is_monotonic_increasing, f"{bucket} not monotone in {value}"
     assert bucketed["m_bucket"].nunique() >= 5  # monetary values are varied enough to fill buckets
-    vectors = segment.rfm_vectors(frames["transactions"]).select(vector_to_array("features").alias("v")).toPandas()
+    vectors = segment.rfm_vectors(frames["transactions"]).features.select(vector_to_array("features").alias("v")).toPandas()
     assert all(sum(v) == 3.0 for v in vectors["v"])  # one bucket on for each of R, F and M
 
 
@@ -207,3 +207,71 @@ def test_segment_and_robustness_stages_write_their_tables(store, frames, tmp_pat
     assert result["personas"]["share_unchanged"] > result["rfm"]["share_unchanged"]
     assert store.read_table("robustness").count() == 2
     assert not store.exists("user_labels"), "robustness labels must not land in the LLM label cache"
+
+
+def _sequence_only(spark, world):
+    """The tiny shop as Instacart records it: no timestamps, no prices, an order sequence instead."""
+    rows = []
+    for customer, order, item_id, name, quantity, _, _ in world.transactions:
+        position = int(order.split("-")[1])
+        days = None if position == 0 else float(2 + int(customer[1:]) % 9)  # the wait varies by customer
+        rows.append((customer, order, item_id, name, quantity, None, None, position + 1, days))
+    return spark.createDataFrame(
+        rows,
+        "customer_id string, order_id string, item_id string, item_name string, quantity long, "
+        "unit_price double, ts timestamp, order_number long, days_since_prior_order double",
+    )
+
+
+def test_rfm_on_a_source_without_timestamps_or_prices(spark, world):
+    transactions = _sequence_only(spark, world)
+    values = segment.rfm_values(transactions).toPandas().set_index("customer_id").sort_index()
+    orders = pd.Series({f"C{u:03d}": 2 + u % 3 for u in range(N_USERS)}).sort_index()
+    assert values["frequency"].tolist() == orders.astype(float).tolist()
+    waits = [float(2 + u % 9) for u in range(N_USERS)]  # every customer has >= 2 orders
+    assert values["recency_days"].tolist() == waits
+    assert values["monetary"].isna().all()
+
+    parts = {p.part: p for p in segment.rfm_parts(transactions, segment.rfm_values(transactions))}
+    assert [parts[p].computed for p in ("recency", "frequency", "monetary")] == [True, True, False]
+    assert "order sequence" in parts["recency"].source and "unit_price" in parts["monetary"].source
+
+    vectors = segment.rfm_vectors(transactions)
+    assert [p.computed for p in vectors.parts] == [True, True, False]
+    assert "m_bucket" not in vectors.features.columns
+    one_hot = vectors.features.select(vector_to_array("features").alias("v")).toPandas()
+    assert len(one_hot) == N_USERS and all(sum(v) == 2.0 for v in one_hot["v"])  # R and F only
+
+
+def test_rfm_with_neither_timestamps_nor_order_sequence_keeps_frequency(spark, world):
+    transactions = _sequence_only(spark, world).drop("order_number", "days_since_prior_order")
+    vectors = segment.rfm_vectors(transactions)
+    assert [p.computed for p in vectors.parts] == [False, True, False]
+    assert "no timestamps" in vectors.parts[0].source
+    assert vectors.features.columns == ["customer_id", "f_bucket", "features"]
+    with pytest.raises(ValueError, match="no timestamps.*no order_number"):
+        segment.split_periods(transactions)
+
+
+def test_robustness_splits_by_order_sequence_without_timestamps(spark, world):
+    transactions = _sequence_only(spark, world)
+    periods = segment.split_periods(transactions).toPandas()
+    bounds = periods.pivot_table(index="customer_id", columns="period", values="order_number", aggfunc=["max", "min"])
+    assert (bounds[("max", 1)] < bounds[("min", 2)]).all() and len(bounds) == N_USERS
+    result = {r["representation"]: r for r in segment.robustness(transactions, None).collect()}
+    assert result["rfm"]["users"] == N_USERS
+
+
+def test_segment_stage_on_a_source_without_timestamps_or_prices(spark, store, frames, world, tmp_path):
+    write_world(store, {**frames, "transactions": _sequence_only(spark, world)})
+    cfg = Config.model_validate({"personas": str(write_persona_set(tmp_path / "tiny_shop.yaml")),
+                                 "segment": {"ks": [2, 4], "seed": 1}})
+    summary = STAGES["segment"](cfg, store)
+    assert {(r["representation"], r["k"]) for r in summary["silhouette"]} == {
+        ("personas", 2), ("personas", 4), ("rfm", 2), ("rfm", 4)}
+    parts = {r["part"]: r for r in store.read_table("rfm_parts").collect()}
+    assert not parts["monetary"]["computed"] and "unit_price" in parts["monetary"]["source"]
+    assert parts["recency"]["computed"] and parts["frequency"]["computed"]
+    assert summary["rfm_parts"] == [{"part": p, "computed": parts[p]["computed"], "source": parts[p]["source"]}
+                                    for p in ("recency", "frequency", "monetary")]
+    assert store.read_table("segment_summary").filter("k = 4").count() == 4

@@ -4,7 +4,8 @@
   partition runs one asyncio loop with ``concurrency`` requests in flight, so the total in flight
   is ``concurrency x`` the partitions running at once (capped by ``partitions``).
 * ``EmbeddingBackend`` — offline zero-shot labels from all-MiniLM-L6-v2 similarities between
-  product names and persona descriptions; item embeddings are cached in ``item_embeddings``.
+  product names and persona descriptions, each persona's similarity standardized over the
+  catalogue (hubness); item embeddings are cached in ``item_embeddings``.
 * ``RecordedBackend`` — replays labels an LLM gave earlier (e.g. the paper's GPT-4 labels), only
   for the entities asked.
 
@@ -265,24 +266,69 @@ def embed_partition(batch_size: int, max_name_chars: int, batches: Iterator[pd.D
         )
 
 
-def vote_partition(persona_vectors: np.ndarray, temperature: float, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Per item: softmax(cos(item, personas) / temperature) and the best cosine."""
+def similarity_moments(persona_vectors: np.ndarray, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Per task: item count, sum and sum of squares of cos(item, persona) for every persona."""
+    n, total, squares = 0, np.zeros(len(persona_vectors)), np.zeros(len(persona_vectors))
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        sims = np.stack(pdf["embedding"].to_numpy()).astype(np.float64) @ persona_vectors.T.astype(np.float64)
+        n, total, squares = n + len(sims), total + sims.sum(axis=0), squares + (sims**2).sum(axis=0)
+    yield pd.DataFrame({"n": [n], "total": [total.tolist()], "squares": [squares.tolist()]})
+
+
+def hubness_correction(moments: list[tuple[int, list[float], list[float]]], prior_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, scale) per persona: the mean and standard deviation of its cosine over the catalogue.
+
+    Some persona descriptions are close to almost every product name ("hubs"); judged on raw cosine
+    they win everywhere. Judged in standard units of their own catalogue distribution, a persona
+    wins an item only where it is unusually close. Each persona's moments are shrunk towards those
+    pooled over all personas with the weight of ``prior_items`` items, so a small catalogue (a handful
+    of items) falls back to a shared shift and scale, i.e. to raw cosines in pooled standard units.
+    """
+    n = sum(m[0] for m in moments)
+    total = np.sum([m[1] for m in moments], axis=0) if moments else np.zeros(0)
+    squares = np.sum([m[2] for m in moments], axis=0) if moments else np.zeros(0)
+    if n == 0:
+        return np.zeros_like(total, np.float32), np.ones_like(total, np.float32)
+    pooled_mean = total.sum() / (n * len(total))
+    pooled_var = max(squares.sum() / (n * len(total)) - pooled_mean**2, 1e-12)
+    mean = (total + prior_items * pooled_mean) / (n + prior_items)
+    second = (squares + prior_items * (pooled_var + pooled_mean**2)) / (n + prior_items)
+    scale = np.sqrt(np.maximum(second - mean**2, 1e-12))
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def vote_partition(persona_vectors: np.ndarray, centre: np.ndarray, scale: np.ndarray, temperature: float,
+                   batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Per item: softmax(standardized cos(item, personas) / temperature) and the best raw cosine."""
     for pdf in batches:
         if pdf.empty:
             continue
         sims = np.stack(pdf["embedding"].to_numpy()).astype(np.float32) @ persona_vectors.T
-        logits = sims / temperature
+        logits = (sims - centre) / scale / temperature
         votes = np.exp(logits - logits.max(axis=1, keepdims=True))
         votes /= votes.sum(axis=1, keepdims=True)
         yield pd.DataFrame({"item_idx": pdf["item_idx"], "votes": list(votes.astype(np.float32)), "best": sims.max(axis=1)})
+
+
+def vote_totals(persona_vectors: np.ndarray, centre: np.ndarray, scale: np.ndarray, temperature: float,
+                batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Per task: the item count and the sum of the items' vote vectors (|R| numbers)."""
+    n, total = 0, np.zeros(len(persona_vectors))
+    for votes in vote_partition(persona_vectors, centre, scale, temperature, batches):
+        n, total = n + len(votes), total + np.stack(votes["votes"].to_numpy()).sum(axis=0)
+    yield pd.DataFrame({"n": [n], "total": [total.tolist()]})
 
 
 @dataclass
 class EmbeddingScorer:
     """The documented picking rule, applied per entity from its items' persona votes.
 
-    score_r = sum_i w_i * vote_i[r] / sum_i w_i (w = log1p(quantity), quantity or purchase count);
-    fit = weighted mean of each item's best cosine. fit < min_similarity -> Unrepresentable; else the
+    score_r = sum_i w_i * vote_i[r] / sum_i w_i / prior_r (w = log1p(quantity), quantity or purchase
+    count; prior_r = persona r's mean vote over the catalogue, so a score is the basket's lift over
+    what any product would give: a persona that collects some vote from everything does not win
+    everywhere); fit = weighted mean of each item's best cosine. fit < min_similarity -> Unrepresentable; else the
     personas with score_r >= relative_threshold * max score, best first, at most max_personas.
     """
 
@@ -294,6 +340,7 @@ class EmbeddingScorer:
     item_ids: np.ndarray  # sorted item_idx with votes
     votes: np.ndarray  # (items, personas)
     best: np.ndarray  # (items,)
+    prior: np.ndarray  # (personas,) mean vote over the catalogue
 
     def weights(self, history) -> np.ndarray:
         if self.conf.weight == "count":
@@ -309,7 +356,7 @@ class EmbeddingScorer:
             return error_verdict("none of the purchased items has an embedding"), ""
         w = self.weights(history)[known]
         rows = pos[known]
-        scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum()
+        scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum() / self.prior
         fit = float((w * self.best[rows]).sum() / w.sum())
         order = np.argsort(-scores, kind="stable")
         top = {self.persona_set.names[r]: round(float(scores[r]), 4) for r in order[:5]}
@@ -336,8 +383,9 @@ class EmbeddingBackend(LabelBackend):
         self.id_col = id_col
         self.max_personas = max_personas
         self.max_name_chars = max_name_chars
-        rule = json.dumps([conf.temperature, conf.weight, conf.relative_threshold, conf.min_similarity, max_personas, max_name_chars])
-        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v1-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
+        rule = json.dumps([conf.temperature, conf.weight, conf.relative_threshold, conf.min_similarity, max_personas,
+                           max_name_chars, conf.hubness_prior_items])
+        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v2-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
 
     def ensure_item_embeddings(self, items: DataFrame) -> int:
         """Embed the (item_idx, text) pairs not yet in ``item_embeddings``; returns how many were new."""
@@ -367,15 +415,24 @@ class EmbeddingBackend(LabelBackend):
         ).distinct()
         self.ensure_item_embeddings(needed)
         persona_vectors = self.persona_vectors()
-        embeddings = (
-            self.store.read_table("item_embeddings")
-            .filter(F.col("model") == EMBEDDING_MODEL)
-            .join(needed, ["item_idx", "text"], "left_semi")
-            .dropDuplicates(["item_idx"])
-        )
+        cached = self.store.read_table("item_embeddings").filter(F.col("model") == EMBEDDING_MODEL)
+        embeddings = cached.join(needed, ["item_idx", "text"], "left_semi").dropDuplicates(["item_idx"])
+        # Hubness is judged against every product embedded so far (the whole catalogue once GPLR has
+        # labelled the items), not only the ones these requests bought: one |R|-sized row per task.
+        moments = cached.dropDuplicates(["item_idx"]).mapInPandas(
+            partial(similarity_moments, persona_vectors), "n long, total array<double>, squares array<double>"
+        ).collect()
+        centre, scale = hubness_correction([(m["n"], m["total"], m["squares"]) for m in moments if m["n"]],
+                                           self.conf.hubness_prior_items)
+        totals = cached.dropDuplicates(["item_idx"]).mapInPandas(
+            partial(vote_totals, persona_vectors, centre, scale, self.conf.temperature), "n long, total array<double>"
+        ).collect()
+        n_catalogue = sum(t["n"] for t in totals)
+        prior = (np.sum([t["total"] for t in totals if t["n"]], axis=0) / n_catalogue if n_catalogue
+                 else np.full(len(self.persona_set), 1.0 / len(self.persona_set)))
         # One vote vector per distinct item (catalogue-sized, not user-sized), shipped to the tasks.
         votes = embeddings.mapInPandas(
-            partial(vote_partition, persona_vectors, self.conf.temperature),
+            partial(vote_partition, persona_vectors, centre, scale, self.conf.temperature),
             "item_idx int, votes array<float>, best float",
         ).toPandas().sort_values("item_idx")
         scorer = EmbeddingScorer(
@@ -383,6 +440,7 @@ class EmbeddingBackend(LabelBackend):
             votes["item_idx"].to_numpy(dtype=np.int64),
             np.stack(votes["votes"].to_numpy()) if len(votes) else np.zeros((0, len(self.persona_set)), np.float32),
             votes["best"].to_numpy(dtype=np.float32),
+            np.maximum(prior, 1e-9).astype(np.float64),
         )
         return requests.repartition(self.conf.partitions).mapInPandas(scorer, label_schema(self.id_col))
 
