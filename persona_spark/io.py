@@ -132,8 +132,8 @@ class TableStore:
         loc = self.location(name)
         if self.backend == "spark":
             writer = df.write.format("delta").mode(mode)
-            if mode == "overwrite":
-                writer = writer.option("overwriteSchema", "true")
+            # Overwrite replaces the schema; append may add columns (a newer release's run records, quarantine).
+            writer = writer.option("overwriteSchema" if mode == "overwrite" else "mergeSchema", "true")
             writer.saveAsTable(loc) if self.conf.catalog else writer.save(loc)
         else:
             self._write_delta_rs(df, loc, mode)
