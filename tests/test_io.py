@@ -164,3 +164,12 @@ def test_uri_roots_are_joined_without_folding_the_scheme(spark):
 def test_delta_rs_is_refused_off_a_single_local_disk(spark, conf, reason):
     with pytest.raises(ValueError, match=reason):
         TableStore(spark, TablesConf(backend="delta-rs", **conf))
+
+
+def test_append_may_add_a_column_on_the_connector(spark, tmp_path):
+    """A newer release appends rows with a column an older one did not write (run records, quarantine)."""
+    store = TableStore(spark, TablesConf(root=str(tmp_path)))
+    store.write_table(_people(spark, 2).drop("vec"), "runs", mode="append")
+    store.write_table(_people(spark, 3), "runs", mode="append")
+    rows = store.read_table("runs")
+    assert "vec" in rows.columns and rows.count() == 5 and rows.filter("vec IS NULL").count() == 2
