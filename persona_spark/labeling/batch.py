@@ -169,7 +169,13 @@ def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     columns = [c.split()[0] for c in ANSWER_SCHEMA.split(", ")]
     for pdf in batches:
         rows = [parse_output_line(v) or {"custom_id": None} for v in pdf["value"]]
-        yield pd.DataFrame(rows, columns=columns)
+        frame = pd.DataFrame(rows, columns=columns)
+        text = ["custom_id", "content", "error"]
+        # Nulls stay nulls: an all-null text column must not become float NaN, nor an int one float.
+        frame[text] = frame[text].astype(object).where(frame[text].notna(), None)
+        numeric = [c for c in columns if c not in text]
+        frame[numeric] = frame[numeric].astype("Int64")
+        yield frame
 
 
 def missing_reason(batch_id: str, status: str, detail: str | None, malformed: int) -> str:
@@ -196,7 +202,7 @@ def answer_rows(worker: OpenAIWorker, batch_id: str, status: str, detail: str | 
                 if line.copies > 1:  # which copy is the answer is unknowable: none is guessed
                     verdict = error_verdict(f"batch {batch_id} answered this request {int(line.copies)} times; all answers discarded")
                 elif line.content is None:
-                    verdict = error_verdict(f"batch {batch_id}: {line.error or 'empty answer'}")
+                    verdict = error_verdict(f"batch {batch_id} ({status}): {line.error or 'empty answer'}")
                 else:
                     verdict = worker.prompt.parse(line.content, [entity_id])[entity_id]
                     if line.error and verdict.status == "error":  # e.g. cut at max_tokens
@@ -252,10 +258,14 @@ class BatchLedger:
         self.store = store
         self.table = table
 
-    def record(self, submission: Submission) -> Submission:
-        row = {**asdict(submission), "ts": datetime.now(timezone.utc)}
-        self.store.write_table(self.store.spark.createDataFrame([row], LEDGER_SCHEMA), self.table, mode="append")
-        return submission if submission.ts else replace(submission, ts=row["ts"])
+    def record(self, submissions: list[Submission]) -> list[Submission]:
+        """Append the new state of ``submissions`` in one commit."""
+        if not submissions:
+            return []
+        now = datetime.now(timezone.utc)
+        rows = [{**asdict(s), "ts": now} for s in submissions]
+        self.store.write_table(self.store.spark.createDataFrame(rows, LEDGER_SCHEMA), self.table, mode="append")
+        return [s if s.ts else replace(s, ts=now) for s in submissions]
 
     def latest(self, purpose: str, tag: str) -> list[Submission]:
         """Each submission's latest state (one row per batch ever made, so small enough to collect)."""
@@ -294,11 +304,14 @@ class BatchAPI:
             input_file_id=file_id, endpoint=ENDPOINT, completion_window=window, metadata={"persona_spark": submission}
         )
 
-    def find(self, file_id: str):
-        for batch in self._client.batches.list(limit=100):
-            if batch.input_file_id == file_id:
-                return batch
-        return None
+    def batches_by_input_file(self, scan: int = 500) -> dict:
+        """The most recent batches (newest first, at most ``scan``) by their input file id."""
+        found = {}
+        for i, batch in enumerate(self._client.batches.list(limit=100)):
+            if i >= scan:
+                break
+            found.setdefault(batch.input_file_id, batch)
+        return found
 
     def retrieve(self, batch_id: str):
         return self._client.batches.retrieve(batch_id)
@@ -322,34 +335,42 @@ class BatchRunner:
     def __init__(self, api: BatchAPI, ledger: BatchLedger, conf: BatchConf):
         self.api, self.ledger, self.conf = api, ledger, conf
 
-    def submit(self, file: InputFile, purpose: str, tag: str) -> Submission:
-        pending = Submission(uuid.uuid4().hex[:12], purpose, tag, file.sha, file.path, file.lines, file.bytes)
-        pending = self.ledger.record(replace(pending, input_file_id=self.api.upload(file.path)))
-        return self.create(pending)
+    def submit(self, files: list[InputFile], purpose: str, tag: str) -> list[Submission]:
+        """Upload every file, record them (one commit), then create their batches."""
+        pending = [Submission(uuid.uuid4().hex[:12], purpose, tag, f.sha, f.path, f.lines, f.bytes, self.api.upload(f.path))
+                   for f in files]
+        return self.create(self.ledger.record(pending))
 
-    def create(self, pending: Submission) -> Submission:
-        """Create the batch of an uploaded file, or adopt the one a killed run created unrecorded."""
-        batch = self.api.find(pending.input_file_id) or self.api.create(pending.input_file_id, self.conf.completion_window, pending.submission)
-        log.info("batch %s: %d lines (%s bytes) submitted as %s", pending.submission, pending.lines, f"{pending.bytes:,}", batch.id)
-        return self.ledger.record(replace(pending, batch_id=batch.id, state="submitted"))
+    def create(self, pending: list[Submission]) -> list[Submission]:
+        """Create the batches of uploaded files, adopting any a killed run created but never recorded
+        (found by input file id); their ids are recorded in one commit before anyone waits."""
+        if not pending:
+            return []
+        existing = self.api.batches_by_input_file()
+        created = []
+        for sub in pending:
+            batch = existing.get(sub.input_file_id) or self.api.create(sub.input_file_id, self.conf.completion_window, sub.submission)
+            log.info("batch %s: %d lines (%s bytes) submitted as %s", sub.submission, sub.lines, f"{sub.bytes:,}", batch.id)
+            created.append(replace(sub, batch_id=batch.id, state="submitted"))
+        return self.ledger.record(created)
 
     def wait(self, submissions: list[Submission]) -> Iterator[Submission]:
         """Yield each submission once its batch is finished and its files are downloaded; raise
-        ``BatchesPending`` after ``wait_s``."""
-        waiting = [self.create(s) if s.state == "uploaded" else s for s in submissions]
+        ``BatchesPending`` after ``wait_s``. (The finished state is recorded with ``collected``: a
+        run killed before that polls the finished batch again, which costs nothing.)"""
+        waiting = [s for s in submissions if s.state != "uploaded"] + self.create([s for s in submissions if s.state == "uploaded"])
         deadline = time.monotonic() + self.conf.wait_s
         interval = self.conf.poll_initial_s
         while waiting:
             still = []
             for sub in waiting:
-                if sub.state == "submitted":
-                    batch = self.api.retrieve(sub.batch_id)
-                    if batch.status not in FINISHED:
-                        still.append(sub)
-                        continue
-                    sub = self.ledger.record(replace(sub, state=batch.status, detail=batch_detail(batch),
-                                                     output_file_id=batch.output_file_id, error_file_id=batch.error_file_id))
-                    log.info("batch %s is %s (%s)", sub.batch_id, sub.state, sub.detail)
+                batch = self.api.retrieve(sub.batch_id)
+                if batch.status not in FINISHED:
+                    still.append(sub)
+                    continue
+                sub = replace(sub, state=batch.status, detail=batch_detail(batch),
+                              output_file_id=batch.output_file_id, error_file_id=batch.error_file_id)
+                log.info("batch %s is %s (%s)", sub.batch_id, sub.state, sub.detail)
                 self.download(sub)
                 yield sub
             waiting = still
@@ -367,8 +388,9 @@ class BatchRunner:
                 (folder / f"{name}.part").rename(folder / name)  # a killed download is never read as complete
 
     def collected(self, sub: Submission) -> None:
-        self.ledger.record(replace(sub, state="collected"))
+        self.ledger.record([replace(sub, state="collected", detail=f"{sub.state}: {sub.detail}")])
         shutil.rmtree(Path(sub.input_path).parent / sub.submission, ignore_errors=True)
+        Path(sub.input_path).unlink(missing_ok=True)
 
 
 # ---- the backend ------------------------------------------------------------------------------
@@ -408,7 +430,7 @@ class BatchBackend(LabelBackend):
         todo.mapInPandas(partial(render_partition, self.worker, self.tag), "value string").write.mode("overwrite").text(str(rendered))
         files = roll_lines(sorted(rendered.glob("part-*")), folder, self.conf.batch.max_lines, self.conf.batch.max_bytes)
         shutil.rmtree(rendered, ignore_errors=True)
-        submissions = [self.runner.submit(f, self.kind, self.tag) for f in files]
+        submissions = self.runner.submit(files, self.kind, self.tag)
         self._collect(submissions)
         return len(submissions)
 
@@ -438,7 +460,7 @@ def complete_in_batch(store, conf, api_key: Secret, message_lists: list[list[dic
     sha = hashlib.sha256(text).hexdigest()
     tag = hashlib.sha256(conf.openai.model.encode()).hexdigest()[:10]
     runner = BatchRunner(BatchAPI(conf.openai, api_key), BatchLedger(store), conf.batch)
-    earlier = [s for s in runner.ledger.latest(purpose, tag) if s.input_sha == sha and s.state in ("uploaded", "submitted", "completed")]
+    earlier = [s for s in runner.ledger.latest(purpose, tag) if s.input_sha == sha and s.state in ("uploaded", "submitted")]
     if earlier and Path(earlier[-1].input_path).is_file():
         sub = earlier[-1]
     else:
@@ -446,7 +468,7 @@ def complete_in_batch(store, conf, api_key: Secret, message_lists: list[list[dic
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "input-00000.jsonl"
         path.write_bytes(text)
-        sub = runner.submit(InputFile(str(path), len(lines), len(text), sha), purpose, tag)
+        (sub,) = runner.submit([InputFile(str(path), len(lines), len(text), sha)], purpose, tag)
     (done,) = list(runner.wait([sub]))
     answers: dict[str, list[dict]] = {}
     folder = Path(done.input_path).parent / done.submission
