@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from persona_spark.config import LabelingConf
 from persona_spark.labeling.client import CallResult, ChatClient, Secret
+from persona_spark.labeling.pricing import rates
 from persona_spark.labeling.prompts import Entity, HistoryFormat, estimate_tokens, load_template_file, strip_code_fence
 from persona_spark.personas import PersonaSet, normalize_name
 
@@ -83,43 +84,63 @@ class PersonaSetGenerator:
         n_candidates = len(requests) * self.gen.candidates_per_prompt
         merge_prompt = estimate_tokens(self.merge_messages([("", "")])[0]["content"]) + n_candidates * TOKENS_PER_CANDIDATE
         prices = self.conf.openai
+        channel = "batch" if self.conf.backend == "openai_batch" else "sync"
         completion_max = (len(requests) + 1) * prices.max_tokens
         return {
             "sample_users": len(entities),
             "requests": len(requests) + 1,
             "prompt_tokens": prompt + merge_prompt,
             "completion_tokens_max": completion_max,
-            "cost_max_usd": round((prompt + merge_prompt) / 1000 * prices.price_prompt_per_1k + completion_max / 1000 * prices.price_completion_per_1k, 4),
+            "cost_max_usd": round(rates(prices, channel).cost(prompt + merge_prompt, 0, completion_max), 4),
+            "cost_sync_max_usd": round(rates(prices, "sync").cost(prompt + merge_prompt, 0, completion_max), 4),
+            "cost_batch_max_usd": round(rates(prices, "batch").cost(prompt + merge_prompt, 0, completion_max), 4),
         }
+
+    def _response_format(self) -> dict | None:
+        return {"type": "json_object"} if self.conf.openai.json_mode != "off" else None
 
     async def _calls(self, client: ChatClient, message_lists: list[list[dict]]) -> list[CallResult]:
         limit = asyncio.Semaphore(max(1, self.conf.openai.concurrency))
 
         async def call(messages: list[dict]) -> CallResult:
             async with limit:
-                return await client.complete(messages, {"type": "json_object"} if self.conf.openai.json_mode != "off" else None)
+                return await client.complete(messages, self._response_format())
 
         return await asyncio.gather(*(call(m) for m in message_lists))
 
-    async def _generate(self, entities: list[Entity], api_key: Secret) -> tuple[PersonaSet, dict]:
-        client = ChatClient(self.conf.openai, api_key, connections=max(1, self.conf.openai.concurrency))
-        try:
-            results = await self._calls(client, self.candidate_messages(entities))
-            candidates: dict[str, tuple[str, str]] = {}
-            failures = []
-            for result in results:
-                try:
-                    if result.content is None:
-                        raise ValueError(result.error)
-                    for name, description in parse_personas(result.content):
-                        candidates.setdefault(normalize_name(name), (name, description))
-                except ValueError as exc:  # one bad answer costs one group, not the job
-                    failures.append(str(exc)[:200])
-            if not candidates:
-                raise RuntimeError(f"no candidate personas: all {len(results)} candidate requests failed: {failures[:3]}")
-            (merged,) = await self._calls(client, [self.merge_messages(list(candidates.values()))])
-        finally:
-            await client.aclose()
+    def _sync_calls(self, api_key: Secret):
+        """``call(purpose, message_lists) -> results`` over synchronous chat calls (one loop per call)."""
+
+        async def run(message_lists: list[list[dict]]) -> list[CallResult]:
+            client = ChatClient(self.conf.openai, api_key, connections=max(1, self.conf.openai.concurrency))
+            try:
+                return await self._calls(client, message_lists)
+            finally:
+                await client.aclose()
+
+        return lambda _purpose, message_lists: asyncio.run(run(message_lists))
+
+    def _batch_calls(self, api_key: Secret, store):
+        """The same through the Batch API: one batch per step, each waited for (and resumed by a rerun)."""
+        from persona_spark.labeling.batch import complete_in_batch
+
+        return lambda purpose, message_lists: complete_in_batch(store, self.conf, api_key, message_lists, purpose, self._response_format())
+
+    def _generate(self, entities: list[Entity], call) -> tuple[PersonaSet, dict]:
+        results = call("persona_candidates", self.candidate_messages(entities))
+        candidates: dict[str, tuple[str, str]] = {}
+        failures = []
+        for result in results:
+            try:
+                if result.content is None:
+                    raise ValueError(result.error)
+                for name, description in parse_personas(result.content):
+                    candidates.setdefault(normalize_name(name), (name, description))
+            except ValueError as exc:  # one bad answer costs one group, not the job
+                failures.append(str(exc)[:200])
+        if not candidates:
+            raise RuntimeError(f"no candidate personas: all {len(results)} candidate requests failed: {failures[:3]}")
+        (merged,) = call("persona_merge", [self.merge_messages(list(candidates.values()))])
         if merged.content is None:
             raise RuntimeError(f"the merge request failed: {merged.error}")
         personas = parse_personas(merged.content)
@@ -138,12 +159,17 @@ class PersonaSetGenerator:
             "personas": len(persona_set),
             "version": persona_set.version,
             "prompt_tokens": sum(c.prompt_tokens for c in calls),
+            "cached_prompt_tokens": sum(c.cached_prompt_tokens for c in calls),
             "completion_tokens": sum(c.completion_tokens for c in calls),
+            "channel": "batch" if self.conf.backend == "openai_batch" else "sync",
         }
         return persona_set, stats
 
-    def generate(self, entities: list[Entity], api_key: Secret) -> tuple[PersonaSet, dict]:
-        return asyncio.run(self._generate(entities, api_key))
+    def generate(self, entities: list[Entity], api_key: Secret, store=None) -> tuple[PersonaSet, dict]:
+        """Candidates then the merge, as synchronous calls or (``labeling.backend=openai_batch``,
+        needs ``store`` for the batch ledger) through the Batch API."""
+        call = self._batch_calls(api_key, store) if self.conf.backend == "openai_batch" else self._sync_calls(api_key)
+        return self._generate(entities, call)
 
     def metadata(self, stats: dict) -> dict:
         return {
