@@ -206,6 +206,11 @@ def test_dry_run_estimates_without_calling(spark, store, server, personas, tmp_p
     assert estimate["completion_tokens_max"] == 10 * 300
     assert 10 * 200 < estimate["prompt_tokens"] < 10 * 2000  # system prompt + few-shot + history
     assert 0 < estimate["cost_expected_usd"] <= estimate["cost_max_usd"]
+    # Priced both ways, and per 1 M users: the batch rates are the configured (half) ones.
+    assert estimate["cost_expected_usd"] == estimate["cost_sync_usd"]
+    assert estimate["cost_batch_usd"] == pytest.approx(estimate["cost_sync_usd"] / 2, abs=1e-4)
+    assert estimate["cost_sync_per_1m_users_usd"] == pytest.approx(estimate["cost_sync_usd"] * 100_000, rel=1e-2)
+    assert estimate["cached_prompt_tokens_expected"] == 0  # the demo prefix is below the 1024 cacheable tokens
 
 
 def test_one_budget_for_all_tasks_keeps_the_server_under_its_rpm(spark, store, server, personas, tmp_path):
