@@ -209,7 +209,7 @@ def test_dry_run_estimates_without_calling(spark, store, server, personas, tmp_p
     # Priced both ways, and per 1 M users: the batch rates are the configured (half) ones.
     assert estimate["cost_expected_usd"] == estimate["cost_sync_usd"]
     assert estimate["cost_batch_usd"] == pytest.approx(estimate["cost_sync_usd"] / 2, abs=1e-4)
-    assert estimate["cost_sync_per_1m_users_usd"] == pytest.approx(estimate["cost_sync_usd"] * 100_000, rel=1e-2)
+    assert estimate["cost_sync_per_1m_users_usd"] == pytest.approx(estimate["cost_sync_usd"] * 100_000, rel=5e-2)  # cost is rounded to 4 digits
     assert estimate["cached_prompt_tokens_expected"] == 0  # the demo prefix is below the 1024 cacheable tokens
 
 
