@@ -56,6 +56,23 @@ def synthetic_graph(spark, users: int, items: int, per_user: int):
     return edges, catalog
 
 
+def rate_limit_figures(server: LoopbackChatServer, tpm: int) -> dict:
+    """429s before/after the first minute, and the tokens admitted per minute after it (the bucket
+    starts full, so the first minute carries a burst) relative to the limit."""
+    start = min([t for t, _ in server.accepted] + server.rejected)
+    late = [(t, n) for t, n in server.accepted if t - start >= 60]
+    span = (late[-1][0] - late[0][0]) if len(late) > 1 else 0.0
+    admitted = sum(n for _, n in late[1:]) / span * 60 if span else 0.0
+    return {
+        "tpm_limit": tpm,
+        "http_429_first_minute": sum(1 for t in server.rejected if t - start < 60),
+        "http_429_after_first_minute": sum(1 for t in server.rejected if t - start >= 60),
+        "tokens_per_minute_after_first_minute": round(admitted),
+        "share_of_limit": round(admitted / tpm, 3),
+        "run_minutes": round((max(t for t, _ in server.accepted) - start) / 60, 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000)
@@ -66,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--users-per-request", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=5000)
+    parser.add_argument("--tpm", type=int, default=0, help="tokens per minute the server enforces and the job's shared budget uses")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
 
@@ -73,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     personas = load_persona_set(DEFAULT_PERSONAS)
     os.environ[KEY_ENV] = "sk-benchmark"
     responder = with_rate_limits(obedient(lambda uid: [personas.names[int(uid) % len(personas)]]), args.rate_limited, args.retry_after)
-    with tempfile.TemporaryDirectory() as tmp, LoopbackChatServer(responder, latency_s=args.latency) as server:
+    with tempfile.TemporaryDirectory() as tmp, LoopbackChatServer(responder, latency_s=args.latency, tokens_per_minute=args.tpm) as server:
         store = TableStore(spark, TablesConf(root=f"{tmp}/tables"))
         edges, items = synthetic_graph(spark, args.users, items=500, per_user=6)
         requests = build_user_histories(edges, items).localCheckpoint()
@@ -82,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             "backend": "openai", "chunk_size": args.chunk_size, "journal_dir": f"{tmp}/journal", "progress_interval_s": 5,
             "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "model": "loopback-model",
                        "concurrency": args.concurrency, "partitions": args.partitions,
-                       "users_per_request": args.users_per_request, "timeout_s": 30, "max_attempts": 8},
+                       "users_per_request": args.users_per_request, "timeout_s": 30, "max_attempts": 8,
+                       "tokens_per_minute": args.tpm},
         })
         started = time.perf_counter()
         labels = label_entities(store, requests, personas, conf, "user")
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             "users_per_request": args.users_per_request,
             "cpu_count": os.cpu_count(),
         }
+        if args.tpm:
+            result.update(rate_limit_figures(server, args.tpm))
     print(json.dumps(result))
     return 0 if result["lost"] == 0 else 1
 

@@ -134,8 +134,17 @@ class OpenAIConf(Section):
     partitions: int = 2  # global cap on parallel labeling tasks
     users_per_request: int = 1  # > 1: several users (or items) per prompt, ids validated per user
     json_mode: Literal["json_object", "json_schema", "off"] = "json_object"
-    price_prompt_per_1k: float = 0.00015  # USD per 1k prompt tokens (dry-run estimate, summaries)
+    # Shared by every task of a job (a limiter on the driver), lowered by x-ratelimit-* headers; 0 = off.
+    tokens_per_minute: int = Field(0, ge=0)  # TPM budget: prompt estimate (chars/4) + max_tokens per request
+    requests_per_minute: int = Field(0, ge=0)  # RPM budget
+    # USD per 1k tokens, synchronous calls (dry-run estimate, summaries, the report's ledger).
+    price_prompt_per_1k: float = 0.00015
+    price_cached_prompt_per_1k: float = 0.000075  # prompt tokens the provider served from its prompt cache
     price_completion_per_1k: float = 0.0006
+    # USD per 1k tokens through the Batch API (labeling.backend=openai_batch).
+    batch_price_prompt_per_1k: float = 0.000075
+    batch_price_cached_prompt_per_1k: float = 0.0000375
+    batch_price_completion_per_1k: float = 0.0003
 
 
 class EmbeddingLabelConf(Section):
@@ -171,6 +180,20 @@ class SelectionConf(Section):
     seed: int = 0
 
 
+class BatchConf(Section):
+    """The OpenAI Batch API (labeling.backend=openai_batch): JSONL files, half the price, a 24 h window."""
+
+    max_lines: int = Field(50_000, ge=1)  # requests per batch (the API's limit: 50,000)
+    max_bytes: int = Field(200_000_000, ge=1000)  # bytes per input file (the API's limit: 200 MB)
+    completion_window: str = "24h"
+    poll_initial_s: float = Field(5.0, gt=0)  # first status poll; the interval doubles up to poll_max_s
+    poll_max_s: float = Field(300.0, gt=0)
+    # A run waits this long for its batches, then stops with BatchesPending; a rerun resumes the
+    # same batches (ids in the label_batches table) instead of submitting them again.
+    wait_s: float = Field(86_400.0, ge=0)
+    dir: str = "data/labels_batches"  # input/output JSONL files; on a cluster storage both Python and Spark see
+
+
 class PersonaGenerationConf(Section):
     """Persona-set generation (paper App. B): sampled histories -> candidate personas -> merged set."""
 
@@ -192,7 +215,8 @@ class PersonaGenerationConf(Section):
 
 
 class LabelingConf(Section):
-    backend: Literal["embedding", "openai", "recorded"] = "embedding"  # who answers: offline embeddings, an LLM endpoint, or recorded answers
+    # who answers: offline embeddings, an LLM endpoint (synchronous calls or the Batch API), or recorded answers
+    backend: Literal["embedding", "openai", "openai_batch", "recorded"] = "embedding"
     max_personas: int = 5  # personas one answer may name
     history_tokens: int = 1500  # token budget of one serialized history (most frequent items first)
     max_name_chars: int = 80  # product names are untrusted: longer ones are cut
@@ -209,6 +233,7 @@ class LabelingConf(Section):
     users: SelectionConf = Field(default_factory=SelectionConf)
     items: SelectionConf = Field(default_factory=lambda: SelectionConf(mode="all"))
     openai: OpenAIConf = Field(default_factory=OpenAIConf)
+    batch: BatchConf = Field(default_factory=BatchConf)
     embedding: EmbeddingLabelConf = Field(default_factory=EmbeddingLabelConf)
     recorded: RecordedConf = Field(default_factory=RecordedConf)
     generate: PersonaGenerationConf = Field(default_factory=PersonaGenerationConf)

@@ -31,6 +31,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from persona_spark import storage  # noqa: E402
 from persona_spark.config import ReportConf  # noqa: E402
+from persona_spark.labeling.pricing import Rates, cost_column  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Context:
     persona_names: dict[int, str]
     conf: ReportConf
     figures: Figures
-    prices_per_1k: tuple[float, float]
+    prices: Mapping[str, Rates]  # per channel (sync / batch), labeling.pricing.price_table
     facts: dict = field(default_factory=dict)  # headline numbers gathered by sections for the overview
 
     def name(self, idx: int) -> str:
@@ -555,29 +556,46 @@ def _recommendations(ctx: Context) -> str:
 
 def _labeling(ctx: Context) -> str:
     labels = ctx.tables["user_labels"]
-    prompt_price, completion_price = ctx.prices_per_1k
-    keys = [c for c in ("model", "prompt_version", "status") if c in labels.columns]
-    tokens = {c: F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in ("prompt_tokens", "completion_tokens") if c in labels.columns}
-    aggregates = [F.count("*").alias("customers"), *tokens.values()]
+    if "channel" not in labels.columns:  # a cache table written before the ledger had channels
+        labels = labels.withColumn("channel", F.lit("sync"))
+    labels = labels.withColumn("_cost", cost_column(ctx.prices, labels.columns))
+    keys = [c for c in ("model", "prompt_version", "channel", "status") if c in labels.columns]
+    token_cols = [c for c in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens") if c in labels.columns]
+    tokens = {c: F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in token_cols}
+    aggregates = [F.count("*").alias("customers"), *tokens.values(), F.sum("_cost").alias("cost USD")]
     if "latency_ms" in labels.columns:
         aggregates += [F.avg("latency_ms").alias("mean latency ms"), F.percentile_approx("latency_ms", 0.95).alias("p95 latency ms")]
     ledger = labels.groupBy(*keys).agg(*aggregates).toPandas().sort_values(keys)
-    ledger["estimated cost USD"] = (
-        ledger.get("prompt_tokens", 0) / 1000 * prompt_price + ledger.get("completion_tokens", 0) / 1000 * completion_price
+    # A refresh is a day's labeling (GPLR rounds of one run, or one label-users call).
+    refreshes = (
+        labels.groupBy(F.to_date("ts").alias("refresh"), "channel")
+        .agg(F.count("*").alias("customers"), *[F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in token_cols],
+             F.sum("_cost").alias("cost USD"))
+        .orderBy("refresh", "channel").toPandas()
     )
-    total_cost = float(ledger["estimated cost USD"].sum())
+    total_cost = float(ledger["cost USD"].sum())
     total_tokens = int(ledger.get("prompt_tokens", pd.Series([0])).sum() + ledger.get("completion_tokens", pd.Series([0])).sum())
     ctx.facts.update(labeled=int(ledger["customers"].sum()))
     cards = [("labelled by", ctx.labeler()), ("customers sent to the labeler", f"{int(ledger['customers'].sum()):,}")]
     if total_tokens > 0:  # an offline or recorded labeler pays nothing: no cost to show
         ctx.facts.update(labeling_cost=total_cost)
         cards += [("tokens used", f"{total_tokens:,}"), ("estimated cost", f"${total_cost:,.2f}")]
-        note = (f"Cost at the configured prices: ${prompt_price:g} per 1k prompt tokens, ${completion_price:g} per 1k "
-                "completion tokens (labeling.openai.price_*_per_1k).")
+        sync, batch = ctx.prices["sync"], ctx.prices["batch"]
+        parts = [
+            _cards(cards),
+            _note(
+                f"Priced like the bill, per 1k tokens: synchronous calls ${sync.prompt:g} prompt, ${sync.cached_prompt:g} "
+                f"cached prompt, ${sync.completion:g} completion; Batch API ${batch.prompt:g} / ${batch.cached_prompt:g} / "
+                f"${batch.completion:g} (labeling.openai.*price*)."
+            ),
+            "<h3>Cost per refresh</h3>" + _table(refreshes, decimals=4),
+            "<h3>Ledger</h3>" + _table(ledger, decimals=2),
+        ]
     else:
-        ledger = ledger.drop(columns=["estimated cost USD", "prompt_tokens", "completion_tokens"], errors="ignore")
+        ledger = ledger.drop(columns=["cost USD", "prompt_tokens", "completion_tokens", "cached_prompt_tokens"],
+                             errors="ignore")
         note = f"The prototypes were labelled by {ctx.labeler()}, which uses no tokens and costs nothing per label."
-    parts = [_cards(cards), _note(note), _table(ledger, decimals=2)]
+        parts = [_cards(cards), _note(note), _table(ledger, decimals=2)]
     if "status" in labels.columns and "error" in labels.columns:
         errors = (
             labels.filter(F.col("error").isNotNull()).groupBy("status", "error").count()
@@ -643,13 +661,15 @@ def build_report(
     path: str,
     persona_names: dict[int, str],
     conf: ReportConf | None = None,
-    prices_per_1k: tuple[float, float] = (0.0, 0.0),
+    prices: Mapping[str, Rates] | None = None,
     title: str = "Customer personas",
 ) -> Report:
     """Render the report from whichever tables exist (``None`` = not written yet) to ``path`` (any URI)."""
     conf = conf or ReportConf()
     path = storage.absolute(str(path))
-    ctx = Context(tables, persona_names, conf, Figures(storage.join(posixpath.dirname(path), "figures")), prices_per_1k)
+    free = Rates(0.0, 0.0, 0.0)
+    ctx = Context(tables, persona_names, conf, Figures(storage.join(posixpath.dirname(path), "figures")),
+                  prices or {"sync": free, "batch": free})
     bodies, status = [], {}
     for section in SECTIONS:
         missing = [t for t in section.needs if tables.get(t) is None]

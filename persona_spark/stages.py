@@ -205,8 +205,9 @@ def report_stage(cfg: Config, store: TableStore) -> dict:
     """Render the HTML report (and its PNG figures) from whichever tables of the run exist."""
     tables = {name: store.read_table(name) if store.exists(name) else None for name in report_lib.REPORT_TABLES}
     names = {row["persona_idx"]: row["name"] for row in _persona_names(cfg, store).collect()}
-    prices = (cfg.labeling.openai.price_prompt_per_1k, cfg.labeling.openai.price_completion_per_1k)
-    result = report_lib.build_report(tables, cfg.report.path, names, cfg.report, prices)
+    from persona_spark.labeling.pricing import price_table
+
+    result = report_lib.build_report(tables, cfg.report.path, names, cfg.report, price_table(cfg.labeling.openai))
     return {"report": result.path, "figures": result.figures, "sections": result.sections}
 
 
@@ -249,8 +250,8 @@ def generate_personas_stage(cfg: Config, store: TableStore) -> dict:
     from persona_spark.labeling.persona_sets import PersonaSetGenerator, write_persona_set
 
     conf = cfg.labeling
-    if conf.backend != "openai":
-        raise ValueError("generate-personas needs an LLM: set labeling.backend=openai (and labeling.openai.*)")
+    if conf.backend not in ("openai", "openai_batch"):
+        raise ValueError("generate-personas needs an LLM: set labeling.backend=openai or openai_batch (and labeling.openai.*)")
     histories = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"), labeling.history_order(conf))
     generator = PersonaSetGenerator(conf, histories.count())
     groups = generator.sample(histories)
@@ -258,7 +259,7 @@ def generate_personas_stage(cfg: Config, store: TableStore) -> dict:
         estimate = generator.estimate(groups)
         log.info("generate-personas estimate: %s", estimate)
         return {"dry_run": True, **estimate}
-    persona_set, stats = generator.generate(groups, resolve_api_key(conf.openai, store.spark))
+    persona_set, stats = generator.generate(groups, resolve_api_key(conf.openai, store.spark), store)
     path = write_persona_set(persona_set, conf.generate.output, generator.metadata(stats))
     table = persona_set.to_dataframe(store.spark).select(
         "*", F.lit(persona_set.title).alias("title"), F.lit(conf.openai.model).alias("model"),

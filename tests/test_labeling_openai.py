@@ -206,6 +206,42 @@ def test_dry_run_estimates_without_calling(spark, store, server, personas, tmp_p
     assert estimate["completion_tokens_max"] == 10 * 300
     assert 10 * 200 < estimate["prompt_tokens"] < 10 * 2000  # system prompt + few-shot + history
     assert 0 < estimate["cost_expected_usd"] <= estimate["cost_max_usd"]
+    # Priced both ways, and per 1 M users: the batch rates are the configured (half) ones.
+    assert estimate["cost_expected_usd"] == estimate["cost_sync_usd"]
+    assert estimate["cost_batch_usd"] == pytest.approx(estimate["cost_sync_usd"] / 2, abs=1e-4)
+    assert estimate["cost_sync_per_1m_users_usd"] == pytest.approx(estimate["cost_sync_usd"] * 100_000, rel=5e-2)  # cost is rounded to 4 digits
+    assert estimate["cached_prompt_tokens_expected"] == 0  # the demo prefix is below the 1024 cacheable tokens
+
+
+def test_one_budget_for_all_tasks_keeps_the_server_under_its_rpm(spark, store, server, personas, tmp_path):
+    """22 requests from 2 tasks against a server allowing 20 a minute: a budget per task would send
+    all 22 at once (2 refused with 429); the job's shared budget spaces the last ones instead."""
+    limited = LoopbackChatServer(lambda body, n: Reply(content=answer(entity_ids(body), lambda _: ["Gardener"])), requests_per_minute=20)
+    with limited:
+        edges, items = make_graph(spark, 22)
+        conf = conf_for(limited, requests_per_minute=20, timeout_s=30).model_copy(update={"journal_dir": str(tmp_path / "j")})
+        rows = by_user(label_entities(store, build_user_histories(edges, items), personas, conf, "user"))
+    assert sorted(rows) == list(range(22)) and all(r["status"] == "ok" for r in rows.values())
+    assert limited.statuses.get(429, 0) == 0 and limited.request_count == 22
+
+
+def test_the_fixed_persona_list_leads_every_prompt_so_providers_cache_it(spark, store, server, personas, tmp_path):
+    """Every message but the last is the same for all users; the ledger keeps the cached tokens."""
+    long_set = tmp_path / "long.yaml"
+    long_set.write_text("personas:\n" + "".join(
+        f"  - name: {n}\n    description: {'Buys many things for this interest, ' * 12}\n" for n in personas.names))
+    from persona_spark.personas import load_persona_set as load
+
+    wordy = load(long_set)
+    server.responder = lambda body, n: Reply(content=answer(entity_ids(body), lambda _: [wordy.names[0]]))
+    edges, items = make_graph(spark, 4)
+    conf = conf_for(server, partitions=1, concurrency=1).model_copy(update={"journal_dir": str(tmp_path / "j")})
+    rows = by_user(label_entities(store, build_user_histories(edges, items), wordy, conf, "user"))
+    prefixes = {json.dumps(b["messages"][:-1]) for b in server.requests}
+    assert len(prefixes) == 1 and len({b["messages"][-1]["content"] for b in server.requests}) == 4
+    cached = sorted(r["cached_prompt_tokens"] for r in rows.values())
+    assert cached[0] == 0 and cached[1:] == [cached[-1]] * 3 and cached[-1] >= 1024  # the first call fills the cache
+    assert all(r["channel"] == "sync" for r in rows.values())
 
 
 def test_paper_prompt_over_http_lists_products_as_first_bought_with_quantities(spark, store, server, personas, tmp_path):

@@ -41,11 +41,13 @@ def shop(spark, store):
     return store
 
 
-def test_generate_personas_writes_a_loadable_versioned_set(shop, tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["openai", "openai_batch"])
+def test_generate_personas_writes_a_loadable_versioned_set(shop, tmp_path, monkeypatch, backend):
     monkeypatch.setenv(KEY_ENV, "sk-test")
     with LoopbackChatServer(candidates) as server:
         cfg = Config.model_validate({"labeling": {
-            "backend": "openai",
+            "backend": backend,
+            "batch": {"dir": str(tmp_path / "batches"), "poll_initial_s": 0.02, "poll_max_s": 0.1},
             "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 2, "max_attempts": 1},
             "generate": {"sample_users": 10, "histories_per_prompt": 4, "target_size": 3, "title": "test_shop",
                          "output": str(tmp_path / "generated.yaml")},
@@ -54,6 +56,10 @@ def test_generate_personas_writes_a_loadable_versioned_set(shop, tmp_path, monke
         assert dry["dry_run"] and dry["requests"] == 3 + 1 and dry["prompt_tokens"] > 0 and server.request_count == 0
         summary = STAGES["generate-personas"](cfg, shop)
         asked = [entity_ids(b) for b in server.requests[:3]]
+        batches = len(server.batches)
+
+    assert batches == (2 if backend == "openai_batch" else 0)  # candidates, then the merge
+    assert summary["channel"] == ("batch" if backend == "openai_batch" else "sync")
 
     assert sorted(len(ids) for ids in asked) == [2, 4, 4]  # 10 sampled users, 4 histories per prompt
     assert len({i for ids in asked for i in ids}) == 10

@@ -17,8 +17,11 @@ from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES
 from tests.persona_world import N_USERS, PERSONAS, write_persona_set, write_world
 from tests.persona_world import frames, world  # noqa: F401 (module fixtures)
 
-PRICES = (0.5, 2.0)  # USD per 1k prompt / completion tokens
-LABEL_TOKENS = [(u, 400 + u, 20 + u % 3) for u in range(12)]  # user, prompt tokens, completion tokens
+PRICES = (0.5, 2.0)  # USD per 1k prompt / completion tokens (synchronous)
+CACHED_PRICE = 0.1  # USD per 1k cached prompt tokens (synchronous)
+BATCH_PRICES = (0.25, 0.05, 1.0)  # USD per 1k prompt / cached prompt / completion tokens (Batch API)
+# user, prompt tokens, cached prompt tokens, completion tokens, channel
+LABEL_TOKENS = [(u, 400 + u, 128 * (u % 2), 20 + u % 3, "batch" if u < 4 else "sync") for u in range(12)]
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
@@ -27,8 +30,8 @@ def run_tables(spark) -> dict:
     ts = datetime(2024, 6, 1)
     labels = [
         (u, [PERSONAS.names[u % 3]], [u % 3], "ok", None, "gpt-4o-mini", "user_v1", PERSONAS.version, f"h{u}",
-         prompt, completion, 900 + u, 1, "{}", ts)
-        for u, prompt, completion in LABEL_TOKENS
+         prompt, completion, 900 + u, 1, "{}", ts, cached, channel)
+        for u, prompt, cached, completion, channel in LABEL_TOKENS
     ]
     runs = [
         ("r1", model, seed, None, None, {f"{m}@{k}": base + seed / 100 + k / 1000 for m in ("ndcg", "f1", "recall") for k in (5, 10, 20)},
@@ -70,7 +73,10 @@ def rendered(spark, frames, tmp_path_factory):
             "personas": str(write_persona_set(root / "tiny_shop.yaml")),
             "segment": {"ks": [2, 4], "seed": 1},
             "report": {"path": str(root / "report" / "index.html")},
-            "labeling": {"openai": {"price_prompt_per_1k": PRICES[0], "price_completion_per_1k": PRICES[1]}},
+            "labeling": {"openai": {"price_prompt_per_1k": PRICES[0], "price_completion_per_1k": PRICES[1],
+                                    "price_cached_prompt_per_1k": CACHED_PRICE,
+                                    "batch_price_prompt_per_1k": BATCH_PRICES[0], "batch_price_cached_prompt_per_1k": BATCH_PRICES[1],
+                                    "batch_price_completion_per_1k": BATCH_PRICES[2]}},
         }
     )
     STAGES["segment"](cfg, store)
@@ -101,9 +107,14 @@ def test_report_figures_decode_and_match_the_png_files(rendered):
 
 def test_report_states_the_numbers_of_the_run(rendered):
     _, page = rendered
-    cost = sum(p / 1000 * PRICES[0] + c / 1000 * PRICES[1] for _, p, c in LABEL_TOKENS)
-    tokens = sum(p + c for _, p, c in LABEL_TOKENS)
+    sync = {"prompt": PRICES[0], "cached": CACHED_PRICE, "completion": PRICES[1]}
+    batch = dict(zip(("prompt", "cached", "completion"), BATCH_PRICES))
+    rates = {"sync": sync, "batch": batch}
+    cost = sum(((p - k) * rates[ch]["prompt"] + k * rates[ch]["cached"] + c * rates[ch]["completion"]) / 1000
+               for _, p, k, c, ch in LABEL_TOKENS)
+    tokens = sum(p + c for _, p, _, c, _ in LABEL_TOKENS)
     assert f"${cost:,.2f}" in page and f"{tokens:,}" in page
+    assert "Cost per refresh" in page and "2024-06-01" in page  # one day of labeling, sync and batch rows apart
     assert f"{N_USERS:,} customers have at least one persona; 12 of them were labelled by the LLM" in page
     assert "0.812" in page  # micro F1 of the evaluation row
     assert "0.3150 ± 0.0071" in page  # lgcn3 ndcg@10 over seeds 0 and 1: 0.31 and 0.32

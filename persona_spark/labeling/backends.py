@@ -34,6 +34,7 @@ from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling.client import ChatClient, Secret
 from persona_spark.labeling.prompts import Entity, HistoryFormat, LabelPrompt, Verdict, error_verdict, estimate_tokens, sanitize_name
+from persona_spark.labeling.ratelimit import RemoteBudget
 from persona_spark.personas import PersonaSet
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -45,7 +46,8 @@ def label_schema(id_col: str) -> str:
     return (
         f"{id_col} int, personas array<string>, persona_idx array<int>, status string, error string, "
         "model string, prompt_version string, persona_set_version string, history_hash string, "
-        "prompt_tokens int, completion_tokens int, latency_ms int, attempts int, answer string, ts timestamp"
+        "prompt_tokens int, completion_tokens int, latency_ms int, attempts int, answer string, ts timestamp, "
+        "cached_prompt_tokens int, channel string"
     )
 
 
@@ -83,6 +85,8 @@ def make_row(id_col: str, entity_id: int, history_hash: str, key: CacheKey, verd
         "attempts": extra.get("attempts", 0),
         "answer": extra.get("answer"),
         "ts": extra.get("ts") or now_micros(),
+        "cached_prompt_tokens": extra.get("cached_prompt_tokens", 0),
+        "channel": extra.get("channel", "offline"),  # sync | batch: priced at its own rates; offline: no tokens
     }
 
 
@@ -123,17 +127,22 @@ class OpenAIWorker:
     prompt: LabelPrompt
     id_col: str
     key: CacheKey
+    budget_url: str | None = None  # the driver's shared TPM/RPM budget (ratelimit.BudgetServer)
 
     def requests_of(self, entities: list[Entity]) -> list[list[Entity]]:
         size = max(1, self.conf.users_per_request)
         return [entities[i : i + size] for i in range(0, len(entities), size)]
 
-    def request_sizes(self, entities: list[Entity]) -> list[tuple[int, int]]:
-        """(estimated prompt tokens, completion token bound) of each request, for dry runs."""
-        return [
-            (sum(estimate_tokens(m["content"]) + 4 for m in self.prompt.messages(group)), self.conf.max_tokens)
-            for group in self.requests_of(entities)
-        ]
+    def request_sizes(self, entities: list[Entity]) -> list[tuple[int, int, int]]:
+        """(estimated prompt tokens, completion token bound, cacheable prefix tokens) of each request,
+        for dry runs. The prefix is every message but the last (persona list, rules, few-shot):
+        providers cache a repeated prefix of >= 1024 tokens, in 128-token blocks."""
+        sizes = []
+        for group in self.requests_of(entities):
+            tokens = [estimate_tokens(m["content"]) + 4 for m in self.prompt.messages(group)]
+            prefix = sum(tokens[:-1])
+            sizes.append((sum(tokens), self.conf.max_tokens, prefix // 128 * 128 if prefix >= 1024 else 0))
+        return sizes
 
     async def label_group(self, client: ChatClient, group: list[Entity]) -> list[dict]:
         """One chat request for ``group``; always returns one row per entity, never raises."""
@@ -152,14 +161,16 @@ class OpenAIWorker:
             return [make_row(self.id_col, e.id, e.history_hash, self.key, error_verdict(error)) for e in group]
         prompt_shares = split_evenly(result.prompt_tokens, len(group))
         completion_shares = split_evenly(result.completion_tokens, len(group))
+        cached_shares = split_evenly(result.cached_prompt_tokens, len(group))
         answer = (result.content or "")[:MAX_ANSWER_CHARS] or None
         ts = now_micros()
         return [
             make_row(
                 self.id_col, e.id, e.history_hash, self.key, verdicts[e.id],
-                prompt_tokens=p, completion_tokens=c, latency_ms=result.latency_ms, attempts=result.attempts, answer=answer, ts=ts,
+                prompt_tokens=p, completion_tokens=c, cached_prompt_tokens=k, latency_ms=result.latency_ms,
+                attempts=result.attempts, answer=answer, ts=ts, channel="sync",
             )
-            for e, p, c in zip(group, prompt_shares, completion_shares)
+            for e, p, c, k in zip(group, prompt_shares, completion_shares, cached_shares)
         ]
 
     async def label_all(self, client: ChatClient, entities: list[Entity], journal: journal_io.JournalWriter | None) -> list[dict]:
@@ -197,7 +208,9 @@ def label_partition(worker: OpenAIWorker, journal_folder: str | None, batches: I
             rows = [earlier[(e.id, e.history_hash)] for e in entities if (e.id, e.history_hash) in earlier]
             fresh = [e for e in entities if (e.id, e.history_hash) not in earlier]
             if fresh:
-                client = client or ChatClient(worker.conf, worker.api_key, connections=worker.conf.concurrency)
+                if client is None:
+                    budget = RemoteBudget(worker.budget_url) if worker.budget_url else None
+                    client = ChatClient(worker.conf, worker.api_key, connections=worker.conf.concurrency, budget=budget)
                 rows += loop.run_until_complete(worker.label_all(client, fresh, journal))
             yield rows_frame(rows, worker.id_col)
     finally:
@@ -211,10 +224,11 @@ def label_partition(worker: OpenAIWorker, journal_folder: str | None, batches: I
 class OpenAIBackend(LabelBackend):
     paid = True
 
-    def __init__(self, conf: OpenAIConf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet):
+    def __init__(self, conf: OpenAIConf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet,
+                 budget_url: str | None = None):
         self.conf = conf
         self.key = CacheKey(conf.model, prompt.version, persona_set.version)
-        self.worker = OpenAIWorker(conf, api_key, prompt, id_col, self.key)
+        self.worker = OpenAIWorker(conf, api_key, prompt, id_col, self.key, budget_url)
 
     def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
         fn = partial(label_partition, self.worker, journal_folder)
@@ -507,4 +521,6 @@ class RecordedBackend(LabelBackend):
             F.lit(0).alias("attempts"),
             F.when(idx.isNull(), F.lit("not in the recording")).otherwise(F.to_json(idx)).alias("answer"),
             F.current_timestamp().alias("ts"),
+            F.lit(0).alias("cached_prompt_tokens"),
+            F.lit("offline").alias("channel"),
         )

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from persona_spark.config import OpenAIConf
+from persona_spark.labeling.prompts import estimate_tokens
 
 RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
 
@@ -60,6 +61,38 @@ class CallResult:
     latency_ms: int
     attempts: int
     error: str | None
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+
+
+def chat_body(conf: OpenAIConf, messages: list[dict], response_format: dict | None = None) -> dict:
+    """The chat-completions request body, the same for a synchronous call and a batch line."""
+    body = {"model": conf.model, "messages": messages, "max_tokens": conf.max_tokens, "temperature": conf.temperature}
+    if response_format is not None:
+        body["response_format"] = response_format
+    return body
+
+
+def charged_tokens(body: dict) -> int:
+    """What a provider's TPM limiter charges up front: the prompt estimated from its characters
+    plus the whole ``max_tokens`` (the answer's size is unknown until it is written)."""
+    prompt = sum(estimate_tokens(m.get("content") or "") + 4 for m in body.get("messages", []))
+    return prompt + int(body.get("max_tokens") or 0)
+
+
+def completion_result(payload: dict, started: float, attempt: int) -> CallResult:
+    """A chat-completion body (synchronous response or batch output line) -> ``CallResult``."""
+    latency = int((time.monotonic() - started) * 1000)
+    usage = payload.get("usage") or {}
+    prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    try:
+        choice = payload["choices"][0]
+        content = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return CallResult(None, prompt_tokens, completion_tokens, latency, attempt, f"response has no message: {str(payload)[:200]}", cached)
+    if choice.get("finish_reason") == "length":
+        return CallResult(content, prompt_tokens, completion_tokens, latency, attempt, "answer cut at max_tokens", cached)
+    return CallResult(content, prompt_tokens, completion_tokens, latency, attempt, None, cached)
 
 
 def retry_after_seconds(headers) -> float | None:
@@ -90,8 +123,10 @@ def backoff_seconds(attempt: int, conf: OpenAIConf, rng: random.Random) -> float
 class ChatClient:
     """One ``openai.AsyncOpenAI`` per event loop, its connection pool sized to the concurrency."""
 
-    def __init__(self, conf: OpenAIConf, api_key: Secret, connections: int, seed: int | None = None):
+    def __init__(self, conf: OpenAIConf, api_key: Secret, connections: int, seed: int | None = None, budget=None):
         import httpx2
+
+        self.budget = budget  # RemoteBudget / LocalBudget: the job's shared TPM/RPM budget, or None
         import openai
 
         self.conf = conf
@@ -111,15 +146,16 @@ class ChatClient:
         import httpx2
 
         openai = self._openai
-        body = {"model": self.conf.model, "messages": messages, "max_tokens": self.conf.max_tokens, "temperature": self.conf.temperature}
-        if response_format is not None:
-            body["response_format"] = response_format
+        body = chat_body(self.conf, messages, response_format)
+        charge = charged_tokens(body)
         started = time.monotonic()
         error = "not attempted"
         attempt = 0
         for attempt in range(1, self.conf.max_attempts + 1):
             wait: float | None = None
             try:
+                if self.budget is not None:
+                    await self.budget.reserve(charge)
                 # The raw POST keeps the official client's auth, base URL, error mapping and
                 # timeouts, without its per-call model (de)serialization (~2 ms of CPU a call).
                 response = await self._client.post(
@@ -128,9 +164,13 @@ class ChatClient:
                     cast_to=httpx2.Response,
                     options={"timeout": self.conf.timeout_s, "security": {"bearer_auth": True}},
                 )
-                return self._result(response.json(), started, attempt)
+                if self.budget is not None:
+                    await self.budget.observe(response.headers)
+                return completion_result(response.json(), started, attempt)
             except openai.APIStatusError as exc:
                 error = f"HTTP {exc.status_code}: {str(exc.message)[:200]}"
+                if self.budget is not None:
+                    await self.budget.observe(exc.response.headers)
                 if exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500:
                     break
                 wait = retry_after_seconds(exc.response.headers)
@@ -147,19 +187,7 @@ class ChatClient:
         latency = int((time.monotonic() - started) * 1000)
         return CallResult(None, 0, 0, latency, attempt, f"{error} (after {attempt} attempt{'s' * (attempt > 1)})")
 
-    @staticmethod
-    def _result(payload: dict, started: float, attempt: int) -> CallResult:
-        latency = int((time.monotonic() - started) * 1000)
-        usage = payload.get("usage") or {}
-        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        try:
-            choice = payload["choices"][0]
-            content = choice["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            return CallResult(None, prompt_tokens, completion_tokens, latency, attempt, f"response has no message: {str(payload)[:200]}")
-        if choice.get("finish_reason") == "length":
-            return CallResult(content, prompt_tokens, completion_tokens, latency, attempt, "answer cut at max_tokens")
-        return CallResult(content, prompt_tokens, completion_tokens, latency, attempt, None)
-
     async def aclose(self) -> None:
         await self._client.close()
+        if self.budget is not None:
+            await self.budget.aclose()

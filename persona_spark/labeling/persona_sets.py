@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 from persona_spark import storage
 from persona_spark.config import LabelingConf
 from persona_spark.labeling.client import CallResult, ChatClient, Secret
+from persona_spark.labeling.pricing import rates
 from persona_spark.labeling.prompts import Entity, HistoryFormat, estimate_tokens, load_template_file, strip_code_fence
 from persona_spark.personas import PersonaSet, normalize_name
 
@@ -215,20 +216,47 @@ class PersonaSetGenerator:
             "requests": len(requests) + len(later),
             "prompt_tokens": prompt,
             "completion_tokens_max": completion_max,
-            "cost_max_usd": round(prompt / 1000 * prices.price_prompt_per_1k + completion_max / 1000 * prices.price_completion_per_1k, 4),
+            "cost_max_usd": round(rates(prices, self._channel()).cost(prompt, 0, completion_max), 4),
+            "cost_sync_max_usd": round(rates(prices, "sync").cost(prompt, 0, completion_max), 4),
+            "cost_batch_max_usd": round(rates(prices, "batch").cost(prompt, 0, completion_max), 4),
         }
 
     # ---- calls -----------------------------------------------------------------------------------
-    async def _calls(self, client: ChatClient, message_lists: list[list[dict]]) -> list[CallResult]:
-        limit = asyncio.Semaphore(max(1, self.conf.openai.concurrency))
+    def _channel(self) -> str:
+        return "batch" if self.conf.backend == "openai_batch" else "sync"
+
+    def _response_format(self) -> dict | None:
         # JSON mode only where the prompt asks for JSON: the paper's prompts ask for a numbered list.
         json_mode = self.gen.method != "paper" and self.conf.openai.json_mode != "off"
+        return {"type": "json_object"} if json_mode else None
+
+    async def _calls(self, client: ChatClient, message_lists: list[list[dict]]) -> list[CallResult]:
+        limit = asyncio.Semaphore(max(1, self.conf.openai.concurrency))
 
         async def call(messages: list[dict]) -> CallResult:
             async with limit:
-                return await client.complete(messages, {"type": "json_object"} if json_mode else None)
+                return await client.complete(messages, self._response_format())
 
         return await asyncio.gather(*(call(m) for m in message_lists))
+
+    def _sync_calls(self, api_key: Secret):
+        """``call(purpose, message_lists) -> results`` over synchronous chat calls (one loop per call)."""
+
+        async def run(message_lists: list[list[dict]]) -> list[CallResult]:
+            client = ChatClient(self.conf.openai, api_key, connections=max(1, self.conf.openai.concurrency))
+            try:
+                return await self._calls(client, message_lists)
+            finally:
+                await client.aclose()
+
+        return lambda _purpose, message_lists: asyncio.run(run(message_lists))
+
+    def _batch_calls(self, api_key: Secret, store):
+        """The same through the Batch API: one batch per step, each waited for (and resumed by a rerun)."""
+        from persona_spark.labeling.batch import complete_in_batch
+
+        return lambda purpose, message_lists: complete_in_batch(store, self.conf, api_key, message_lists, purpose,
+                                                                self._response_format())
 
     @staticmethod
     def _parsed(results: list[CallResult], step: str, failures: list[str]) -> list[Personas]:
@@ -242,34 +270,29 @@ class PersonaSetGenerator:
                 failures.append(f"{step}: {str(exc)[:200]}")
         return sets
 
-    async def _generate(self, groups: list[list[Entity]], api_key: Secret) -> tuple[PersonaSet, dict]:
-        client = ChatClient(self.conf.openai, api_key, connections=max(1, self.conf.openai.concurrency))
+    def _generate(self, groups: list[list[Entity]], call) -> tuple[PersonaSet, dict]:
         failures: list[str] = []
-        calls: list[CallResult] = []
-        try:
-            results = await self._calls(client, self.candidate_messages(groups))
-            calls += results
-            sets = self._parsed(results, "candidates", failures)
-            candidates: dict[str, tuple[str, str]] = {}
-            for name, description in (p for s in sets for p in s):
-                candidates.setdefault(normalize_name(name), (name, description))
-            if not candidates:
-                raise RuntimeError(f"no candidate personas: all {len(results)} candidate requests failed: {failures[:3]}")
-            stats = {"candidate_requests": len(results), "failed_candidate_requests": len(failures),
-                     "distinct_candidates": len(candidates)}
-            if self.gen.method == "paper":
-                refined_results = await self._calls(client, self.refine_messages(sets, random.Random(self.gen.seed)))
-                calls += refined_results
-                refined = self._parsed(refined_results, "refine", failures)
-                stats.update(refine_requests=len(refined_results), failed_refine_requests=len(refined_results) - len(refined))
-                if not refined:
-                    raise RuntimeError(f"all {len(refined_results)} refine requests failed: {failures[-3:]}")
-                (final,) = await self._calls(client, [self.final_messages(refined)])
-            else:
-                (final,) = await self._calls(client, [self.merge_messages(list(candidates.values()))])
-            calls.append(final)
-        finally:
-            await client.aclose()
+        results = call("persona_candidates", self.candidate_messages(groups))
+        calls = list(results)
+        sets = self._parsed(results, "candidates", failures)
+        candidates: dict[str, tuple[str, str]] = {}
+        for name, description in (p for s in sets for p in s):
+            candidates.setdefault(normalize_name(name), (name, description))
+        if not candidates:
+            raise RuntimeError(f"no candidate personas: all {len(results)} candidate requests failed: {failures[:3]}")
+        stats = {"candidate_requests": len(results), "failed_candidate_requests": len(failures),
+                 "distinct_candidates": len(candidates)}
+        if self.gen.method == "paper":
+            refined_results = call("persona_refine", self.refine_messages(sets, random.Random(self.gen.seed)))
+            calls += refined_results
+            refined = self._parsed(refined_results, "refine", failures)
+            stats.update(refine_requests=len(refined_results), failed_refine_requests=len(refined_results) - len(refined))
+            if not refined:
+                raise RuntimeError(f"all {len(refined_results)} refine requests failed: {failures[-3:]}")
+            (final,) = call("persona_final", [self.final_messages(refined)])
+        else:
+            (final,) = call("persona_merge", [self.merge_messages(list(candidates.values()))])
+        calls.append(final)
         if final.content is None:
             raise RuntimeError(f"the final request failed: {final.error}")
         distinct: dict[str, tuple[str, str]] = {}
@@ -289,13 +312,18 @@ class PersonaSetGenerator:
             "personas": len(persona_set),
             "version": persona_set.version,
             "prompt_tokens": sum(c.prompt_tokens for c in calls),
+            "cached_prompt_tokens": sum(c.cached_prompt_tokens for c in calls),
             "completion_tokens": sum(c.completion_tokens for c in calls),
+            "channel": self._channel(),
             "failures": failures[:10],
         }
         return persona_set, stats
 
-    def generate(self, groups: list[list[Entity]], api_key: Secret) -> tuple[PersonaSet, dict]:
-        return asyncio.run(self._generate(groups, api_key))
+    def generate(self, groups: list[list[Entity]], api_key: Secret, store=None) -> tuple[PersonaSet, dict]:
+        """Every step's prompts as synchronous calls or (``labeling.backend=openai_batch``, which needs
+        ``store`` for the batch ledger) as one Batch API batch per step."""
+        call = self._batch_calls(api_key, store) if self.conf.backend == "openai_batch" else self._sync_calls(api_key)
+        return self._generate(groups, call)
 
     def metadata(self, stats: dict) -> dict:
         return {

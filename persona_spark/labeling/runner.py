@@ -37,7 +37,9 @@ from persona_spark.labeling.backends import (
     label_schema,
 )
 from persona_spark.labeling.client import Secret, resolve_api_key
+from persona_spark.labeling.pricing import cost_column, price_table, rates
 from persona_spark.labeling.prompts import HISTORY_ORDERS, LabelPrompt, load_template_file
+from persona_spark.labeling.ratelimit import job_budget_url
 from persona_spark.personas import PersonaSet
 
 log = logging.getLogger(__name__)
@@ -146,10 +148,43 @@ def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | Entity
                          "describe: set labeling.openai.json_mode to json_object or off")
     # A dry run only renders prompts to count tokens: pricing a run must not require its key.
     key = Secret("") if conf.dry_run else resolve_api_key(conf.openai, store.spark)
-    return OpenAIBackend(conf.openai, key, prompt, kind.id_col, persona_set)
+    if conf.backend == "openai_batch":
+        from persona_spark.labeling.batch import BatchBackend
+
+        if conf.openai.users_per_request > 1:
+            raise ValueError("labeling.backend=openai_batch sends one entity per request line: set labeling.openai.users_per_request=1")
+        return BatchBackend(conf, key, prompt, kind.id_col, persona_set, store, kind.name, kind.table)
+    budget_url = None
+    if (conf.openai.tokens_per_minute or conf.openai.requests_per_minute) and not conf.dry_run:
+        budget_url = job_budget_url(conf.openai.tokens_per_minute, conf.openai.requests_per_minute,
+                                    conf.openai.base_url or "api.openai.com", driver_host(store.spark))
+    return OpenAIBackend(conf.openai, key, prompt, kind.id_col, persona_set, budget_url)
+
+
+def driver_host(spark) -> str:
+    """Where the tasks reach the driver's budget server: loopback in local mode, else spark.driver.host."""
+    if spark.sparkContext.master.startswith("local"):
+        return "127.0.0.1"
+    return spark.conf.get("spark.driver.host", "127.0.0.1")
 
 
 # ---- cache ------------------------------------------------------------------------------------
+LEDGER_COLUMNS = {"cached_prompt_tokens": "int", "channel": "string"}  # added after the first cache tables
+
+
+def upgrade_cache_table(store, kind: EntityKind) -> None:
+    """Give a cache table written before the ledger had cached-prompt tokens and a channel those
+    columns (one rewrite; 0 cached tokens, channel 'sync' for paid rows, 'offline' otherwise)."""
+    if not store.exists(kind.table):
+        return
+    table = store.read_table(kind.table)
+    if all(c in table.columns for c in LEDGER_COLUMNS):
+        return
+    paid = F.coalesce(F.col("prompt_tokens"), F.lit(0)) + F.coalesce(F.col("completion_tokens"), F.lit(0)) > 0
+    upgraded = table.withColumn("cached_prompt_tokens", F.lit(0)).withColumn("channel", F.when(paid, "sync").otherwise("offline"))
+    store.write_table(upgraded.select(*label_columns(kind.id_col)).localCheckpoint(), kind.table, mode="overwrite")
+    log.info("%s: added the columns %s", kind.table, sorted(LEDGER_COLUMNS))
+
 def cached_rows(store, kind: EntityKind, backend: LabelBackend) -> DataFrame | None:
     if not store.exists(kind.table):
         return None
@@ -276,6 +311,14 @@ def label_entities(
     backend = backend or make_backend(conf, persona_set, entity, store)
     if conf.dry_run:
         raise DryRunEstimate(estimate_labeling(store, requests, conf, entity, backend))
+    upgrade_cache_table(store, entity)
+    if getattr(backend, "batched", False):
+        # Batches an earlier run submitted are collected before anything new is asked.
+        backend.resume()
+        missing = missing_requests(requests, store, entity, backend, conf.retry_errors)
+        if not missing.isEmpty():
+            backend.label_missing(missing)
+        return best_rows(cached_rows(store, entity, backend).join(requests.select(entity.id_col, "history_hash"), [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
     if backend.paid:
         recover_journal(store, entity, conf.journal_dir)
     missing = missing_requests(requests, store, entity, backend, conf.retry_errors)
@@ -308,47 +351,58 @@ def estimate_partition(worker, id_col: str, batches: Iterator[pd.DataFrame]) -> 
             {
                 "entities": [len(pdf)],
                 "requests": [len(sizes)],
-                "prompt_tokens": [sum(p for p, _ in sizes)],
-                "completion_tokens_max": [sum(c for _, c in sizes)],
+                "prompt_tokens": [sum(p for p, _, _ in sizes)],
+                "completion_tokens_max": [sum(c for _, c, _ in sizes)],
+                "cacheable_prompt_tokens": [sum(k for _, _, k in sizes)],
             }
         )
 
 
 def estimate_labeling(store, requests: DataFrame, conf: LabelingConf, kind: EntityKind, backend: LabelBackend) -> dict:
     """Entities the cache lacks and, for a paid backend, the tokens and cost of labeling them,
-    measured on the real prompts (chars/4) in a Spark job."""
+    measured on the real prompts (chars/4) in a Spark job, priced both synchronously and through
+    the Batch API, and scaled to 1 M entities."""
     missing = missing_requests(requests, store, kind, backend, conf.retry_errors)
     estimate = {"backend": conf.backend, "model": backend.key.model, "prompt_version": backend.key.prompt_version}
     if not backend.paid:
         return {**estimate, "entities": missing.count(), "requests": 0, "prompt_tokens": 0, "cost_max_usd": 0.0}
-    columns = ("entities", "requests", "prompt_tokens", "completion_tokens_max")
+    columns = ("entities", "requests", "prompt_tokens", "completion_tokens_max", "cacheable_prompt_tokens")
     totals = missing.mapInPandas(
         partial(estimate_partition, backend.worker, kind.id_col), ", ".join(f"{c} long" for c in columns)
     ).agg(*[F.sum(c).alias(c) for c in columns]).first()
     totals = {k: int(totals[k] or 0) for k in columns}
-    prices = conf.openai
     # An answer is about this many tokens per entity: JSON keys plus a few persona names.
     expected_completion = min(totals["entities"] * (8 + 6 * EXPECTED_PERSONAS_PER_ANSWER), totals["completion_tokens_max"])
-    estimate.update(totals, completion_tokens_expected=expected_completion)
-    estimate["cost_expected_usd"] = round(totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + expected_completion / 1000 * prices.price_completion_per_1k, 4)
-    estimate["cost_max_usd"] = round(
-        totals["prompt_tokens"] / 1000 * prices.price_prompt_per_1k + totals["completion_tokens_max"] / 1000 * prices.price_completion_per_1k, 4
-    )
+    # The shared prefix is cached from the second request on (when it is long enough to be cached).
+    per_request_prefix = totals["cacheable_prompt_tokens"] / max(totals["requests"], 1)
+    cached = int(totals["cacheable_prompt_tokens"] - per_request_prefix) if totals["requests"] else 0
+    totals.pop("cacheable_prompt_tokens")
+    estimate.update(totals, completion_tokens_expected=expected_completion, cached_prompt_tokens_expected=cached,
+                    cacheable_prefix_tokens=int(per_request_prefix))
+    channel = "batch" if conf.backend == "openai_batch" else "sync"
+    per_entity = 1_000_000 / max(totals["entities"], 1)
+    for name, r in (("sync", rates(conf.openai, "sync")), ("batch", rates(conf.openai, "batch"))):
+        cost = r.cost(totals["prompt_tokens"], cached, expected_completion)
+        estimate[f"cost_{name}_usd"] = round(cost, 4)
+        estimate[f"cost_{name}_per_1m_{kind.name}s_usd"] = round(cost * per_entity, 2) if totals["entities"] else 0.0
+    chosen = rates(conf.openai, channel)
+    estimate["cost_expected_usd"] = estimate[f"cost_{channel}_usd"]
+    estimate["cost_max_usd"] = round(chosen.cost(totals["prompt_tokens"], 0, totals["completion_tokens_max"]), 4)
     log.info("labeling estimate: %s", estimate)
     return estimate
 
 
 def summarize(labels: DataFrame, conf: LabelingConf) -> dict:
-    """Counts per status and tokens/cost of the returned rows (one small aggregation)."""
+    """Counts per status and tokens/cost of the returned rows (one small aggregation); each row is
+    priced at its channel's rates (synchronous or Batch API), cached prompt tokens at their own."""
+    token_columns = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")
     row = labels.agg(
         F.count(F.lit(1)).alias("entities"),
         *[F.sum((F.col("status") == s).cast("int")).alias(s) for s in ("ok", "unrepresentable", "error")],
-        F.sum("prompt_tokens").alias("prompt_tokens"),
-        F.sum("completion_tokens").alias("completion_tokens"),
+        *[F.sum(c).alias(c) for c in token_columns],
+        F.sum(cost_column(price_table(conf.openai), labels.columns)).alias("cost_usd"),
     ).first()
-    summary = {k: int(row[k] or 0) for k in ("entities", "ok", "unrepresentable", "error", "prompt_tokens", "completion_tokens")}
-    if conf.backend == "openai":
-        summary["cost_usd"] = round(
-            summary["prompt_tokens"] / 1000 * conf.openai.price_prompt_per_1k + summary["completion_tokens"] / 1000 * conf.openai.price_completion_per_1k, 4
-        )
+    summary = {k: int(row[k] or 0) for k in ("entities", "ok", "unrepresentable", "error", *token_columns)}
+    if conf.backend in ("openai", "openai_batch"):
+        summary["cost_usd"] = round(float(row["cost_usd"] or 0.0), 4)
     return summary
