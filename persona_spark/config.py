@@ -253,6 +253,54 @@ class GPLRConf(Section):
     max_train_users: int = Field(20_000, ge=10)  # prototypes used to fit the assignment model
     l2: float = Field(1.0, ge=0)  # ridge penalty of the learned assignment model
     item_signal: bool = True  # label items with the LLM too and use them as a second signal
+    calibration_bins: int = Field(10, ge=2)  # reliability bins of the held-out (cross-fitted) probabilities
+
+
+class RefreshConf(Section):
+    """What the gplr stage records for the people who consume a monthly refresh (see persona_spark.refresh)."""
+
+    reasons: bool = True  # write persona_reasons (the few products / labelled neighbours behind each row)
+    reason_items: int = Field(3, ge=1)  # products kept per (customer, persona) row
+    reason_neighbours: int = Field(3, ge=1)  # labelled neighbours kept per row
+    # Neighbours are traced through a row's top trace_items products and, per product and persona,
+    # its trace_buyers strongest labelled buyers: bounded work per row, exact when nothing is cut.
+    trace_items: int = Field(20, ge=1)
+    trace_buyers: int = Field(20, ge=1)
+    catalog_products: int = Field(5, ge=1)  # top and distinctive products per persona in persona_catalog
+
+
+AUDIENCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class AudienceSpec(Section):
+    name: str = Field(pattern=AUDIENCE_NAME)  # letters, digits, _ . - (it names tables rows and export paths)
+    query: str  # boolean over persona names: & (and), | (or), ! (not), parentheses; "quotes" for odd names
+    # Optional export for activation tools: a path or URI; {audience} and {run_id} are filled in.
+    export_path: str | None = None
+    export_format: Literal["csv", "parquet"] = "csv"
+
+
+class AudienceConf(Section):
+    """Audiences: the customers matching a boolean query over persona names, kept per run with their changes."""
+
+    # One audience from the command line (--set audience.name=... --set audience.query=...) ...
+    name: str | None = Field(None, pattern=AUDIENCE_NAME)
+    query: str | None = None
+    export_path: str | None = None
+    export_format: Literal["csv", "parquet"] = "csv"
+    # ... or, when name/query are unset, every audience defined here (the bundle runs these after each refresh).
+    defined: list[AudienceSpec] = Field(default_factory=list)
+
+    def selected(self) -> list[AudienceSpec]:
+        """The audiences a run of the audience stage exports: the one given, else every defined one."""
+        if self.name is not None or self.query is not None:
+            if self.name is None or self.query is None:
+                raise ValueError("audience: set both audience.name and audience.query (or neither, to run audience.defined)")
+            return [AudienceSpec(name=self.name, query=self.query, export_path=self.export_path,
+                                 export_format=self.export_format)]
+        if not self.defined:
+            raise ValueError("audience: no audience given: set audience.name and audience.query, or list audience.defined")
+        return list(self.defined)
 
 
 class EvaluateConf(Section):
@@ -276,6 +324,8 @@ class Config(Section):
     segment: SegmentConf = Field(default_factory=SegmentConf)
     report: ReportConf = Field(default_factory=ReportConf)
     recommend: RecommendConf = Field(default_factory=RecommendConf)
+    refresh: RefreshConf = Field(default_factory=RefreshConf)
+    audience: AudienceConf = Field(default_factory=AudienceConf)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
