@@ -265,7 +265,7 @@ class RefreshConf(Section):
     # Neighbours are traced through a row's top trace_items products and, per product and persona,
     # its trace_buyers strongest labelled buyers: bounded work per row, exact when nothing is cut.
     trace_items: int = Field(20, ge=1)
-    trace_buyers: int = Field(20, ge=1)
+    trace_buyers: int = Field(20, ge=1)  # labelled buyers followed per (product, persona) when tracing neighbours
     catalog_products: int = Field(5, ge=1)  # top and distinctive products per persona in persona_catalog
 
 
@@ -285,9 +285,9 @@ class AudienceConf(Section):
 
     # One audience from the command line (--set audience.name=... --set audience.query=...) ...
     name: str | None = Field(None, pattern=AUDIENCE_NAME)
-    query: str | None = None
-    export_path: str | None = None
-    export_format: Literal["csv", "parquet"] = "csv"
+    query: str | None = None  # e.g. "Pet Lover & !Bargain Hunter" (& and, | or, ! not, parentheses)
+    export_path: str | None = None  # members as CSV/Parquet at this path or URI ({audience}, {run_id} filled in)
+    export_format: Literal["csv", "parquet"] = "csv"  # format of export_path
     # ... or, when name/query are unset, every audience defined here (the bundle runs these after each refresh).
     defined: list[AudienceSpec] = Field(default_factory=list)
 
@@ -403,6 +403,7 @@ def config_reference() -> str:
             if name == "personas" and model is Config:
                 default = "the packaged demo_shop.yaml"
             kind = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "\\|")
+            kind = kind.replace("__main__.", "").replace("persona_spark.config.", "")
             meaning = comments.get((model.__name__, name), "").replace("|", "\\|")
             out.append(f"| `{key}` | `{kind}` | `{default!r}` | {meaning} |")
         return out

@@ -454,21 +454,24 @@ def _run_label(run_id: str, ts) -> str:
     return f"{pd.Timestamp(ts).strftime('%Y-%m-%d %H:%M')} ({run_id.split('-')[-1]})"
 
 
-def movement_sentences(flows: pd.DataFrame, name: Callable[[int], str], limit: int = 5) -> list[str]:
+def movement_sentences(flows: pd.DataFrame, name: Callable[[int], str], limit: int = 5, markup: bool = True) -> list[str]:
     """The largest flows between two runs in words (``from_persona_idx, to_persona_idx, customers``;
-    -1 = no persona), kept personas left out."""
+    -1 = no persona), kept personas left out; persona names in HTML bold unless ``markup`` is off."""
+    def bold(persona_idx) -> str:
+        text = name(persona_idx)
+        return f"<b>{html.escape(text)}</b>" if markup else text
+
     moved = flows[flows["from_persona_idx"] != flows["to_persona_idx"]].sort_values(
         ["customers", "from_persona_idx", "to_persona_idx"], ascending=[False, True, True]).head(limit)
     out = []
     for row in moved.itertuples():
         n = f"{row.customers:,} customer{'s' if row.customers != 1 else ''}"
         if row.from_persona_idx < 0:
-            out.append(f"{n} gained <b>{html.escape(name(row.to_persona_idx))}</b> without losing a persona")
+            out.append(f"{n} gained {bold(row.to_persona_idx)} without losing a persona")
         elif row.to_persona_idx < 0:
-            out.append(f"{n} lost <b>{html.escape(name(row.from_persona_idx))}</b> without gaining one")
+            out.append(f"{n} lost {bold(row.from_persona_idx)} without gaining one")
         else:
-            out.append(f"{n} dropped <b>{html.escape(name(row.from_persona_idx))}</b> and picked up "
-                       f"<b>{html.escape(name(row.to_persona_idx))}</b>")
+            out.append(f"{n} dropped {bold(row.from_persona_idx)} and picked up {bold(row.to_persona_idx)}")
     return out
 
 
@@ -496,8 +499,7 @@ def _drift(ctx: Context) -> str:
     values[values == 0] = np.nan
     size = 0.42 * len(shown) + 2.5
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    cmap = plt.get_cmap("Oranges").copy()
-    cmap.set_bad("#eef1f4")
+    cmap = plt.get_cmap("Oranges").with_extremes(bad="#eef1f4")
     image = ax.imshow(values, cmap=cmap, vmin=0)
     ax.set_xticks(range(len(shown)), labels, rotation=60, ha="right")
     ax.set_yticks(range(len(shown)), labels)

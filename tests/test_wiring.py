@@ -57,7 +57,7 @@ def test_bundle_targets_schedule_and_secrets():
     env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert all(v.startswith("{{secrets/") for v in env.values())  # keys only from the secret scope
     keys = [t["task_key"] for _, t in tasks]
-    assert keys == ["ingest", "build_graph", "gplr", "export_tripartite", "train", "cold_start", "segment", "report"]
+    assert keys == ["ingest", "build_graph", "gplr", "audience", "export_tripartite", "train", "cold_start", "segment", "report"]
     gpu = {c["job_cluster_key"]: c for c in job["job_clusters"]}[[t for _, t in tasks if t["task_key"] == "train"][0]["job_cluster_key"]]
     assert gpu["new_cluster"]["node_type_id"] == "${var.gpu_node_type}"
 
@@ -83,6 +83,16 @@ def test_bundle_tasks_call_package_entry_points_with_valid_parameters():
 def test_every_shipped_config_loads():
     for conf in sorted((ROOT / "conf").glob("*.yaml")):
         load_config(conf)
+
+
+def test_defined_audiences_of_shipped_configs_parse():
+    from persona_spark.audience import parse
+    from persona_spark.personas import load_persona_set
+
+    for conf in sorted((ROOT / "conf").glob("*.yaml")):
+        cfg = load_config(conf)
+        for spec in cfg.audience.defined:
+            parse(spec.query, load_persona_set(cfg.personas))  # raises naming the bad token
 
 
 def test_cli_lists_every_stage():
