@@ -235,7 +235,8 @@ def assign(signals: DataFrame, model: AssignmentModel, n_personas: int) -> DataF
     def run(batches):
         return _assign_partition(model, cols, n_personas, batches)
 
-    return signals.select("user_idx", *cols).mapInPandas(run, PERSONAS_SCHEMA)
+    rows = signals.select("user_idx", *cols).mapInPandas(run, PERSONAS_SCHEMA)
+    return rows.withColumn("probability", F.nanvl("probability", F.lit(None).cast("double")))  # top-k: null, not NaN
 
 
 def llm_persona_rows(prototypes: DataFrame) -> DataFrame:

@@ -132,6 +132,8 @@ def test_paper_topk_assignment(spark, tmp_path):
     STAGES["gplr"](cfg, store)
     ranks = store.read_table("personas").filter("source = 'propagated'").groupBy("user_idx").agg(F.max("rank").alias("r"))
     assert {r.r for r in ranks.collect()} <= {1, 2}
+    propagated = store.read_table("personas").filter("source = 'propagated'")
+    assert propagated.filter("probability IS NOT NULL").count() == 0  # Ψ of the top-k rule is no probability
 
 
 def test_incremental_refresh_reuses_labels_and_rewrites_only_changes(spark, tmp_path):
