@@ -51,6 +51,27 @@ audience = show(both, 10)
 # COMMAND ----------
 
 # MAGIC %md
+# MAGIC ## An audience for activation
+# MAGIC The `audience` stage takes a query over persona names (`&` and, `|` or, `!` not, parentheses, "quotes" around
+# MAGIC names with odd characters), keeps the members of every run in `audience_members` and who joined or left since
+# MAGIC the previous export in `audience_changes`; `audience.export_path` writes CSV/Parquet for activation tools.
+# MAGIC From a shell: `persona-spark audience --set audience.name=... --set audience.query="Pet Lover & !Bargain Hunter"`.
+
+# COMMAND ----------
+
+from persona_spark.stages import STAGES
+
+query = f'"{top_two[0]}" & !"{top_two[1]}"'
+campaign = cfg.model_copy(update={"audience": cfg.audience.model_copy(update={"name": "notebook_campaign", "query": query})})
+exported = STAGES["audience"](campaign, store)["audiences"]["notebook_campaign"]
+print(f"{query}: {exported['members']:,} customers ({exported['added']:,} added, {exported['removed']:,} removed "
+      f"since the previous export {exported['previous_run_id'] or '(none)'})")
+audience_changes = show(store.read_table("audience_changes").filter(F.col("audience") == "notebook_campaign")
+                        .orderBy(F.desc("run_id"), "change", "user_idx"), 10)
+
+# COMMAND ----------
+
+# MAGIC %md
 # MAGIC ## What a persona buys (persona-first navigation)
 # MAGIC Products a persona's customers buy more than everyone else (`lift` > 1), ranked by buyers × ln(lift), so
 # MAGIC the shop's bestsellers do not top every list.
@@ -80,6 +101,50 @@ print(f"customer {propagated_user}:")
 own = show(why.personas)
 neighbours = show(why.neighbours, 15)
 contributing_items = show(why.items, 15)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC The `gplr` stage stores the same answer for every (customer, persona) row in `persona_reasons` (computed in
+# MAGIC Spark), next to each row's calibrated `probability` and its `percentile` within the persona in `personas`.
+
+# COMMAND ----------
+
+confidence = show(personas.filter(F.col("user_idx") == propagated_user).select("persona_idx", "score", "probability", "percentile"))
+stored_reasons = show(store.read_table("persona_reasons").filter(F.col("user_idx") == propagated_user)
+                      .select("persona_idx", "items", "neighbours"))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Drift since the previous monthly run
+# MAGIC `persona_transitions` counts per persona who kept, gained and lost it between consecutive runs;
+# MAGIC `persona_flows` counts customers who dropped one persona and picked up another (-1: no persona).
+# MAGIC `refresh.personas_as_of(history, timestamp)` gives the personas in force at any instant.
+
+# COMMAND ----------
+
+from persona_spark import refresh
+from persona_spark.report import movement_sentences
+
+history = store.read_table("persona_history")
+runs = refresh.latest_runs(store.read_table("gplr_runs"), 2)
+print("personas in force at each of the last runs:",
+      {r["run_id"]: refresh.personas_as_of(history, r["run_ts"]).count() for r in runs})
+drift, moves = None, []
+if store.exists("persona_transitions"):
+    transitions = store.read_table("persona_transitions")
+    latest = transitions.orderBy(F.desc("to_ts")).first()
+    drift = show(transitions.filter(F.col("to_run_id") == latest["to_run_id"])
+                 .select("persona", "customers_before", "customers_after", "kept", "gained", "lost").orderBy(F.desc("lost")))
+    print(f"{latest['customers_changed']:,} of {latest['customers']:,} customers ({100 * latest['share_changed']:.1f} %) "
+          "changed their persona set")
+    flows = store.read_table("persona_flows").filter(F.col("to_run_id") == latest["to_run_id"]).toPandas()
+    moves = movement_sentences(flows, lambda i: persona_set.names[i], markup=False)
+    for sentence in moves:
+        print(" -", sentence)
+else:
+    print("no drift yet: it appears after the second gplr run")
 
 # COMMAND ----------
 

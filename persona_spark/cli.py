@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from persona_spark.audience import AudienceError
     from persona_spark.io import TableStore
     from persona_spark.session import get_spark
     from persona_spark.stages import STAGES
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.conf, args.overrides)
     spark = get_spark(cfg.spark)
     store = TableStore(spark, cfg.tables)
-    summary = STAGES[args.stage](cfg, store)
+    try:
+        summary = STAGES[args.stage](cfg, store)
+    except AudienceError as error:  # a mistyped query is the user's to fix: say what is wrong, no traceback
+        print(f"persona-spark {args.stage}: error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps({"stage": args.stage, **(summary or {})}, default=str, indent=2))
     return 0
 

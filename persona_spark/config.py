@@ -306,6 +306,54 @@ class GPLRConf(Section):
     max_train_users: int = Field(20_000, ge=10)  # prototypes used to fit the assignment model
     l2: float = Field(1.0, ge=0)  # ridge penalty of the learned assignment model
     item_signal: bool = True  # label items with the LLM too and use them as a second signal
+    calibration_bins: int = Field(10, ge=2)  # reliability bins of the held-out (cross-fitted) probabilities
+
+
+class RefreshConf(Section):
+    """What the gplr stage records for the people who consume a monthly refresh (see persona_spark.refresh)."""
+
+    reasons: bool = True  # write persona_reasons (the few products / labelled neighbours behind each row)
+    reason_items: int = Field(3, ge=1)  # products kept per (customer, persona) row
+    reason_neighbours: int = Field(3, ge=1)  # labelled neighbours kept per row
+    # Neighbours are traced through a row's top trace_items products and, per product and persona,
+    # its trace_buyers strongest labelled buyers: bounded work per row, exact when nothing is cut.
+    trace_items: int = Field(20, ge=1)
+    trace_buyers: int = Field(20, ge=1)  # labelled buyers followed per (product, persona) when tracing neighbours
+    catalog_products: int = Field(5, ge=1)  # top and distinctive products per persona in persona_catalog
+
+
+AUDIENCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class AudienceSpec(Section):
+    name: str = Field(pattern=AUDIENCE_NAME)  # letters, digits, _ . - (it names tables rows and export paths)
+    query: str  # boolean over persona names: & (and), | (or), ! (not), parentheses; "quotes" for odd names
+    # Optional export for activation tools: a path or URI; {audience} and {run_id} are filled in.
+    export_path: str | None = None
+    export_format: Literal["csv", "parquet"] = "csv"
+
+
+class AudienceConf(Section):
+    """Audiences: the customers matching a boolean query over persona names, kept per run with their changes."""
+
+    # One audience from the command line (--set audience.name=... --set audience.query=...) ...
+    name: str | None = Field(None, pattern=AUDIENCE_NAME)
+    query: str | None = None  # e.g. "Pet Lover & !Bargain Hunter" (& and, | or, ! not, parentheses)
+    export_path: str | None = None  # members as CSV/Parquet at this path or URI ({root}, {audience}, {run_id} filled in)
+    export_format: Literal["csv", "parquet"] = "csv"  # format of export_path
+    # ... or, when name/query are unset, every audience defined here (the bundle runs these after each refresh).
+    defined: list[AudienceSpec] = Field(default_factory=list)
+
+    def selected(self) -> list[AudienceSpec]:
+        """The audiences a run of the audience stage exports: the one given, else every defined one."""
+        if self.name is not None or self.query is not None:
+            if self.name is None or self.query is None:
+                raise ValueError("audience: set both audience.name and audience.query (or neither, to run audience.defined)")
+            return [AudienceSpec(name=self.name, query=self.query, export_path=self.export_path,
+                                 export_format=self.export_format)]
+        if not self.defined:
+            raise ValueError("audience: no audience given: set audience.name and audience.query, or list audience.defined")
+        return list(self.defined)
 
 
 class EvaluateConf(Section):
@@ -345,6 +393,8 @@ class Config(Section):
     segment: SegmentConf = Field(default_factory=SegmentConf)
     report: ReportConf = Field(default_factory=ReportConf)
     recommend: RecommendConf = Field(default_factory=RecommendConf)
+    refresh: RefreshConf = Field(default_factory=RefreshConf)
+    audience: AudienceConf = Field(default_factory=AudienceConf)
 
     @model_validator(mode="after")
     def _derive_locations(self) -> "Config":
@@ -463,6 +513,7 @@ def config_reference() -> str:
             if name == "personas" and model is Config:
                 default = "the packaged demo_shop.yaml"
             kind = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "\\|")
+            kind = kind.replace("__main__.", "").replace("persona_spark.config.", "")
             meaning = comments.get((model.__name__, name), "").replace("|", "\\|")
             out.append(f"| `{key}` | `{kind}` | `{default!r}` | {meaning} |")
         return out

@@ -42,7 +42,7 @@ from persona_spark.sampling import du_scores, persona_distribution, pick_random,
 log = logging.getLogger("persona_spark.gplr")
 
 LabelFn = Callable[[DataFrame], DataFrame]
-PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source string"
+PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source string, probability double"
 # Rounds added after the planned T when errors left budget unspent (bounded: an endpoint that
 # keeps failing must not loop forever).
 MAX_TOP_UP_ROUNDS = 3
@@ -119,6 +119,11 @@ class AssignmentModel:
     q_hat: list[float] = field(default_factory=list)
     uses_item_signal: bool = False
     cv_micro_f1: float | None = None
+    # Platt scaling of the model's scores, fitted on out-of-fold predictions: p = σ(a·logit(s) + b).
+    calibration: list[float] = field(default_factory=list)
+    # Held-out reliability: per probability bin, the pairs, their mean calibrated probability and how
+    # many of them the LLM actually labelled so (each fold calibrated without its own predictions).
+    reliability: list[dict] = field(default_factory=list)
 
     def scores(self, signals: list[np.ndarray]) -> np.ndarray:
         n, n_personas = signals[0].shape
@@ -127,10 +132,43 @@ class AssignmentModel:
         x = pair_features(signals, np.asarray(self.q_hat))
         return predict_logistic(np.asarray(self.weights), x).reshape(n, n_personas)
 
+    def probability(self, scores: np.ndarray) -> np.ndarray:
+        """Calibrated P(the LLM would give this persona); NaN for the top-k rule (its Ψ is no probability)."""
+        if self.mode == "topk" or not self.calibration:
+            return np.full_like(scores, np.nan, dtype=float)
+        return platt(np.asarray(self.calibration), scores)
+
     def select(self, scores: np.ndarray) -> np.ndarray:
         if self.mode == "topk":  # the paper: top-k personas with positive affinity
             return select_personas(scores, np.inf, self.top_k, self.top_k) * (scores > 0)
         return select_personas(scores, self.threshold, self.max_personas)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_platt(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(a, b) of p = σ(a·logit(score) + b), fitted by (lightly regularized) logistic regression."""
+    return fit_logistic(_logit(scores.reshape(-1))[:, None], labels.reshape(-1).astype(float), 1e-3)
+
+
+def platt(ab: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    return predict_logistic(ab, _logit(scores)[..., None])
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int) -> list[dict]:
+    """Equal-width probability bins: pairs, mean predicted probability, observed share of positives."""
+    p, y = probabilities.reshape(-1), labels.reshape(-1).astype(float)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            out.append({"bin": b, "lower": b / bins, "upper": (b + 1) / bins, "pairs": int(inside.sum()),
+                        "mean_predicted": float(p[inside].mean()), "observed": float(y[inside].mean())})
+    return out
 
 
 def fit_assignment(folds: list[tuple[list[np.ndarray], np.ndarray]], q_hat: np.ndarray, conf: GPLRConf,
@@ -146,11 +184,18 @@ def fit_assignment(folds: list[tuple[list[np.ndarray], np.ndarray]], q_hat: np.n
         w = fit_logistic(np.vstack([xs[i] for i in rest]), np.concatenate([ys[i] for i in rest]), conf.l2)
         out_of_fold.append(predict_logistic(w, xs[k]).reshape(folds[k][1].shape))
     scores, labels = np.vstack(out_of_fold), np.vstack([labels for _, labels in folds])
+    held_out = []  # each fold's probabilities from a calibration fitted on the other folds only
+    for k in range(len(folds)):
+        rest = [i for i in range(len(folds)) if i != k] or [k]
+        ab = fit_platt(np.vstack([out_of_fold[i] for i in rest]), np.vstack([folds[i][1] for i in rest]))
+        held_out.append(platt(ab, out_of_fold[k]))
+    reliability = reliability_bins(np.vstack(held_out), labels, conf.calibration_bins)
+    calibration = fit_platt(scores, labels).tolist()
     candidates = [(micro_f1(select_personas(scores, t, conf.max_personas), labels), t) for t in np.linspace(0.05, 0.9, 35)]
     best_f1, threshold = max(candidates)
     weights = fit_logistic(np.vstack(xs), np.concatenate(ys), conf.l2)
     return AssignmentModel("learned", conf.top_k, conf.max_personas, float(threshold), weights.tolist(),
-                           q_hat.tolist(), uses_item_signal, round(best_f1, 4))
+                           q_hat.tolist(), uses_item_signal, round(best_f1, 4), calibration, reliability)
 
 
 # ---- Spark side -----------------------------------------------------------------------------
@@ -171,6 +216,7 @@ def _assign_partition(model: AssignmentModel, signal_cols: list[str], n_personas
         signals = [_matrix(batch[c], n_personas) for c in signal_cols]
         scores = model.scores(signals)
         chosen = model.select(scores)
+        probabilities = model.probability(scores)
         rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
         rows, personas = np.nonzero(chosen)
         yield pd.DataFrame({
@@ -179,6 +225,7 @@ def _assign_partition(model: AssignmentModel, signal_cols: list[str], n_personas
             "score": scores[rows, personas].astype(float),
             "rank": (rank[rows, personas] + 1).astype("int32"),
             "source": "propagated",
+            "probability": probabilities[rows, personas],
         })
 
 
@@ -189,14 +236,16 @@ def assign(signals: DataFrame, model: AssignmentModel, n_personas: int) -> DataF
     def run(batches):
         return _assign_partition(model, cols, n_personas, batches)
 
-    return signals.select("user_idx", *cols).mapInPandas(run, PERSONAS_SCHEMA)
+    rows = signals.select("user_idx", *cols).mapInPandas(run, PERSONAS_SCHEMA)
+    return rows.withColumn("probability", F.nanvl("probability", F.lit(None).cast("double")))  # top-k: null, not NaN
 
 
 def llm_persona_rows(prototypes: DataFrame) -> DataFrame:
-    """The prototypes' own LLM labels as persona rows (score 1, rank in answer order)."""
+    """The prototypes' own LLM labels as persona rows (score and probability 1, rank in answer order)."""
     return prototypes.select(
         "user_idx", "persona_idx", F.lit(1.0).alias("score"),
         F.row_number().over(_by_user()).cast("int").alias("rank"), F.lit("llm").alias("source"),
+        F.lit(1.0).alias("probability"),
     )
 
 

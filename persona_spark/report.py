@@ -52,6 +52,9 @@ WRITTEN_BY = {
     "evaluation_per_persona": "evaluate",
     "recommend_runs": "train",
     "user_labels": "label-users",
+    "persona_transitions": "gplr",
+    "persona_flows": "gplr",
+    "persona_calibration": "gplr",
 }
 REPORT_TABLES = tuple(WRITTEN_BY)
 
@@ -488,6 +491,113 @@ def _quality(ctx: Context) -> str:
     return "".join(parts)
 
 
+def _run_label(run_id: str, ts) -> str:
+    return f"{pd.Timestamp(ts).strftime('%Y-%m-%d %H:%M')} ({run_id.split('-')[-1]})"
+
+
+def movement_sentences(flows: pd.DataFrame, name: Callable[[int], str], limit: int = 5, markup: bool = True) -> list[str]:
+    """The largest flows between two runs in words (``from_persona_idx, to_persona_idx, customers``;
+    -1 = no persona), kept personas left out; persona names in HTML bold unless ``markup`` is off."""
+    def bold(persona_idx) -> str:
+        text = name(persona_idx)
+        return f"<b>{html.escape(text)}</b>" if markup else text
+
+    moved = flows[flows["from_persona_idx"] != flows["to_persona_idx"]].sort_values(
+        ["customers", "from_persona_idx", "to_persona_idx"], ascending=[False, True, True]).head(limit)
+    out = []
+    for row in moved.itertuples():
+        n = f"{row.customers:,} customer{'s' if row.customers != 1 else ''}"
+        if row.from_persona_idx < 0:
+            out.append(f"{n} gained {bold(row.to_persona_idx)} without losing a persona")
+        elif row.to_persona_idx < 0:
+            out.append(f"{n} lost {bold(row.from_persona_idx)} without gaining one")
+        else:
+            out.append(f"{n} dropped {bold(row.from_persona_idx)} and picked up {bold(row.to_persona_idx)}")
+    return out
+
+
+def _drift(ctx: Context) -> str:
+    transitions = ctx.tables["persona_transitions"]
+    latest = transitions.select("from_run_id", "to_run_id", "from_ts", "to_ts").distinct().orderBy(F.desc("to_ts")).first()
+    if latest is None:
+        return _note("No two runs to compare yet: drift appears after the second gplr run.")
+    per_persona = transitions.filter(F.col("to_run_id") == latest["to_run_id"]).toPandas()
+    flows = ctx.tables["persona_flows"].filter(F.col("to_run_id") == latest["to_run_id"]).toPandas()
+    first = per_persona.iloc[0]
+    span = f"{_run_label(latest['from_run_id'], latest['from_ts'])} → {_run_label(latest['to_run_id'], latest['to_ts'])}"
+    headline = (f"<p>Runs {html.escape(span)}: <b>{int(first['customers_changed']):,}</b> of {int(first['customers']):,} "
+                f"customers ({100 * first['share_changed']:.1f} %) changed their persona set.</p>")
+    moves = flows[flows["from_persona_idx"] != flows["to_persona_idx"]]
+    if moves.empty:
+        return headline + _note("Nobody gained or lost a persona between these runs.")
+    volume = pd.concat([moves.groupby("from_persona_idx")["customers"].sum(), moves.groupby("to_persona_idx")["customers"].sum()])
+    volume = volume.groupby(level=0).sum().drop(index=-1, errors="ignore").sort_values(ascending=False)
+    shown = list(volume.head(ctx.conf.top_personas).index) + [-1]
+    labels = [_short(ctx.name(i), 30) if i >= 0 else "(no persona)" for i in shown]
+    matrix = (moves.pivot_table(index="from_persona_idx", columns="to_persona_idx", values="customers", aggfunc="sum")
+              .reindex(index=shown, columns=shown).astype(float))
+    values = matrix.values
+    values[values == 0] = np.nan
+    size = 0.42 * len(shown) + 2.5
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    cmap = plt.get_cmap("Oranges").with_extremes(bad="#eef1f4")
+    image = ax.imshow(values, cmap=cmap, vmin=0)
+    ax.set_xticks(range(len(shown)), labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(shown)), labels)
+    ax.set_xlabel("persona gained this run")
+    ax.set_ylabel("persona lost since the previous run")
+    ax.spines[:].set_visible(False)
+    top_value = np.nanmax(values)
+    if len(shown) <= 25:
+        for r in range(len(shown)):
+            for c in range(len(shown)):
+                if not math.isnan(values[r, c]):
+                    ax.text(c, r, f"{values[r, c]:,.0f}", ha="center", va="center", fontsize=7.5,
+                            color="white" if values[r, c] > 0.55 * top_value else INK)
+    ax.set_title("Customers who lost the row persona and gained the column persona")
+    fig.colorbar(image, ax=ax, fraction=0.035, pad=0.02)
+    img = ctx.figures.embed(fig, "persona_drift", "heat map of customers moving between personas")
+    bullets = "".join(f"<li>{s}</li>" for s in movement_sentences(flows, ctx.name))
+    per_persona["net"] = per_persona["customers_after"] - per_persona["customers_before"]
+    per_persona = per_persona.reindex(per_persona["net"].abs().sort_values(ascending=False).index)
+    growth = "".join(
+        f"<li><b>{html.escape(ctx.name(r.persona_idx))}</b> {'grew' if r.net > 0 else 'shrank'} by {abs(r.net):,} "
+        f"customers ({r.customers_before:,} → {r.customers_after:,}: {r.gained:,} gained, {r.lost:,} lost)</li>"
+        for r in per_persona.head(3).itertuples() if r.net != 0)
+    table = per_persona[["persona", "customers_before", "customers_after", "kept", "gained", "lost", "net"]].rename(
+        columns={"customers_before": "customers before", "customers_after": "customers after"})
+    return (headline + img + f"<p>Largest movements:</p><ul>{bullets}</ul>"
+            + (f"<p>Largest net changes:</p><ul>{growth}</ul>" if growth else "")
+            + "<details><summary>Every persona</summary>" + _table(table) + "</details>")
+
+
+def _calibration(ctx: Context) -> str:
+    bins = ctx.tables["persona_calibration"]
+    latest = bins.agg(F.max("run_id")).first()[0]
+    frame = bins.filter(F.col("run_id") == latest).toPandas().sort_values("bin")
+    pairs = frame["pairs"].sum()
+    ece = float((frame["pairs"] * (frame["observed"] - frame["mean_predicted"]).abs()).sum() / pairs)
+    fig, ax = plt.subplots(figsize=(5.8, 5.2))
+    ax.plot([0, 1], [0, 1], color="#9aa5b1", linestyle="--", linewidth=1, label="perfectly calibrated")
+    ax.plot(frame["mean_predicted"], frame["observed"], color=LLM_COLOUR, linewidth=1.5)
+    ax.scatter(frame["mean_predicted"], frame["observed"], s=20 + 300 * frame["pairs"] / frame["pairs"].max(),
+               color=LLM_COLOUR, zorder=3, label="held-out pairs (dot size = count)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    ax.set_xlabel("predicted probability of the persona")
+    ax.set_ylabel("share the LLM actually gave")
+    ax.set_title("Reliability on held-out prototypes")
+    ax.legend(loc="upper left", frameon=False)
+    img = ctx.figures.embed(fig, "calibration", "reliability plot of persona probabilities")
+    note = _note(f"Run {latest}: {pairs:,} (customer, persona) pairs of LLM-labelled customers, each scored by a model "
+                 f"and a calibration fitted without them. Expected calibration error {100 * ece:.1f} points.")
+    table = frame[["lower", "upper", "pairs", "mean_predicted", "observed"]].rename(
+        columns={"mean_predicted": "mean predicted", "observed": "observed share"})
+    return note + img + "<details><summary>The bins</summary>" + _table(table, percent=("lower", "upper", "mean predicted", "observed share")) + "</details>"
+
+
 def metric_rows(runs: DataFrame) -> pd.DataFrame:
     """``model, run, metric, k, value``: one row per model run and ranking metric (small: runs × metrics).
 
@@ -622,6 +732,12 @@ SECTIONS = (
     Section("robustness", "Stability over time", ("robustness",),
             "Each customer's purchases are split into an earlier and a later half; a stable representation "
             "keeps customers in the same place, so campaigns built on it keep reaching the right people.", _robustness),
+    Section("drift", "Persona drift since the previous run", ("persona_transitions", "persona_flows"),
+            "Who changed persona between the last two monthly runs: each cell counts customers who lost the row "
+            "persona and gained the column persona (\"no persona\" for a persona lost or gained alone).", _drift),
+    Section("calibration", "How sure the personas are", ("persona_calibration",),
+            "Every propagated persona carries a probability. On customers the LLM labelled (held out while "
+            "fitting), personas given 70 % should be right about 70 % of the time: dots on the diagonal.", _calibration),
     Section("quality", "Persona quality (GPLR vs reference labels)", ("evaluation",),
             "How well propagated personas match reference labels on customers the labeler did not label.", _quality),
     Section("recommendations", "Recommendations", ("recommend_runs",),

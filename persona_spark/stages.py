@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timezone
 from typing import Callable
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark import graph, ingest, labeling, storage
+from persona_spark import graph, ingest, labeling, refresh, storage
 from persona_spark import report as report_lib
 from persona_spark import segment as segment_lib
 from persona_spark.config import Config
@@ -311,13 +312,14 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     run = GPLR(users, train, label_users, len(persona_set), cfg.gplr, cfg.affinity, item_vectors, reusable)
     result = run.run()
 
-    personas = _pin(cfg, result.personas)
+    run_id, run_ts = refresh.new_run()
+    personas = _pin(cfg, refresh.with_percentile(result.personas))
     changed = _pin(cfg, _changed_persona_rows(store, personas))  # pinned before the merge rewrites its source
     store.merge_table(changed, "personas", ["user_idx", "persona_idx"], delete_when="removed")
     asked = result.asked.join(requests.select("user_idx", "history_hash"), "user_idx", "left")
     store.write_table(asked, "gplr_prototypes")
     record = {
-        "run_id": time.strftime("%Y%m%dT%H%M%S"), "budget": result.budget, "rounds": cfg.gplr.rounds,
+        "run_id": run_id, "run_ts": run_ts, "budget": result.budget, "rounds": cfg.gplr.rounds,
         "sampling": cfg.gplr.sampling, "assignment": cfg.gplr.assignment, "seed": cfg.gplr.seed,
         "eps": cfg.affinity.eps, "ell": cfg.affinity.ell, "beta": cfg.affinity.beta,
         "persona_set_version": persona_set.version, "labeling_backend": cfg.labeling.backend,
@@ -326,12 +328,149 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
         "details": json.dumps(result.record()), "seconds": round(time.perf_counter() - started, 2),
     }
     store.write_table(store.spark.createDataFrame([record]), "gplr_runs", "append")
+    recorded = record_refresh(cfg, store, personas, (run_id, run_ts), result.model.reliability)
     counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
-    summary = {**{k: v for k, v in record.items() if k != "details"}, "per_round": result.rounds,
-               "persona_rows": counts, "rows_rewritten": changed.count(),
-               "assignment_cv_micro_f1": result.model.cv_micro_f1, "tables": {"personas": store.location("personas")}}
+    summary = {**{k: v for k, v in record.items() if k not in ("details", "run_ts")}, "run_ts": run_ts.isoformat(),
+               "per_round": result.rounds, "persona_rows": counts, "rows_rewritten": changed.count(),
+               "assignment_cv_micro_f1": result.model.cv_micro_f1, "refresh": recorded,
+               "tables": {"personas": store.location("personas"), "persona_history": store.location("persona_history")}}
     log.info("gplr: %s", summary)
     return summary
+
+
+def _utc(ts: datetime) -> datetime:
+    """A timestamp read back from Spark (naive, local time) as an aware UTC datetime."""
+    return ts.astimezone(timezone.utc)
+
+
+def _write_slice(store: TableStore, name: str, rows: DataFrame, where: dict[str, str], keys: list[str]) -> bool:
+    """Make ``rows`` the content of the slice ``where`` (column -> value) of table ``name``.
+
+    A new slice is appended (Spark writes the files in parallel); an existing one is MERGEd as
+    changed rows plus tombstones, so a rerun commits only what differs — nothing when nothing does.
+    Returns whether anything was committed.
+    """
+    if not store.exists(name):
+        store.write_table(rows, name)
+        return True
+    existing = store.read_table(name)
+    for column, value in where.items():
+        existing = existing.filter(F.col(column) == F.lit(value))
+    if existing.limit(1).count() == 0:
+        store.write_table(rows, name, "append")
+        return True
+    changed = rows.exceptAll(existing.select(*rows.columns)).withColumn("removed", F.lit(False))
+    gone = existing.join(rows.select(*keys), keys, "left_anti").select(*rows.columns).withColumn("removed", F.lit(True))
+    delta = changed.unionByName(gone).localCheckpoint()
+    if delta.limit(1).count() == 0:
+        return False
+    store.merge_table(delta, name, keys, delete_when="removed")
+    return True
+
+
+def record_refresh(cfg: Config, store: TableStore, personas: DataFrame, run: tuple[str, datetime],
+                   reliability: list[dict]) -> dict:
+    """What one gplr run leaves for the people who consume it: ``persona_history`` (one MERGE),
+    ``persona_transitions`` and ``persona_flows`` against the previous run, ``persona_catalog``,
+    ``persona_reasons`` and ``persona_calibration``. Applying the same run again changes nothing."""
+    run_id, run_ts = run
+    conf, spark = cfg.refresh, store.spark
+    users, items, edges = (store.read_table(t) for t in ("users", "items", "edges"))
+    names = _persona_names(cfg, store)
+    history = store.read_table("persona_history") if store.exists("persona_history") else None
+    if history is not None:
+        later = history.filter((F.col("valid_from") > F.lit(run_ts)) | (F.col("valid_to") > F.lit(run_ts)))
+        if later.limit(1).count():
+            raise ValueError(f"persona_history already holds a run after {run_ts.isoformat()} ({run_id}): "
+                             "runs are applied in time order")
+    current = refresh.named_personas(personas, users, names)
+    changes = _pin(cfg, refresh.history_changes(history, current, run_id, run_ts))
+    changed = changes.count()
+    if changed:
+        store.merge_table(changes, "persona_history", refresh.HISTORY_KEYS)
+    summary = {"run_id": run_id, "history_rows_merged": changed}
+
+    earlier = store.read_table("gplr_runs").filter(F.col("run_ts") < F.lit(run_ts))
+    previous = refresh.latest_runs(earlier)
+    if previous and history is not None:
+        history = store.read_table("persona_history")
+        before = (previous[0]["run_id"], _utc(previous[0]["run_ts"]))
+        if refresh.personas_as_of(history, before[1]).limit(1).count():
+            drift = _pin(cfg, refresh.transitions(history, names, before, run))
+            _write_slice(store, "persona_transitions", drift, {"to_run_id": run_id}, ["to_run_id", "persona_idx"])
+            _write_slice(store, "persona_flows", refresh.flows(history, before, run), {"to_run_id": run_id},
+                         ["to_run_id", "from_persona_idx", "to_persona_idx"])
+            first = drift.first()
+            summary.update(previous_run_id=before[0], customers_changed=first["customers_changed"],
+                           share_changed=round(first["share_changed"], 4))
+
+    persona_set = load_persona_set(cfg.personas).to_dataframe(spark)
+    _write_slice(store, "persona_catalog", refresh.catalog(personas, persona_set, edges, items, run_id, conf.catalog_products),
+                 {"run_id": run_id}, ["run_id", "persona_idx"])
+    if reliability:
+        bins = spark.createDataFrame([{"run_id": run_id, **row} for row in reliability],
+                                     "run_id string, bin int, lower double, upper double, pairs long, "
+                                     "mean_predicted double, observed double")
+        _write_slice(store, "persona_calibration", bins, {"run_id": run_id}, ["run_id", "bin"])
+    done_before = store.exists("persona_reasons") and store.read_table("persona_reasons").filter(
+        F.col("run_id") == run_id).limit(1).count()
+    if conf.reasons and not done_before:  # the latest run's reasons replace the previous run's
+        why = refresh.reasons(personas, edges, items, users, run_id, n_items=conf.reason_items,
+                              n_neighbours=conf.reason_neighbours, trace_items=conf.trace_items,
+                              trace_buyers=conf.trace_buyers, beta=cfg.affinity.beta, weighted=cfg.affinity.weighted)
+        store.write_table(why, "persona_reasons")
+    return summary
+
+
+def audience_stage(cfg: Config, store: TableStore) -> dict:
+    """Customers matching persona queries (audience.name + audience.query, or audience.defined) -> audience_members, audience_changes."""
+    from persona_spark import audience as audience_lib
+    from persona_spark.explore import persona_sets
+
+    try:
+        specs = cfg.audience.selected()
+    except ValueError as error:
+        raise audience_lib.AudienceError(str(error)) from None
+    persona_set = load_persona_set(cfg.personas)
+    queries = [(spec, audience_lib.parse(spec.query, persona_set)) for spec in specs]  # every query checked first
+    if not (store.exists("gplr_runs") and store.exists("personas")):
+        raise audience_lib.AudienceError("audience: no personas yet: run persona-spark gplr first")
+    latest = refresh.latest_runs(store.read_table("gplr_runs"))[0]
+    run_id, run_ts = latest["run_id"], _utc(latest["run_ts"])
+    sets = _pin(cfg, persona_sets(store.read_table("personas")))
+    users = store.read_table("users").select("user_idx", "customer_id")
+    done = {}
+    for spec, query in queries:
+        members = _pin(cfg, audience_lib.members(sets, query).join(users, "user_idx", "left")
+                       .select(F.lit(spec.name).alias("audience"), F.lit(run_id).alias("run_id"),
+                               F.lit(run_ts).cast("timestamp").alias("run_ts"), F.lit(spec.query).alias("query"),
+                               "user_idx", "customer_id"))
+        previous_members, previous_run_id = None, None
+        if store.exists("audience_members"):
+            earlier = store.read_table("audience_members").filter(
+                (F.col("audience") == spec.name) & (F.col("run_ts") < F.lit(run_ts)))
+            last = refresh.latest_runs(earlier.select("run_id", "run_ts").distinct())
+            if last:
+                previous_run_id = last[0]["run_id"]
+                previous_members = earlier.filter(F.col("run_id") == previous_run_id)
+        diff = _pin(cfg, audience_lib.changes(previous_members, members, spec.name, run_id, previous_run_id))
+        keys, where = ["audience", "run_id", "user_idx"], {"audience": spec.name, "run_id": run_id}
+        _write_slice(store, "audience_members", members, where, keys)
+        _write_slice(store, "audience_changes", diff, where, keys)
+        exported = None
+        if spec.export_path:
+            exported = spec.export_path.format(audience=spec.name, run_id=run_id, root=cfg.root)
+            writer = members.select("customer_id", "user_idx", "audience", "run_id").write.mode("overwrite")
+            if spec.export_format == "csv":
+                writer.option("header", True).csv(exported)
+            else:
+                writer.parquet(exported)
+        moved = {r["change"]: r["count"] for r in diff.groupBy("change").count().collect()}
+        done[spec.name] = {"query": spec.query, "members": members.count(), "added": moved.get("added", 0),
+                           "removed": moved.get("removed", 0), "previous_run_id": previous_run_id, "export": exported}
+        log.info("audience %s: %s", spec.name, done[spec.name])
+    return {"run_id": run_id, "audiences": done,
+            "tables": {t: store.location(t) for t in ("audience_members", "audience_changes")}}
 
 
 def affinity_stage(cfg: Config, store: TableStore) -> dict:
@@ -410,7 +549,7 @@ def evaluate_stage(cfg: Config, store: TableStore) -> dict:
     baseline, _ = evaluate.evaluate_sets(
         evaluate.popular_personas(prototypes, eval_users, cfg.evaluate.baseline_k), reference, eval_users
     )
-    run_id = store.read_table("gplr_runs").agg(F.max("run_id")).first()[0]
+    run_id = refresh.latest_runs(store.read_table("gplr_runs"))[0]["run_id"]
     result = {"run_id": run_id, "reference": cfg.evaluate.reference_table, "users": eval_users.count(),
               **{k: round(v, 4) for k, v in summary.items()}, "baseline_micro_f1": round(baseline["micro_f1"], 4)}
     spark = store.spark
@@ -463,7 +602,6 @@ RECOMMEND_RUNS_SCHEMA = (
 
 def train_stage(cfg: Config, store: TableStore) -> dict:
     """Train recommend.model for each of recommend.seeds on the export; metrics -> ``recommend_runs``."""
-    import time
 
     try:
         from persona_spark.recommend.spectral import EigenCache
@@ -475,7 +613,7 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
     conf = cfg.recommend
     data = read_directory(conf.export_dir)
     cache = EigenCache(conf.eigen_cache_dir)
-    run_id, rows, summaries = time.strftime("%Y%m%dT%H%M%S"), [], []
+    run_id, rows, summaries = refresh.new_run()[0], [], []
     for seed in conf.seeds:
         result = train(data, conf, seed, cache=cache)
         path = result.save(storage.join(conf.model_dir, f"{result.model}-seed{seed}"), data)
@@ -559,5 +697,6 @@ STAGES: dict[str, Stage] = {
     "export-tripartite": export_stage,
     "train": train_stage,
     "cold-start": cold_start_stage,
+    "audience": audience_stage,
     "demo": demo,
 }

@@ -145,6 +145,7 @@ def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, tmp_path):
     assert {r.r for r in per_user} <= set(range(1, 6)) and max(r.n for r in per_user) == 5
     run = store.read_table("gplr_runs").first()
     assert (run.ell, run.beta) == (1, 0.5) and json.loads(run.details)["model"]["mode"] == "topk"
+    assert propagated.filter("probability IS NOT NULL").count() == 0  # Ψ of the top-k rule is no probability
 
 
 def test_incremental_refresh_reuses_labels_and_rewrites_only_changes(spark, tmp_path):

@@ -114,7 +114,13 @@ def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
     assert store.read_table("user_labels").filter("model = 'keyword-stand-in'").count() == 0, "the run's own cache is untouched"
 
 
-def test_03_explore_personas(quick_start):
+def test_03_explore_personas(quick_start, spark):
+    from persona_spark.io import TableStore
+    from persona_spark.stages import STAGES
+
+    cfg = quick_start["cfg"]
+    next_month = cfg.model_copy(update={"gplr": cfg.gplr.model_copy(update={"seed": cfg.gplr.seed + 1})})
+    STAGES["gplr"](next_month, TableStore(spark, cfg.tables))  # a second run (other prototypes): drift to show
     ns = execute("03_explore_personas.py")
     groups = ns["groups"]
     both_group = groups[[len(idx) == 2 for idx in groups["persona_idx"]]]
@@ -123,6 +129,9 @@ def test_03_explore_personas(quick_start):
     assert len(ns["own"]) > 0
     shares = ns["why"].neighbours.toPandas().groupby("persona_idx")["share"].sum()
     assert (shares <= 1.0 + 1e-9).all() and (shares > 0).all()
+    assert ns["exported"]["members"] == ns["only_first"].count()
+    assert len(ns["stored_reasons"]) == len(ns["confidence"]) == len(ns["own"])
+    assert ns["drift"] is not None and len(ns["moves"]) > 0
 
 
 def test_04_recommender_results(quick_start):

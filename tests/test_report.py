@@ -54,6 +54,18 @@ def run_tables(spark) -> dict:
             [("personas", 40, 31, 31 / 40), ("rfm", 40, 4, 0.1)],
             "representation string, users long, unchanged long, share_unchanged double",
         ),
+        "persona_transitions": spark.createDataFrame(
+            [("r0", "r1", ts, datetime(2024, 7, 1), p, PERSONAS.names[p], 10, 10 + 2 * p - 2, 6, 4 + 2 * p - 2, 4, 40, 13, 13 / 40)
+             for p in range(3)],
+            "from_run_id string, to_run_id string, from_ts timestamp, to_ts timestamp, persona_idx int, persona string, "
+            "customers_before long, customers_after long, kept long, gained long, lost long, customers long, "
+            "customers_changed long, share_changed double"),
+        "persona_flows": spark.createDataFrame(
+            [("r0", "r1", 0, 0, 6), ("r0", "r1", 0, 2, 7), ("r0", "r1", -1, 1, 2), ("r0", "r1", 1, -1, 1)],
+            "from_run_id string, to_run_id string, from_persona_idx int, to_persona_idx int, customers long"),
+        "persona_calibration": spark.createDataFrame(
+            [("r1", b, b / 4, (b + 1) / 4, 100 - 20 * b, b / 4 + 0.1, b / 4 + 0.05) for b in range(4)],
+            "run_id string, bin int, lower double, upper double, pairs long, mean_predicted double, observed double"),
     }
 
 
@@ -119,6 +131,10 @@ def test_report_states_the_numbers_of_the_run(rendered):
     assert "0.812" in page  # micro F1 of the evaluation row
     assert "0.3150 ± 0.0071" in page  # lgcn3 ndcg@10 over seeds 0 and 1: 0.31 and 0.32
     assert "77.5 %" in page  # personas unchanged in the robustness table
+    assert "<b>13</b> of 40 customers (32.5 %) changed their persona set" in page
+    assert f"7 customers dropped <b>{PERSONAS.names[0]}</b> and picked up <b>{PERSONAS.names[2]}</b>" in page
+    assert f"2 customers gained <b>{PERSONAS.names[1]}</b> without losing a persona" in page
+    assert "Expected calibration error 5.0 points" in page  # every bin 0.05 off
     for name in PERSONAS.names:
         assert name in page
 
@@ -131,7 +147,7 @@ def test_missing_tables_say_which_stage_to_run(frames, store, tmp_path):
     summary = STAGES["report"](cfg, store)
     assert summary["sections"]["personas"] == "ok" and summary["sections"]["cooccurrence"] == "ok"
     assert {k for k, v in summary["sections"].items() if v == "missing"} == {
-        "segments", "silhouette", "robustness", "quality", "recommendations", "labeling"
+        "segments", "silhouette", "robustness", "quality", "recommendations", "labeling", "drift", "calibration"
     }
     page = (tmp_path / "r" / "index.html").read_text()
     for stage in ("segment", "robustness", "evaluate", "train", "label-users"):

@@ -59,7 +59,7 @@ def test_bundle_targets_schedule_and_secrets():
     env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert all(v.startswith("{{secrets/") for v in env.values())  # keys only from the secret scope
     keys = [t["task_key"] for j, t in tasks if j is job]
-    assert keys == ["ingest", "build_graph", "gplr", "export_tripartite", "train", "cold_start", "segment", "report"]
+    assert keys == ["ingest", "build_graph", "gplr", "audience", "export_tripartite", "train", "cold_start", "segment", "report"]
     serverless = jobs["persona-refresh-serverless"]
     assert [e["spec"]["dependencies"] for e in serverless["environments"]] == [["../dist/*.whl"]]
     assert all(t["environment_key"] == "persona_spark" and "job_cluster_key" not in t
@@ -89,6 +89,16 @@ def test_bundle_tasks_call_package_entry_points_with_valid_parameters():
 def test_every_shipped_config_loads():
     for conf in sorted((ROOT / "conf").glob("*.yaml")):
         load_config(conf)
+
+
+def test_defined_audiences_of_shipped_configs_parse():
+    from persona_spark.audience import parse
+    from persona_spark.personas import load_persona_set
+
+    for conf in sorted((ROOT / "conf").glob("*.yaml")):
+        cfg = load_config(conf)
+        for spec in cfg.audience.defined:
+            parse(spec.query, load_persona_set(cfg.personas))  # raises naming the bad token
 
 
 def test_cli_lists_every_stage():

@@ -1,0 +1,164 @@
+"""Audiences: customers picked by a small boolean language over persona names.
+
+``Pet Lover & !Bargain Hunter``, ``(Home Chef | Gardener) & !"Coffee and Tea Connoisseur"``:
+``&`` (and) binds tighter than ``|`` (or), ``!`` negates, parentheses group; a name is the text
+between operators (spaces inside it are part of it) or anything in double quotes. Names resolve
+against the persona set like LLM answers do (exactly, then ignoring case and spacing); an unknown
+name or a syntax error is an :class:`AudienceQueryError` that names the token and its position.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from persona_spark.personas import PersonaSet
+
+MEMBER_COLUMNS = ["audience", "run_id", "run_ts", "query", "user_idx", "customer_id"]
+CHANGE_COLUMNS = ["audience", "run_id", "previous_run_id", "user_idx", "customer_id", "change"]
+
+
+class AudienceError(ValueError):
+    """An audience request that cannot run as given (the CLI prints it and exits with status 2)."""
+
+
+class AudienceQueryError(AudienceError):
+    """A query that does not parse, or names a persona the set does not have."""
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # '&' '|' '!' '(' ')' or 'name'
+    text: str
+    position: int  # 0-based character offset in the query
+
+
+_NAME = re.compile(r'[^&|!()"]+')
+
+
+def tokenize(query: str) -> list[Token]:
+    tokens, at = [], 0
+    while True:
+        while at < len(query) and query[at].isspace():
+            at += 1
+        if at >= len(query):
+            return tokens
+        char = query[at]
+        if char in "&|!()":
+            tokens.append(Token(char, char, at))
+            at += 1
+        elif char == '"':
+            end = query.find('"', at + 1)
+            if end < 0:
+                raise AudienceQueryError(f"unterminated quote at position {at} in audience query {query!r}")
+            tokens.append(Token("name", query[at + 1:end], at))
+            at = end + 1
+        else:
+            match = _NAME.match(query, at)
+            tokens.append(Token("name", match.group().rstrip(), at))
+            at = match.end()
+
+
+# A parsed query: ("persona", index, name) | ("not", node) | ("and", [nodes]) | ("or", [nodes])
+Node = tuple
+
+
+class _Parser:
+    def __init__(self, query: str, persona_set: PersonaSet):
+        self.query, self.persona_set = query, persona_set
+        self.tokens = tokenize(query)
+        self.at = 0
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.at] if self.at < len(self.tokens) else None
+
+    def fail(self, message: str) -> AudienceQueryError:
+        return AudienceQueryError(f"{message} in audience query {self.query!r}")
+
+    def parse(self) -> Node:
+        if not self.tokens:
+            raise self.fail("empty query: name at least one persona")
+        node = self.either()
+        extra = self.peek()
+        if extra is not None:
+            raise self.fail(f"unexpected {extra.text!r} at position {extra.position}")
+        return node
+
+    def _chain(self, op: str, kind: str, operand) -> Node:
+        nodes = [operand()]
+        while (token := self.peek()) is not None and token.kind == op:
+            self.at += 1
+            nodes.append(operand())
+        return nodes[0] if len(nodes) == 1 else (kind, nodes)
+
+    def either(self) -> Node:
+        return self._chain("|", "or", self.both)
+
+    def both(self) -> Node:
+        return self._chain("&", "and", self.factor)
+
+    def factor(self) -> Node:
+        token = self.peek()
+        if token is None:
+            raise self.fail(f"the query ends after {self.tokens[-1].text!r}: a persona name or '(' is missing")
+        self.at += 1
+        if token.kind == "!":
+            return ("not", self.factor())
+        if token.kind == "(":
+            node = self.either()
+            closing = self.peek()
+            if closing is None or closing.kind != ")":
+                found = f"found {closing.text!r} at position {closing.position}" if closing else "the query ends"
+                raise self.fail(f"'(' at position {token.position} is never closed ({found})")
+            self.at += 1
+            return node
+        if token.kind == "name":
+            try:
+                return ("persona", self.persona_set.index_of(token.text), token.text)
+            except KeyError:
+                known = ", ".join(self.persona_set.names)
+                raise self.fail(f"unknown persona {token.text!r} at position {token.position} (known: {known})") from None
+        raise self.fail(f"expected a persona name, '!' or '(' at position {token.position}, found {token.text!r}")
+
+
+def parse(query: str, persona_set: PersonaSet) -> Node:
+    """The query's syntax tree, every name resolved to a persona index (or an AudienceQueryError)."""
+    return _Parser(query, persona_set).parse()
+
+
+def to_column(node: Node, personas: Column) -> Column:
+    """A boolean Spark column over ``personas`` (an array of persona indices)."""
+    kind = node[0]
+    if kind == "persona":
+        return F.array_contains(personas, node[1])
+    if kind == "not":
+        return ~to_column(node[1], personas)
+    parts = [to_column(n, personas) for n in node[1]]
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = (combined & part) if kind == "and" else (combined | part)
+    return combined
+
+
+def members(persona_sets: DataFrame, query: Node) -> DataFrame:
+    """``user_idx`` of the customers whose persona set (``user_idx, persona_idx array<int>``) matches."""
+    return persona_sets.filter(to_column(query, F.col("persona_idx"))).select("user_idx")
+
+
+def changes(previous: DataFrame | None, current: DataFrame, audience: str, run_id: str,
+            previous_run_id: str | None) -> DataFrame:
+    """``audience_changes`` rows: who was ``added`` to / ``removed`` from the audience since the previous
+    export (``user_idx, customer_id`` members; without a previous export everyone is added)."""
+    current = current.select("user_idx", "customer_id")
+    if previous is None:
+        added, removed = current, current.limit(0)
+    else:
+        previous = previous.select("user_idx", "customer_id")
+        added = current.join(previous, "user_idx", "left_anti")
+        removed = previous.join(current, "user_idx", "left_anti")
+    rows = added.withColumn("change", F.lit("added")).unionByName(removed.withColumn("change", F.lit("removed")))
+    return rows.select(F.lit(audience).alias("audience"), F.lit(run_id).alias("run_id"),
+                       F.lit(previous_run_id).cast("string").alias("previous_run_id"), "user_idx", "customer_id", "change")

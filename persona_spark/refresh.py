@@ -1,0 +1,242 @@
+"""The monthly refresh as its consumers see it: history, drift, a catalog and reasons per persona.
+
+Pure ``DataFrame -> DataFrame`` transforms; the gplr stage reads and writes the tables.
+
+* Runs are named by :func:`new_run`: a UTC timestamp (``run_ts``, microseconds) and an id that
+  starts with the same instant and ends with a random suffix, so "latest" and "consecutive" are
+  orderings of ``run_ts`` and two runs in the same second never collide.
+* ``persona_history`` is a slowly changing dimension (type 2): one row per (customer, persona)
+  validity interval ``[valid_from, valid_to)``, ``valid_to`` null while open. An interval opens when
+  a customer gains a persona (or its source changes, LLM label vs propagated) and closes when the
+  persona goes; ``score`` is the one it had when the interval opened. Each run adds only the
+  intervals that open or close, so applying the same run twice changes nothing.
+* Drift compares the personas in force at two instants: per persona who kept, gained and lost it,
+  and flows "customers who dropped A and picked up B" for the picture.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from persona_spark.explore import distinctive_items, prototype_labels
+
+NOTHING = -1  # persona_flows: "no persona" on either side of a flow
+HISTORY_KEYS = ["user_idx", "persona_idx", "valid_from"]
+HISTORY_COLUMNS = ["customer_id", "user_idx", "persona_idx", "persona", "score", "source", "valid_from", "valid_to",
+                   "run_id"]
+
+
+def new_run(now: datetime | None = None) -> tuple[str, datetime]:
+    """``(run_id, run_ts)``: a UTC instant and an id that sorts like it and is unique."""
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}", now
+
+
+def latest_runs(runs: DataFrame, n: int = 1) -> list:
+    """The ``n`` newest rows of a runs table (``run_id``, ``run_ts``), newest first (by ``run_ts``)."""
+    order = [F.desc("run_ts"), F.desc("run_id")] if "run_ts" in runs.columns else [F.desc("run_id")]
+    return runs.orderBy(*order).limit(n).collect()
+
+
+def with_percentile(personas: DataFrame) -> DataFrame:
+    """``percentile``: where a propagated row's probability (else score) ranks among the persona's
+    propagated rows, 0 (lowest) .. 1 (highest); LLM-labelled rows are 1.0 (the label itself)."""
+    propagated = F.col("source") == "propagated"
+    ranked = Window.partitionBy("persona_idx").orderBy(F.coalesce("probability", "score"), "user_idx")
+    return (personas.filter(propagated).withColumn("percentile", F.percent_rank().over(ranked))
+            .unionByName(personas.filter(~propagated).withColumn("percentile", F.lit(1.0))))
+
+
+def named_personas(personas: DataFrame, users: DataFrame, names: DataFrame) -> DataFrame:
+    """Persona rows with the customer id and the persona's name (what history and exports carry)."""
+    return (personas.join(users.select("user_idx", "customer_id"), "user_idx", "left")
+            .join(F.broadcast(names.select("persona_idx", F.col("name").alias("persona"))), "persona_idx", "left"))
+
+
+def _ts(value: datetime) -> Column:
+    return F.lit(value).cast("timestamp")
+
+
+def history_changes(history: DataFrame | None, current: DataFrame, run_id: str, run_ts: datetime) -> DataFrame:
+    """The rows one run MERGEs into ``persona_history`` on (user_idx, persona_idx, valid_from).
+
+    ``current``: the run's persona rows with ``customer_id`` and ``persona`` (:func:`named_personas`).
+    Returns intervals that open at ``run_ts`` and open intervals that close at it (``valid_to`` set);
+    empty when the run changes no membership, in particular when this run was applied already.
+    """
+    keep = ["user_idx", "persona_idx", "source"]
+    opened = current.select(
+        "customer_id", "user_idx", "persona_idx", "persona", "score", "source", _ts(run_ts).alias("valid_from"),
+        F.lit(None).cast("timestamp").alias("valid_to"), F.lit(run_id).alias("run_id"))
+    if history is None:
+        return opened
+    still_open = history.filter(F.col("valid_to").isNull())
+    opening = opened.join(still_open.select(*keep), keep, "left_anti")
+    closing = (still_open.join(current.select(*keep), keep, "left_anti")
+               .withColumn("valid_to", _ts(run_ts)).select(*HISTORY_COLUMNS))
+    return opening.unionByName(closing)
+
+
+def personas_as_of(history: DataFrame, timestamp: datetime | str) -> DataFrame:
+    """The persona rows in force at ``timestamp`` (``valid_from <= t < valid_to``), as history rows."""
+    at = F.lit(timestamp).cast("timestamp")
+    return history.filter((F.col("valid_from") <= at) & (F.col("valid_to").isNull() | (F.col("valid_to") > at)))
+
+
+def _membership(history: DataFrame, timestamp: datetime) -> DataFrame:
+    return personas_as_of(history, timestamp).select("user_idx", "persona_idx").distinct()
+
+
+def _pairs(history: DataFrame, before_ts: datetime, after_ts: datetime) -> DataFrame:
+    """``user_idx, persona_idx, before, after``: every pair held at either instant, flagged."""
+    before = _membership(history, before_ts).withColumn("before", F.lit(True))
+    after = _membership(history, after_ts).withColumn("after", F.lit(True))
+    return (before.join(after, ["user_idx", "persona_idx"], "full")
+            .select("user_idx", "persona_idx", F.coalesce("before", F.lit(False)).alias("before"),
+                    F.coalesce("after", F.lit(False)).alias("after")))
+
+
+def transitions(history: DataFrame, names: DataFrame, from_run: tuple[str, datetime],
+                to_run: tuple[str, datetime]) -> DataFrame:
+    """``persona_transitions`` rows of one pair of runs: per persona the customers who kept, gained
+    and lost it, its customers before/after, and (the same on every row) how many customers the two
+    runs hold between them and the share of them whose persona set changed."""
+    pairs = _pairs(history, from_run[1], to_run[1])
+    counts = pairs.groupBy("persona_idx").agg(
+        F.sum((F.col("before") & F.col("after")).cast("long")).alias("kept"),
+        F.sum((~F.col("before") & F.col("after")).cast("long")).alias("gained"),
+        F.sum((F.col("before") & ~F.col("after")).cast("long")).alias("lost"))
+    per_user = pairs.groupBy("user_idx").agg(F.max((F.col("before") != F.col("after")).cast("int")).alias("changed"))
+    totals = per_user.agg(F.count(F.lit(1)).alias("customers"), F.sum("changed").cast("long").alias("customers_changed"))
+    rows = (names.select("persona_idx", F.col("name").alias("persona")).join(counts, "persona_idx", "left")
+            .na.fill(0, ["kept", "gained", "lost"]).crossJoin(totals))
+    return rows.select(
+        F.lit(from_run[0]).alias("from_run_id"), F.lit(to_run[0]).alias("to_run_id"),
+        _ts(from_run[1]).alias("from_ts"), _ts(to_run[1]).alias("to_ts"), "persona_idx", "persona",
+        (F.col("kept") + F.col("lost")).alias("customers_before"), (F.col("kept") + F.col("gained")).alias("customers_after"),
+        "kept", "gained", "lost", F.coalesce("customers", F.lit(0)).alias("customers"),
+        F.coalesce("customers_changed", F.lit(0)).cast("long").alias("customers_changed"),
+        F.when(F.col("customers") > 0, F.col("customers_changed") / F.col("customers")).otherwise(F.lit(0.0))
+        .alias("share_changed"))
+
+
+def flows(history: DataFrame, from_run: tuple[str, datetime], to_run: tuple[str, datetime]) -> DataFrame:
+    """``persona_flows`` rows: ``from_persona_idx -> to_persona_idx, customers``. A customer counts once
+    on (A, A) for every persona A kept and once on (A, B) for every persona A dropped together with a
+    persona B picked up; ``NOTHING`` (-1) stands for no persona (one lost with none gained, or the
+    reverse), a value rather than null so the rows MERGE on their keys."""
+    pairs = _pairs(history, from_run[1], to_run[1])
+
+    def listed(condition: Column) -> Column:
+        return F.collect_list(F.when(condition, F.col("persona_idx")))
+
+    per_user = pairs.groupBy("user_idx").agg(
+        listed(F.col("before") & F.col("after")).alias("kept"),
+        listed(F.col("before") & ~F.col("after")).alias("lost"),
+        listed(~F.col("before") & F.col("after")).alias("gained"))
+    or_nothing = lambda c: F.when(F.size(c) > 0, F.col(c)).otherwise(F.array(F.lit(NOTHING)))  # noqa: E731
+    moved = (per_user.select("user_idx", F.explode(or_nothing("lost")).alias("from_persona_idx"), "gained")
+             .select("user_idx", "from_persona_idx", F.explode(or_nothing("gained")).alias("to_persona_idx"))
+             .filter((F.col("from_persona_idx") != NOTHING) | (F.col("to_persona_idx") != NOTHING)))
+    kept = per_user.select("user_idx", F.explode("kept").alias("from_persona_idx")).withColumn(
+        "to_persona_idx", F.col("from_persona_idx"))
+    return (moved.unionByName(kept).groupBy("from_persona_idx", "to_persona_idx").agg(F.count(F.lit(1)).alias("customers"))
+            .select(F.lit(from_run[0]).alias("from_run_id"), F.lit(to_run[0]).alias("to_run_id"),
+                    "from_persona_idx", "to_persona_idx", "customers"))
+
+
+def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items: DataFrame, run_id: str,
+            top_n: int) -> DataFrame:
+    """``persona_catalog`` rows of one run: per persona its name, description, persona-set version,
+    customers, the share labelled by the LLM vs propagated, and its top products (most buyers among
+    its customers) and distinctive ones (bought more by them than by everyone, ranked as
+    :func:`persona_spark.explore.distinctive_items` does)."""
+    members = personas.select("user_idx", "persona_idx").distinct()
+    sizes = personas.groupBy("persona_idx").agg(
+        F.countDistinct("user_idx").alias("customers"),
+        F.countDistinct(F.when(F.col("source") == "llm", F.col("user_idx"))).alias("llm"))
+    purchases = edges.select("user_idx", "item_idx").distinct()
+    bought = members.join(purchases, "user_idx").groupBy("persona_idx", "item_idx").agg(F.count(F.lit(1)).alias("buyers"))
+    by_persona = Window.partitionBy("persona_idx")
+    top = (bought.withColumn("pos", F.row_number().over(by_persona.orderBy(F.desc("buyers"), "item_idx")))
+           .filter(F.col("pos") <= top_n).join(items.select("item_idx", "item_name"), "item_idx", "left"))
+
+    def names_in_order(frame: DataFrame, position: str, alias: str) -> DataFrame:
+        ordered = F.array_sort(F.collect_list(F.struct(F.col(position).alias("p"), F.col("item_name").alias("n"))))
+        return frame.groupBy("persona_idx").agg(F.transform(ordered, lambda s: s["n"]).alias(alias))
+
+    distinctive = distinctive_items(members, edges, items, top_n=top_n, group_cols=["persona_idx"])
+    empty = F.array().cast("array<string>")
+    return (persona_set.select("persona_idx", "name", "description", F.col("version").alias("persona_set_version"))
+            .join(sizes, "persona_idx", "left").na.fill(0, ["customers", "llm"])
+            .join(names_in_order(top, "pos", "top_products"), "persona_idx", "left")
+            .join(names_in_order(distinctive, "item_rank", "distinctive_products"), "persona_idx", "left")
+            .select(F.lit(run_id).alias("run_id"), "persona_idx", "name", "description", "persona_set_version",
+                    F.col("customers").cast("long").alias("customers"),
+                    F.when(F.col("customers") > 0, F.col("llm") / F.col("customers")).alias("llm_share"),
+                    F.when(F.col("customers") > 0, 1 - F.col("llm") / F.col("customers")).alias("propagated_share"),
+                    F.coalesce("top_products", empty).alias("top_products"),
+                    F.coalesce("distinctive_products", empty).alias("distinctive_products")))
+
+
+def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: DataFrame, run_id: str, *,
+            n_items: int, n_neighbours: int, trace_items: int, trace_buyers: int, beta: float = 0.5,
+            weighted: bool = False) -> DataFrame:
+    """``persona_reasons``: for every (customer, persona) row, the purchased products and the labelled
+    neighbours that contributed most — :func:`persona_spark.explore.explain` for all rows at once.
+
+    The t=1 term of Ψ, user → item (P) → labelled user (P') → labels (L): a product's contribution
+    is P(u, i) · Σ_v P'(i, v) L(v, m), exact for every product (one join over the edges). A
+    neighbour's is Σ_i P(u, i) P'(i, v) L(v, m), traced through the row's ``trace_items`` strongest
+    products and, per product and persona, its ``trace_buyers`` strongest labelled buyers, so each
+    row costs a bounded amount of work (exact whenever nothing is cut). ``share`` is the part of the
+    row's one-step affinity. Columns: ``run_id, user_idx, customer_id, persona_idx, items
+    array<struct<item_idx, item_name, contribution, share>>, neighbours array<struct<user_idx,
+    customer_id, contribution, share>>``.
+    """
+    if "split" in edges.columns:
+        edges = edges.filter(F.col("split") == "train")
+    weight = F.col("n_purchases").cast("double") if weighted else F.lit(1.0)
+    walk = edges.select("user_idx", "item_idx", weight.alias("w"))
+    p_out = walk.select("user_idx", "item_idx", (F.col("w") / F.sum("w").over(Window.partitionBy("user_idx"))).alias("p_out"))
+    p_back = walk.select("item_idx", F.col("user_idx").alias("neighbour_idx"),
+                         (F.col("w") / F.sum("w").over(Window.partitionBy("item_idx"))).alias("p_back"))
+    labels = prototype_labels(personas.filter(F.col("source") == "llm"), beta).withColumnRenamed("user_idx", "neighbour_idx")
+    via = p_back.join(labels, "neighbour_idx").select(
+        "item_idx", "persona_idx", "neighbour_idx", (F.col("p_back") * F.col("weight")).alias("c"))
+    item_votes = via.groupBy("item_idx", "persona_idx").agg(F.sum("c").alias("vote"))
+    rows = personas.select("user_idx", "persona_idx")
+    per_item = (rows.join(p_out, "user_idx").join(item_votes, ["item_idx", "persona_idx"])
+                .select("user_idx", "persona_idx", "item_idx", "p_out", (F.col("p_out") * F.col("vote")).alias("contribution")))
+    row = Window.partitionBy("user_idx", "persona_idx")
+    per_item = (per_item.withColumn("total", F.sum("contribution").over(row))
+                .withColumn("pos", F.row_number().over(row.orderBy(F.desc("contribution"), "item_idx")))
+                .filter(F.col("pos") <= max(n_items, trace_items)).localCheckpoint())
+    candidates = (via.withColumn("pos", F.row_number().over(
+        Window.partitionBy("item_idx", "persona_idx").orderBy(F.desc("c"), "neighbour_idx")))
+        .filter(F.col("pos") <= trace_buyers).drop("pos"))
+    per_neighbour = (per_item.filter(F.col("pos") <= trace_items).join(candidates, ["item_idx", "persona_idx"])
+                     .groupBy("user_idx", "persona_idx", "neighbour_idx", "total")
+                     .agg(F.sum(F.col("p_out") * F.col("c")).alias("contribution"))
+                     .withColumn("pos", F.row_number().over(row.orderBy(F.desc("contribution"), "neighbour_idx")))
+                     .filter(F.col("pos") <= n_neighbours)
+                     .join(users.select(F.col("user_idx").alias("neighbour_idx"), F.col("customer_id").alias("neighbour_id")),
+                           "neighbour_idx", "left"))
+
+    def packed(frame: DataFrame, fields: list[Column], alias: str) -> DataFrame:
+        ordered = F.array_sort(F.collect_list(F.struct(F.col("pos"), *fields)))
+        return frame.groupBy("user_idx", "persona_idx").agg(F.transform(ordered, lambda s: s.dropFields("pos")).alias(alias))
+
+    share = (F.col("contribution") / F.col("total")).alias("share")
+    item_lists = packed(per_item.filter(F.col("pos") <= n_items).join(items.select("item_idx", "item_name"), "item_idx", "left"),
+                        [F.col("item_idx"), F.col("item_name"), F.col("contribution"), share], "items")
+    neighbour_lists = packed(per_neighbour, [F.col("neighbour_idx").alias("user_idx"),
+                                             F.col("neighbour_id").alias("customer_id"), F.col("contribution"), share],
+                             "neighbours")
+    return (rows.join(item_lists, ["user_idx", "persona_idx"], "left").join(neighbour_lists, ["user_idx", "persona_idx"], "left")
+            .join(users.select("user_idx", "customer_id"), "user_idx", "left")
+            .select(F.lit(run_id).alias("run_id"), "user_idx", "customer_id", "persona_idx", "items", "neighbours"))
