@@ -166,7 +166,7 @@ def test_a_broken_section_does_not_cost_the_rest(spark, frames, tmp_path):
 def test_report_names_the_offline_labeler_shows_no_cost_and_the_rfm_parts(spark, frames, tmp_path):
     ts = datetime(2024, 6, 1)
     labels = [(u, [PERSONAS.names[u % 3]], [u % 3], "ok", None, "all-MiniLM-L6-v2", "embed_v2-x", PERSONAS.version,
-               f"h{u}", 0, 0, 0, 0, "{}", ts) for u in range(12)]
+               f"h{u}", 0, 0, 0, 0, "{}", ts, 0, "offline") for u in range(12)]
     silhouette = spark.createDataFrame([("personas", 2, 2, 0.5), ("rfm", 2, 2, 0.4)],
                                        "representation string, k int, clusters int, silhouette double")
     parts = spark.createDataFrame(
@@ -177,7 +177,7 @@ def test_report_names_the_offline_labeler_shows_no_cost_and_the_rfm_parts(spark,
     )
     tables = {"personas": frames["personas"], "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
               "silhouette": silhouette, "rfm_parts": parts}
-    result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)), prices_per_1k=PRICES)
+    result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)))
     assert result.sections["labeling"] == result.sections["personas"] == result.sections["silhouette"] == "ok"
     page = (tmp_path / "index.html").read_text()
     assert "12 of them were labelled by the offline embedding labeler (all-MiniLM-L6-v2)" in page
