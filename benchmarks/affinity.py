@@ -2,6 +2,7 @@
 
     python benchmarks/affinity.py                                  # 1 M edges, 20k users, 51 personas
     python benchmarks/affinity.py --users 206209 --items 49677 --edges 13300000   # Instacart Full size
+    python benchmarks/affinity.py ... --connect     # the same on a local Spark Connect server (connect_* rows)
 
 A synthetic purchase graph is generated in Spark (lognormal user activity, Zipf item popularity,
 duplicate pairs dropped, so ``edges`` is the unique count actually reached), 5 % of users get
@@ -139,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rev-aff", action="store_true", help="also run the pure-Python RevAff (small graphs)")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="10g")
+    parser.add_argument("--connect", action="store_true",
+                        help="a Spark Connect session (a local server on --master) instead of a classic one")
     args = parser.parse_args(argv)
 
-    spark = get_spark(SparkConf(master=args.master, shuffle_partitions=2, default_parallelism=2,
-                                driver_memory=args.driver_memory, app_name="affinity-benchmark"))
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = get_spark(SparkConf(master=args.master, remote=args.master if args.connect else None, shuffle_partitions=2,
+                                default_parallelism=2, driver_memory=args.driver_memory, app_name="affinity-benchmark"))
+    prefix = "connect_" if args.connect else ""
     memory = PeakMemory()
     with tempfile.TemporaryDirectory(prefix="affinity-bench-") as tmp:
         synthetic_edges(spark, args.users, args.items, args.edges, args.zipf, args.sigma, args.seed) \
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         for ell in args.ell:
             exact = report("scipy_exact", ell, 0.0, lambda: (exact_affinity(u, i, L, ell, n_items=args.items), {}))
             for engine, eps in (("spark_exact", 0.0), ("spark_pruned", args.eps)):
-                report(engine, ell, eps, spark_run(AffinityConf(ell=ell, eps=eps, beta=args.beta)), exact)
+                report(prefix + engine, ell, eps, spark_run(AffinityConf(ell=ell, eps=eps, beta=args.beta)), exact)
             if args.rev_aff:
                 report("rev_aff", ell, args.eps, lambda: (rev_aff(u, i, L, ell, args.eps, n_items=args.items), {}), exact)
         edges.unpersist()
