@@ -94,7 +94,7 @@ def render_partition(worker: OpenAIWorker, tag: str, batches: Iterator[pd.DataFr
     """``mapInPandas`` body: one JSONL request line per entity (one entity per line)."""
     for pdf in batches:
         lines = []
-        for entity in entities_of(pdf, worker.id_col):
+        for entity in entities_of(pdf, worker.id_col, worker.prompt.format):
             messages = worker.prompt.messages([entity])
             body = chat_body(worker.conf, messages, worker.prompt.response_format(worker.conf.json_mode, False))
             lines.append(request_line(custom_id(entity.id, entity.history_hash, tag), body))
