@@ -27,17 +27,19 @@ S3_SCHEMES = ("s3a", "s3", "s3n")
 
 def scheme(location: str) -> str | None:
     """``s3a`` for ``s3a://b/k``; None for a plain path."""
-    match = _SCHEME.match(location)
+    match = _SCHEME.match(os.fspath(location))
     return match.group(1).lower() if match else None
 
 
 def absolute(location: str) -> str:
     """A URI stays as it is; a plain path becomes absolute (the driver's view, which local executors share)."""
+    location = os.fspath(location)
     return location if scheme(location) else os.path.abspath(os.path.expanduser(location))
 
 
 def join(base: str, *parts: str) -> str:
     """``base/part/...`` for paths and URIs alike (never through pathlib, which folds ``s3a://`` to ``s3a:/``)."""
+    base = os.fspath(base)
     out = base.rstrip("/") if scheme(base) else base
     for part in parts:
         out = posixpath.join(out, part.strip("/")) if scheme(out) else os.path.join(out, part)
@@ -63,6 +65,7 @@ def filesystem(location: str):
     """(Arrow filesystem, path inside it) for ``location``."""
     from pyarrow import fs
 
+    location = os.fspath(location)
     kind = scheme(location)
     if kind is None:
         return fs.LocalFileSystem(), absolute(location)
@@ -150,12 +153,3 @@ def remove_tree(location: str) -> None:
     if handle.get_file_info(path).type == fs.FileType.Directory:
         handle.delete_dir(path)
 
-
-def local_copy(location: str, folder: str) -> str:
-    """A local file with ``location``'s bytes (for readers that need a real path, e.g. ``np.load``)."""
-    if is_local(location):
-        return filesystem(location)[1]
-    target = os.path.join(folder, posixpath.basename(urlparse(location).path))
-    with open(target, "wb") as out:
-        out.write(read_bytes(location))
-    return target
