@@ -142,7 +142,9 @@ def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path
     assert result.user_embeddings.shape == (data.n_users, 16)
     has_personas = model in ("lgcn3", "algcn3")
     assert (result.persona_embeddings is not None) == has_personas
-    run = json.loads(result.save(tmp_path / model, data).joinpath("run.json").read_text())
+    saved = result.save(str(tmp_path / model), data)
+    assert saved == str(tmp_path / model)
+    run = json.loads((tmp_path / model / "run.json").read_text())
     assert run["model"] == model and run["ndcg@10"] == result.metrics["ndcg@10"]
 
 
