@@ -191,7 +191,7 @@ class BatchConf(Section):
     # A run waits this long for its batches, then stops with BatchesPending; a rerun resumes the
     # same batches (ids in the label_batches table) instead of submitting them again.
     wait_s: float = Field(86_400.0, ge=0)
-    dir: str = "data/labels_batches"  # input/output JSONL files; on a cluster storage both Python and Spark see
+    dir: str = "data/labels_batches"  # input/output JSONL files: any URI (default <root>/labels_batches)
 
 
 class PersonaGenerationConf(Section):
@@ -368,6 +368,7 @@ RUN_LOCATIONS = (
     ("tables", "root", "tables"),
     ("spark", "checkpoint_dir", "checkpoints"),
     ("labeling", "journal_dir", "labels_journal"),
+    ("labeling.batch", "dir", "labels_batches"),
     ("labeling.generate", "output", "personas/generated.yaml"),
     ("report", "path", "report/index.html"),
     ("recommend", "export_dir", "recommend/export"),
