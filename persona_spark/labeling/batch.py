@@ -444,6 +444,7 @@ class BatchBackend(LabelBackend):
         storage.remove_tree(rendered)
         submissions = self.runner.submit(files, self.kind, self.tag)
         self._collect(submissions)
+        storage.remove_tree(folder)
         return len(submissions)
 
     def _collect(self, submissions: list[Submission]) -> None:
