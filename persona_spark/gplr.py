@@ -24,9 +24,11 @@ and how many personas a user gets; the per-persona intercepts play the de-bias r
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Callable, Iterator
 
 import numpy as np
@@ -285,6 +287,38 @@ class GPLRResult:
 
     def record(self) -> dict:
         return {"budget": self.budget, "rounds": self.rounds, "model": asdict(self.model), "seconds": self.seconds}
+
+
+def run_record(result: GPLRResult, run: tuple[str, datetime], conf: GPLRConf, affinity_conf: AffinityConf,
+               persona_set_version: str, labeling_backend: str, seconds: float) -> dict:
+    """The ``gplr_runs`` row of a run: its settings, the tokens its new answers cost (reused
+    prototypes were paid for by an earlier run) and the whole record as JSON in ``details``."""
+    run_id, run_ts = run
+    tokens = {f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in result.rounds if r["sampling"] != "reused")
+              for kind in ("prompt", "completion")}
+    return {
+        "run_id": run_id, "run_ts": run_ts, "budget": result.budget, "rounds": conf.rounds,
+        "sampling": conf.sampling, "assignment": conf.assignment, "seed": conf.seed,
+        "eps": affinity_conf.eps, "ell": affinity_conf.ell, "beta": affinity_conf.beta,
+        "persona_set_version": persona_set_version, "labeling_backend": labeling_backend, **tokens,
+        "details": json.dumps(result.record()), "seconds": round(seconds, 2),
+    }
+
+
+def estimate_run(users: DataFrame, user_requests: DataFrame, item_requests: DataFrame | None, conf: GPLRConf,
+                 estimate: Callable[[DataFrame, str], dict]) -> dict:
+    """What a run would pay, nothing called: ``estimate(requests, "user" | "item")`` prices the items
+    (once, when given) and ``budget`` users. Which users DU sampling picks is unknown before round 1,
+    so a random sample of that size stands in for them."""
+    budget = budget_size(conf.budget, users.count())
+    sample = pick_random(users.select("user_idx"), budget, conf.seed)
+    result = {"dry_run": True, "budget": budget,
+              "users": estimate(user_requests.join(sample, "user_idx", "left_semi"), "user")}
+    if item_requests is not None:
+        result["items"] = estimate(item_requests, "item")
+    for key in ("cost_expected_usd", "cost_max_usd", "prompt_tokens"):
+        result[key] = round(sum(part.get(key, 0) for part in (result["users"], result.get("items", {}))), 4)
+    return result
 
 
 class GPLR:

@@ -51,6 +51,18 @@ def with_percentile(personas: DataFrame) -> DataFrame:
             .unionByName(personas.filter(~propagated).withColumn("percentile", F.lit(1.0))))
 
 
+def changed_rows(old: DataFrame | None, new: DataFrame, keys: list[str]) -> DataFrame:
+    """What a MERGE on ``keys`` needs to turn ``old`` into ``new`` and rewrite nothing else: ``new``'s
+    rows that ``old`` lacks (``removed`` false) plus tombstones (``removed`` true) for the keys of
+    ``old`` that ``new`` no longer has. With no ``old`` every row is new."""
+    fresh = new.withColumn("removed", F.lit(False))
+    if old is None:
+        return fresh
+    changed = new.exceptAll(old.select(*new.columns)).withColumn("removed", F.lit(False))
+    gone = old.join(new.select(*keys), keys, "left_anti").select(*new.columns).withColumn("removed", F.lit(True))
+    return changed.unionByName(gone)
+
+
 def named_personas(personas: DataFrame, users: DataFrame, names: DataFrame) -> DataFrame:
     """Persona rows with the customer id and the persona's name (what history and exports carry)."""
     return (personas.join(users.select("user_idx", "customer_id"), "user_idx", "left")

@@ -32,31 +32,16 @@ from pyspark.sql import functions as F  # noqa: E402
 from persona_spark import storage  # noqa: E402
 from persona_spark.config import ReportConf  # noqa: E402
 from persona_spark.labeling.pricing import Rates, cost_column  # noqa: E402
+from persona_spark.tables import WRITTEN_BY  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# Which stage writes each table the report reads; named in "not available" notes.
-WRITTEN_BY = {
-    "personas": "gplr",
-    "persona_set": "generate",
-    "users": "build-graph",
-    "items": "build-graph",
-    "edges": "build-graph",
-    "segments": "segment",
-    "segment_points": "segment",
-    "segment_summary": "segment",
-    "silhouette": "segment",
-    "rfm_parts": "segment",
-    "robustness": "robustness",
-    "evaluation": "evaluate",
-    "evaluation_per_persona": "evaluate",
-    "recommend_runs": "train",
-    "user_labels": "label-users",
-    "persona_transitions": "gplr",
-    "persona_flows": "gplr",
-    "persona_calibration": "gplr",
-}
-REPORT_TABLES = tuple(WRITTEN_BY)
+# The tables the report reads; a missing one's note names the stage that writes it (tables.WRITTEN_BY).
+REPORT_TABLES = (
+    "personas", "persona_set", "users", "items", "edges", "segments", "segment_points", "segment_summary",
+    "silhouette", "rfm_parts", "robustness", "evaluation", "evaluation_per_persona", "recommend_runs",
+    "user_labels", "persona_transitions", "persona_flows", "persona_calibration",
+)
 
 LLM_COLOUR = "#1f5f99"
 PROPAGATED_COLOUR = "#8fbce6"

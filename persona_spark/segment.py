@@ -394,6 +394,13 @@ def period_labeler(label: Callable[[DataFrame], DataFrame], users: DataFrame, it
     return labeler
 
 
+def sample_customers(transactions: DataFrame, customers: int, seed: int, key: str = "customer_id") -> DataFrame:
+    """The transactions of a seeded hash sample of ``customers`` customers (robustness on a budget)."""
+    sample = (transactions.select(key).distinct()
+              .orderBy(F.xxhash64(F.lit(seed), key), key).limit(customers))
+    return transactions.join(sample, key, "left_semi")
+
+
 def robustness(transactions: DataFrame, labeler, key: str = "customer_id", buckets: int = 10) -> DataFrame:
     """How many users keep the same representation from their first to their second period.
 
@@ -437,6 +444,7 @@ __all__ = [
     "rfm_values",
     "rfm_vectors",
     "robustness",
+    "sample_customers",
     "segment_users",
     "split_periods",
 ]
