@@ -31,9 +31,9 @@ from persona_spark import segment
 from persona_spark.config import LabelingConf, SparkConf, TablesConf
 from persona_spark.graph import build_graph, load_gplr_split
 from persona_spark.io import TableStore
-from persona_spark.labeling import make_backend
 from persona_spark.personas import load_persona_set
 from persona_spark.session import get_spark
+from persona_spark.stages.cache import make_backend
 
 
 def raw_transactions(spark, csv: Path):

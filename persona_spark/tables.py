@@ -42,7 +42,7 @@ REFERENCE_ITEM_PERSONAS = _table("reference_item_personas", "load-paper-split", 
 USER_LABELS = _table("user_labels", "label-users", "append-only cache of every user answer paid for")
 ITEM_LABELS = _table("item_labels", "label-items", "append-only cache of every item answer")
 ITEM_EMBEDDINGS = _table("item_embeddings", "label-users", "product-name embeddings of the offline labeler")
-BATCH_LEDGER = _table("batch_ledger", "label-users", "Batch API submissions, so a rerun collects them")
+BATCH_LEDGER = _table("label_batches", "label-users", "Batch API submissions, so a rerun collects them")
 GENERATED_PERSONA_SETS = _table("generated_persona_sets", "generate-personas", "persona sets an LLM wrote")
 
 # gplr and its refresh record

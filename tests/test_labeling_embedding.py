@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from persona_spark.config import DEFAULT_PERSONAS, Config, EmbeddingLabelConf, LabelingConf
-from persona_spark.labeling import CacheKey, build_user_histories, label_entities
-from persona_spark.labeling.backends import EmbeddingScorer
+from persona_spark.labeling import CacheKey, build_user_histories
+from persona_spark.labeling.backends import ITEM_EMBEDDINGS_SCHEMA, EmbeddingBackend, EmbeddingScorer
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES
+from persona_spark.stages.cache import label_entities
 
 ITEMS = ["Dry dog food 10kg", "Cat litter 5l", "Tomato seeds", "Organic loose leaf green tea", "Whey protein 1kg",
          "Chef knife 20cm", "Baby nappies size 3"]
@@ -83,6 +84,20 @@ def test_embedding_labels_users_and_items_and_caches_item_embeddings(spark, stor
     assert store.version("item_embeddings") == version and fourth["status"] == "ok"
 
 
+def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, personas):
+    """No table is in reach of the backend: what it embedded comes back once from cache_rows, and a
+    second call with the same items embeds nothing again."""
+    conf = LabelingConf.model_validate({"embedding": {"partitions": 1}})
+    edges, items = graph(spark, PURCHASES)
+    backend = EmbeddingBackend(conf.embedding, personas, "user_idx", conf.max_personas, conf.max_name_chars,
+                               spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
+    requests = build_user_histories(edges, items)
+    first = {r["user_idx"]: r["personas"] for r in backend.label(requests).collect()}
+    made = backend.cache_rows()
+    assert set(made) == {"item_embeddings"} and made["item_embeddings"].count() == 6
+    assert backend.cache_rows() == {}
+    again = {r["user_idx"]: r["personas"] for r in backend.label(requests).collect()}
+    assert again == first and first[0][0] == "Pet Lover" and backend.cache_rows() == {}
 
 
 def test_label_stages_write_the_cache_tables(spark, store, personas):

@@ -74,6 +74,22 @@ def test_stages_name_tables_only_through_the_registry():
     assert not spelled, spelled
 
 
+def test_library_modules_never_hold_the_table_store():
+    """Reading and writing happen in the stages (and the notebook helpers); the library gets DataFrames
+    and, for labeling, a cache object."""
+    edge = {"cli.py", "io.py", "notebook.py"}
+    offenders = []
+    for module in sorted((ROOT / "persona_spark").rglob("*.py")):
+        relative = module.relative_to(ROOT / "persona_spark")
+        if relative.parts[0] == "stages" or str(relative) in edge:
+            continue
+        names = {getattr(node, "id", None) or getattr(node, "arg", None) or getattr(node, "attr", None)
+                 for node in ast.walk(ast.parse(module.read_text()))}
+        if names & {"store", "TableStore"}:
+            offenders.append(str(relative))
+    assert not offenders, offenders
+
+
 def test_bundle_targets_schedule_and_secrets():
     bundle, tasks = _bundle_tasks()
     assert bundle["targets"]["dev"]["mode"] == "development"

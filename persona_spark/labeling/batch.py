@@ -32,7 +32,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark import storage
+from persona_spark import storage, tables
 from persona_spark.config import BatchConf, OpenAIConf
 from persona_spark.labeling.backends import (
     CacheKey,
@@ -50,7 +50,7 @@ from persona_spark.personas import PersonaSet
 log = logging.getLogger(__name__)
 
 ENDPOINT = "/v1/chat/completions"
-LEDGER_TABLE = "label_batches"
+LEDGER_TABLE = tables.BATCH_LEDGER
 LEDGER_SCHEMA = (
     "submission string, purpose string, cache_tag string, input_sha string, input_path string, lines long, "
     "bytes long, input_file_id string, batch_id string, state string, detail string, output_file_id string, "
@@ -265,8 +265,8 @@ def answer_locations(sub: Submission) -> tuple[str, str]:
 
 
 class BatchLedger:
-    def __init__(self, store, table: str = LEDGER_TABLE):
-        self.store = store
+    def __init__(self, cache, table: str = LEDGER_TABLE):
+        self.cache = cache  # labeling.LabelCache
         self.table = table
 
     def record(self, submissions: list[Submission]) -> list[Submission]:
@@ -275,14 +275,15 @@ class BatchLedger:
             return []
         now = datetime.now(timezone.utc)
         rows = [{**asdict(s), "ts": now} for s in submissions]
-        self.store.write_table(self.store.spark.createDataFrame(rows, LEDGER_SCHEMA), self.table, mode="append")
+        self.cache.append(self.table, self.cache.spark.createDataFrame(rows, LEDGER_SCHEMA))
         return [s if s.ts else replace(s, ts=now) for s in submissions]
 
     def latest(self, purpose: str, tag: str) -> list[Submission]:
         """Each submission's latest state (one row per batch ever made, so small enough to collect)."""
-        if not self.store.exists(self.table):
+        ledger = self.cache.read(self.table)
+        if ledger is None:
             return []
-        rows = self.store.read_table(self.table).filter((F.col("purpose") == purpose) & (F.col("cache_tag") == tag))
+        rows = ledger.filter((F.col("purpose") == purpose) & (F.col("cache_tag") == tag))
         window = Window.partitionBy("submission")
         latest = (rows.withColumn("first_ts", F.min("ts").over(window))
                   .withColumn("_rank", F.row_number().over(window.orderBy(F.desc("ts")))).filter("_rank = 1"))
@@ -411,18 +412,19 @@ class BatchBackend(LabelBackend):
     paid = True
     batched = True
 
-    def __init__(self, conf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet, store, kind: str, table: str):
+    def __init__(self, conf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet, cache, kind: str,
+                 table: str):
         self.conf = conf  # LabelingConf
         self.key = CacheKey(conf.openai.model, prompt.version, persona_set.version)
         self.worker = OpenAIWorker(conf.openai, api_key, prompt, id_col, self.key)
-        self.store, self.kind, self.table = store, kind, table
+        self.cache, self.kind, self.table = cache, kind, table  # cache: labeling.LabelCache
         self.tag = cache_tag(self.key)
         self._runner = None
 
     @property
     def runner(self) -> BatchRunner:
         if self._runner is None:
-            self._runner = BatchRunner(BatchAPI(self.conf.openai, self.worker.api_key), BatchLedger(self.store), self.conf.batch)
+            self._runner = BatchRunner(BatchAPI(self.conf.openai, self.worker.api_key), BatchLedger(self.cache), self.conf.batch)
         return self._runner
 
     def resume(self) -> int:
@@ -449,22 +451,23 @@ class BatchBackend(LabelBackend):
 
     def _collect(self, submissions: list[Submission]) -> None:
         for sub in self.runner.wait(submissions):
-            rows = collect_rows(self.store.spark, sub, self.worker)
-            if self.store.exists(self.table):  # a run killed after committing this batch: no second copy
-                committed = self.store.read_table(self.table).filter(
+            rows = collect_rows(self.cache.spark, sub, self.worker)
+            committed = self.cache.read(self.table)
+            if committed is not None:  # a run killed after committing this batch: no second copy
+                committed = committed.filter(
                     (F.col("channel") == "batch") & (F.col("ts") >= F.lit(sub.ts)) & (F.col("model") == self.key.model)
                     & (F.col("prompt_version") == self.key.prompt_version)
                     & (F.col("persona_set_version") == self.key.persona_set_version)
                 )
                 keys = [self.worker.id_col, "history_hash"]
                 rows = rows.join(committed.select(*keys), keys, "left_anti")
-            version = self.store.write_table(rows, self.table, mode="append")
+            version = self.cache.append(self.table, rows)
             log.info("batch %s (%s): rows committed as version %d of %s", sub.batch_id, sub.state, version, self.table)
             self.runner.collected(sub)
 
 
 # ---- driver-side calls (persona-set generation) -----------------------------------------------
-def complete_in_batch(store, conf, api_key: Secret, message_lists: list[list[dict]], purpose: str,
+def complete_in_batch(cache, conf, api_key: Secret, message_lists: list[list[dict]], purpose: str,
                       response_format: dict | None) -> list[CallResult]:
     """A few chat requests (bounded by configuration) through one batch, in order. A rerun with the
     same requests adopts the batch an interrupted run submitted instead of paying again."""
@@ -472,7 +475,7 @@ def complete_in_batch(store, conf, api_key: Secret, message_lists: list[list[dic
     text = ("\n".join(lines) + "\n").encode()
     sha = hashlib.sha256(text).hexdigest()
     tag = hashlib.sha256(conf.openai.model.encode()).hexdigest()[:10]
-    runner = BatchRunner(BatchAPI(conf.openai, api_key), BatchLedger(store), conf.batch)
+    runner = BatchRunner(BatchAPI(conf.openai, api_key), BatchLedger(cache), conf.batch)
     earlier = [s for s in runner.ledger.latest(purpose, tag) if s.input_sha == sha and s.state in ("uploaded", "submitted")]
     if earlier and storage.exists(earlier[-1].input_path):
         sub = earlier[-1]

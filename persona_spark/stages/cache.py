@@ -40,9 +40,6 @@ class TableCache:
     def replace(self, name: str, rows: DataFrame) -> None:
         self.store.write_table(rows, self._checked(name), mode="overwrite")
 
-    def where(self, name: str) -> str:
-        return self.store.location(self._checked(name))
-
 
 def selection_table(store: TableStore, selection: SelectionConf) -> DataFrame | None:
     """The table that lists the entities to label, when ``selection.mode`` is 'table'."""
@@ -58,8 +55,21 @@ def recording(store: TableStore, conf: RecordedConf, id_col: str) -> DataFrame |
     return None
 
 
-def make_backend(cfg_labeling: LabelingConf, persona_set: PersonaSet, kind: str, store: TableStore):
-    """The configured labeler for users or items, with what it reads from the run's tables."""
-    id_col = labeling.KINDS[kind].id_col
-    replayed = recording(store, cfg_labeling.recorded, id_col) if cfg_labeling.backend == "recorded" else None
-    return labeling.make_backend(cfg_labeling, persona_set, kind, TableCache(store), replayed)
+def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str, store: TableStore):
+    """The configured labeler for users or items, given what it reads from the run's tables."""
+    replayed = recording(store, conf.recorded, labeling.KINDS[kind].id_col) if conf.backend == "recorded" else None
+    return labeling.make_backend(conf, persona_set, kind, TableCache(store), replayed)
+
+
+def label_entities(store: TableStore, requests: DataFrame, persona_set: PersonaSet, conf: LabelingConf,
+                   kind: str = "user") -> DataFrame:
+    """``labeling.label_entities`` over the run's cache tables."""
+    backend = make_backend(conf, persona_set, kind, store)
+    return labeling.label_entities(TableCache(store), requests, persona_set, conf, kind, backend)
+
+
+def store_cache_rows(store: TableStore, backend) -> None:
+    """Append what a backend used on its own (outside ``label_entities``) made for its caches."""
+    cache = TableCache(store)
+    for name, rows in backend.cache_rows().items():
+        cache.append(name, rows)

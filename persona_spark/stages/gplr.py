@@ -13,6 +13,7 @@ from persona_spark import labeling, refresh, tables
 from persona_spark.config import Config
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
+from persona_spark.stages import cache
 from persona_spark.stages.common import (locations, persona_names, pin, prepare_checkpoints, read_if_exists, utc,
                                          write_slice)
 from persona_spark.stages.labeling import label_conf_for, label_stage
@@ -37,13 +38,12 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
 
     def label_users(selected: DataFrame) -> DataFrame:
         wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
-        return labeling.label_entities(store, wanted, persona_set, cfg.labeling, "user")
+        return cache.label_entities(store, wanted, persona_set, cfg.labeling, "user")
 
     item_vectors = None
     if cfg.gplr.item_signal:
-        item_rows = labeling.label_entities(
-            store, labeling.build_item_requests(items), persona_set, label_conf_for(cfg, "item"), "item"
-        )
+        item_rows = cache.label_entities(store, labeling.build_item_requests(items), persona_set,
+                                         label_conf_for(cfg, "item"), "item")
         item_vectors = pin(cfg, gplr.item_vectors_from_labels(item_rows, len(persona_set)))
     reusable = None
     if store.exists(tables.GPLR_PROTOTYPES):

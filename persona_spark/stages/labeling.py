@@ -11,6 +11,7 @@ from persona_spark import labeling, tables
 from persona_spark.config import Config, LabelingConf
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
+from persona_spark.stages import cache
 
 log = logging.getLogger("persona_spark")
 
@@ -19,19 +20,21 @@ def label_users_stage(cfg: Config, store: TableStore) -> dict:
     """Label users (a sample, all, or those listed in a table) with the configured backend into ``user_labels``."""
     requests = labeling.build_user_histories(store.read_table(tables.EDGES), store.read_table(tables.ITEMS),
                                              labeling.history_order(cfg.labeling))
-    return label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.users, "user_idx", store), "user")
+    chosen = cache.selection_table(store, cfg.labeling.users)
+    return label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.users, "user_idx", chosen), "user")
 
 
 def label_items_stage(cfg: Config, store: TableStore) -> dict:
     """Label items (all by default) with the personas likely to buy them into ``item_labels``."""
     requests = labeling.build_item_requests(store.read_table(tables.ITEMS))
-    return label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.items, "item_idx", store), "item")
+    chosen = cache.selection_table(store, cfg.labeling.items)
+    return label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.items, "item_idx", chosen), "item")
 
 
 def label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str) -> dict:
     """Label ``requests`` through the cache; the summary of what came back, or the dry run's estimate."""
     try:
-        labels = labeling.label_entities(store, requests, load_persona_set(cfg.personas), label_conf_for(cfg, kind), kind)
+        labels = cache.label_entities(store, requests, load_persona_set(cfg.personas), label_conf_for(cfg, kind), kind)
     except labeling.DryRunEstimate as dry:
         return {"dry_run": True, **dry.estimate}
     return {**labeling.summarize(labels, cfg.labeling), "table": store.location(labeling.KINDS[kind].table)}
@@ -62,7 +65,7 @@ def generate_personas_stage(cfg: Config, store: TableStore) -> dict:
         estimate = generator.estimate(groups)
         log.info("generate-personas estimate: %s", estimate)
         return {"dry_run": True, **estimate}
-    persona_set, stats = generator.generate(groups, resolve_api_key(conf.openai, store.spark), store)
+    persona_set, stats = generator.generate(groups, resolve_api_key(conf.openai, store.spark), cache.TableCache(store))
     path = write_persona_set(persona_set, conf.generate.output, generator.metadata(stats))
     table = persona_set.to_dataframe(store.spark).select(
         "*", F.lit(persona_set.title).alias("title"), F.lit(conf.openai.model).alias("model"),

@@ -6,12 +6,13 @@ import logging
 
 from pyspark.sql import functions as F
 
-from persona_spark import labeling, tables
+from persona_spark import tables
 from persona_spark import segment as segment_lib
 from persona_spark.config import Config
 from persona_spark.frames import union_all
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
+from persona_spark.stages import cache
 from persona_spark.stages.common import locations, persona_names
 
 log = logging.getLogger("persona_spark")
@@ -75,9 +76,10 @@ def robustness_stage(cfg: Config, store: TableStore) -> dict:
     transactions = store.read_table(tables.TRANSACTIONS)
     if conf.robustness_customers is not None:
         transactions = segment_lib.sample_customers(transactions, conf.robustness_customers, conf.seed)
-    backend = labeling.make_backend(cfg.labeling, load_persona_set(cfg.personas), "user", store)
+    backend = cache.make_backend(cfg.labeling, load_persona_set(cfg.personas), "user", store)
     labeler = segment_lib.period_labeler(backend.label, store.read_table(tables.USERS), store.read_table(tables.ITEMS))
     result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
     store.write_table(result, tables.ROBUSTNESS)
+    cache.store_cache_rows(store, backend)  # e.g. item embeddings the halves needed
     return {"robustness": [row.asDict() for row in store.read_table(tables.ROBUSTNESS).collect()],
             "table": store.location(tables.ROBUSTNESS)}
