@@ -21,8 +21,8 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.explore import distinctive_items, require_columns
-from persona_spark.graph import aggregate_edges
+from persona_spark.frames import require_columns, union_all
+from persona_spark.graph import aggregate_edges, distinctive_items
 from persona_spark.labeling import build_user_histories
 
 log = logging.getLogger(__name__)
@@ -232,10 +232,7 @@ def segment_users(
         log.info("k=%d: %d non-empty clusters, silhouette %.4f", k, found, score)
         silhouettes.append({"k": k, "clusters": found, "silhouette": float(score)})
         assignments.append(predicted.select(key, F.lit(k).alias("k"), F.col("segment").cast("int")))
-    union = assignments[0]
-    for more in assignments[1:]:
-        union = union.unionByName(more)
-    return Segmentation(embedded, union, silhouettes)
+    return Segmentation(embedded, union_all(assignments), silhouettes)
 
 
 # ---- segments described in words ----------------------------------------------------------------
