@@ -12,6 +12,7 @@ from typing import Iterable, Literal, NamedTuple
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark.errors import UserError
 from persona_spark.personas import PersonaSet
 
 PersonaRef = int | str
@@ -21,7 +22,7 @@ def require_columns(df: DataFrame, columns: list[str] | tuple[str, ...], what: s
     """Fail at plan time, naming the table and the missing columns, rather than deep inside Spark."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; it has {df.columns}")
+        raise UserError(f"{what}: missing column(s) {missing}; it has {df.columns}")
 
 
 def resolve_personas(refs: PersonaRef | Iterable[PersonaRef], persona_set: PersonaSet | None) -> list[int]:

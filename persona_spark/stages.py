@@ -509,10 +509,9 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
 def _gplr_estimate(cfg: Config, store: TableStore, users, items, requests) -> dict:
     """What a GPLR run would pay, nothing called: the items (once) and ``budget`` users. Which users
     DU sampling picks is unknown before round 1, so a random sample of that size stands in for them."""
-    from persona_spark.gplr import budget_size
     from persona_spark.sampling import pick_random
 
-    budget = budget_size(cfg.gplr.budget, users.count())
+    budget = cfg.gplr.budget_size(users.count())
     sample = pick_random(users.select("user_idx"), budget, cfg.gplr.seed)
     result = {"dry_run": True, "budget": budget,
               "users": _label_stage(cfg, store, requests.join(sample, "user_idx", "left_semi"), "user")}
@@ -549,13 +548,15 @@ def evaluate_stage(cfg: Config, store: TableStore) -> dict:
     baseline, _ = evaluate.evaluate_sets(
         evaluate.popular_personas(prototypes, eval_users, cfg.evaluate.baseline_k), reference, eval_users
     )
-    run_id = refresh.latest_runs(store.read_table("gplr_runs"))[0]["run_id"]
+    latest = refresh.latest_runs(store.read_table("gplr_runs"))[0]
+    run_id, run_ts = latest["run_id"], F.lit(_utc(latest["run_ts"])).cast("timestamp")  # readers order by run_ts
     result = {"run_id": run_id, "reference": cfg.evaluate.reference_table, "users": eval_users.count(),
               **{k: round(v, 4) for k, v in summary.items()}, "baseline_micro_f1": round(baseline["micro_f1"], 4)}
     spark = store.spark
-    store.write_table(spark.createDataFrame([{**result, "method": cfg.gplr.assignment}]), "evaluation", "append")
+    evaluation = spark.createDataFrame([{**result, "method": cfg.gplr.assignment}]).withColumn("run_ts", run_ts)
+    store.write_table(evaluation, "evaluation", "append")
     per_persona.insert(0, "run_id", run_id)
-    store.write_table(spark.createDataFrame(per_persona), "evaluation_per_persona", "append")
+    store.write_table(spark.createDataFrame(per_persona).withColumn("run_ts", run_ts), "evaluation_per_persona", "append")
     persona_set = load_persona_set(cfg.personas)
     per_persona["name"] = [persona_set.names[i] if i < len(persona_set) else str(i) for i in per_persona.persona_idx]
     print(per_persona[["persona_idx", "name", "actual", "predicted", "precision", "recall", "f1"]].to_string(
@@ -613,7 +614,7 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
     conf = cfg.recommend
     data = read_directory(conf.export_dir)
     cache = EigenCache(conf.eigen_cache_dir)
-    run_id, rows, summaries = refresh.new_run()[0], [], []
+    (run_id, run_ts), rows, summaries = refresh.new_run(), [], []
     for seed in conf.seeds:
         result = train(data, conf, seed, cache=cache)
         path = result.save(storage.join(conf.model_dir, f"{result.model}-seed{seed}"), data)
@@ -624,7 +625,8 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
         summary = result.summary()
         summaries.append({k: summary.get(k) for k in ("model", "seed", "ndcg@10", "f1@10", "epochs", "seconds", "device")})
         log.info("train: %s", summary)
-    store.write_table(store.spark.createDataFrame(rows, RECOMMEND_RUNS_SCHEMA), "recommend_runs", "append")
+    runs = store.spark.createDataFrame(rows, RECOMMEND_RUNS_SCHEMA).withColumn("run_ts", F.lit(run_ts).cast("timestamp"))
+    store.write_table(runs, "recommend_runs", "append")
     return {"runs": summaries, "run_id": run_id, "model_dir": conf.model_dir, "table": store.location("recommend_runs")}
 
 

@@ -78,7 +78,7 @@ def _demo_config(tmp_path, *extra):
         "generate.users=120", "generate.items=90", "generate.mean_orders_per_user=4", "generate.partitions=2",
         "generate.dirty_share=0", "ingest.cancellation_prefix=C",
         "labeling.backend=recorded", "labeling.recorded.table=recorded_labels",
-        "gplr.budget=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false",
+        "gplr.budget_users=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false",
         *extra,
     ])
 
@@ -132,7 +132,7 @@ def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, tmp_path):
     """conf/paper.yaml's GPLR and affinity sections (ℓ̂ = 1, β = 0.5, top-5 of Ψ, DU rounds); its
     T = 10 is checked in test_wiring, three rounds keep this test short."""
     paper = load_config(ROOT / "conf" / "paper.yaml")
-    sections = {"gplr": paper.gplr.model_dump(exclude={"budget"}), "affinity": paper.affinity.model_dump()}
+    sections = {"gplr": paper.gplr.model_dump(exclude={"budget_fraction", "budget_users"}), "affinity": paper.affinity.model_dump()}
     cfg = _demo_config(tmp_path, *(f"{s}.{k}={v}" for s, values in sections.items() for k, v in values.items()),
                        "gplr.rounds=3")
     store = _prepare(cfg, spark)

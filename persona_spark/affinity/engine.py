@@ -70,6 +70,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark.config import AffinityConf
+from persona_spark.errors import UserError
 from persona_spark.session import (CONNECT_CLOSURE_MAX_BYTES, default_parallelism, has_checkpoint_dir, is_connect,
                                    share_with_tasks)
 
@@ -463,7 +464,7 @@ def unpack_states(states: DataFrame, blocking: Blocking, width: int, idx_col: st
 def _require_columns(df: DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; has {df.columns}")
+        raise UserError(f"{what}: missing column(s) {missing}; has {df.columns}")
 
 
 def edge_stats(edges: DataFrame, weighted: bool) -> dict:
