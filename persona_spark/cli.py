@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 
 from persona_spark.errors import UserError
 
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         message = user_error_message(error)
         if message is None:
             raise
-        log.debug("persona-spark %s failed on a user error", args.stage, exc_info=True)
+        if args.debug:
+            traceback.print_exc()
+        else:  # kept for a log handler at debug level
+            log.debug("persona-spark %s stopped on a user error", args.stage, exc_info=True)
         print(f"persona-spark {args.stage}: error: {message}", file=sys.stderr)
         return USER_ERROR_STATUS
     print(json.dumps({"stage": args.stage, **(summary or {})}, default=str, indent=2))

@@ -72,6 +72,16 @@ def test_evaluation_counts_by_hand(spark):
     assert summary["macro_f1"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)  # personas 0, 1, 2
 
 
+def test_llm_rows_rank_personas_in_the_order_the_answer_gave_them(spark):
+    labels = spark.createDataFrame(
+        [(1, "ok", [5, 2, 7]), (2, "ok", [3, 3, 1]), (3, "error", [4]), (4, "ok", [])],
+        "user_idx int, status string, persona_idx array<int>")
+    rows = gplr.llm_persona_rows(gplr.ok_prototypes(labels)).collect()
+    ranks = {(r.user_idx, r.persona_idx): r.rank for r in rows}
+    assert ranks == {(1, 5): 1, (1, 2): 2, (1, 7): 3, (2, 3): 1, (2, 1): 2}
+    assert {(r.source, r.score, r.probability) for r in rows} == {("llm", 1.0, 1.0)}
+
+
 def _demo_config(tmp_path, *extra):
     return load_config(None, [
         f"tables.root={tmp_path / 'tables'}", f"labeling.journal_dir={tmp_path / 'journal'}",
@@ -126,6 +136,7 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, tmp_path):
     assert result["micro_f1"] > result["baseline_micro_f1"]  # planted personas are recoverable
     run = store.read_table("gplr_runs").first()
     assert json.loads(run.details)["model"]["mode"] == "learned"
+    assert store.read_table("evaluation").first().run_ts == run.run_ts  # the latest evaluation is found by run_ts
 
 
 def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, tmp_path):
