@@ -47,7 +47,7 @@ def mode_settings(mode: str, budget: float, seed: int, sampling: str | None) -> 
         gplr_conf, affinity_conf = paper.gplr, paper.affinity
     else:
         gplr_conf, affinity_conf = GPLRConf(), AffinityConf()
-    update = {"budget": budget, "seed": seed, **({"sampling": sampling} if sampling else {})}
+    update = {"budget_fraction": budget, "seed": seed, **({"sampling": sampling} if sampling else {})}
     return gplr_conf.model_copy(update=update), affinity_conf
 
 

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 
-from pyspark.sql import functions as F
 
 from persona_spark.config import DEFAULT_PERSONAS, LabelingConf, SparkConf, TablesConf
 from persona_spark.io import TableStore

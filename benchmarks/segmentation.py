@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import functions as F
 
 from persona_spark import segment
 from persona_spark.config import LabelingConf, SparkConf, TablesConf

@@ -7,6 +7,8 @@ from typing import Iterable
 
 from pyspark.sql import DataFrame
 
+from persona_spark.errors import UserError
+
 
 def union_all(frames: Iterable[DataFrame]) -> DataFrame:
     """The rows of every frame (matched by column name), in one DataFrame."""
@@ -17,4 +19,4 @@ def require_columns(df: DataFrame, columns: Iterable[str], what: str) -> None:
     """Fail at plan time, naming the table and the missing columns, rather than deep inside Spark."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; it has {df.columns}")
+        raise UserError(f"{what}: missing column(s) {missing}; it has {df.columns}")

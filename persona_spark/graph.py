@@ -95,7 +95,9 @@ def build_graph(
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """transactions -> (users, items, edges) with dense stable indices and a train/test split."""
     pairs = filter_degrees(aggregate_edges(transactions), min_user_degree, min_item_degree)
-    pairs = split_edges(pairs, test_fraction, seed).persist()
+    # Read five times below: materialized once, held only as long as the returned frames need it
+    # (a persist() stays in Spark's cache until someone unpersists it, which no caller can).
+    pairs = split_edges(pairs, test_fraction, seed).localCheckpoint()
     user_index = dense_index(pairs, "customer_id", "user_idx", existing_users)
     item_index = dense_index(pairs, "item_id", "item_idx", existing_items)
     names = transactions.groupBy("item_id").agg(F.max("item_name").alias("item_name"))

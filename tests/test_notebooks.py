@@ -52,7 +52,7 @@ def write_conf(folder: Path) -> Path:
         "tables": {"root": str(folder / "tables")},
         "generate": {"users": 200, "items": 80, "seed": 3},
         "ingest": {"cancellation_prefix": "C"},
-        "gplr": {"budget": 0.1, "rounds": 2},
+        "gplr": {"budget_fraction": 0.1, "rounds": 2},
         "labeling": {"journal_dir": str(folder / "journal"), "embedding": {"partitions": 1},
                      "openai": {"partitions": 1}},
         "segment": {"ks": [3, 5]},

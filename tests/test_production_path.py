@@ -50,7 +50,7 @@ def settings(root: str, master: str, llm_url: str, scratch: str, **more) -> dict
         "spark": {"master": master, "shuffle_partitions": 2, "default_parallelism": 2, "driver_memory": "1g",
                   "extra": {"spark.executor.memory": "1g", "spark.local.dir": scratch}},
         "generate": {"users": 240, "items": 120, "partitions": 2},
-        "gplr": {"budget": 0.1, "rounds": 2},
+        "gplr": {"budget_fraction": 0.1, "rounds": 2},
         "labeling": {"backend": "openai", "openai": {"base_url": llm_url, "model": "keyword-stand-in",
                                                       "api_key_env": KEY_ENV, "partitions": 2}},
         "segment": {"ks": [3, 5]},

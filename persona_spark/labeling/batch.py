@@ -46,6 +46,7 @@ from persona_spark.labeling.backends import (
 from persona_spark.labeling.client import CallResult, Secret, chat_body, completion_result
 from persona_spark.labeling.prompts import LabelPrompt, error_verdict
 from persona_spark.personas import PersonaSet
+from persona_spark.refresh import new_run
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +438,7 @@ class BatchBackend(LabelBackend):
 
     def label_missing(self, todo: DataFrame) -> int:
         """Render, split, submit, wait, collect; returns the number of batches submitted."""
-        run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + uuid.uuid4().hex[:6]
+        run = new_run()[0]
         folder = storage.join(self.conf.batch.dir, self.kind, run)
         rendered = storage.join(folder, "rendered")
         todo.mapInPandas(partial(render_partition, self.worker, self.tag), "value string").write.mode("overwrite").text(rendered)

@@ -15,7 +15,6 @@ import math
 import posixpath
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator, Protocol
@@ -43,6 +42,7 @@ from persona_spark.labeling.pricing import cost_column, price_table, rates
 from persona_spark.labeling.prompts import HISTORY_ORDERS, LabelPrompt, load_template_file
 from persona_spark.labeling.ratelimit import job_budget_url
 from persona_spark.personas import PersonaSet
+from persona_spark.refresh import new_run
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def label_entities(
     missing = missing_requests(requests, cache, entity, backend, conf.retry_errors)
     total = missing.count()
     n_chunks = max(1, math.ceil(total / conf.chunk_size))
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run()[0]  # UTC, sorts by time, unique: names this run's journal folders
     progress = Progress(entity.name, total, conf.progress_interval_s)
     log.info("labeling %d %ss with %s (%s) in %d chunk(s)", total, entity.name, backend.key.model, backend.key.prompt_version, n_chunks if total else 0)
     chunk_of = F.pmod(F.xxhash64(entity.id_col, "history_hash"), F.lit(n_chunks))

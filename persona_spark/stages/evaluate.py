@@ -8,7 +8,7 @@ from persona_spark import evaluate, refresh, tables
 from persona_spark.config import Config
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
-from persona_spark.stages.common import pin
+from persona_spark.stages.common import pin, utc
 
 
 def evaluate_stage(cfg: Config, store: TableStore) -> dict:
@@ -23,13 +23,16 @@ def evaluate_stage(cfg: Config, store: TableStore) -> dict:
     baseline, _ = evaluate.evaluate_sets(
         evaluate.popular_personas(prototypes, eval_users, cfg.evaluate.baseline_k), reference, eval_users
     )
-    run_id = refresh.latest_runs(store.read_table(tables.GPLR_RUNS))[0]["run_id"]
+    latest = refresh.latest_runs(store.read_table(tables.GPLR_RUNS))[0]
+    run_id, run_ts = latest["run_id"], F.lit(utc(latest["run_ts"])).cast("timestamp")  # readers order by run_ts
     result = {"run_id": run_id, "reference": cfg.evaluate.reference_table, "users": eval_users.count(),
               **{k: round(v, 4) for k, v in summary.items()}, "baseline_micro_f1": round(baseline["micro_f1"], 4)}
     spark = store.spark
-    store.write_table(spark.createDataFrame([{**result, "method": cfg.gplr.assignment}]), tables.EVALUATION, "append")
+    evaluation = spark.createDataFrame([{**result, "method": cfg.gplr.assignment}]).withColumn("run_ts", run_ts)
+    store.write_table(evaluation, tables.EVALUATION, "append")
     per_persona.insert(0, "run_id", run_id)
-    store.write_table(spark.createDataFrame(per_persona), tables.EVALUATION_PER_PERSONA, "append")
+    store.write_table(spark.createDataFrame(per_persona).withColumn("run_ts", run_ts), tables.EVALUATION_PER_PERSONA,
+                      "append")
     persona_set = load_persona_set(cfg.personas)
     per_persona["name"] = [persona_set.names[i] if i < len(persona_set) else str(i) for i in per_persona.persona_idx]
     print(per_persona[["persona_idx", "name", "actual", "predicted", "precision", "recall", "f1"]].to_string(

@@ -62,7 +62,7 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
     conf = cfg.recommend
     data = read_directory(conf.export_dir)
     cache = EigenCache(conf.eigen_cache_dir)
-    run_id, rows, summaries = refresh.new_run()[0], [], []
+    (run_id, run_ts), rows, summaries = refresh.new_run(), [], []
     for seed in conf.seeds:
         result = train(data, conf, seed, cache=cache)
         path = result.save(storage.join(conf.model_dir, f"{result.model}-seed{seed}"), data)
@@ -73,7 +73,8 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
         summary = result.summary()
         summaries.append({k: summary.get(k) for k in ("model", "seed", "ndcg@10", "f1@10", "epochs", "seconds", "device")})
         log.info("train: %s", summary)
-    store.write_table(store.spark.createDataFrame(rows, RECOMMEND_RUNS_SCHEMA), tables.RECOMMEND_RUNS, "append")
+    runs = store.spark.createDataFrame(rows, RECOMMEND_RUNS_SCHEMA).withColumn("run_ts", F.lit(run_ts).cast("timestamp"))
+    store.write_table(runs, tables.RECOMMEND_RUNS, "append")
     return {"runs": summaries, "run_id": run_id, "model_dir": conf.model_dir, "table": store.location(tables.RECOMMEND_RUNS)}
 
 
