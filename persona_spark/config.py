@@ -259,6 +259,11 @@ class ReportConf(Section):
     k: int | None = None  # segmentation shown in detail; None: the k with the best persona silhouette
     max_points: int = 3000  # users sampled for the segment projection plots
     top_personas: int = 20  # personas shown in the persona bar chart / heat map (most frequent)
+    allow_partial: bool = Field(
+        False,
+        description="false: a section that fails to render fails the report stage; true: the report is written "
+        "and the failed section shows its error (API keys redacted)",
+    )
 
 
 class RecommendConf(Section):
@@ -514,7 +519,7 @@ def config_reference() -> str:
                 default = "the packaged demo_shop.yaml"
             kind = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "\\|")
             kind = kind.replace("__main__.", "").replace("persona_spark.config.", "")
-            meaning = comments.get((model.__name__, name), "").replace("|", "\\|")
+            meaning = (info.description or comments.get((model.__name__, name), "")).replace("|", "\\|")
             out.append(f"| `{key}` | `{kind}` | `{default!r}` | {meaning} |")
         return out
 

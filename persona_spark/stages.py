@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -208,7 +209,9 @@ def report_stage(cfg: Config, store: TableStore) -> dict:
     names = {row["persona_idx"]: row["name"] for row in _persona_names(cfg, store).collect()}
     from persona_spark.labeling.pricing import price_table
 
-    result = report_lib.build_report(tables, cfg.report.path, names, cfg.report, price_table(cfg.labeling.openai))
+    api_key = os.environ.get(cfg.labeling.openai.api_key_env)  # redacted from any error the page shows
+    result = report_lib.build_report(tables, cfg.report.path, names, cfg.report, price_table(cfg.labeling.openai),
+                                     secrets=(api_key,))
     return {"report": result.path, "figures": result.figures, "sections": result.sections}
 
 
