@@ -174,6 +174,7 @@ def test_a_broken_section_fails_the_report(spark, frames, tmp_path):
 def test_allow_partial_shows_the_broken_section_and_keeps_the_rest(spark, frames, tmp_path):
     broken = spark.createDataFrame([("personas", 3)], "representation string, users long")  # no share_unchanged
     tables = {"personas": frames["personas"], "robustness": broken}
+    matplotlib.get_backend()  # resolves rcParams' lazy "auto" backend, so the copy can be compared
     style = matplotlib.rcParams.copy()
     result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)),
                                  ReportConf(allow_partial=True))
