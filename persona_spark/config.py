@@ -312,6 +312,8 @@ class ReportConf(Section):
                           "silhouette")
     max_points: int = Field(3000, ge=1, description="users sampled for the segment projection plots")
     top_personas: int = Field(20, ge=1, description="personas shown in the persona bar chart / heat map (most frequent)")
+    allow_partial: bool = Field(False, description="false: a section that fails to render fails the report stage; "
+                                "true: the report is written and the failed section shows its error (API keys redacted)")
 
 
 class RecommendConf(Section):
