@@ -159,6 +159,10 @@ class EmbeddingLabelConf(Section):
     weight: Literal["log_quantity", "quantity", "count"] = "log_quantity"
     relative_threshold: float = 0.5  # keep personas scoring >= this x the best persona's score
     min_similarity: float = 0.1  # mean best cosine below this: Unrepresentable
+    # Log-score added per standard deviation of a customer's price / basket / cadence measure to the
+    # personas whose descriptions call for it (labeling.signals); 0.5 assumes a medium effect
+    # (Cohen's d = 0.5) of being such a persona on the measure. 0 uses product names only.
+    signal_weight: float = Field(0.5, ge=0)
     batch_size: int = 64
     partitions: int = 2
 

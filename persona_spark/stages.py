@@ -20,6 +20,7 @@ from persona_spark import segment as segment_lib
 from persona_spark.config import Config
 from persona_spark.generate import generate as generate_lines
 from persona_spark.io import TableStore
+from persona_spark.labeling import signals
 from persona_spark.personas import load_persona_set
 from persona_spark.session import ensure_checkpoint_dir
 
@@ -214,8 +215,19 @@ def report_stage(cfg: Config, store: TableStore) -> dict:
 
 def label_users_stage(cfg: Config, store: TableStore) -> dict:
     """Label users (a sample, all, or those listed in a table) with the configured backend into ``user_labels``."""
-    requests = labeling.build_user_histories(store.read_table("edges"), store.read_table("items"), labeling.history_order(cfg.labeling))
+    edges = store.read_table("edges")
+    requests = _user_requests(cfg, store, edges.filter(F.col("split") == "train"), store.read_table("items"))
     return _label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.users, "user_idx", store), "user")
+
+
+def _user_requests(cfg: Config, store: TableStore, train: DataFrame, items: DataFrame) -> DataFrame:
+    """User label requests; for the embedding labeler with the price / basket / cadence measures it
+    weighs, when the source's ``transactions`` are here (a paper split has none)."""
+    requests = labeling.build_user_histories(train, items, labeling.history_order(cfg.labeling))
+    if cfg.labeling.backend != "embedding" or not store.exists("transactions"):
+        return requests
+    measures = signals.behaviour_measures(store.read_table("transactions"), store.read_table("users"), items, train)
+    return signals.with_behaviour_measures(requests, measures)
 
 
 def label_items_stage(cfg: Config, store: TableStore) -> dict:
@@ -291,7 +303,7 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     users, items, edges = (store.read_table(t) for t in ("users", "items", "edges"))
     _ensure_checkpoint_dir(cfg, store)
     train = _pin(cfg, edges.filter(F.col("split") == "train"))
-    requests = _pin(cfg, labeling.build_user_histories(train, items, labeling.history_order(cfg.labeling)))
+    requests = _pin(cfg, _user_requests(cfg, store, train, items))
 
     def label_users(selected: DataFrame) -> DataFrame:
         wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
