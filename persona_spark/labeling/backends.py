@@ -430,7 +430,7 @@ class EmbeddingBackend(LabelBackend):
     def persona_vectors(self) -> np.ndarray:
         """Embedded "name: description" of every persona, computed in a Spark task so the driver
         never loads the model (the Python worker that embedded the items already has it)."""
-        texts = [f"{n}: {d}" if d else n for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
+        texts = [signals.persona_text(n, d) for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
         frame = self.store.spark.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)
         fn = partial(embed_partition, self.conf.batch_size, max(len(t) for t in texts))
         rows = frame.mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA).select("item_idx", "embedding").collect()

@@ -51,6 +51,7 @@ SIGNALS_VERSION = hashlib.sha256(json.dumps([asdict(s) for s in SIGNALS]).encode
 
 
 def persona_text(name: str, description: str | None) -> str:
+    """What a persona is embedded and matched by: its name, and its description where it has one."""
     return f"{name}: {description}" if description else name
 
 
