@@ -200,6 +200,10 @@ class EmbeddingLabelConf(Section):
                                                                   "item's vote counts")
     relative_threshold: Fraction = Field(0.5, description="keep personas scoring >= this x the best persona's score")
     min_similarity: float = Field(0.1, ge=-1, le=1, description="mean best cosine below this: Unrepresentable")
+    signal_weight: float = Field(0.5, ge=0, description="log-score added per standard deviation of a customer's price / "
+                                 "basket / cadence measure to the personas whose descriptions call for it "
+                                 "(labeling.signals); 0.5 assumes a medium effect (Cohen's d = 0.5) of being such a "
+                                 "persona on the measure; 0 uses product names only")
     batch_size: int = Field(64, ge=1, description="texts embedded per model call")
     partitions: int = Field(2, ge=1, description="parallel embedding tasks")
 

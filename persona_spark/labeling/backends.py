@@ -5,8 +5,9 @@
   is ``concurrency x`` the partitions running at once (capped by ``partitions``).
 * ``EmbeddingBackend`` — offline zero-shot labels from all-MiniLM-L6-v2 similarities between
   product names and persona descriptions, each persona's similarity standardized over the
-  catalogue (hubness); the item embeddings it makes come back from ``cache_rows()`` for the
-  caller to keep in ``item_embeddings``.
+  catalogue (hubness), plus price / basket / cadence evidence for the personas whose descriptions
+  call for it (``persona_spark.labeling.signals``); the item embeddings it makes come back from
+  ``cache_rows()`` for the caller to keep in ``item_embeddings``.
 * ``RecordedBackend`` — replays labels an LLM gave earlier (e.g. the paper's GPT-4 labels), only
   for the entities asked.
 
@@ -35,6 +36,7 @@ from persona_spark import tables
 from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
 from persona_spark.frames import require_columns, union_all
 from persona_spark.labeling import journal as journal_io
+from persona_spark.labeling import signals
 from persona_spark.labeling.client import ChatClient, Secret
 from persona_spark.labeling.prompts import Entity, HistoryFormat, LabelPrompt, Verdict, error_verdict, estimate_tokens, sanitize_name
 from persona_spark.labeling.ratelimit import RemoteBudget
@@ -350,8 +352,11 @@ class EmbeddingScorer:
     score_r = sum_i w_i * vote_i[r] / sum_i w_i / prior_r (w = log1p(quantity), quantity or purchase
     count; prior_r = persona r's mean vote over the catalogue, so a score is the basket's lift over
     what any product would give: a persona that collects some vote from everything does not win
-    everywhere); fit = weighted mean of each item's best cosine. fit < min_similarity -> Unrepresentable; else the
-    personas with score_r >= relative_threshold * max score, best first, at most max_personas.
+    everywhere), times exp(evidence_r) where the entity's request carries behaviour measures
+    (``signals.evidence``: ``signal_weight`` x standardized price / basket / cadence for the personas
+    whose descriptions call for them); fit = weighted mean of each item's best cosine.
+    fit < min_similarity -> Unrepresentable; else the personas with score_r >= relative_threshold *
+    max score, best first, at most max_personas.
     """
 
     conf: EmbeddingLabelConf
@@ -363,6 +368,7 @@ class EmbeddingScorer:
     votes: np.ndarray  # (items, personas)
     best: np.ndarray  # (items,)
     prior: np.ndarray  # (personas,) mean vote over the catalogue
+    evidence_weights: np.ndarray | None = None  # (personas, signals.MEASURES): log-score per standard unit
 
     def weights(self, history) -> np.ndarray:
         if self.conf.weight == "count":
@@ -370,7 +376,7 @@ class EmbeddingScorer:
         quantity = np.array([max(int(p["quantity"] or 0), 1) for p in history], dtype=np.float64)
         return np.log1p(quantity) if self.conf.weight == "log_quantity" else quantity
 
-    def verdict(self, history) -> tuple[Verdict, str]:
+    def verdict(self, history, measures: np.ndarray | None = None) -> tuple[Verdict, str]:
         ids = np.array([p["item_idx"] for p in history], dtype=np.int64)
         pos = np.searchsorted(self.item_ids, ids)
         known = (pos < len(self.item_ids)) & (self.item_ids[np.minimum(pos, len(self.item_ids) - 1)] == ids)
@@ -379,10 +385,16 @@ class EmbeddingScorer:
         w = self.weights(history)[known]
         rows = pos[known]
         scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum() / self.prior
+        with_behaviour = measures is not None and self.evidence_weights is not None
+        behaviour = signals.evidence(self.evidence_weights, measures) if with_behaviour else np.zeros(len(scores))
+        scores = scores * np.exp(behaviour)
         fit = float((w * self.best[rows]).sum() / w.sum())
         order = np.argsort(-scores, kind="stable")
         top = {self.persona_set.names[r]: round(float(scores[r]), 4) for r in order[:5]}
-        audit = json.dumps({"fit": round(fit, 4), "top_scores": top})
+        audit = {"fit": round(fit, 4), "top_scores": top}
+        if behaviour.any():
+            audit["evidence"] = {self.persona_set.names[r]: round(float(behaviour[r]), 4) for r in np.flatnonzero(behaviour)}
+        audit = json.dumps(audit)
         if fit < self.conf.min_similarity:
             return Verdict((), (), "unrepresentable", None), audit
         keep = [int(r) for r in order[: self.max_personas] if scores[r] >= self.conf.relative_threshold * scores[order[0]]]
@@ -391,8 +403,9 @@ class EmbeddingScorer:
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
             rows = []
-            for entity_id, history, history_hash in zip(pdf[self.id_col], pdf["history"], pdf["history_hash"]):
-                verdict, audit = self.verdict(history)
+            measures = signals.measure_values(pdf)
+            for entity_id, history, history_hash, entity_measures in zip(pdf[self.id_col], pdf["history"], pdf["history_hash"], measures):
+                verdict, audit = self.verdict(history, entity_measures)
                 rows.append(make_row(self.id_col, entity_id, history_hash, self.key, verdict, answer=audit))
             yield rows_frame(rows, self.id_col)
 
@@ -408,8 +421,8 @@ class EmbeddingBackend(LabelBackend):
         self.max_personas = max_personas
         self.max_name_chars = max_name_chars
         rule = json.dumps([conf.temperature, conf.weight, conf.relative_threshold, conf.min_similarity, max_personas,
-                           max_name_chars, conf.hubness_prior_items])
-        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v2-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
+                           max_name_chars, conf.hubness_prior_items, conf.signal_weight, signals.SIGNALS_VERSION])
+        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v3-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
 
     def ensure_item_embeddings(self, items: DataFrame) -> int:
         """Embed the (item_idx, text) pairs ``self.embeddings`` lacks; they join it (kept in memory,
@@ -432,7 +445,7 @@ class EmbeddingBackend(LabelBackend):
     def persona_vectors(self) -> np.ndarray:
         """Embedded "name: description" of every persona, computed in a Spark task so the driver
         never loads the model (the Python worker that embedded the items already has it)."""
-        texts = [f"{n}: {d}" if d else n for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
+        texts = [signals.persona_text(n, d) for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
         frame = self.embeddings.sparkSession.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)
         fn = partial(embed_partition, self.conf.batch_size, max(len(t) for t in texts))
         rows = frame.mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA).select("item_idx", "embedding").collect()
@@ -470,6 +483,7 @@ class EmbeddingBackend(LabelBackend):
             np.stack(votes["votes"].to_numpy()) if len(votes) else np.zeros((0, len(self.persona_set)), np.float32),
             votes["best"].to_numpy(dtype=np.float32),
             np.maximum(prior, 1e-9).astype(np.float64),
+            signals.evidence_weights(self.persona_set, self.conf.signal_weight),
         )
         return requests.repartition(self.conf.partitions).mapInPandas(scorer, label_schema(self.id_col))
 

@@ -16,7 +16,7 @@ from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
 from persona_spark.stages.common import (locations, persona_names, pin, prepare_checkpoints, read_if_exists, utc,
                                          write_slice)
-from persona_spark.stages.labeling import label_conf_for, label_stage
+from persona_spark.stages.labeling import label_conf_for, label_stage, user_requests
 
 log = logging.getLogger("persona_spark")
 
@@ -30,7 +30,7 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     users, items, edges = (store.read_table(t) for t in (tables.USERS, tables.ITEMS, tables.EDGES))
     prepare_checkpoints(cfg, store.spark)
     train = pin(cfg, edges.filter(F.col("split") == "train"))
-    requests = pin(cfg, labeling.build_user_histories(train, items, labeling.history_order(cfg.labeling)))
+    requests = pin(cfg, user_requests(cfg, store, train, items))
     if cfg.labeling.dry_run:
         item_requests = labeling.build_item_requests(items) if cfg.gplr.item_signal else None
         return gplr.estimate_run(users, requests, item_requests, cfg.gplr,

@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 from persona_spark import labeling, tables
 from persona_spark.config import Config, LabelingConf
 from persona_spark.io import TableStore
+from persona_spark.labeling import signals
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
 
@@ -18,10 +19,21 @@ log = logging.getLogger("persona_spark")
 
 def label_users_stage(cfg: Config, store: TableStore) -> dict:
     """Label users (a sample, all, or those listed in a table) with the configured backend into ``user_labels``."""
-    requests = labeling.build_user_histories(store.read_table(tables.EDGES), store.read_table(tables.ITEMS),
-                                             labeling.history_order(cfg.labeling))
+    train = store.read_table(tables.EDGES).filter(F.col("split") == "train")
+    requests = user_requests(cfg, store, train, store.read_table(tables.ITEMS))
     chosen = cache.selection_table(store, cfg.labeling.users)
     return label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.users, "user_idx", chosen), "user")
+
+
+def user_requests(cfg: Config, store: TableStore, train: DataFrame, items: DataFrame) -> DataFrame:
+    """User label requests; for the embedding labeler with the price / basket / cadence measures it
+    weighs, when the source's ``transactions`` are here (a paper split has none)."""
+    requests = labeling.build_user_histories(train, items, labeling.history_order(cfg.labeling))
+    if cfg.labeling.backend != "embedding" or not store.exists(tables.TRANSACTIONS):
+        return requests
+    measures = signals.behaviour_measures(store.read_table(tables.TRANSACTIONS), store.read_table(tables.USERS), items,
+                                          train)
+    return signals.with_behaviour_measures(requests, measures)
 
 
 def label_items_stage(cfg: Config, store: TableStore) -> dict:
