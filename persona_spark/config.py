@@ -449,6 +449,17 @@ class AudienceConf(Section):
     defined: list[AudienceSpec] = Field(default_factory=list, description="... or, when name/query are unset, every "
                                         "audience defined here (the bundle runs these after each refresh)")
 
+    def selected(self) -> list[AudienceSpec]:
+        """The audiences a run of the audience stage exports: the one given, else every defined one."""
+        if self.name is not None or self.query is not None:
+            if self.name is None or self.query is None:
+                raise UserError("audience: set both audience.name and audience.query (or neither, to run audience.defined)")
+            return [AudienceSpec(name=self.name, query=self.query, export_path=self.export_path,
+                                 export_format=self.export_format)]
+        if not self.defined:
+            raise UserError("audience: no audience given: set audience.name and audience.query, or list audience.defined")
+        return list(self.defined)
+
 
 class EvaluateConf(Section):
     """Scoring the personas against a reference on users the run did not label."""

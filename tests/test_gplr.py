@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -104,16 +105,25 @@ def _record_planted_labels(store, drop_users=(), bad_users=()):
     store.write_table(answers, "recorded_labels")
 
 
-def _prepare(cfg, spark):
+@pytest.fixture(scope="module")
+def shop(spark, tmp_path_factory) -> Path:
+    """generate -> ingest -> build-graph once per module; each test gets its own copy of the tables."""
+    base = tmp_path_factory.mktemp("shop")
+    cfg = _demo_config(base)
     store = TableStore(spark, cfg.tables)
     for stage in ("generate", "ingest", "build-graph"):
         STAGES[stage](cfg, store)
-    return store
+    return Path(cfg.tables.root)
 
 
-def test_gplr_end_to_end_budget_accounting_and_quality(spark, tmp_path):
+def _prepare(cfg, spark, shop: Path) -> TableStore:
+    shutil.copytree(shop, cfg.tables.root)  # a Delta table's log names its files relative to the table
+    return TableStore(spark, cfg.tables)
+
+
+def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     cfg = _demo_config(tmp_path)
-    store = _prepare(cfg, spark)
+    store = _prepare(cfg, spark, shop)
     _record_planted_labels(store, drop_users=range(0, 120, 4), bad_users=range(1, 120, 4))
     summary = STAGES["gplr"](cfg, store)
     rounds = summary["per_round"]
@@ -139,14 +149,14 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, tmp_path):
     assert store.read_table("evaluation").first().run_ts == run.run_ts  # the latest evaluation is found by run_ts
 
 
-def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, tmp_path):
+def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, shop, tmp_path):
     """conf/paper.yaml's GPLR and affinity sections (ℓ̂ = 1, β = 0.5, top-5 of Ψ, DU rounds); its
     T = 10 is checked in test_wiring, three rounds keep this test short."""
     paper = load_config(ROOT / "conf" / "paper.yaml")
     sections = {"gplr": paper.gplr.model_dump(exclude={"budget_fraction", "budget_users"}), "affinity": paper.affinity.model_dump()}
     cfg = _demo_config(tmp_path, *(f"{s}.{k}={v}" for s, values in sections.items() for k, v in values.items()),
                        "gplr.rounds=3")
-    store = _prepare(cfg, spark)
+    store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
     summary = STAGES["gplr"](cfg, store)
     assert [r["sampling"] for r in summary["per_round"]] == ["random", "du", "du"]
@@ -159,9 +169,9 @@ def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, tmp_path):
     assert propagated.filter("probability IS NOT NULL").count() == 0  # Ψ of the top-k rule is no probability
 
 
-def test_incremental_refresh_reuses_labels_and_rewrites_only_changes(spark, tmp_path):
+def test_incremental_refresh_reuses_labels_and_rewrites_only_changes(spark, shop, tmp_path):
     cfg = _demo_config(tmp_path, "gplr.sampling=random", "gplr.rounds=1")
-    store = _prepare(cfg, spark)
+    store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
     first = STAGES["gplr"](cfg, store)
     labels_before = store.read_table("user_labels").count()
@@ -193,10 +203,10 @@ def test_incremental_refresh_reuses_labels_and_rewrites_only_changes(spark, tmp_
     assert 0 < second["rows_rewritten"] < store.read_table("personas").count()
 
 
-def test_dry_run_prices_the_budget_and_calls_nothing(spark, tmp_path):
+def test_dry_run_prices_the_budget_and_calls_nothing(spark, shop, tmp_path):
     cfg = _demo_config(tmp_path, "labeling.backend=openai", "labeling.openai.base_url=http://127.0.0.1:9/v1",
                        "labeling.dry_run=true", "gplr.item_signal=true")
-    store = _prepare(cfg, spark)
+    store = _prepare(cfg, spark, shop)
     estimate = STAGES["gplr"](cfg, store)
     assert estimate["dry_run"] and estimate["budget"] == 30
     assert estimate["users"]["entities"] == 30 and estimate["items"]["entities"] == store.read_table("items").count()

@@ -20,6 +20,7 @@ from persona_spark.config import load_config
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES, record_refresh
+from tests.test_gplr import shop  # noqa: F401 (module fixture: the prepared demo shop)
 
 PET, BARGAIN, CHEF = 0, 1, 2
 RUNS = [("run-1", datetime(2026, 1, 1, 3, tzinfo=timezone.utc)),
@@ -283,13 +284,13 @@ def _expected_transitions(before, after):
                 len({u for u, q in before - after if q == p}), len(users), changed) for p in personas}
 
 
-def test_two_ingestion_batches_a_month_apart(spark, tmp_path):
+def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
     from tests.test_gplr import _demo_config, _prepare, _record_planted_labels
 
     cfg = _demo_config(tmp_path, "gplr.sampling=random", "gplr.rounds=1", "refresh.trace_items=1000",
                        "refresh.trace_buyers=1000", "audience.name=pets_or_gardeners",
                        "audience.query=Pet Lover | Gardener & !Bargain Hunter", "report.path=" + str(tmp_path / "report" / "index.html"))
-    store = _prepare(cfg, spark)
+    store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
     first = STAGES["gplr"](cfg, store)
     first_rows = _snapshot(store)
