@@ -21,6 +21,7 @@ demo: jars
 	$(BIN)/persona-spark demo --conf conf/local.yaml
 
 # pytest exits 5 when it collected no test; that is a failure to report, not a crash to hide,
-# but CI only treats it as red if something actually failed.
+# but CI only treats it as red if something actually failed. Two pytest workers, one test file
+# each at a time (module fixtures stay shared): most of a Spark test's time is waiting, not computing.
 test: jars
-	$(BIN)/python -m pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def spark(tmp_path_factory):
     from persona_spark.session import get_spark
 
     warehouse = str(tmp_path_factory.mktemp("warehouse"))
-    session = get_spark(SparkConf(**TEST_SPARK, warehouse_dir=warehouse))
+    # pytest-xdist workers start their JVMs one at a time: Ivy resolves the jars into one shared cache.
+    with open(tmp_path_factory.getbasetemp().parent / "spark-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        session = get_spark(SparkConf(**TEST_SPARK, warehouse_dir=warehouse))
     yield session
     session.stop()
 
