@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    conf = RecommendConf(**{**BENCHMARK_DEFAULTS, "device": args.device, **dict(map(parse_override, args.overrides))})
+    conf = RecommendConf(**{**BENCHMARK_DEFAULTS, "device": args.device, **dict(parse_override(o, RecommendConf) for o in args.overrides)})
     data = load_gplr_json(args.data)
     cache = EigenCache(args.eigen_cache)
     started = time.perf_counter()

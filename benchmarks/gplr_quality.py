@@ -34,6 +34,7 @@ from persona_spark.graph import load_gplr_split
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.session import get_spark
+from persona_spark.stages.cache import label_entities
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def mode_settings(mode: str, budget: float, seed: int, sampling: str | None) -> 
         gplr_conf, affinity_conf = paper.gplr, paper.affinity
     else:
         gplr_conf, affinity_conf = GPLRConf(), AffinityConf()
-    update = {"budget": budget, "seed": seed, **({"sampling": sampling} if sampling else {})}
+    update = {"budget_fraction": budget, "seed": seed, **({"sampling": sampling} if sampling else {})}
     return gplr_conf.model_copy(update=update), affinity_conf
 
 
@@ -79,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     recorded = RecordedConf(path=str(data / "user_personas_gpt4.json"), model="gpt-4 (recorded)")
     user_conf = LabelingConf(backend="recorded", recorded=recorded, journal_dir=str(work / "journal"))
     item_conf = user_conf.model_copy(update={"recorded": RecordedConf(path=str(data / "item_personas_gpt4.json"))})
-    item_rows = labeling.label_entities(store, labeling.build_item_requests(items), persona_set, item_conf, "item")
+    item_rows = label_entities(store, labeling.build_item_requests(items), persona_set, item_conf, "item")
     item_vectors = item_vectors_from_labels(item_rows, n_personas).localCheckpoint()
 
     def label_users(selected):
         wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
-        return labeling.label_entities(store, wanted, persona_set, user_conf, "user")
+        return label_entities(store, wanted, persona_set, user_conf, "user")
 
     for budget in args.budgets:
         for seed in args.seeds if budget == args.multi_seed_budget else args.seeds[:1]:

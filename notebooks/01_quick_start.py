@@ -97,7 +97,7 @@ customer_examples = show(examples, 10)
 # COMMAND ----------
 
 if store.exists("evaluation"):
-    quality = show(store.read_table("evaluation").orderBy(F.desc("run_id")), 1)
+    quality = show(store.read_table("evaluation").orderBy(F.desc("run_ts")), 1)
 if store.exists("segment_summary"):
     segments = show(store.read_table("segment_summary").filter(F.col("k") == min(cfg.segment.ks)).select("segment", "size", "description"))
 print(f"HTML report: {cfg.report.path}")

@@ -2,7 +2,7 @@
 # MAGIC %md
 # MAGIC # GPLR with an OpenAI-compatible endpoint, and what it costs
 # MAGIC
-# MAGIC GPLR sends only a small budget of customers (`gplr.budget`, 5 % by default) to the LLM and propagates their
+# MAGIC GPLR sends only a small budget of customers (`gplr.budget_fraction`, 5 % by default, or `gplr.budget_users`) to the LLM and propagates their
 # MAGIC personas to everyone else. This notebook
 # MAGIC
 # MAGIC 1. points the labeler at an OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, Databricks model serving,

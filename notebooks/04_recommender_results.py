@@ -30,8 +30,8 @@ if runs is None:
 # COMMAND ----------
 
 if runs is not None:
-    columns = [c for c in ("run_id", "model", "seed", "ndcg_at_10", "f1_at_10", "epochs", "best_epoch", "seconds", "device") if c in runs.columns]
-    all_runs = show(runs.select(*columns).orderBy(F.desc("run_id"), "model", "seed"))
+    columns = [c for c in ("run_id", "run_ts", "model", "seed", "ndcg_at_10", "f1_at_10", "epochs", "best_epoch", "seconds", "device") if c in runs.columns]
+    all_runs = show(runs.select(*columns).orderBy(F.desc("run_ts"), "model", "seed"))
 
 # COMMAND ----------
 

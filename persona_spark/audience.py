@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from persona_spark.errors import UserError
 from persona_spark.personas import PersonaSet
 
 MEMBER_COLUMNS = ["audience", "run_id", "run_ts", "query", "user_idx", "customer_id"]
 CHANGE_COLUMNS = ["audience", "run_id", "previous_run_id", "user_idx", "customer_id", "change"]
 
 
-class AudienceError(ValueError):
-    """An audience request that cannot run as given (the CLI prints it and exits with status 2)."""
+class AudienceError(UserError):
+    """An audience request that cannot run as given (a UserError: the CLI prints it and exits with status 2)."""
 
 
 class AudienceQueryError(AudienceError):

@@ -6,13 +6,17 @@ overrides adjust it. Unknown keys are errors so a typo never silently falls back
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from persona_spark import storage
+from persona_spark.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_PERSONAS = PACKAGE_ROOT / "resources" / "personas" / "demo_shop.yaml"
@@ -22,214 +26,263 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Seed = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+UsdPer1k = Annotated[float, Field(ge=0)]
+
+
 class SparkConf(Section):
     """Settings of a session this package builds; an active one (spark-submit, Databricks) is reused as it is."""
 
-    master: str = "local[*]"  # local[n], or spark://host:7077 for a standalone cluster
-    # Spark Connect instead of a classic session: sc://host:15002 (a running server), or local[n] for a Connect
-    # server started here with the settings below. Databricks serverless sessions are reused as they are.
-    remote: str | None = None
-    app_name: str = "persona-spark"
-    shuffle_partitions: int = Field(4, ge=1)  # small machines crawl with Spark's default of 200
-    default_parallelism: int = Field(4, ge=1)
-    driver_memory: str = "4g"  # local mode: the driver is the whole cluster
-    ui_enabled: bool = False
-    checkpoint_dir: str = "data/checkpoints"  # reliable checkpoints (affinity.checkpoint=reliable); a URI on a cluster
-    # The Delta connector io.delta:delta-spark_2.13 at the installed delta-spark's version (resolved from Maven once
-    # per machine); false only for the delta-rs fallback on a jar-less laptop.
-    delta: bool = True
-    hadoop_aws: bool = False  # org.apache.hadoop:hadoop-aws for s3a:// (switched on when a location is s3a://)
-    packages: list[str] = Field(default_factory=list)  # more Maven coordinates group:artifact:version
-    repositories: list[str] = Field(default_factory=list)  # Maven repositories tried before Maven Central
-    jars: list[str] = Field(default_factory=list)  # jar files or folders of jars: replaces Maven resolution
-    ivy_cache: str = "~/.cache/persona-spark/ivy"  # where resolved jars are kept, outside the repository
-    warehouse_dir: str | None = None  # spark.sql.warehouse.dir (catalog-mode tables of a local session)
-    # Extra Spark settings, e.g. {"spark.executor.memory": "2g"}.
-    extra: dict[str, str] = Field(default_factory=dict)
+    master: str = Field("local[*]", description="local[n], or spark://host:7077 for a standalone cluster")
+    remote: str | None = Field(None, description="Spark Connect instead of a classic session: sc://host:15002 (a running "
+                               "server), or local[n] for a Connect server started here with the settings below. Databricks "
+                               "serverless sessions are reused as they are.")
+    app_name: str = Field("persona-spark", description="the Spark application name")
+    shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions: small machines crawl with Spark's "
+                                    "default of 200")
+    default_parallelism: int = Field(4, ge=1, description="spark.default.parallelism")
+    driver_memory: str = Field("4g", description="spark.driver.memory; in local mode the driver is the whole cluster")
+    ui_enabled: bool = Field(False, description="start the Spark web UI")
+    checkpoint_dir: str = Field("data/checkpoints", description="reliable checkpoints (affinity.checkpoint=reliable); a "
+                                "URI on a cluster")
+    delta: bool = Field(True, description="load the Delta connector io.delta:delta-spark_2.13 at the installed "
+                        "delta-spark's version (resolved from Maven once per machine); false only for the delta-rs "
+                        "fallback on a jar-less laptop")
+    hadoop_aws: bool = Field(False, description="load org.apache.hadoop:hadoop-aws for s3a:// (switched on when a "
+                             "location is s3a://)")
+    packages: list[str] = Field(default_factory=list, description="more Maven coordinates group:artifact:version")
+    repositories: list[str] = Field(default_factory=list, description="Maven repositories tried before Maven Central")
+    jars: list[str] = Field(default_factory=list, description="jar files or folders of jars: replaces Maven resolution")
+    ivy_cache: str = Field("~/.cache/persona-spark/ivy", description="where resolved jars are kept, outside the "
+                           "repository")
+    warehouse_dir: str | None = Field(None, description="spark.sql.warehouse.dir (catalog-mode tables of a local session)")
+    extra: dict[str, str] = Field(default_factory=dict, description='more Spark settings, e.g. '
+                                  '{"spark.executor.memory": "2g"}')
 
 
 class TablesConf(Section):
-    # Local mode: every table is a Delta table under ``root``/<name>.
-    root: str = "data/tables"
-    # Catalog mode (Databricks / Unity Catalog): tables are ``catalog.schema.name``.
-    catalog: str | None = None
-    schema_: str | None = Field(default=None, alias="schema")
-    # Rename individual tables: {"transactions": "sales_lines"}.
-    names: dict[str, str] = Field(default_factory=dict)
-    # spark: Spark's Delta connector (everywhere). delta-rs: an explicit fallback for a single machine without the
-    # connector jars; refused when the master is not local or the root is not a local path.
-    backend: Literal["spark", "delta-rs"] = "spark"
+    """Where the Delta tables live: under a root folder, or in a catalog."""
+
+    root: str = Field("data/tables", description="local mode: every table is a Delta table under root/<name>")
+    catalog: str | None = Field(None, description="catalog mode (Databricks / Unity Catalog): tables are "
+                                "catalog.schema.name")
+    schema_: str | None = Field(None, alias="schema", description="the schema of catalog mode")
+    names: dict[str, str] = Field(default_factory=dict, description='rename individual tables: '
+                                  '{"transactions": "sales_lines"}')
+    backend: Literal["spark", "delta-rs"] = Field("spark", description="spark: Spark's Delta connector (everywhere). "
+                                                  "delta-rs: an explicit fallback for a single machine without the "
+                                                  "connector jars; refused when the master is not local or the root is "
+                                                  "not a local path")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class IngestConf(Section):
-    source: str | None = None  # path (csv/parquet/delta) or table name; None = generated demo data
-    format: Literal["csv", "parquet", "delta", "table"] = "csv"  # how to read ``source``
-    preset: Literal["canonical", "online_retail", "instacart"] = "canonical"  # column mapping of a known source
-    # canonical column -> source column; overrides the preset's mapping.
-    mapping: dict[str, str] = Field(default_factory=dict)
-    # Instacart: order lines are joined with these product names.
-    products: str | None = None
-    timestamp_format: str | None = None  # None: Spark's default parsing
-    cancellation_prefix: str | None = None  # Online Retail: "C"
-    # overwrite: the source is the full history; append: the source is a new batch of lines.
-    mode: Literal["overwrite", "append"] = "overwrite"
+    """Purchase lines in: where they come from and how their columns map to the canonical ones."""
+
+    source: str | None = Field(None, description="path (csv/parquet/delta) or table name; null = the generated demo data")
+    format: Literal["csv", "parquet", "delta", "table"] = Field("csv", description="how to read source")
+    preset: Literal["canonical", "online_retail", "instacart"] = Field("canonical", description="column mapping of a "
+                                                                       "known source")
+    mapping: dict[str, str] = Field(default_factory=dict, description="canonical column -> source column; overrides the "
+                                    "preset's mapping")
+    products: str | None = Field(None, description="Instacart: the products.csv whose names are joined to the order lines")
+    timestamp_format: str | None = Field(None, description="Spark datetime pattern of the source's timestamps; null: "
+                                         "Spark's default parsing")
+    cancellation_prefix: str | None = Field(None, description='invoice prefix of cancelled lines (Online Retail: "C")')
+    mode: Literal["overwrite", "append"] = Field("overwrite", description="overwrite: the source is the full history; "
+                                                 "append: the source is a new batch of lines")
 
 
 class GraphConf(Section):
-    min_user_degree: int = 1  # users with fewer distinct items are left out of the graph
-    min_item_degree: int = 1  # items with fewer distinct buyers are left out of the graph
-    test_fraction: float = 0.2  # share of each user's items in the test split (seeded hash per pair)
-    seed: int = 42
-    # Folder of the paper's index-based split (train.json, test.json, *_personas_gpt4.json),
-    # loaded by the ``load-paper-split`` stage instead of ingest + build-graph.
-    paper_split_dir: str | None = None
+    """The user-item graph built from transactions, and its train/test split."""
+
+    min_user_degree: int = Field(1, ge=1, description="users with fewer distinct items are left out of the graph")
+    min_item_degree: int = Field(1, ge=1, description="items with fewer distinct buyers are left out of the graph")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="share of each user's items in the test split (seeded "
+                                 "hash per pair)")
+    seed: Seed = Field(42, description="seed of the split's hash")
+    paper_split_dir: str | None = Field(None, description="folder of the paper's index-based split (train.json, "
+                                        "test.json, *_personas_gpt4.json), loaded by the load-paper-split stage instead "
+                                        "of ingest + build-graph")
 
 
 class GenerateConf(Section):
-    users: int = 2000  # customers of the generated demo shop
-    items: int = 600  # products (named, from the packaged catalog)
-    mean_orders_per_user: float = 6.0
-    mean_lines_per_order: float = 4.0
-    min_personas: int = 1
-    max_personas: int = 4
-    persona_purity: float = 0.75  # share of lines drawn from a user's personas (rest: popularity)
-    zipf_exponent: float = 1.1
-    start_date: str = "2024-01-01"
-    days: int = 365
-    seed: int = 7
-    partitions: int = 4
-    dirty_share: float = 0.01  # lines blemished on purpose so the demo exercises the quarantine
+    """The generated demo shop: customers with planted personas buying from a named catalogue."""
+
+    users: int = Field(2000, ge=1, description="customers of the generated demo shop")
+    items: int = Field(600, ge=1, description="products (named, from the packaged catalog)")
+    mean_orders_per_user: float = Field(6.0, ge=1, description="mean orders per customer (1 + Poisson)")
+    mean_lines_per_order: float = Field(4.0, ge=1, description="mean lines per order (1 + Poisson)")
+    min_personas: int = Field(1, ge=1, description="fewest personas planted in a customer")
+    max_personas: int = Field(4, ge=1, description="most personas planted in a customer")
+    persona_purity: Fraction = Field(0.75, description="share of lines drawn from a user's personas (rest: popularity)")
+    zipf_exponent: float = Field(1.1, ge=0, description="popularity of the catalogue: item of rank r is drawn with "
+                                 "weight 1/r^this")
+    start_date: str = Field("2024-01-01", description="first day of the generated history (YYYY-MM-DD)")
+    days: int = Field(365, ge=1, description="length of the generated history in days")
+    seed: Seed = Field(7, description="seed of every random draw of the generator")
+    partitions: int = Field(4, ge=1, description="Spark partitions of the generated lines")
+    dirty_share: Fraction = Field(0.01, description="lines blemished on purpose so the demo exercises the quarantine")
+
+    @model_validator(mode="after")
+    def _persona_range(self) -> "GenerateConf":
+        if self.min_personas > self.max_personas:
+            raise ValueError(f"min_personas ({self.min_personas}) must not exceed max_personas ({self.max_personas})")
+        return self
 
 
 class AffinityConf(Section):
-    ell: int = Field(2, ge=1)  # ℓ̂: number of user→item→user round trips averaged
-    eps: float = Field(0.0, ge=0)  # absolute error bound; state entries below eps/(2·ell) are pruned
-    beta: float = Field(0.5, ge=0)  # de-bias exponent for rare personas; 0 disables
-    weighted: bool = False  # weight edges by n_purchases instead of 1
-    # Hop state of at most this many bytes (reached nodes x (4 + 8 x personas)) is broadcast; larger goes through
-    # a shuffle join, and no task ever holds a source block larger than this.
-    broadcast_max_bytes: int = Field(256 * 2**20, ge=1)
-    target_blocks: int = Field(0, ge=0)  # node blocks per kind; 0 = max(parallelism, edges / 4M)
-    checkpoint: Literal["local", "reliable"] = "local"  # lineage cut per hop; reliable needs spark.checkpoint_dir
+    """Persona affinity Ψ: prototype labels propagated along user→item→user walks (paper §5)."""
+
+    ell: int = Field(2, ge=1, description="ℓ̂: number of user→item→user round trips averaged")
+    eps: float = Field(0.0, ge=0, description="absolute error bound; state entries below eps/(2·ell) are pruned")
+    beta: float = Field(0.5, ge=0, description="de-bias exponent for rare personas; 0 disables")
+    weighted: bool = Field(False, description="weight edges by n_purchases instead of 1")
+    broadcast_max_bytes: int = Field(256 * 2**20, ge=1, description="hop state of at most this many bytes (reached nodes "
+                                     "x (4 + 8 x personas)) is broadcast; larger goes through a shuffle join, and no task "
+                                     "ever holds a source block larger than this")
+    target_blocks: int = Field(0, ge=0, description="node blocks per kind; 0 = max(parallelism, edges / 4M)")
+    checkpoint: Literal["local", "reliable"] = Field("local", description="lineage cut per hop; reliable needs "
+                                                     "spark.checkpoint_dir")
 
 
 class OpenAIConf(Section):
     """Any OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, Databricks serving, vLLM, llama.cpp)."""
 
-    base_url: str | None = None  # None: api.openai.com
-    model: str = "gpt-4o-mini"  # model / deployment / serving endpoint name
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var on the driver ...
-    secret_scope: str | None = None  # ... or from this Databricks secret scope/key when the env var is unset
-    secret_key: str | None = None
-    max_tokens: int = 300  # always sent: bounds the price of every answer
-    temperature: float = 0.0
-    timeout_s: float = 60.0  # per attempt
-    max_attempts: int = 5  # 429 / 5xx / timeouts / connection errors are retried up to this many tries
-    backoff_base_s: float = 0.5  # full-jitter exponential backoff when no Retry-After is given
-    backoff_max_s: float = 30.0
-    # Total requests in flight = concurrency (per partition) x partitions running at once.
-    concurrency: int = 8
-    partitions: int = 2  # global cap on parallel labeling tasks
-    users_per_request: int = 1  # > 1: several users (or items) per prompt, ids validated per user
-    json_mode: Literal["json_object", "json_schema", "off"] = "json_object"
-    # Shared by every task of a job (a limiter on the driver), lowered by x-ratelimit-* headers; 0 = off.
-    tokens_per_minute: int = Field(0, ge=0)  # TPM budget: prompt estimate (chars/4) + max_tokens per request
-    requests_per_minute: int = Field(0, ge=0)  # RPM budget
-    # USD per 1k tokens, synchronous calls (dry-run estimate, summaries, the report's ledger).
-    price_prompt_per_1k: float = 0.00015
-    price_cached_prompt_per_1k: float = 0.000075  # prompt tokens the provider served from its prompt cache
-    price_completion_per_1k: float = 0.0006
-    # USD per 1k tokens through the Batch API (labeling.backend=openai_batch).
-    batch_price_prompt_per_1k: float = 0.000075
-    batch_price_cached_prompt_per_1k: float = 0.0000375
-    batch_price_completion_per_1k: float = 0.0003
+    base_url: str | None = Field(None, description="the endpoint's base URL; null: api.openai.com")
+    model: str = Field("gpt-4o-mini", description="model / deployment / serving endpoint name")
+    api_key_env: str = Field("OPENAI_API_KEY", description="the key is read from this env var on the driver ...")
+    secret_scope: str | None = Field(None, description="... or from this Databricks secret scope when the env var is "
+                                     "unset")
+    secret_key: str | None = Field(None, description="the key's name in secret_scope")
+    max_tokens: int = Field(300, ge=1, description="always sent: bounds the price of every answer")
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature sent with every request")
+    timeout_s: float = Field(60.0, gt=0, description="seconds per attempt")
+    max_attempts: int = Field(5, ge=1, description="429 / 5xx / timeouts / connection errors are retried up to this many "
+                              "tries")
+    backoff_base_s: float = Field(0.5, ge=0, description="full-jitter exponential backoff when no Retry-After is given")
+    backoff_max_s: float = Field(30.0, ge=0, description="longest backoff between two attempts")
+    concurrency: int = Field(8, ge=1, description="requests in flight per partition (total = concurrency x partitions "
+                             "running at once)")
+    partitions: int = Field(2, ge=1, description="global cap on parallel labeling tasks")
+    users_per_request: int = Field(1, ge=1, description="> 1: several users (or items) per prompt, ids validated per user")
+    json_mode: Literal["json_object", "json_schema", "off"] = Field("json_object", description="how the answer is "
+                                                                    "constrained to JSON (off: by the prompt only)")
+    tokens_per_minute: int = Field(0, ge=0, description="TPM budget shared by every task of a job (a limiter on the "
+                                   "driver, lowered by x-ratelimit-* headers): prompt estimate (chars/4) + max_tokens per "
+                                   "request; 0 = off")
+    requests_per_minute: int = Field(0, ge=0, description="RPM budget shared like tokens_per_minute; 0 = off")
+    price_prompt_per_1k: UsdPer1k = Field(0.00015, description="USD per 1k prompt tokens, synchronous calls (dry-run "
+                                          "estimate, summaries, the report's ledger)")
+    price_cached_prompt_per_1k: UsdPer1k = Field(0.000075, description="USD per 1k prompt tokens the provider served "
+                                                 "from its prompt cache")
+    price_completion_per_1k: UsdPer1k = Field(0.0006, description="USD per 1k completion tokens, synchronous calls")
+    batch_price_prompt_per_1k: UsdPer1k = Field(0.000075, description="USD per 1k prompt tokens through the Batch API "
+                                                "(labeling.backend=openai_batch)")
+    batch_price_cached_prompt_per_1k: UsdPer1k = Field(0.0000375, description="USD per 1k cached prompt tokens through "
+                                                       "the Batch API")
+    batch_price_completion_per_1k: UsdPer1k = Field(0.0003, description="USD per 1k completion tokens through the Batch "
+                                                    "API")
 
 
 class EmbeddingLabelConf(Section):
     """Offline zero-shot labeler: all-MiniLM-L6-v2 similarity of product names to persona descriptions."""
 
-    # Softmax temperature turning an item's similarities into votes, in standard deviations of each
-    # persona's similarity over the catalogue (1 = one standard deviation counts e-fold).
-    temperature: float = 1.0
-    # Weight, in items, of the all-personas moments each persona's catalogue mean/std is shrunk to
-    # (a catalogue of a few items cannot tell hubs apart, so it falls back to raw cosines).
-    hubness_prior_items: int = Field(20, ge=0)
-    weight: Literal["log_quantity", "quantity", "count"] = "log_quantity"
-    relative_threshold: float = 0.5  # keep personas scoring >= this x the best persona's score
-    min_similarity: float = 0.1  # mean best cosine below this: Unrepresentable
-    batch_size: int = 64
-    partitions: int = 2
+    temperature: float = Field(1.0, gt=0, description="softmax temperature turning an item's similarities into votes, in "
+                               "standard deviations of each persona's similarity over the catalogue (1 = one standard "
+                               "deviation counts e-fold)")
+    hubness_prior_items: int = Field(20, ge=0, description="weight, in items, of the all-personas moments each persona's "
+                                     "catalogue mean/std is shrunk to (a catalogue of a few items cannot tell hubs apart, "
+                                     "so it falls back to raw cosines)")
+    weight: Literal["log_quantity", "quantity", "count"] = Field("log_quantity", description="how much each purchased "
+                                                                  "item's vote counts")
+    relative_threshold: Fraction = Field(0.5, description="keep personas scoring >= this x the best persona's score")
+    min_similarity: float = Field(0.1, ge=-1, le=1, description="mean best cosine below this: Unrepresentable")
+    signal_weight: float = Field(0.5, ge=0, description="log-score added per standard deviation of a customer's price / "
+                                 "basket / cadence measure to the personas whose descriptions call for it "
+                                 "(labeling.signals); 0.5 assumes a medium effect (Cohen's d = 0.5) of being such a "
+                                 "persona on the measure; 0 uses product names only")
+    batch_size: int = Field(64, ge=1, description="texts embedded per model call")
+    partitions: int = Field(2, ge=1, description="parallel embedding tasks")
 
 
 class RecordedConf(Section):
     """Replay labels another LLM already gave (e.g. the paper's GPT-4 labels)."""
 
-    path: str | None = None  # JSON {"<id>": [persona_idx, ...]}; ids absent from it are Unrepresentable
-    table: str | None = None  # or a table with the id column and ``persona_idx array<int>``
-    model: str | None = None  # written to the ``model`` column; default "recorded:<file or table>"
-    item_path: str | None = None  # the same for item labels (GPLR's item signal)
-    item_table: str | None = None
+    path: str | None = Field(None, description='JSON {"<id>": [persona_idx, ...]}; ids absent from it are Unrepresentable')
+    table: str | None = Field(None, description="or a table with the id column and persona_idx array<int>")
+    model: str | None = Field(None, description='written to the model column; default "recorded:<file or table>"')
+    item_path: str | None = Field(None, description="the same as path for item labels (GPLR's item signal)")
+    item_table: str | None = Field(None, description="the same as table for item labels")
 
 
 class SelectionConf(Section):
-    mode: Literal["all", "sample", "table"] = "sample"
-    size: int = 200  # sample size
-    table: str | None = None  # mode=table: a table with the id column (user_idx / item_idx)
-    seed: int = 0
+    """Which entities a labeling stage labels."""
+
+    mode: Literal["all", "sample", "table"] = Field("sample", description="all, a seeded sample, or the ids in a table")
+    size: int = Field(200, ge=1, description="sample size")
+    table: str | None = Field(None, description="mode=table: a table with the id column (user_idx / item_idx)")
+    seed: Seed = Field(0, description="seed of the sample")
 
 
 class BatchConf(Section):
     """The OpenAI Batch API (labeling.backend=openai_batch): JSONL files, half the price, a 24 h window."""
 
-    max_lines: int = Field(50_000, ge=1)  # requests per batch (the API's limit: 50,000)
-    max_bytes: int = Field(200_000_000, ge=1000)  # bytes per input file (the API's limit: 200 MB)
-    completion_window: str = "24h"
-    poll_initial_s: float = Field(5.0, gt=0)  # first status poll; the interval doubles up to poll_max_s
-    poll_max_s: float = Field(300.0, gt=0)
-    # A run waits this long for its batches, then stops with BatchesPending; a rerun resumes the
-    # same batches (ids in the label_batches table) instead of submitting them again.
-    wait_s: float = Field(86_400.0, ge=0)
-    dir: str = "data/labels_batches"  # input/output JSONL files; on a cluster storage both Python and Spark see
+    max_lines: int = Field(50_000, ge=1, le=50_000, description="requests per batch (the API's limit: 50,000)")
+    max_bytes: int = Field(200_000_000, ge=1000, le=200_000_000, description="bytes per input file (the API's limit: "
+                           "200 MB)")
+    completion_window: str = Field("24h", description="the Batch API's completion window")
+    poll_initial_s: float = Field(5.0, gt=0, description="first status poll; the interval doubles up to poll_max_s")
+    poll_max_s: float = Field(300.0, gt=0, description="longest interval between two status polls")
+    wait_s: float = Field(86_400.0, ge=0, description="a run waits this long for its batches, then stops with "
+                          "BatchesPending; a rerun resumes the same batches (ids in the label_batches table) instead of "
+                          "submitting them again")
+    dir: str = Field("data/labels_batches", description="input/output JSONL files: any location both Spark and the "
+                     "driver reach (default <root>/labels_batches)")
 
 
 class PersonaGenerationConf(Section):
     """Persona-set generation (paper App. B): sampled histories -> candidate personas -> merged set."""
 
-    # merge: one sample cut into groups, candidates per group, one merge call (cheap);
-    # paper: App. B's three steps and Fig. 2 prompts (candidate_prompts x fresh samples ->
-    # refine_prompts x sets_per_refine sets -> final set), see conf/paper.yaml.
-    method: Literal["merge", "paper"] = "merge"
-    sample_users: int = 200  # merge: users sampled in all
-    histories_per_prompt: int = Field(20, ge=1)  # users per candidate prompt (paper: 100)
-    candidates_per_prompt: int = Field(10, ge=1)  # personas each candidate prompt proposes (paper: 20)
-    candidate_prompts: int = Field(40, ge=1)  # paper: step-1 prompts, each with its own random users
-    refine_prompts: int = Field(8, ge=1)  # paper: step-2 prompts
-    sets_per_refine: int = Field(5, ge=1)  # paper: step-1 sets drawn at random into each step-2 prompt
-    dataset: str = "Market Basket Analysis (MBA)"  # paper: how the step-1 prompt names the dataset
-    target_size: int = 20
-    title: str = "generated"
-    output: str = "data/personas/generated.yaml"
-    seed: int = 0
+    method: Literal["merge", "paper"] = Field("merge", description="merge: one sample cut into groups, candidates per "
+                                              "group, one merge call (cheap); paper: App. B's three steps and Fig. 2 "
+                                              "prompts (candidate_prompts x fresh samples -> refine_prompts x "
+                                              "sets_per_refine sets -> final set), see conf/paper.yaml")
+    sample_users: int = Field(200, ge=1, description="merge: users sampled in all")
+    histories_per_prompt: int = Field(20, ge=1, description="users per candidate prompt (paper: 100)")
+    candidates_per_prompt: int = Field(10, ge=1, description="personas each candidate prompt proposes (paper: 20)")
+    candidate_prompts: int = Field(40, ge=1, description="paper: step-1 prompts, each with its own random users")
+    refine_prompts: int = Field(8, ge=1, description="paper: step-2 prompts")
+    sets_per_refine: int = Field(5, ge=1, description="paper: step-1 sets drawn at random into each step-2 prompt")
+    dataset: str = Field("Market Basket Analysis (MBA)", description="paper: how the step-1 prompt names the dataset")
+    target_size: int = Field(20, ge=1, description="personas in the final set")
+    title: str = Field("generated", description="title of the generated persona set")
+    output: str = Field("data/personas/generated.yaml", description="where the generated persona set is written")
+    seed: Seed = Field(0, description="seed of the sampled histories")
 
 
 class LabelingConf(Section):
-    # who answers: offline embeddings, an LLM endpoint (synchronous calls or the Batch API), or recorded answers
-    backend: Literal["embedding", "openai", "openai_batch", "recorded"] = "embedding"
-    max_personas: int = 5  # personas one answer may name
-    history_tokens: int = 1500  # token budget of one serialized history (most frequent items first)
-    max_name_chars: int = 80  # product names are untrusted: longer ones are cut
-    # template name under resources/prompts (user_v1; paper_v1 = the paper's Fig. 3 prompt), or a path to a YAML file
-    user_prompt: str = "user_v1"
-    item_prompt: str = "item_v1"
-    chunk_size: int = 5000  # entities labeled and committed to the cache table per Spark job
-    # Every paid answer is appended here the moment it arrives, and recovered on the next run.
-    # On a cluster use storage both Python and Spark see (e.g. a /Volumes/... path).
-    journal_dir: str = "data/labels_journal"
-    retry_errors: bool = True  # a rerun labels again entities whose cached row is an error
-    dry_run: bool = False  # print estimated tokens and cost, call nothing
-    progress_interval_s: float = 10.0
+    """Labels for users and items: who answers, with which prompt, cached how."""
+
+    backend: Literal["embedding", "openai", "openai_batch", "recorded"] = Field(
+        "embedding", description="who answers: offline embeddings, an LLM endpoint (synchronous calls or the Batch "
+        "API), or recorded answers")
+    max_personas: int = Field(5, ge=1, description="personas one answer may name")
+    history_tokens: int = Field(1500, ge=1, description="token budget of one serialized history (most frequent items "
+                                "first)")
+    max_name_chars: int = Field(80, ge=1, description="product names are untrusted: longer ones are cut")
+    user_prompt: str = Field("user_v1", description="template name under resources/prompts (user_v1; paper_v1 = the "
+                             "paper's Fig. 3 prompt), or a path to a YAML file")
+    item_prompt: str = Field("item_v1", description="the same as user_prompt for item labels")
+    chunk_size: int = Field(5000, ge=1, description="entities labeled and committed to the cache table per Spark job")
+    journal_dir: str = Field("data/labels_journal", description="every paid answer is appended here the moment it "
+                             "arrives, and recovered on the next run; on a cluster use storage both Python and Spark see "
+                             "(e.g. a /Volumes/... path)")
+    retry_errors: bool = Field(True, description="a rerun labels again entities whose cached row is an error")
+    dry_run: bool = Field(False, description="print estimated tokens and cost, call nothing")
+    progress_interval_s: float = Field(10.0, gt=0, description="seconds between two progress lines")
     users: SelectionConf = Field(default_factory=SelectionConf)
     items: SelectionConf = Field(default_factory=lambda: SelectionConf(mode="all"))
     openai: OpenAIConf = Field(default_factory=OpenAIConf)
@@ -242,125 +295,168 @@ class LabelingConf(Section):
 class SegmentConf(Section):
     """Segmentation and robustness (paper §7.4): one-hot personas or RFM -> PCA -> L2 -> KMeans."""
 
-    ks: list[int] = Field(default_factory=lambda: [5, 15, 25, 35])
-    pca_components: int = 3
-    rfm_buckets: int = 10  # quantile buckets per R, F and M
-    max_iter: int = 20
-    seed: int = 42
-    top_personas: int = 3  # dominant personas named per segment
-    top_items: int = 5  # distinctive items named per segment
-    # Robustness labels each compared customer twice with labeling.backend (paid with an LLM):
-    # compare a seeded sample of this many customers; None = all.
-    robustness_customers: int | None = Field(None, ge=1)
+    ks: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [5, 15, 25, 35], min_length=1,
+                                                  description="numbers of segments tried")
+    pca_components: int = Field(3, ge=1, description="PCA components the features are reduced to")
+    rfm_buckets: int = Field(10, ge=2, description="quantile buckets per R, F and M")
+    max_iter: int = Field(20, ge=1, description="KMeans iterations")
+    seed: Seed = Field(42, description="seed of KMeans")
+    top_personas: int = Field(3, ge=1, description="dominant personas named per segment")
+    top_items: int = Field(5, ge=1, description="distinctive items named per segment")
+    robustness_customers: int | None = Field(None, ge=1, description="robustness labels each compared customer twice "
+                                             "with labeling.backend (paid with an LLM): compare a seeded sample of this "
+                                             "many customers; null = all")
 
 
 class ReportConf(Section):
-    path: str = "data/report/index.html"  # PNG figures are written next to it, and embedded in it
-    k: int | None = None  # segmentation shown in detail; None: the k with the best persona silhouette
-    max_points: int = 3000  # users sampled for the segment projection plots
-    top_personas: int = 20  # personas shown in the persona bar chart / heat map (most frequent)
+    """The HTML report."""
+
+    path: str = Field("data/report/index.html", description="PNG figures are written next to it, and embedded in it")
+    k: int | None = Field(None, ge=2, description="segmentation shown in detail; null: the k with the best persona "
+                          "silhouette")
+    max_points: int = Field(3000, ge=1, description="users sampled for the segment projection plots")
+    top_personas: int = Field(20, ge=1, description="personas shown in the persona bar chart / heat map (most frequent)")
+    allow_partial: bool = Field(False, description="false: a section that fails to render fails the report stage; "
+                                "true: the report is written and the failed section shows its error (API keys redacted)")
 
 
 class RecommendConf(Section):
     """Graph recommender (LGCN / LGCN3 / A-LGCN3 / MF / LightGCN) and persona cold start."""
 
-    export_dir: str = "data/recommend/export"  # the directory export writes and train reads
-    model_dir: str = "data/recommend/models"  # <model>-seed<seed>/embeddings.npz + run.json
-    eigen_cache_dir: str = "data/recommend/eigen_cache"  # eigenvectors per graph hash
-    model: Literal["mf", "lightgcn", "lgcn", "lgcn3", "algcn3"] = "lgcn3"
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    dim: int = 64
-    eigen_k: int = 128  # LGCN: eigenvectors of the smallest Laplacian eigenvalues
-    lightgcn_layers: int = 3
-    lr: float = 0.01  # Adam; 0.001 barely moves in the demo's few epochs
-    reg: float = 1e-4  # L2 on the batch's ego embeddings
-    batch_size: int = 2048
-    max_epochs: int = 10  # laptop demo; the benchmark uses more
-    patience: int = 3  # evaluations without validation improvement before stopping
-    eval_every: int = 1
-    val_fraction: float = 0.1  # carved from training edges for early stopping
-    split_seed: int = 0  # the validation split is fixed across training seeds
-    ks: list[int] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100])
-    decorrelation_weight: float = 0.1  # alpha of A-LGCN3
-    persona_edge_weight: float = 1.0  # multiplier of user/item-persona edges in the LGCN3 graph
-    persona_weights: Literal["binary", "score"] = "binary"  # export-tripartite: edge weight 1 or the persona score
-    max_persona_rank: int | None = None  # export-tripartite: keep a user's personas up to this rank
-    device: str = "auto"  # auto: cuda when available
-    amp: bool = False  # bf16 autocast (GPU)
-    progress: bool = True  # a progress bar per epoch
-    cold_start_k: int = 20  # items per new customer / customers per new item
-    audience_activity_exponent: float = 0.5  # new-item audiences: persona purchase share x activity^this
-    user_personas_table: str = "personas"  # export-tripartite: user labels (reference_personas = the paper's GPT-4 labels)
-    declared_personas_table: str = "declared_personas"  # cold-start: personas customers chose at sign-up
+    export_dir: str = Field("data/recommend/export", description="the directory export writes and train reads")
+    model_dir: str = Field("data/recommend/models", description="<model>-seed<seed>/embeddings.npz + run.json")
+    eigen_cache_dir: str = Field("data/recommend/eigen_cache", description="eigenvectors per graph hash")
+    model: Literal["mf", "lightgcn", "lgcn", "lgcn3", "algcn3"] = Field("lgcn3", description="the model train fits")
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, description="one trained model per seed")
+    dim: int = Field(64, ge=1, description="embedding dimension")
+    eigen_k: int = Field(128, ge=1, description="LGCN: eigenvectors of the smallest Laplacian eigenvalues")
+    lightgcn_layers: int = Field(3, ge=1, description="LightGCN: propagation layers")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate; 0.001 barely moves in the demo's few epochs")
+    reg: float = Field(1e-4, ge=0, description="L2 on the batch's ego embeddings")
+    batch_size: int = Field(2048, ge=1, description="training edges per batch")
+    max_epochs: int = Field(10, ge=1, description="laptop demo; the benchmark uses more")
+    patience: int = Field(3, ge=1, description="evaluations without validation improvement before stopping")
+    eval_every: int = Field(1, ge=1, description="epochs between two validation evaluations")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of training edges carved out for early stopping")
+    split_seed: Seed = Field(0, description="the validation split is fixed across training seeds")
+    ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100], min_length=1,
+                                                  description="cut-offs of the ranking metrics")
+    decorrelation_weight: float = Field(0.1, ge=0, description="alpha of A-LGCN3")
+    persona_edge_weight: float = Field(1.0, ge=0, description="multiplier of user/item-persona edges in the LGCN3 graph")
+    persona_weights: Literal["binary", "score"] = Field("binary", description="export-tripartite: edge weight 1 or the "
+                                                        "persona score")
+    max_persona_rank: int | None = Field(None, ge=1, description="export-tripartite: keep a user's personas up to this "
+                                         "rank; null = all")
+    device: str = Field("auto", description="torch device; auto: cuda when available")
+    amp: bool = Field(False, description="bf16 autocast (GPU)")
+    progress: bool = Field(True, description="a progress bar per epoch")
+    cold_start_k: int = Field(20, ge=1, description="items per new customer / customers per new item")
+    audience_activity_exponent: float = Field(0.5, ge=0, description="new-item audiences: persona purchase share x "
+                                              "activity^this")
+    user_personas_table: str = Field("personas", description="export-tripartite: user labels (reference_personas = the "
+                                     "paper's GPT-4 labels)")
+    declared_personas_table: str = Field("declared_personas", description="cold-start: personas customers chose at "
+                                         "sign-up")
+
+
+DEFAULT_BUDGET_FRACTION = 0.05
 
 
 class GPLRConf(Section):
-    budget: float = Field(0.05, gt=0)  # < 1: fraction of users; >= 1: number of users answered by the LLM
-    rounds: int = Field(4, ge=1)  # T: round 1 random, rounds 2..T Diversity-Uncertainty
-    sampling: Literal["du", "random"] = "du"  # du: Diversity-Uncertainty rounds; random: one random draw
-    seed: int = 0
-    assignment: Literal["learned", "topk"] = "learned"  # topk = the paper's fixed top-k of Ψ
-    top_k: int = Field(5, ge=1)  # personas per user with assignment=topk
-    max_personas: int = Field(8, ge=1)  # learned: upper bound of personas per user
-    cv_folds: int = Field(4, ge=2)  # cross-fitting folds over the prototypes
-    max_train_users: int = Field(20_000, ge=10)  # prototypes used to fit the assignment model
-    l2: float = Field(1.0, ge=0)  # ridge penalty of the learned assignment model
-    item_signal: bool = True  # label items with the LLM too and use them as a second signal
-    calibration_bins: int = Field(10, ge=2)  # reliability bins of the held-out (cross-fitted) probabilities
+    """GPLR (paper Algorithm 1): LLM labels for a budget of users, propagated to everyone.
+
+    The budget is either ``budget_fraction`` (a share of the users) or ``budget_users`` (a count),
+    never both; with neither set it is 5 % of the users.
+    """
+
+    budget_fraction: float | None = Field(None, gt=0, le=1, description="LLM budget as a share of the users (0 < f <= "
+                                          "1); null with budget_users null: 0.05")
+    budget_users: int | None = Field(None, ge=1, description="LLM budget as a number of users answered; excludes "
+                                     "budget_fraction")
+    rounds: int = Field(4, ge=1, description="T: round 1 random, rounds 2..T Diversity-Uncertainty")
+    sampling: Literal["du", "random"] = Field("du", description="du: Diversity-Uncertainty rounds; random: one random "
+                                              "draw")
+    seed: Seed = Field(0, description="seed of the random draws and of the cross-fitting folds")
+    assignment: Literal["learned", "topk"] = Field("learned", description="learned: the cross-fitted assignment model; "
+                                                   "topk = the paper's fixed top-k of Ψ")
+    top_k: int = Field(5, ge=1, description="personas per user with assignment=topk")
+    max_personas: int = Field(8, ge=1, description="learned: upper bound of personas per user")
+    cv_folds: int = Field(4, ge=2, description="cross-fitting folds over the prototypes")
+    max_train_users: int = Field(20_000, ge=10, description="prototypes used to fit the assignment model")
+    l2: float = Field(1.0, ge=0, description="ridge penalty of the learned assignment model")
+    item_signal: bool = Field(True, description="label items with the LLM too and use them as a second signal")
+    calibration_bins: int = Field(10, ge=2, description="reliability bins of the held-out (cross-fitted) probabilities")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_ambiguous_budget(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "budget" in data:
+            raise ValueError("gplr.budget is gone (1 meant one user, 0.5 half of them): set gplr.budget_fraction "
+                             "(0 < f <= 1, a share of the users) or gplr.budget_users (a number of users)")
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "GPLRConf":
+        if self.budget_fraction is not None and self.budget_users is not None:
+            raise ValueError(f"set one of gplr.budget_fraction ({self.budget_fraction}) and gplr.budget_users "
+                             f"({self.budget_users}), not both")
+        return self
+
+    def budget_size(self, n_users: int) -> int:
+        """The budget as a number of users: ``budget_users``, else the fraction of ``n_users`` (at least 1)."""
+        if self.budget_users is not None:
+            return self.budget_users
+        fraction = DEFAULT_BUDGET_FRACTION if self.budget_fraction is None else self.budget_fraction
+        return max(1, round(fraction * n_users))
 
 
 class RefreshConf(Section):
     """What the gplr stage records for the people who consume a monthly refresh (see persona_spark.refresh)."""
 
-    reasons: bool = True  # write persona_reasons (the few products / labelled neighbours behind each row)
-    reason_items: int = Field(3, ge=1)  # products kept per (customer, persona) row
-    reason_neighbours: int = Field(3, ge=1)  # labelled neighbours kept per row
-    # Neighbours are traced through a row's top trace_items products and, per product and persona,
-    # its trace_buyers strongest labelled buyers: bounded work per row, exact when nothing is cut.
-    trace_items: int = Field(20, ge=1)
-    trace_buyers: int = Field(20, ge=1)  # labelled buyers followed per (product, persona) when tracing neighbours
-    catalog_products: int = Field(5, ge=1)  # top and distinctive products per persona in persona_catalog
+    reasons: bool = Field(True, description="write persona_reasons (the few products / labelled neighbours behind each "
+                          "row)")
+    reason_items: int = Field(3, ge=1, description="products kept per (customer, persona) row")
+    reason_neighbours: int = Field(3, ge=1, description="labelled neighbours kept per row")
+    trace_items: int = Field(20, ge=1, description="neighbours are traced through a row's top trace_items products "
+                             "(bounded work per row, exact when nothing is cut)")
+    trace_buyers: int = Field(20, ge=1, description="labelled buyers followed per (product, persona) when tracing "
+                              "neighbours")
+    catalog_products: int = Field(5, ge=1, description="top and distinctive products per persona in persona_catalog")
 
 
 AUDIENCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class AudienceSpec(Section):
-    name: str = Field(pattern=AUDIENCE_NAME)  # letters, digits, _ . - (it names tables rows and export paths)
-    query: str  # boolean over persona names: & (and), | (or), ! (not), parentheses; "quotes" for odd names
-    # Optional export for activation tools: a path or URI; {audience} and {run_id} are filled in.
-    export_path: str | None = None
-    export_format: Literal["csv", "parquet"] = "csv"
+    name: str = Field(pattern=AUDIENCE_NAME, description="letters, digits, _ . - (it names table rows and export paths)")
+    query: str = Field(description='boolean over persona names: & (and), | (or), ! (not), parentheses; "quotes" for odd '
+                       "names")
+    export_path: str | None = Field(None, description="optional export for activation tools: a path or URI; {root}, "
+                                    "{audience} and {run_id} are filled in")
+    export_format: Literal["csv", "parquet"] = Field("csv", description="format of export_path")
 
 
 class AudienceConf(Section):
     """Audiences: the customers matching a boolean query over persona names, kept per run with their changes."""
 
-    # One audience from the command line (--set audience.name=... --set audience.query=...) ...
-    name: str | None = Field(None, pattern=AUDIENCE_NAME)
-    query: str | None = None  # e.g. "Pet Lover & !Bargain Hunter" (& and, | or, ! not, parentheses)
-    export_path: str | None = None  # members as CSV/Parquet at this path or URI ({root}, {audience}, {run_id} filled in)
-    export_format: Literal["csv", "parquet"] = "csv"  # format of export_path
-    # ... or, when name/query are unset, every audience defined here (the bundle runs these after each refresh).
-    defined: list[AudienceSpec] = Field(default_factory=list)
-
-    def selected(self) -> list[AudienceSpec]:
-        """The audiences a run of the audience stage exports: the one given, else every defined one."""
-        if self.name is not None or self.query is not None:
-            if self.name is None or self.query is None:
-                raise ValueError("audience: set both audience.name and audience.query (or neither, to run audience.defined)")
-            return [AudienceSpec(name=self.name, query=self.query, export_path=self.export_path,
-                                 export_format=self.export_format)]
-        if not self.defined:
-            raise ValueError("audience: no audience given: set audience.name and audience.query, or list audience.defined")
-        return list(self.defined)
+    name: str | None = Field(None, pattern=AUDIENCE_NAME, description="one audience from the command line (--set "
+                             "audience.name=... --set audience.query=...) ...")
+    query: str | None = Field(None, description='its query, e.g. "Pet Lover & !Bargain Hunter" (& and, | or, ! not, '
+                              "parentheses)")
+    export_path: str | None = Field(None, description="members as CSV/Parquet at this path or URI ({root}, {audience}, "
+                                    "{run_id} filled in)")
+    export_format: Literal["csv", "parquet"] = Field("csv", description="format of export_path")
+    defined: list[AudienceSpec] = Field(default_factory=list, description="... or, when name/query are unset, every "
+                                        "audience defined here (the bundle runs these after each refresh)")
 
 
 class EvaluateConf(Section):
-    # (user_idx | customer_id, persona_idx) rows to score against: the GPT-4 labels of the paper
-    # split (reference_personas) or the generator's planted personas.
-    reference_table: str = "planted_personas"
-    baseline_k: int = 5
+    """Scoring the personas against a reference on users the run did not label."""
+
+    reference_table: str = Field("planted_personas", description="(user_idx | customer_id, persona_idx) rows to score "
+                                 "against: the GPT-4 labels of the paper split (reference_personas) or the generator's "
+                                 "planted personas")
+    baseline_k: int = Field(5, ge=1, description="personas per user of the popularity baseline")
 
 
 # Run locations derived from ``Config.root`` unless set explicitly: (section path, field, location under root).
@@ -368,6 +464,7 @@ RUN_LOCATIONS = (
     ("tables", "root", "tables"),
     ("spark", "checkpoint_dir", "checkpoints"),
     ("labeling", "journal_dir", "labels_journal"),
+    ("labeling.batch", "dir", "labels_batches"),
     ("labeling.generate", "output", "personas/generated.yaml"),
     ("report", "path", "report/index.html"),
     ("recommend", "export_dir", "recommend/export"),
@@ -377,10 +474,9 @@ RUN_LOCATIONS = (
 
 
 class Config(Section):
-    # One root per deployment (a path, s3a://bucket/prefix, /Volumes/<catalog>/<schema>/<volume>): every run
-    # location in RUN_LOCATIONS that is not set explicitly lives under it.
-    root: str = "data"
-    personas: str = str(DEFAULT_PERSONAS)  # persona set R: a YAML/JSON file of names + descriptions
+    root: str = Field("data", description="one root per deployment (a path, s3a://bucket/prefix, "
+                      "/Volumes/<catalog>/<schema>/<volume>): every run location not set explicitly lives under it")
+    personas: str = Field(str(DEFAULT_PERSONAS), description="persona set R: a YAML/JSON file of names + descriptions")
     spark: SparkConf = Field(default_factory=SparkConf)
     tables: TablesConf = Field(default_factory=TablesConf)
     ingest: IngestConf = Field(default_factory=IngestConf)
@@ -422,22 +518,67 @@ class Config(Section):
         return out
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _field(model: type[BaseModel], key: str) -> FieldInfo | None:
+    return next((info for name, info in model.model_fields.items() if key in (name, info.alias)), None)
+
+
+def _resolve(dotted: str, model: type[BaseModel] = Config) -> tuple[list[str], Any | None]:
+    """``section.key`` -> (its path, its declared type). Past a mapping field the rest is one key (Spark
+    settings have dots: ``spark.extra.spark.executor.memory``) typed as the mapping's values; the type
+    is None where no field is declared (the model then rejects the key)."""
+    parts, path, annotation = dotted.split("."), [], None
+    for i, key in enumerate(parts):
+        path.append(key)
+        info = _field(model, key) if model is not None else None
+        if info is None:
+            return path + parts[i + 1:], None
+        annotation = info.annotation
+        if get_origin(annotation) is dict and i + 1 < len(parts):
+            return path + [".".join(parts[i + 1:])], get_args(annotation)[1]
+        model = _section_model(annotation)
+    return path, annotation
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {dotted}: {key!r} is not a section")
+            raise UserError(f"--set {'.'.join(keys)}: {key!r} is not a section")
     node[keys[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``section.key=value`` with the value parsed as YAML (numbers, lists, null)."""
+def _options(annotation: Any) -> list[Any]:
+    """The alternatives of a union (``X | None`` -> [X, NoneType]), else the type itself."""
+    return list(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else [annotation]
+
+
+def _is_text(annotation: Any) -> bool:
+    """``str``, a ``Literal`` of strings, or either one or None: a value taken as written, never as YAML."""
+    kinds = [a for a in _options(annotation) if a is not type(None)]
+    return bool(kinds) and all(
+        a is str or (get_origin(a) is Literal and all(isinstance(v, str) for v in get_args(a))) for a in kinds)
+
+
+def parse_value(annotation: Any, raw: str) -> Any:
+    """A ``--set`` value by its field's declared type: text as written (``null`` unsets an optional one),
+    anything else (numbers, booleans, lists, mappings, unknown keys) as YAML for the model to validate."""
+    if annotation is not None and _is_text(annotation):
+        return None if raw in ("null", "~") and type(None) in _options(annotation) else raw
+    return yaml.safe_load(raw) if raw.strip() else ""
+
+
+def parse_override(text: str, model: type[BaseModel] = Config) -> tuple[str, Any]:
+    """``key=value`` (``section.key`` of ``model``) -> (key, the value parsed by the key's declared type)."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} must look like section.key=value")
+        raise UserError(f"--set {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    key = key.strip()
+    return key, parse_value(_resolve(key, model)[1], raw)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -450,10 +591,15 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML file's sections; ``extends: other.yaml`` (relative to the file) is loaded first and overridden."""
     if path.resolve() in seen:
-        raise ValueError(f"{path}: 'extends' loops back to {seen[0]}")
-    loaded = yaml.safe_load(path.read_text())
+        raise UserError(f"{path}: 'extends' loops back to {seen[0]}")
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}" + (f" (extended by {seen[-1]})" if seen else ""))
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from error
     if loaded is not None and not isinstance(loaded, dict):
-        raise ValueError(f"{path}: top level must be a mapping of sections")
+        raise UserError(f"{path}: top level must be a mapping of sections")
     tree = dict(loaded or {})
     parent = tree.pop("extends", None)
     if parent is None:
@@ -461,66 +607,89 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(_load_tree(path.parent / parent, (*seen, path.resolve())), tree)
 
 
+def _problem(error: dict) -> str:
+    """One validation error as ``key: what is wrong (got value)``; an unknown key with the likely one meant."""
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        section: type[BaseModel] | None = Config
+        for part in loc[:-1]:
+            info = section and _field(section, part)
+            section = _section_model(info.annotation) if info else None
+        known = [info.alias or name for name, info in section.model_fields.items()] if section else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        return f"{key}: unknown key" + (f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)" if close else "")
+    message = error["msg"].removeprefix("Value error, ")
+    if key and f"{key}." not in message:  # a section's own check names its keys itself
+        message = f"{key}: {message}"
+    shown = error.get("input")
+    return message if isinstance(shown, (dict, list)) or shown is None else f"{message} (got {shown!r})"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The configuration of a run: defaults, then the YAML file, then each ``--set``; any mistake is a
+    :class:`UserError` naming the key."""
     tree: dict[str, Any] = _load_tree(Path(path)) if path is not None else {}
     for item in overrides or []:
         key, value = parse_override(item)
-        _set_path(tree, key, value)
-    return Config.model_validate(tree)
+        _set_path(tree, _resolve(key)[0], value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise UserError("config: " + "; ".join(_problem(e) for e in error.errors())) from None
 
 
 # ---- the configuration reference (docs/configuration.md is generated from this file) ----------
 
-def _field_comments() -> dict[tuple[str, str], str]:
-    """(class, field) -> the comment written beside the field, or on the lines right above it."""
-    import ast
-    import io
-    import tokenize
+def _type_name(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return "Literal[" + ", ".join(repr(a) for a in args) + "]"
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
-    source = Path(__file__).read_text()
-    lines = source.splitlines()
-    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
-    own_line = {n for n in comments if lines[n - 1].lstrip().startswith("#")}
-    found = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.ClassDef):
-            for stmt in node.body:
-                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                    above, line = [], stmt.lineno - 1
-                    while line in own_line:
-                        above.insert(0, comments[line])
-                        line -= 1
-                    text = " ".join(above + ([comments[stmt.lineno]] if stmt.lineno in comments else []))
-                    found[(node.name, stmt.target.id)] = text
-    return found
+
+BOUND_SIGNS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _bounds(info: FieldInfo) -> str:
+    """``>= 1, <= 2`` from the field's numeric constraints."""
+    found = []
+    for meta in info.metadata:
+        for attr, sign in BOUND_SIGNS.items():
+            if getattr(meta, attr, None) is not None:
+                found.append(f"{sign} {getattr(meta, attr)}")
+    return ", ".join(found)
 
 
 def config_reference() -> str:
-    """Every key of ``Config`` with its type, default and meaning, as Markdown tables per section."""
-    comments = _field_comments()
+    """Every key of ``Config`` with its type, bounds, default and description, as Markdown tables per section."""
 
     def rows(defaults: BaseModel, prefix: str) -> list[str]:
         out = []
-        model = type(defaults)
-        for name, info in model.model_fields.items():
+        for name, info in type(defaults).model_fields.items():
             key = f"{prefix}{info.alias or name}"
-            annotation = info.annotation
             default = getattr(defaults, name)
             if isinstance(default, BaseModel):
                 out += rows(default, key + ".")
                 continue
-            if name == "personas" and model is Config:
+            if name == "personas" and type(defaults) is Config:
                 default = "the packaged demo_shop.yaml"
-            kind = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "\\|")
-            kind = kind.replace("__main__.", "").replace("persona_spark.config.", "")
-            meaning = comments.get((model.__name__, name), "").replace("|", "\\|")
-            out.append(f"| `{key}` | `{kind}` | `{default!r}` | {meaning} |")
+            kind = _type_name(info.annotation) + (f", {_bounds(info)}" if _bounds(info) else "")
+            cells = [f"`{key}`", f"`{kind}`", f"`{default!r}`", info.description or ""]
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         return out
 
     lines = ["# Configuration reference", "",
-             "Generated from `persona_spark/config.py` (`python -m persona_spark.config`). Every key is optional;",
-             "set them in a YAML file (`--conf`) or per run with `--set key=value`. Unknown keys are errors.", ""]
+             "Generated from the `Field(description=...)` of `persona_spark/config.py` (`python -m persona_spark.config`).",
+             "Every key is optional; set them in a YAML file (`--conf`) or per run with `--set key=value` (the value is",
+             "read by the key's type: text as written, numbers, booleans and lists as YAML). Unknown keys and values out",
+             "of bounds are errors.", ""]
     defaults = Config.model_construct()  # the sections' own defaults, not this machine's absolute paths
     for name in Config.model_fields:
         section = getattr(defaults, name)
@@ -529,7 +698,7 @@ def config_reference() -> str:
             lines += [f"## `{name}`", ""] + ([doc[0], ""] if doc else [])
             lines += ["| key | type | default | meaning |", "|---|---|---|---|", *rows(section, name + "."), ""]
     lines += ["## top level", "", "| key | type | default | meaning |", "|---|---|---|---|",
-              *[r for r in rows(defaults, "") if r.startswith("| `personas`")], ""]
+              *[r for r in rows(defaults, "") if r.startswith(("| `root`", "| `personas`"))], ""]
     return "\n".join(lines)
 
 

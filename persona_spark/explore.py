@@ -12,16 +12,12 @@ from typing import Iterable, Literal, NamedTuple
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark.affinity import prototype_weights
+from persona_spark.frames import require_columns
+from persona_spark.graph import distinctive_items
 from persona_spark.personas import PersonaSet
 
 PersonaRef = int | str
-
-
-def require_columns(df: DataFrame, columns: list[str] | tuple[str, ...], what: str) -> None:
-    """Fail at plan time, naming the table and the missing columns, rather than deep inside Spark."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; it has {df.columns}")
 
 
 def resolve_personas(refs: PersonaRef | Iterable[PersonaRef], persona_set: PersonaSet | None) -> list[int]:
@@ -107,46 +103,6 @@ def persona_groups(
     ).orderBy(F.desc("users"))
 
 
-def distinctive_items(
-    members: DataFrame,
-    edges: DataFrame,
-    items: DataFrame,
-    top_n: int = 10,
-    group_cols: list[str] | None = None,
-) -> DataFrame:
-    """Items a group of users buys more than everyone does: ``group_cols…, item_rank, item_idx,
-    item_id, item_name, buyers, buyer_share, lift``.
-
-    ``lift`` = share of the group buying the item / share of all users buying it. Items are ranked
-    by buyers × ln(lift): common in the group *and* characteristic of it, so the shop's bestsellers
-    (bought by everyone, lift ≈ 1) do not top every list. Only items with lift > 1 are kept.
-    """
-    group_cols = list(group_cols or [])
-    pairs = edges.select("user_idx", "item_idx").distinct()
-    n_users = pairs.select("user_idx").distinct().count()
-    base_rate = pairs.groupBy("item_idx").agg((F.count("*") / F.lit(n_users)).alias("base_rate"))
-    members = members.select("user_idx", *group_cols)
-    sizes = members.groupBy(*group_cols).agg(F.count("*").alias("group_size")) if group_cols else None
-    bought = members.join(pairs, "user_idx").groupBy(*group_cols, "item_idx").agg(F.count("*").alias("buyers"))
-    if sizes is None:
-        bought = bought.crossJoin(members.agg(F.count("*").alias("group_size")))
-    else:
-        bought = bought.join(sizes, group_cols)
-    scored = (
-        bought.join(base_rate, "item_idx")
-        .withColumn("buyer_share", F.col("buyers") / F.col("group_size"))
-        .withColumn("lift", F.col("buyer_share") / F.col("base_rate"))
-        .filter(F.col("lift") > 1.0)
-        .withColumn("score", F.col("buyers") * F.log("lift"))
-    )
-    order = Window.partitionBy(*[F.col(c) for c in group_cols]) if group_cols else Window.partitionBy()
-    ranked = scored.withColumn(
-        "item_rank", F.row_number().over(order.orderBy(F.desc("score"), F.desc("buyers"), "item_idx"))
-    ).filter(F.col("item_rank") <= top_n)
-    named = ranked.join(items.select("item_idx", "item_id", "item_name"), "item_idx", "left")
-    return named.select(*group_cols, "item_rank", "item_idx", "item_id", "item_name", "buyers", "buyer_share", "lift")
-
-
 def items_for(
     persona: PersonaRef | Iterable[PersonaRef],
     personas: DataFrame,
@@ -167,20 +123,6 @@ class Explanation(NamedTuple):
     personas: DataFrame  # persona_idx, persona, score, rank, source
     neighbours: DataFrame  # persona_idx, persona, neighbour_idx, contribution, share
     items: DataFrame  # persona_idx, persona, item_idx, item_name, contribution, share
-
-
-def prototype_labels(prototypes: DataFrame, beta: float = 0.5) -> DataFrame:
-    """``user_idx, persona_idx, weight``: L — each labelled user's personas share weight 1, times the
-    de-bias factor c_m = (min_m' Q_m' / Q_m)^β so rare personas are not drowned by common ones."""
-    labels = prototypes.select("user_idx", "persona_idx").distinct()
-    counts = labels.groupBy("persona_idx").agg(F.count("*").alias("q"))
-    counts = counts.withColumn("debias", F.pow(F.min("q").over(Window.partitionBy()) / F.col("q"), F.lit(beta)))
-    per_user = Window.partitionBy("user_idx")
-    return (
-        labels.join(F.broadcast(counts), "persona_idx")
-        .withColumn("weight", F.col("debias") / F.count("*").over(per_user))
-        .select("user_idx", "persona_idx", "weight")
-    )
 
 
 def explain(
@@ -220,7 +162,8 @@ def explain(
         F.col("user_idx").alias("neighbour_idx"),
         (F.col("w") / F.sum("w").over(Window.partitionBy("item_idx"))).alias("p_back"),
     )
-    labels = prototype_labels(personas.filter(F.col("source") == "llm"), beta).withColumnRenamed("user_idx", "neighbour_idx")
+    llm_labels = personas.filter(F.col("source") == "llm").select("user_idx", "persona_idx")
+    labels = prototype_weights(llm_labels, beta).withColumnRenamed("user_idx", "neighbour_idx")
     paths = (
         step_out.join(step_back, "item_idx")
         .join(labels, "neighbour_idx")

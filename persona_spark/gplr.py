@@ -25,14 +25,16 @@ and how many personas a user gets; the per-persona intercepts play the de-bias r
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import (AffinityGraph, checkpoint, compute_affinity, prepare_graph, propagate_to_users,
@@ -47,11 +49,6 @@ PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source
 # Rounds added after the planned T when errors left budget unspent (bounded: an endpoint that
 # keeps failing must not loop forever).
 MAX_TOP_UP_ROUNDS = 3
-
-
-def budget_size(budget: float, n_users: int) -> int:
-    """``gplr.budget`` as a number of users: a fraction below 1, a count from 1 up."""
-    return int(budget) if budget >= 1 else max(1, round(budget * n_users))
 
 
 # ---- features and the assignment model (numpy, shared by training on the driver and scoring) ----
@@ -261,26 +258,20 @@ def assign(signals: DataFrame, model: AssignmentModel, n_personas: int) -> DataF
 
 def llm_persona_rows(prototypes: DataFrame) -> DataFrame:
     """The prototypes' own LLM labels as persona rows (score and probability 1, rank in answer order)."""
+    in_answer_order = Window.partitionBy("user_idx").orderBy("answer_position")
     return prototypes.select(
         "user_idx", "persona_idx", F.lit(1.0).alias("score"),
-        F.row_number().over(_by_user()).cast("int").alias("rank"), F.lit("llm").alias("source"),
+        F.row_number().over(in_answer_order).cast("int").alias("rank"), F.lit("llm").alias("source"),
         F.lit(1.0).alias("probability"),
     )
 
 
-def _by_user():
-    from pyspark.sql import Window
-
-    return Window.partitionBy("user_idx").orderBy("persona_idx")
-
-
 def ok_prototypes(label_rows: DataFrame) -> DataFrame:
-    """Label rows -> ``user_idx, persona_idx`` for answers with at least one valid persona."""
-    return (
-        label_rows.filter((F.col("status") == "ok") & (F.size("persona_idx") > 0))
-        .select("user_idx", F.explode("persona_idx").alias("persona_idx"))
-        .distinct()
-    )
+    """Label rows -> ``user_idx, persona_idx, answer_position`` for answers with at least one valid persona
+    (``answer_position``: where the answer first names the persona, 0 = first)."""
+    answered = label_rows.filter((F.col("status") == "ok") & (F.size("persona_idx") > 0))
+    named = answered.select("user_idx", F.posexplode("persona_idx").alias("answer_position", "persona_idx"))
+    return named.groupBy("user_idx", "persona_idx").agg(F.min("answer_position").alias("answer_position"))
 
 
 def item_vectors_from_labels(item_rows: DataFrame, n_personas: int) -> DataFrame:
@@ -294,7 +285,7 @@ def item_vectors_from_labels(item_rows: DataFrame, n_personas: int) -> DataFrame
 
 @dataclass
 class GPLRResult:
-    prototypes: DataFrame  # user_idx, persona_idx
+    prototypes: DataFrame  # user_idx, persona_idx, answer_position
     asked: DataFrame  # user_idx, status
     personas: DataFrame  # PERSONAS_SCHEMA, prototypes and propagated
     model: AssignmentModel
@@ -304,6 +295,38 @@ class GPLRResult:
 
     def record(self) -> dict:
         return {"budget": self.budget, "rounds": self.rounds, "model": asdict(self.model), "seconds": self.seconds}
+
+
+def run_record(result: GPLRResult, run: tuple[str, datetime], conf: GPLRConf, affinity_conf: AffinityConf,
+               persona_set_version: str, labeling_backend: str, seconds: float) -> dict:
+    """The ``gplr_runs`` row of a run: its settings, the tokens its new answers cost (reused
+    prototypes were paid for by an earlier run) and the whole record as JSON in ``details``."""
+    run_id, run_ts = run
+    tokens = {f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in result.rounds if r["sampling"] != "reused")
+              for kind in ("prompt", "completion")}
+    return {
+        "run_id": run_id, "run_ts": run_ts, "budget": result.budget, "rounds": conf.rounds,
+        "sampling": conf.sampling, "assignment": conf.assignment, "seed": conf.seed,
+        "eps": affinity_conf.eps, "ell": affinity_conf.ell, "beta": affinity_conf.beta,
+        "persona_set_version": persona_set_version, "labeling_backend": labeling_backend, **tokens,
+        "details": json.dumps(result.record()), "seconds": round(seconds, 2),
+    }
+
+
+def estimate_run(users: DataFrame, user_requests: DataFrame, item_requests: DataFrame | None, conf: GPLRConf,
+                 estimate: Callable[[DataFrame, str], dict]) -> dict:
+    """What a run would pay, nothing called: ``estimate(requests, "user" | "item")`` prices the items
+    (once, when given) and ``budget`` users. Which users DU sampling picks is unknown before round 1,
+    so a random sample of that size stands in for them."""
+    budget = conf.budget_size(users.count())
+    sample = pick_random(users.select("user_idx"), budget, conf.seed)
+    result = {"dry_run": True, "budget": budget,
+              "users": estimate(user_requests.join(sample, "user_idx", "left_semi"), "user")}
+    if item_requests is not None:
+        result["items"] = estimate(item_requests, "item")
+    for key in ("cost_expected_usd", "cost_max_usd", "prompt_tokens"):
+        result[key] = round(sum(part.get(key, 0) for part in (result["users"], result.get("items", {}))), 4)
+    return result
 
 
 class GPLR:
@@ -355,7 +378,7 @@ class GPLR:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 3)
 
     def budget(self) -> int:
-        return budget_size(self.conf.budget, self.users.count())
+        return self.conf.budget_size(self.users.count())
 
     def affinity(self, prototypes: DataFrame, ell: int | None = None, beta: float | None = None) -> DataFrame:
         started = time.perf_counter()
@@ -419,7 +442,7 @@ class GPLR:
             if conf.sampling == "du" and (r < len(sizes) - 1 or carry > 0):
                 psi = self.affinity(ok_prototypes(answered))
         if answered is None:
-            raise ValueError("GPLR: the budget is 0 users; raise gplr.budget")
+            raise ValueError("GPLR: the budget is 0 users; raise gplr.budget_fraction or gplr.budget_users")
         return answered, rounds
 
     def assign_all(self, answered: DataFrame, rounds: list[dict], assignment: str | None = None) -> GPLRResult:

@@ -95,7 +95,9 @@ def build_graph(
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """transactions -> (users, items, edges) with dense stable indices and a train/test split."""
     pairs = filter_degrees(aggregate_edges(transactions), min_user_degree, min_item_degree)
-    pairs = split_edges(pairs, test_fraction, seed).persist()
+    # Read five times below: materialized once, held only as long as the returned frames need it
+    # (a persist() stays in Spark's cache until someone unpersists it, which no caller can).
+    pairs = split_edges(pairs, test_fraction, seed).localCheckpoint()
     user_index = dense_index(pairs, "customer_id", "user_idx", existing_users)
     item_index = dense_index(pairs, "item_id", "item_idx", existing_items)
     names = transactions.groupBy("item_id").agg(F.max("item_name").alias("item_name"))
@@ -148,3 +150,43 @@ def load_gplr_split(spark: SparkSession, data_dir: str | Path) -> dict[str, Data
             rows = [(int(k), int(p)) for k, ps in json.loads(path.read_text()).items() for p in ps]
             tables[table] = spark.createDataFrame(rows, f"{key} int, persona_idx int")
     return tables
+
+
+def distinctive_items(
+    members: DataFrame,
+    edges: DataFrame,
+    items: DataFrame,
+    top_n: int = 10,
+    group_cols: list[str] | None = None,
+) -> DataFrame:
+    """Items a group of users buys more than everyone does: ``group_cols…, item_rank, item_idx,
+    item_id, item_name, buyers, buyer_share, lift``.
+
+    ``lift`` = share of the group buying the item / share of all users buying it. Items are ranked
+    by buyers × ln(lift): common in the group *and* characteristic of it, so the shop's bestsellers
+    (bought by everyone, lift ≈ 1) do not top every list. Only items with lift > 1 are kept.
+    """
+    group_cols = list(group_cols or [])
+    pairs = edges.select("user_idx", "item_idx").distinct()
+    n_users = pairs.select("user_idx").distinct().count()
+    base_rate = pairs.groupBy("item_idx").agg((F.count("*") / F.lit(n_users)).alias("base_rate"))
+    members = members.select("user_idx", *group_cols)
+    sizes = members.groupBy(*group_cols).agg(F.count("*").alias("group_size")) if group_cols else None
+    bought = members.join(pairs, "user_idx").groupBy(*group_cols, "item_idx").agg(F.count("*").alias("buyers"))
+    if sizes is None:
+        bought = bought.crossJoin(members.agg(F.count("*").alias("group_size")))
+    else:
+        bought = bought.join(sizes, group_cols)
+    scored = (
+        bought.join(base_rate, "item_idx")
+        .withColumn("buyer_share", F.col("buyers") / F.col("group_size"))
+        .withColumn("lift", F.col("buyer_share") / F.col("base_rate"))
+        .filter(F.col("lift") > 1.0)
+        .withColumn("score", F.col("buyers") * F.log("lift"))
+    )
+    order = Window.partitionBy(*[F.col(c) for c in group_cols]) if group_cols else Window.partitionBy()
+    ranked = scored.withColumn(
+        "item_rank", F.row_number().over(order.orderBy(F.desc("score"), F.desc("buyers"), "item_idx"))
+    ).filter(F.col("item_rank") <= top_n)
+    named = ranked.join(items.select("item_idx", "item_id", "item_name"), "item_idx", "left")
+    return named.select(*group_cols, "item_rank", "item_idx", "item_id", "item_name", "buyers", "buyer_share", "lift")

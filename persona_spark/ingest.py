@@ -10,6 +10,8 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark.errors import UserError
+
 # Optional order sequence for sources without absolute dates (Instacart): the order's position in
 # the customer's history (1 = first) and the days since the customer's previous order. A preset's
 # sequence columns the source does not have stay empty; an explicit mapping to them must exist.
@@ -63,11 +65,11 @@ QUARANTINE_COLUMNS = CANONICAL + ["reason", "source", "ingested_at"]
 
 def resolve_mapping(preset: str, overrides: dict[str, str]) -> dict[str, str]:
     if preset not in PRESETS:
-        raise ValueError(f"unknown ingest preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise UserError(f"unknown ingest preset {preset!r}; choose one of {sorted(PRESETS)}")
     mapping = {**PRESETS[preset], **overrides}
     unknown = sorted(set(mapping) - set(CANONICAL))
     if unknown:
-        raise ValueError(f"ingest.mapping has unknown canonical columns {unknown}; canonical are {CANONICAL}")
+        raise UserError(f"ingest.mapping has unknown canonical columns {unknown}; canonical are {CANONICAL}")
     return mapping
 
 
@@ -83,11 +85,11 @@ def to_canonical_strings(raw: DataFrame, preset: str = "canonical", overrides: d
     constants = PRESET_CONSTANTS.get(preset, {})
     for canonical in REQUIRED:
         if canonical not in mapping and canonical not in constants:
-            raise ValueError(f"ingest: no source column is mapped to required column {canonical!r} (preset {preset!r})")
+            raise UserError(f"ingest: no source column is mapped to required column {canonical!r} (preset {preset!r})")
     missing = [(c, s) for c, s in mapping.items() if s not in raw.columns]
     if missing:
         detail = ", ".join(f"{src!r} (for {can!r})" for can, src in missing)
-        raise ValueError(
+        raise UserError(
             f"ingest: source is missing column(s) {detail} expected by preset {preset!r} with "
             f"mapping {mapping}; the source has columns {raw.columns}"
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from persona_spark import storage
+from persona_spark.errors import UserError
 
 UNREPRESENTABLE = "Unrepresentable"
 
@@ -34,15 +35,15 @@ class PersonaSet:
 
     def __post_init__(self) -> None:
         if not self.names:
-            raise ValueError("a persona set needs at least one persona")
+            raise UserError("a persona set needs at least one persona")
         if len(self.names) != len(self.descriptions):
-            raise ValueError("every persona needs a description (may be empty)")
+            raise UserError("every persona needs a description (may be empty)")
         normalized = [normalize_name(n) for n in self.names]
         duplicates = sorted({n for n in normalized if normalized.count(n) > 1})
         if duplicates:
-            raise ValueError(f"persona names must be unique ignoring case/spaces; repeated: {duplicates}")
+            raise UserError(f"persona names must be unique ignoring case/spaces; repeated: {duplicates}")
         if normalize_name(UNREPRESENTABLE) in normalized:
-            raise ValueError(f"{UNREPRESENTABLE!r} is reserved for users no persona fits")
+            raise UserError(f"{UNREPRESENTABLE!r} is reserved for users no persona fits")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -78,13 +79,13 @@ def load_persona_set(path: str | Path) -> PersonaSet:
         title = data.get("title", title)
         data = data.get("personas")
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of personas or a mapping with a 'personas' list")
+        raise UserError(f"{path}: expected a list of personas or a mapping with a 'personas' list")
     if all(isinstance(p, dict) and "index" in p for p in data):
         data = sorted(data, key=lambda p: p["index"])
     names, descriptions = [], []
     for pos, entry in enumerate(data):
         if not isinstance(entry, dict) or not str(entry.get("name", "")).strip():
-            raise ValueError(f"{path}: persona #{pos} has no 'name'")
+            raise UserError(f"{path}: persona #{pos} has no 'name'")
         names.append(str(entry["name"]).strip())
         descriptions.append(str(entry.get("description") or "").strip())
     return PersonaSet(tuple(names), tuple(descriptions), title)

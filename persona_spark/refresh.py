@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.explore import distinctive_items, prototype_labels
+from persona_spark.affinity import prototype_weights
+from persona_spark.graph import distinctive_items
 
 NOTHING = -1  # persona_flows: "no persona" on either side of a flow
 HISTORY_KEYS = ["user_idx", "persona_idx", "valid_from"]
@@ -49,6 +50,18 @@ def with_percentile(personas: DataFrame) -> DataFrame:
     ranked = Window.partitionBy("persona_idx").orderBy(F.coalesce("probability", "score"), "user_idx")
     return (personas.filter(propagated).withColumn("percentile", F.percent_rank().over(ranked))
             .unionByName(personas.filter(~propagated).withColumn("percentile", F.lit(1.0))))
+
+
+def changed_rows(old: DataFrame | None, new: DataFrame, keys: list[str]) -> DataFrame:
+    """What a MERGE on ``keys`` needs to turn ``old`` into ``new`` and rewrite nothing else: ``new``'s
+    rows that ``old`` lacks (``removed`` false) plus tombstones (``removed`` true) for the keys of
+    ``old`` that ``new`` no longer has. With no ``old`` every row is new."""
+    fresh = new.withColumn("removed", F.lit(False))
+    if old is None:
+        return fresh
+    changed = new.exceptAll(old.select(*new.columns)).withColumn("removed", F.lit(False))
+    gone = old.join(new.select(*keys), keys, "left_anti").select(*new.columns).withColumn("removed", F.lit(True))
+    return changed.unionByName(gone)
 
 
 def named_personas(personas: DataFrame, users: DataFrame, names: DataFrame) -> DataFrame:
@@ -154,7 +167,7 @@ def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items
     """``persona_catalog`` rows of one run: per persona its name, description, persona-set version,
     customers, the share labelled by the LLM vs propagated, and its top products (most buyers among
     its customers) and distinctive ones (bought more by them than by everyone, ranked as
-    :func:`persona_spark.explore.distinctive_items` does)."""
+    :func:`persona_spark.graph.distinctive_items` does)."""
     members = personas.select("user_idx", "persona_idx").distinct()
     sizes = personas.groupBy("persona_idx").agg(
         F.countDistinct("user_idx").alias("customers"),
@@ -205,7 +218,8 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
     p_out = walk.select("user_idx", "item_idx", (F.col("w") / F.sum("w").over(Window.partitionBy("user_idx"))).alias("p_out"))
     p_back = walk.select("item_idx", F.col("user_idx").alias("neighbour_idx"),
                          (F.col("w") / F.sum("w").over(Window.partitionBy("item_idx"))).alias("p_back"))
-    labels = prototype_labels(personas.filter(F.col("source") == "llm"), beta).withColumnRenamed("user_idx", "neighbour_idx")
+    llm_labels = personas.filter(F.col("source") == "llm").select("user_idx", "persona_idx")
+    labels = prototype_weights(llm_labels, beta).withColumnRenamed("user_idx", "neighbour_idx")
     via = p_back.join(labels, "neighbour_idx").select(
         "item_idx", "persona_idx", "neighbour_idx", (F.col("p_back") * F.col("weight")).alias("c"))
     item_votes = via.groupBy("item_idx", "persona_idx").agg(F.sum("c").alias("vote"))

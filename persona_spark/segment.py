@@ -21,8 +21,8 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.explore import distinctive_items, require_columns
-from persona_spark.graph import aggregate_edges
+from persona_spark.frames import require_columns, union_all
+from persona_spark.graph import aggregate_edges, distinctive_items
 from persona_spark.labeling import build_user_histories
 
 log = logging.getLogger(__name__)
@@ -232,10 +232,7 @@ def segment_users(
         log.info("k=%d: %d non-empty clusters, silhouette %.4f", k, found, score)
         silhouettes.append({"k": k, "clusters": found, "silhouette": float(score)})
         assignments.append(predicted.select(key, F.lit(k).alias("k"), F.col("segment").cast("int")))
-    union = assignments[0]
-    for more in assignments[1:]:
-        union = union.unionByName(more)
-    return Segmentation(embedded, union, silhouettes)
+    return Segmentation(embedded, union_all(assignments), silhouettes)
 
 
 # ---- segments described in words ----------------------------------------------------------------
@@ -394,6 +391,13 @@ def period_labeler(label: Callable[[DataFrame], DataFrame], users: DataFrame, it
     return labeler
 
 
+def sample_customers(transactions: DataFrame, customers: int, seed: int, key: str = "customer_id") -> DataFrame:
+    """The transactions of a seeded hash sample of ``customers`` customers (robustness on a budget)."""
+    sample = (transactions.select(key).distinct()
+              .orderBy(F.xxhash64(F.lit(seed), key), key).limit(customers))
+    return transactions.join(sample, key, "left_semi")
+
+
 def robustness(transactions: DataFrame, labeler, key: str = "customer_id", buckets: int = 10) -> DataFrame:
     """How many users keep the same representation from their first to their second period.
 
@@ -437,6 +441,7 @@ __all__ = [
     "rfm_values",
     "rfm_vectors",
     "robustness",
+    "sample_customers",
     "segment_users",
     "split_periods",
 ]

@@ -46,6 +46,12 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def parent(location: str) -> str:
+    """The folder holding ``location`` (URIs keep their scheme and bucket)."""
+    location = os.fspath(location)
+    return location.rstrip("/").rsplit("/", 1)[0] if scheme(location) else os.path.dirname(location)
+
+
 def is_local(location: str) -> bool:
     return scheme(location) in (None, "file")
 
@@ -102,11 +108,28 @@ def makedirs(location: str) -> None:
     handle.create_dir(path, recursive=True)
 
 
-def read_bytes(location: str) -> bytes:
+def open_input(location: str):
+    """A readable, seekable binary stream (close it, or use ``with``): large files are never held whole."""
+    from pyarrow import fs
+
     handle, path = filesystem(location)
-    if handle.get_file_info(path).type.name == "NotFound":
+    if handle.get_file_info(path).type == fs.FileType.NotFound:
         raise FileNotFoundError(location)
-    with handle.open_input_stream(path) as stream:
+    return handle.open_input_file(path)
+
+
+def open_output(location: str):
+    """A writable binary stream at ``location`` (parents made). An object appears only when the
+    stream is closed; on a local disk a reader may see a part, so write to a temporary name and ``move``."""
+    handle, path = filesystem(location)
+    parent = posixpath.dirname(path) if not is_local(location) else os.path.dirname(path)
+    if parent:
+        handle.create_dir(parent, recursive=True)
+    return handle.open_output_stream(path)
+
+
+def read_bytes(location: str) -> bytes:
+    with open_input(location) as stream:
         return stream.read()
 
 
@@ -119,15 +142,26 @@ def write_bytes(location: str, data: bytes) -> None:
 
     Object stores give that per object; on a local disk the bytes go to a temporary file first.
     """
-    handle, path = filesystem(location)
-    parent = posixpath.dirname(path) if not is_local(location) else os.path.dirname(path)
-    if parent:
-        handle.create_dir(parent, recursive=True)
-    target = path if not is_local(location) else f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with handle.open_output_stream(target) as stream:
+    target = location if not is_local(location) else f"{absolute(location)}.{uuid.uuid4().hex[:8]}.tmp"
+    with open_output(target) as stream:
         stream.write(data)
-    if target != path:
-        handle.move(target, path)
+    if target != location:
+        move(target, location)
+
+
+def move(source: str, target: str) -> None:
+    """Rename a file within one filesystem (a copy and a delete on object stores)."""
+    handle, path = filesystem(source)
+    handle.move(path, filesystem(target)[1])
+
+
+def remove(location: str) -> None:
+    """Delete one file; nothing happens when it is not there."""
+    from pyarrow import fs
+
+    handle, path = filesystem(location)
+    if handle.get_file_info(path).type == fs.FileType.File:
+        handle.delete_file(path)
 
 
 def write_text(location: str, text: str) -> None:

@@ -92,13 +92,23 @@ def test_evaluation_counts_by_hand(spark):
     assert summary["macro_f1"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)  # personas 0, 1, 2
 
 
+def test_llm_rows_rank_personas_in_the_order_the_answer_gave_them(spark):
+    labels = spark.createDataFrame(
+        [(1, "ok", [5, 2, 7]), (2, "ok", [3, 3, 1]), (3, "error", [4]), (4, "ok", [])],
+        "user_idx int, status string, persona_idx array<int>")
+    rows = gplr.llm_persona_rows(gplr.ok_prototypes(labels)).collect()
+    ranks = {(r.user_idx, r.persona_idx): r.rank for r in rows}
+    assert ranks == {(1, 5): 1, (1, 2): 2, (1, 7): 3, (2, 3): 1, (2, 1): 2}
+    assert {(r.source, r.score, r.probability) for r in rows} == {("llm", 1.0, 1.0)}
+
+
 def _demo_config(tmp_path, *extra):
     return load_config(None, [
         f"tables.root={tmp_path / 'tables'}", f"labeling.journal_dir={tmp_path / 'journal'}",
         "generate.users=120", "generate.items=90", "generate.mean_orders_per_user=4", "generate.partitions=2",
         "generate.dirty_share=0", "ingest.cancellation_prefix=C",
         "labeling.backend=recorded", "labeling.recorded.table=recorded_labels",
-        "gplr.budget=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false",
+        "gplr.budget_users=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false",
         *extra,
     ])
 
@@ -146,13 +156,14 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, tmp_path):
     assert result["micro_f1"] > result["baseline_micro_f1"]  # planted personas are recoverable
     run = store.read_table("gplr_runs").first()
     assert json.loads(run.details)["model"]["mode"] == "learned"
+    assert store.read_table("evaluation").first().run_ts == run.run_ts  # the latest evaluation is found by run_ts
 
 
 def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, tmp_path):
     """conf/paper.yaml's GPLR and affinity sections (ℓ̂ = 1, β = 0.5, top-5 of Ψ, DU rounds); its
     T = 10 is checked in test_wiring, three rounds keep this test short."""
     paper = load_config(ROOT / "conf" / "paper.yaml")
-    sections = {"gplr": paper.gplr.model_dump(exclude={"budget"}), "affinity": paper.affinity.model_dump()}
+    sections = {"gplr": paper.gplr.model_dump(exclude={"budget_fraction", "budget_users"}), "affinity": paper.affinity.model_dump()}
     cfg = _demo_config(tmp_path, *(f"{s}.{k}={v}" for s, values in sections.items() for k, v in values.items()),
                        "gplr.rounds=3")
     store = _prepare(cfg, spark)

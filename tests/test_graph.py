@@ -41,6 +41,14 @@ def test_edges_aggregate_orders_quantities_and_times(spark):
     assert {r["item_id"]: r["degree"] for r in items.collect()} == {"x": 1, "y": 1}
 
 
+def test_build_graph_leaves_nothing_in_the_session_cache(spark):
+    """Its intermediate is held only by the frames it returns: nothing for a caller to unpersist."""
+    spark.catalog.clearCache()
+    users, items, edges = graph.build_graph(_many_users(spark))
+    assert edges.count() > 0 and users.count() == 60
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
+
+
 def test_indices_are_dense_and_sorted(spark):
     users, items, _ = graph.build_graph(_many_users(spark))
     got = [(r.user_idx, r.customer_id) for r in users.orderBy("user_idx").collect()]

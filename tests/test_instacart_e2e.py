@@ -24,7 +24,7 @@ def test_instacart_sample_from_ingest_to_report(spark, tmp_path):
     pd.read_csv(lines, nrows=LINES).to_csv(part, index=False)
     cfg = load_config(REPO_ROOT / "conf" / "instacart.yaml", [
         f"root={tmp_path}", f"ingest.source={part}", f"ingest.products={products}",
-        f"personas={personas}", "gplr.budget=10", "gplr.rounds=2", "segment.ks=[2,3]",
+        f"personas={personas}", "gplr.budget_users=10", "gplr.rounds=2", "segment.ks=[2,3]",
     ])
     store = TableStore(spark, cfg.tables)
     ingested = STAGES["ingest"](cfg, store)

@@ -9,11 +9,12 @@ import pytest
 from pyspark.sql import functions as F
 
 from persona_spark.config import DEFAULT_PERSONAS, LabelingConf
-from persona_spark.labeling import build_user_histories, label_entities, summarize
+from persona_spark.labeling import build_user_histories, summarize
 from persona_spark.labeling.batch import LEDGER_TABLE, BatchAPI, BatchesPending, BatchLedger, BatchRunner, InputFile, Submission
 from persona_spark.labeling.client import Secret
 from persona_spark.labeling.loopback import BatchFaults, LoopbackChatServer, Reply, answer, entity_ids
 from persona_spark.personas import load_persona_set
+from persona_spark.stages.cache import TableCache, label_entities
 from tests.test_labeling_openai import KEY_ENV, by_user, make_graph
 
 
@@ -137,7 +138,7 @@ def test_a_batch_created_but_never_recorded_is_adopted(store, server, tmp_path):
     path.write_text('{"custom_id": "x-1", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}\n')
     conf = batch_conf(server, tmp_path)
     api = BatchAPI(conf.openai, Secret("sk-loopback-test"))
-    runner = BatchRunner(api, BatchLedger(store), conf.batch)
+    runner = BatchRunner(api, BatchLedger(TableCache(store)), conf.batch)
     (uploaded,) = runner.ledger.record([Submission("s1", "user", "t", "sha", str(path), 1, path.stat().st_size, api.upload(str(path)))])
     lost = api.create(uploaded.input_file_id, "24h", "s1")  # created, then the process died
 

@@ -7,12 +7,14 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from persona_spark.config import DEFAULT_PERSONAS, Config, EmbeddingLabelConf, LabelingConf
-from persona_spark.labeling import CacheKey, build_user_histories, label_entities
-from persona_spark.labeling.backends import EmbeddingScorer
+from persona_spark.labeling import CacheKey, build_user_histories
+from persona_spark.labeling.backends import ITEM_EMBEDDINGS_SCHEMA, EmbeddingBackend, EmbeddingScorer
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES
+from persona_spark.stages.cache import label_entities
 
 ITEMS = ["Dry dog food 10kg", "Cat litter 5l", "Tomato seeds", "Organic loose leaf green tea", "Whey protein 1kg",
          "Chef knife 20cm", "Baby nappies size 3"]
@@ -83,6 +85,20 @@ def test_embedding_labels_users_and_items_and_caches_item_embeddings(spark, stor
     assert store.version("item_embeddings") == version and fourth["status"] == "ok"
 
 
+def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, personas):
+    """No table is in reach of the backend: what it embedded comes back once from cache_rows, and a
+    second call with the same items embeds nothing again."""
+    conf = LabelingConf.model_validate({"embedding": {"partitions": 1}})
+    edges, items = graph(spark, PURCHASES)
+    backend = EmbeddingBackend(conf.embedding, personas, "user_idx", conf.max_personas, conf.max_name_chars,
+                               spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
+    requests = build_user_histories(edges, items)
+    first = {r["user_idx"]: r["personas"] for r in backend.label(requests).collect()}
+    made = backend.cache_rows()
+    assert set(made) == {"item_embeddings"} and made["item_embeddings"].count() == 6
+    assert backend.cache_rows() == {}
+    again = {r["user_idx"]: r["personas"] for r in backend.label(requests).collect()}
+    assert again == first and first[0][0] == "Pet Lover" and backend.cache_rows() == {}
 
 
 def test_label_stages_write_the_cache_tables(spark, store, personas):
@@ -129,3 +145,69 @@ def test_a_persona_voting_for_every_item_does_not_win_everywhere(personas):
 
     assert top(votes.mean(axis=0).astype(np.float64)) == 1
     assert top(np.ones(len(personas))) == 0  # without the catalogue prior the hub would win
+
+
+def test_behaviour_evidence_goes_to_the_personas_whose_descriptions_call_for_it(personas):
+    from persona_spark.labeling import signals
+
+    weights = signals.evidence_weights(personas, 0.5)
+    price, basket, cadence = (signals.MEASURES.index(m) for m in ("price_z", "basket_z", "cadence_z"))
+    bargain, parent, pets = (personas.names.index(n) for n in ("Bargain Hunter", "Busy Parent", "Pet Lover"))
+    assert weights[bargain, price] == -0.5 and weights[parent, basket] > 0 and weights[parent, cadence] > 0
+    assert not weights[pets].any()  # a persona described by its products only gets no behaviour evidence
+    votes = np.zeros((2, len(personas)), np.float32)
+    votes[0, bargain], votes[1, pets] = 1.0, 1.0  # one item each; the customer bought both alike
+    key = CacheKey("m", "p", personas.version)
+    rule = EmbeddingLabelConf(min_similarity=0.0, relative_threshold=0.99)
+    scorer = EmbeddingScorer(rule, personas, 2, "user_idx", key, np.array([10, 20]), votes, np.array([0.5, 0.5], np.float32),
+                             np.full(len(personas), 0.5), weights)
+    history = [{"item_idx": 10, "n": 1, "quantity": 1}, {"item_idx": 20, "n": 1, "quantity": 1}]
+
+    def verdict(price_z):
+        return scorer.verdict(history, np.array([price_z, np.nan, np.nan]))
+
+    cheap, audit = verdict(-2.0)
+    assert cheap.persona_idx == (bargain,) and json.loads(audit)["evidence"] == {"Bargain Hunter": 1.0}
+    assert verdict(2.0)[0].persona_idx == (pets,)  # dear prices are evidence against the bargain hunter
+    assert verdict(-50.0)[0].persona_idx == verdict(-3.0)[0].persona_idx  # clipped to 3 standard units
+    assert set(verdict(np.nan)[0].persona_idx) == {bargain, pets}  # no price column: names alone, a tie
+    assert json.loads(verdict(-50.0)[1])["evidence"] == {"Bargain Hunter": 1.5}
+
+
+def test_behaviour_measures_standardize_price_basket_and_cadence_over_training_lines(spark):
+    from persona_spark.labeling.signals import behaviour_measures
+
+    # customer 1: cheap items, three products per order, an order every 2 days; customer 2: dear
+    # items, one product per order, every 30 days; customer 3 in between. Customer 1's test-split
+    # purchase of the dearest item must not count.
+    prices = {10: 1.0, 11: 2.0, 12: 3.0, 13: 50.0, 14: 60.0, 15: 70.0}
+    lines = [(1, f"1-{o}", i, datetime(2024, 1, 1 + 2 * o)) for o in range(3) for i in (10, 11, 12)]
+    lines += [(1, "1-0", 15, datetime(2024, 1, 1))]
+    lines += [(2, f"2-{o}", 13 + o % 2, datetime(2024, 1 + o, 1)) for o in range(3)]
+    lines += [(3, f"3-{o}", i, datetime(2024, 1, 1 + 10 * o)) for o in range(2) for i in (12, 13)]
+    rows = [(c, o, i, f"item {i}", 1, prices[i], ts, None, None) for c, o, i, ts in lines]
+    schema = ("customer_id long, order_id string, item_id long, item_name string, quantity long, unit_price double, "
+              "ts timestamp, order_number int, days_since_prior_order double")
+    transactions = spark.createDataFrame(rows, schema)
+    users = spark.createDataFrame([(c, c - 1) for c in (1, 2, 3)], "customer_id long, user_idx int")
+    items = spark.createDataFrame([(i, i - 10) for i in prices], "item_id long, item_idx int")
+    pairs = {(c - 1, i - 10) for c, _, i, _ in lines}
+    train = spark.createDataFrame([(u, i, "test" if (u, i) == (0, 5) else "train") for u, i in pairs],
+                                  "user_idx int, item_idx int, split string").filter("split = 'train'")
+    got = {r["user_idx"]: r for r in behaviour_measures(transactions, users, items, train).collect()}
+    for measure in ("price_z", "basket_z", "cadence_z"):
+        assert sum(got[u][measure] for u in got) == pytest.approx(0.0, abs=1e-9)  # standardized over customers
+    assert got[0]["price_z"] < got[2]["price_z"] < got[1]["price_z"]
+    assert got[0]["basket_z"] > got[2]["basket_z"] > got[1]["basket_z"]
+    assert got[0]["cadence_z"] > got[2]["cadence_z"] > got[1]["cadence_z"]
+    without_test_line = behaviour_measures(transactions.filter("item_id != 15"), users, items, train)
+    assert {r["user_idx"]: r.asDict() for r in without_test_line.collect()} == {u: r.asDict() for u, r in got.items()}
+    with_test_line = {r["user_idx"]: r for r in behaviour_measures(transactions, users, items, train.union(
+        spark.createDataFrame([(0, 5, "train")], "user_idx int, item_idx int, split string"))).collect()}
+    assert with_test_line[0]["basket_z"] != pytest.approx(got[0]["basket_z"])  # it would count, were it trained on
+    # Instacart: no prices, no timestamps; the order sequence gives the cadence.
+    sequence = transactions.withColumn("unit_price", F.lit(None).cast("double")).withColumn("ts", F.lit(None).cast("timestamp"))
+    sequence = sequence.withColumn("days_since_prior_order", F.when(F.col("customer_id") == 1, 2.0).otherwise(30.0))
+    instacart = {r["user_idx"]: r for r in behaviour_measures(sequence, users, items, train).collect()}
+    assert all(instacart[u]["price_z"] is None for u in instacart)
+    assert instacart[0]["cadence_z"] > instacart[1]["cadence_z"]

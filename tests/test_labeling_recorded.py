@@ -6,8 +6,9 @@ import json
 from datetime import datetime
 
 from persona_spark.config import DEFAULT_PERSONAS, LabelingConf
-from persona_spark.labeling import build_user_histories, label_entities
+from persona_spark.labeling import build_user_histories
 from persona_spark.personas import load_persona_set
+from persona_spark.stages.cache import label_entities
 from tests.conftest import shared_path
 
 

@@ -32,3 +32,7 @@ def test_wheel_installs_and_imports_without_pyspark(tmp_path):
     imported = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert imported.returncode == 0, imported.stderr[-3000:]
     assert imported.stdout.split() == ["s3a://bucket/run/tables", "s3a://bucket/run/x"]
+    template = ("from importlib.resources import files; "
+                "print(files('persona_spark').joinpath('resources/report/page.html').read_text().count('$nav'))")
+    packaged = subprocess.run([str(python), "-c", template], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert packaged.stdout.split() == ["1"], "the report's page template must ship in the wheel: " + packaged.stderr[-2000:]

@@ -50,7 +50,7 @@ def settings(root: str, master: str, llm_url: str, scratch: str, **more) -> dict
         "spark": {"master": master, "shuffle_partitions": 2, "default_parallelism": 2, "driver_memory": "1g",
                   "extra": {"spark.executor.memory": "1g", "spark.local.dir": scratch}},
         "generate": {"users": 240, "items": 120, "partitions": 2},
-        "gplr": {"budget": 0.1, "rounds": 2},
+        "gplr": {"budget_fraction": 0.1, "rounds": 2},
         "labeling": {"backend": "openai", "openai": {"base_url": llm_url, "model": "keyword-stand-in",
                                                       "api_key_env": KEY_ENV, "partitions": 2}},
         "segment": {"ks": [3, 5]},
@@ -101,40 +101,35 @@ def test_demo_runs_on_object_storage_and_leaves_nothing_on_local_disk(s3, local_
     assert len(personas_on_s3(s3, "local")) > 240  # every customer has at least one persona
 
 
-def test_demo_on_spark_connect_gives_the_same_personas(s3, llm, local_run, tmp_path):
+def test_pipeline_on_spark_connect_gives_the_same_personas(s3, llm, local_run, tmp_path):
     """Databricks serverless and standard-access clusters hand a job a Spark Connect session: no
-    SparkContext, RDDs or JVM. The demo on a local Connect server (with the Delta connector) gives
-    the same personas as on the classic local[2] session."""
+    SparkContext, RDDs or JVM. generate -> ... -> report on a local Connect server (with the Delta
+    connector) gives the same personas as the classic local[2] session."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     conf = settings(f"s3a://{BUCKET}/connect", "local[2]", llm.base_url, str(scratch))
     conf["spark"]["remote"] = "local[2]"
-    result = run_stages(["demo"], write_conf(tmp_path / "conf.yaml", conf),
+    result = run_stages(CLUSTER_STAGES, write_conf(tmp_path / "conf.yaml", conf),
                         {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, tmp_path)
     assert result.returncode == 0, result.stdout[-6000:]
     assert personas_on_s3(s3, "connect") == personas_on_s3(s3, "local")
     assert "connect/report/index.html" in s3.keys(BUCKET, "connect/report/")
 
 
-def test_cluster_on_object_storage_matches_local_and_survives_a_lost_worker(s3, llm, local_run, tmp_path):
+def test_cluster_on_object_storage_survives_a_lost_worker_and_matches_local(s3, llm, local_run, tmp_path):
+    """Two worker JVMs, everything on S3, the Batch API path (its JSONL files written by Spark tasks
+    and read by the driver through the same URIs), reliable checkpoints; a worker (and its executor)
+    is killed at GPLR's first hop. The personas are still those of the local sync run."""
     env = {**s3.env, KEY_ENV: "sk-test"}
     cluster = StandaloneCluster(tmp_path / "cluster", env).start()
     try:
         scratch = tmp_path / "driver_scratch"
         scratch.mkdir()
         root = f"s3a://{BUCKET}/cluster"
-        conf = write_conf(tmp_path / "conf.yaml", settings(root, cluster.url, llm.base_url, str(scratch)))
-        result = run_stages(CLUSTER_STAGES, conf, env, tmp_path)
-        assert result.returncode == 0, result.stdout[-6000:]
-        before = personas_on_s3(s3, "cluster")
-        assert before == personas_on_s3(s3, "local"), "the same seed gave other personas on the cluster"
-        assert "cluster/report/index.html" in s3.keys(BUCKET, "cluster/report/")
-
         refused = run_stages(["generate"], write_conf(tmp_path / "rs.yaml", settings(
             root, cluster.url, llm.base_url, str(scratch), tables__backend="delta-rs")), env, tmp_path)
         assert refused.returncode != 0 and "delta-rs only works on one machine" in refused.stdout
 
-        # GPLR again with reliable checkpoints on S3; a worker (and its executor) dies at the first hop.
         killed = threading.Event()
 
         def kill_at_first_hop(line: str) -> None:
@@ -142,14 +137,21 @@ def test_cluster_on_object_storage_matches_local_and_survives_a_lost_worker(s3, 
                 cluster.kill_worker(0)
                 killed.set()
 
-        faulty = write_conf(tmp_path / "faulty.yaml", settings(root, cluster.url, llm.base_url, str(scratch),
-                                                               affinity__checkpoint="reliable"))
-        rerun = run_stages(["gplr"], faulty, env, tmp_path, on_line=kill_at_first_hop)
-        assert killed.is_set(), "the stage ended before a worker could be killed"
-        assert rerun.returncode == 0, rerun.stdout[-6000:]
-        assert "Lost executor" in rerun.stdout or "lost executor" in rerun.stdout.lower()
-        assert personas_on_s3(s3, "cluster") == before
-        assert any(k.startswith("cluster/checkpoints/") for k in s3.keys(BUCKET, "cluster/checkpoints/"))
+        conf = settings(root, cluster.url, llm.base_url, str(scratch), affinity__checkpoint="reliable")
+        conf["labeling"]["backend"] = "openai_batch"
+        conf["labeling"]["batch"] = {"poll_initial_s": 0.2, "poll_max_s": 1.0}
+        result = run_stages(CLUSTER_STAGES, write_conf(tmp_path / "conf.yaml", conf), env, tmp_path,
+                            on_line=kill_at_first_hop)
+        assert killed.is_set(), "GPLR ended before a worker could be killed"
+        assert result.returncode == 0, result.stdout[-6000:]
+        assert "lost executor" in result.stdout.lower()
+        assert personas_on_s3(s3, "cluster") == personas_on_s3(s3, "local"), "the cluster gave other personas"
+        keys = s3.keys(BUCKET, "cluster/")
+        assert "cluster/report/index.html" in keys
+        assert any(k.startswith("cluster/checkpoints/") for k in keys)
+        assert "cluster/tables/label_batches/_delta_log/00000000000000000000.json" in keys
+        left = [k for k in keys if k.startswith("cluster/labels_batches/") and not k.endswith("/")]
+        assert left == [], "collected batch files were left behind"
     finally:
         cluster.stop()
 

@@ -186,6 +186,16 @@ def test_percentile_ranks_propagated_rows_within_their_persona(spark):
 
 # ---- audiences ------------------------------------------------------------------------------------
 
+def test_changed_rows_are_what_differs_plus_tombstones(spark):
+    schema = "user_idx int, persona_idx int, score double"
+    old = spark.createDataFrame([(1, PET, 0.9), (2, BARGAIN, 0.5), (3, CHEF, 0.7)], schema)
+    new = spark.createDataFrame([(1, PET, 0.9), (2, BARGAIN, 0.6), (4, CHEF, 0.2)], schema)
+    got = {tuple(r) for r in refresh.changed_rows(old, new, ["user_idx", "persona_idx"]).collect()}
+    assert got == {(2, BARGAIN, 0.6, False), (4, CHEF, 0.2, False), (3, CHEF, 0.7, True)}
+    assert {tuple(r) for r in refresh.changed_rows(None, new, ["user_idx", "persona_idx"]).collect()} == {
+        (1, PET, 0.9, False), (2, BARGAIN, 0.6, False), (4, CHEF, 0.2, False)}
+
+
 def test_query_language_matches_set_logic(spark, tmp_path):
     persona_set = load_persona_set(_persona_file(tmp_path))
     sets = {1: [PET], 2: [BARGAIN], 3: [PET, BARGAIN], 4: [CHEF], 5: [PET, CHEF], 6: []}

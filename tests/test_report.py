@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from datetime import datetime
 
+import matplotlib
 import matplotlib.image
 import pytest
 
 from persona_spark import report
+from persona_spark.config import ReportConf
+from persona_spark.report import render
 from persona_spark.config import Config
 from persona_spark.labeling import label_schema
 from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES
@@ -154,13 +163,124 @@ def test_missing_tables_say_which_stage_to_run(frames, store, tmp_path):
         assert f"Not available — run persona-spark {stage}" in page
 
 
-def test_a_broken_section_does_not_cost_the_rest(spark, frames, tmp_path):
+def test_a_broken_section_fails_the_report(spark, frames, tmp_path):
     broken = spark.createDataFrame([("personas", 3)], "representation string, users long")  # no share_unchanged
     tables = {"personas": frames["personas"], "robustness": broken}
-    result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)))
+    with pytest.raises(report.ReportSectionsFailed, match=r"robustness \(KeyError: 'share_unchanged'\).*allow_partial"):
+        report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)))
+    assert not (tmp_path / "index.html").exists() and not (tmp_path / "figures").exists()
+
+
+def test_allow_partial_shows_the_broken_section_and_keeps_the_rest(spark, frames, tmp_path):
+    broken = spark.createDataFrame([("personas", 3)], "representation string, users long")  # no share_unchanged
+    tables = {"personas": frames["personas"], "robustness": broken}
+    matplotlib.get_backend()  # resolves rcParams' lazy "auto" backend, so the copy can be compared
+    style = matplotlib.rcParams.copy()
+    result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)),
+                                 ReportConf(allow_partial=True))
+    assert matplotlib.rcParams == style, "the report's figure style must not leak into the process"
     assert result.sections["robustness"] == "failed" and result.sections["personas"] == "ok"
     page = (tmp_path / "index.html").read_text()
-    assert "This section could not be rendered" in page and "share_unchanged" in page
+    assert '<section id="robustness" class="section failed">' in page
+    assert "This section could not be rendered.</b> KeyError: &#x27;share_unchanged&#x27;" in page
+    assert sorted(p.rsplit("/", 1)[-1] for p in result.figures) == ["persona_cooccurrence.png", "persona_distribution.png"]
+
+
+API_KEY = "azure-7f3c9e21b04d4a6c8e5f"  # the configured key's value (not key-shaped: found by value)
+
+
+def test_redact_removes_keys_and_their_masked_echoes():
+    echoed = ("Error code: 401 - {'error': {'message': 'Incorrect API key provided: sk-proj-Ab12************************wXyZ. "
+              "You can find your API key at https://platform.openai.com/account/api-keys.'}}")
+    assert "sk-proj" not in report.redact(echoed) and "wXyZ" not in report.redact(echoed)
+    assert "Incorrect API key provided: [redacted]. You can find your API key at" in report.redact(echoed)
+    header = "request failed; headers={'Authorization': 'Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig'}"
+    assert "eyJ" not in report.redact(header) and "Authorization" in report.redact(header)
+    assert report.redact("retry with api_key=abc123secret&x=1") == "retry with api_key=[redacted]&x=1"
+    assert report.redact("token dapi0123456789abcdef0123 rejected") == "token [redacted] rejected"
+    by_value = f"401 for key {API_KEY} (prefix {API_KEY[:12]}..., suffix ...{API_KEY[-9:]})"
+    redacted = report.redact(by_value, [API_KEY])
+    assert API_KEY[:8] not in redacted and API_KEY[-8:] not in redacted and redacted.count("[redacted]") == 3
+    assert API_KEY[:12] in report.redact(by_value)  # without the configured value only key shapes are known
+
+
+def test_redact_keeps_ordinary_errors_and_short_or_missing_secrets():
+    plain = "KeyError: 'share_unchanged' (12 tokens used, retry in 2.5 s; see secret_scope)"
+    assert report.redact(plain, [API_KEY, None, "", "short"]) == plain
+    assert report.redact(report.redact(plain + " sk-abcdef123")) == plain + " [redacted]"
+
+
+def test_failure_box_redacts_and_escapes():
+    box = render.failure_box(RuntimeError(f"<401> key {API_KEY} / sk-live-abcdef123456"), (API_KEY,))
+    assert API_KEY not in box and "sk-live" not in box and "&lt;401&gt;" in box
+    assert box.startswith('<div class="error" role="alert">')
+
+
+def test_report_stage_redacts_the_configured_key_from_labeling_errors(spark, frames, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONA_REPORT_TEST_KEY", API_KEY)
+    ts = datetime(2024, 6, 1)
+    errors = [f"401 Unauthorized: invalid key {API_KEY}", f"403 key ...{API_KEY[-10:]} revoked",
+              "429 Bearer tok_4f9a8b7c6d5e rate limited"]
+    labels = [(u, None, None, "error", errors[u % 3], "gpt-4o-mini", "user_v1", PERSONAS.version, f"h{u}",
+               0, 0, 10, 1, "{}", ts, 0, "sync") for u in range(6)]
+    write_world(store, frames, names=("personas", "persona_set"))
+    store.write_table(spark.createDataFrame(labels, label_schema("user_idx")), "user_labels")
+    cfg = Config.model_validate({"personas": str(write_persona_set(tmp_path / "p.yaml")),
+                                 "labeling": {"openai": {"api_key_env": "PERSONA_REPORT_TEST_KEY"}},
+                                 "report": {"path": str(tmp_path / "r" / "index.html")}})
+    summary = STAGES["report"](cfg, store)
+    assert summary["sections"]["labeling"] == "ok"
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "Most frequent errors" in page and "401 Unauthorized: invalid key [redacted]" in page
+    assert API_KEY[:8] not in page and API_KEY[-8:] not in page and "tok_4f9a8b7c6d5e" not in page
+    assert "403 key ...[redacted] revoked" in page and "429 [redacted] rate limited" in page
+
+
+def test_importing_the_report_leaves_matplotlib_alone():
+    """A notebook's backend and style survive ``import persona_spark.report`` (no matplotlib.use, no rcParams)."""
+    probe = ("import matplotlib; before = dict(matplotlib.rcParams); import persona_spark.report; "
+             "changed = sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v); "
+             "print(matplotlib.get_backend(), changed)")
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert shown.stdout.split() == ["svg", "[]"], shown.stderr[-2000:]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+WINDOW_WIDTH = 1400
+# Written into the page's DOM once it has loaded; --dump-dom then prints it.
+MEASURE_NAV = """<script>window.addEventListener('load', function () {
+  var nav = document.querySelector('nav');
+  var rights = Array.from(nav.querySelectorAll('a')).map(function (a) { return a.getBoundingClientRect().right; });
+  document.documentElement.dataset.nav = JSON.stringify({window: window.innerWidth, navScroll: nav.scrollWidth,
+    navClient: nav.clientWidth, linksRight: Math.max.apply(null, rights), links: rights.length,
+    pageScroll: document.documentElement.scrollWidth, navTop: nav.getBoundingClientRect().top,
+    navHeight: nav.getBoundingClientRect().height});
+});</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (Debian: apt-get install chromium)")
+def test_navigation_fits_a_1400_px_window(rendered, tmp_path):
+    _, page = rendered
+    probe = tmp_path / "index.html"
+    probe.write_text(page.replace("</body>", MEASURE_NAV + "</body>"), encoding="utf-8")
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--window-size={WINDOW_WIDTH},900", "--user-data-dir=" + str(tmp_path / "profile")]
+    dom = subprocess.run([*browser, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120, check=True)
+    found = re.search(r'data-nav="([^"]+)"', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    nav = json.loads(html.unescape(found.group(1)))
+    assert nav["window"] == WINDOW_WIDTH and nav["links"] == len(report.SECTIONS)
+    assert nav["navScroll"] <= nav["navClient"] and nav["linksRight"] <= WINDOW_WIDTH, nav
+    assert nav["pageScroll"] <= WINDOW_WIDTH, nav  # no horizontal scrolling anywhere on the page
+
+    shot = tmp_path / "report.png"
+    subprocess.run([*browser, f"--screenshot={shot}", probe.as_uri()], capture_output=True, timeout=120, check=True)
+    image = matplotlib.image.imread(shot)
+    assert image.shape[1] == WINDOW_WIDTH
+    row = image[int(nav["navTop"] + nav["navHeight"] / 2), :, :3]
+    navy = matplotlib.colors.to_rgb("#16497c")
+    assert (abs(row - navy).max(axis=1) < 0.02).mean() > 0.5  # the bar's colour across the width, links on it
 
 
 def test_report_names_the_offline_labeler_shows_no_cost_and_the_rfm_parts(spark, frames, tmp_path):

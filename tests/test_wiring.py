@@ -48,6 +48,48 @@ def _bundle_tasks():
     return bundle, tasks
 
 
+def test_every_table_names_a_registered_writer_and_the_report_reads_registered_tables():
+    from persona_spark import report, tables
+
+    assert {info.written_by for info in tables.TABLES.values()} - {"input"} <= set(STAGES)
+    assert set(report.REPORT_TABLES) <= set(tables.TABLES)
+    assert report.WRITTEN_BY["persona_calibration"] == "gplr" and report.WRITTEN_BY["robustness"] == "robustness"
+
+
+def test_stages_name_tables_only_through_the_registry():
+    """No stage module spells a table name where it reads or writes: a renamed table is one edit in
+    persona_spark/tables.py."""
+    from persona_spark.tables import TABLES
+
+    table_calls = {"read_table", "write_table", "merge_table", "exists", "location", "read_if_exists", "write_slice",
+                   "locations"}
+    spelled = []
+    for module in sorted((ROOT / "persona_spark" / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                if name in table_calls:
+                    spelled += [f"{module.name}:{node.lineno} {arg.value!r}" for arg in node.args
+                                if isinstance(arg, ast.Constant) and arg.value in TABLES]
+    assert not spelled, spelled
+
+
+def test_library_modules_never_hold_the_table_store():
+    """Reading and writing happen in the stages (and the notebook helpers); the library gets DataFrames
+    and, for labeling, a cache object."""
+    edge = {"cli.py", "io.py", "notebook.py"}
+    offenders = []
+    for module in sorted((ROOT / "persona_spark").rglob("*.py")):
+        relative = module.relative_to(ROOT / "persona_spark")
+        if relative.parts[0] == "stages" or str(relative) in edge:
+            continue
+        names = {getattr(node, "id", None) or getattr(node, "arg", None) or getattr(node, "attr", None)
+                 for node in ast.walk(ast.parse(module.read_text()))}
+        if names & {"store", "TableStore"}:
+            offenders.append(str(relative))
+    assert not offenders, offenders
+
+
 def test_bundle_targets_schedule_and_secrets():
     bundle, tasks = _bundle_tasks()
     assert bundle["targets"]["dev"]["mode"] == "development"

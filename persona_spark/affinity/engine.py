@@ -70,6 +70,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark.config import AffinityConf
+from persona_spark.frames import require_columns, union_all
 from persona_spark.session import (CONNECT_CLOSURE_MAX_BYTES, default_parallelism, has_checkpoint_dir, is_connect,
                                    share_with_tasks)
 
@@ -460,16 +461,10 @@ def unpack_states(states: DataFrame, blocking: Blocking, width: int, idx_col: st
 
 
 # ---- input checks ------------------------------------------------------------------------------
-def _require_columns(df: DataFrame, columns: list[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; has {df.columns}")
-
-
 def edge_stats(edges: DataFrame, weighted: bool) -> dict:
     """Counts and index ranges of the edges in one pass; raises naming the offending column."""
     cols = ["user_idx", "item_idx"] + (["n_purchases"] if weighted else [])
-    _require_columns(edges, cols, "edges")
+    require_columns(edges, cols, "edges")
     aggs = [F.count(F.lit(1)).alias("edges"), F.max("user_idx").alias("max_user"), F.min("user_idx").alias("min_user"),
             F.max("item_idx").alias("max_item"), F.min("item_idx").alias("min_item")]
     aggs += [F.sum(F.col(c).isNull().cast("long")).alias(f"null_{c}") for c in cols]
@@ -488,7 +483,7 @@ def edge_stats(edges: DataFrame, weighted: bool) -> dict:
 
 
 def vector_stats(vectors: DataFrame, idx_col: str, vec_col: str, what: str, width: int | None = None) -> dict:
-    _require_columns(vectors, [idx_col, vec_col], what)
+    require_columns(vectors, [idx_col, vec_col], what)
     stats = vectors.agg(F.count(F.lit(1)).alias("rows"), F.max(idx_col).alias("max_idx"),
                         F.min(idx_col).alias("min_idx"), F.min(F.size(vec_col)).alias("min_width"),
                         F.max(F.size(vec_col)).alias("max_width"),
@@ -622,18 +617,11 @@ def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_
             state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
             state = hop(state, to_users, tau, trace, f"hop {2 * step} (items→users)")
             terms.append(state)
-        total = terms[0] if len(terms) == 1 else checkpoint(sum_states(_union(terms), n_personas), conf.checkpoint)
+        total = terms[0] if len(terms) == 1 else checkpoint(sum_states(union_all(terms), n_personas), conf.checkpoint)
     finally:
         if own:
             graph.release()
     return unpack_states(total, graph.users, n_personas, "user_idx", "scores", scale=1.0 / conf.ell)
-
-
-def _union(frames: list[DataFrame]) -> DataFrame:
-    out = frames[0]
-    for frame in frames[1:]:
-        out = out.unionByName(frame)
-    return out
 
 
 def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame,

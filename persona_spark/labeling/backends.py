@@ -5,7 +5,9 @@
   is ``concurrency x`` the partitions running at once (capped by ``partitions``).
 * ``EmbeddingBackend`` — offline zero-shot labels from all-MiniLM-L6-v2 similarities between
   product names and persona descriptions, each persona's similarity standardized over the
-  catalogue (hubness); item embeddings are cached in ``item_embeddings``.
+  catalogue (hubness), plus price / basket / cadence evidence for the personas whose descriptions
+  call for it (``persona_spark.labeling.signals``); the item embeddings it makes come back from
+  ``cache_rows()`` for the caller to keep in ``item_embeddings``.
 * ``RecordedBackend`` — replays labels an LLM gave earlier (e.g. the paper's GPT-4 labels), only
   for the entities asked.
 
@@ -30,8 +32,11 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from persona_spark import tables
 from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
+from persona_spark.frames import require_columns, union_all
 from persona_spark.labeling import journal as journal_io
+from persona_spark.labeling import signals
 from persona_spark.labeling.client import ChatClient, Secret
 from persona_spark.labeling.prompts import Entity, HistoryFormat, LabelPrompt, Verdict, error_verdict, estimate_tokens, sanitize_name
 from persona_spark.labeling.ratelimit import RemoteBudget
@@ -115,6 +120,11 @@ class LabelBackend:
 
     def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
         raise NotImplementedError
+
+    def cache_rows(self) -> dict[str, DataFrame]:
+        """``{cache table: rows}`` the backend made for its own caches since the last call; the
+        caller stores them (the backend writes nothing)."""
+        return {}
 
 
 # ---- openai -----------------------------------------------------------------------------------
@@ -342,8 +352,11 @@ class EmbeddingScorer:
     score_r = sum_i w_i * vote_i[r] / sum_i w_i / prior_r (w = log1p(quantity), quantity or purchase
     count; prior_r = persona r's mean vote over the catalogue, so a score is the basket's lift over
     what any product would give: a persona that collects some vote from everything does not win
-    everywhere); fit = weighted mean of each item's best cosine. fit < min_similarity -> Unrepresentable; else the
-    personas with score_r >= relative_threshold * max score, best first, at most max_personas.
+    everywhere), times exp(evidence_r) where the entity's request carries behaviour measures
+    (``signals.evidence``: ``signal_weight`` x standardized price / basket / cadence for the personas
+    whose descriptions call for them); fit = weighted mean of each item's best cosine.
+    fit < min_similarity -> Unrepresentable; else the personas with score_r >= relative_threshold *
+    max score, best first, at most max_personas.
     """
 
     conf: EmbeddingLabelConf
@@ -355,6 +368,7 @@ class EmbeddingScorer:
     votes: np.ndarray  # (items, personas)
     best: np.ndarray  # (items,)
     prior: np.ndarray  # (personas,) mean vote over the catalogue
+    evidence_weights: np.ndarray | None = None  # (personas, signals.MEASURES): log-score per standard unit
 
     def weights(self, history) -> np.ndarray:
         if self.conf.weight == "count":
@@ -362,7 +376,7 @@ class EmbeddingScorer:
         quantity = np.array([max(int(p["quantity"] or 0), 1) for p in history], dtype=np.float64)
         return np.log1p(quantity) if self.conf.weight == "log_quantity" else quantity
 
-    def verdict(self, history) -> tuple[Verdict, str]:
+    def verdict(self, history, measures: np.ndarray | None = None) -> tuple[Verdict, str]:
         ids = np.array([p["item_idx"] for p in history], dtype=np.int64)
         pos = np.searchsorted(self.item_ids, ids)
         known = (pos < len(self.item_ids)) & (self.item_ids[np.minimum(pos, len(self.item_ids) - 1)] == ids)
@@ -371,10 +385,16 @@ class EmbeddingScorer:
         w = self.weights(history)[known]
         rows = pos[known]
         scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum() / self.prior
+        with_behaviour = measures is not None and self.evidence_weights is not None
+        behaviour = signals.evidence(self.evidence_weights, measures) if with_behaviour else np.zeros(len(scores))
+        scores = scores * np.exp(behaviour)
         fit = float((w * self.best[rows]).sum() / w.sum())
         order = np.argsort(-scores, kind="stable")
         top = {self.persona_set.names[r]: round(float(scores[r]), 4) for r in order[:5]}
-        audit = json.dumps({"fit": round(fit, 4), "top_scores": top})
+        audit = {"fit": round(fit, 4), "top_scores": top}
+        if behaviour.any():
+            audit["evidence"] = {self.persona_set.names[r]: round(float(behaviour[r]), 4) for r in np.flatnonzero(behaviour)}
+        audit = json.dumps(audit)
         if fit < self.conf.min_similarity:
             return Verdict((), (), "unrepresentable", None), audit
         keep = [int(r) for r in order[: self.max_personas] if scores[r] >= self.conf.relative_threshold * scores[order[0]]]
@@ -383,42 +403,50 @@ class EmbeddingScorer:
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
             rows = []
-            for entity_id, history, history_hash in zip(pdf[self.id_col], pdf["history"], pdf["history_hash"]):
-                verdict, audit = self.verdict(history)
+            measures = signals.measure_values(pdf)
+            for entity_id, history, history_hash, entity_measures in zip(pdf[self.id_col], pdf["history"], pdf["history_hash"], measures):
+                verdict, audit = self.verdict(history, entity_measures)
                 rows.append(make_row(self.id_col, entity_id, history_hash, self.key, verdict, answer=audit))
             yield rows_frame(rows, self.id_col)
 
 
 class EmbeddingBackend(LabelBackend):
-    def __init__(self, conf: EmbeddingLabelConf, persona_set: PersonaSet, store, id_col: str, max_personas: int, max_name_chars: int):
+    def __init__(self, conf: EmbeddingLabelConf, persona_set: PersonaSet, id_col: str, max_personas: int,
+                 max_name_chars: int, embeddings: DataFrame):
         self.conf = conf
         self.persona_set = persona_set
-        self.store = store
+        self.embeddings = embeddings  # ITEM_EMBEDDINGS_SCHEMA: the cached ones, then those made here too
+        self._unsaved: list[DataFrame] = []
         self.id_col = id_col
         self.max_personas = max_personas
         self.max_name_chars = max_name_chars
         rule = json.dumps([conf.temperature, conf.weight, conf.relative_threshold, conf.min_similarity, max_personas,
-                           max_name_chars, conf.hubness_prior_items])
-        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v2-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
+                           max_name_chars, conf.hubness_prior_items, conf.signal_weight, signals.SIGNALS_VERSION])
+        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v3-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
 
     def ensure_item_embeddings(self, items: DataFrame) -> int:
-        """Embed the (item_idx, text) pairs not yet in ``item_embeddings``; returns how many were new."""
+        """Embed the (item_idx, text) pairs ``self.embeddings`` lacks; they join it (kept in memory,
+        so each is embedded once) and wait in ``cache_rows()``. Returns how many were new."""
         items = items.select("item_idx", "text").distinct()
-        if self.store.exists("item_embeddings"):
-            cached = self.store.read_table("item_embeddings").filter(F.col("model") == EMBEDDING_MODEL)
-            items = items.join(cached.select("item_idx", "text"), ["item_idx", "text"], "left_anti")
+        cached = self.embeddings.filter(F.col("model") == EMBEDDING_MODEL)
+        items = items.join(cached.select("item_idx", "text"), ["item_idx", "text"], "left_anti")
         missing = items.count()
         if missing:
             fn = partial(embed_partition, self.conf.batch_size, self.max_name_chars)
-            embedded = items.repartition(self.conf.partitions).mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA)
-            self.store.write_table(embedded, "item_embeddings", mode="append")
+            embedded = items.repartition(self.conf.partitions).mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA).persist()
+            self._unsaved.append(embedded)
+            self.embeddings = self.embeddings.unionByName(embedded)
         return missing
+
+    def cache_rows(self) -> dict[str, DataFrame]:
+        made, self._unsaved = self._unsaved, []
+        return {tables.ITEM_EMBEDDINGS: union_all(made)} if made else {}
 
     def persona_vectors(self) -> np.ndarray:
         """Embedded "name: description" of every persona, computed in a Spark task so the driver
         never loads the model (the Python worker that embedded the items already has it)."""
-        texts = [f"{n}: {d}" if d else n for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
-        frame = self.store.spark.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)
+        texts = [signals.persona_text(n, d) for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
+        frame = self.embeddings.sparkSession.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)
         fn = partial(embed_partition, self.conf.batch_size, max(len(t) for t in texts))
         rows = frame.mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA).select("item_idx", "embedding").collect()
         return np.array([r["embedding"] for r in sorted(rows, key=lambda r: r["item_idx"])], dtype=np.float32)
@@ -429,7 +457,7 @@ class EmbeddingBackend(LabelBackend):
         ).distinct()
         self.ensure_item_embeddings(needed)
         persona_vectors = self.persona_vectors()
-        cached = self.store.read_table("item_embeddings").filter(F.col("model") == EMBEDDING_MODEL)
+        cached = self.embeddings.filter(F.col("model") == EMBEDDING_MODEL)
         embeddings = cached.join(needed, ["item_idx", "text"], "left_semi").dropDuplicates(["item_idx"])
         # Hubness is judged against every product embedded so far (the whole catalogue once GPLR has
         # labelled the items), not only the ones these requests bought: one |R|-sized row per task.
@@ -455,6 +483,7 @@ class EmbeddingBackend(LabelBackend):
             np.stack(votes["votes"].to_numpy()) if len(votes) else np.zeros((0, len(self.persona_set)), np.float32),
             votes["best"].to_numpy(dtype=np.float32),
             np.maximum(prior, 1e-9).astype(np.float64),
+            signals.evidence_weights(self.persona_set, self.conf.signal_weight),
         )
         return requests.repartition(self.conf.partitions).mapInPandas(scorer, label_schema(self.id_col))
 
@@ -463,38 +492,23 @@ class EmbeddingBackend(LabelBackend):
 class RecordedBackend(LabelBackend):
     """Labels another model gave, joined to the asked entities only (so the budget stays honest)."""
 
-    def __init__(self, conf: RecordedConf, persona_set: PersonaSet, store, id_col: str):
+    def __init__(self, conf: RecordedConf, persona_set: PersonaSet, id_col: str, recording: DataFrame):
+        """``recording``: ``<id_col>, persona_idx array<int>``, the rows of ``recorded.table`` or
+        ``read_recording(recorded.path)``."""
         if not conf.path and not conf.table:
             raise ValueError("labeling.backend=recorded needs labeling.recorded.path or labeling.recorded.table")
+        require_columns(recording, [id_col, "persona_idx"], f"recorded labels {conf.table or conf.path!r}")
         self.conf = conf
-        self.store = store
         self.id_col = id_col
         self.persona_set = persona_set
+        self.recording = recording.select(F.col(id_col).cast("int"), F.col("persona_idx").cast("array<int>"))
         source = Path(conf.path).stem if conf.path else conf.table
         self.key = CacheKey(conf.model or f"recorded:{source}", "recorded", persona_set.version)
-
-    def recording(self) -> DataFrame:
-        spark = self.store.spark
-        if self.conf.table:
-            table = self.store.read_table(self.conf.table)
-            missing = {self.id_col, "persona_idx"} - set(table.columns)
-            if missing:
-                raise ValueError(f"recorded table {self.conf.table!r} lacks columns {sorted(missing)} (has {table.columns})")
-            return table.select(F.col(self.id_col).cast("int"), F.col("persona_idx").cast("array<int>"))
-        data = json.loads(Path(self.conf.path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{self.conf.path}: expected a JSON object {{id: [persona_idx, ...]}}")
-        rows = []
-        for key, value in data.items():
-            if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-                raise ValueError(f"{self.conf.path}: entry {key!r} must be a list of persona indices, got {value!r}")
-            rows.append((int(key), value))
-        return spark.createDataFrame(rows, f"{self.id_col} int, persona_idx array<int>")
 
     def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
         n = len(self.persona_set)
         names = F.array(*[F.lit(name) for name in self.persona_set.names])
-        joined = requests.select(self.id_col, "history_hash").join(self.recording(), self.id_col, "left")
+        joined = requests.select(self.id_col, "history_hash").join(self.recording, self.id_col, "left")
         idx = F.col("persona_idx")
         out_of_range = F.exists(idx, lambda i: (i < 0) | (i >= n))
         status = (
@@ -524,3 +538,16 @@ class RecordedBackend(LabelBackend):
             F.lit(0).alias("cached_prompt_tokens"),
             F.lit("offline").alias("channel"),
         )
+
+
+def read_recording(spark, path: str, id_col: str) -> DataFrame:
+    """A recording file ``{id: [persona_idx, ...]}`` (e.g. the paper's GPT-4 labels) as ``<id_col>, persona_idx``."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{id: [persona_idx, ...]}}")
+    rows = []
+    for key, value in data.items():
+        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+            raise ValueError(f"{path}: entry {key!r} must be a list of persona indices, got {value!r}")
+        rows.append((int(key), value))
+    return spark.createDataFrame(rows, f"{id_col} int, persona_idx array<int>")

@@ -18,21 +18,21 @@ recorded — and only then submits what is still missing, so no line is paid for
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark import storage, tables
 from persona_spark.config import BatchConf, OpenAIConf
 from persona_spark.labeling.backends import (
     CacheKey,
@@ -46,11 +46,12 @@ from persona_spark.labeling.backends import (
 from persona_spark.labeling.client import CallResult, Secret, chat_body, completion_result
 from persona_spark.labeling.prompts import LabelPrompt, error_verdict
 from persona_spark.personas import PersonaSet
+from persona_spark.refresh import new_run
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "/v1/chat/completions"
-LEDGER_TABLE = "label_batches"
+LEDGER_TABLE = tables.BATCH_LEDGER
 LEDGER_SCHEMA = (
     "submission string, purpose string, cache_tag string, input_sha string, input_path string, lines long, "
     "bytes long, input_file_id string, batch_id string, state string, detail string, output_file_id string, "
@@ -109,27 +110,29 @@ class InputFile:
     sha: str
 
 
-def roll_lines(sources: Iterable[Path], folder: Path, max_lines: int, max_bytes: int) -> list[InputFile]:
+def roll_lines(sources: Iterable[str], folder: str, max_lines: int, max_bytes: int) -> list[InputFile]:
     """Stream JSONL lines into ``folder/input-NNNNN.jsonl`` files of at most ``max_lines`` lines and
-    ``max_bytes`` bytes each (the Batch API's per-batch limits)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    ``max_bytes`` bytes each (the Batch API's per-batch limits). Any location ``storage`` reaches."""
     files: list[InputFile] = []
     handle, digest, count, size = None, None, 0, 0
+
+    def name(i: int) -> str:
+        return storage.join(folder, f"input-{i:05d}.jsonl")
 
     def close() -> None:
         if handle is not None:
             handle.close()
-            files.append(InputFile(str(folder / f"input-{len(files):05d}.jsonl"), count, size, digest.hexdigest()))
+            files.append(InputFile(name(len(files)), count, size, digest.hexdigest()))
 
     for source in sources:
-        with open(source, "rb") as lines:
-            for raw in lines:
+        with storage.open_input(source) as stream:
+            for raw in io.BufferedReader(stream):
                 line = raw.rstrip(b"\n") + b"\n"
                 if len(line) > max_bytes:
                     raise ValueError(f"one batch request line is {len(line):,} bytes, over labeling.batch.max_bytes={max_bytes:,}")
                 if handle is None or count >= max_lines or size + len(line) > max_bytes:
                     close()
-                    handle, digest, count, size = open(folder / f"input-{len(files):05d}.jsonl", "wb"), hashlib.sha256(), 0, 0
+                    handle, digest, count, size = storage.open_output(name(len(files))), hashlib.sha256(), 0, 0
                 handle.write(line)
                 digest.update(line)
                 count, size = count + 1, size + len(line)
@@ -214,8 +217,7 @@ def answer_rows(worker: OpenAIWorker, batch_id: str, status: str, detail: str | 
 
 def collect_rows(spark, submission: "Submission", worker: OpenAIWorker) -> DataFrame:
     """The label rows of one finished batch: the input file's lines left-joined with their answers."""
-    folder = Path(submission.input_path).parent / submission.submission
-    answer_files = [str(p) for p in (folder / "output.jsonl", folder / "errors.jsonl") if p.is_file()]
+    answer_files = [f for f in answer_locations(submission) if storage.exists(f)]
     expected = spark.read.text(submission.input_path).select(F.get_json_object("value", "$.custom_id").alias("custom_id"))
     if answer_files:
         answers = spark.read.text(answer_files).mapInPandas(parse_partition, ANSWER_SCHEMA)
@@ -253,9 +255,19 @@ class Submission:
     ts: datetime | None = None  # of the first record: answers committed after it may come from this batch
 
 
+def submission_dir(sub: Submission) -> str:
+    """Where a submission's downloaded answer files live: beside its input file."""
+    return storage.join(storage.parent(sub.input_path), sub.submission)
+
+
+def answer_locations(sub: Submission) -> tuple[str, str]:
+    """(output file, error file) of a finished batch, as downloaded."""
+    return storage.join(submission_dir(sub), "output.jsonl"), storage.join(submission_dir(sub), "errors.jsonl")
+
+
 class BatchLedger:
-    def __init__(self, store, table: str = LEDGER_TABLE):
-        self.store = store
+    def __init__(self, cache, table: str = LEDGER_TABLE):
+        self.cache = cache  # labeling.LabelCache
         self.table = table
 
     def record(self, submissions: list[Submission]) -> list[Submission]:
@@ -264,14 +276,15 @@ class BatchLedger:
             return []
         now = datetime.now(timezone.utc)
         rows = [{**asdict(s), "ts": now} for s in submissions]
-        self.store.write_table(self.store.spark.createDataFrame(rows, LEDGER_SCHEMA), self.table, mode="append")
+        self.cache.append(self.table, self.cache.spark.createDataFrame(rows, LEDGER_SCHEMA))
         return [s if s.ts else replace(s, ts=now) for s in submissions]
 
     def latest(self, purpose: str, tag: str) -> list[Submission]:
         """Each submission's latest state (one row per batch ever made, so small enough to collect)."""
-        if not self.store.exists(self.table):
+        ledger = self.cache.read(self.table)
+        if ledger is None:
             return []
-        rows = self.store.read_table(self.table).filter((F.col("purpose") == purpose) & (F.col("cache_tag") == tag))
+        rows = ledger.filter((F.col("purpose") == purpose) & (F.col("cache_tag") == tag))
         window = Window.partitionBy("submission")
         latest = (rows.withColumn("first_ts", F.min("ts").over(window))
                   .withColumn("_rank", F.row_number().over(window.orderBy(F.desc("ts")))).filter("_rank = 1"))
@@ -295,9 +308,9 @@ class BatchAPI:
         self._client = openai.OpenAI(api_key=api_key.reveal(), base_url=conf.base_url, timeout=conf.timeout_s,
                                      max_retries=max(conf.max_attempts - 1, 0))
 
-    def upload(self, path: str) -> str:
-        with open(path, "rb") as handle:
-            return self._client.files.create(file=handle, purpose="batch").id
+    def upload(self, location: str) -> str:
+        with storage.open_input(location) as handle:
+            return self._client.files.create(file=(location.rsplit("/", 1)[-1], handle), purpose="batch").id
 
     def create(self, file_id: str, window: str, submission: str):
         return self._client.with_options(max_retries=0).batches.create(
@@ -316,9 +329,10 @@ class BatchAPI:
     def retrieve(self, batch_id: str):
         return self._client.batches.retrieve(batch_id)
 
-    def download(self, file_id: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._client.files.content(file_id).write_to_file(path)
+    def download(self, file_id: str, location: str) -> None:
+        with storage.open_output(location) as out:
+            for chunk in self._client.files.content(file_id).iter_bytes():
+                out.write(chunk)
 
 
 def batch_detail(batch) -> str | None:
@@ -381,16 +395,15 @@ class BatchRunner:
                 interval = min(interval * 2, self.conf.poll_max_s)
 
     def download(self, sub: Submission) -> None:
-        folder = Path(sub.input_path).parent / sub.submission
-        for file_id, name in ((sub.output_file_id, "output.jsonl"), (sub.error_file_id, "errors.jsonl")):
-            if file_id and not (folder / name).is_file():
-                self.api.download(file_id, folder / f"{name}.part")
-                (folder / f"{name}.part").rename(folder / name)  # a killed download is never read as complete
+        for file_id, location in zip((sub.output_file_id, sub.error_file_id), answer_locations(sub)):
+            if file_id and not storage.exists(location):
+                self.api.download(file_id, f"{location}.part")
+                storage.move(f"{location}.part", location)  # a killed download is never read as complete
 
     def collected(self, sub: Submission) -> None:
         self.ledger.record([replace(sub, state="collected", detail=f"{sub.state}: {sub.detail}")])
-        shutil.rmtree(Path(sub.input_path).parent / sub.submission, ignore_errors=True)
-        Path(sub.input_path).unlink(missing_ok=True)
+        storage.remove_tree(submission_dir(sub))
+        storage.remove(sub.input_path)
 
 
 # ---- the backend ------------------------------------------------------------------------------
@@ -400,18 +413,19 @@ class BatchBackend(LabelBackend):
     paid = True
     batched = True
 
-    def __init__(self, conf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet, store, kind: str, table: str):
+    def __init__(self, conf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet, cache, kind: str,
+                 table: str):
         self.conf = conf  # LabelingConf
         self.key = CacheKey(conf.openai.model, prompt.version, persona_set.version)
         self.worker = OpenAIWorker(conf.openai, api_key, prompt, id_col, self.key)
-        self.store, self.kind, self.table = store, kind, table
+        self.cache, self.kind, self.table = cache, kind, table  # cache: labeling.LabelCache
         self.tag = cache_tag(self.key)
         self._runner = None
 
     @property
     def runner(self) -> BatchRunner:
         if self._runner is None:
-            self._runner = BatchRunner(BatchAPI(self.conf.openai, self.worker.api_key), BatchLedger(self.store), self.conf.batch)
+            self._runner = BatchRunner(BatchAPI(self.conf.openai, self.worker.api_key), BatchLedger(self.cache), self.conf.batch)
         return self._runner
 
     def resume(self) -> int:
@@ -424,34 +438,37 @@ class BatchBackend(LabelBackend):
 
     def label_missing(self, todo: DataFrame) -> int:
         """Render, split, submit, wait, collect; returns the number of batches submitted."""
-        run = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        folder = Path(self.conf.batch.dir) / self.kind / run
-        rendered = folder / "rendered"
-        todo.mapInPandas(partial(render_partition, self.worker, self.tag), "value string").write.mode("overwrite").text(str(rendered))
-        files = roll_lines(sorted(rendered.glob("part-*")), folder, self.conf.batch.max_lines, self.conf.batch.max_bytes)
-        shutil.rmtree(rendered, ignore_errors=True)
+        run = new_run()[0]
+        folder = storage.join(self.conf.batch.dir, self.kind, run)
+        rendered = storage.join(folder, "rendered")
+        todo.mapInPandas(partial(render_partition, self.worker, self.tag), "value string").write.mode("overwrite").text(rendered)
+        parts = [p for p in storage.list_files(rendered) if p.rsplit("/", 1)[-1].startswith("part-")]
+        files = roll_lines(parts, folder, self.conf.batch.max_lines, self.conf.batch.max_bytes)
+        storage.remove_tree(rendered)
         submissions = self.runner.submit(files, self.kind, self.tag)
         self._collect(submissions)
+        storage.remove_tree(folder)
         return len(submissions)
 
     def _collect(self, submissions: list[Submission]) -> None:
         for sub in self.runner.wait(submissions):
-            rows = collect_rows(self.store.spark, sub, self.worker)
-            if self.store.exists(self.table):  # a run killed after committing this batch: no second copy
-                committed = self.store.read_table(self.table).filter(
+            rows = collect_rows(self.cache.spark, sub, self.worker)
+            committed = self.cache.read(self.table)
+            if committed is not None:  # a run killed after committing this batch: no second copy
+                committed = committed.filter(
                     (F.col("channel") == "batch") & (F.col("ts") >= F.lit(sub.ts)) & (F.col("model") == self.key.model)
                     & (F.col("prompt_version") == self.key.prompt_version)
                     & (F.col("persona_set_version") == self.key.persona_set_version)
                 )
                 keys = [self.worker.id_col, "history_hash"]
                 rows = rows.join(committed.select(*keys), keys, "left_anti")
-            version = self.store.write_table(rows, self.table, mode="append")
+            version = self.cache.append(self.table, rows)
             log.info("batch %s (%s): rows committed as version %d of %s", sub.batch_id, sub.state, version, self.table)
             self.runner.collected(sub)
 
 
 # ---- driver-side calls (persona-set generation) -----------------------------------------------
-def complete_in_batch(store, conf, api_key: Secret, message_lists: list[list[dict]], purpose: str,
+def complete_in_batch(cache, conf, api_key: Secret, message_lists: list[list[dict]], purpose: str,
                       response_format: dict | None) -> list[CallResult]:
     """A few chat requests (bounded by configuration) through one batch, in order. A rerun with the
     same requests adopts the batch an interrupted run submitted instead of paying again."""
@@ -459,22 +476,19 @@ def complete_in_batch(store, conf, api_key: Secret, message_lists: list[list[dic
     text = ("\n".join(lines) + "\n").encode()
     sha = hashlib.sha256(text).hexdigest()
     tag = hashlib.sha256(conf.openai.model.encode()).hexdigest()[:10]
-    runner = BatchRunner(BatchAPI(conf.openai, api_key), BatchLedger(store), conf.batch)
+    runner = BatchRunner(BatchAPI(conf.openai, api_key), BatchLedger(cache), conf.batch)
     earlier = [s for s in runner.ledger.latest(purpose, tag) if s.input_sha == sha and s.state in ("uploaded", "submitted")]
-    if earlier and Path(earlier[-1].input_path).is_file():
+    if earlier and storage.exists(earlier[-1].input_path):
         sub = earlier[-1]
     else:
-        folder = Path(conf.batch.dir) / purpose / uuid.uuid4().hex[:8]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "input-00000.jsonl"
-        path.write_bytes(text)
-        (sub,) = runner.submit([InputFile(str(path), len(lines), len(text), sha)], purpose, tag)
+        location = storage.join(conf.batch.dir, purpose, uuid.uuid4().hex[:8], "input-00000.jsonl")
+        storage.write_bytes(location, text)
+        (sub,) = runner.submit([InputFile(location, len(lines), len(text), sha)], purpose, tag)
     (done,) = list(runner.wait([sub]))
     answers: dict[str, list[dict]] = {}
-    folder = Path(done.input_path).parent / done.submission
-    for name in ("output.jsonl", "errors.jsonl"):
-        if (folder / name).is_file():
-            for line in (folder / name).read_text(encoding="utf-8").splitlines():
+    for location in answer_locations(done):
+        if storage.exists(location):
+            for line in storage.read_text(location).splitlines():
                 parsed = parse_output_line(line)
                 if parsed is not None:
                     answers.setdefault(parsed["custom_id"], []).append(parsed)

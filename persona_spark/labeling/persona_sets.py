@@ -251,11 +251,11 @@ class PersonaSetGenerator:
 
         return lambda _purpose, message_lists: asyncio.run(run(message_lists))
 
-    def _batch_calls(self, api_key: Secret, store):
+    def _batch_calls(self, api_key: Secret, cache):
         """The same through the Batch API: one batch per step, each waited for (and resumed by a rerun)."""
         from persona_spark.labeling.batch import complete_in_batch
 
-        return lambda purpose, message_lists: complete_in_batch(store, self.conf, api_key, message_lists, purpose,
+        return lambda purpose, message_lists: complete_in_batch(cache, self.conf, api_key, message_lists, purpose,
                                                                 self._response_format())
 
     @staticmethod
@@ -319,10 +319,10 @@ class PersonaSetGenerator:
         }
         return persona_set, stats
 
-    def generate(self, groups: list[list[Entity]], api_key: Secret, store=None) -> tuple[PersonaSet, dict]:
+    def generate(self, groups: list[list[Entity]], api_key: Secret, cache=None) -> tuple[PersonaSet, dict]:
         """Every step's prompts as synchronous calls or (``labeling.backend=openai_batch``, which needs
-        ``store`` for the batch ledger) as one Batch API batch per step."""
-        call = self._batch_calls(api_key, store) if self.conf.backend == "openai_batch" else self._sync_calls(api_key)
+        ``cache``, a ``labeling.LabelCache``, for the batch ledger) as one Batch API batch per step."""
+        call = self._batch_calls(api_key, cache) if self.conf.backend == "openai_batch" else self._sync_calls(api_key)
         return self._generate(groups, call)
 
     def metadata(self, stats: dict) -> dict:

@@ -3,7 +3,7 @@
 ``label_entities`` (1) commits answers a killed run left in the journal, (2) anti-joins the
 requests with the cache table on (id, history_hash, model, prompt_version, persona_set_version),
 (3) labels only what is missing, ``chunk_size`` entities per Spark job, appending each chunk to the
-cache table in one commit, and (4) returns one label row per requested entity. The cache tables
+cache table in one commit (through the ``LabelCache`` the caller passes), and (4) returns one label row per requested entity. The cache tables
 (``user_labels`` / ``item_labels``) are append-only — every answer ever paid for stays auditable;
 readers take the best row per key (a valid answer over an error, then the newest).
 """
@@ -15,19 +15,19 @@ import math
 import posixpath
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark import storage
+from persona_spark import storage, tables
 from persona_spark.config import LabelingConf, SelectionConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling.backends import (
+    ITEM_EMBEDDINGS_SCHEMA,
     EmbeddingBackend,
     LabelBackend,
     OpenAIBackend,
@@ -35,12 +35,14 @@ from persona_spark.labeling.backends import (
     entities_of,
     label_columns,
     label_schema,
+    read_recording,
 )
 from persona_spark.labeling.client import Secret, resolve_api_key
 from persona_spark.labeling.pricing import cost_column, price_table, rates
 from persona_spark.labeling.prompts import HISTORY_ORDERS, LabelPrompt, load_template_file
 from persona_spark.labeling.ratelimit import job_budget_url
 from persona_spark.personas import PersonaSet
+from persona_spark.refresh import new_run
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,24 @@ class EntityKind:
     table: str  # the cache table
 
 
-KINDS = {"user": EntityKind("user", "user_idx", "user_labels"), "item": EntityKind("item", "item_idx", "item_labels")}
+KINDS = {"user": EntityKind("user", "user_idx", tables.USER_LABELS),
+         "item": EntityKind("item", "item_idx", tables.ITEM_LABELS)}
+
+
+class LabelCache(Protocol):
+    """The cache tables as labeling sees them (the stages implement it over the run's tables): answers
+    paid for, item embeddings, the Batch API ledger. Nothing else is read or written from here."""
+
+    spark: object
+
+    def read(self, name: str) -> DataFrame | None:
+        """The table, or None before anything was cached in it."""
+
+    def append(self, name: str, rows: DataFrame) -> int:
+        """Commit ``rows`` in one append; returns the table version."""
+
+    def replace(self, name: str, rows: DataFrame) -> None:
+        """Overwrite the table with ``rows`` (materialized by the caller)."""
 
 
 class DryRunEstimate(Exception):
@@ -108,8 +127,10 @@ def history_hash(column: str):
     return F.substring(F.sha2(F.to_json(column), 256), 1, 16)
 
 
-def select_entities(requests: DataFrame, selection: SelectionConf, id_col: str, store) -> DataFrame:
-    """All requests, a seeded hash sample of ``size``, or those whose id is in ``selection.table``."""
+def select_entities(requests: DataFrame, selection: SelectionConf, id_col: str,
+                    chosen: DataFrame | None = None) -> DataFrame:
+    """All requests, a seeded hash sample of ``size``, or those whose id is in ``chosen`` (the
+    ``selection.table`` the caller read)."""
     if selection.mode == "all":
         return requests
     if selection.mode == "sample":
@@ -117,7 +138,8 @@ def select_entities(requests: DataFrame, selection: SelectionConf, id_col: str, 
         return requests.orderBy(order, id_col).limit(selection.size)
     if not selection.table:
         raise ValueError("selection mode 'table' needs a table name (labeling.users.table / labeling.items.table)")
-    chosen = store.read_table(selection.table)
+    if chosen is None:
+        raise ValueError(f"selection mode 'table': pass the rows of table {selection.table!r} as chosen")
     if id_col not in chosen.columns:
         raise ValueError(f"table {selection.table!r} has no column {id_col!r} (has {chosen.columns})")
     return requests.join(chosen.select(id_col).distinct(), id_col, "left_semi")
@@ -133,12 +155,22 @@ def check_requests(requests: DataFrame, kind: EntityKind) -> None:
 
 
 # ---- backends ---------------------------------------------------------------------------------
-def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | EntityKind, store) -> LabelBackend:
+def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | EntityKind, cache: LabelCache,
+                 recording: DataFrame | None = None) -> LabelBackend:
+    """The configured labeler. A recorded backend replays ``recording`` (``<id>, persona_idx``: its
+    ``recorded.table`` as the caller read it); without one it reads its ``recorded.path`` file."""
     kind = KINDS[kind] if isinstance(kind, str) else kind
     if conf.backend == "embedding":
-        return EmbeddingBackend(conf.embedding, persona_set, store, kind.id_col, conf.max_personas, conf.max_name_chars)
+        embeddings = cache.read(tables.ITEM_EMBEDDINGS)
+        return EmbeddingBackend(conf.embedding, persona_set, kind.id_col, conf.max_personas, conf.max_name_chars,
+                                embeddings if embeddings is not None else cache.spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
     if conf.backend == "recorded":
-        return RecordedBackend(conf.recorded, persona_set, store, kind.id_col)
+        if recording is None:
+            if conf.recorded.table or not conf.recorded.path:
+                raise ValueError("labeling.backend=recorded needs labeling.recorded.path, or the rows of "
+                                 "labeling.recorded.table passed as recording")
+            recording = read_recording(cache.spark, conf.recorded.path, kind.id_col)
+        return RecordedBackend(conf.recorded, persona_set, kind.id_col, recording)
     template = conf.user_prompt if kind.name == "user" else conf.item_prompt
     prompt = LabelPrompt(template, persona_set, conf.max_personas, conf.history_tokens, conf.max_name_chars)
     if conf.openai.users_per_request > 1 and not prompt.multi:
@@ -147,17 +179,17 @@ def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | Entity
         raise ValueError(f"prompt template {template!r} answers keyed by id, which a fixed JSON schema cannot "
                          "describe: set labeling.openai.json_mode to json_object or off")
     # A dry run only renders prompts to count tokens: pricing a run must not require its key.
-    key = Secret("") if conf.dry_run else resolve_api_key(conf.openai, store.spark)
+    key = Secret("") if conf.dry_run else resolve_api_key(conf.openai, cache.spark)
     if conf.backend == "openai_batch":
         from persona_spark.labeling.batch import BatchBackend
 
         if conf.openai.users_per_request > 1:
             raise ValueError("labeling.backend=openai_batch sends one entity per request line: set labeling.openai.users_per_request=1")
-        return BatchBackend(conf, key, prompt, kind.id_col, persona_set, store, kind.name, kind.table)
+        return BatchBackend(conf, key, prompt, kind.id_col, persona_set, cache, kind.name, kind.table)
     budget_url = None
     if (conf.openai.tokens_per_minute or conf.openai.requests_per_minute) and not conf.dry_run:
         budget_url = job_budget_url(conf.openai.tokens_per_minute, conf.openai.requests_per_minute,
-                                    conf.openai.base_url or "api.openai.com", driver_host(store.spark))
+                                    conf.openai.base_url or "api.openai.com", driver_host(cache.spark))
     return OpenAIBackend(conf.openai, key, prompt, kind.id_col, persona_set, budget_url)
 
 
@@ -172,32 +204,34 @@ def driver_host(spark) -> str:
 LEDGER_COLUMNS = {"cached_prompt_tokens": "int", "channel": "string"}  # added after the first cache tables
 
 
-def upgrade_cache_table(store, kind: EntityKind) -> None:
+def upgrade_cache_table(cache: LabelCache, kind: EntityKind) -> None:
     """Give a cache table written before the ledger had cached-prompt tokens and a channel those
     columns (one rewrite; 0 cached tokens, channel 'sync' for paid rows, 'offline' otherwise)."""
-    if not store.exists(kind.table):
+    table = cache.read(kind.table)
+    if table is None:
         return
-    table = store.read_table(kind.table)
     if all(c in table.columns for c in LEDGER_COLUMNS):
         return
     paid = F.coalesce(F.col("prompt_tokens"), F.lit(0)) + F.coalesce(F.col("completion_tokens"), F.lit(0)) > 0
     upgraded = table.withColumn("cached_prompt_tokens", F.lit(0)).withColumn("channel", F.when(paid, "sync").otherwise("offline"))
-    store.write_table(upgraded.select(*label_columns(kind.id_col)).localCheckpoint(), kind.table, mode="overwrite")
+    cache.replace(kind.table, upgraded.select(*label_columns(kind.id_col)).localCheckpoint())
     log.info("%s: added the columns %s", kind.table, sorted(LEDGER_COLUMNS))
 
-def cached_rows(store, kind: EntityKind, backend: LabelBackend) -> DataFrame | None:
-    if not store.exists(kind.table):
+def cached_rows(cache: LabelCache, kind: EntityKind, backend: LabelBackend) -> DataFrame | None:
+    table = cache.read(kind.table)
+    if table is None:
         return None
     key = backend.key
-    return store.read_table(kind.table).filter(
+    return table.filter(
         (F.col("model") == key.model)
         & (F.col("prompt_version") == key.prompt_version)
         & (F.col("persona_set_version") == key.persona_set_version)
     )
 
 
-def missing_requests(requests: DataFrame, store, kind: EntityKind, backend: LabelBackend, retry_errors: bool) -> DataFrame:
-    cached = cached_rows(store, kind, backend)
+def missing_requests(requests: DataFrame, cache: LabelCache, kind: EntityKind, backend: LabelBackend,
+                     retry_errors: bool) -> DataFrame:
+    cached = cached_rows(cache, kind, backend)
     if cached is None:
         return requests
     if retry_errors:
@@ -211,24 +245,25 @@ def best_rows(labels: DataFrame, id_col: str) -> DataFrame:
     return labels.withColumn("_rank", F.row_number().over(order)).filter("_rank = 1").drop("_rank")
 
 
-def recover_journal(store, kind: EntityKind, journal_dir: str) -> int:
+def recover_journal(cache: LabelCache, kind: EntityKind, journal_dir: str) -> int:
     """Commit answers a killed run left in the journal (skipping rows already committed), then
     delete those journal files. Returns how many rows were recovered."""
     root = storage.join(journal_dir, kind.name)
     files = journal_io.journal_files(root)
     if not files:
         return 0
-    spark = store.spark
+    spark = cache.spark
     schema = label_schema(kind.id_col).replace("ts timestamp", "ts long")
     raw = spark.read.schema(schema).option("mode", "DROPMALFORMED").json(files)
     rows = raw.withColumn("ts", F.timestamp_micros("ts")).dropDuplicates([kind.id_col, "history_hash", "model", "prompt_version", "persona_set_version", "ts"])
-    if store.exists(kind.table):
+    committed = cache.read(kind.table)
+    if committed is not None:
         keys = [kind.id_col, "history_hash", "model", "prompt_version", "persona_set_version", "ts"]
-        rows = rows.join(store.read_table(kind.table).select(*keys), keys, "left_anti")
+        rows = rows.join(committed.select(*keys), keys, "left_anti")
     rows = rows.select(*label_columns(kind.id_col))
     recovered = rows.count()
     if recovered:
-        store.write_table(rows, kind.table, mode="append")
+        cache.append(kind.table, rows)
         log.info("recovered %d %s labels from the journal of an interrupted run", recovered, kind.name)
     for folder in {posixpath.dirname(f) for f in files}:
         journal_io.remove(folder)
@@ -293,7 +328,7 @@ class Progress:
 
 # ---- the loop ---------------------------------------------------------------------------------
 def label_entities(
-    store,
+    cache: LabelCache,
     requests: DataFrame,
     persona_set: PersonaSet,
     conf: LabelingConf,
@@ -308,38 +343,41 @@ def label_entities(
     """
     entity = KINDS[kind]
     check_requests(requests, entity)
-    backend = backend or make_backend(conf, persona_set, entity, store)
+    backend = backend or make_backend(conf, persona_set, entity, cache)
     if conf.dry_run:
-        raise DryRunEstimate(estimate_labeling(store, requests, conf, entity, backend))
-    upgrade_cache_table(store, entity)
+        raise DryRunEstimate(estimate_labeling(cache, requests, conf, entity, backend))
+    upgrade_cache_table(cache, entity)
     if getattr(backend, "batched", False):
         # Batches an earlier run submitted are collected before anything new is asked.
         backend.resume()
-        missing = missing_requests(requests, store, entity, backend, conf.retry_errors)
+        missing = missing_requests(requests, cache, entity, backend, conf.retry_errors)
         if not missing.isEmpty():
             backend.label_missing(missing)
-        return best_rows(cached_rows(store, entity, backend).join(requests.select(entity.id_col, "history_hash"), [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
+        return best_rows(cached_rows(cache, entity, backend).join(requests.select(entity.id_col, "history_hash"), [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
     if backend.paid:
-        recover_journal(store, entity, conf.journal_dir)
-    missing = missing_requests(requests, store, entity, backend, conf.retry_errors)
+        recover_journal(cache, entity, conf.journal_dir)
+    missing = missing_requests(requests, cache, entity, backend, conf.retry_errors)
     total = missing.count()
     n_chunks = max(1, math.ceil(total / conf.chunk_size))
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run()[0]  # UTC, sorts by time, unique: names this run's journal folders
     progress = Progress(entity.name, total, conf.progress_interval_s)
     log.info("labeling %d %ss with %s (%s) in %d chunk(s)", total, entity.name, backend.key.model, backend.key.prompt_version, n_chunks if total else 0)
     chunk_of = F.pmod(F.xxhash64(entity.id_col, "history_hash"), F.lit(n_chunks))
     for chunk in range(n_chunks if total else 0):
         # Re-checked against the cache per chunk: rows committed meanwhile are never sent again.
-        todo = missing_requests(requests.filter(chunk_of == chunk), store, entity, backend, conf.retry_errors)
+        todo = missing_requests(requests.filter(chunk_of == chunk), cache, entity, backend, conf.retry_errors)
         folder = journal_io.chunk_dir(conf.journal_dir, entity.name, run_id, chunk) if backend.paid else None
         if folder is not None:
             progress.watch(folder)
-        version = store.write_table(backend.label(todo, folder), entity.table, mode="append")
+        labels = backend.label(todo, folder)
+        for table, rows in backend.cache_rows().items():  # e.g. the item embeddings this chunk made
+            cache.append(table, rows)
+        version = cache.append(entity.table, labels)
         log.info("%s labels: chunk %d/%d committed as version %d of %s", entity.name, chunk + 1, n_chunks, version, entity.table)
         progress.chunk_done()
         if folder is not None:
             journal_io.remove(folder)
-    result = cached_rows(store, entity, backend)
+    result = cached_rows(cache, entity, backend)
     wanted = requests.select(entity.id_col, "history_hash")
     return best_rows(result.join(wanted, [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
 
@@ -358,11 +396,12 @@ def estimate_partition(worker, id_col: str, batches: Iterator[pd.DataFrame]) -> 
         )
 
 
-def estimate_labeling(store, requests: DataFrame, conf: LabelingConf, kind: EntityKind, backend: LabelBackend) -> dict:
+def estimate_labeling(cache: LabelCache, requests: DataFrame, conf: LabelingConf, kind: EntityKind,
+                      backend: LabelBackend) -> dict:
     """Entities the cache lacks and, for a paid backend, the tokens and cost of labeling them,
     measured on the real prompts (chars/4) in a Spark job, priced both synchronously and through
     the Batch API, and scaled to 1 M entities."""
-    missing = missing_requests(requests, store, kind, backend, conf.retry_errors)
+    missing = missing_requests(requests, cache, kind, backend, conf.retry_errors)
     estimate = {"backend": conf.backend, "model": backend.key.model, "prompt_version": backend.key.prompt_version}
     if not backend.paid:
         return {**estimate, "entities": missing.count(), "requests": 0, "prompt_tokens": 0, "cost_max_usd": 0.0}

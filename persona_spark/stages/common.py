@@ -1,0 +1,76 @@
+"""What every stage module shares: the run's persona names, pinning intermediates, slice writes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from persona_spark import refresh, tables
+from persona_spark.affinity import checkpoint
+from persona_spark.config import Config
+from persona_spark.io import TableStore
+from persona_spark.personas import load_persona_set
+from persona_spark.session import ensure_checkpoint_dir
+
+Stage = Callable[[Config, TableStore], dict]
+
+
+def locations(store: TableStore, *names: str) -> dict[str, str]:
+    """``{table: where it lives}`` for a stage's summary."""
+    return {name: store.location(name) for name in names}
+
+
+def read_if_exists(store: TableStore, name: str) -> DataFrame | None:
+    return store.read_table(name) if store.exists(name) else None
+
+
+def persona_names(cfg: Config, store: TableStore) -> DataFrame:
+    """``persona_idx, name`` of the run: its ``persona_set`` table, else the configured persona set."""
+    if store.exists(tables.PERSONA_SET):
+        return store.read_table(tables.PERSONA_SET).select("persona_idx", "name")
+    return load_persona_set(cfg.personas).to_dataframe(store.spark).select("persona_idx", "name")
+
+
+def prepare_checkpoints(cfg: Config, spark) -> None:
+    """Reliable checkpoints need a checkpoint directory: ``spark.checkpoint_dir`` unless one is set
+    (call before a library call that pins its intermediates)."""
+    if cfg.affinity.checkpoint == "reliable":
+        ensure_checkpoint_dir(spark, cfg.spark.checkpoint_dir)
+
+
+def pin(cfg: Config, df: DataFrame) -> DataFrame:
+    """Materialize an intermediate result the way ``affinity.checkpoint`` says (reliable: survives a lost executor)."""
+    prepare_checkpoints(cfg, df.sparkSession)
+    return checkpoint(df, cfg.affinity.checkpoint)
+
+
+def utc(ts: datetime) -> datetime:
+    """A timestamp read back from Spark (naive, local time) as an aware UTC datetime."""
+    return ts.astimezone(timezone.utc)
+
+
+def write_slice(cfg: Config, store: TableStore, name: str, rows: DataFrame, where: dict[str, str],
+                keys: list[str]) -> bool:
+    """Make ``rows`` the content of the slice ``where`` (column -> value) of table ``name``.
+
+    A new slice is appended (Spark writes the files in parallel); an existing one is MERGEd as
+    changed rows plus tombstones, so a rerun commits only what differs — nothing when nothing does.
+    Returns whether anything was committed.
+    """
+    if not store.exists(name):
+        store.write_table(rows, name)
+        return True
+    existing = store.read_table(name)
+    for column, value in where.items():
+        existing = existing.filter(F.col(column) == F.lit(value))
+    if existing.limit(1).count() == 0:
+        store.write_table(rows, name, "append")
+        return True
+    delta = pin(cfg, refresh.changed_rows(existing, rows, keys))  # pinned: the MERGE rewrites its source
+    if delta.limit(1).count() == 0:
+        return False
+    store.merge_table(delta, name, keys, delete_when="removed")
+    return True

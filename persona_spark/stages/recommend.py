@@ -1,0 +1,113 @@
+"""Recommender stages: the tripartite export, training, cold-start recommendations from personas."""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import functions as F
+
+from persona_spark import refresh, storage, tables
+from persona_spark.config import Config
+from persona_spark.io import TableStore
+from persona_spark.stages.common import persona_names
+
+log = logging.getLogger("persona_spark")
+
+RECOMMEND_RUNS_SCHEMA = (
+    "run_id string, model string, seed int, ndcg_at_10 double, f1_at_10 double, metrics map<string, double>, "
+    "val_ndcg_at_10 double, best_epoch int, epochs int, seconds double, device string, model_path string"
+)
+
+
+def export_stage(cfg: Config, store: TableStore) -> dict:
+    """Write the recommender's directory (train/test edges, user/item personas, index maps) from tables."""
+    from persona_spark.recommend import export
+
+    conf = cfg.recommend
+    spark = store.spark
+    edges, users, items = (store.read_table(t) for t in (tables.EDGES, tables.USERS, tables.ITEMS))
+    if not store.exists(conf.user_personas_table):
+        raise ValueError(f"export: table {conf.user_personas_table!r} not found (run gplr, or set "
+                         "recommend.user_personas_table=reference_personas for the paper split's GPT-4 labels)")
+    item_source = next((t for t in (tables.ITEM_LABELS, tables.REFERENCE_ITEM_PERSONAS) if store.exists(t)), None)
+    item_personas = (export.item_persona_edges(store.read_table(item_source)) if item_source else
+                     spark.createDataFrame([], "item_idx int, persona_idx int, weight float"))
+    names = persona_names(cfg, store)
+    persona_names_in_order = tuple(r["name"] for r in names.orderBy("persona_idx").collect())
+    bounds = {"users": users.agg(F.max("user_idx")).first()[0], "items": items.agg(F.max("item_idx")).first()[0]}
+    parts = {
+        "train": export.interaction_pairs(edges, "train"),
+        "test": export.interaction_pairs(edges, "test"),
+        "user_personas": export.user_persona_edges(store.read_table(conf.user_personas_table), conf.persona_weights,
+                                                   conf.max_persona_rank),
+        "item_personas": item_personas,
+        "users": users.select("user_idx", "customer_id"),
+        "items": items.select("item_idx", "item_id", "item_name"),
+        "personas": names,
+    }
+    counts = export.write_export(conf.export_dir, parts, bounds["users"] + 1, bounds["items"] + 1, persona_names_in_order)
+    log.info("export: %s -> %s", counts, conf.export_dir)
+    return {"rows": counts, "item_personas_from": item_source, "export_dir": conf.export_dir}
+
+
+def train_stage(cfg: Config, store: TableStore) -> dict:
+    """Train recommend.model for each of recommend.seeds on the export; metrics -> ``recommend_runs``."""
+    try:
+        from persona_spark.recommend.spectral import EigenCache
+        from persona_spark.recommend.train import train
+    except ImportError as error:
+        raise RuntimeError(f"the train stage needs torch ({error}): pip install 'persona-spark[train]'") from error
+    from persona_spark.recommend.data import read_directory
+
+    conf = cfg.recommend
+    data = read_directory(conf.export_dir)
+    cache = EigenCache(conf.eigen_cache_dir)
+    (run_id, run_ts), rows, summaries = refresh.new_run(), [], []
+    for seed in conf.seeds:
+        result = train(data, conf, seed, cache=cache)
+        path = result.save(storage.join(conf.model_dir, f"{result.model}-seed{seed}"), data)
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        rows.append((run_id, result.model, seed, metrics.get("ndcg@10"), metrics.get("f1@10"), metrics,
+                     float(result.val_ndcg), result.best_epoch, result.epochs, round(result.seconds, 2),
+                     result.device, str(path)))
+        summary = result.summary()
+        summaries.append({k: summary.get(k) for k in ("model", "seed", "ndcg@10", "f1@10", "epochs", "seconds", "device")})
+        log.info("train: %s", summary)
+    runs = store.spark.createDataFrame(rows, RECOMMEND_RUNS_SCHEMA).withColumn("run_ts", F.lit(run_ts).cast("timestamp"))
+    store.write_table(runs, tables.RECOMMEND_RUNS, "append")
+    return {"runs": summaries, "run_id": run_id, "model_dir": conf.model_dir, "table": store.location(tables.RECOMMEND_RUNS)}
+
+
+def cold_start_stage(cfg: Config, store: TableStore) -> dict:
+    """Items per persona and per new customer, customers per new item, from personas alone -> ``cold_start_recs``."""
+    from persona_spark.recommend import coldstart_batch as batch
+    from persona_spark.recommend.coldstart import ColdStartModel
+
+    conf = cfg.recommend
+    spark = store.spark
+    run_dir = storage.join(conf.model_dir, f"{conf.model}-seed{conf.seeds[0]}")
+    model = ColdStartModel.from_run(run_dir, with_users=False)
+    train = spark.read.parquet(storage.join(conf.export_dir, "train"))
+    each_persona = spark.createDataFrame([(p, [p]) for p in range(len(model.persona_names))],
+                                         "subject_idx int, personas array<int>")
+    recs = batch.recommend_items(each_persona, model, conf.cold_start_k, "persona")
+    if store.exists(conf.declared_personas_table):
+        declared = batch.without_training_edges(store.read_table(conf.declared_personas_table), train, "user_idx")
+        customers = batch.persona_lists(declared, "user_idx").withColumnRenamed("user_idx", "subject_idx")
+        recs = recs.unionByName(batch.recommend_items(customers, model, conf.cold_start_k, "new_customer"))
+    item_personas = spark.read.parquet(storage.join(conf.export_dir, "item_personas"))
+    tagged = batch.without_training_edges(item_personas, train, "item_idx")
+    new_items = [(r["item_idx"], r["personas"]) for r in batch.persona_lists(tagged, "item_idx").collect()]
+    profile = None
+    if new_items:
+        n_personas = len(model.persona_names)
+        # kept: audiences_for_items reads it once for the personas anybody bought, then scores it
+        profile = batch.persona_purchase_profile(train, item_personas, n_personas).persist()
+        recs = recs.unionByName(batch.audiences_for_items(new_items, profile, n_personas, conf.cold_start_k,
+                                                          conf.audience_activity_exponent))
+    store.write_table(recs, tables.COLD_START_RECS)
+    if profile is not None:
+        profile.unpersist()
+    counts = {r["subject"]: r["count"] for r in store.read_table(tables.COLD_START_RECS).groupBy("subject").agg(
+        F.countDistinct("subject_idx").alias("count")).collect()}
+    return {"subjects": counts, "model": str(run_dir), "table": store.location(tables.COLD_START_RECS)}

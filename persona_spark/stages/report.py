@@ -1,0 +1,21 @@
+"""The report stage: the HTML report from whichever tables of the run exist."""
+
+from __future__ import annotations
+
+import os
+
+from persona_spark import report as report_lib
+from persona_spark.config import Config
+from persona_spark.io import TableStore
+from persona_spark.labeling.pricing import price_table
+from persona_spark.stages.common import persona_names, read_if_exists
+
+
+def report_stage(cfg: Config, store: TableStore) -> dict:
+    """Render the HTML report (and its PNG figures) from whichever tables of the run exist."""
+    found = {name: read_if_exists(store, name) for name in report_lib.REPORT_TABLES}
+    names = {row["persona_idx"]: row["name"] for row in persona_names(cfg, store).collect()}
+    api_key = os.environ.get(cfg.labeling.openai.api_key_env)  # redacted from any error the page shows
+    result = report_lib.build_report(found, cfg.report.path, names, cfg.report, price_table(cfg.labeling.openai),
+                                     secrets=(api_key,))
+    return {"report": result.path, "figures": result.figures, "sections": result.sections}

@@ -1,0 +1,101 @@
+"""Stages that bring purchases in: the demo generator, ingest, the purchase graph, the paper's split."""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import DataFrame
+
+from persona_spark import graph, ingest, tables
+from persona_spark.config import Config
+from persona_spark.generate import generate as generate_lines
+from persona_spark.io import TableStore
+from persona_spark.personas import load_persona_set
+from persona_spark.stages.common import locations, pin, read_if_exists
+
+log = logging.getLogger("persona_spark")
+
+
+def generate(cfg: Config, store: TableStore) -> dict:
+    """Generate the demo shop's raw purchase lines and the planted personas (ground truth)."""
+    personas = load_persona_set(cfg.personas)
+    raw, planted, _ = generate_lines(store.spark, personas, cfg.generate)
+    store.write_table(raw, tables.RAW_TRANSACTIONS)
+    store.write_table(planted, tables.PLANTED_PERSONAS)
+    store.write_table(personas.to_dataframe(store.spark), tables.PERSONA_SET)
+    lines = store.read_table(tables.RAW_TRANSACTIONS).count()
+    where = store.location(tables.RAW_TRANSACTIONS)
+    log.info("generated %d raw lines for %d users into %s", lines, cfg.generate.users, where)
+    return {"raw_lines": lines, "users": cfg.generate.users, "items": cfg.generate.items, "table": where}
+
+
+def _read_source(cfg: Config, store: TableStore) -> tuple[DataFrame, str]:
+    conf = cfg.ingest
+    if conf.source is None:
+        return store.read_table(tables.RAW_TRANSACTIONS), store.location(tables.RAW_TRANSACTIONS)
+    reader = store.spark.read
+    if conf.format == "csv":
+        raw = reader.option("header", True).option("multiLine", False).option("escape", '"').csv(conf.source)
+    elif conf.format == "parquet":
+        raw = reader.parquet(conf.source)
+    elif conf.format == "delta":
+        raw = store.read_path(conf.source)
+    else:
+        raw = store.read_table(conf.source)
+    if conf.preset == "instacart":
+        if not conf.products:
+            raise ValueError("ingest.preset=instacart needs ingest.products (the products.csv path)")
+        products = reader.option("header", True).option("escape", '"').csv(conf.products)
+        raw = ingest.join_instacart_products(raw, products)
+    return raw, conf.source
+
+
+def ingest_stage(cfg: Config, store: TableStore) -> dict:
+    """Validate source lines into ``transactions``; bad lines go to ``quarantine`` with a reason."""
+    conf = cfg.ingest
+    raw, source = _read_source(cfg, store)
+    lines = ingest.to_canonical_strings(raw, conf.preset, conf.mapping)
+    validated = ingest.validate(lines, conf.cancellation_prefix, conf.timestamp_format).persist()
+    try:
+        counts = {r["reason"]: r["count"] for r in validated.groupBy("reason").count().collect()}
+        store.write_table(ingest.good_rows(validated), tables.TRANSACTIONS, conf.mode)
+        store.write_table(ingest.bad_rows(validated, source), tables.QUARANTINE, "append")
+    finally:
+        validated.unpersist()
+    kept = counts.pop(None, 0)
+    summary = {"source": source, "rows_in": kept + sum(counts.values()), "rows_kept": kept,
+               "rows_quarantined": sum(counts.values()),
+               "quarantined_by_reason": {r: counts.get(r, 0) for r in ingest.REASONS if counts.get(r)}}
+    log.info("ingest: %s", summary)
+    return summary
+
+
+def build_graph_stage(cfg: Config, store: TableStore) -> dict:
+    """Build ``users``, ``items`` and ``edges`` (with the train/test split) from ``transactions``."""
+    conf = cfg.graph
+    users, items, edges = graph.build_graph(
+        store.read_table(tables.TRANSACTIONS), conf.min_user_degree, conf.min_item_degree, conf.test_fraction,
+        conf.seed, read_if_exists(store, tables.USERS), read_if_exists(store, tables.ITEMS),
+    )
+    # All three materialized before the first write overwrites a table the indices were read from.
+    pinned = {tables.USERS: pin(cfg, users), tables.ITEMS: pin(cfg, items), tables.EDGES: pin(cfg, edges)}
+    for name, frame in pinned.items():
+        store.write_table(frame, name)
+    return _graph_summary(store)
+
+
+def load_paper_split(cfg: Config, store: TableStore) -> dict:
+    """Load the paper's OnlineRetail split (graph.paper_split_dir) as users/items/edges + GPT-4 labels."""
+    if not cfg.graph.paper_split_dir:
+        raise ValueError("set graph.paper_split_dir to the folder with train.json/test.json")
+    written = graph.load_gplr_split(store.spark, cfg.graph.paper_split_dir)
+    for name, df in written.items():
+        store.write_table(df, name)
+    return {**_graph_summary(store), "tables_written": sorted(written)}
+
+
+def _graph_summary(store: TableStore) -> dict:
+    split = {r["split"]: r["count"] for r in store.read_table(tables.EDGES).groupBy("split").count().collect()}
+    return {"users": store.read_table(tables.USERS).count(), "items": store.read_table(tables.ITEMS).count(),
+            "train_edges": split.get("train", 0), "test_edges": split.get("test", 0),
+            "tables": locations(store, tables.USERS, tables.ITEMS, tables.EDGES)}
