@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                     _dump(personas, args.dump_assignments / f"{budget}-{seed}-{mode}.json")
                 baseline, _ = evaluate.evaluate_sets(
                     evaluate.popular_personas(result.prototypes, eval_users, EvaluateConf().baseline_k), reference, eval_users)
+                profile = _sample_profile(train, answered, reference, eval_users)
                 print(json.dumps({
                     "budget": budget, "seed": seed, "method": mode,
                     **{k: round(v, 4) for k, v in metrics.items()},
                     "baseline_micro_f1": round(baseline["micro_f1"], 4),
                     "prototypes": result.prototypes.select("user_idx").distinct().count(),
-                    "eval_users": eval_users.count(), "cv_micro_f1": result.model.cv_micro_f1,
+                    "eval_users": eval_users.count(), "cv_micro_f1": result.model.cv_micro_f1, **profile,
                     "settings": {"rounds": conf.rounds, "sampling": conf.sampling, "assignment": conf.assignment,
                                  "top_k": conf.top_k, "item_signal": conf.item_signal, "ell": affinity.ell,
                                  "beta": affinity.beta, "eps": affinity.eps},
@@ -118,6 +119,20 @@ def main(argv: list[str] | None = None) -> int:
                 }), flush=True)
                 run.release()
     return 0
+
+
+def _sample_profile(train, answered, reference, eval_users) -> dict:
+    """Who the run labelled, beside who it is scored on: median train degree and reference personas per user."""
+    degree = train.groupBy("user_idx").agg(F.countDistinct("item_idx").alias("degree"))
+    labels = reference.groupBy("user_idx").agg(F.count(F.lit(1)).alias("labels"))
+    out = {}
+    for name, group in (("asked", answered.select("user_idx").distinct()), ("eval", eval_users.select("user_idx"))):
+        row = group.join(degree, "user_idx", "left").join(labels, "user_idx", "left").agg(
+            F.percentile_approx(F.coalesce("degree", F.lit(0)), 0.5).alias("median_degree"),
+            F.avg(F.coalesce("labels", F.lit(0))).alias("labels_per_user")).first()
+        out[f"{name}_median_degree"] = int(row["median_degree"])
+        out[f"{name}_labels_per_user"] = round(float(row["labels_per_user"]), 3)
+    return out
 
 
 def _dump(personas, path: Path) -> None:

@@ -15,8 +15,9 @@ Assignment, beyond the paper's fixed top-k of Ψ (``assignment='learned'``): a l
 over (user, persona) pairs, trained on the prototypes only with K-fold cross-fitting — each
 fold's features come from the affinity computed *without* that fold's prototypes, exactly as
 for an unlabelled user. Features: Ψ at ℓ̂=1 and ℓ̂=2 (normalized, square-rooted, top-3/top-6
-flags), the same for the LLM's item labels pushed to users through their purchases, the persona
-prior Q̂ and a per-persona intercept. Each user then gets every persona whose probability
+flags), the same for the LLM's item labels pushed to users through their purchases, the user's
+train degree (log(1 + products bought), alone and times each of those), the persona prior Q̂
+and a per-persona intercept. Each user then gets every persona whose probability
 clears a threshold chosen on out-of-fold predictions for micro-F1 (at least 1, at most
 ``max_personas``). The model thereby picks how much each hop depth and the item signal count
 and how many personas a user gets; the per-persona intercepts play the de-bias role of β.
@@ -57,8 +58,14 @@ def _normalized(m: np.ndarray) -> np.ndarray:
     return np.divide(m, total, out=np.zeros_like(m), where=total > 0)
 
 
-def pair_features(signals: list[np.ndarray], q_hat: np.ndarray) -> np.ndarray:
-    """(n users × |R| personas) signal matrices -> one feature row per (user, persona), n·|R| rows."""
+def pair_features(signals: list[np.ndarray], q_hat: np.ndarray, degree: np.ndarray) -> np.ndarray:
+    """(n users × |R| personas) signal matrices and the users' train degrees -> one feature row per
+    (user, persona), n·|R| rows.
+
+    log(1 + degree) enters alone and times every signal feature: how many personas a shopper
+    carries, and how far a share of the propagated mass can be trusted, both grow with how much
+    of the catalogue they bought.
+    """
     n, n_personas = signals[0].shape
     columns = []
     for signal in signals:
@@ -66,6 +73,8 @@ def pair_features(signals: list[np.ndarray], q_hat: np.ndarray) -> np.ndarray:
         rank = np.argsort(np.argsort(-signal, axis=1, kind="stable"), axis=1)
         reached = (signal.sum(axis=1, keepdims=True) > 0).astype(float)
         columns += [share, np.sqrt(share), (rank < 3) * reached, (rank < 6) * reached]
+    log_degree = np.broadcast_to(np.log1p(np.asarray(degree, dtype=float))[:, None], (n, n_personas))
+    columns += [c * log_degree for c in columns] + [log_degree]
     columns.append(np.broadcast_to(q_hat, (n, n_personas)))
     dense = np.stack(columns, axis=-1)
     one_hot = np.broadcast_to(np.eye(n_personas), (n, n_personas, n_personas))
@@ -122,11 +131,12 @@ class AssignmentModel:
     # many of them the LLM actually labelled so (each fold calibrated without its own predictions).
     reliability: list[dict] = field(default_factory=list)
 
-    def scores(self, signals: list[np.ndarray]) -> np.ndarray:
+    def scores(self, signals: list[np.ndarray], degree: np.ndarray | None) -> np.ndarray:
+        """Per (user, persona): Ψ for the top-k rule, the model's probability for the learned one (which needs ``degree``)."""
         n, n_personas = signals[0].shape
         if self.mode == "topk":
             return signals[0]
-        x = pair_features(signals, np.asarray(self.q_hat))
+        x = pair_features(signals, np.asarray(self.q_hat), degree)
         return predict_logistic(np.asarray(self.weights), x).reshape(n, n_personas)
 
     def probability(self, scores: np.ndarray) -> np.ndarray:
@@ -168,23 +178,31 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int) -
     return out
 
 
-def fit_assignment(folds: list[tuple[list[np.ndarray], np.ndarray]], q_hat: np.ndarray, conf: GPLRConf,
-                   uses_item_signal: bool) -> AssignmentModel:
-    """Cross-fitted training data per fold (signals, labels) -> model with an out-of-fold threshold."""
-    xs = [pair_features(signals, q_hat) for signals, _ in folds]
-    ys = [labels.reshape(-1).astype(float) for _, labels in folds]
+@dataclass
+class Fold:
+    """One cross-fitting fold's held-out prototypes: their signals (computed without them), train degrees, labels."""
+
+    signals: list[np.ndarray]
+    degree: np.ndarray
+    labels: np.ndarray
+
+
+def fit_assignment(folds: list[Fold], q_hat: np.ndarray, conf: GPLRConf, uses_item_signal: bool) -> AssignmentModel:
+    """Cross-fitted training data per fold -> model with an out-of-fold threshold."""
+    xs = [pair_features(f.signals, q_hat, f.degree) for f in folds]
+    ys = [f.labels.reshape(-1).astype(float) for f in folds]
     out_of_fold = []
     for k in range(len(folds)):
         rest = [i for i in range(len(folds)) if i != k]
         if not rest:
             rest = [k]
         w = fit_logistic(np.vstack([xs[i] for i in rest]), np.concatenate([ys[i] for i in rest]), conf.l2)
-        out_of_fold.append(predict_logistic(w, xs[k]).reshape(folds[k][1].shape))
-    scores, labels = np.vstack(out_of_fold), np.vstack([labels for _, labels in folds])
+        out_of_fold.append(predict_logistic(w, xs[k]).reshape(folds[k].labels.shape))
+    scores, labels = np.vstack(out_of_fold), np.vstack([f.labels for f in folds])
     held_out = []  # each fold's probabilities from a calibration fitted on the other folds only
     for k in range(len(folds)):
         rest = [i for i in range(len(folds)) if i != k] or [k]
-        ab = fit_platt(np.vstack([out_of_fold[i] for i in rest]), np.vstack([folds[i][1] for i in rest]))
+        ab = fit_platt(np.vstack([out_of_fold[i] for i in rest]), np.vstack([folds[i].labels for i in rest]))
         held_out.append(platt(ab, out_of_fold[k]))
     reliability = reliability_bins(np.vstack(held_out), labels, conf.calibration_bins)
     calibration = fit_platt(scores, labels).tolist()
@@ -211,7 +229,7 @@ def _assign_partition(model: AssignmentModel, signal_cols: list[str], n_personas
         if batch.empty:
             continue
         signals = [_matrix(batch[c], n_personas) for c in signal_cols]
-        scores = model.scores(signals)
+        scores = model.scores(signals, batch["degree"].to_numpy() if "degree" in batch else None)
         chosen = model.select(scores)
         probabilities = model.probability(scores)
         rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
@@ -227,13 +245,14 @@ def _assign_partition(model: AssignmentModel, signal_cols: list[str], n_personas
 
 
 def assign(signals: DataFrame, model: AssignmentModel, n_personas: int) -> DataFrame:
-    """``user_idx`` + signal array columns (``psi``, ``psi2``, ``items``) -> propagated persona rows."""
+    """``user_idx``, ``degree`` + signal array columns (``psi``, ``psi2``, ``items``) -> propagated persona rows."""
     cols = ["psi"] if model.mode == "topk" else ["psi", "psi2"] + (["items"] if model.uses_item_signal else [])
 
     def run(batches):
         return _assign_partition(model, cols, n_personas, batches)
 
-    rows = signals.select("user_idx", *cols).mapInPandas(run, PERSONAS_SCHEMA)
+    extra = [] if model.mode == "topk" else ["degree"]
+    rows = signals.select("user_idx", *extra, *cols).mapInPandas(run, PERSONAS_SCHEMA)
     return rows.withColumn("probability", F.nanvl("probability", F.lit(None).cast("double")))  # top-k: null, not NaN
 
 
@@ -326,6 +345,14 @@ class GPLR:
         self.reusable = reusable_prototypes
         self.seconds: dict[str, float] = {}
         self._graph: AffinityGraph | None = None
+        self._degrees: DataFrame | None = None
+
+    @property
+    def degrees(self) -> DataFrame:
+        """``user_idx, degree``: the distinct products each user bought in the train graph (a model feature)."""
+        if self._degrees is None:
+            self._degrees = self._pin(self.edges.groupBy("user_idx").agg(F.countDistinct("item_idx").alias("degree")))
+        return self._degrees
 
     @property
     def graph(self) -> AffinityGraph:
@@ -450,6 +477,7 @@ class GPLR:
         if mode == "topk":
             psi = self.affinity(prototypes, beta=self.affinity_conf.beta)
             return frame.join(psi.withColumnRenamed("scores", "psi"), "user_idx", "left")
+        frame = frame.join(self.degrees, "user_idx", "left").fillna(0, ["degree"])
         for name, ell in (("psi", 1), ("psi2", 2)):
             psi = self.affinity(prototypes, ell=ell, beta=0.0).withColumnRenamed("scores", name)
             frame = frame.join(psi, "user_idx", "left")
@@ -478,16 +506,16 @@ class GPLR:
             folds.append(self._collect_fold(signals, prototypes, items is not None))
         self._timed("cross_fitting", started)
         q_hat = persona_distribution(prototypes, self.n_personas)
-        model = fit_assignment([f for f in folds if len(f[1])], q_hat, conf, items is not None)
+        model = fit_assignment([f for f in folds if len(f.labels)], q_hat, conf, items is not None)
         log.info("assignment model: threshold %.3f, cross-fitted micro-F1 %.4f", model.threshold, model.cv_micro_f1)
         return model, self._signals(prototypes, items, mode)
 
-    def _collect_fold(self, signals: DataFrame, prototypes: DataFrame, with_items: bool) -> tuple[list[np.ndarray], np.ndarray]:
-        """A fold's held-out prototypes: signals and labels to the driver (bounded by max_train_users)."""
+    def _collect_fold(self, signals: DataFrame, prototypes: DataFrame, with_items: bool) -> Fold:
+        """A fold's held-out prototypes: signals, degrees and labels to the driver (bounded by max_train_users)."""
         labels = prototypes.groupBy("user_idx").agg(F.collect_list("persona_idx").alias("labels"))
         cols = ["psi", "psi2"] + (["items"] if with_items else [])
-        frame = signals.join(labels, "user_idx").select("user_idx", "labels", *cols).toPandas()
+        frame = signals.join(labels, "user_idx").select("user_idx", "degree", "labels", *cols).toPandas()
         y = np.zeros((len(frame), self.n_personas), dtype=np.int8)
         for i, personas in enumerate(frame["labels"]):
             y[i, list(personas)] = 1
-        return [_matrix(frame[c], self.n_personas) for c in cols], y
+        return Fold([_matrix(frame[c], self.n_personas) for c in cols], frame["degree"].to_numpy(), y)

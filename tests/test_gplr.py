@@ -61,6 +61,26 @@ def test_logistic_fit_separates_a_planted_signal():
     assert accuracy > 0.95 and w[0] > 0 > w[1]
 
 
+def test_learned_assignment_gives_big_buyers_more_personas_when_the_labels_do():
+    """Signals alike, labels not: shoppers of many products carry 4 personas, of few 1 — the degree
+    features let one model (one threshold) give each group its count."""
+    rng = np.random.default_rng(0)
+    n_personas, folds = 8, []
+    for _ in range(4):
+        psi = rng.dirichlet(np.full(n_personas, 0.5), size=120)
+        degree = np.where(np.arange(120) % 2 == 0, 3, 300)
+        order = np.argsort(-psi, axis=1)
+        labels = np.zeros_like(psi, dtype=np.int8)
+        for i, m in enumerate(np.where(degree > 10, 4, 1)):
+            labels[i, order[i, :m]] = 1
+        folds.append(gplr.Fold([psi, psi], degree, labels))
+    conf = load_config(None).gplr
+    model = gplr.fit_assignment(folds, np.full(n_personas, 1 / n_personas), conf, uses_item_signal=False)
+    test = folds[0]
+    chosen = model.select(model.scores(test.signals, test.degree)).sum(axis=1)
+    assert chosen[test.degree > 10].mean() > 3.5 and chosen[test.degree < 10].mean() < 1.5
+
+
 def test_evaluation_counts_by_hand(spark):
     schema = "user_idx int, persona_idx int"
     predicted = spark.createDataFrame([(1, 0), (1, 1), (2, 0), (3, 2)], schema)
