@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pyspark
 import yaml
@@ -78,6 +80,17 @@ class S3Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+    @classmethod
+    @contextmanager
+    def with_bucket(cls, bucket: str) -> Iterator["S3Server"]:
+        """A started server holding one empty bucket, stopped on exit."""
+        server = cls.start()
+        try:
+            server.client().create_bucket(Bucket=bucket)
+            yield server
+        finally:
+            server.stop()
 
 
 @dataclass

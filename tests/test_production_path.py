@@ -29,10 +29,8 @@ CLUSTER_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "segm
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server.start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+    with S3Server.with_bucket(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

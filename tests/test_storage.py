@@ -15,10 +15,8 @@ BUCKET = "files"
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server.start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+    with S3Server.with_bucket(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(params=["local", "s3a"])
