@@ -47,3 +47,12 @@ def store(spark, tmp_path):
     from persona_spark.io import TableStore
 
     return TableStore(spark, TablesConf(root=str(tmp_path / "tables")))
+
+
+def pytest_collection_modifyitems(items):
+    """Longest files first (``slow(minutes=N)``): with two xdist workers they start at once, not last."""
+    def minutes(item) -> float:
+        marker = item.get_closest_marker("slow")
+        return marker.kwargs.get("minutes", 1) if marker else 0
+
+    items.sort(key=minutes, reverse=True)

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -154,6 +156,15 @@ class StandaloneCluster:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def local_connect_server_slot() -> Iterator[None]:
+    """Held while a child process runs a local Spark Connect server: it binds the fixed port 15002
+    (its client finds no other), so two pytest-xdist workers take turns."""
+    with open(Path(tempfile.gettempdir()) / "persona-spark-connect-15002.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_conf(path: Path, settings: dict) -> str:

@@ -7,11 +7,14 @@ timestamps and no prices, so segmentation must fall back to the order sequence w
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from persona_spark.config import load_config
 from persona_spark.io import TableStore
 from persona_spark.stages import STAGES
 from tests.conftest import REPO_ROOT, shared_path
+
+pytestmark = pytest.mark.slow(minutes=3)  # end to end: run first, skipped by `-m "not slow"`
 
 LINES = 6_000  # first lines of the sample: a few dozen customers
 

@@ -73,7 +73,7 @@ def test_embedding_labels_users_and_items_and_caches_item_embeddings(spark, stor
     assert rows[2]["personas"][0] == "Fitness Enthusiast"
     for row in rows.values():
         assert [personas.names[i] for i in row["persona_idx"]] == row["personas"] and len(row["personas"]) <= 5
-        assert row["model"] == "all-MiniLM-L6-v2" and row["prompt_version"].startswith("embed_v2-")
+        assert row["model"] == "all-MiniLM-L6-v2" and row["prompt_version"].startswith("embed_v3-")
         assert '"top_scores"' in row["answer"] and row["prompt_tokens"] == 0
     embedded = store.read_table("item_embeddings")
     assert embedded.count() == 6 and len(embedded.first()["embedding"]) == 384  # items bought, once each

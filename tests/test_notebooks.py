@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.production_world import local_connect_server_slot
+
+pytestmark = pytest.mark.slow(minutes=6)  # end to end: run first, skipped by `-m "not slow"`
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 HEADER = "# Databricks notebook source"
@@ -177,7 +180,9 @@ def test_03_and_04_on_spark_connect_match_the_classic_session(quick_start, tmp_p
             "rec = execute('04_recommender_results.py')\n"
             "print('SUMMARY', json.dumps({**explorer_summary(ns), 'recommender_runs': len(rec['all_runs'])}))\n")
     env = {**os.environ, "PERSONA_SPARK_CONF": str(connect_conf), "MPLBACKEND": "Agg"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    with local_connect_server_slot():
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     (line,) = [l for l in result.stdout.splitlines() if l.startswith("SUMMARY ")]
     on_connect = json.loads(line[len("SUMMARY "):])

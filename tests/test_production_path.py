@@ -18,9 +18,9 @@ from deltalake import DeltaTable
 from persona_spark.labeling.loopback import LoopbackChatServer, keyword_responder
 from persona_spark.personas import load_persona_set
 from persona_spark.config import DEFAULT_PERSONAS
-from tests.production_world import S3Server, StandaloneCluster, run_stages, write_conf
+from tests.production_world import S3Server, StandaloneCluster, local_connect_server_slot, run_stages, write_conf
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=12)
 
 BUCKET = "lake"
 KEY_ENV = "PERSONA_SPARK_TEST_LLM_KEY"
@@ -107,8 +107,9 @@ def test_pipeline_on_spark_connect_gives_the_same_personas(s3, llm, local_run, t
     scratch.mkdir()
     conf = settings(f"s3a://{BUCKET}/connect", "local[2]", llm.base_url, str(scratch))
     conf["spark"]["remote"] = "local[2]"
-    result = run_stages(CLUSTER_STAGES, write_conf(tmp_path / "conf.yaml", conf),
-                        {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, tmp_path)
+    with local_connect_server_slot():
+        result = run_stages(CLUSTER_STAGES, write_conf(tmp_path / "conf.yaml", conf),
+                            {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, tmp_path)
     assert result.returncode == 0, result.stdout[-6000:]
     assert personas_on_s3(s3, "connect") == personas_on_s3(s3, "local")
     assert "connect/report/index.html" in s3.keys(BUCKET, "connect/report/")
