@@ -56,7 +56,7 @@ def user_error_message(error: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from persona_spark.config import load_config
     from persona_spark.io import TableStore
-    from persona_spark.session import get_spark
+    from persona_spark.session import describe_master, get_spark
     from persona_spark.stages import STAGES
 
     args = build_parser().parse_args(argv)
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.conf, args.overrides)
-        summary = STAGES[args.stage](cfg, TableStore(get_spark(cfg.spark), cfg.tables))
+        spark = get_spark(cfg.spark)
+        log.info("persona-spark %s on %s", args.stage, describe_master(spark))
+        summary = STAGES[args.stage](cfg, TableStore(spark, cfg.tables))
     except Exception as error:
         message = user_error_message(error)
         if message is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SMALL_DATA_SPARK
 from tests.production_world import local_connect_server_slot
 
 pytestmark = pytest.mark.slow(minutes=6)  # end to end: run first, skipped by `-m "not slow"`
@@ -51,11 +51,11 @@ def write_conf(folder: Path) -> Path:
     """A tiny generated shop with every output under ``folder``: the notebooks' embedded default, shrunk."""
     conf = {
         "spark": {"master": "local[2]", "shuffle_partitions": 2, "default_parallelism": 2,
-                  "checkpoint_dir": str(folder / "checkpoints")},
+                  "checkpoint_dir": str(folder / "checkpoints"), "extra": SMALL_DATA_SPARK},
         "tables": {"root": str(folder / "tables")},
         "generate": {"users": 200, "items": 80, "seed": 3},
         "ingest": {"cancellation_prefix": "C"},
-        "gplr": {"budget_fraction": 0.1, "rounds": 2},
+        "gplr": {"budget_fraction": 0.1, "rounds": 2, "cv_folds": 2},
         "labeling": {"journal_dir": str(folder / "journal"), "embedding": {"partitions": 1},
                      "openai": {"partitions": 1}},
         "segment": {"ks": [3, 5]},
@@ -117,14 +117,20 @@ def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
     assert store.read_table("user_labels").filter("model = 'keyword-stand-in'").count() == 0, "the run's own cache is untouched"
 
 
-def test_03_explore_personas(quick_start, spark):
+@pytest.fixture(scope="module")
+def explored(quick_start, spark):
+    """Notebook 03 after a second gplr run (other prototypes: drift to show), once for the module."""
     from persona_spark.io import TableStore
     from persona_spark.stages import STAGES
 
     cfg = quick_start["cfg"]
     next_month = cfg.model_copy(update={"gplr": cfg.gplr.model_copy(update={"seed": cfg.gplr.seed + 1})})
-    STAGES["gplr"](next_month, TableStore(spark, cfg.tables))  # a second run (other prototypes): drift to show
-    ns = execute("03_explore_personas.py")
+    STAGES["gplr"](next_month, TableStore(spark, cfg.tables))
+    return execute("03_explore_personas.py")
+
+
+def test_03_explore_personas(explored):
+    ns = explored
     groups = ns["groups"]
     both_group = groups[[len(idx) == 2 for idx in groups["persona_idx"]]]
     assert int(both_group["users"].sum()) == ns["both"].count()
@@ -151,7 +157,6 @@ def test_04_without_a_training_run_says_so(spark, tmp_path, monkeypatch, capsys)
     assert "No training run yet" in capsys.readouterr().out
 
 
-
 def explorer_summary(ns: dict) -> dict:
     """What notebook 03 shows, in plain values, to compare one session kind with another."""
     return {"groups": [int(u) for u in ns["groups"]["users"]], "both": ns["both"].count(),
@@ -159,7 +164,7 @@ def explorer_summary(ns: dict) -> dict:
             "members": ns["exported"]["members"]}
 
 
-def test_03_and_04_on_spark_connect_match_the_classic_session(quick_start, tmp_path):
+def test_03_and_04_on_spark_connect_match_the_classic_session(quick_start, explored, tmp_path):
     """Serverless notebooks get a Spark Connect session: the explorer and the recommender notebook run
     there (a local Connect server in a child process, on the tables notebook 01 wrote) and show what
     they show on the classic session."""
@@ -169,7 +174,7 @@ def test_03_and_04_on_spark_connect_match_the_classic_session(quick_start, tmp_p
     import sys
 
     pytest.importorskip("torch")
-    classic = explorer_summary(execute("03_explore_personas.py"))
+    classic = explorer_summary(explored)
     conf = yaml.safe_load(Path(quick_start["run"].conf_path).read_text())
     conf["spark"]["remote"] = "local[2]"
     connect_conf = tmp_path / "connect.yaml"

@@ -18,13 +18,16 @@ from deltalake import DeltaTable
 from persona_spark.labeling.loopback import LoopbackChatServer, keyword_responder
 from persona_spark.personas import load_persona_set
 from persona_spark.config import DEFAULT_PERSONAS
+from tests.conftest import SMALL_DATA_SPARK
 from tests.production_world import S3Server, StandaloneCluster, local_connect_server_slot, run_stages, write_conf
 
 pytestmark = pytest.mark.slow(minutes=12)
 
 BUCKET = "lake"
 KEY_ENV = "PERSONA_SPARK_TEST_LLM_KEY"
-CLUSTER_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "segment", "report"]
+# On the cluster: what the lost worker and the Batch API path touch, and the report read back from S3
+# (evaluate, segment and the recommender run in the Connect demo).
+CLUSTER_STAGES = ["generate", "ingest", "build-graph", "gplr", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,9 @@ def settings(root: str, master: str, llm_url: str, scratch: str, **more) -> dict
     conf = {
         "root": root,
         "spark": {"master": master, "shuffle_partitions": 2, "default_parallelism": 2, "driver_memory": "1g",
-                  "extra": {"spark.executor.memory": "1g", "spark.local.dir": scratch}},
+                  "extra": {"spark.executor.memory": "1g", "spark.local.dir": scratch, **SMALL_DATA_SPARK}},
         "generate": {"users": 240, "items": 120, "partitions": 2},
-        "gplr": {"budget_fraction": 0.1, "rounds": 2},
+        "gplr": {"budget_fraction": 0.1, "rounds": 2, "cv_folds": 2},
         "labeling": {"backend": "openai", "openai": {"base_url": llm_url, "model": "keyword-stand-in",
                                                       "api_key_env": KEY_ENV, "partitions": 2}},
         "segment": {"ks": [3, 5]},
@@ -69,56 +72,47 @@ def personas_on_s3(s3: S3Server, prefix: str, version: int | None = None) -> lis
 
 
 @pytest.fixture(scope="module")
-def local_run(s3, llm, tmp_path_factory):
-    """The demo on local[2] with every location on S3, from an empty working directory."""
-    base = tmp_path_factory.mktemp("local_run")
+def connect_run(s3, llm, tmp_path_factory):
+    """The whole demo (generate -> ... -> train, cold start, report) on a local Spark Connect server, as
+    Databricks serverless and standard-access clusters run a job: no SparkContext, RDDs or JVM on the
+    client. Every location is on S3 and the client starts in an empty working directory."""
+    base = tmp_path_factory.mktemp("connect_run")
     workdir, scratch = base / "work", base / "scratch"
     workdir.mkdir()
-    scratch.mkdir()
-    conf = write_conf(base / "conf.yaml", settings(f"s3a://{BUCKET}/local", "local[2]", llm.base_url, str(scratch)))
-    result = run_stages(["demo"], conf, {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, workdir)
-    assert result.returncode == 0, result.stdout[-6000:]
-    return workdir, result
-
-
-def test_demo_runs_on_object_storage_and_leaves_nothing_on_local_disk(s3, local_run):
-    workdir, result = local_run
-    keys = s3.keys(BUCKET, "local/")
-    for table in ("raw_transactions", "transactions", "edges", "personas", "user_labels", "item_labels",
-                  "gplr_runs", "evaluation", "segments", "recommend_runs", "cold_start_recs"):
-        assert f"local/tables/{table}/_delta_log/00000000000000000000.json" in keys, table
-    for location in ("local/report/index.html", "local/report/figures/persona_distribution.png",
-                     "local/recommend/export/meta.json", "local/recommend/models/lgcn3-seed0/embeddings.npz",
-                     "local/recommend/models/lgcn3-seed0/run.json"):
-        assert location in keys, location
-    assert any(k.startswith("local/recommend/eigen_cache/eig-") for k in keys)
-    assert any(k.startswith("local/recommend/export/train/") and k.endswith(".parquet") for k in keys)
-    # The journal held the paid answers until each chunk was committed to user_labels, then went away.
-    assert not any(k.startswith("local/labels_journal/") and k.endswith(".jsonl") for k in keys)
-    assert list(workdir.iterdir()) == [], "a run location fell back to the local disk"
-    assert len(personas_on_s3(s3, "local")) > 240  # every customer has at least one persona
-
-
-def test_pipeline_on_spark_connect_gives_the_same_personas(s3, llm, local_run, tmp_path):
-    """Databricks serverless and standard-access clusters hand a job a Spark Connect session: no
-    SparkContext, RDDs or JVM. generate -> ... -> report on a local Connect server (with the Delta
-    connector) gives the same personas as the classic local[2] session."""
-    scratch = tmp_path / "scratch"
     scratch.mkdir()
     conf = settings(f"s3a://{BUCKET}/connect", "local[2]", llm.base_url, str(scratch))
     conf["spark"]["remote"] = "local[2]"
     with local_connect_server_slot():
-        result = run_stages(CLUSTER_STAGES, write_conf(tmp_path / "conf.yaml", conf),
-                            {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, tmp_path)
+        result = run_stages(["demo"], write_conf(base / "conf.yaml", conf),
+                            {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, workdir)
     assert result.returncode == 0, result.stdout[-6000:]
-    assert personas_on_s3(s3, "connect") == personas_on_s3(s3, "local")
-    assert "connect/report/index.html" in s3.keys(BUCKET, "connect/report/")
+    return workdir, result
 
 
-def test_cluster_on_object_storage_survives_a_lost_worker_and_matches_local(s3, llm, local_run, tmp_path):
+def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s3, connect_run):
+    workdir, result = connect_run
+    assert "Spark Connect" in result.stdout, "the demo did not run on a Spark Connect session"
+    keys = s3.keys(BUCKET, "connect/")
+    for table in ("raw_transactions", "transactions", "edges", "personas", "user_labels", "item_labels",
+                  "gplr_runs", "evaluation", "segments", "recommend_runs", "cold_start_recs"):
+        assert f"connect/tables/{table}/_delta_log/00000000000000000000.json" in keys, table
+    for location in ("connect/report/index.html", "connect/report/figures/persona_distribution.png",
+                     "connect/recommend/export/meta.json", "connect/recommend/models/lgcn3-seed0/embeddings.npz",
+                     "connect/recommend/models/lgcn3-seed0/run.json"):
+        assert location in keys, location
+    assert any(k.startswith("connect/recommend/eigen_cache/eig-") for k in keys)
+    assert any(k.startswith("connect/recommend/export/train/") and k.endswith(".parquet") for k in keys)
+    # The journal held the paid answers until each chunk was committed to user_labels, then went away.
+    assert not any(k.startswith("connect/labels_journal/") and k.endswith(".jsonl") for k in keys)
+    assert list(workdir.iterdir()) == [], "a run location fell back to the local disk"
+    assert len(personas_on_s3(s3, "connect")) > 240  # every customer has at least one persona
+
+
+def test_cluster_on_object_storage_survives_a_lost_worker_and_matches_connect(s3, llm, connect_run, tmp_path):
     """Two worker JVMs, everything on S3, the Batch API path (its JSONL files written by Spark tasks
     and read by the driver through the same URIs), reliable checkpoints; a worker (and its executor)
-    is killed at GPLR's first hop. The personas are still those of the local sync run."""
+    is killed at GPLR's first hop. The personas are those of the synchronous run on Spark Connect:
+    the same seed gives the same personas on a classic cluster session and on a Connect session."""
     env = {**s3.env, KEY_ENV: "sk-test"}
     cluster = StandaloneCluster(tmp_path / "cluster", env).start()
     try:
@@ -144,7 +138,7 @@ def test_cluster_on_object_storage_survives_a_lost_worker_and_matches_local(s3, 
         assert killed.is_set(), "GPLR ended before a worker could be killed"
         assert result.returncode == 0, result.stdout[-6000:]
         assert "lost executor" in result.stdout.lower()
-        assert personas_on_s3(s3, "cluster") == personas_on_s3(s3, "local"), "the cluster gave other personas"
+        assert personas_on_s3(s3, "cluster") == personas_on_s3(s3, "connect"), "the cluster gave other personas"
         keys = s3.keys(BUCKET, "cluster/")
         assert "cluster/report/index.html" in keys
         assert any(k.startswith("cluster/checkpoints/") for k in keys)

@@ -285,6 +285,9 @@ def _expected_transitions(before, after):
 
 
 def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
+    """The second run reuses every prototype whose history did not change (no answer paid twice),
+    rewrites exactly the persona rows that differ, and history, drift and audiences follow the two
+    runs' personas."""
     from tests.test_gplr import _demo_config, _prepare, _record_planted_labels
 
     cfg = _demo_config(tmp_path, "gplr.sampling=random", "gplr.rounds=1", "refresh.trace_items=1000",
@@ -294,6 +297,8 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
     _record_planted_labels(store)
     first = STAGES["gplr"](cfg, store)
     first_rows = _snapshot(store)
+    assert first["rows_rewritten"] == store.read_table("personas").count()
+    labels_before = store.read_table("user_labels").count()
     STAGES["audience"](cfg, store)
 
     # A month later: six customers buy again, three of them what others bought (their graph changes).
@@ -309,9 +314,23 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
         update={"source": batch_path, "format": "parquet", "mode": "append"})}), store)
     STAGES["build-graph"](cfg, store)
     _record_planted_labels(store)
+    personas_version = store.version("personas")
     second = STAGES["gplr"](cfg, store)
     second_rows = _snapshot(store)
     STAGES["audience"](cfg, store)
+
+    assert second["per_round"][0]["sampling"] == "reused"
+    reused = second["per_round"][0]["ok"]
+    assert reused >= 30 - len(ids)  # every prototype whose history did not change is reused
+    assert store.read_table("user_labels").count() - labels_before == 30 - reused  # only replacements were asked
+    assert store.version("personas") == personas_version + 1  # one MERGE
+    before, after = store.read_table("personas", version=personas_version), store.read_table("personas")
+    keys = ["user_idx", "persona_idx"]
+    differing = after.exceptAll(before).count() + before.join(after.select(*keys), keys, "left_anti").count()
+    assert second["rows_rewritten"] == differing
+    # a reused prototype's LLM rows are the same rows: the MERGE leaves them alone
+    kept = after.filter("source = 'llm'").intersect(before).select("user_idx").distinct().count()
+    assert kept >= reused and differing < before.count() + after.count()
 
     runs = {r.run_id: r.run_ts for r in store.read_table("gplr_runs").collect()}
     assert set(runs) == {first["run_id"], second["run_id"]} and runs[second["run_id"]] > runs[first["run_id"]]

@@ -41,6 +41,7 @@ from persona_spark.labeling.client import Secret, resolve_api_key
 from persona_spark.labeling.pricing import cost_column, price_table, rates
 from persona_spark.labeling.prompts import HISTORY_ORDERS, LabelPrompt, load_template_file
 from persona_spark.labeling.ratelimit import job_budget_url
+from persona_spark.session import is_local_master
 from persona_spark.personas import PersonaSet
 from persona_spark.refresh import new_run
 
@@ -195,7 +196,7 @@ def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | Entity
 
 def driver_host(spark) -> str:
     """Where the tasks reach the driver's budget server: loopback in local mode, else spark.driver.host."""
-    if spark.sparkContext.master.startswith("local"):
+    if is_local_master(spark):
         return "127.0.0.1"
     return spark.conf.get("spark.driver.host", "127.0.0.1")
 
