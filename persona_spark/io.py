@@ -125,8 +125,9 @@ class TableStore:
         return self.spark.read.schema(schema).parquet(*files)
 
     # ---- writes -------------------------------------------------------------------------
-    def write_table(self, df: DataFrame, name: str, mode: str = "overwrite") -> int:
-        """Write ``df`` as the next version of ``name`` in one commit; returns that version."""
+    def write_table(self, df: DataFrame, name: str, mode: str = "overwrite") -> None:
+        """Write ``df`` as the next version of ``name`` in one commit (``version`` tells which, at the
+        price of a read of the log: most writers never ask)."""
         if mode not in ("overwrite", "append"):
             raise ValueError(f"mode must be 'overwrite' or 'append', not {mode!r}")
         loc = self.location(name)
@@ -137,9 +138,8 @@ class TableStore:
             writer.saveAsTable(loc) if self.conf.catalog else writer.save(loc)
         else:
             self._write_delta_rs(df, loc, mode)
-        return self.version(name)
 
-    def merge_table(self, df: DataFrame, name: str, keys: list[str], delete_when: str | None = None) -> int:
+    def merge_table(self, df: DataFrame, name: str, keys: list[str], delete_when: str | None = None) -> None:
         """Upsert ``df`` into ``name`` on ``keys``: matched rows are updated, new rows inserted.
 
         ``delete_when`` names a boolean column of ``df``: its true rows delete the matching target
@@ -151,20 +151,21 @@ class TableStore:
         columns = [c for c in df.columns if c != delete_when]
         if not self.exists(name):
             rows = df.filter(~F.col(delete_when)) if delete_when else df
-            return self.write_table(rows.select(*columns), name, "overwrite")
+            self.write_table(rows.select(*columns), name, "overwrite")
+            return
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         values = {f"`{c}`": f"s.`{c}`" for c in columns}
         keep = f"NOT s.`{delete_when}`" if delete_when else None
         drop = f"s.`{delete_when}`" if delete_when else None
         if self.backend == "spark" and is_connect(self.spark):
             self._connect_merge(df, name, condition, values, keep, drop)
-            return self.version(name)
+            return
         if self.backend == "spark":
             builder = self._spark_delta_table(name).alias("t").merge(df.alias("s"), condition)
             if drop:
                 builder = builder.whenMatchedDelete(drop)
             builder.whenMatchedUpdate(keep, values).whenNotMatchedInsert(keep, values).execute()
-            return self.version(name)
+            return
         from deltalake import DeltaTable
 
         table = DeltaTable(self.location(name))
@@ -174,7 +175,6 @@ class TableStore:
         if drop:
             merger = merger.when_matched_delete(drop)
         merger.when_matched_update(values, keep).when_not_matched_insert(values, keep).execute()
-        return DeltaTable(self.location(name)).version()
 
     # ---- engines ------------------------------------------------------------------------
     # A Spark Connect session has Delta's SQL but not necessarily its Python API (that needs the

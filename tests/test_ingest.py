@@ -130,8 +130,10 @@ def test_instacart_sample_joins_names(spark, tmp_path):
     # ~84 % of lines resolve to a product name (dataset README); the rest are quarantined, not lost.
     assert 0.80 < summary["rows_kept"] / 150_000 < 0.88
     assert set(summary["quarantined_by_reason"]) == {"missing_item_name"}
-    sample = store.read_table("transactions").filter(F.col("item_name").isNull()).count()
-    assert sample == 0
+    assert store.read_table("transactions").count() == summary["rows_kept"]
+    quarantine = store.read_table("quarantine")  # the unnamed lines are kept there, each with its reason
+    assert quarantine.count() == summary["rows_quarantined"]
+    assert quarantine.filter(F.col("reason") != "missing_item_name").count() == 0
 
 
 def test_order_sequence_columns_are_typed_and_checked(spark):

@@ -49,14 +49,18 @@ def run_tables(spark) -> dict:
     ]
     return {
         "evaluation": spark.createDataFrame(
-            [("20240601T000000", "planted_personas", 28, 0.8123, 0.7912, 0.8, 0.82, 0.41, "learned")],
+            [("20240601T000000", "planted_personas", 28, 0.8123, 0.7912, 0.8, 0.82, 0.41, "learned", ts)],
             "run_id string, reference string, users long, micro_f1 double, macro_f1 double, precision double, "
-            "recall double, baseline_micro_f1 double, method string",
+            "recall double, baseline_micro_f1 double, method string, run_ts timestamp",
         ),
         "evaluation_per_persona": spark.createDataFrame(
-            [("20240601T000000", p, 8, 10, 9, 0.8, 0.89, 0.84) for p in range(3)],
-            "run_id string, persona_idx int, tp long, predicted long, actual long, precision double, recall double, f1 double",
+            [("20240601T000000", p, 8, 10, 9, 0.8, 0.89, 0.84, ts) for p in range(3)],
+            "run_id string, persona_idx int, tp long, predicted long, actual long, precision double, recall double, "
+            "f1 double, run_ts timestamp",
         ),
+        # r1 is the latest run by time; "r9-older" sorts after it by id and must not be shown
+        "gplr_runs": spark.createDataFrame([("r1", datetime(2024, 7, 1)), ("r9-older", datetime(2024, 6, 1))],
+                                           "run_id string, run_ts timestamp"),
         "recommend_runs": spark.createDataFrame(runs, RECOMMEND_RUNS_SCHEMA),
         "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
         "robustness": spark.createDataFrame(
@@ -73,7 +77,8 @@ def run_tables(spark) -> dict:
             [("r0", "r1", 0, 0, 6), ("r0", "r1", 0, 2, 7), ("r0", "r1", -1, 1, 2), ("r0", "r1", 1, -1, 1)],
             "from_run_id string, to_run_id string, from_persona_idx int, to_persona_idx int, customers long"),
         "persona_calibration": spark.createDataFrame(
-            [("r1", b, b / 4, (b + 1) / 4, 100 - 20 * b, b / 4 + 0.1, b / 4 + 0.05) for b in range(4)],
+            [("r1", b, b / 4, (b + 1) / 4, 100 - 20 * b, b / 4 + 0.1, b / 4 + 0.05) for b in range(4)]
+            + [("r9-older", b, b / 4, (b + 1) / 4, 50, b / 4 + 0.1, b / 4 + 0.4) for b in range(4)],
             "run_id string, bin int, lower double, upper double, pairs long, mean_predicted double, observed double"),
     }
 
@@ -143,7 +148,7 @@ def test_report_states_the_numbers_of_the_run(rendered):
     assert "<b>13</b> of 40 customers (32.5 %) changed their persona set" in page
     assert f"7 customers dropped <b>{PERSONAS.names[0]}</b> and picked up <b>{PERSONAS.names[2]}</b>" in page
     assert f"2 customers gained <b>{PERSONAS.names[1]}</b> without losing a persona" in page
-    assert "Expected calibration error 5.0 points" in page  # every bin 0.05 off
+    assert "Expected calibration error 5.0 points" in page  # every bin of the latest run (r1) 0.05 off
     for name in PERSONAS.names:
         assert name in page
 

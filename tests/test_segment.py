@@ -202,7 +202,9 @@ def test_segment_and_robustness_stages_write_their_tables(store, frames, tmp_pat
     result = {r["representation"]: r for r in STAGES["robustness"](cfg, store)["robustness"]}
     assert result["rfm"]["users"] == 30  # the sample; every customer has at least two orders
     assert 0 < result["personas"]["users"] <= 30
-    assert 0 <= result["personas"]["unchanged"] <= result["personas"]["users"]
+    personas = result["personas"]
+    assert 0 < personas["unchanged"] <= personas["users"]  # the same favourites give many the same set
+    assert personas["share_unchanged"] == pytest.approx(personas["unchanged"] / personas["users"])
     # The paper's Table 8 finding: personas are more stable than RFM deciles (which shift with the period).
     assert result["personas"]["share_unchanged"] > result["rfm"]["share_unchanged"]
     assert store.read_table("robustness").count() == 2

@@ -150,8 +150,11 @@ def test_cli_lists_every_stage():
 
 
 def test_unknown_setting_is_rejected_naming_it():
-    with pytest.raises(Exception, match="gplr.budgett|budgett"):
+    from persona_spark.errors import UserError
+
+    with pytest.raises(UserError, match=r"^config: gplr\.budgett: unknown key \(did you mean gplr\.budget_fraction\?\)$"):
         load_config(None, ["gplr.budgett=3"])
+    load_config(None, ["gplr.budget_fraction=0.2"])  # the suggested key is accepted
 
 
 def test_spark_submit_runs_a_job_script(tmp_path):

@@ -56,7 +56,7 @@ SECTIONS = (
             "Who changed persona between the last two monthly runs: each cell counts customers who lost the row "
             "persona and gained the column persona (\"no persona\" for a persona lost or gained alone).",
             gather.drift, render.drift),
-    Section("calibration", "How sure the personas are", "Calibration", ("persona_calibration",),
+    Section("calibration", "How sure the personas are", "Calibration", ("persona_calibration", "gplr_runs"),
             "Every propagated persona carries a probability. On customers the LLM labelled (held out while "
             "fitting), personas given 70 % should be right about 70 % of the time: dots on the diagonal.",
             gather.calibration, render.calibration),

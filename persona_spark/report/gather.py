@@ -169,14 +169,22 @@ class Quality:
     per_persona: pd.DataFrame | None  # the latest run's rows of evaluation_per_persona (empty: no run); None: not written
 
 
+def latest_run_id(rows: DataFrame) -> str | None:
+    """The run id of ``rows``' latest ``run_ts``: run ids are not in time order (a random suffix after
+    the second), so the latest run is found by its time."""
+    latest = rows.select("run_id", "run_ts").orderBy(F.desc("run_ts"), F.desc("run_id")).first()
+    return None if latest is None else latest["run_id"]
+
+
 def quality(sources: Sources) -> Quality:
     runs = sources.tables["evaluation"].toPandas()
-    if "run_id" in runs.columns:
-        runs = runs.sort_values("run_id", ascending=False)
+    order = [c for c in ("run_ts", "run_id") if c in runs.columns]
+    if order:
+        runs = runs.sort_values(order, ascending=False)
     per_persona = sources.tables.get("evaluation_per_persona")
     if per_persona is None:
         return Quality(runs, None, None)
-    latest = per_persona.agg(F.max("run_id").alias("run_id")).first()["run_id"]
+    latest = latest_run_id(per_persona)
     if latest is None:
         return Quality(runs, None, pd.DataFrame())
     return Quality(runs, latest, per_persona.filter(F.col("run_id") == latest).toPandas())
@@ -207,8 +215,10 @@ class Calibration:
 
 
 def calibration(sources: Sources) -> Calibration:
+    """The bins of the latest gplr run that wrote any (its time from ``gplr_runs``)."""
     bins = sources.tables["persona_calibration"]
-    latest = bins.agg(F.max("run_id")).first()[0]
+    runs = sources.tables["gplr_runs"].select("run_id", "run_ts")
+    latest = latest_run_id(bins.select("run_id").distinct().join(runs, "run_id", "left"))
     return Calibration(latest, bins.filter(F.col("run_id") == latest).toPandas().sort_values("bin"))
 
 

@@ -146,7 +146,8 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
     prototypes = affinity_lib.prototype_labels(store.read_table(tables.PROTOTYPE_LABELS), n_personas, conf.beta)
     trace: list[dict] = []
     scores = affinity_lib.compute_affinity(train, prototypes, n_personas, conf, trace)
-    version = store.write_table(affinity_lib.affinity_long(scores), tables.AFFINITY)
+    store.write_table(affinity_lib.affinity_long(scores), tables.AFFINITY)
+    version = store.version(tables.AFFINITY)
     written = store.read_table(tables.AFFINITY).agg(F.count(F.lit(1)).alias("rows"),
                                                     F.countDistinct("user_idx").alias("users")).first()
     summary = {"users_reached": written["users"], "rows": written["rows"], "personas": n_personas,
