@@ -56,7 +56,8 @@ class SparkConf(Section):
     jars: list[str] = Field(default_factory=list, description="jar files or folders of jars: replaces Maven resolution")
     ivy_cache: str = Field("~/.cache/persona-spark/ivy", description="where resolved jars are kept, outside the "
                            "repository")
-    warehouse_dir: str | None = Field(None, description="spark.sql.warehouse.dir (catalog-mode tables of a local session)")
+    warehouse_dir: str | None = Field(None, description="spark.sql.warehouse.dir (catalog-mode tables of a local session; "
+                                      "a local Connect server started here uses the temp directory when unset)")
     extra: dict[str, str] = Field(default_factory=dict, description='more Spark settings, e.g. '
                                   '{"spark.executor.memory": "2g"}')
 

@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import sys
+import tempfile
 from functools import partial
 from importlib import metadata
 from typing import Any, Callable
@@ -141,6 +142,8 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
             settings.update(s3a_settings(os.environ.get("AWS_ENDPOINT_URL")))
             if conf.warehouse_dir:
                 settings["spark.sql.warehouse.dir"] = conf.warehouse_dir
+            elif conf.remote is not None:  # a Connect server creates its warehouse at once: not in the job's cwd
+                settings["spark.sql.warehouse.dir"] = os.path.join(tempfile.gettempdir(), "persona-spark-warehouse")
             if conf.delta or conf.jars:  # under spark-submit the launcher sets these beside --packages
                 settings.update(DELTA_EXTENSIONS)
     settings.update(conf.extra)
