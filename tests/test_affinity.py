@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyspark.testing import assertDataFrameEqual
 
 from persona_spark.affinity import (affinity_long, compute_affinity, debias_weights, prepare_graph,
                                     propagate_to_users, prototype_labels)
@@ -270,7 +271,8 @@ def test_propagate_to_users_is_one_row_normalized_step(spark, graph):
 
 def test_affinity_long_keeps_non_zero_scores(spark):
     wide = spark.createDataFrame([(3, [0.0, 0.25, 0.0]), (5, [0.5, 0.0, 0.125])], "user_idx int, scores array<double>")
-    assert sorted(tuple(r) for r in affinity_long(wide).collect()) == [(3, 1, 0.25), (5, 0, 0.5), (5, 2, 0.125)]
+    expected = spark.createDataFrame([(3, 1, 0.25), (5, 0, 0.5), (5, 2, 0.125)], "user_idx int, persona_idx int, score double")
+    assertDataFrameEqual(affinity_long(wide), expected)
 
 
 # ---- the stage -----------------------------------------------------------------------------------
