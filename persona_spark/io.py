@@ -159,22 +159,21 @@ class TableStore:
         drop = f"s.`{delete_when}`" if delete_when else None
         if self.backend == "spark" and is_connect(self.spark):
             self._connect_merge(df, name, condition, values, keep, drop)
-            return
-        if self.backend == "spark":
+        elif self.backend == "spark":
             builder = self._spark_delta_table(name).alias("t").merge(df.alias("s"), condition)
             if drop:
                 builder = builder.whenMatchedDelete(drop)
             builder.whenMatchedUpdate(keep, values).whenNotMatchedInsert(keep, values).execute()
-            return
-        from deltalake import DeltaTable
+        else:
+            from deltalake import DeltaTable
 
-        table = DeltaTable(self.location(name))
-        target_schema = pa.schema(table.schema().to_arrow())
-        source = df.select(*[f.name for f in target_schema], *([delete_when] if delete_when else [])).toArrow()
-        merger = table.merge(source, condition, source_alias="s", target_alias="t")
-        if drop:
-            merger = merger.when_matched_delete(drop)
-        merger.when_matched_update(values, keep).when_not_matched_insert(values, keep).execute()
+            table = DeltaTable(self.location(name))
+            target_schema = pa.schema(table.schema().to_arrow())
+            source = df.select(*[f.name for f in target_schema], *([delete_when] if delete_when else [])).toArrow()
+            merger = table.merge(source, condition, source_alias="s", target_alias="t")
+            if drop:
+                merger = merger.when_matched_delete(drop)
+            merger.when_matched_update(values, keep).when_not_matched_insert(values, keep).execute()
 
     # ---- engines ------------------------------------------------------------------------
     # A Spark Connect session has Delta's SQL but not necessarily its Python API (that needs the

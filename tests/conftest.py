@@ -24,7 +24,7 @@ def shared_path(*parts: str) -> Path:
 
 
 # Test data is tiny and the suite is CPU-bound on two cores: compiling whole-stage code and re-planning
-# each shuffle (AQE) cost more than they save there (the gplr stage ~20 % faster without both).
+# each shuffle (AQE) cost more CPU than they save there.
 SMALL_DATA_SPARK = {"spark.sql.codegen.wholeStage": "false", "spark.sql.adaptive.enabled": "false"}
 TEST_SPARK = dict(master="local[2]", shuffle_partitions=2, default_parallelism=2, driver_memory="2g", ui_enabled=False,
                   extra=SMALL_DATA_SPARK)

@@ -327,10 +327,15 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
     before, after = store.read_table("personas", version=personas_version), store.read_table("personas")
     keys = ["user_idx", "persona_idx"]
     differing = after.exceptAll(before).count() + before.join(after.select(*keys), keys, "left_anti").count()
-    assert second["rows_rewritten"] == differing
-    # a reused prototype's LLM rows are the same rows: the MERGE leaves them alone
+    # what Delta says the MERGE touched: exactly the differing rows, nothing rewritten as it was
+    from delta.tables import DeltaTable
+
+    metrics = DeltaTable.forPath(spark, store.location("personas")).history(1).first()["operationMetrics"]
+    touched = sum(int(metrics[k]) for k in ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted"))
+    assert touched == second["rows_rewritten"] == differing
+    # a reused prototype's LLM rows are the same rows in both versions
     kept = after.filter("source = 'llm'").intersect(before).select("user_idx").distinct().count()
-    assert kept >= reused and differing < before.count() + after.count()
+    assert kept >= reused
 
     runs = {r.run_id: r.run_ts for r in store.read_table("gplr_runs").collect()}
     assert set(runs) == {first["run_id"], second["run_id"]} and runs[second["run_id"]] > runs[first["run_id"]]
