@@ -205,6 +205,9 @@ class EmbeddingLabelConf(Section):
                                  "basket / cadence measure to the personas whose descriptions call for it "
                                  "(labeling.signals); 0.5 assumes a medium effect (Cohen's d = 0.5) of being such a "
                                  "persona on the measure; 0 uses product names only")
+    idf: bool = Field(True, description="weight each purchased product by its smoothed inverse document frequency over "
+                      "the training customers, ln((1 + customers) / (1 + buyers)) + 1, so a product nearly everyone buys "
+                      "counts little (false: every product counts by its weight alone)")
     batch_size: int = Field(64, ge=1, description="texts embedded per model call")
     partitions: int = Field(2, ge=1, description="parallel embedding tasks")
 

@@ -45,6 +45,7 @@ from persona_spark.personas import PersonaSet
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 ITEM_EMBEDDINGS_SCHEMA = "item_idx int, text string, model string, embedding array<float>, ts timestamp"
 MAX_ANSWER_CHARS = 4000
+NO_EVIDENCE_SCORE = 1.0  # an embedding score (lift over the catalogue's mean vote) no better than any product's
 
 
 def label_schema(id_col: str) -> str:
@@ -350,13 +351,19 @@ class EmbeddingScorer:
     """The documented picking rule, applied per entity from its items' persona votes.
 
     score_r = sum_i w_i * vote_i[r] / sum_i w_i / prior_r (w = log1p(quantity), quantity or purchase
-    count; prior_r = persona r's mean vote over the catalogue, so a score is the basket's lift over
+    count, times the product's idf over the customers where the request carries it and ``idf`` is on:
+    a product nearly every customer buys is weak evidence for anyone's persona; prior_r = persona r's mean vote over the catalogue, so a score is the basket's lift over
     what any product would give: a persona that collects some vote from everything does not win
     everywhere), times exp(evidence_r) where the entity's request carries behaviour measures
     (``signals.evidence``: ``signal_weight`` x standardized price / basket / cadence for the personas
     whose descriptions call for them); fit = weighted mean of each item's best cosine.
-    fit < min_similarity -> Unrepresentable; else the personas with score_r >= relative_threshold *
-    max score, best first, at most max_personas.
+    fit < min_similarity -> Unrepresentable; else the best persona, and after it the personas with
+    score_r >= relative_threshold * max score and score_r >= 1, best first, at most max_personas.
+
+    A score of 1 is the no-evidence point: the basket gives the persona what any product would (and
+    its behaviour neither speaks for nor against it). A persona at or below it is never named on the
+    strength of the relative threshold alone, which otherwise reaches down to background level for
+    a customer whose best persona is only weakly ahead (a basket spread over several personas).
     """
 
     conf: EmbeddingLabelConf
@@ -376,13 +383,16 @@ class EmbeddingScorer:
         quantity = np.array([max(int(p["quantity"] or 0), 1) for p in history], dtype=np.float64)
         return np.log1p(quantity) if self.conf.weight == "log_quantity" else quantity
 
-    def verdict(self, history, measures: np.ndarray | None = None) -> tuple[Verdict, str]:
+    def verdict(self, history, measures: np.ndarray | None = None, idf: np.ndarray | None = None) -> tuple[Verdict, str]:
         ids = np.array([p["item_idx"] for p in history], dtype=np.int64)
         pos = np.searchsorted(self.item_ids, ids)
         known = (pos < len(self.item_ids)) & (self.item_ids[np.minimum(pos, len(self.item_ids) - 1)] == ids)
         if not known.any():
             return error_verdict("none of the purchased items has an embedding"), ""
-        w = self.weights(history)[known]
+        w = self.weights(history)
+        if idf is not None and self.conf.idf:
+            w = w * idf
+        w = w[known]
         rows = pos[known]
         scores = (w[:, None] * self.votes[rows]).sum(axis=0) / w.sum() / self.prior
         with_behaviour = measures is not None and self.evidence_weights is not None
@@ -397,15 +407,18 @@ class EmbeddingScorer:
         audit = json.dumps(audit)
         if fit < self.conf.min_similarity:
             return Verdict((), (), "unrepresentable", None), audit
-        keep = [int(r) for r in order[: self.max_personas] if scores[r] >= self.conf.relative_threshold * scores[order[0]]]
+        floor = max(self.conf.relative_threshold * scores[order[0]], NO_EVIDENCE_SCORE)
+        keep = [int(order[0])] + [int(r) for r in order[1 : self.max_personas] if scores[r] >= floor]
         return Verdict(tuple(self.persona_set.names[r] for r in keep), tuple(keep), "ok", None), audit
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in batches:
             rows = []
             measures = signals.measure_values(pdf)
-            for entity_id, history, history_hash, entity_measures in zip(pdf[self.id_col], pdf["history"], pdf["history_hash"], measures):
-                verdict, audit = self.verdict(history, entity_measures)
+            idfs = signals.history_idf(pdf)
+            for entity_id, history, history_hash, entity_measures, idf in zip(pdf[self.id_col], pdf["history"], pdf["history_hash"],
+                                                                             measures, idfs):
+                verdict, audit = self.verdict(history, entity_measures, idf)
                 rows.append(make_row(self.id_col, entity_id, history_hash, self.key, verdict, answer=audit))
             yield rows_frame(rows, self.id_col)
 
@@ -421,8 +434,9 @@ class EmbeddingBackend(LabelBackend):
         self.max_personas = max_personas
         self.max_name_chars = max_name_chars
         rule = json.dumps([conf.temperature, conf.weight, conf.relative_threshold, conf.min_similarity, max_personas,
-                           max_name_chars, conf.hubness_prior_items, conf.signal_weight, signals.SIGNALS_VERSION])
-        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v3-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
+                           max_name_chars, conf.hubness_prior_items, conf.signal_weight, signals.SIGNALS_VERSION, conf.idf,
+                           NO_EVIDENCE_SCORE])
+        self.key = CacheKey(EMBEDDING_MODEL, f"embed_v4-{hashlib.sha256(rule.encode()).hexdigest()[:8]}", persona_set.version)
 
     def ensure_item_embeddings(self, items: DataFrame) -> int:
         """Embed the (item_idx, text) pairs ``self.embeddings`` lacks; they join it (kept in memory,

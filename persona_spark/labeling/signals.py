@@ -9,8 +9,10 @@ personas are behaviour-defined; a measure the source has no column for (Instacar
 is null for every customer and gives no evidence.
 
 ``behaviour_measures`` computes the measures in Spark, one row per customer, standardized over all
-customers (mean 0, standard deviation 1); the embedding scorer adds ``signal_weight x measure``
-(clipped to ``MAX_STANDARD_UNITS``) to the log-score of every persona that calls for the signal.
+customers (mean 0, standard deviation 1); the embedding scorer adds the log-likelihood ratio
+``d x - d^2 / 2`` of the measure x (clipped to ``MAX_STANDARD_UNITS``) to the log-score of every
+persona that calls for the signal, d = ``signal_weight`` (the assumed effect, in standard
+deviations, of being such a persona on the measure).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pyspark.sql import functions as F
 from persona_spark.personas import PersonaSet
 
 MEASURES = ("price_z", "basket_z", "cadence_z")
+IDF_COLUMN = "item_idf"  # map<item_idx, idf> of the products in a customer's training history
 MAX_STANDARD_UNITS = 3.0  # a few extreme customers must not turn one signal into the whole verdict
 
 
@@ -47,7 +50,8 @@ SIGNALS = (
            ("stock up", "stocking up", "bulk", "multipack", "family", "parent")),
     Signal("frequent_orders", "cadence_z", +1, "orders often", ("busy", "frequent", "weekly", "regular shop")),
 )
-SIGNALS_VERSION = hashlib.sha256(json.dumps([asdict(s) for s in SIGNALS]).encode()).hexdigest()[:8]
+EVIDENCE_RULE = "gaussian-llr"  # part of the version: how a measure becomes evidence
+SIGNALS_VERSION = hashlib.sha256(json.dumps([EVIDENCE_RULE, *[asdict(s) for s in SIGNALS]]).encode()).hexdigest()[:8]
 
 
 def persona_text(name: str, description: str | None) -> str:
@@ -76,9 +80,16 @@ def measure_values(rows) -> np.ndarray:
 
 
 def evidence(weights: np.ndarray, measures: np.ndarray) -> np.ndarray:
-    """Log-score evidence per persona for one entity: missing measures count as no evidence."""
-    clipped = np.clip(np.nan_to_num(measures, nan=0.0), -MAX_STANDARD_UNITS, MAX_STANDARD_UNITS)
-    return weights @ clipped
+    """Log-score evidence per persona for one entity: missing measures count as no evidence.
+
+    For a persona shifting a standardized measure by d (its weight) the log-likelihood ratio of
+    N(d, 1) against N(0, 1) at x is ``d x - d^2 / 2``: without the ``- d^2 / 2`` the evidence would
+    average ``exp(d^2 / 2) > 1`` over customers with no such behaviour, so every persona that calls
+    for a signal would gain on every customer, the more signals it calls for the more.
+    """
+    present = ~np.isnan(measures)
+    clipped = np.clip(np.where(present, measures, 0.0), -MAX_STANDARD_UNITS, MAX_STANDARD_UNITS)
+    return weights @ clipped - 0.5 * (weights**2) @ present
 
 
 def behaviour_measures(transactions: DataFrame, users: DataFrame, items: DataFrame, train_edges: DataFrame) -> DataFrame:
@@ -91,6 +102,10 @@ def behaviour_measures(transactions: DataFrame, users: DataFrame, items: DataFra
 
     Only the training edges' lines count, so held-out purchases never shape a label. A measure with
     no values (no price column) or no spread is null for everyone.
+
+    ``item_idf`` maps each product in the customer's training history to its smoothed inverse
+    document frequency over the training customers, ``ln((1 + N) / (1 + buyers)) + 1`` (N customers;
+    scikit-learn's ``smooth_idf``): a product nearly everyone buys says little about anyone's persona.
     """
     lines = (
         transactions.join(users.select("customer_id", "user_idx"), "customer_id")
@@ -119,9 +134,27 @@ def behaviour_measures(transactions: DataFrame, users: DataFrame, items: DataFra
         F.when(F.col(f"{c}_stddev_samp") > 0, (F.col(c) - F.col(f"{c}_avg")) / F.col(f"{c}_stddev_samp")).cast("double").alias(f"{c}_z")
         for c in ("price", "basket", "cadence")
     ]
-    return raw.crossJoin(F.broadcast(stats)).select(F.col("user_idx").cast("int"), *standardized)
+    pairs = train_edges.select("user_idx", "item_idx").distinct()
+    customers = pairs.agg(F.countDistinct("user_idx").alias("customers"))
+    buyers = pairs.groupBy("item_idx").agg(F.count("*").alias("buyers")).crossJoin(F.broadcast(customers))
+    idf = buyers.select("item_idx", (F.log((1 + F.col("customers")) / (1 + F.col("buyers"))) + 1).alias("idf"))
+    item_idf = pairs.join(idf, "item_idx").groupBy("user_idx").agg(
+        F.map_from_entries(F.collect_list(F.struct(F.col("item_idx").cast("int"), F.col("idf").cast("double")))).alias(IDF_COLUMN))
+    return (raw.crossJoin(F.broadcast(stats)).select(F.col("user_idx").cast("int"), *standardized)
+            .join(item_idf.withColumn("user_idx", F.col("user_idx").cast("int")), "user_idx", "left"))
 
 
 def with_behaviour_measures(requests: DataFrame, measures: DataFrame) -> DataFrame:
-    """User label requests with the measure columns the embedding scorer reads (null where unknown)."""
-    return requests.join(measures.select("user_idx", *MEASURES), "user_idx", "left")
+    """User label requests with the measure and idf columns the embedding scorer reads (null where unknown)."""
+    return requests.join(measures.select("user_idx", *MEASURES, IDF_COLUMN), "user_idx", "left")
+
+
+def history_idf(rows, history_column: str = "history") -> list[np.ndarray | None]:
+    """Per request: the idf of each history entry (1 where unknown), or None without an idf column."""
+    if IDF_COLUMN not in rows:
+        return [None] * len(rows)
+    out = []
+    for history, idf in zip(rows[history_column], rows[IDF_COLUMN]):
+        lookup = dict(idf) if idf is not None else {}
+        out.append(np.array([lookup.get(int(p["item_idx"]), 1.0) for p in history], dtype=np.float64) if lookup else None)
+    return out
