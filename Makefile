@@ -23,5 +23,7 @@ demo: jars
 # pytest exits 5 when it collected no test; that is a failure to report, not a crash to hide,
 # but CI only treats it as red if something actually failed. Two pytest workers, one test file
 # each at a time (module fixtures stay shared): most of a Spark test's time is waiting, not computing.
+# --no-loadscope-reorder keeps the files in collection order (the longest first, see tests/conftest.py);
+# xdist's default reorders them by test count, which started the two longest files last.
 test: jars
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

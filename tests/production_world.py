@@ -20,6 +20,7 @@ import pyspark
 import yaml
 
 PYTHON = sys.executable
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_CLASS = str(Path(sys.executable).with_name("spark-class"))
 SPARK_HOME = str(Path(pyspark.__file__).parent)  # pip's pyspark is a whole Spark distribution
 
@@ -177,7 +178,16 @@ def run_stages(stages: list[str], conf: str, env: dict[str, str], cwd: Path, tim
     """The CLI's stages, one after the other in one child process (one Spark session, as a job would)."""
     code = ("import sys\nfrom persona_spark.cli import main\n"
             f"for stage in {stages!r}:\n    rc = main([stage, '--conf', {conf!r}])\n    if rc: sys.exit(rc)\n")
-    process = subprocess.Popen([PYTHON, "-c", code], cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+    return run_python(code, env, cwd, timeout_s, on_line)
+
+
+def run_python(code: str, env: dict[str, str], cwd: Path, timeout_s: float = 1800,
+               on_line=None) -> subprocess.CompletedProcess:
+    """``code`` in a child Python process (the repository importable, stdout and stderr as one stream),
+    each output line handed to ``on_line`` as it comes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+           **env}
+    process = subprocess.Popen([PYTHON, "-c", code], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.monotonic() + timeout_s
@@ -190,4 +200,4 @@ def run_stages(stages: list[str], conf: str, env: dict[str, str], cwd: Path, tim
             break
     process.wait()
     output = "".join(lines)
-    return subprocess.CompletedProcess(stages, process.returncode, output, "")
+    return subprocess.CompletedProcess(code, process.returncode, output, "")

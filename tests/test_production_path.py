@@ -9,6 +9,7 @@ model). Data is the generated demo shop at a small size.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pyarrow.compute as pc
@@ -19,7 +20,8 @@ from persona_spark.labeling.loopback import LoopbackChatServer, keyword_responde
 from persona_spark.personas import load_persona_set
 from persona_spark.config import DEFAULT_PERSONAS
 from tests.conftest import SMALL_DATA_SPARK
-from tests.production_world import S3Server, StandaloneCluster, local_connect_server_slot, run_stages, write_conf
+from tests.production_world import (S3Server, StandaloneCluster, local_connect_server_slot, run_python, run_stages,
+                                    write_conf)
 
 pytestmark = pytest.mark.slow(minutes=12)
 
@@ -71,30 +73,56 @@ def personas_on_s3(s3: S3Server, prefix: str, version: int | None = None) -> lis
     return sorted(rows)
 
 
+# The child on Spark Connect: notebook 01 (the demo's stages), notebook 02 (GPLR against the endpoint,
+# its dry-run estimate first), then a job's entry point, the CLI, on the same Connect server.
+CONNECT_CHILD = """
+import json, os, sys
+from tests.test_notebooks import execute
+from persona_spark.cli import main
+quick = execute("01_quick_start.py")
+assert not hasattr(quick["spark"], "_jsc"), "notebook 01 did not get a Spark Connect session"
+endpoint = execute("02_gplr_with_llm_endpoint.py")
+users = endpoint["store"].read_table("users").count()
+print("NOTEBOOKS " + json.dumps({
+    "stages": sorted(quick["summaries"]), "llm": int(quick["persona_counts"]["llm"].sum()),
+    "propagated": int(quick["persona_counts"]["propagated"].sum()),
+    "micro_f1": float(quick["quality"].iloc[0]["micro_f1"]),
+    "baseline_micro_f1": float(quick["quality"].iloc[0]["baseline_micro_f1"]),
+    "budget": endpoint["budget"], "estimated": endpoint["estimate"]["entities"], "users": users,
+    "llm_run_users": endpoint["llm_store"].read_table("personas").select("user_idx").distinct().count(),
+    "llm_models": sorted({r["model"] for r in endpoint["llm_store"].read_table("user_labels").collect()}),
+}), flush=True)
+sys.exit(main(["report", "--conf", os.environ["PERSONA_SPARK_CONF"]]))
+"""
+
+
 @pytest.fixture(scope="module")
 def connect_run(s3, llm, tmp_path_factory):
-    """The whole demo (generate -> ... -> train, cold start, report) on a local Spark Connect server, as
-    Databricks serverless and standard-access clusters run a job: no SparkContext, RDDs or JVM on the
-    client. Every location is on S3 and the client starts in an empty working directory."""
+    """The notebooks 01 and 02 and the CLI on a local Spark Connect server, as Databricks serverless and
+    standard-access clusters run them: no SparkContext, RDDs or JVM on the client. Notebook 01 runs
+    the whole demo (generate -> ... -> train, cold start, report). Every location is on S3 and the
+    client starts in an empty working directory."""
     base = tmp_path_factory.mktemp("connect_run")
     workdir, scratch = base / "work", base / "scratch"
     workdir.mkdir()
     scratch.mkdir()
     conf = settings(f"s3a://{BUCKET}/connect", "local[2]", llm.base_url, str(scratch))
     conf["spark"]["remote"] = "local[2]"
+    env = {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch), "MPLBACKEND": "Agg",
+           "PERSONA_SPARK_CONF": write_conf(base / "conf.yaml", conf)}
     with local_connect_server_slot():
-        result = run_stages(["demo"], write_conf(base / "conf.yaml", conf),
-                            {**s3.env, KEY_ENV: "sk-test", "TMPDIR": str(scratch)}, workdir)
+        result = run_python(CONNECT_CHILD, env, workdir)
     assert result.returncode == 0, result.stdout[-6000:]
-    return workdir, result
+    (line,) = [l for l in result.stdout.splitlines() if l.startswith("NOTEBOOKS ")]
+    return workdir, result, json.loads(line[len("NOTEBOOKS "):])
 
 
 def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s3, connect_run):
-    workdir, result = connect_run
-    assert "Spark Connect" in result.stdout, "the demo did not run on a Spark Connect session"
+    workdir, result, _ = connect_run
+    assert "persona-spark report on Spark Connect" in result.stdout, "the CLI did not run on a Spark Connect session"
     keys = s3.keys(BUCKET, "connect/")
     for table in ("raw_transactions", "transactions", "edges", "personas", "user_labels", "item_labels",
-                  "gplr_runs", "evaluation", "segments", "recommend_runs", "cold_start_recs"):
+                  "gplr_runs", "evaluation", "segments", "recommend_runs", "cold_start_recs", "personas_llm"):
         assert f"connect/tables/{table}/_delta_log/00000000000000000000.json" in keys, table
     for location in ("connect/report/index.html", "connect/report/figures/persona_distribution.png",
                      "connect/recommend/export/meta.json", "connect/recommend/models/lgcn3-seed0/embeddings.npz",
@@ -106,6 +134,16 @@ def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s
     assert not any(k.startswith("connect/labels_journal/") and k.endswith(".jsonl") for k in keys)
     assert list(workdir.iterdir()) == [], "a run location fell back to the local disk"
     assert len(personas_on_s3(s3, "connect")) > 240  # every customer has at least one persona
+
+
+def test_notebooks_01_and_02_on_spark_connect(connect_run):
+    """What tests/test_notebooks.py checks on the classic session, on Connect and S3."""
+    shown = connect_run[2]
+    assert {"gplr", "evaluate", "export-tripartite", "train", "cold-start", "segment", "report"} <= set(shown["stages"])
+    assert shown["propagated"] > shown["llm"] > 0
+    assert shown["micro_f1"] > shown["baseline_micro_f1"], "propagated personas beat the popularity baseline"
+    assert shown["estimated"] == shown["budget"] > 0
+    assert shown["llm_run_users"] == shown["users"] > 0 and shown["llm_models"] == ["keyword-stand-in"]
 
 
 def test_cluster_on_object_storage_survives_a_lost_worker_and_matches_connect(s3, llm, connect_run, tmp_path):
