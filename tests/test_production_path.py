@@ -119,7 +119,7 @@ def connect_run(s3, llm, tmp_path_factory):
 
 def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s3, connect_run):
     workdir, result, _ = connect_run
-    assert "persona-spark report on Spark Connect" in result.stdout, "the CLI did not run on a Spark Connect session"
+    assert "persona-spark report on a Spark Connect server" in result.stdout, "the CLI did not run on a Spark Connect session"
     keys = s3.keys(BUCKET, "connect/")
     for table in ("raw_transactions", "transactions", "edges", "personas", "user_labels", "item_labels",
                   "gplr_runs", "evaluation", "segments", "recommend_runs", "cold_start_recs", "personas_llm"):
