@@ -90,7 +90,7 @@ print("NOTEBOOKS " + json.dumps({
     "baseline_micro_f1": float(quick["quality"].iloc[0]["baseline_micro_f1"]),
     "budget": endpoint["budget"], "estimated": endpoint["estimate"]["entities"], "users": users,
     "llm_run_users": endpoint["llm_store"].read_table("personas").select("user_idx").distinct().count(),
-    "llm_models": sorted({r["model"] for r in endpoint["llm_store"].read_table("user_labels").collect()}),
+    "llm_models": sorted(r["model"] for r in endpoint["llm_store"].read_table("user_labels").select("model").distinct().collect()),
 }), flush=True)
 sys.exit(main(["report", "--conf", os.environ["PERSONA_SPARK_CONF"]]))
 """

@@ -220,8 +220,9 @@ def collect_rows(spark, submission: "Submission", worker: OpenAIWorker) -> DataF
     answer_files = [f for f in answer_locations(submission) if storage.exists(f)]
     expected = spark.read.text(submission.input_path).select(F.get_json_object("value", "$.custom_id").alias("custom_id"))
     if answer_files:
-        # parsed once: the malformed count and the join below both read this
-        answers = spark.read.text(answer_files).mapInPandas(parse_partition, ANSWER_SCHEMA).localCheckpoint()
+        # Parsed once for the malformed count and the join below. Cached, not checkpointed: a lost
+        # executor's blocks are parsed again from the files (a local checkpoint would be gone).
+        answers = spark.read.text(answer_files).mapInPandas(parse_partition, ANSWER_SCHEMA).persist()
         malformed = answers.filter(F.col("custom_id").isNull()).count()
         per_line = answers.filter(F.col("custom_id").isNotNull()).groupBy("custom_id").agg(
             F.count(F.lit(1)).alias("copies"), F.first("status_code").alias("status_code"), F.first("content").alias("content"),
