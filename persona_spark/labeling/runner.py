@@ -374,7 +374,7 @@ def label_entities(
         for table, rows in backend.cache_rows().items():  # e.g. the item embeddings this chunk made
             cache.append(table, rows)
         version = cache.append(entity.table, labels)
-        log.info("%s labels: chunk %d/%d committed as version %d of %s", entity.name, chunk + 1, n_chunks, version, entity.table)
+        log.info("%s labels: chunk %d/%d committed as version %s of %s", entity.name, chunk + 1, n_chunks, version, entity.table)
         progress.chunk_done()
         if folder is not None:
             journal_io.remove(folder)
