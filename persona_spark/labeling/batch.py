@@ -464,8 +464,8 @@ class BatchBackend(LabelBackend):
                 )
                 keys = [self.worker.id_col, "history_hash"]
                 rows = rows.join(committed.select(*keys), keys, "left_anti")
-            version = self.cache.append(self.table, rows)
-            log.info("batch %s (%s): rows committed as version %s of %s", sub.batch_id, sub.state, version, self.table)
+            self.cache.append(self.table, rows)
+            log.info("batch %s (%s): rows committed to %s", sub.batch_id, sub.state, self.table)
             self.runner.collected(sub)
 
 

@@ -71,8 +71,8 @@ class LabelCache(Protocol):
     def read(self, name: str) -> DataFrame | None:
         """The table, or None before anything was cached in it."""
 
-    def append(self, name: str, rows: DataFrame) -> int:
-        """Commit ``rows`` in one append; returns the table version."""
+    def append(self, name: str, rows: DataFrame) -> None:
+        """Commit ``rows`` in one append."""
 
     def replace(self, name: str, rows: DataFrame) -> None:
         """Overwrite the table with ``rows`` (materialized by the caller)."""
@@ -373,8 +373,8 @@ def label_entities(
         labels = backend.label(todo, folder)
         for table, rows in backend.cache_rows().items():  # e.g. the item embeddings this chunk made
             cache.append(table, rows)
-        version = cache.append(entity.table, labels)
-        log.info("%s labels: chunk %d/%d committed as version %s of %s", entity.name, chunk + 1, n_chunks, version, entity.table)
+        cache.append(entity.table, labels)
+        log.info("%s labels: chunk %d/%d committed to %s", entity.name, chunk + 1, n_chunks, entity.table)
         progress.chunk_done()
         if folder is not None:
             journal_io.remove(folder)

@@ -34,8 +34,8 @@ class TableCache:
     def read(self, name: str) -> DataFrame | None:
         return read_if_exists(self.store, self._checked(name))
 
-    def append(self, name: str, rows: DataFrame) -> int:
-        return self.store.write_table(rows, self._checked(name), mode="append")
+    def append(self, name: str, rows: DataFrame) -> None:
+        self.store.write_table(rows, self._checked(name), mode="append")
 
     def replace(self, name: str, rows: DataFrame) -> None:
         self.store.write_table(rows, self._checked(name), mode="overwrite")
