@@ -37,7 +37,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.affinity import (AffinityGraph, checkpoint, compute_affinity, prepare_graph, propagate_to_users,
+from persona_spark.affinity import (AffinityGraph, checkpoint, compute_affinity_depths, prepare_graph, propagate_to_users,
                                    prototype_labels)
 from persona_spark.config import AffinityConf, GPLRConf
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
@@ -380,11 +380,18 @@ class GPLR:
     def budget(self) -> int:
         return self.conf.budget_size(self.users.count())
 
-    def affinity(self, prototypes: DataFrame, ell: int | None = None, beta: float | None = None) -> DataFrame:
+    def affinity(self, prototypes: DataFrame, beta: float | None = None) -> DataFrame:
+        """Ψ at the configured ℓ̂ (sampling, the top-k rule)."""
+        return self.affinity_depths(prototypes, (self.affinity_conf.ell,), beta)[self.affinity_conf.ell]
+
+    def affinity_depths(self, prototypes: DataFrame, depths: tuple[int, ...],
+                        beta: float | None = None) -> dict[int, DataFrame]:
+        """Ψ at each ℓ̂ of ``depths`` from one walk (the learned assignment's Ψ(ℓ̂=1) and Ψ(ℓ̂=2))."""
         started = time.perf_counter()
-        conf = self.affinity_conf.model_copy(update={k: v for k, v in (("ell", ell), ("beta", beta)) if v is not None})
-        scores = compute_affinity(self.graph, prototype_labels(prototypes, self.n_personas, conf.beta), self.n_personas, conf)
-        scores = self._pin(scores)
+        beta = self.affinity_conf.beta if beta is None else beta
+        labels = prototype_labels(prototypes, self.n_personas, beta)
+        scores = compute_affinity_depths(self.graph, labels, self.n_personas, depths, self.affinity_conf)
+        scores = {depth: self._pin(frame) for depth, frame in scores.items()}
         self._timed("affinity", started)
         return scores
 
@@ -475,12 +482,12 @@ class GPLR:
         """Every user with its signal arrays (null where unreached)."""
         frame = self.users
         if mode == "topk":
-            psi = self.affinity(prototypes, beta=self.affinity_conf.beta)
+            psi = self.affinity(prototypes)
             return frame.join(psi.withColumnRenamed("scores", "psi"), "user_idx", "left")
         frame = frame.join(self.degrees, "user_idx", "left").fillna(0, ["degree"])
+        psi = self.affinity_depths(prototypes, (1, 2), beta=0.0)
         for name, ell in (("psi", 1), ("psi2", 2)):
-            psi = self.affinity(prototypes, ell=ell, beta=0.0).withColumnRenamed("scores", name)
-            frame = frame.join(psi, "user_idx", "left")
+            frame = frame.join(psi[ell].withColumnRenamed("scores", name), "user_idx", "left")
         if items is not None:
             frame = frame.join(items, "user_idx", "left")
         return frame

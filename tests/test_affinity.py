@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyspark.testing import assertDataFrameEqual
 
-from persona_spark.affinity import (affinity_long, compute_affinity, debias_weights, prepare_graph,
-                                    propagate_to_users, prototype_labels)
+from persona_spark.affinity import (affinity_long, compute_affinity, compute_affinity_depths, debias_weights,
+                                    prepare_graph, propagate_to_users, prototype_labels)
 from persona_spark.affinity.engine import state_row_bytes
 from persona_spark.affinity.reference import exact_affinity, push_error_bound, rev_aff
 from persona_spark.config import AffinityConf, load_config
@@ -141,6 +141,22 @@ def test_prepared_graph_serves_repeated_calls(spark, graph, prepared):
     assert [t["path"] for t in trace] == ["broadcast", "empty", "empty", "empty"]
     with pytest.raises(ValueError, match="prepared for"):
         compute_affinity(prepared, vectors_df(spark, labels, "user_idx"), N_PERSONAS, AffinityConf(weighted=True))
+
+
+def test_one_walk_gives_every_depth_within_eps(spark, graph, prepared):
+    """Ψ(ℓ̂=1) and Ψ(ℓ̂=3) from one 3-round-trip walk: exact at ε = 0, and at ε > 0 each within ε
+    below the exact value although both share the deeper walk's τ = ε/6."""
+    users, items, labels = graph
+    prototypes = vectors_df(spark, labels, "user_idx")
+    for eps in (0.0, 0.05):
+        trace: list[dict] = []
+        got = compute_affinity_depths(prepared, prototypes, N_PERSONAS, (1, 3), AffinityConf(eps=eps), trace)
+        assert sorted(got) == [1, 3] and len([t for t in trace if t["phase"].startswith("hop")]) == 6
+        for depth, scores in got.items():
+            gap = exact_affinity(users, items, labels, depth, N_ITEMS) - dense(scores, N_USERS, N_PERSONAS)
+            assert gap.min() >= -1e-12 and gap.max() <= (eps + 1e-12 if eps else 1e-12), (eps, depth)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        compute_affinity_depths(prepared, prototypes, N_PERSONAS, (0, 2))
 
 
 # ---- the ε guarantee -----------------------------------------------------------------------------

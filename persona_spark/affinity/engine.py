@@ -602,26 +602,42 @@ def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_
     when given, receives one dict per phase (path, seconds).
     """
     conf = conf or AffinityConf()
-    if conf.ell < 1:
-        raise ValueError(f"affinity.ell must be >= 1, got {conf.ell}")
+    return compute_affinity_depths(edges, prototypes, n_personas, (conf.ell,), conf, trace)[conf.ell]
+
+
+def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_personas: int,
+                            depths: tuple[int, ...], conf: AffinityConf | None = None,
+                            trace: list[dict] | None = None) -> dict[int, DataFrame]:
+    """Ψ at each ℓ̂ in ``depths`` (``conf.ell`` is ignored) from one propagation of max(depths) round trips.
+
+    Ψ_ℓ̂ = (1/ℓ̂) Σ_{t≤ℓ̂} x_{2t} shares its hop states x_{2t} with every deeper ℓ̂, so one walk gives all
+    of them for the hops of the deepest alone. Pruning uses τ = ε/(2·D), D = max(depths): Ψ_d is then
+    within (d+1)τ = (d+1)/(2D)·ε ≤ ε of the exact value for every d ≤ D (module docstring's bound).
+    """
+    conf = conf or AffinityConf()
+    if not depths or min(depths) < 1:
+        raise ValueError(f"affinity.ell (ℓ̂) must be >= 1, got {depths}")
+    deepest = max(depths)
     vector_stats(prototypes, "user_idx", "vec", "prototypes", n_personas)
     graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace)
     try:
         to_items, to_users = graph.plan(TO_ITEMS, n_personas, conf), graph.plan(TO_USERS, n_personas, conf)
-        tau = conf.eps / (2 * conf.ell)
+        tau = conf.eps / (2 * deepest)
         packed = pack_vectors(_with_edges(prototypes, "user_idx", graph.users), "user_idx", "vec", graph.users,
                               n_personas)
         state = checkpoint(packed, conf.checkpoint)
-        terms = []
-        for step in range(1, conf.ell + 1):
+        terms, totals = [], {}
+        for step in range(1, deepest + 1):
             state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
             state = hop(state, to_users, tau, trace, f"hop {2 * step} (items→users)")
             terms.append(state)
-        total = terms[0] if len(terms) == 1 else checkpoint(sum_states(union_all(terms), n_personas), conf.checkpoint)
+            if step in depths:
+                totals[step] = terms[0] if step == 1 else checkpoint(sum_states(union_all(terms), n_personas),
+                                                                     conf.checkpoint)
     finally:
         if own:
             graph.release()
-    return unpack_states(total, graph.users, n_personas, "user_idx", "scores", scale=1.0 / conf.ell)
+    return {d: unpack_states(totals[d], graph.users, n_personas, "user_idx", "scores", scale=1.0 / d) for d in depths}
 
 
 def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame,
