@@ -104,7 +104,7 @@ class GraphConf(Section):
     test_fraction: float = Field(0.2, ge=0, lt=1, description="share of each user's items in the test split (seeded "
                                  "hash per pair)")
     seed: Seed = Field(42, description="seed of the split's hash")
-    paper_split_dir: str | None = Field(None, description="folder of the paper's index-based split (train.json, "
+    paper_split_dir: str | None = Field(None, description="folder (path or URI) of the paper's index-based split (train.json, "
                                         "test.json, *_personas_gpt4.json), loaded by the load-paper-split stage instead "
                                         "of ingest + build-graph")
 

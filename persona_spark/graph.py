@@ -7,10 +7,12 @@ after the current maximum, so caches keyed by index (LLM labels) survive monthly
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from persona_spark import storage
 
 USERS_SCHEMA = "user_idx int, customer_id string, degree int"
 ITEMS_SCHEMA = "item_idx int, item_id string, item_name string, degree int"
@@ -115,17 +117,17 @@ def build_graph(
     return users, items, edges
 
 
-def load_gplr_split(spark: SparkSession, data_dir: str | Path) -> dict[str, DataFrame]:
+def load_gplr_split(spark: SparkSession, data_dir: str | os.PathLike) -> dict[str, DataFrame]:
     """The paper's index-based OnlineRetail split as ``users``, ``items``, ``edges`` tables.
 
     Also returns the authors' GPT-4 labels as ``reference_personas`` (user_idx, persona_idx) and
     ``reference_item_personas`` (item_idx, persona_idx) when present. The files are a fixed
-    reference dataset of a few hundred thousand edges, read on the driver.
+    reference dataset of a few hundred thousand edges, read on the driver from any ``storage``
+    location (a path, a volume, ``s3a://``).
     """
-    data_dir = Path(data_dir)
     edge_rows = []
     for split in ("train", "test"):
-        for user, item_list in json.loads((data_dir / f"{split}.json").read_text()).items():
+        for user, item_list in json.loads(storage.read_text(storage.join(data_dir, f"{split}.json"))).items():
             edge_rows.extend((int(user), int(item), 1, 1, None, None, split) for item in item_list)
     edges = spark.createDataFrame(
         edge_rows,
@@ -145,9 +147,9 @@ def load_gplr_split(spark: SparkSession, data_dir: str | Path) -> dict[str, Data
         ("user_personas_gpt4.json", "reference_personas", "user_idx"),
         ("item_personas_gpt4.json", "reference_item_personas", "item_idx"),
     ):
-        path = data_dir / file_name
-        if path.exists():
-            rows = [(int(k), int(p)) for k, ps in json.loads(path.read_text()).items() for p in ps]
+        location = storage.join(data_dir, file_name)
+        if storage.exists(location):
+            rows = [(int(k), int(p)) for k, ps in json.loads(storage.read_text(location)).items() for p in ps]
             tables[table] = spark.createDataFrame(rows, f"{key} int, persona_idx int")
     return tables
 

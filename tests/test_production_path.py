@@ -74,11 +74,15 @@ def personas_on_s3(s3: S3Server, prefix: str, version: int | None = None) -> lis
 
 
 # The child on Spark Connect: notebook 01 (the demo's stages), notebook 02 (GPLR against the endpoint,
-# its dry-run estimate first), then a job's entry point, the CLI, on the same Connect server.
+# its dry-run estimate first), then a job's entry point, the CLI, on the same Connect server: the
+# report, then every stage the demo does not run (on the demo's tables, the paper split's on S3).
 CONNECT_CHILD = """
-import json, os, sys
+import contextlib, io, json, os, sys
+from tests.test_labeling_persona_sets import candidates
 from tests.test_notebooks import execute
+from persona_spark import storage
 from persona_spark.cli import main
+from persona_spark.labeling.loopback import LoopbackChatServer
 quick = execute("01_quick_start.py")
 assert not hasattr(quick["spark"], "_jsc"), "notebook 01 did not get a Spark Connect session"
 endpoint = execute("02_gplr_with_llm_endpoint.py")
@@ -92,7 +96,36 @@ print("NOTEBOOKS " + json.dumps({
     "llm_run_users": endpoint["llm_store"].read_table("personas").select("user_idx").distinct().count(),
     "llm_models": sorted(r["model"] for r in endpoint["llm_store"].read_table("user_labels").select("model").distinct().collect()),
 }), flush=True)
-sys.exit(main(["report", "--conf", os.environ["PERSONA_SPARK_CONF"]]))
+assert main(["report", "--conf", os.environ["PERSONA_SPARK_CONF"]]) == 0
+
+
+def stage(name, *settings):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([name, "--conf", os.environ["PERSONA_SPARK_CONF"], *(a for s in settings for a in ("--set", s))])
+    assert code == 0, (name, code)
+    return json.loads(printed.getvalue())
+
+
+store, names = quick["store"], list(quick["persona_counts"]["persona"])
+labelled = store.read_table("personas").filter("source = 'llm'").select("user_idx", "persona_idx")
+store.write_table(labelled, "prototype_labels")
+done = {"prototypes": labelled.select("user_idx").distinct().count(), "items": store.read_table("items").count(),
+        "affinity": stage("affinity"), "label-items": stage("label-items"),
+        "label-users": stage("label-users", "labeling.users.size=12"),
+        "audience": stage("audience", "audience.name=either", f"audience.query={names[0]} | {names[1]}"),
+        "robustness": stage("robustness", "segment.robustness_customers=12")}
+with LoopbackChatServer(candidates) as writer:
+    done["generate-personas"] = stage(
+        "generate-personas", f"labeling.openai.base_url={writer.base_url}", "labeling.openai.max_attempts=1",
+        "labeling.generate.sample_users=10", "labeling.generate.histories_per_prompt=4",
+        "labeling.generate.target_size=3", "labeling.generate.output=s3a://lake/connect/generated_personas.yaml")
+split = "s3a://lake/paper_split"
+for file_name, rows in (("train.json", {"0": [0, 1], "1": [1, 2], "2": [2]}), ("test.json", {"0": [2], "1": [0]}),
+                        ("user_personas_gpt4.json", {"0": [3], "1": [3, 5], "2": [1]})):
+    storage.write_text(storage.join(split, file_name), json.dumps(rows))
+done["load-paper-split"] = stage("load-paper-split", "root=s3a://lake/connect_paper", f"graph.paper_split_dir={split}")
+print("STAGES " + json.dumps(done, default=str), flush=True)
 """
 
 
@@ -113,8 +146,11 @@ def connect_run(s3, llm, tmp_path_factory):
     with local_connect_server_slot():
         result = run_python(CONNECT_CHILD, env, workdir)
     assert result.returncode == 0, result.stdout[-6000:]
-    (line,) = [l for l in result.stdout.splitlines() if l.startswith("NOTEBOOKS ")]
-    return workdir, result, json.loads(line[len("NOTEBOOKS "):])
+    shown = {}
+    for tag in ("NOTEBOOKS", "STAGES"):
+        (line,) = [l for l in result.stdout.splitlines() if l.startswith(f"{tag} ")]
+        shown[tag] = json.loads(line[len(tag) + 1:])
+    return workdir, result, shown
 
 
 def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s3, connect_run):
@@ -138,12 +174,37 @@ def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s
 
 def test_notebooks_01_and_02_on_spark_connect(connect_run):
     """What tests/test_notebooks.py checks on the classic session, on Connect and S3."""
-    shown = connect_run[2]
+    shown = connect_run[2]["NOTEBOOKS"]
     assert {"gplr", "evaluate", "export-tripartite", "train", "cold-start", "segment", "report"} <= set(shown["stages"])
     assert shown["propagated"] > shown["llm"] > 0
     assert shown["micro_f1"] > shown["baseline_micro_f1"], "propagated personas beat the popularity baseline"
     assert shown["estimated"] == shown["budget"] > 0
     assert shown["llm_run_users"] == shown["users"] > 0 and shown["llm_models"] == ["keyword-stand-in"]
+
+
+def test_every_stage_outside_the_demo_on_spark_connect(s3, connect_run, monkeypatch):
+    """affinity, label-items/-users, audience, robustness, generate-personas and load-paper-split,
+    through the CLI on the Connect server, reading and writing S3."""
+    done = connect_run[2]["STAGES"]
+    assert done["affinity"]["users_reached"] > done["prototypes"] > 0 and done["affinity"]["rows"] >= done["affinity"]["users_reached"]
+    assert done["label-items"]["entities"] == done["label-items"]["ok"] == done["items"] > 0
+    assert done["label-users"]["entities"] == done["label-users"]["ok"] == 12
+    assert 0 < done["audience"]["audiences"]["either"]["members"] <= 240
+    assert {r["representation"] for r in done["robustness"]["robustness"]} == {"personas", "rfm"}
+    assert 0 < {r["representation"]: r["users"] for r in done["robustness"]["robustness"]}["rfm"] <= 12
+    generated = done["generate-personas"]
+    assert generated["personas"] == 3 and generated["file"] == f"s3a://{BUCKET}/connect/generated_personas.yaml"
+    for name, value in s3.env.items():  # the S3 server's endpoint and keys, as the child had them
+        monkeypatch.setenv(name, value)
+    assert load_persona_set(f"s3a://{BUCKET}/connect/generated_personas.yaml").version == generated["version"]
+    paper = done["load-paper-split"]
+    assert (paper["users"], paper["items"], paper["train_edges"], paper["test_edges"]) == (3, 3, 5, 2)
+    assert "reference_personas" in paper["tables_written"]
+    keys = s3.keys(BUCKET, "")
+    for table in ("connect/tables/affinity", "connect/tables/audience_members", "connect/tables/robustness",
+                  "connect/tables/generated_persona_sets", "connect_paper/tables/edges",
+                  "connect_paper/tables/reference_personas"):
+        assert f"{table}/_delta_log/00000000000000000000.json" in keys, table
 
 
 def test_cluster_on_object_storage_survives_a_lost_worker_and_matches_connect(s3, llm, connect_run, tmp_path):
