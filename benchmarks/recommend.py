@@ -1,7 +1,10 @@
-"""MF, LightGCN, LGCN, LGCN3, A-LGCN3 (and LGCN3 on GPLR personas) on a split in the paper's format.
+"""MF, LightGCN, AFDGCF, LGCN, LGCN3, A-LGCN3 (and LGCN3 on GPLR personas) on a split in the paper's format.
 
     python benchmarks/recommend.py --data ../shared/data/online_retail_gplr \
-        [--user-personas gplr=/path/to/gplr_personas.json] [--seeds 0 1 2] [--set lr=0.005]
+        [--models afdgcf algcn3] [--user-personas gplr=/path/to/gplr_personas.json] [--seeds 0 1 2] [--set lr=0.005]
+
+``--models`` picks configurations (default: all of ``MODELS``); AFDGCF and A-LGCN3 share the
+de-correlation weight α (``--set decorrelation_weight=…``, default 0.1).
 
 Honest protocol (``persona_spark.recommend.train``): validation edges carved from training, early
 stopping on validation NDCG@10, the test split scored once with training items masked.

@@ -325,12 +325,12 @@ class ReportConf(Section):
 
 
 class RecommendConf(Section):
-    """Graph recommender (LGCN / LGCN3 / A-LGCN3 / MF / LightGCN) and persona cold start."""
+    """Graph recommender (LGCN / LGCN3 / A-LGCN3 / MF / LightGCN / AFDGCF) and persona cold start."""
 
     export_dir: str = Field("data/recommend/export", description="the directory export writes and train reads")
     model_dir: str = Field("data/recommend/models", description="<model>-seed<seed>/embeddings.npz + run.json")
     eigen_cache_dir: str = Field("data/recommend/eigen_cache", description="eigenvectors per graph hash")
-    model: Literal["mf", "lightgcn", "lgcn", "lgcn3", "algcn3"] = Field("lgcn3", description="the model train fits")
+    model: Literal["mf", "lightgcn", "afdgcf", "lgcn", "lgcn3", "algcn3"] = Field("lgcn3", description="the model train fits")
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, description="one trained model per seed")
     dim: int = Field(64, ge=1, description="embedding dimension")
     eigen_k: int = Field(128, ge=1, description="LGCN: eigenvectors of the smallest Laplacian eigenvalues")
@@ -345,7 +345,8 @@ class RecommendConf(Section):
     split_seed: Seed = Field(0, description="the validation split is fixed across training seeds")
     ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100], min_length=1,
                                                   description="cut-offs of the ranking metrics")
-    decorrelation_weight: float = Field(0.1, ge=0, description="alpha of A-LGCN3")
+    decorrelation_weight: float = Field(0.1, ge=0, description="alpha of AFDGCF's de-correlation loss "
+                                        "(models afdgcf and algcn3)")
     persona_edge_weight: float = Field(1.0, ge=0, description="multiplier of user/item-persona edges in the LGCN3 graph")
     persona_weights: Literal["binary", "score"] = Field("binary", description="export-tripartite: edge weight 1 or the "
                                                         "persona score")

@@ -14,7 +14,9 @@ torch = pytest.importorskip("torch")
 from persona_spark.config import RecommendConf  # noqa: E402
 from persona_spark.recommend.data import RecData, load_gplr_json, read_directory, write_directory  # noqa: E402
 from persona_spark.recommend.metrics import evaluate, f1_at_k, hit_matrix, ndcg_at_k, recall_at_k  # noqa: E402
-from persona_spark.recommend.models import MODELS, correlation_penalty  # noqa: E402
+from persona_spark.recommend.models import (  # noqa: E402
+    DECORRELATED, MODELS, WITH_PERSONAS, adaptive_layer_weights, afd_blocks, afd_loss, build_model, column_correlation,
+)
 from persona_spark.recommend.spectral import EigenCache, normalized_adjacency, top_eigenpairs  # noqa: E402
 from persona_spark.recommend.train import train  # noqa: E402
 from tests.conftest import shared_path  # noqa: E402
@@ -125,11 +127,97 @@ def test_eigenvector_cache_is_reused_per_graph(tmp_path):
 
 
 # ---- models and training ------------------------------------------------------------------
-def test_correlation_penalty_is_zero_for_uncorrelated_columns_and_grows_with_correlation():
+def test_column_correlation_is_zero_for_orthogonal_centred_columns_and_grows_with_correlation():
     independent = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
-    assert float(correlation_penalty(independent)) == pytest.approx(0.0, abs=1e-6)
-    copied = torch.stack([independent[:, 0], independent[:, 0]], 1)
-    assert float(correlation_penalty(copied)) == pytest.approx(1.0, abs=1e-5)
+    assert float(column_correlation(independent)) == pytest.approx(0.0, abs=1e-6)
+    # orthonormal columns of a centred matrix are centred too: every pairwise Pearson correlation is 0
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(50, 8, generator=generator, dtype=torch.float64)
+    orthogonal, _ = torch.linalg.qr(raw - raw.mean(0))
+    assert float(column_correlation(orthogonal)) == pytest.approx(0.0, abs=1e-6)
+    # scaled or shifted columns are still perfectly correlated: one pair -> 1, three equal columns -> √3
+    copied = torch.stack([independent[:, 0], 3 * independent[:, 0] + 5], 1)
+    assert float(column_correlation(copied)) == pytest.approx(1.0, abs=1e-5)
+    assert float(column_correlation(independent[:, :1].repeat(1, 3))) == pytest.approx(math.sqrt(3), abs=1e-5)
+    # the same as torch.corrcoef's upper triangle (the authors' loss.py) on generic data
+    mixed = raw @ torch.randn(8, 8, generator=generator, dtype=torch.float64)
+    assert float(column_correlation(mixed)) == pytest.approx(float(mixed.T.corrcoef().triu(1).norm()), rel=1e-6)
+    assert float(column_correlation(mixed)) > 0.5
+
+
+def test_adaptive_weights_are_normalised_inverse_correlations_without_gradient():
+    correlations = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
+    weights = adaptive_layer_weights(correlations)
+    torch.testing.assert_close(weights, torch.tensor([4.0, 2.0, 1.0]) / 7)
+    # as in the authors' code: the more correlated layer gets the smaller weight, each weighted term
+    # w_l·C_l equals 1/Σ(1/C_k), and the weights are constants of the step
+    assert weights[0] > weights[1] > weights[2] and float(weights.sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(weights * correlations.detach(), torch.full((3,), 4 / 7))
+    assert not weights.requires_grad
+
+
+def test_afd_loss_weights_each_layer_and_sums_users_and_items():
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(40, 4, generator=generator)
+    loose = base.clone().requires_grad_()  # nearly uncorrelated columns
+    tight = torch.cat([base[:, :2], base[:, :2] + 0.1 * base[:, 2:]], 1).requires_grad_()  # correlated pairs
+    c_loose, c_tight = float(column_correlation(loose.detach())), float(column_correlation(tight.detach()))
+    assert c_tight > 2 * c_loose
+    loss = afd_loss([[loose, tight]])
+    w_loose = (1 / c_loose) / (1 / c_loose + 1 / c_tight)
+    w_tight = 1 - w_loose
+    assert w_loose > w_tight
+    assert float(loss.detach()) == pytest.approx(w_loose * c_loose + w_tight * c_tight, rel=1e-5)
+    loss.backward()
+    # the gradient is Σ w_l ∇C_l with the weights held fixed (the authors' torch.tensor(list) detaches)
+    expected_loose = torch.autograd.grad(column_correlation(loose), loose)[0] * w_loose
+    expected_tight = torch.autograd.grad(column_correlation(tight), tight)[0] * w_tight
+    torch.testing.assert_close(loose.grad, expected_loose)
+    torch.testing.assert_close(tight.grad, expected_tight)
+    # blocks (users, items) are weighted separately and summed
+    single = float(afd_loss([[loose.detach()]]))
+    both = afd_loss([[loose.detach(), tight.detach()], [loose.detach()]])
+    assert float(both) == pytest.approx(float(loss.detach()) + single)
+
+
+def test_decorrelated_layers_of_lightgcn_and_lgcn3():
+    data = planted_world()
+    lightgcn = build_model("afdgcf", data, dim=8, eigen_k=16, lightgcn_layers=3, persona_edge_weight=1.0)
+    final, layers = lightgcn.decorrelated_layers()
+    assert len(layers) == 3  # layers 1..L, not the ego layer 0
+    ego = lightgcn.embedding.weight
+    adjacency = lightgcn.adjacency.to_dense()
+    torch.testing.assert_close(layers[1], adjacency @ adjacency @ ego)
+    torch.testing.assert_close(final, (ego + sum(layers)) / 4)
+    torch.testing.assert_close(final, lightgcn.propagate())
+    blocks = afd_blocks(lightgcn, layers)
+    assert [len(b) for b in blocks] == [3, 3] and blocks[0][0].shape == (data.n_users, 8)  # no persona block
+    lgcn3 = build_model("algcn3", data, dim=8, eigen_k=16, lightgcn_layers=3, persona_edge_weight=1.0)
+    final, layers = lgcn3.decorrelated_layers()
+    assert len(layers) == 1 and layers[0] is final  # the pooled E0 + ½E1, as the GPLR authors' A-LGCN3
+    torch.testing.assert_close(final, lgcn3.propagate())
+    shapes = [block[0].shape[0] for block in afd_blocks(lgcn3, layers)]
+    assert shapes == [data.n_users, data.n_items, data.n_personas]
+
+
+def test_model_names_agree_between_config_and_models():
+    import typing
+
+    assert typing.get_args(RecommendConf.model_fields["model"].annotation) == MODELS
+    assert DECORRELATED == {"afdgcf", "algcn3"} and DECORRELATED <= set(MODELS) and WITH_PERSONAS <= set(MODELS)
+
+
+def test_afdgcf_lowers_layer_correlation_against_plain_lightgcn(tmp_path):
+    data = planted_world()
+    conf = {**FAST, "max_epochs": 4, "patience": 4}
+
+    def layer_correlation(alpha: float) -> float:
+        model = "afdgcf" if alpha else "lightgcn"
+        result = train(data, RecommendConf(**{**conf, "decorrelation_weight": alpha}), seed=0, model_name=model)
+        return float(column_correlation(torch.as_tensor(result.user_embeddings)))
+
+    plain, decorrelated = layer_correlation(0.0), layer_correlation(1.0)
+    assert decorrelated < 0.8 * plain, (plain, decorrelated)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -141,7 +229,7 @@ def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path
     # a random ranking of the 74 unbought items finds ~2 of 80 items: NDCG@10 ~ 0.09
     assert result.metrics["ndcg@10"] > 0.25, result.summary()
     assert result.user_embeddings.shape == (data.n_users, 16)
-    has_personas = model in ("lgcn3", "algcn3")
+    has_personas = model in WITH_PERSONAS
     assert (result.persona_embeddings is not None) == has_personas
     saved = result.save(str(tmp_path / model), data)
     assert saved == str(tmp_path / model)

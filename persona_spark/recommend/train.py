@@ -22,7 +22,7 @@ from persona_spark import storage
 from persona_spark.config import RecommendConf
 from persona_spark.recommend.data import RecData
 from persona_spark.recommend.metrics import evaluate
-from persona_spark.recommend.models import Recommender, build_model, correlation_penalty
+from persona_spark.recommend.models import DECORRELATED, Recommender, afd_blocks, afd_loss, build_model
 from persona_spark.recommend.spectral import EigenCache
 
 log = logging.getLogger(__name__)
@@ -87,24 +87,28 @@ def sample_negatives(users: torch.Tensor, n_items: int, positive_keys: torch.Ten
 
 
 def batch_loss(model: Recommender, users, positives, negatives, reg: float, decorrelation_weight: float):
-    """BPR with one negative + L2 on the batch's ego embeddings (+ AFDGCF de-correlation)."""
+    """BPR with one negative + L2 on the batch's ego embeddings (+ α × AFDGCF's de-correlation loss).
+
+    With ``decorrelation_weight`` α > 0 the whole graph is propagated once: ``afd_loss`` correlates
+    every user's and every item's embedding of each de-correlated layer (``decorrelated_layers``),
+    and the batch's final embeddings are read from the same propagation.
+    """
     user_nodes, item_nodes, negative_nodes = users, model.n_users + positives, model.n_users + negatives
     batch = len(users)
-    rows = [user_nodes, item_nodes, negative_nodes]
+    # each distinct node propagated once, however often the batch names it
+    distinct, position = torch.unique(torch.cat([user_nodes, item_nodes, negative_nodes]), return_inverse=True)
     if decorrelation_weight > 0:
-        # One correlation over the batch's users and items and all personas: a persona block alone
-        # has fewer rows (20) than columns (64), so its own correlation matrix is degenerate.
-        rows.append(torch.arange(model.n_users + model.n_items, model.embedding.num_embeddings, device=users.device))
-    # each distinct node propagated (and correlated) once, however often the batch names it
-    distinct, position = torch.unique(torch.cat(rows), return_inverse=True)
-    nodes = model.propagate_rows(distinct)
+        final, layers = model.decorrelated_layers()
+        nodes = final[distinct]
+    else:
+        nodes = model.propagate_rows(distinct)
     u, i, j = (nodes[position[k * batch : (k + 1) * batch]] for k in range(3))
     bpr = F.softplus((u * j).sum(1) - (u * i).sum(1)).mean()
     ego = model.embedding.weight
     l2 = 0.5 * (ego[user_nodes].pow(2).sum() + ego[item_nodes].pow(2).sum() + ego[negative_nodes].pow(2).sum())
     loss = bpr + reg * l2 / batch
     if decorrelation_weight > 0:
-        loss = loss + decorrelation_weight * correlation_penalty(nodes.float())
+        loss = loss + decorrelation_weight * afd_loss(afd_blocks(model, layers))
     return loss
 
 
@@ -127,7 +131,7 @@ def train(data: RecData, conf: RecommendConf, seed: int, model_name: str | None 
     generator = torch.Generator(device=device).manual_seed(seed)
     pairs = torch.as_tensor(fit.train, device=device)
     positive_keys = torch.sort(pairs[:, 0] * data.n_items + pairs[:, 1]).values
-    decorrelation = conf.decorrelation_weight if name == "algcn3" else 0.0
+    decorrelation = conf.decorrelation_weight if name in DECORRELATED else 0.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=conf.amp)
 
     best_score, best_epoch, best_state, stale, losses, epoch = -1.0, 0, None, 0, [], 0
