@@ -597,6 +597,23 @@ def _consistent(users: DataFrame, first: DataFrame, second: DataFrame, key: str,
     ).withColumn("share_unchanged", F.col("unchanged") / F.col("users"))
 
 
+def _period_values(periods: DataFrame, labeler, key: str, buckets: int, columns: list[str],
+                   persona_value: Callable[[DataFrame], DataFrame]) -> tuple[list[DataFrame], list[DataFrame]]:
+    """Per period 1 and 2 of ``periods``: ``key, value`` of the RFM bucket triple (of ``columns``) and, with
+    a labeler, ``persona_value(labeler(period's lines))`` (empty list without one)."""
+    bucket_cols = [RFM_BUCKETS[RFM_COLUMNS.index(c)] for c in columns]
+    rfm_triples, persona_sets = [], []
+    for period in (1, 2):
+        part = periods.filter(F.col("period") == period).drop("period")
+        rfm = rfm_buckets(rfm_values(part, key), buckets, columns)
+        rfm_triples.append(rfm.select(key, F.array(*bucket_cols).alias("value")))
+        if labeler is not None:
+            labels = labeler(part)
+            require_columns(labels, [key, "persona_idx"], f"labeler output for period {period}")
+            persona_sets.append(persona_value(labels))
+    return rfm_triples, persona_sets
+
+
 def paper_robustness(
     transactions: DataFrame,
     labeler,
@@ -619,17 +636,9 @@ def paper_robustness(
     """
     periods = active_sample(year_periods(transactions, year_start), customers, min_transactions, unit, seed, key)
     columns = [p.column for p in rfm_parts(periods, rfm_values(periods, key)) if p.computed]
-    bucket_cols = [RFM_BUCKETS[RFM_COLUMNS.index(c)] for c in columns]
     sampled = periods.select(key).distinct()
-    persona_sets, rfm_triples = [], []
-    for period in (1, 2):
-        part = periods.filter(F.col("period") == period).drop("period")
-        rfm = rfm_buckets(rfm_values(part, key), buckets, columns)
-        rfm_triples.append(rfm.select(key, F.array(*bucket_cols).alias("value")))
-        if labeler is not None:
-            labels = labeler(part)
-            require_columns(labels, [key, "persona_idx"], f"labeler output for period {period}")
-            persona_sets.append(dominant_personas(labels, key, top))
+    rfm_triples, persona_sets = _period_values(periods, labeler, key, buckets, columns,
+                                               lambda labels: dominant_personas(labels, key, top))
     result = _consistent(sampled, *rfm_triples, key, "rfm")
     if labeler is not None:
         result = _consistent(sampled, *persona_sets, key, "personas").unionByName(result)
@@ -693,18 +702,10 @@ def robustness(transactions: DataFrame, labeler, key: str = "customer_id", bucke
     """
     periods = split_periods(transactions, key)
     columns = [p.column for p in rfm_parts(transactions, rfm_values(transactions, key)) if p.computed]
-    bucket_cols = [RFM_BUCKETS[RFM_COLUMNS.index(c)] for c in columns]
-    persona_sets, rfm_triples = [], []
-    for period in (1, 2):
-        part = periods.filter(F.col("period") == period).drop("period")
-        rfm = rfm_buckets(rfm_values(part, key), buckets, columns)
-        rfm_triples.append(rfm.select(key, F.array(*bucket_cols).alias("value")))
-        if labeler is not None:
-            labels = labeler(part)
-            require_columns(labels, [key, "persona_idx"], f"labeler output for period {period}")
-            persona_sets.append(
-                labels.groupBy(key).agg(F.array_sort(F.collect_set("persona_idx")).alias("value"))
-            )
+    rfm_triples, persona_sets = _period_values(
+        periods, labeler, key, buckets, columns,
+        lambda labels: labels.groupBy(key).agg(F.array_sort(F.collect_set("persona_idx")).alias("value")),
+    )
     result = _unchanged(*rfm_triples, key, "rfm")
     if labeler is not None:
         result = _unchanged(*persona_sets, key, "personas").unionByName(result)
