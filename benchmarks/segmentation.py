@@ -1,18 +1,30 @@
-"""Segmentation quality and speed on real data (paper §7.4, Tables 8 and 9).
+"""Segmentation quality and speed on real data (paper §7.4, Tables 8 and 9), under either protocol.
 
-    python benchmarks/segmentation.py --data ../shared/data [--robustness]
+    python benchmarks/segmentation.py --data ../shared/data [--robustness] [--protocol project|paper|both]
+
+``--protocol project`` (the default, the ``segment`` stage's default pipeline):
 
 * personas: the paper's GPT-4 user labels of the OnlineRetail split (online_retail_gplr), one-hot →
-  PCA → L2 → KMeans per k → silhouette, exactly the ``segment`` stage's pipeline;
+  PCA → L2 → KMeans per k → Spark's (squared Euclidean) silhouette;
 * rfm: recency / frequency / monetary deciles of the raw Online Retail sample (online_retail_raw) through
   the same pipeline (the GPLR split has no dates or prices, so RFM comes from the raw lines);
-* ``--robustness``: two-period stability on the raw sample, personas from the offline embedding labeler
-  (it embeds the sample's product names: minutes on 2 cores) and RFM deciles.
+* ``--robustness``: two-period stability on the raw sample (each customer's orders halved), personas
+  from the offline embedding labeler (it embeds the sample's product names: minutes on 2 cores) and
+  RFM deciles.
 
-Prints one JSON line per (representation, k) ``{"bench": "segmentation", "representation", "users", "k",
-"clusters", "silhouette", "seconds"}`` (seconds: the whole KMeans sweep of that representation) and, with
-``--robustness``, one per representation ``{"bench": "robustness", "representation", "users",
-"unchanged", "share_unchanged", "seconds"}``.
+``--protocol paper`` (``segment.protocol=paper``, see ``persona_spark.segment``): Euclidean silhouette;
+the first six months (2010-12-01 to 2011-06-01) of the raw sample; rfm = the raw R, F, M values, L2 only;
+personas reduced to 3-D by PCA, twice: ``labels: "offline"`` = the offline embedding labeler on each
+customer's first-six-months purchases (the same customers as RFM), ``labels: "gpt4"`` = the paper's GPT-4
+labels (whole training history: the split has no dates, and its user index cannot be mapped to the raw
+sample's customers). ``--robustness``: Table 8 (calendar half-years, 300 customers with > 10 lines in the
+year, RFM deciles vs the three most dominant offline-labeler personas).
+
+Prints one JSON line per (protocol, representation, k) ``{"bench": "segmentation", "protocol",
+"representation", "labels", "users", "k", "clusters", "silhouette", "seconds"}`` (seconds: the whole KMeans
+sweep of that representation) and, with ``--robustness``, one per (protocol, representation)
+``{"bench": "robustness", "protocol", "representation", "users", "unchanged", "share_unchanged", "seconds"}``
+(paper: also ``in_both_periods``; ``users`` is the whole sample).
 """
 
 from __future__ import annotations
@@ -54,15 +66,25 @@ def raw_transactions(spark, csv: Path):
     )
 
 
-def sweep(name: str, features, ks: list[int], components: int, key: str) -> None:
+def sweep(name: str, features, ks: list[int], components: int, key: str, protocol: str, labels: str | None) -> None:
+    paper = protocol == "paper"
     started = time.perf_counter()
-    result = segment.segment_users(features, ks, components, key=key)
+    result = segment.segment_users(features, ks, components, key=key, reduce=not (paper and name == "rfm"),
+                                   silhouette="euclidean" if paper else "squared_euclidean")
     seconds = round(time.perf_counter() - started, 2)
     users = result.embedded.count()
     result.release()
     for row in result.silhouettes:
-        print(json.dumps({"bench": "segmentation", "representation": name, "users": users, **row,
-                          "silhouette": round(row["silhouette"], 4), "seconds": seconds}), flush=True)
+        print(json.dumps({"bench": "segmentation", "protocol": protocol, "representation": name, "labels": labels,
+                          "users": users, **row, "silhouette": round(row["silhouette"], 4), "seconds": seconds}),
+              flush=True)
+
+
+def stability(protocol: str, rows, started: float) -> None:
+    for row in rows:
+        print(json.dumps({"bench": "robustness", "protocol": protocol, **row.asDict(),
+                          "share_unchanged": round(row["share_unchanged"], 4),
+                          "seconds": round(time.perf_counter() - started, 2)}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,29 +93,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 15, 25, 35])
     parser.add_argument("--components", type=int, default=3)
     parser.add_argument("--robustness", action="store_true", help="also the two-period stability (embeds product names)")
+    parser.add_argument("--protocol", choices=["project", "paper", "both"], default="project",
+                        help="the project's pipeline, the paper's Tables 8/9 protocol, or both")
     args = parser.parse_args(argv)
+    protocols = ["project", "paper"] if args.protocol == "both" else [args.protocol]
 
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=4, default_parallelism=2))
     split = args.data / "online_retail_gplr"
     personas = load_gplr_split(spark, split)["reference_personas"]  # the authors' GPT-4 user labels
-    n_personas = len(load_persona_set(split / "personas.json"))
-    sweep("personas", segment.persona_vectors(personas, n_personas), args.ks, args.components, "user_idx")
-
+    persona_set = load_persona_set(split / "personas.json")
     transactions = raw_transactions(spark, args.data / "online_retail_raw" / "online_retail_sample_40k.csv").localCheckpoint()
-    sweep("rfm", segment.rfm_vectors(transactions).features, args.ks, args.components, "customer_id")
-
-    if args.robustness:
-        with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder:
+        labeler = None
+        if "paper" in protocols or args.robustness:  # the offline labeler over the raw sample's products
             store = TableStore(spark, TablesConf(root=folder))
             users, items, _ = build_graph(transactions, test_fraction=0.0)
             users, items = users.localCheckpoint(), items.localCheckpoint()
-            conf = LabelingConf()
-            backend = make_backend(conf, load_persona_set(split / "personas.json"), "user", store)
-            started = time.perf_counter()
+            backend = make_backend(LabelingConf(), persona_set, "user", store)  # one backend: items embedded once
             labeler = segment.period_labeler(backend.label, users, items)
-            for row in segment.robustness(transactions, labeler).collect():
-                print(json.dumps({"bench": "robustness", **row.asDict(), "share_unchanged": round(row["share_unchanged"], 4),
-                                  "seconds": round(time.perf_counter() - started, 2)}), flush=True)
+        for protocol in protocols:
+            if protocol == "project":
+                sweep("personas", segment.persona_vectors(personas, len(persona_set)), args.ks, args.components,
+                      "user_idx", protocol, "gpt4")
+                sweep("rfm", segment.rfm_vectors(transactions).features, args.ks, args.components, "customer_id",
+                      protocol, None)
+            else:
+                sweep("personas", segment.persona_vectors(personas, len(persona_set)), args.ks, args.components,
+                      "user_idx", protocol, "gpt4")
+                first = segment.first_six_months(transactions).localCheckpoint()
+                labelled = labeler(first).select("customer_id", "persona_idx").localCheckpoint()
+                sweep("personas", segment.persona_vectors(labelled, len(persona_set), key="customer_id"), args.ks,
+                      args.components, "customer_id", protocol, "offline")
+                sweep("rfm", segment.rfm_value_vectors(first).features, args.ks, args.components, "customer_id",
+                      protocol, None)
+        if args.robustness:
+            for protocol in protocols:
+                started = time.perf_counter()
+                if protocol == "project":
+                    stability(protocol, segment.robustness(transactions, labeler).collect(), started)
+                else:
+                    stability(protocol, segment.paper_robustness(transactions, labeler).collect(), started)
     spark.stop()
     return 0
 

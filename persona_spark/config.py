@@ -7,6 +7,7 @@ overrides adjust it. Unknown keys are errors so a typo never silently falls back
 from __future__ import annotations
 
 import difflib
+from datetime import date
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -296,9 +297,30 @@ class LabelingConf(Section):
     generate: PersonaGenerationConf = Field(default_factory=PersonaGenerationConf)
 
 
+class PaperSegmentConf(Section):
+    """The paper protocol's choices (segment.protocol=paper, §7.4 Tables 8 and 9; see persona_spark/segment.py)."""
+
+    year_start: date | None = Field(None, description="first day of the year cut into two six-month periods (ISO date); "
+                                   "null: the first day of the month of the earliest transaction")
+    silhouette_sample: int = Field(5000, ge=2, description="exact Euclidean silhouette on a seeded sample of at most this "
+                                   "many users (every pairwise distance, on the driver)")
+    robustness_customers: int = Field(300, ge=1, description="customers sampled for robustness (Table 8: 300)")
+    min_transactions: int = Field(10, ge=0, description="robustness keeps customers with more than this many "
+                                  "transactions in the year (Table 8: 10)")
+    transaction_unit: Literal["lines", "orders"] = Field("lines", description="what a transaction is: an invoice line "
+                                                         "(the UCI file's rows) or a distinct order")
+    top_personas: int = Field(3, ge=1, description="robustness compares each customer's this many most dominant "
+                              "personas, as a set (Table 8: 3)")
+
+
 class SegmentConf(Section):
     """Segmentation and robustness (paper §7.4): one-hot personas or RFM -> PCA -> L2 -> KMeans."""
 
+    protocol: Literal["project", "paper"] = Field("project", description="project: personas and RFM deciles -> PCA -> "
+                                                  "L2, Spark's squared-Euclidean silhouette, robustness on each "
+                                                  "customer's halves of orders; paper: Tables 8/9 as §7.4 words them "
+                                                  "(first six months, raw RFM values, Euclidean silhouette, calendar "
+                                                  "half-years, segment.paper)")
     ks: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [5, 15, 25, 35], min_length=1,
                                                   description="numbers of segments tried")
     pca_components: int = Field(3, ge=1, description="PCA components the features are reduced to")
@@ -309,7 +331,9 @@ class SegmentConf(Section):
     top_items: int = Field(5, ge=1, description="distinctive items named per segment")
     robustness_customers: int | None = Field(None, ge=1, description="robustness labels each compared customer twice "
                                              "with labeling.backend (paid with an LLM): compare a seeded sample of this "
-                                             "many customers; null = all")
+                                             "many customers; null = all (the project protocol; the paper "
+                                             "protocol samples segment.paper.robustness_customers)")
+    paper: PaperSegmentConf = Field(default_factory=PaperSegmentConf)
 
 
 class ReportConf(Section):

@@ -277,3 +277,204 @@ def test_segment_stage_on_a_source_without_timestamps_or_prices(spark, store, fr
     assert summary["rfm_parts"] == [{"part": p, "computed": parts[p]["computed"], "source": parts[p]["source"]}
                                     for p in ("recency", "frequency", "monetary")]
     assert store.read_table("segment_summary").filter("k = 4").count() == 4
+
+
+# ---- the paper protocol (Tables 8 and 9) ------------------------------------------------------------
+def _lines(spark, rows):
+    """(customer, order, item, ts, quantity, price) -> canonical transaction lines."""
+    return spark.createDataFrame(
+        [(c, o, i, f"ITEM {i}", q, p, ts) for c, o, i, ts, q, p in rows],
+        "customer_id string, order_id string, item_id string, item_name string, quantity long, unit_price double, "
+        "ts string",
+    ).withColumn("ts", F.to_timestamp("ts"))
+
+
+def test_silhouette_score_matches_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    points = np.vstack([rng.normal(c, 0.3, size=(40, 3)) for c in (0.0, 1.0, 2.5)] + [[[9.0, 9.0, 9.0]]])
+    points[5] = points[6]  # duplicate points: distance 0
+    labels = np.array([0] * 40 + [1] * 40 + [2] * 40 + [7])  # 7: a cluster of one scores 0
+    for chunk in (7, 1024):
+        assert segment.silhouette_score(points, labels, chunk) == pytest.approx(metrics.silhouette_score(points, labels))
+    assert np.isnan(segment.silhouette_score(points, np.zeros(len(points))))  # one cluster
+
+
+def test_year_periods_are_the_two_calendar_halves_of_the_year(spark):
+    lines = _lines(spark, [
+        ("a", "o1", "I1", "2010-12-03 10:00:00", 1, 1.0),  # earliest: the year starts 2010-12-01
+        ("a", "o2", "I1", "2011-05-31 23:59:00", 1, 1.0),
+        ("a", "o3", "I1", "2011-06-01 00:00:00", 1, 1.0),  # month 7 of the year: second period
+        ("b", "o4", "I1", "2011-11-30 18:00:00", 1, 1.0),
+        ("b", "o5", "I1", "2011-12-01 00:00:00", 1, 1.0),  # past the year: dropped
+        ("b", "o6", "I1", None, 1, 1.0),  # undated: dropped
+    ])
+    got = sorted((r["order_id"], r["period"]) for r in segment.year_periods(lines).collect())
+    assert got == [("o1", 1), ("o2", 1), ("o3", 2), ("o4", 2)]
+    assert sorted(r["order_id"] for r in segment.first_six_months(lines).collect()) == ["o1", "o2"]
+    shifted = sorted((r["order_id"], r["period"]) for r in segment.year_periods(lines, "2011-01-01").collect())
+    assert shifted == [("o2", 1), ("o3", 1), ("o4", 2), ("o5", 2)]
+    with pytest.raises(ValueError, match="no timestamps"):
+        segment.year_periods(lines.withColumn("ts", F.lit(None).cast("timestamp")))
+
+
+def _paper_shop(spark):
+    lines = _lines(spark, [
+        ("c1", "o1", "I1", "2023-01-05 00:00:00", 2, 5.0),
+        ("c1", "o2", "I2", "2023-03-01 00:00:00", 1, 10.0),
+        ("c2", "o3", "I1", "2023-06-30 23:00:00", 3, 1.0),  # the first six months' last line: recency 0
+        ("c3", "o4", "I2", "2023-07-01 00:00:00", 1, 1.0),  # second period only
+        ("c4", "o5", "I3", "2023-02-01 00:00:00", 1, 4.0),
+        ("c4", "o6", "I3", "2023-08-01 00:00:00", 5, 4.0),  # second period: not in c4's Table 9 values
+        ("c5", "o7", "I1", "2024-01-02 00:00:00", 1, 1.0),  # past the year
+    ])
+    users = spark.createDataFrame([(f"c{i + 1}", i) for i in range(5)], "customer_id string, user_idx int")
+    personas = spark.createDataFrame([(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (3, 5), (4, 0)],
+                                     "user_idx int, persona_idx int")
+    return lines, users, personas
+
+
+def test_paper_segmentation_takes_the_first_six_months_and_raw_rfm_values(spark):
+    lines, users, personas = _paper_shop(spark)
+    chosen = segment.segment_representations(personas, 6, lines, users, protocol="paper")
+    assert chosen.reduce == {"personas": True, "rfm": False}
+    assert [p.computed for p in chosen.rfm_parts] == [True, True, True]
+    rfm = {r["user_idx"]: r["v"] for r in chosen.features["rfm"].select("user_idx", vector_to_array("features").alias("v")).collect()}
+    assert sorted(rfm) == [0, 1, 3]  # c3 only bought in the second period, c5 after the year
+    assert rfm[0] == pytest.approx([121 + 23 / 24, 2.0, 20.0])  # days before 2023-06-30 23:00, orders, money
+    assert rfm[1] == pytest.approx([0.0, 1.0, 3.0])
+    assert rfm[3] == pytest.approx([149 + 23 / 24, 1.0, 4.0])
+    assert sorted(r["user_idx"] for r in chosen.features["personas"].collect()) == [0, 1, 3]
+
+    project = segment.segment_representations(personas, 6, lines, users)
+    assert project.reduce == {"personas": True, "rfm": True}
+    assert project.features["personas"].count() == 5 and project.features["rfm"].count() == 5
+    with pytest.raises(ValueError, match="transactions and users"):
+        segment.segment_representations(personas, 6, protocol="paper")
+
+
+def test_paper_segmentation_reduces_personas_to_three_dimensions(spark):
+    lines, users, personas = _paper_shop(spark)
+    chosen = segment.segment_representations(personas, 6, lines, users, protocol="paper")
+    result = {name: segment.segment_users(features, [2], reduce=chosen.reduce[name], silhouette="euclidean", seed=1)
+              for name, features in chosen.features.items()}
+    try:
+        embedded = {name: {r["user_idx"]: r["e"] for r in res.embedded.select("user_idx", vector_to_array("embedding").alias("e")).collect()}
+                    for name, res in result.items()}
+        assert all(len(e) == 3 and np.linalg.norm(e) == pytest.approx(1.0) for e in embedded["personas"].values())
+        raw = np.array([149 + 23 / 24, 1.0, 4.0])
+        assert embedded["rfm"][3] == pytest.approx(list(raw / np.linalg.norm(raw)))  # L2 of the values, no PCA
+        for res in result.values():
+            (row,) = res.silhouettes
+            assert row["clusters"] == 2 and -1.0 <= row["silhouette"] <= 1.0
+        points = np.array([embedded["rfm"][u] for u in (0, 1, 3)])
+        labels = result["rfm"].assignments.toPandas().set_index("user_idx").loc[[0, 1, 3], "segment"].to_numpy()
+        assert result["rfm"].silhouettes[0]["silhouette"] == pytest.approx(segment.silhouette_score(points, labels))
+    finally:
+        for res in result.values():
+            res.release()
+
+
+def test_active_sample_keeps_customers_with_more_than_ten_transactions(spark):
+    rows = [(c, f"{c}-o{i % orders}", "I1", f"2023-01-{1 + i:02d} 00:00:00", 1, 1.0)
+            for c, n, orders in (("a", 11, 11), ("b", 10, 10), ("c", 12, 2), ("d", 30, 30), ("e", 11, 11))
+            for i in range(n)]
+    lines = _lines(spark, rows)
+    kept = lambda frame: sorted(r["customer_id"] for r in frame.select("customer_id").distinct().collect())  # noqa: E731
+    assert kept(segment.active_sample(lines)) == ["a", "c", "d", "e"]  # b has exactly 10
+    assert kept(segment.active_sample(lines, unit="orders")) == ["a", "d", "e"]  # c: 12 lines but 2 orders
+    two = kept(segment.active_sample(lines, customers=2, seed=5))
+    assert len(two) == 2 and set(two) <= {"a", "c", "d", "e"}
+    assert kept(segment.active_sample(lines, customers=2, seed=5)) == two  # seeded
+    sizes = {"a": 11, "c": 12, "d": 30, "e": 11}
+    assert segment.active_sample(lines, customers=2, seed=5).count() == sum(sizes[c] for c in two)  # all their lines
+
+
+def test_dominant_personas_known_answer(spark):
+    counted = spark.createDataFrame(
+        [("a", p) for p in (4, 4, 4, 1, 1, 7, 2)]  # 4 ×3, 1 ×2, then 7 and 2 tie: the lower index
+        + [("b", 5)] + [("b", 3)],  # fewer than three: keeps both
+        "customer_id string, persona_idx int",
+    )
+    got = {r["customer_id"]: r["value"] for r in segment.dominant_personas(counted).collect()}
+    assert got == {"a": [1, 2, 4], "b": [3, 5]}
+    ranked = spark.createDataFrame([("a", 9, 0), ("a", 4, 1), ("a", 0, 2), ("a", 1, 3), ("a", 1, 3)],
+                                   "customer_id string, persona_idx int, rank int")  # the answer order wins
+    assert segment.dominant_personas(ranked).first()["value"] == [0, 4, 9]
+    assert segment.dominant_personas(ranked, top=1).first()["value"] == [9]
+
+
+def test_paper_robustness_known_answer(spark):
+    def lines_of(customer, h1, h2, extra=()):  # persona families per line in each half of 2023
+        rows = [(customer, f"{customer}-1-{i}", f"I{p}", f"2023-03-{1 + i:02d} 00:00:00", 1, 1.0) for i, p in enumerate(h1)]
+        rows += [(customer, f"{customer}-2-{i}", f"I{p}", f"2023-09-{1 + i:02d} 00:00:00", 1, 1.0) for i, p in enumerate(h2)]
+        return rows + [(customer, f"{customer}-x-{i}", f"I{p}", "2024-02-01 00:00:00", 1, 1.0) for i, p in enumerate(extra)]
+
+    rows = (
+        lines_of("A", [0, 0, 0, 1, 1, 2], [0, 1, 2, 5, 0, 1])  # top three {0, 1, 2} both times (5 is fourth)
+        + lines_of("B", [0, 1, 2] * 3 + [3, 3], [])  # 11 lines, none in the second period
+        + lines_of("C", [0] * 5, [0] * 5)  # 10 lines: not > 10
+        + lines_of("D", [0, 0, 1, 1, 2, 2], [3, 3, 4, 4, 5])  # changes
+        + lines_of("E", [0] * 5, [0] * 5, extra=[0])  # the 11th line is past the year
+    )
+    lines = _lines(spark, rows)
+
+    def labeler(part):  # one row per line: the item's family
+        return part.select("customer_id", F.regexp_extract("item_id", r"I(\d+)", 1).cast("int").alias("persona_idx"))
+
+    result = {r["representation"]: r for r in segment.paper_robustness(lines, labeler, year_start="2023-01-01").collect()}
+    personas = result["personas"]
+    assert (personas["users"], personas["in_both_periods"], personas["unchanged"]) == (3, 2, 1)  # A, B, D; A stays
+    assert personas["share_unchanged"] == pytest.approx(1 / 3)
+    assert (result["rfm"]["users"], result["rfm"]["in_both_periods"]) == (3, 2)
+    assert result["rfm"]["unchanged"] <= 2
+    # the project protocol compares every customer with two orders over all their lines, full persona sets
+    project = {r["representation"]: r for r in segment.robustness(lines, labeler).collect()}
+    assert project["personas"]["users"] == 5
+    only_rfm = segment.paper_robustness(lines, None, customers=2, year_start="2023-01-01").collect()
+    assert [(r["representation"], r["users"]) for r in only_rfm] == [("rfm", 2)]
+
+
+def test_paper_protocol_on_raw_online_retail_sample(spark):
+    csv = shared_path("online_retail_raw", "online_retail_sample_40k.csv")
+    raw = pd.read_csv(csv, dtype={"InvoiceNo": str, "StockCode": str})
+    raw = raw[raw["CustomerID"].notna() & (raw["Quantity"] > 0)]
+    raw = raw.assign(ts=pd.to_datetime(raw["InvoiceDate"]), customer_id=raw["CustomerID"].astype(int).astype(str))
+    transactions = spark.createDataFrame(pd.DataFrame({
+        "customer_id": raw["customer_id"], "order_id": raw["InvoiceNo"], "quantity": raw["Quantity"].astype("int64"),
+        "unit_price": raw["UnitPrice"].astype(float), "ts": raw["ts"]}))
+    first = segment.first_six_months(transactions)  # the year starts 2010-12-01
+    expected = set(raw.loc[raw["ts"] < "2011-06-01", "customer_id"])
+    assert {r["customer_id"] for r in first.select("customer_id").distinct().collect()} == expected
+    in_year = raw[raw["ts"] < "2011-12-01"].groupby("customer_id").size()
+    sample = segment.active_sample(segment.year_periods(transactions)).groupBy("customer_id").count().toPandas()
+    assert len(sample) == 300 < int((in_year > 10).sum())
+    assert (in_year.loc[sample["customer_id"]] > 10).all()
+
+
+def test_segment_and_robustness_stages_under_the_paper_protocol(store, frames, world, tmp_path):
+    # Every customer repeats its first-period orders 190 days later (the tiny shop's orders all fall in
+    # its first months), so both periods hold the same baskets: every sampled customer is consistent.
+    later = frames["transactions"].withColumn("order_id", F.concat("order_id", F.lit("-later"))).withColumn(
+        "ts", F.col("ts") + F.expr("INTERVAL 190 DAYS"))
+    write_world(store, {**frames, "transactions": frames["transactions"].unionByName(later)})
+    cfg = Config.model_validate(
+        {
+            "personas": str(write_persona_set(tmp_path / "tiny_shop.yaml")),
+            "segment": {"ks": [2, 4], "seed": 1, "protocol": "paper",
+                        "paper": {"robustness_customers": 30, "min_transactions": 0, "year_start": "2024-01-01"}},
+            "labeling": {"backend": "recorded", "recorded": {"table": "recorded_labels"}},  # fast: no embeddings
+        }
+    )
+    store.write_table(store.spark.createDataFrame([(u, list(combo_of(u))) for u in range(N_USERS)],
+                                                  "user_idx int, persona_idx array<int>"), "recorded_labels")
+    summary = STAGES["segment"](cfg, store)
+    silhouettes = {(r["representation"], r["k"]): r["silhouette"] for r in summary["silhouette"]}
+    assert set(silhouettes) == {("personas", 2), ("personas", 4), ("rfm", 2), ("rfm", 4)}
+    assert silhouettes[("personas", 4)] == pytest.approx(1.0)  # four combinations: four points, Euclidean too
+    points = store.read_table("segment_points").toPandas()
+    assert points.groupby("representation")["user_idx"].nunique().eq(N_USERS).all()  # all bought in months 1-6
+
+    result = {r["representation"]: r for r in STAGES["robustness"](cfg, store)["robustness"]}
+    for row in result.values():
+        assert (row["users"], row["in_both_periods"], row["unchanged"]) == (30, 30, 30)

@@ -19,27 +19,36 @@ log = logging.getLogger("persona_spark")
 
 
 def segment_stage(cfg: Config, store: TableStore) -> dict:
-    """Segment customers on personas (and RFM when transactions exist): segments, silhouette, summary."""
+    """Segment customers on personas (and RFM when transactions exist): segments, silhouette, summary.
+
+    ``segment.protocol`` picks the project's pipeline or the paper's Table 9 protocol (first six months,
+    raw RFM values, Euclidean silhouette; see ``persona_spark.segment``)."""
     conf = cfg.segment
+    paper = conf.protocol == "paper"
     personas = store.read_table(tables.PERSONAS)
     names = persona_names(cfg, store)
-    representations = {"personas": segment_lib.persona_vectors(personas, names.count())}
-    rfm_parts = []
-    if store.exists(tables.TRANSACTIONS) and store.exists(tables.USERS):
-        users = store.read_table(tables.USERS).select("customer_id", "user_idx")
-        rfm = segment_lib.rfm_vectors(store.read_table(tables.TRANSACTIONS), "customer_id", conf.rfm_buckets)
-        rfm_parts = [part.as_row() for part in rfm.parts]
-        for part in rfm.parts:
-            if not part.computed:
-                log.warning("segment: RFM without its %s part: %s", part.part, part.source)
-        representations["rfm"] = rfm.features.join(users, "customer_id").select("user_idx", "features")
+    has_rfm = store.exists(tables.TRANSACTIONS) and store.exists(tables.USERS)
+    if not has_rfm:
+        log.info("segment: no transactions/users tables, so no RFM baseline")
+    chosen = segment_lib.segment_representations(
+        personas, names.count(),
+        store.read_table(tables.TRANSACTIONS) if has_rfm else None,
+        store.read_table(tables.USERS) if has_rfm else None,
+        conf.protocol, conf.rfm_buckets, str(conf.paper.year_start) if conf.paper.year_start else None,
+    )
+    rfm_parts = [part.as_row() for part in chosen.rfm_parts]
+    for part in chosen.rfm_parts:
+        if not part.computed:
+            log.warning("segment: RFM without its %s part: %s", part.part, part.source)
+    if has_rfm:
         store.write_table(store.spark.createDataFrame(rfm_parts, "part string, computed boolean, source string"),
                           tables.RFM_PARTS)
-    else:
-        log.info("segment: no transactions/users tables, so no RFM baseline")
     results = {
-        name: segment_lib.segment_users(features, conf.ks, conf.pca_components, conf.seed, conf.max_iter)
-        for name, features in representations.items()
+        name: segment_lib.segment_users(features, conf.ks, conf.pca_components, conf.seed, conf.max_iter,
+                                        reduce=chosen.reduce[name],
+                                        silhouette="euclidean" if paper else "squared_euclidean",
+                                        silhouette_sample=conf.paper.silhouette_sample)
+        for name, features in chosen.features.items()
     }
     try:
         tagged = [(result, F.lit(name).alias("representation")) for name, result in results.items()]
@@ -67,18 +76,27 @@ def segment_stage(cfg: Config, store: TableStore) -> dict:
 
 
 def robustness_stage(cfg: Config, store: TableStore) -> dict:
-    """Count customers whose personas / RFM deciles stay the same from the first to the second half of
-    their orders; each half is labelled by the configured labeling backend (not cached in user_labels)."""
+    """Count customers whose personas / RFM deciles stay the same from one period to the next; each period
+    is labelled by the configured labeling backend (not cached in user_labels). ``segment.protocol``:
+    project = the two halves of each customer's orders; paper = Table 8 (calendar half-years, a sample
+    of ``segment.paper.robustness_customers`` active customers, the three most dominant personas)."""
     if cfg.labeling.dry_run:
         raise ValueError("robustness has no dry run: it labels each customer's two halves directly (not through "
                          "the cache); price it with label-users, or set segment.robustness_customers to a sample")
     conf = cfg.segment
     transactions = store.read_table(tables.TRANSACTIONS)
-    if conf.robustness_customers is not None:
+    if conf.protocol == "project" and conf.robustness_customers is not None:
         transactions = segment_lib.sample_customers(transactions, conf.robustness_customers, conf.seed)
     backend = cache.make_backend(cfg.labeling, load_persona_set(cfg.personas), "user", store)
     labeler = segment_lib.period_labeler(backend.label, store.read_table(tables.USERS), store.read_table(tables.ITEMS))
-    result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
+    if conf.protocol == "paper":
+        paper = conf.paper
+        result = segment_lib.paper_robustness(
+            transactions, labeler, "customer_id", conf.rfm_buckets, paper.robustness_customers, paper.min_transactions,
+            paper.transaction_unit, conf.seed, str(paper.year_start) if paper.year_start else None, paper.top_personas,
+        )
+    else:
+        result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
     store.write_table(result, tables.ROBUSTNESS)
     cache.store_cache_rows(store, backend)  # e.g. item embeddings the halves needed
     return {"robustness": [row.asDict() for row in store.read_table(tables.ROBUSTNESS).collect()],
