@@ -5,6 +5,7 @@
 between operators (spaces inside it are part of it) or anything in double quotes. Names resolve
 against the persona set like LLM answers do (exactly, then ignoring case and spacing); an unknown
 name or a syntax error is an :class:`AudienceQueryError` that names the token and its position.
+:func:`build_audiences` puts a run's audiences and their changes together; the audience stage writes them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from persona_spark.affinity import checkpoint
+from persona_spark.config import AudienceConf, AudienceSpec
 from persona_spark.errors import UserError
+from persona_spark.explore import persona_sets
 from persona_spark.personas import PersonaSet
+from persona_spark.refresh import latest_runs, utc
 
 MEMBER_COLUMNS = ["audience", "run_id", "run_ts", "query", "user_idx", "customer_id"]
 CHANGE_COLUMNS = ["audience", "run_id", "previous_run_id", "user_idx", "customer_id", "change"]
@@ -163,3 +168,57 @@ def changes(previous: DataFrame | None, current: DataFrame, audience: str, run_i
     rows = added.withColumn("change", F.lit("added")).unionByName(removed.withColumn("change", F.lit("removed")))
     return rows.select(F.lit(audience).alias("audience"), F.lit(run_id).alias("run_id"),
                        F.lit(previous_run_id).cast("string").alias("previous_run_id"), "user_idx", "customer_id", "change")
+
+
+@dataclass
+class Audience:
+    """One audience of a run: its ``audience_members`` and ``audience_changes`` slices (both pinned) and
+    the counts the stage reports."""
+
+    spec: AudienceSpec
+    members: DataFrame
+    changes: DataFrame
+    summary: dict  # query, members, added, removed, previous_run_id
+
+
+@dataclass
+class AudienceRun:
+    run_id: str  # the gplr run the audiences are of
+    audiences: list[Audience]
+
+
+def build_audiences(conf: AudienceConf, persona_set: PersonaSet, runs: DataFrame | None, personas: DataFrame | None,
+                    users: DataFrame | None, stored: DataFrame | None, checkpoint_mode: str) -> AudienceRun:
+    """The selected audiences of the latest gplr run (``runs``) against each one's previous run in
+    ``stored`` (``audience_members``; None where a table is missing). Every query is checked first, so
+    a typo fails before anything is computed; the slices are pinned, as writing them rewrites ``stored``."""
+    try:
+        specs = conf.selected()
+    except ValueError as error:
+        raise AudienceError(str(error)) from None
+    queries = [(spec, parse(spec.query, persona_set)) for spec in specs]
+    if runs is None or personas is None or users is None:
+        raise AudienceError("audience: no personas yet: run persona-spark gplr first")
+    latest = latest_runs(runs)[0]
+    run_id, run_ts = latest["run_id"], utc(latest["run_ts"])
+    sets = checkpoint(persona_sets(personas), checkpoint_mode)
+    customers = users.select("user_idx", "customer_id")
+    done = []
+    for spec, query in queries:
+        chosen = checkpoint(members(sets, query).join(customers, "user_idx", "left")
+                            .select(F.lit(spec.name).alias("audience"), F.lit(run_id).alias("run_id"),
+                                    F.lit(run_ts).cast("timestamp").alias("run_ts"), F.lit(spec.query).alias("query"),
+                                    "user_idx", "customer_id"), checkpoint_mode)
+        previous, previous_run_id = None, None
+        if stored is not None:
+            earlier = stored.filter((F.col("audience") == spec.name) & (F.col("run_ts") < F.lit(run_ts)))
+            last = latest_runs(earlier.select("run_id", "run_ts").distinct())
+            if last:
+                previous_run_id = last[0]["run_id"]
+                previous = earlier.filter(F.col("run_id") == previous_run_id)
+        diff = checkpoint(changes(previous, chosen, spec.name, run_id, previous_run_id), checkpoint_mode)
+        moved = {r["change"]: r["count"] for r in diff.groupBy("change").count().collect()}
+        done.append(Audience(spec, chosen, diff, {"query": spec.query, "members": chosen.count(),
+                                                  "added": moved.get("added", 0), "removed": moved.get("removed", 0),
+                                                  "previous_run_id": previous_run_id}))
+    return AudienceRun(run_id, done)

@@ -30,6 +30,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
@@ -37,14 +38,18 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark import labeling, refresh
 from persona_spark.affinity import (AffinityGraph, checkpoint, compute_affinity_depths, prepare_graph, propagate_to_users,
                                    prototype_labels)
-from persona_spark.config import AffinityConf, GPLRConf
+from persona_spark.config import AffinityConf, GPLRConf, LabelingConf
+from persona_spark.personas import PersonaSet
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
 
 log = logging.getLogger("persona_spark.gplr")
 
 LabelFn = Callable[[DataFrame], DataFrame]
+# (label requests, "user" | "item") -> label rows, through the caller's label caches
+LabelRequestsFn = Callable[[DataFrame, str], DataFrame]
 PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source string, probability double"
 # Rounds added after the planned T when errors left budget unspent (bounded: an endpoint that
 # keeps failing must not loop forever).
@@ -313,20 +318,78 @@ def run_record(result: GPLRResult, run: tuple[str, datetime], conf: GPLRConf, af
     }
 
 
-def estimate_run(users: DataFrame, user_requests: DataFrame, item_requests: DataFrame | None, conf: GPLRConf,
-                 estimate: Callable[[DataFrame, str], dict]) -> dict:
+def estimate_run(users: DataFrame, items: DataFrame, edges: DataFrame, transactions: DataFrame | None,
+                 conf: GPLRConf, labeling_conf: LabelingConf, estimate: Callable[[DataFrame, str], dict]) -> dict:
     """What a run would pay, nothing called: ``estimate(requests, "user" | "item")`` prices the items
-    (once, when given) and ``budget`` users. Which users DU sampling picks is unknown before round 1,
-    so a random sample of that size stands in for them."""
+    (once, with ``item_signal``) and ``budget`` users. Which users DU sampling picks is unknown before
+    round 1, so a random sample of that size stands in for them."""
     budget = conf.budget_size(users.count())
     sample = pick_random(users.select("user_idx"), budget, conf.seed)
+    train = edges.filter(F.col("split") == "train")
+    requests = labeling.user_requests(train, items, labeling_conf, transactions, users)
     result = {"dry_run": True, "budget": budget,
-              "users": estimate(user_requests.join(sample, "user_idx", "left_semi"), "user")}
-    if item_requests is not None:
-        result["items"] = estimate(item_requests, "item")
+              "users": estimate(requests.join(sample, "user_idx", "left_semi"), "user")}
+    if conf.item_signal:
+        result["items"] = estimate(labeling.build_item_requests(items), "item")
     for key in ("cost_expected_usd", "cost_max_usd", "prompt_tokens"):
         result[key] = round(sum(part.get(key, 0) for part in (result["users"], result.get("items", {}))), 4)
     return result
+
+
+@dataclass
+class GPLRRun:
+    """What a gplr run writes: ``personas`` changes, who was asked, its ``gplr_runs`` row, and what the
+    refresh record needs (the run's pinned persona rows, its name, the model's reliability bins)."""
+
+    run: tuple[str, datetime]
+    personas: DataFrame  # every persona row of the run, with percentile
+    changed_personas: DataFrame  # MERGE source for personas on (user_idx, persona_idx): changes and tombstones
+    prototypes: DataFrame  # gplr_prototypes: user_idx, status, history_hash
+    record: DataFrame  # the gplr_runs row
+    reliability: list[dict]
+    summary: dict
+
+
+def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions: DataFrame | None,
+             previous_prototypes: DataFrame | None, previous_personas: DataFrame | None, persona_set: PersonaSet,
+             label: LabelRequestsFn, conf: GPLRConf, affinity_conf: AffinityConf,
+             labeling_conf: LabelingConf) -> GPLRRun:
+    """One gplr run from the tables as they are before it (``previous_*``: None where missing).
+
+    Prototypes still answered for the same history in ``previous_prototypes`` are reused first.
+    Intermediates are pinned with ``affinity_conf.checkpoint`` (a reliable one needs the caller to have
+    set the checkpoint directory)."""
+    started = time.perf_counter()
+    pin = partial(checkpoint, mode=affinity_conf.checkpoint)
+    train = pin(edges.filter(F.col("split") == "train"))
+    requests = pin(labeling.user_requests(train, items, labeling_conf, transactions, users))
+
+    def label_users(selected: DataFrame) -> DataFrame:
+        return label(requests.join(selected.select("user_idx"), "user_idx", "left_semi"), "user")
+
+    item_vectors = None
+    if conf.item_signal:
+        item_rows = label(labeling.build_item_requests(items), "item")
+        item_vectors = pin(item_vectors_from_labels(item_rows, len(persona_set)))
+    reusable = None
+    if previous_prototypes is not None:
+        reusable = (previous_prototypes.filter(F.col("status") == "ok")
+                    .join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx"))
+    result = GPLR(users, train, label_users, len(persona_set), conf, affinity_conf, item_vectors, reusable).run()
+
+    run = refresh.new_run()
+    personas = pin(refresh.with_percentile(result.personas))
+    # pinned before the merge rewrites its source
+    changed = pin(refresh.changed_rows(previous_personas, personas, ["user_idx", "persona_idx"]))
+    asked = result.asked.join(requests.select("user_idx", "history_hash"), "user_idx", "left")
+    record = run_record(result, run, conf, affinity_conf, persona_set.version, labeling_conf.backend,
+                        time.perf_counter() - started)
+    counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
+    summary = {**{k: v for k, v in record.items() if k not in ("details", "run_ts")}, "run_ts": run[1].isoformat(),
+               "per_round": result.rounds, "persona_rows": counts, "rows_rewritten": changed.count(),
+               "assignment_cv_micro_f1": result.model.cv_micro_f1}
+    return GPLRRun(run, personas, changed, asked, users.sparkSession.createDataFrame([record]),
+                   result.model.reliability, summary)
 
 
 class GPLR:

@@ -1,6 +1,7 @@
 """The monthly refresh as its consumers see it: history, drift, a catalog and reasons per persona.
 
-Pure ``DataFrame -> DataFrame`` transforms; the gplr stage reads and writes the tables.
+Pure ``DataFrame -> DataFrame`` transforms; :func:`record_run` puts one run's together, and the
+gplr stage reads and writes the tables.
 
 * Runs are named by :func:`new_run`: a UTC timestamp (``run_ts``, microseconds) and an id that
   starts with the same instant and ends with a random suffix, so "latest" and "consecutive" are
@@ -17,13 +18,16 @@ Pure ``DataFrame -> DataFrame`` transforms; the gplr stage reads and writes the 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.affinity import prototype_weights
+from persona_spark.affinity import checkpoint, prototype_weights
+from persona_spark.config import AffinityConf, RefreshConf
 from persona_spark.graph import distinctive_items
+from persona_spark.personas import PersonaSet
 
 NOTHING = -1  # persona_flows: "no persona" on either side of a flow
 HISTORY_KEYS = ["user_idx", "persona_idx", "valid_from"]
@@ -35,6 +39,11 @@ def new_run(now: datetime | None = None) -> tuple[str, datetime]:
     """``(run_id, run_ts)``: a UTC instant and an id that sorts like it and is unique."""
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return f"{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}", now
+
+
+def utc(ts: datetime) -> datetime:
+    """A timestamp read back from Spark (naive, local time) as an aware UTC datetime."""
+    return ts.astimezone(timezone.utc)
 
 
 def latest_runs(runs: DataFrame, n: int = 1) -> list:
@@ -92,6 +101,13 @@ def history_changes(history: DataFrame | None, current: DataFrame, run_id: str, 
     closing = (still_open.join(current.select(*keep), keep, "left_anti")
                .withColumn("valid_to", _ts(run_ts)).select(*HISTORY_COLUMNS))
     return opening.unionByName(closing)
+
+
+def merged_history(history: DataFrame, changes: DataFrame) -> DataFrame:
+    """``history`` once ``changes`` (:func:`history_changes`) are MERGEd into it on ``HISTORY_KEYS``.
+    The same whether ``history`` is read before or after that MERGE: applying it again changes nothing."""
+    return (history.join(changes.select(*HISTORY_KEYS), HISTORY_KEYS, "left_anti")
+            .unionByName(changes.select(*history.columns)))
 
 
 def personas_as_of(history: DataFrame, timestamp: datetime | str) -> DataFrame:
@@ -254,3 +270,64 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
     return (rows.join(item_lists, ["user_idx", "persona_idx"], "left").join(neighbour_lists, ["user_idx", "persona_idx"], "left")
             .join(users.select("user_idx", "customer_id"), "user_idx", "left")
             .select(F.lit(run_id).alias("run_id"), "user_idx", "customer_id", "persona_idx", "items", "neighbours"))
+
+
+# ---- one run's record -------------------------------------------------------------------------
+
+@dataclass
+class RefreshRecord:
+    """What one run adds to the refresh tables; None where it writes nothing to a table."""
+
+    history: DataFrame | None  # MERGE into persona_history on HISTORY_KEYS (None: no membership changed)
+    transitions: DataFrame | None  # persona_transitions / persona_flows against the previous run, if history has it
+    flows: DataFrame | None
+    catalog: DataFrame  # persona_catalog slice of the run
+    calibration: DataFrame | None  # persona_calibration slice (None: the assignment has no probabilities)
+    reasons: DataFrame | None  # replaces persona_reasons (None: off, or this run's are there already)
+    summary: dict
+
+
+def record_run(personas: DataFrame, run: tuple[str, datetime], reliability: list[dict], *, users: DataFrame,
+               items: DataFrame, edges: DataFrame, names: DataFrame, persona_set: PersonaSet,
+               history: DataFrame | None, runs: DataFrame, reasons_table: DataFrame | None, conf: RefreshConf,
+               affinity_conf: AffinityConf) -> RefreshRecord:
+    """The refresh record of one run from the tables as they are before it is written (``history``,
+    ``reasons_table``: None where missing; ``runs``: gplr_runs). Refuses a run older than one
+    ``history`` holds: intervals are only appended in time order."""
+    run_id, run_ts = run
+    mode = affinity_conf.checkpoint
+    if history is not None:
+        later = history.filter((F.col("valid_from") > F.lit(run_ts)) | (F.col("valid_to") > F.lit(run_ts)))
+        if later.limit(1).count():
+            raise ValueError(f"persona_history already holds a run after {run_ts.isoformat()} ({run_id}): "
+                             "runs are applied in time order")
+    changes = checkpoint(history_changes(history, named_personas(personas, users, names), run_id, run_ts), mode)
+    changed = changes.count()
+    summary = {"run_id": run_id, "history_rows_merged": changed}
+
+    drift = moves = None
+    previous = latest_runs(runs.filter(F.col("run_ts") < F.lit(run_ts)))
+    if previous and history is not None:
+        before = (previous[0]["run_id"], utc(previous[0]["run_ts"]))
+        if personas_as_of(history, before[1]).limit(1).count():  # the MERGE only opens and closes at run_ts
+            after = merged_history(history, changes)
+            drift = checkpoint(transitions(after, names, before, run), mode)
+            moves = flows(after, before, run)
+            first = drift.first()
+            summary.update(previous_run_id=before[0], customers_changed=first["customers_changed"],
+                           share_changed=round(first["share_changed"], 4))
+
+    spark = personas.sparkSession
+    bins = None
+    if reliability:
+        bins = spark.createDataFrame([{"run_id": run_id, **row} for row in reliability],
+                                     "run_id string, bin int, lower double, upper double, pairs long, "
+                                     "mean_predicted double, observed double")
+    why = None
+    done_before = reasons_table is not None and reasons_table.filter(F.col("run_id") == run_id).limit(1).count()
+    if conf.reasons and not done_before:  # the latest run's reasons replace the previous run's
+        why = reasons(personas, edges, items, users, run_id, n_items=conf.reason_items,
+                      n_neighbours=conf.reason_neighbours, trace_items=conf.trace_items, trace_buyers=conf.trace_buyers,
+                      beta=affinity_conf.beta, weighted=affinity_conf.weighted)
+    products = catalog(personas, persona_set.to_dataframe(spark), edges, items, run_id, conf.catalog_products)
+    return RefreshRecord(changes if changed else None, drift, moves, products, bins, why, summary)

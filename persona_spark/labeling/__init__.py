@@ -6,7 +6,8 @@ it over the run's tables); any other table a labeling needs comes in as a DataFr
 Public API (GPLR calls ``label_entities`` each round):
 
 * ``build_user_histories(edges, items[, order])`` / ``build_item_requests(items)`` -> label requests
-  (``history_order(conf)``: the order the configured user prompt lists products in)
+  (``history_order(conf)``: the order the configured user prompt lists products in; ``user_requests``
+  adds the behaviour measures the embedding labeler weighs)
 * ``label_entities(cache, requests, persona_set, conf, kind="user"|"item"[, backend])`` -> one label row per request
 * ``estimate_labeling`` / ``DryRunEstimate`` -> tokens and cost before anything is spent
 * ``make_backend(conf, persona_set, kind, cache[, recording])`` -> the configured openai / embedding / recorded
@@ -26,6 +27,7 @@ from persona_spark.labeling.runner import (
     make_backend,
     select_entities,
     summarize,
+    user_requests,
 )
 
 __all__ = [
@@ -43,4 +45,5 @@ __all__ = [
     "read_recording",
     "select_entities",
     "summarize",
+    "user_requests",
 ]

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from persona_spark import storage, tables
 from persona_spark.config import LabelingConf, SelectionConf
 from persona_spark.labeling import journal as journal_io
+from persona_spark.labeling import signals
 from persona_spark.labeling.backends import (
     ITEM_EMBEDDINGS_SCHEMA,
     EmbeddingBackend,
@@ -115,6 +116,17 @@ def build_user_histories(edges: DataFrame, items: DataFrame, order: str = "frequ
     grouped = named.groupBy("user_idx").agg(F.sort_array(F.collect_list(entry)).alias("sorted"))
     history = F.transform("sorted", lambda p: F.struct(p["item_idx"].alias("item_idx"), p["name"].alias("name"), p["n"].alias("n"), p["quantity"].alias("quantity")))
     return grouped.select(F.col("user_idx").cast("int"), history.alias("history")).withColumn("history_hash", history_hash("history"))
+
+
+def user_requests(train: DataFrame, items: DataFrame, conf: LabelingConf, transactions: DataFrame | None = None,
+                  users: DataFrame | None = None) -> DataFrame:
+    """User label requests in the configured prompt's order; given ``transactions`` (and the ``users``
+    table their customers map through), with the price / basket / cadence measures the embedding
+    labeler weighs."""
+    requests = build_user_histories(train, items, history_order(conf))
+    if transactions is None:
+        return requests
+    return signals.with_behaviour_measures(requests, signals.behaviour_measures(transactions, users, items, train))
 
 
 def build_item_requests(items: DataFrame) -> DataFrame:

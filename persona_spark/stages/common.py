@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Callable
 
 from pyspark.sql import DataFrame
@@ -45,11 +44,6 @@ def pin(cfg: Config, df: DataFrame) -> DataFrame:
     """Materialize an intermediate result the way ``affinity.checkpoint`` says (reliable: survives a lost executor)."""
     prepare_checkpoints(cfg, df.sparkSession)
     return checkpoint(df, cfg.affinity.checkpoint)
-
-
-def utc(ts: datetime) -> datetime:
-    """A timestamp read back from Spark (naive, local time) as an aware UTC datetime."""
-    return ts.astimezone(timezone.utc)
 
 
 def write_slice(cfg: Config, store: TableStore, name: str, rows: DataFrame, where: dict[str, str],

@@ -10,9 +10,9 @@ from pyspark.sql import functions as F
 from persona_spark import labeling, tables
 from persona_spark.config import Config, LabelingConf
 from persona_spark.io import TableStore
-from persona_spark.labeling import signals
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
+from persona_spark.stages.common import read_if_exists
 
 log = logging.getLogger("persona_spark")
 
@@ -20,20 +20,17 @@ log = logging.getLogger("persona_spark")
 def label_users_stage(cfg: Config, store: TableStore) -> dict:
     """Label users (a sample, all, or those listed in a table) with the configured backend into ``user_labels``."""
     train = store.read_table(tables.EDGES).filter(F.col("split") == "train")
-    requests = user_requests(cfg, store, train, store.read_table(tables.ITEMS))
+    transactions = behaviour_source(cfg, store)
+    users = store.read_table(tables.USERS) if transactions is not None else None
+    requests = labeling.user_requests(train, store.read_table(tables.ITEMS), cfg.labeling, transactions, users)
     chosen = cache.selection_table(store, cfg.labeling.users)
     return label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.users, "user_idx", chosen), "user")
 
 
-def user_requests(cfg: Config, store: TableStore, train: DataFrame, items: DataFrame) -> DataFrame:
-    """User label requests; for the embedding labeler with the price / basket / cadence measures it
-    weighs, when the source's ``transactions`` are here (a paper split has none)."""
-    requests = labeling.build_user_histories(train, items, labeling.history_order(cfg.labeling))
-    if cfg.labeling.backend != "embedding" or not store.exists(tables.TRANSACTIONS):
-        return requests
-    measures = signals.behaviour_measures(store.read_table(tables.TRANSACTIONS), store.read_table(tables.USERS), items,
-                                          train)
-    return signals.with_behaviour_measures(requests, measures)
+def behaviour_source(cfg: Config, store: TableStore) -> DataFrame | None:
+    """``transactions`` when the embedding labeler is configured (it weighs price / basket / cadence
+    from them) and the source has them (a paper split has none); else None."""
+    return read_if_exists(store, tables.TRANSACTIONS) if cfg.labeling.backend == "embedding" else None
 
 
 def label_items_stage(cfg: Config, store: TableStore) -> dict:
