@@ -369,8 +369,9 @@ class RecommendConf(Section):
     split_seed: Seed = Field(0, description="the validation split is fixed across training seeds")
     ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100], min_length=1,
                                                   description="cut-offs of the ranking metrics")
-    decorrelation_weight: float = Field(0.1, ge=0, description="alpha of AFDGCF's de-correlation loss "
-                                        "(models afdgcf and algcn3)")
+    decorrelation_weight: float | None = Field(None, ge=0, description="alpha of AFDGCF's de-correlation loss "
+                                               "(models afdgcf and algcn3); null = the model's own: 1e-4 for afdgcf "
+                                               "(the AFDGCF authors' LightGCN setting), 0.1 for algcn3")
     persona_edge_weight: float = Field(1.0, ge=0, description="multiplier of user/item-persona edges in the LGCN3 graph")
     persona_weights: Literal["binary", "score"] = Field("binary", description="export-tripartite: edge weight 1 or the "
                                                         "persona score")

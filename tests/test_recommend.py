@@ -18,7 +18,7 @@ from persona_spark.recommend.models import (  # noqa: E402
     DECORRELATED, MODELS, WITH_PERSONAS, adaptive_layer_weights, afd_blocks, afd_loss, build_model, column_correlation,
 )
 from persona_spark.recommend.spectral import EigenCache, normalized_adjacency, top_eigenpairs  # noqa: E402
-from persona_spark.recommend.train import train  # noqa: E402
+from persona_spark.recommend.train import decorrelation_weight, train  # noqa: E402
 from tests.conftest import shared_path  # noqa: E402
 from tests.recommend_world import FAST as BASE  # noqa: E402
 from tests.recommend_world import planted_world  # noqa: E402
@@ -205,6 +205,10 @@ def test_model_names_agree_between_config_and_models():
 
     assert typing.get_args(RecommendConf.model_fields["model"].annotation) == MODELS
     assert DECORRELATED == {"afdgcf", "algcn3"} and DECORRELATED <= set(MODELS) and WITH_PERSONAS <= set(MODELS)
+    # unset α: each model its own (AFDGCF the authors' 1e-4); a set α applies to both; others get none
+    defaults, set_alpha = RecommendConf(), RecommendConf(decorrelation_weight=0.5)
+    assert [decorrelation_weight(defaults, m) for m in ("afdgcf", "algcn3", "lightgcn")] == [1e-4, 0.1, 0.0]
+    assert [decorrelation_weight(set_alpha, m) for m in ("afdgcf", "algcn3", "lgcn3")] == [0.5, 0.5, 0.0]
 
 
 def test_afdgcf_lowers_layer_correlation_against_plain_lightgcn(tmp_path):

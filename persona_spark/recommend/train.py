@@ -22,7 +22,8 @@ from persona_spark import storage
 from persona_spark.config import RecommendConf
 from persona_spark.recommend.data import RecData
 from persona_spark.recommend.metrics import evaluate
-from persona_spark.recommend.models import DECORRELATED, Recommender, afd_blocks, afd_loss, build_model
+from persona_spark.recommend.models import (DECORRELATED, DEFAULT_DECORRELATION, Recommender, afd_blocks, afd_loss,
+                                            build_model)
 from persona_spark.recommend.spectral import EigenCache
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,13 @@ def sample_negatives(users: torch.Tensor, n_items: int, positive_keys: torch.Ten
     return negatives
 
 
+def decorrelation_weight(conf: RecommendConf, name: str) -> float:
+    """α of AFDGCF's loss for model ``name``: 0 for a model without it, else the configured or the model's own."""
+    if name not in DECORRELATED:
+        return 0.0
+    return DEFAULT_DECORRELATION[name] if conf.decorrelation_weight is None else conf.decorrelation_weight
+
+
 def batch_loss(model: Recommender, users, positives, negatives, reg: float, decorrelation_weight: float):
     """BPR with one negative + L2 on the batch's ego embeddings (+ α × AFDGCF's de-correlation loss).
 
@@ -131,7 +139,7 @@ def train(data: RecData, conf: RecommendConf, seed: int, model_name: str | None 
     generator = torch.Generator(device=device).manual_seed(seed)
     pairs = torch.as_tensor(fit.train, device=device)
     positive_keys = torch.sort(pairs[:, 0] * data.n_items + pairs[:, 1]).values
-    decorrelation = conf.decorrelation_weight if name in DECORRELATED else 0.0
+    decorrelation = decorrelation_weight(conf, name)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=conf.amp)
 
     best_score, best_epoch, best_state, stale, losses, epoch = -1.0, 0, None, 0, [], 0
