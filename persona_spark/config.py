@@ -105,6 +105,8 @@ class GraphConf(Section):
     test_fraction: float = Field(0.2, ge=0, lt=1, description="share of each user's items in the test split (seeded "
                                  "hash per pair)")
     seed: Seed = Field(42, description="seed of the split's hash")
+    write_tiles: bool = Field(True, description="also write the train edges cut into the affinity engine's tiles "
+                              "(edge_tiles): gplr and affinity then skip the cut while the edges are unchanged")
     paper_split_dir: str | None = Field(None, description="folder (path or URI) of the paper's index-based split (train.json, "
                                         "test.json, *_personas_gpt4.json), loaded by the load-paper-split stage instead "
                                         "of ingest + build-graph")

@@ -353,12 +353,13 @@ class GPLRRun:
 def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions: DataFrame | None,
              previous_prototypes: DataFrame | None, previous_personas: DataFrame | None, persona_set: PersonaSet,
              label: LabelRequestsFn, conf: GPLRConf, affinity_conf: AffinityConf,
-             labeling_conf: LabelingConf) -> GPLRRun:
+             labeling_conf: LabelingConf, graph: AffinityGraph | None = None) -> GPLRRun:
     """One gplr run from the tables as they are before it (``previous_*``: None where missing).
 
     Prototypes still answered for the same history in ``previous_prototypes`` are reused first.
-    Intermediates are pinned with ``affinity_conf.checkpoint`` (a reliable one needs the caller to have
-    set the checkpoint directory)."""
+    ``graph``: the train edges already cut into tiles (build-graph's ``edge_tiles``; the caller
+    releases it), else they are cut here. Intermediates are pinned with ``affinity_conf.checkpoint``
+    (a reliable one needs the caller to have set the checkpoint directory)."""
     started = time.perf_counter()
     pin = partial(checkpoint, mode=affinity_conf.checkpoint)
     train = pin(edges.filter(F.col("split") == "train"))
@@ -375,7 +376,7 @@ def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions:
     if previous_prototypes is not None:
         reusable = (previous_prototypes.filter(F.col("status") == "ok")
                     .join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx"))
-    result = GPLR(users, train, label_users, len(persona_set), conf, affinity_conf, item_vectors, reusable).run()
+    result = GPLR(users, train, label_users, len(persona_set), conf, affinity_conf, item_vectors, reusable, graph).run()
 
     run = refresh.new_run()
     personas = pin(refresh.with_percentile(result.personas))
@@ -397,7 +398,7 @@ class GPLR:
 
     def __init__(self, users: DataFrame, train_edges: DataFrame, label_users: LabelFn, n_personas: int,
                  conf: GPLRConf, affinity_conf: AffinityConf, item_vectors: DataFrame | None = None,
-                 reusable_prototypes: DataFrame | None = None):
+                 reusable_prototypes: DataFrame | None = None, graph: AffinityGraph | None = None):
         self.users = users.select("user_idx")
         self.edges = train_edges
         self.label_users = label_users
@@ -407,7 +408,8 @@ class GPLR:
         self.item_vectors = item_vectors
         self.reusable = reusable_prototypes
         self.seconds: dict[str, float] = {}
-        self._graph: AffinityGraph | None = None
+        self._graph: AffinityGraph | None = graph
+        self._owns_graph = graph is None  # a graph handed in is the caller's to release
         self._degrees: DataFrame | None = None
 
     @property
@@ -427,8 +429,8 @@ class GPLR:
         return self._graph
 
     def release(self) -> None:
-        """Drop the cached tiles (call when done with this run)."""
-        if self._graph is not None:
+        """Drop the tiles this run cut (call when done with it)."""
+        if self._graph is not None and self._owns_graph:
             self._graph.release()
             self._graph = None
 

@@ -35,6 +35,8 @@ QUARANTINE = _table("quarantine", "ingest", "rejected source lines, one reason e
 USERS = _table("users", "build-graph", "customer_id -> user_idx, degree")
 ITEMS = _table("items", "build-graph", "item_id -> item_idx, item_name, degree")
 EDGES = _table("edges", "build-graph", "user-item purchase edges with their train/test split")
+EDGE_TILES = _table("edge_tiles", "build-graph", "the train edges cut into the affinity engine's tiles, with their "
+                    "layout and the edges version they were cut from")
 REFERENCE_PERSONAS = _table("reference_personas", "load-paper-split", "the paper's GPT-4 user labels")
 REFERENCE_ITEM_PERSONAS = _table("reference_item_personas", "load-paper-split", "the paper's GPT-4 item labels")
 

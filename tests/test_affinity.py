@@ -13,12 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyspark.testing import assertDataFrameEqual
 
-from persona_spark.affinity import (affinity_long, compute_affinity, compute_affinity_depths, debias_weights,
+from persona_spark.affinity import (AffinityGraph, affinity_long, compute_affinity, compute_affinity_depths, debias_weights,
                                     prepare_graph, propagate_to_users, prototype_labels)
 from persona_spark.affinity.engine import state_row_bytes
 from persona_spark.affinity.reference import exact_affinity, push_error_bound, rev_aff
 from persona_spark.config import AffinityConf, load_config
 from persona_spark.stages import STAGES
+from persona_spark.stages.sources import write_edge_tiles
 
 N_USERS, N_ITEMS, N_PERSONAS = 60, 25, 4
 
@@ -139,8 +140,35 @@ def test_prepared_graph_serves_repeated_calls(spark, graph, prepared):
     assert compute_affinity(prepared, vectors_df(spark, labels, "user_idx"), N_PERSONAS,
                             AffinityConf(ell=2, eps=10.0), trace).count() == 0
     assert [t["path"] for t in trace] == ["broadcast", "empty", "empty", "empty"]
-    with pytest.raises(ValueError, match="prepared for"):
+    with pytest.raises(ValueError, match="cut for"):
         compute_affinity(prepared, vectors_df(spark, labels, "user_idx"), N_PERSONAS, AffinityConf(weighted=True))
+
+
+@pytest.mark.parametrize("source_rows", [None, 8])  # None: one source block; 8: several, through the shuffle join
+def test_tiles_written_as_a_table_serve_like_the_cut_graph(spark, graph, tmp_path, source_rows):
+    users, items, labels = graph
+    bmb = source_rows * state_row_bytes(N_PERSONAS) if source_rows else AffinityConf().broadcast_max_bytes
+    conf = AffinityConf(ell=2, broadcast_max_bytes=bmb)
+    cut = prepare_graph(edges_df(spark, users, items), conf, N_PERSONAS, edges_version=3)
+    cut.to_table().write.format("delta").save(str(tmp_path / "tiles"))
+    cut.release()
+    stored = AffinityGraph.from_table(spark.read.format("delta").load(str(tmp_path / "tiles")))
+    assert (stored.users, stored.items, stored.edges_version) == (cut.users, cut.items, 3)
+    assert (stored.items.source_blocks > 1) == bool(source_rows)
+    trace: list[dict] = []
+    stored.load(trace)
+    try:
+        got = dense(compute_affinity(stored, vectors_df(spark, labels, "user_idx"), N_PERSONAS, conf, trace),
+                    N_USERS, N_PERSONAS)
+        assert [t["phase"] for t in trace][0] == "load tiles" and "tiles" not in [t["phase"] for t in trace]
+        np.testing.assert_allclose(got, exact_affinity(users, items, labels, 2, N_ITEMS), atol=1e-12)
+        # The widest state the stored blocks hold within the broadcast limit, not just the width asked for.
+        assert stored.width == (bmb // max(stored.users.source_rows, stored.items.source_rows) - 4) // 8 >= N_PERSONAS
+        assert stored.mismatch(conf, stored.width) is None
+        assert "at most" in stored.mismatch(conf, stored.width + 1)
+        assert "weighted" in stored.mismatch(AffinityConf(ell=2, broadcast_max_bytes=bmb, weighted=True), N_PERSONAS)
+    finally:
+        stored.release()
 
 
 def test_one_walk_gives_every_depth_within_eps(spark, graph, prepared):
@@ -319,7 +347,18 @@ def test_affinity_stage_uses_train_edges_and_writes_long_table(spark, store, gra
     got = np.zeros_like(expected)
     table = store.read_table("affinity")
     assert table.dtypes == [("user_idx", "int"), ("persona_idx", "int"), ("score", "double")]
-    for row in table.collect():
-        got[row.user_idx, row.persona_idx] = row.score
+    rows = sorted(map(tuple, table.collect()))
+    for row in rows:
+        got[row[0], row[1]] = row[2]
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert summary["rows"] == np.count_nonzero(expected) and summary["users_reached"] == (expected > 0).any(1).sum()
+    assert "tiles" in [p["phase"] for p in summary["phases"]]  # no edge_tiles table: cut in the call
+
+    # build-graph's tiles are used while they describe the current edges, and give the same Ψ.
+    assert write_edge_tiles(cfg, store)["edge_tiles"]["edges_version"] == store.version("edges")
+    stored = STAGES["affinity"](cfg, store)
+    assert [p["phase"] for p in stored["phases"]][0] == "load tiles"
+    assert "tiles" not in [p["phase"] for p in stored["phases"]]
+    assert sorted(map(tuple, store.read_table("affinity").collect())) == rows
+    store.write_table(edges.where("user_idx > 0"), "edges")  # a new edges version: the stored tiles are stale
+    assert "tiles" in [p["phase"] for p in STAGES["affinity"](cfg, store)["phases"]]

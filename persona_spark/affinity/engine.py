@@ -54,6 +54,7 @@ batch of sparse products.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -529,23 +530,79 @@ class AffinityGraph:
     items: Blocking
     directions: tuple[int, ...]
     layout: tuple  # the AffinityConf fields the tiles were cut for
-    width: int  # the widest state (personas) its source blocks were sized for
+    width: int  # the widest state (personas) its source blocks hold within broadcast_max_bytes
+    edges_version: int | None = None  # the version of the edges table the tiles were cut from, when known
+
+    def mismatch(self, conf: AffinityConf, width: int, directions: tuple[int, ...] = (TO_ITEMS, TO_USERS)) -> str | None:
+        """Why these tiles cannot serve a propagation with ``conf`` and ``width`` personas (None: they can)."""
+        if set(directions) - set(self.directions):
+            return f"the tiles were cut without hop direction(s) {sorted(set(directions) - set(self.directions))}"
+        if _layout(conf) != self.layout:
+            return (f"the tiles were cut for (weighted, broadcast_max_bytes, target_blocks) = {self.layout}, "
+                    f"the call asks for {_layout(conf)}")
+        if width > self.width:
+            return f"the tiles hold states of at most {self.width} personas, the call propagates {width}"
+        return None
 
     def plan(self, direction: int, width: int, conf: AffinityConf) -> HopPlan:
-        if direction not in self.directions:
-            raise ValueError(f"this AffinityGraph was prepared without hop direction {direction}")
-        if _layout(conf) != self.layout:
-            raise ValueError(f"AffinityGraph was prepared for (weighted, broadcast_max_bytes, target_blocks) = "
-                             f"{self.layout}, the call asks for {_layout(conf)}")
-        if width > self.width:
-            raise ValueError(f"AffinityGraph was prepared for states of at most {self.width} personas, "
-                             f"the call propagates {width}")
+        reason = self.mismatch(conf, width, (direction,))
+        if reason:
+            raise ValueError(f"AffinityGraph: {reason}")
         source, target = (self.users, self.items) if direction == TO_ITEMS else (self.items, self.users)
         tiles = self.tiles if len(self.directions) == 1 else self.tiles.where(F.col("direction") == direction)
         return HopPlan(tiles, source, target, width, conf.broadcast_max_bytes, conf.checkpoint)
 
+    def to_table(self) -> DataFrame:
+        """The tiles with their layout (JSON, the same on every row: tiles are a few rows per block).
+
+        Written where the graph is built and read back with ``from_table``, the cut (the most
+        expensive phase of a propagation) is paid once per edges version instead of once per stage.
+        """
+        layout = {"format": TILE_TABLE_FORMAT, "users": _blocking_fields(self.users),
+                  "items": _blocking_fields(self.items), "directions": list(self.directions),
+                  "weighted": self.layout[0], "broadcast_max_bytes": self.layout[1], "target_blocks": self.layout[2],
+                  "width": self.width, "edges_version": self.edges_version}
+        return self.tiles.withColumn("layout", F.lit(json.dumps(layout)))
+
+    @classmethod
+    def from_table(cls, table: DataFrame) -> "AffinityGraph":
+        """The graph ``to_table`` wrote (its layout is read now; call ``load`` before propagating)."""
+        require_columns(table, [name for name, _ in TILE_FIELDS] + ["layout"], "edge tiles")
+        row = table.select("layout").limit(1).first()
+        if row is None:
+            raise ValueError("edge tiles: the table is empty (the graph it was cut from has no edges)")
+        layout = json.loads(row["layout"])
+        if layout.get("format") != TILE_TABLE_FORMAT:
+            raise ValueError(f"edge tiles: layout format {layout.get('format')!r}, this release reads "
+                             f"{TILE_TABLE_FORMAT} (rebuild the graph)")
+        return cls(table.select(*[name for name, _ in TILE_FIELDS]), Blocking(*layout["users"]),
+                   Blocking(*layout["items"]), tuple(layout["directions"]),
+                   (layout["weighted"], layout["broadcast_max_bytes"], layout["target_blocks"]), layout["width"],
+                   layout["edges_version"])
+
+    def load(self, trace: list[dict] | None = None) -> "AffinityGraph":
+        """Cache the tiles read by ``from_table``: every hop scans them."""
+        started = time.perf_counter()
+        self.tiles = self.tiles.persist()
+        self.tiles.count()
+        if trace is not None:
+            trace.append({"phase": "load tiles", "seconds": round(time.perf_counter() - started, 3)})
+        return self
+
     def release(self) -> None:
         self.tiles.unpersist()
+
+
+TILE_TABLE_FORMAT = 1  # bumped whenever the tile rows or the layout fields change meaning
+
+
+def _blocking_fields(blocking: Blocking) -> list[int]:
+    return [blocking.n_nodes, blocking.target_blocks, blocking.source_blocks]
+
+
+def _supported_width(conf: AffinityConf, *blockings: Blocking) -> int:
+    """The widest state whose source block still fits ``broadcast_max_bytes`` in every blocking."""
+    return min((conf.broadcast_max_bytes // b.source_rows - 4) // 8 for b in blockings)
 
 
 def _layout(conf: AffinityConf) -> tuple:
@@ -553,7 +610,8 @@ def _layout(conf: AffinityConf) -> tuple:
 
 
 def prepare_graph(edges: DataFrame, conf: AffinityConf | None = None, width: int = 1,
-                  directions: tuple[int, ...] = (TO_ITEMS, TO_USERS), trace: list[dict] | None = None) -> AffinityGraph:
+                  directions: tuple[int, ...] = (TO_ITEMS, TO_USERS), trace: list[dict] | None = None,
+                  edges_version: int | None = None) -> AffinityGraph:
     """Validate the edges and cut (and cache) their tiles; ``release()`` the result when done.
 
     ``edges`` are the propagation edges, already filtered by the caller (the stage keeps
@@ -574,7 +632,8 @@ def prepare_graph(edges: DataFrame, conf: AffinityConf | None = None, width: int
         trace.append({"phase": "tiles", "seconds": round(time.perf_counter() - started, 3),
                       "user_blocks": [users.target_blocks, users.source_blocks],
                       "item_blocks": [items.target_blocks, items.source_blocks]})
-    return AffinityGraph(tiles, users, items, directions, _layout(conf), width)
+    return AffinityGraph(tiles, users, items, directions, _layout(conf), max(width, _supported_width(conf, users, items)),
+                         edges_version)
 
 
 def _graph_for(edges: DataFrame | AffinityGraph, conf: AffinityConf, width: int, directions: tuple[int, ...],

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import refresh, tables
-from persona_spark.affinity import checkpoint
+from persona_spark.affinity import AffinityGraph, checkpoint
 from persona_spark.config import Config
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.session import ensure_checkpoint_dir
 
 Stage = Callable[[Config, TableStore], dict]
+log = logging.getLogger("persona_spark")
 
 
 def locations(store: TableStore, *names: str) -> dict[str, str]:
@@ -24,6 +26,27 @@ def locations(store: TableStore, *names: str) -> dict[str, str]:
 
 def read_if_exists(store: TableStore, name: str) -> DataFrame | None:
     return store.read_table(name) if store.exists(name) else None
+
+
+def train_edges(store: TableStore) -> DataFrame:
+    """The edges personas propagate over (``split = 'train'``)."""
+    return store.read_table(tables.EDGES).filter(F.col("split") == "train")
+
+
+def stored_train_graph(cfg: Config, store: TableStore, width: int, trace: list[dict] | None = None) -> AffinityGraph | None:
+    """build-graph's ``edge_tiles``, loaded, when they were cut from the current ``edges`` for this run's
+    affinity settings and ``width`` personas (the caller releases it); else None, the reason logged,
+    and the library cuts the tiles in the call."""
+    if not store.exists(tables.EDGE_TILES):
+        return None
+    graph = AffinityGraph.from_table(store.read_table(tables.EDGE_TILES))
+    current = store.version(tables.EDGES)
+    reason = (f"they were cut from edges version {graph.edges_version}, edges is at version {current}"
+              if graph.edges_version != current else graph.mismatch(cfg.affinity, width))
+    if reason:
+        log.info("edge_tiles not used, the tiles are cut in this call: %s", reason)
+        return None
+    return graph.load(trace)
 
 
 def persona_names(cfg: Config, store: TableStore) -> DataFrame:

@@ -14,7 +14,8 @@ from persona_spark.config import Config
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
-from persona_spark.stages.common import locations, persona_names, prepare_checkpoints, read_if_exists, write_slice
+from persona_spark.stages.common import (locations, persona_names, prepare_checkpoints, read_if_exists, stored_train_graph,
+                                         train_edges, write_slice)
 from persona_spark.stages.labeling import behaviour_source, label_conf_for, label_stage
 
 log = logging.getLogger("persona_spark")
@@ -38,8 +39,13 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
         return cache.label_entities(store, requests, persona_set, label_conf_for(cfg, kind), kind)
 
     asked_before, personas_before = (read_if_exists(store, t) for t in (tables.GPLR_PROTOTYPES, tables.PERSONAS))
-    run = gplr.run_gplr(users, items, edges, transactions, asked_before, personas_before, persona_set, label,
-                        cfg.gplr, cfg.affinity, cfg.labeling)
+    graph = stored_train_graph(cfg, store, len(persona_set))
+    try:
+        run = gplr.run_gplr(users, items, edges, transactions, asked_before, personas_before, persona_set, label,
+                            cfg.gplr, cfg.affinity, cfg.labeling, graph)
+    finally:
+        if graph is not None:
+            graph.release()
     store.merge_table(run.changed_personas, tables.PERSONAS, ["user_idx", "persona_idx"], delete_when="removed")
     store.write_table(run.prototypes, tables.GPLR_PROTOTYPES)
     store.write_table(run.record, tables.GPLR_RUNS, "append")
@@ -92,11 +98,15 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
     prepare_checkpoints(cfg, store.spark)
     started = time.perf_counter()
     n_personas = persona_names(cfg, store).count()
-    train = store.read_table(tables.EDGES).filter(F.col("split") == "train")
     prototypes = affinity_lib.prototype_labels(store.read_table(tables.PROTOTYPE_LABELS), n_personas, conf.beta)
     trace: list[dict] = []
-    scores = affinity_lib.compute_affinity(train, prototypes, n_personas, conf, trace)
-    store.write_table(affinity_lib.affinity_long(scores), tables.AFFINITY)
+    graph = stored_train_graph(cfg, store, n_personas, trace)
+    try:
+        scores = affinity_lib.compute_affinity(graph or train_edges(store), prototypes, n_personas, conf, trace)
+        store.write_table(affinity_lib.affinity_long(scores), tables.AFFINITY)
+    finally:
+        if graph is not None:
+            graph.release()
     version = store.version(tables.AFFINITY)
     written = store.read_table(tables.AFFINITY).agg(F.count(F.lit(1)).alias("rows"),
                                                     F.countDistinct("user_idx").alias("users")).first()

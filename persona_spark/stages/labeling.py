@@ -12,14 +12,14 @@ from persona_spark.config import Config, LabelingConf
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
-from persona_spark.stages.common import read_if_exists
+from persona_spark.stages.common import read_if_exists, train_edges
 
 log = logging.getLogger("persona_spark")
 
 
 def label_users_stage(cfg: Config, store: TableStore) -> dict:
     """Label users (a sample, all, or those listed in a table) with the configured backend into ``user_labels``."""
-    train = store.read_table(tables.EDGES).filter(F.col("split") == "train")
+    train = train_edges(store)
     transactions = behaviour_source(cfg, store)
     users = store.read_table(tables.USERS) if transactions is not None else None
     requests = labeling.user_requests(train, store.read_table(tables.ITEMS), cfg.labeling, transactions, users)

@@ -7,11 +7,12 @@ import logging
 from pyspark.sql import DataFrame
 
 from persona_spark import graph, ingest, tables
+from persona_spark.affinity import prepare_graph
 from persona_spark.config import Config
 from persona_spark.generate import generate as generate_lines
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
-from persona_spark.stages.common import locations, pin, read_if_exists
+from persona_spark.stages.common import locations, persona_names, pin, read_if_exists, train_edges
 
 log = logging.getLogger("persona_spark")
 
@@ -81,7 +82,7 @@ def build_graph_stage(cfg: Config, store: TableStore) -> dict:
     pinned = {tables.USERS: pin(cfg, users), tables.ITEMS: pin(cfg, items), tables.EDGES: pin(cfg, edges)}
     for name, frame in pinned.items():
         store.write_table(frame, name)
-    return _graph_summary(store)
+    return {**_graph_summary(store), **write_edge_tiles(cfg, store)}
 
 
 def load_paper_split(cfg: Config, store: TableStore) -> dict:
@@ -91,7 +92,23 @@ def load_paper_split(cfg: Config, store: TableStore) -> dict:
     written = graph.load_gplr_split(store.spark, cfg.graph.paper_split_dir)
     for name, df in written.items():
         store.write_table(df, name)
-    return {**_graph_summary(store), "tables_written": sorted(written)}
+    return {**_graph_summary(store), **write_edge_tiles(cfg, store), "tables_written": sorted(written)}
+
+
+def write_edge_tiles(cfg: Config, store: TableStore) -> dict:
+    """Cut the train edges into the affinity engine's tiles once, where the graph is built: every gplr
+    and affinity run on this ``edges`` version loads them instead of cutting them again."""
+    if not cfg.graph.write_tiles:
+        return {}
+    trace: list[dict] = []
+    cut = prepare_graph(train_edges(store), cfg.affinity, persona_names(cfg, store).count(), trace=trace,
+                        edges_version=store.version(tables.EDGES))
+    try:
+        store.write_table(cut.to_table(), tables.EDGE_TILES)
+    finally:
+        cut.release()
+    return {"edge_tiles": {"edges_version": cut.edges_version, "max_personas": cut.width, **trace[0],
+                           "table": store.location(tables.EDGE_TILES)}}
 
 
 def _graph_summary(store: TableStore) -> dict:
