@@ -9,6 +9,8 @@ Public API (pure DataFrame transforms; the ``affinity`` stage and GPLR call them
 * ``propagate_to_users(edges, item_vectors, conf)`` → ``user_idx, vec``: one item → user step.
 * ``prepare_graph(edges, conf)`` → ``AffinityGraph``: the edges cut into cached tiles once; pass it
   instead of ``edges`` to the two calls above when propagating repeatedly, ``release()`` it after.
+  ``graph.to_table()`` / ``AffinityGraph.from_table(df).load()`` keep the tiles as a table between
+  jobs (build-graph's ``edge_tiles``).
 * ``affinity_long(scores)`` → ``user_idx, persona_idx, score`` (non-zero scores only).
 
 ``reference`` holds the single-machine scipy exact Ψ and the paper's RevAff for tests/benchmarks.

@@ -16,7 +16,9 @@ handful of partition-local sparse × dense products:
 * A tile holds, for one target block ``tb`` and one source block ``sb``, the row-normalized
   transition weights as a CSC matrix (target rows × source columns), serialized into binary
   columns. Tiles are built once per call, or once for many calls with ``prepare_graph`` (one
-  pass over the edges, one shuffle of compact binary rows) and cached.
+  pass over the edges, one shuffle of compact binary rows) and cached, or once per version of the
+  edges where the graph is built (``AffinityGraph.to_table``; build-graph writes ``edge_tiles``,
+  which gplr and the affinity stage load with ``from_table`` while it matches).
 * A *state* is sparse in nodes and dense in personas: per block, the local ids of the nodes
   reached and a dense (reached × |R|) float64 matrix. Unreached nodes hold nothing.
 * A hop multiplies each tile by its source block's state, restricted to the reached columns, so
@@ -58,6 +60,7 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable, Iterator
@@ -80,6 +83,7 @@ log = logging.getLogger("persona_spark.affinity")
 TO_ITEMS, TO_USERS = 0, 1  # hop directions: user state → item state, item state → user state
 EDGES_PER_TILE_BLOCK = 4_000_000  # automatic target blocks: at least one per this many edges
 OUTPUT_BATCH_ROWS = 65_536
+CUT_BATCH_ROWS = 1_000_000  # edges per Arrow batch while the tiles are cut (8 bytes each)
 
 TILE_FIELDS = [("direction", "int"), ("tb", "int"), ("sb", "int"), ("n_rows", "int"), ("n_cols", "int"),
                ("indptr", "binary"), ("indices", "binary"), ("data", "binary")]
@@ -177,45 +181,63 @@ def _block_dtype(blocks: int):
     return np.int16 if blocks <= np.iinfo(np.int16).max else np.int32
 
 
+def _binary_slices(values: np.ndarray, bounds: np.ndarray) -> pa.Array:
+    """One binary value per ``values[bounds[k]:bounds[k+1]]``, sharing ``values``' memory (no copy)."""
+    offsets = (bounds * values.itemsize).astype(np.int32)
+    return pa.Array.from_buffers(pa.binary(), len(bounds) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+
+
 def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Blocking,
                 directions: tuple[int, ...], flush_edges: int = 4_000_000) -> Iterator[pa.RecordBatch]:
     """Per input partition: edges grouped by (direction, target block) as compact binary rows.
 
-    ``w`` stays empty for unweighted edges (the input has no ``w`` column): half the shuffle bytes.
+    One sort by target block per direction; each block's edges are then a contiguous slice that
+    becomes a binary value without another copy. ``w`` stays empty for unweighted edges (the
+    input has no ``w`` column): half the shuffle bytes.
     """
     pending: list[pa.RecordBatch] = []
     count = 0
 
-    def flush():
-        if not pending:
-            return None
+    def flush() -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(pending)
         u = table.column("u").to_numpy().astype(np.int32)
         i = table.column("i").to_numpy().astype(np.int32)
         w = table.column("w").to_numpy().astype(np.float64) if "w" in table.column_names else None
-        out = []
         for direction in directions:
             t, s, tblk = (i, u, items) if direction == TO_ITEMS else (u, i, users)
             tb = (t % tblk.target_blocks).astype(_block_dtype(tblk.target_blocks))
             order = np.argsort(tb, kind="stable")
             bounds = np.searchsorted(tb[order], np.arange(tblk.target_blocks + 1))
-            for b in range(tblk.target_blocks):
-                sel = order[bounds[b]:bounds[b + 1]]
-                if len(sel):
-                    out.append({"direction": direction, "tb": b,
-                                "t_local": (t[sel] // tblk.target_blocks).astype(np.int32).tobytes(),
-                                "s": s[sel].tobytes(), "w": b"" if w is None else w[sel].tobytes()})
-        return pa.RecordBatch.from_pylist(out, schema=_arrow_schema(EDGE_PART_FIELDS))
+            present = np.flatnonzero(np.diff(bounds))
+            starts, stops = bounds[present], bounds[present + 1]
+            ranges = np.concatenate([[0], np.cumsum(stops - starts)])
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.full(len(present), direction, np.int32)), pa.array(present.astype(np.int32)),
+                 _binary_slices((t[order] // tblk.target_blocks).astype(np.int32), ranges),
+                 _binary_slices(s[order], ranges),
+                 _binary_slices(w[order], ranges) if w is not None else pa.array([b""] * len(present), pa.binary())],
+                schema=_arrow_schema(EDGE_PART_FIELDS))
 
     for batch in batches:
         pending.append(batch)
         count += batch.num_rows
         if count >= flush_edges:
-            yield flush()
+            yield from flush()
             pending, count = [], 0
-    last = flush()
-    if last is not None:
-        yield last
+    if pending:
+        yield from flush()
+
+
+def _csc_columns(t: np.ndarray, s_local: np.ndarray, w: np.ndarray, n_cols: int):
+    """CSC arrays (indptr, indices, data) of the entries (t, s_local, w), without scipy's COO round trip.
+
+    Entries are bucketed by column with one stable sort; a repeated (row, column) stays two entries,
+    which a product sums exactly as scipy's merged entry would.
+    """
+    order = np.argsort(s_local, kind="stable")
+    indptr = np.zeros(n_cols + 1, dtype=np.int64)
+    np.cumsum(np.bincount(s_local, minlength=n_cols), out=indptr[1:])
+    return indptr, t[order], w[order]
 
 
 def _assemble_tiles(batches: Iterable[pa.RecordBatch], users: Blocking, items: Blocking) -> Iterator[pa.RecordBatch]:
@@ -228,24 +250,30 @@ def _assemble_tiles(batches: Iterable[pa.RecordBatch], users: Blocking, items: B
     groups: dict[tuple[int, int], list[int]] = {}
     for k, key in enumerate(zip(table.column("direction").to_pylist(), table.column("tb").to_pylist())):
         groups.setdefault(key, []).append(k)
+
+    def gather(name: str, members: list[int], dtype) -> np.ndarray:
+        column = table.column(name)
+        return np.concatenate([_frombuffer(_bytes(column[k]), dtype) for k in members])
+
     for (direction, tb), members in groups.items():
         tblk, sblk = (items, users) if direction == TO_ITEMS else (users, items)
-        t = np.concatenate([_frombuffer(_bytes(table.column("t_local")[k]), np.int32) for k in members])
-        s = np.concatenate([_frombuffer(_bytes(table.column("s")[k]), np.int32) for k in members]).astype(np.int64)
-        w = np.concatenate([_frombuffer(_bytes(table.column("w")[k]), np.float64) for k in members])
+        t, s, w = gather("t_local", members, np.int32), gather("s", members, np.int32), gather("w", members, np.float64)
         w = w if len(w) else np.ones(len(t))  # unweighted parts carry no weights
         degree = np.bincount(t, weights=w, minlength=tblk.target_rows)
         w = w / degree[t]
-        sb = s % sblk.source_blocks
-        out = []
-        for b in np.unique(sb):
-            sel = sb == b
-            tile = sp.csc_matrix((w[sel], (t[sel], s[sel] // sblk.source_blocks)),
-                                 shape=(tblk.target_rows, sblk.source_rows))
-            out.append({"direction": direction, "tb": tb, "sb": int(b), "n_rows": tile.shape[0],
-                        "n_cols": tile.shape[1], "indptr": tile.indptr.astype(np.int64).tobytes(),
-                        "indices": tile.indices.astype(np.int32).tobytes(), "data": tile.data.tobytes()})
-        yield pa.RecordBatch.from_pylist(out, schema=_arrow_schema(TILE_FIELDS))
+        sb, s_local = s % sblk.source_blocks, s // sblk.source_blocks
+        if sblk.source_blocks > 1:  # one sort by source block lays out every tile of this target block
+            order = np.argsort(sb.astype(_block_dtype(sblk.source_blocks)), kind="stable")
+            t, s_local, w, sb = t[order], s_local[order], w[order], sb[order]
+        block_bounds = np.searchsorted(sb, np.arange(sblk.source_blocks + 1))
+        for b in np.flatnonzero(np.diff(block_bounds)):
+            lo, hi = block_bounds[b], block_bounds[b + 1]
+            indptr, indices, data = _csc_columns(t[lo:hi], s_local[lo:hi], w[lo:hi], sblk.source_rows)
+            row = {"direction": direction, "tb": tb, "sb": int(b), "n_rows": tblk.target_rows,
+                   "n_cols": sblk.source_rows, "indptr": indptr, "indices": indices, "data": data}
+            yield pa.RecordBatch.from_arrays(  # a batch per tile: its buffers go out without a copy
+                [pa.array([row[name]], pa.int32()) if kind == "int" else _binary_slices(row[name], np.array([0, len(row[name])]))
+                 for name, kind in TILE_FIELDS], schema=_arrow_schema(TILE_FIELDS))
 
 
 def spread_keys(spark, partitions: int) -> list[int]:
@@ -627,13 +655,27 @@ def prepare_graph(edges: DataFrame, conf: AffinityConf | None = None, width: int
     users = Blocking.plan((stats["max_user"] or 0) + 1, parallel, rows)
     items = Blocking.plan((stats["max_item"] or 0) + 1, parallel, rows)
     tiles = build_tiles(edges, users, items, conf.weighted, directions, parallel)
-    tiles.count()
+    with _arrow_batches_of(edges.sparkSession, CUT_BATCH_ROWS):
+        tiles.count()
     if trace is not None:
         trace.append({"phase": "tiles", "seconds": round(time.perf_counter() - started, 3),
                       "user_blocks": [users.target_blocks, users.source_blocks],
                       "item_blocks": [items.target_blocks, items.source_blocks]})
     return AffinityGraph(tiles, users, items, directions, _layout(conf), max(width, _supported_width(conf, users, items)),
                          edges_version)
+
+
+@contextmanager
+def _arrow_batches_of(spark, rows: int):
+    """Spark's Arrow batch size for the jobs run inside: the cut reads two int columns, so Spark's
+    default of 10,000 rows would hand it thousands of tiny batches."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
 
 
 def _graph_for(edges: DataFrame | AffinityGraph, conf: AffinityConf, width: int, directions: tuple[int, ...],
