@@ -146,6 +146,7 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store, drop_users=range(0, 120, 4), bad_users=range(1, 120, 4))
     summary = STAGES["gplr"](cfg, store)
+    assert summary["edge_tiles"] == "loaded"  # build-graph's tiles, cut from the same edges version
     rounds = summary["per_round"]
     answered = sum(r["answered"] for r in rounds)
     assert answered == 30  # errors are not paid answers: their budget moved to the next round

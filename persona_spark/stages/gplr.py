@@ -49,7 +49,8 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     store.merge_table(run.changed_personas, tables.PERSONAS, ["user_idx", "persona_idx"], delete_when="removed")
     store.write_table(run.prototypes, tables.GPLR_PROTOTYPES)
     store.write_table(run.record, tables.GPLR_RUNS, "append")
-    summary = {**run.summary, "refresh": record_refresh(cfg, store, run.personas, run.run, run.reliability),
+    summary = {**run.summary, "edge_tiles": "loaded" if graph is not None else "cut in the run",
+               "refresh": record_refresh(cfg, store, run.personas, run.run, run.reliability),
                "tables": locations(store, tables.PERSONAS, tables.PERSONA_HISTORY)}
     log.info("gplr: %s", summary)
     return summary
