@@ -13,7 +13,9 @@ written (``spark_exact_stored``: read back from a Delta table and cached, the cu
 as ``tiles_write``), and Spark ε-pruned (``--eps``), plus the paper's RevAff with ``--rev-aff`` (slow:
 small graphs only). A tiny warm-up run precedes the timed ones. One JSON object per line:
 ``{"engine", "edges", "users", "items", "personas", "ell", "eps", "seconds", "max_abs_err",
-"mean_abs_err", "peak_rss_mb", ...}`` — errors against scipy exact of the same ℓ̂; ``peak_rss_mb``
+"mean_abs_err", "top5_agreement", "users_nonempty_share", "peak_rss_mb", ...}`` — errors and the
+top-5 agreement against scipy exact of the same ℓ̂ (the share of each reached user's exact top-5
+personas the engine also ranks top 5), the share of all users with any score; ``peak_rss_mb``
 is the peak summed RSS of this process and its children (the JVM, Python workers) during that run;
 ``load_before``/``load_after`` are the 1-minute load averages (the machine may be shared); Spark
 lines carry ``phases`` (seconds per tile build / hop, and the data path each hop took).
@@ -127,6 +129,25 @@ def dense_scores(scores, n_users: int, n_personas: int) -> np.ndarray:
     return out
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the k best columns; scores rounded to 12 decimals and ties broken by column, so float
+    noise between two exact engines does not reorder equal scores."""
+    rounded = np.round(scores, 12)
+    return np.argsort(-rounded, axis=1, kind="stable")[:, :k]
+
+
+def top_k_agreement(psi: np.ndarray, exact: np.ndarray, k: int = 5) -> float:
+    """Mean share of each reached user's exact top-k personas (those with a score) that ``psi`` also ranks top-k."""
+    reached = exact.any(1)
+    if not reached.any():
+        return 1.0
+    want, got = top_k(exact[reached], k), top_k(psi[reached], k)
+    scored = np.take_along_axis(exact[reached], want, 1) > 0
+    kept = np.take_along_axis(psi[reached], got, 1) > 0
+    hits = np.array([len(set(w[s]) & set(g[h])) for w, s, g, h in zip(want, scored, got, kept)])
+    return float((hits / scored.sum(1)).mean())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20_000)
@@ -178,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             peak_mb = memory.peak_mb
             psi = result() if callable(result) else result
             err = np.abs(psi - (psi if exact is None else exact))
+            agreement = {} if exact is None else {"top5_agreement": round(top_k_agreement(psi, exact), 5)}
             line = {"engine": engine, **common, "ell": ell, "eps": eps, "seconds": round(seconds, 3),
-                    "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+                    "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()), **agreement,
                     "peak_rss_mb": round(peak_mb), "users_reached": int(np.count_nonzero(psi.any(1))),
+                    "users_nonempty_share": round(float(psi.any(1).mean()), 5),
                     "load_before": load_before, "load_after": os.getloadavg()[0], **extra}
             print(json.dumps(line), flush=True)
             return psi
