@@ -15,7 +15,8 @@ handful of partition-local sparse × dense products:
   (``S`` divides ``T``, so a target block lies inside one source block).
 * A tile holds, for one target block ``tb`` and one source block ``sb``, the row-normalized
   transition weights as a CSC matrix (target rows × source columns), serialized into binary
-  columns. Tiles are built once per call, or once for many calls with ``prepare_graph`` (one
+  columns; for unweighted edges only the 0/1 pattern and 1/degree per target row (a third of
+  the bytes every hop reads). Tiles are built once per call, or once for many calls with ``prepare_graph`` (one
   pass over the edges, one shuffle of compact binary rows) and cached, or once per version of the
   edges where the graph is built (``AffinityGraph.to_table``; build-graph writes ``edge_tiles``,
   which gplr and the affinity stage load with ``from_table`` while it matches).
@@ -86,7 +87,7 @@ OUTPUT_BATCH_ROWS = 65_536
 CUT_BATCH_ROWS = 1_000_000  # edges per Arrow batch while the tiles are cut (8 bytes each)
 
 TILE_FIELDS = [("direction", "int"), ("tb", "int"), ("sb", "int"), ("n_rows", "int"), ("n_cols", "int"),
-               ("indptr", "binary"), ("indices", "binary"), ("data", "binary")]
+               ("indptr", "binary"), ("indices", "binary"), ("data", "binary"), ("row_scale", "binary")]
 EDGE_PART_FIELDS = [("direction", "int"), ("tb", "int"), ("t_local", "binary"), ("s", "binary"), ("w", "binary")]
 STATE_FIELDS = [("block", "int"), ("n", "int"), ("rows", "binary"), ("vals", "binary")]
 
@@ -228,16 +229,16 @@ def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Block
         yield from flush()
 
 
-def _csc_columns(t: np.ndarray, s_local: np.ndarray, w: np.ndarray, n_cols: int):
+def _csc_columns(t: np.ndarray, s_local: np.ndarray, w: np.ndarray | None, n_cols: int):
     """CSC arrays (indptr, indices, data) of the entries (t, s_local, w), without scipy's COO round trip.
 
     Entries are bucketed by column with one stable sort; a repeated (row, column) stays two entries,
-    which a product sums exactly as scipy's merged entry would.
+    which a product sums exactly as scipy's merged entry would. ``w`` None: a 0/1 pattern, no data.
     """
     order = np.argsort(s_local, kind="stable")
     indptr = np.zeros(n_cols + 1, dtype=np.int64)
     np.cumsum(np.bincount(s_local, minlength=n_cols), out=indptr[1:])
-    return indptr, t[order], w[order]
+    return indptr, t[order], np.empty(0) if w is None else w[order]
 
 
 def _assemble_tiles(batches: Iterable[pa.RecordBatch], users: Blocking, items: Blocking) -> Iterator[pa.RecordBatch]:
@@ -258,19 +259,26 @@ def _assemble_tiles(batches: Iterable[pa.RecordBatch], users: Blocking, items: B
     for (direction, tb), members in groups.items():
         tblk, sblk = (items, users) if direction == TO_ITEMS else (users, items)
         t, s, w = gather("t_local", members, np.int32), gather("s", members, np.int32), gather("w", members, np.float64)
-        w = w if len(w) else np.ones(len(t))  # unweighted parts carry no weights
-        degree = np.bincount(t, weights=w, minlength=tblk.target_rows)
-        w = w / degree[t]
+        if len(w):  # weighted: every entry carries w / (the target's weighted degree)
+            w = w / np.bincount(t, weights=w, minlength=tblk.target_rows)[t]
+            row_scale = np.empty(0)
+        else:  # unweighted parts carry no weights: the tile is a 0/1 pattern and 1/degree per target row
+            degree = np.bincount(t, minlength=tblk.target_rows)
+            row_scale = np.divide(1.0, degree, out=np.zeros(len(degree)), where=degree > 0)
+            w = None
         sb, s_local = s % sblk.source_blocks, s // sblk.source_blocks
         if sblk.source_blocks > 1:  # one sort by source block lays out every tile of this target block
             order = np.argsort(sb.astype(_block_dtype(sblk.source_blocks)), kind="stable")
-            t, s_local, w, sb = t[order], s_local[order], w[order], sb[order]
+            t, s_local, sb = t[order], s_local[order], sb[order]
+            w = None if w is None else w[order]
         block_bounds = np.searchsorted(sb, np.arange(sblk.source_blocks + 1))
         for b in np.flatnonzero(np.diff(block_bounds)):
             lo, hi = block_bounds[b], block_bounds[b + 1]
-            indptr, indices, data = _csc_columns(t[lo:hi], s_local[lo:hi], w[lo:hi], sblk.source_rows)
+            indptr, indices, data = _csc_columns(t[lo:hi], s_local[lo:hi], None if w is None else w[lo:hi],
+                                                 sblk.source_rows)
             row = {"direction": direction, "tb": tb, "sb": int(b), "n_rows": tblk.target_rows,
-                   "n_cols": sblk.source_rows, "indptr": indptr, "indices": indices, "data": data}
+                   "n_cols": sblk.source_rows, "indptr": indptr, "indices": indices, "data": data,
+                   "row_scale": row_scale}
             yield pa.RecordBatch.from_arrays(  # a batch per tile: its buffers go out without a copy
                 [pa.array([row[name]], pa.int32()) if kind == "int" else _binary_slices(row[name], np.array([0, len(row[name])]))
                  for name, kind in TILE_FIELDS], schema=_arrow_schema(TILE_FIELDS))
@@ -322,11 +330,15 @@ def _multiply(batches: Iterable[pa.RecordBatch], width: int, tau: float | None,
             if state is None or len(state.rows) == 0:
                 continue
             col = batch.column
-            tile = sp.csc_matrix(
-                (_frombuffer(_bytes(col("data")[k]), np.float64), _frombuffer(_bytes(col("indices")[k]), np.int32),
-                 _frombuffer(_bytes(col("indptr")[k]), np.int64)),
-                shape=(col("n_rows")[k].as_py(), col("n_cols")[k].as_py()))
+            indices = _frombuffer(_bytes(col("indices")[k]), np.int32)
+            data = _frombuffer(_bytes(col("data")[k]), np.float64)
+            tile = sp.csc_matrix((data if len(data) else np.ones(len(indices)), indices,
+                                  _frombuffer(_bytes(col("indptr")[k]), np.int64)),
+                                 shape=(col("n_rows")[k].as_py(), col("n_cols")[k].as_py()))
             product = np.asarray(tile[:, state.rows] @ state.vals)
+            row_scale = _frombuffer(_bytes(col("row_scale")[k]), np.float64)
+            if len(row_scale):  # an unweighted tile: the row normalization 1/degree comes after the sum
+                product *= row_scale[:, None]
             result = _prune(np.arange(product.shape[0]), product, tau or 0.0)
             if len(result.rows):
                 out.append(_state_row(col("tb")[k].as_py(), result))
@@ -621,7 +633,7 @@ class AffinityGraph:
         self.tiles.unpersist()
 
 
-TILE_TABLE_FORMAT = 1  # bumped whenever the tile rows or the layout fields change meaning
+TILE_TABLE_FORMAT = 2  # bumped whenever the tile rows or the layout fields change meaning
 
 
 def _blocking_fields(blocking: Blocking) -> list[int]:
