@@ -316,7 +316,9 @@ def training_sample(prototypes: DataFrame, cap: int, floor: int, seed: int) -> t
     used = min(cap, available)
     drawn = used - floor_users
     rest_weight = (available - floor_users) / drawn if drawn > 0 else 1.0
-    chosen = users.orderBy(F.least("carrier_rank", F.lit(floor + 1)), "key", "user_idx").limit(cap)
+    chosen = users  # under the cap: no top-k (Spark's buffers it by the limit asked for)
+    if available > cap:
+        chosen = users.orderBy(F.least("carrier_rank", F.lit(floor + 1)), "key", "user_idx").limit(cap)
     weight = F.when(F.col("in_floor"), F.lit(1.0)).otherwise(F.lit(rest_weight))
     fitted_on = {"prototypes_available": available, "prototypes_used": used, "capped": available > cap,
                  "cap": cap, "floor_per_persona": floor, "floor_prototypes": min(floor_users, used),
