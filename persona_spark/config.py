@@ -412,10 +412,10 @@ class GPLRConf(Section):
     top_k: int = Field(5, ge=1, description="personas per user with assignment=topk")
     max_personas: int = Field(8, ge=1, description="learned: upper bound of personas per user")
     cv_folds: int = Field(4, ge=2, description="cross-fitting folds over the prototypes")
-    # 20k prototypes: at |R| = 51 that is ≈ 1 M (prototype, persona) rows, hundreds of rows per model weight
-    # and a micro-F1 standard error near 0.003 on the out-of-fold threshold, so sampling error is small next to
-    # the threshold's grid step; the design matrix (≈ 20k·|R|·(27 + |R|) doubles) stays under 1 GB; and every
-    # 5 % budget up to ≈ 400k users (all of the paper's datasets) is uncapped.
+    # 20k prototypes: ≈ 1 M (prototype, persona) rows at |R| = 51, over 10k rows per model weight, so the sample
+    # adds little error beside the out-of-fold threshold's grid step; the design matrix (20k·|R|·(26 + |R|)
+    # doubles, ≈ 0.6 GB at |R| = 51) fits a laptop; and a 5 % budget stays uncapped up to 400k users
+    # (Instacart-Full, 206k users, is 10k prototypes).
     max_train_users: int = Field(20_000, ge=10, description="cap on the prototypes the assignment model is fitted on: "
                                  "a stratified, seeded sample drawn in Spark when there are more (bounds driver "
                                  "memory)")
