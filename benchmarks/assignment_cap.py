@@ -15,6 +15,9 @@ each of ``--caps`` below their number, with the default floor, so the prototypes
 "driver_rss_before_mb", "driver_peak_rss_mb", "tree_peak_rss_mb", "seconds", "load_before", "load_after"}``;
 ``driver_*`` is the RSS of this Python process (where the model is fitted), sampled every 0.1 s from
 just before the assignment to the end of it; ``tree_peak_rss_mb`` adds the JVM and the Python workers.
+RSS does not fall back after a big fit (the allocator keeps freed memory), so a fit after a larger one
+reads that one's peak: ``driver_alloc_peak_mb`` is the peak of what the assignment itself allocated on
+the driver (tracemalloc, numpy arrays included), the figure comparable across fits of one process.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 from pyspark.sql import DataFrame, Window
@@ -79,11 +83,14 @@ class Fits:
         self.driver.reset()
         self.tree.reset()
         before = self.driver.peak_mb
+        tracemalloc.reset_peak()
+        allocated_before = tracemalloc.get_traced_memory()[0]
         started = time.perf_counter()
         result = run.assign_all(answered, rounds)
         personas = result.personas.localCheckpoint()
         seconds = time.perf_counter() - started
         driver_peak, tree_peak = self.driver.peak_mb, self.tree.peak_mb
+        alloc_peak = (tracemalloc.get_traced_memory()[1] - allocated_before) / 2**20
         metrics, _ = evaluate.evaluate_sets(personas, self.reference, eval_users)
         fitted_on = result.model.fitted_on
         print(json.dumps({
@@ -92,7 +99,8 @@ class Fits:
             "floor": conf.min_train_per_persona, "personas": self.n_personas, **extra, "fitted_on": fitted_on,
             **{k: round(v, 4) for k, v in metrics.items()}, "cv_micro_f1": result.model.cv_micro_f1,
             "eval_users": eval_users.count(), "driver_rss_before_mb": round(before),
-            "driver_peak_rss_mb": round(driver_peak), "tree_peak_rss_mb": round(tree_peak),
+            "driver_peak_rss_mb": round(driver_peak), "driver_alloc_peak_mb": round(alloc_peak),
+            "tree_peak_rss_mb": round(tree_peak),
             "seconds": round(seconds, 1), "phases": result.seconds,
             "load_before": load_before, "load_after": os.getloadavg()[0],
         }), flush=True)
@@ -111,8 +119,8 @@ def online_retail(args) -> None:
         answered, rounds = sampler.sample()
         sampler.release()
         n_ok = sum(r["ok"] for r in rounds)
-        settings = [(UNCAPPED, conf.min_train_per_persona)]
-        settings += [(cap, floor) for cap in args.caps if cap < n_ok for floor in args.floors]
+        settings = [(cap, floor) for cap in args.caps if cap < n_ok for floor in args.floors]
+        settings += [(UNCAPPED, conf.min_train_per_persona)]
         for cap, floor in settings:
             capped = conf.model_copy(update={"max_train_users": cap, "min_train_per_persona": floor})
             fits.fit(answered, rounds, capped, budget, {})
@@ -135,7 +143,7 @@ def generated(args) -> None:
             answered = as_answers(pick_random(users, conf.budget_size(args.users), args.seed), reference)
             answered = answered.localCheckpoint()
             rounds = [{"sampling": "random", "answered": answered.count()}]
-            for cap in [UNCAPPED, *(c for c in args.caps if c < answered.count())]:
+            for cap in [*(c for c in args.caps if c < answered.count()), UNCAPPED]:
                 fits.fit(answered, rounds, conf.model_copy(update={"max_train_users": cap}), budget, graph)
         train.unpersist()
 
@@ -162,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--seed", type=int, default=7)
     synthetic.add_argument("--driver-memory", default="6g")
     args = parser.parse_args(argv)
+    tracemalloc.start()
     (online_retail if args.dataset == "online-retail" else generated)(args)
     return 0
 
