@@ -298,32 +298,36 @@ def training_sample(prototypes: DataFrame, cap: int, floor: int, seed: int) -> t
     the assignment model on, and what was drawn (``fitted_on``). Drawn in Spark; only counts reach the driver.
 
     Stratified so rare personas stay represented: each persona keeps its ``floor`` carriers with the lowest
-    seeded key (all of them if it has fewer), the rest of the cap is the lowest keys among the other
-    prototypes, a uniform draw. One key per user orders both, so the floors overlap; a cap too small for
-    every floor keeps the same number of carriers of each persona. Weights make the sample stand in for
-    all prototypes: a floor user counts once, a drawn one (others)/(drawn) times, so any weighted sum over
-    the sample (likelihood, micro-F1 counts) is, given the floor, an unbiased estimate of the same sum over
-    every prototype. Under the cap: everyone, weight 1.
+    seeded key (all of them if it has fewer); the rest of the cap is the lowest keys among the other
+    prototypes, a uniform draw. One key per user orders both, so the floors overlap. The floor takes at
+    most half the cap, its users ordered by their rank among each persona's carriers, so a tight cap keeps
+    the same number of carriers of every persona. Weights make the sample stand in for all prototypes: a
+    floor user counts once, a drawn one (others)/(drawn) times, so any weighted sum over the sample
+    (likelihood, micro-F1 counts) is, given the floor, an unbiased estimate of the same sum over every
+    prototype. The half bounds how unequal the weights get: a floor filling the cap would leave a few drawn
+    users standing for all the others (the fit's effective sample shrinks to about the drawn count).
+    Under the cap: everyone, weight 1.
     """
     key = seeded_order(seed)
     rows = prototypes.select("user_idx", "persona_idx").withColumn("key", key)
     carriers = Window.partitionBy("persona_idx").orderBy("key", "user_idx")
     users = (rows.withColumn("carrier_rank", F.row_number().over(carriers))
-             .groupBy("user_idx", "key").agg(F.min("carrier_rank").alias("carrier_rank"))
-             .withColumn("in_floor", F.col("carrier_rank") <= floor))
-    counts = users.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("in_floor").cast("int")).alias("f")).first()
-    available, floor_users = int(counts["n"]), int(counts["f"] or 0)
-    used = min(cap, available)
-    drawn = used - floor_users
-    rest_weight = (available - floor_users) / drawn if drawn > 0 else 1.0
-    chosen = users  # under the cap: no top-k (Spark's buffers it by the limit asked for)
-    if available > cap:
-        chosen = users.orderBy(F.least("carrier_rank", F.lit(floor + 1)), "key", "user_idx").limit(cap)
-    weight = F.when(F.col("in_floor"), F.lit(1.0)).otherwise(F.lit(rest_weight))
-    fitted_on = {"prototypes_available": available, "prototypes_used": used, "capped": available > cap,
-                 "cap": cap, "floor_per_persona": floor, "floor_prototypes": min(floor_users, used),
-                 "drawn_weight": round(rest_weight, 6)}
-    return chosen.select("user_idx", weight.alias("weight")), fitted_on
+             .groupBy("user_idx", "key").agg(F.min("carrier_rank").alias("carrier_rank")))
+    counts = users.agg(F.count(F.lit(1)).alias("n"),
+                       F.sum((F.col("carrier_rank") <= floor).cast("int")).alias("f")).first()
+    available = int(counts["n"])
+    fitted_on = {"prototypes_available": available, "prototypes_used": min(cap, available),
+                 "capped": available > cap, "cap": cap, "floor_per_persona": floor}
+    if available <= cap:  # no top-k: Spark buffers one by the limit asked for
+        return users.select("user_idx", F.lit(1.0).alias("weight")), {**fitted_on, "floor_prototypes": 0,
+                                                                       "drawn_weight": 1.0}
+    kept = min(int(counts["f"] or 0), cap // 2)
+    in_floor = (users.filter(F.col("carrier_rank") <= floor).orderBy("carrier_rank", "key", "user_idx")
+                .limit(kept).select("user_idx", F.lit(1.0).alias("weight")))
+    drawn_weight = (available - kept) / (cap - kept)
+    drawn = (users.join(in_floor, "user_idx", "left_anti").orderBy("key", "user_idx").limit(cap - kept)
+             .select("user_idx", F.lit(drawn_weight).alias("weight")))
+    return in_floor.unionByName(drawn), {**fitted_on, "floor_prototypes": kept, "drawn_weight": round(drawn_weight, 6)}
 
 
 def llm_persona_rows(prototypes: DataFrame) -> DataFrame:
