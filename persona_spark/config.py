@@ -419,9 +419,11 @@ class GPLRConf(Section):
     max_train_users: int = Field(20_000, ge=10, description="cap on the prototypes the assignment model is fitted on: "
                                  "a stratified, seeded sample drawn in Spark when there are more (bounds driver "
                                  "memory)")
-    # 50: every fold's model still sees ≥ 37 carriers of each persona at cv_folds = 4 (≈ 10 per fold held out).
+    # 50: every fold's model still sees ≥ 37 carriers of each persona at cv_folds = 4 (≈ 10 per fold held out);
+    # 50·|R| ≤ 2550 at |R| = 51, an eighth of the default cap.
     min_train_per_persona: int = Field(50, ge=0, description="floor of the capped sample: prototypes carrying each "
-                                       "persona kept (all of a rarer one); 0 = a plain uniform sample")
+                                       "persona kept (all of a rarer one), at most half the cap in all; 0 = a "
+                                       "plain uniform sample")
     l2: float = Field(1.0, ge=0, description="ridge penalty of the learned assignment model")
     item_signal: bool = Field(True, description="label items with the LLM too and use them as a second signal")
     calibration_bins: int = Field(10, ge=2, description="reliability bins of the held-out (cross-fitted) probabilities")
