@@ -67,20 +67,25 @@ def _tree_rss_mb() -> float:
     return total
 
 
-class PeakMemory:
-    """Samples the process tree's RSS in a thread; ``peak_mb`` is the maximum since ``reset``."""
+def own_rss_mb() -> float:
+    """RSS of this process alone (the Python driver, without the JVM and the Python workers)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE_MB
 
-    def __init__(self, interval_s: float = 0.2):
-        self.interval_s, self.peak_mb = interval_s, 0.0
+
+class PeakMemory:
+    """Samples ``measure`` (default: the process tree's RSS) in a thread; ``peak_mb`` is the maximum since ``reset``."""
+
+    def __init__(self, interval_s: float = 0.2, measure=_tree_rss_mb):
+        self.interval_s, self.peak_mb, self.measure = interval_s, 0.0, measure
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
         while not self._stop.wait(self.interval_s):
-            self.peak_mb = max(self.peak_mb, _tree_rss_mb())
+            self.peak_mb = max(self.peak_mb, self.measure())
 
     def reset(self):
-        self.peak_mb = _tree_rss_mb()
+        self.peak_mb = self.measure()
 
     def stop(self):
         self._stop.set()

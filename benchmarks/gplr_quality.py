@@ -22,8 +22,11 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import evaluate, labeling
@@ -64,28 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                              "({user_idx: [persona_idx, ...]}, the recommender benchmark's --user-personas)")
     args = parser.parse_args(argv)
 
-    data = Path(args.data)
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=4, default_parallelism=4))
-    persona_set = load_persona_set(data / "personas.json")
-    n_personas = len(persona_set)
-    work = Path(tempfile.mkdtemp(prefix="gplr_quality_"))
-    store = TableStore(spark, TablesConf(root=str(work / "tables")))
-    tables = load_gplr_split(spark, data)
-    for name, df in tables.items():
-        store.write_table(df, name)
-    users, items = store.read_table("users"), store.read_table("items")
-    train = store.read_table("edges").filter(F.col("split") == "train").localCheckpoint()
-    reference = store.read_table("reference_personas")
-    requests = labeling.build_user_histories(train, items).localCheckpoint()
-    recorded = RecordedConf(path=str(data / "user_personas_gpt4.json"), model="gpt-4 (recorded)")
-    user_conf = LabelingConf(backend="recorded", recorded=recorded, journal_dir=str(work / "journal"))
-    item_conf = user_conf.model_copy(update={"recorded": RecordedConf(path=str(data / "item_personas_gpt4.json"))})
-    item_rows = label_entities(store, labeling.build_item_requests(items), persona_set, item_conf, "item")
-    item_vectors = item_vectors_from_labels(item_rows, n_personas).localCheckpoint()
-
-    def label_users(selected):
-        wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
-        return label_entities(store, wanted, persona_set, user_conf, "user")
+    split = load_split(spark, Path(args.data))
+    users, train, reference, label_users = split.users, split.train, split.reference, split.label_users
+    n_personas, item_vectors = split.n_personas, split.item_vectors
 
     for budget in args.budgets:
         for seed in args.seeds if budget == args.multi_seed_budget else args.seeds[:1]:
@@ -119,6 +104,43 @@ def main(argv: list[str] | None = None) -> int:
                 }), flush=True)
                 run.release()
     return 0
+
+
+@dataclass
+class Split:
+    """A dataset in the paper's format behind the real pipeline: its tables, and its recorded labels as the LLM."""
+
+    users: DataFrame
+    train: DataFrame
+    reference: DataFrame  # user_idx, persona_idx: the recorded labels every run is scored against
+    n_personas: int
+    item_vectors: DataFrame  # the recorded item labels as the item signal
+    label_users: Callable[[DataFrame], DataFrame]  # GPLR's LabelFn, through the labeling layer's cache
+
+
+def load_split(spark, data: Path) -> Split:
+    """Tables (Delta, in a temporary folder) and the ``recorded`` labeling backend over ``data``'s labels."""
+    persona_set = load_persona_set(data / "personas.json")
+    n_personas = len(persona_set)
+    work = Path(tempfile.mkdtemp(prefix="gplr_quality_"))
+    store = TableStore(spark, TablesConf(root=str(work / "tables")))
+    tables = load_gplr_split(spark, data)
+    for name, df in tables.items():
+        store.write_table(df, name)
+    users, items = store.read_table("users"), store.read_table("items")
+    train = store.read_table("edges").filter(F.col("split") == "train").localCheckpoint()
+    requests = labeling.build_user_histories(train, items).localCheckpoint()
+    recorded = RecordedConf(path=str(data / "user_personas_gpt4.json"), model="gpt-4 (recorded)")
+    user_conf = LabelingConf(backend="recorded", recorded=recorded, journal_dir=str(work / "journal"))
+    item_conf = user_conf.model_copy(update={"recorded": RecordedConf(path=str(data / "item_personas_gpt4.json"))})
+    item_rows = label_entities(store, labeling.build_item_requests(items), persona_set, item_conf, "item")
+    item_vectors = item_vectors_from_labels(item_rows, n_personas).localCheckpoint()
+
+    def label_users(selected):
+        wanted = requests.join(selected.select("user_idx"), "user_idx", "left_semi")
+        return label_entities(store, wanted, persona_set, user_conf, "user")
+
+    return Split(users, train, store.read_table("reference_personas"), n_personas, item_vectors, label_users)
 
 
 def _sample_profile(train, answered, reference, eval_users) -> dict:

@@ -414,7 +414,18 @@ class GPLRConf(Section):
     top_k: int = Field(5, ge=1, description="personas per user with assignment=topk")
     max_personas: int = Field(8, ge=1, description="learned: upper bound of personas per user")
     cv_folds: int = Field(4, ge=2, description="cross-fitting folds over the prototypes")
-    max_train_users: int = Field(20_000, ge=10, description="prototypes used to fit the assignment model")
+    # 20k prototypes: ≈ 1 M (prototype, persona) rows at |R| = 51, over 10k rows per model weight, so the sample
+    # adds little error beside the out-of-fold threshold's grid step; the design matrix (20k·|R|·(26 + |R|)
+    # doubles, ≈ 0.6 GB at |R| = 51) fits a laptop; and a 5 % budget stays uncapped up to 400k users
+    # (Instacart-Full, 206k users, is 10k prototypes).
+    max_train_users: int = Field(20_000, ge=10, description="cap on the prototypes the assignment model is fitted on: "
+                                 "a stratified, seeded sample drawn in Spark when there are more (bounds driver "
+                                 "memory)")
+    # 50: every fold's model still sees ≥ 37 carriers of each persona at cv_folds = 4 (≈ 10 per fold held out);
+    # 50·|R| ≤ 2550 at |R| = 51, an eighth of the default cap.
+    min_train_per_persona: int = Field(50, ge=0, description="floor of the capped sample: prototypes carrying each "
+                                       "persona kept (all of a rarer one), at most half the cap in all; 0 = a "
+                                       "plain uniform sample")
     l2: float = Field(1.0, ge=0, description="ridge penalty of the learned assignment model")
     item_signal: bool = Field(True, description="label items with the LLM too and use them as a second signal")
     calibration_bins: int = Field(10, ge=2, description="reliability bins of the held-out (cross-fitted) probabilities")

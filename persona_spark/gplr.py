@@ -21,6 +21,9 @@ and a per-persona intercept. Each user then gets every persona whose probability
 clears a threshold chosen on out-of-fold predictions for micro-F1 (at least 1, at most
 ``max_personas``). The model thereby picks how much each hop depth and the item signal count
 and how many personas a user gets; the per-persona intercepts play the de-bias role of β.
+The model is fitted on at most ``max_train_users`` prototypes (``training_sample``: a seeded sample drawn
+in Spark with a floor per persona, weighted to stand for all of them), so what reaches the driver stays
+flat as the users, and with them the prototypes, grow.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Callable, Iterator
@@ -86,14 +89,17 @@ def pair_features(signals: list[np.ndarray], q_hat: np.ndarray, degree: np.ndarr
     return np.concatenate([dense, one_hot], axis=-1).reshape(n * n_personas, -1)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 25) -> np.ndarray:
-    """L2-regularized logistic regression by Newton's method (a few thousand rows, tens of features)."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 25,
+                 weight: np.ndarray | None = None) -> np.ndarray:
+    """L2-regularized logistic regression by Newton's method (a few thousand rows, tens of features);
+    ``weight`` per row: how many rows of the full set a sampled row stands for."""
     x = np.hstack([x, np.ones((len(x), 1))])
+    c = np.ones(len(x)) if weight is None else weight
     w = np.zeros(x.shape[1])
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
-        gradient = x.T @ (p - y) + l2 * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
+        gradient = x.T @ (c * (p - y)) + l2 * w
+        hessian = (x * (c * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
         step = np.linalg.solve(hessian, gradient)
         w -= step
         if np.abs(step).max() < 1e-8:
@@ -113,9 +119,11 @@ def select_personas(scores: np.ndarray, threshold: float, max_personas: int, min
     return (chosen & (rank < max_personas)).astype(np.int8)
 
 
-def micro_f1(predicted: np.ndarray, actual: np.ndarray) -> float:
-    denominator = predicted.sum() + actual.sum()
-    return float(2 * (predicted * actual).sum() / denominator) if denominator else 0.0
+def micro_f1(predicted: np.ndarray, actual: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Micro-F1 of 0/1 (user × persona) matrices; ``weight`` per user (a sampled user counts for that many)."""
+    c = np.ones((len(actual), 1)) if weight is None else np.asarray(weight, dtype=float)[:, None]
+    denominator = (c * predicted).sum() + (c * actual).sum()
+    return float(2 * (c * predicted * actual).sum() / denominator) if denominator else 0.0
 
 
 @dataclass
@@ -135,6 +143,8 @@ class AssignmentModel:
     # Held-out reliability: per probability bin, the pairs, their mean calibrated probability and how
     # many of them the LLM actually labelled so (each fold calibrated without its own predictions).
     reliability: list[dict] = field(default_factory=list)
+    # What the model was fitted on: prototypes available and used, whether the cap bit, the floor (training_sample).
+    fitted_on: dict = field(default_factory=dict)
 
     def scores(self, signals: list[np.ndarray], degree: np.ndarray | None) -> np.ndarray:
         """Per (user, persona): Ψ for the top-k rule, the model's probability for the learned one (which needs ``degree``)."""
@@ -161,59 +171,81 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def fit_platt(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(a, b) of p = σ(a·logit(score) + b), fitted by (lightly regularized) logistic regression."""
-    return fit_logistic(_logit(scores.reshape(-1))[:, None], labels.reshape(-1).astype(float), 1e-3)
+def fit_platt(scores: np.ndarray, labels: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """(a, b) of p = σ(a·logit(score) + b), fitted by (lightly regularized) logistic regression; ``weight`` per user."""
+    pair_weight = None if weight is None else np.repeat(weight, scores.shape[1])
+    return fit_logistic(_logit(scores.reshape(-1))[:, None], labels.reshape(-1).astype(float), 1e-3, weight=pair_weight)
 
 
 def platt(ab: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return predict_logistic(ab, _logit(scores)[..., None])
 
 
-def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int) -> list[dict]:
-    """Equal-width probability bins: pairs, mean predicted probability, observed share of positives."""
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int,
+                     weight: np.ndarray | None = None) -> list[dict]:
+    """Equal-width probability bins: pairs, mean predicted probability, observed share of positives
+    (means weighted by ``weight`` per user)."""
     p, y = probabilities.reshape(-1), labels.reshape(-1).astype(float)
+    c = np.ones_like(p) if weight is None else np.repeat(weight, probabilities.shape[1])
     which = np.minimum((p * bins).astype(int), bins - 1)
     out = []
     for b in range(bins):
         inside = which == b
         if inside.any():
             out.append({"bin": b, "lower": b / bins, "upper": (b + 1) / bins, "pairs": int(inside.sum()),
-                        "mean_predicted": float(p[inside].mean()), "observed": float(y[inside].mean())})
+                        "mean_predicted": float(np.average(p[inside], weights=c[inside])),
+                        "observed": float(np.average(y[inside], weights=c[inside]))})
     return out
 
 
 @dataclass
 class Fold:
-    """One cross-fitting fold's held-out prototypes: their signals (computed without them), train degrees, labels."""
+    """One cross-fitting fold's held-out prototypes: their signals (computed without them), train degrees, labels,
+    and the sampling weight of each (how many prototypes it stands for; None: 1 each)."""
 
     signals: list[np.ndarray]
     degree: np.ndarray
     labels: np.ndarray
+    weight: np.ndarray | None = None
+
+    @property
+    def user_weight(self) -> np.ndarray:
+        return np.ones(len(self.labels)) if self.weight is None else np.asarray(self.weight, dtype=float)
 
 
 def fit_assignment(folds: list[Fold], q_hat: np.ndarray, conf: GPLRConf, uses_item_signal: bool) -> AssignmentModel:
-    """Cross-fitted training data per fold -> model with an out-of-fold threshold."""
+    """Cross-fitted training data per fold -> model with an out-of-fold threshold. Every sum over prototypes
+    (likelihood, micro-F1 counts, calibration) is weighted by the folds' sampling weights, so a sample estimates
+    the fit on all prototypes; with unit weights this is the unweighted fit."""
     xs = [pair_features(f.signals, q_hat, f.degree) for f in folds]
     ys = [f.labels.reshape(-1).astype(float) for f in folds]
+    cs = [f.user_weight for f in folds]
+    n_personas = folds[0].labels.shape[1]
+
+    def pairs(idx: list[int]) -> np.ndarray:
+        return np.repeat(np.concatenate([cs[i] for i in idx]), n_personas)
+
     out_of_fold = []
     for k in range(len(folds)):
         rest = [i for i in range(len(folds)) if i != k]
         if not rest:
             rest = [k]
-        w = fit_logistic(np.vstack([xs[i] for i in rest]), np.concatenate([ys[i] for i in rest]), conf.l2)
+        w = fit_logistic(np.vstack([xs[i] for i in rest]), np.concatenate([ys[i] for i in rest]), conf.l2,
+                         weight=pairs(rest))
         out_of_fold.append(predict_logistic(w, xs[k]).reshape(folds[k].labels.shape))
-    scores, labels = np.vstack(out_of_fold), np.vstack([f.labels for f in folds])
+    scores, labels, weight = np.vstack(out_of_fold), np.vstack([f.labels for f in folds]), np.concatenate(cs)
     held_out = []  # each fold's probabilities from a calibration fitted on the other folds only
     for k in range(len(folds)):
         rest = [i for i in range(len(folds)) if i != k] or [k]
-        ab = fit_platt(np.vstack([out_of_fold[i] for i in rest]), np.vstack([folds[i].labels for i in rest]))
+        ab = fit_platt(np.vstack([out_of_fold[i] for i in rest]), np.vstack([folds[i].labels for i in rest]),
+                       np.concatenate([cs[i] for i in rest]))
         held_out.append(platt(ab, out_of_fold[k]))
-    reliability = reliability_bins(np.vstack(held_out), labels, conf.calibration_bins)
-    calibration = fit_platt(scores, labels).tolist()
-    candidates = [(micro_f1(select_personas(scores, t, conf.max_personas), labels), t) for t in np.linspace(0.05, 0.9, 35)]
+    reliability = reliability_bins(np.vstack(held_out), labels, conf.calibration_bins, weight)
+    calibration = fit_platt(scores, labels, weight).tolist()
+    candidates = [(micro_f1(select_personas(scores, t, conf.max_personas), labels, weight), t)
+                  for t in np.linspace(0.05, 0.9, 35)]
     best_f1, threshold = max(candidates)
-    weights = fit_logistic(np.vstack(xs), np.concatenate(ys), conf.l2)
+    weights = fit_logistic(np.vstack(xs), np.concatenate(ys), conf.l2, weight=pairs(list(range(len(folds)))))
     return AssignmentModel("learned", conf.top_k, conf.max_personas, float(threshold), weights.tolist(),
                            q_hat.tolist(), uses_item_signal, round(best_f1, 4), calibration, reliability)
 
@@ -259,6 +291,43 @@ def assign(signals: DataFrame, model: AssignmentModel, n_personas: int) -> DataF
     extra = [] if model.mode == "topk" else ["degree"]
     rows = signals.select("user_idx", *extra, *cols).mapInPandas(run, PERSONAS_SCHEMA)
     return rows.withColumn("probability", F.nanvl("probability", F.lit(None).cast("double")))  # top-k: null, not NaN
+
+
+def training_sample(prototypes: DataFrame, cap: int, floor: int, seed: int) -> tuple[DataFrame, dict]:
+    """Prototype rows (``user_idx, persona_idx``) -> ``user_idx, weight`` of at most ``cap`` prototypes to fit
+    the assignment model on, and what was drawn (``fitted_on``). Drawn in Spark; only counts reach the driver.
+
+    Stratified so rare personas stay represented: each persona keeps its ``floor`` carriers with the lowest
+    seeded key (all of them if it has fewer); the rest of the cap is the lowest keys among the other
+    prototypes, a uniform draw. One key per user orders both, so the floors overlap. The floor takes at
+    most half the cap, its users ordered by their rank among each persona's carriers, so a tight cap keeps
+    the same number of carriers of every persona. Weights make the sample stand in for all prototypes: a
+    floor user counts once, a drawn one (others)/(drawn) times, so any weighted sum over the sample
+    (likelihood, micro-F1 counts) is, given the floor, an unbiased estimate of the same sum over every
+    prototype. The half bounds how unequal the weights get: a floor filling the cap would leave a few drawn
+    users standing for all the others (the fit's effective sample shrinks to about the drawn count).
+    Under the cap: everyone, weight 1.
+    """
+    key = seeded_order(seed)
+    rows = prototypes.select("user_idx", "persona_idx").withColumn("key", key)
+    carriers = Window.partitionBy("persona_idx").orderBy("key", "user_idx")
+    users = (rows.withColumn("carrier_rank", F.row_number().over(carriers))
+             .groupBy("user_idx", "key").agg(F.min("carrier_rank").alias("carrier_rank")))
+    counts = users.agg(F.count(F.lit(1)).alias("n"),
+                       F.sum((F.col("carrier_rank") <= floor).cast("int")).alias("f")).first()
+    available = int(counts["n"])
+    fitted_on = {"prototypes_available": available, "prototypes_used": min(cap, available),
+                 "capped": available > cap, "cap": cap, "floor_per_persona": floor}
+    if available <= cap:  # no top-k: Spark buffers one by the limit asked for
+        return users.select("user_idx", F.lit(1.0).alias("weight")), {**fitted_on, "floor_prototypes": 0,
+                                                                       "drawn_weight": 1.0}
+    kept = min(int(counts["f"] or 0), cap // 2)
+    in_floor = (users.filter(F.col("carrier_rank") <= floor).orderBy("carrier_rank", "key", "user_idx")
+                .limit(kept).select("user_idx", F.lit(1.0).alias("weight")))
+    drawn_weight = (available - kept) / (cap - kept)
+    drawn = (users.join(in_floor, "user_idx", "left_anti").orderBy("key", "user_idx").limit(cap - kept)
+             .select("user_idx", F.lit(drawn_weight).alias("weight")))
+    return in_floor.unionByName(drawn), {**fitted_on, "floor_prototypes": kept, "drawn_weight": round(drawn_weight, 6)}
 
 
 def llm_persona_rows(prototypes: DataFrame) -> DataFrame:
@@ -388,7 +457,7 @@ def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions:
     counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
     summary = {**{k: v for k, v in record.items() if k not in ("details", "run_ts")}, "run_ts": run[1].isoformat(),
                "per_round": result.rounds, "persona_rows": counts, "rows_rewritten": changed.count(),
-               "assignment_cv_micro_f1": result.model.cv_micro_f1}
+               "assignment_cv_micro_f1": result.model.cv_micro_f1, "assignment_fitted_on": result.model.fitted_on}
     return GPLRRun(run, personas, changed, asked, users.sparkSession.createDataFrame([record]),
                    result.model.reliability, summary)
 
@@ -566,28 +635,31 @@ class GPLR:
             items = propagate_to_users(self.graph, self.item_vectors, self.affinity_conf).withColumnRenamed("vec", "items")
             items = self._pin(items)
         started = time.perf_counter()
-        proto_users = prototypes.select("user_idx").distinct()
-        train_users = proto_users.orderBy(seeded_order(conf.seed + 7919)).limit(conf.max_train_users)
+        train_users, fitted_on = training_sample(prototypes, conf.max_train_users, conf.min_train_per_persona,
+                                                 conf.seed + 7919)
         fold_of = F.pmod(seeded_order(conf.seed + 104729), F.lit(conf.cv_folds)).cast("int")
         train_users = self._pin(train_users.withColumn("fold", fold_of))
         folds = []
         for k in range(conf.cv_folds):
-            held_out = train_users.filter(F.col("fold") == k).select("user_idx")
+            held_out = train_users.filter(F.col("fold") == k).select("user_idx", "weight")
             rest = prototypes.join(held_out, "user_idx", "left_anti")
             signals = self._signals(rest, items, mode).join(held_out, "user_idx")
             folds.append(self._collect_fold(signals, prototypes, items is not None))
         self._timed("cross_fitting", started)
         q_hat = persona_distribution(prototypes, self.n_personas)
         model = fit_assignment([f for f in folds if len(f.labels)], q_hat, conf, items is not None)
-        log.info("assignment model: threshold %.3f, cross-fitted micro-F1 %.4f", model.threshold, model.cv_micro_f1)
+        model = replace(model, fitted_on=fitted_on)
+        log.info("assignment model: threshold %.3f, cross-fitted micro-F1 %.4f, fitted on %s", model.threshold,
+                 model.cv_micro_f1, fitted_on)
         return model, self._signals(prototypes, items, mode)
 
     def _collect_fold(self, signals: DataFrame, prototypes: DataFrame, with_items: bool) -> Fold:
-        """A fold's held-out prototypes: signals, degrees and labels to the driver (bounded by max_train_users)."""
+        """A fold's held-out prototypes: signals, degrees, labels and weights to the driver (bounded by max_train_users)."""
         labels = prototypes.groupBy("user_idx").agg(F.collect_list("persona_idx").alias("labels"))
         cols = ["psi", "psi2"] + (["items"] if with_items else [])
-        frame = signals.join(labels, "user_idx").select("user_idx", "degree", "labels", *cols).toPandas()
+        frame = signals.join(labels, "user_idx").select("user_idx", "degree", "weight", "labels", *cols).toPandas()
         y = np.zeros((len(frame), self.n_personas), dtype=np.int8)
         for i, personas in enumerate(frame["labels"]):
             y[i, list(personas)] = 1
-        return Fold([_matrix(frame[c], self.n_personas) for c in cols], frame["degree"].to_numpy(), y)
+        return Fold([_matrix(frame[c], self.n_personas) for c in cols], frame["degree"].to_numpy(), y,
+                    frame["weight"].to_numpy())

@@ -166,8 +166,26 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     assert result["users"] == 120 - asked.count()
     assert result["micro_f1"] > result["baseline_micro_f1"]  # planted personas are recoverable
     run = store.read_table("gplr_runs").first()
-    assert json.loads(run.details)["model"]["mode"] == "learned"
+    model = json.loads(run.details)["model"]
+    assert model["mode"] == "learned"
+    assert model["fitted_on"]["prototypes_used"] == model["fitted_on"]["prototypes_available"] == len(ok_users)
+    assert not model["fitted_on"]["capped"]
     assert store.read_table("evaluation").first().run_ts == run.run_ts  # the latest evaluation is found by run_ts
+
+
+def test_capped_assignment_fit_still_assigns_everyone_and_says_what_it_was_fitted_on(spark, shop, tmp_path):
+    cfg = _demo_config(tmp_path, "gplr.max_train_users=12", "gplr.min_train_per_persona=2")
+    store = _prepare(cfg, spark, shop)
+    _record_planted_labels(store)
+    summary = STAGES["gplr"](cfg, store)
+    fitted_on = summary["assignment_fitted_on"]
+    assert fitted_on["capped"] and fitted_on["prototypes_used"] == 12 and fitted_on["prototypes_available"] == 30
+    assert json.loads(store.read_table("gplr_runs").first().details)["model"]["fitted_on"] == fitted_on
+    assert fitted_on["drawn_weight"] > 1  # the uniform part stands for the prototypes left out
+    asked = store.read_table("gplr_prototypes")
+    propagated = store.read_table("personas").filter("source = 'propagated'")
+    assert propagated.select("user_idx").distinct().count() == 120 - asked.count()
+    assert summary["assignment_cv_micro_f1"] > 0
 
 
 def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, shop, tmp_path):
@@ -200,3 +218,62 @@ def test_dry_run_prices_the_budget_and_calls_nothing(spark, shop, tmp_path):
     assert estimate["prompt_tokens"] == estimate["users"]["prompt_tokens"] + estimate["items"]["prompt_tokens"] > 0
     assert estimate["cost_expected_usd"] > 0
     assert not store.exists("personas") and not store.exists("user_labels")  # nothing was paid for or written
+
+
+def test_weighted_fit_counts_a_row_as_often_as_its_weight():
+    """An integer weight must act exactly like repeating the row (likelihood and micro-F1 counts)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 3))
+    y = (x[:, 0] + rng.normal(size=60) > 0).astype(float)
+    times = rng.integers(1, 5, size=60)
+    weighted = gplr.fit_logistic(x, y, l2=0.5, weight=times.astype(float))
+    repeated = gplr.fit_logistic(np.repeat(x, times, axis=0), np.repeat(y, times), l2=0.5)
+    np.testing.assert_allclose(weighted, repeated, rtol=1e-8, atol=1e-10)
+    assert not np.allclose(weighted, gplr.fit_logistic(x, y, l2=0.5))  # the weights do change the fit
+    predicted, actual = rng.integers(0, 2, size=(60, 4)), rng.integers(0, 2, size=(60, 4))
+    assert gplr.micro_f1(predicted, actual, times) == pytest.approx(
+        gplr.micro_f1(np.repeat(predicted, times, axis=0), np.repeat(actual, times, axis=0)))
+
+
+def _skewed_prototypes(spark, n_users: int = 2000):
+    """Persona 0 on everyone, 1 on 30 users, 2 on 5, 3 on every other user (of 2000): ``user_idx, persona_idx``."""
+    rows = [(u, 0) for u in range(n_users)] + [(u, 1) for u in range(7, 7 + 30 * 61, 61)]
+    rows += [(u, 2) for u in range(3, 3 + 5 * 397, 397)] + [(u, 3) for u in range(0, n_users, 2)]
+    return spark.createDataFrame([r for r in rows if r[0] < n_users], "user_idx int, persona_idx int")
+
+
+def _drawn(sample) -> dict[int, float]:
+    return {r.user_idx: r.weight for r in sample.collect()}
+
+
+def test_training_sample_keeps_the_cap_the_floor_and_the_seed(spark):
+    prototypes = _skewed_prototypes(spark)
+    sample, fitted_on = gplr.training_sample(prototypes, cap=200, floor=20, seed=3)
+    drawn = _drawn(sample)
+    assert len(drawn) == 200 and fitted_on["prototypes_used"] == 200 and fitted_on["capped"]
+    assert fitted_on["prototypes_available"] == 2000
+    carriers = {p: {r.user_idx for r in prototypes.filter(F.col("persona_idx") == p).collect()} for p in (1, 2)}
+    assert len(carriers[1] & drawn.keys()) >= 20  # a uniform 10 % draw would keep about 3 of the 30
+    assert carriers[2] <= drawn.keys()  # fewer than the floor: all of them
+    # the floor users count once, the uniform rest for everyone else: the weights add up to all prototypes
+    assert sum(drawn.values()) == pytest.approx(2000)
+    assert sorted(set(drawn.values())) == [1.0, pytest.approx((2000 - fitted_on["floor_prototypes"])
+                                                             / (200 - fitted_on["floor_prototypes"]))]
+    again, _ = gplr.training_sample(prototypes.repartition(7), cap=200, floor=20, seed=3)
+    assert _drawn(again) == drawn  # the seed decides, not the partitioning
+    other, _ = gplr.training_sample(prototypes, cap=200, floor=20, seed=4)
+    assert _drawn(other).keys() != drawn.keys()
+
+
+def test_training_sample_under_the_cap_takes_everyone_and_a_tight_cap_halves_the_floor(spark):
+    prototypes = _skewed_prototypes(spark, 300)
+    everyone, fitted_on = gplr.training_sample(prototypes, cap=500, floor=20, seed=0)
+    assert _drawn(everyone) == {u: 1.0 for u in range(300)} and not fitted_on["capped"]
+    tight, fitted_on = gplr.training_sample(prototypes, cap=8, floor=20, seed=0)
+    drawn = _drawn(tight)
+    # the floor (46 candidates) gets half the cap, the other half stands for everyone else
+    assert len(drawn) == 8 and fitted_on["floor_prototypes"] == 4
+    assert sorted(drawn.values()) == [1.0] * 4 + [pytest.approx((300 - 4) / 4)] * 4
+    floor_users = [u for u, w in drawn.items() if w == 1.0]
+    kept = prototypes.filter(F.col("user_idx").isin(floor_users)).select("persona_idx").distinct().collect()
+    assert {r.persona_idx for r in kept} == {0, 1, 2, 3}  # each persona's first carrier before anyone's second
