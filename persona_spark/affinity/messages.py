@@ -18,6 +18,8 @@ computes (no pruning). ``benchmarks/affinity.py --dataframe-messages`` times the
 
 from __future__ import annotations
 
+import time
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -58,22 +60,31 @@ def transition_edges(edges: DataFrame, weighted: bool) -> DataFrame:
         "src", "dst", (F.col("w") / F.col("dst_degree")).alias("to_dst"), (F.col("w") / F.col("src_degree")).alias("to_src"))
 
 
-def message_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: int,
-                     conf: AffinityConf | None = None) -> DataFrame:
+def message_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: int, conf: AffinityConf | None = None,
+                     trace: list[dict] | None = None) -> DataFrame:
     """Exact Ψ by aggregateMessages hops → ``user_idx int, scores array<double>`` (reached users only),
-    equal to ``compute_affinity(edges, prototypes, n_personas, conf)`` with ``conf.eps = 0``."""
+    equal to ``compute_affinity(edges, prototypes, n_personas, conf)`` with ``conf.eps = 0``; ``trace``
+    receives the seconds of the edge weights and of each hop."""
     conf = conf or AffinityConf()
     if conf.eps:
         raise ValueError("message_affinity is the exact reference: affinity.eps must be 0")
-    graph = checkpoint(transition_edges(edges, conf.weighted), conf.checkpoint)
+
+    def timed(label: str, frame: DataFrame) -> DataFrame:
+        started = time.perf_counter()
+        frame = checkpoint(frame, conf.checkpoint)
+        if trace is not None:
+            trace.append({"phase": label, "seconds": round(time.perf_counter() - started, 3)})
+        return frame
+
+    graph = timed("transition edges", transition_edges(edges, conf.weighted))
     total = sum_arrays("msg", n_personas).alias("vec")
-    state = checkpoint(prototypes.select((F.col("user_idx").cast("long") * 2).alias("id"), "vec"), conf.checkpoint)
+    state = prototypes.select((F.col("user_idx").cast("long") * 2).alias("id"), "vec")
     terms = []
-    for _ in range(conf.ell):
-        items = checkpoint(aggregate_messages(
-            state, graph, total, send_to_dst=F.transform("src.vec", lambda x: x * F.col("edge.to_dst"))), conf.checkpoint)
-        state = checkpoint(aggregate_messages(
-            items, graph, total, send_to_src=F.transform("dst.vec", lambda x: x * F.col("edge.to_src"))), conf.checkpoint)
+    for step in range(1, conf.ell + 1):
+        items = timed(f"hop {2 * step - 1} (users→items)", aggregate_messages(
+            state, graph, total, send_to_dst=F.transform("src.vec", lambda x: x * F.col("edge.to_dst"))))
+        state = timed(f"hop {2 * step} (items→users)", aggregate_messages(
+            items, graph, total, send_to_src=F.transform("dst.vec", lambda x: x * F.col("edge.to_src"))))
         terms.append(state)
     psi = union_all(terms).groupBy("id").agg(sum_arrays("vec", n_personas).alias("vec"))
     scores = F.transform("vec", lambda x: x / F.lit(float(conf.ell)))
