@@ -4,6 +4,7 @@
     python benchmarks/affinity.py --users 206209 --items 49677 --edges 13300000   # Instacart Full size
     python benchmarks/affinity.py ... --connect     # the same on a local Spark Connect server (connect_* rows)
     python benchmarks/affinity.py ... --edges-cache /tmp/edges-13m   # generate once, reuse in later runs
+    python benchmarks/affinity.py ... --dataframe-messages   # also the GraphFrames-style aggregateMessages Ψ
 
 A synthetic purchase graph is generated in Spark (lognormal user activity, Zipf item popularity,
 duplicate pairs dropped, so ``edges`` is the unique count actually reached), 5 % of users get
@@ -37,6 +38,7 @@ import numpy as np
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_graph, prototype_labels
+from persona_spark.affinity.messages import message_affinity
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, SparkConf
 from persona_spark.session import get_spark
@@ -169,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rev-aff", action="store_true", help="also run the pure-Python RevAff (small graphs)")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="10g")
+    parser.add_argument("--dataframe-messages", action="store_true",
+                        help="also run affinity.messages (Ψ the aggregateMessages way, exact); its lines carry "
+                             "vs_spark_exact(_stored) = its seconds / spark_exact(_stored)'s of the same ℓ̂")
     parser.add_argument("--connect", action="store_true",
                         help="a Spark Connect session (a local server on --master) instead of a classic one")
     parser.add_argument("--edges-cache", help="folder for the generated edges (parquet): reused when present")
@@ -194,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         common = {"edges": n_edges, "users": args.users, "items": args.items, "personas": args.personas,
                   "labelled_users": int(np.count_nonzero(L.any(1)))}
 
-        def report(engine: str, ell: int, eps: float, run, exact: np.ndarray | None = None) -> np.ndarray:
+        seconds_of: dict[tuple[str, int], float] = {}
+
+        def report(engine: str, ell: int, eps: float, run, exact: np.ndarray | None = None,
+                   relative_to: tuple[str, ...] = ()) -> np.ndarray:
             """Time ``run`` (→ result, extras); the result may be a callable giving Ψ, called untimed."""
             load_before = os.getloadavg()[0]
             memory.reset()
@@ -210,15 +218,18 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mb": round(peak_mb), "users_reached": int(np.count_nonzero(psi.any(1))),
                     "users_nonempty_share": round(float(psi.any(1).mean()), 5),
                     "load_before": load_before, "load_after": os.getloadavg()[0], **extra}
+            seconds_of[engine, ell] = seconds
+            for other in relative_to:  # how many times the other engine's time of this ℓ̂
+                line[f"vs_{other.removeprefix(prefix)}"] = round(seconds / seconds_of[other, ell], 2)
             print(json.dumps(line), flush=True)
             return psi
 
-        def spark_run(conf: AffinityConf, stored_tiles: str | None = None):
+        def spark_run(conf: AffinityConf, stored_tiles: str | None = None, compute=compute_affinity):
             def run():
                 trace: list[dict] = []
                 graph = (AffinityGraph.from_table(spark.read.format("delta").load(stored_tiles)).load(trace)
                          if stored_tiles else None)
-                scores = compute_affinity(graph or edges, prototypes, args.personas, conf, trace)
+                scores = compute(graph or edges, prototypes, args.personas, conf, trace)
                 started = time.perf_counter()
                 scores.write.format("noop").mode("overwrite").save()  # every score computed, nothing collected
                 trace.append({"phase": "unpack scores", "seconds": round(time.perf_counter() - started, 3)})
@@ -251,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             for engine, eps, stored in (("spark_exact", 0.0, None), ("spark_exact_stored", 0.0, f"{tmp}/edge_tiles"),
                                         ("spark_pruned", args.eps, None)):
                 report(prefix + engine, ell, eps, spark_run(AffinityConf(ell=ell, eps=eps, beta=args.beta), stored), exact)
+            if args.dataframe_messages:
+                report(prefix + "dataframe_messages", ell, 0.0,
+                       spark_run(AffinityConf(ell=ell, beta=args.beta), compute=message_affinity), exact,
+                       (prefix + "spark_exact", prefix + "spark_exact_stored"))
             if args.rev_aff:
                 report("rev_aff", ell, args.eps, lambda: (rev_aff(u, i, L, ell, args.eps, n_items=args.items), {}), exact)
         edges.unpersist()

@@ -110,6 +110,9 @@ class GraphConf(Section):
     paper_split_dir: str | None = Field(None, description="folder (path or URI) of the paper's index-based split (train.json, "
                                         "test.json, *_personas_gpt4.json), loaded by the load-paper-split stage instead "
                                         "of ingest + build-graph")
+    components: bool = Field(True, description="build-graph and load-paper-split report the connected components of the "
+                             "train edges (how many, the largest, the users outside it: they only take personas from "
+                             "prototypes in their own component)")
 
 
 class GenerateConf(Section):

@@ -57,6 +57,8 @@ PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source
 # Rounds added after the planned T when errors left budget unspent (bounded: an endpoint that
 # keeps failing must not loop forever).
 MAX_TOP_UP_ROUNDS = 3
+# The round trips ℓ̂ of the learned assignment's two Ψ signals, ``psi`` and ``psi2``.
+LEARNED_DEPTHS = (1, 2)
 
 
 # ---- features and the assignment model (numpy, shared by training on the driver and scoring) ----
@@ -366,9 +368,35 @@ class GPLRResult:
     rounds: list[dict]
     budget: int
     seconds: dict
+    reach: dict  # reach_counts: users no prototype reaches, and what they got instead
 
     def record(self) -> dict:
-        return {"budget": self.budget, "rounds": self.rounds, "model": asdict(self.model), "seconds": self.seconds}
+        return {"budget": self.budget, "rounds": self.rounds, "model": asdict(self.model), "seconds": self.seconds,
+                "reach": self.reach}
+
+
+def reach_counts(unlabelled: DataFrame, model: AssignmentModel, ell: int) -> dict:
+    """How many of the unlabelled users no prototype reaches within the deepest ℓ̂ of the assignment's
+    Ψ signals (all of them null), and what they receive instead (one aggregation over ``assign``'s input).
+
+    Such a user's purchases lead to no prototype within that many user → item → user round trips (its
+    connected component holds none, or it is farther away; with ε > 0 also: all its Ψ pruned). The top-k rule gives them no persona;
+    the learned model still gives each at least one, from the item labels of its purchases when the
+    item signal reaches it, else from its prior alone (per-persona intercepts, Q̂, degree).
+    """
+    psi_cols = ["psi"] if model.mode == "topk" else ["psi", "psi2"]
+    unreached = F.coalesce(*psi_cols).isNull()
+    with_items = unreached & F.col("items").isNotNull() if model.uses_item_signal else F.lit(False)
+    counts = unlabelled.agg(F.count(F.lit(1)).alias("unlabelled"),
+                            F.count(F.when(unreached, 1)).alias("unreached"),
+                            F.count(F.when(with_items, 1)).alias("item_signal")).first()
+    depth = ell if model.mode == "topk" else max(LEARNED_DEPTHS)
+    if model.mode == "topk":
+        receive = {"no_persona": counts["unreached"]}
+    else:
+        receive = {"item_signal": counts["item_signal"], "prior_only": counts["unreached"] - counts["item_signal"]}
+    return {"ell": depth, "unlabelled_users": counts["unlabelled"], "unreached_users": counts["unreached"],
+            "unreached_receive": receive}
 
 
 def run_record(result: GPLRResult, run: tuple[str, datetime], conf: GPLRConf, affinity_conf: AffinityConf,
@@ -456,8 +484,9 @@ def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions:
                         time.perf_counter() - started)
     counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
     summary = {**{k: v for k, v in record.items() if k not in ("details", "run_ts")}, "run_ts": run[1].isoformat(),
-               "per_round": result.rounds, "persona_rows": counts, "rows_rewritten": changed.count(),
-               "assignment_cv_micro_f1": result.model.cv_micro_f1, "assignment_fitted_on": result.model.fitted_on}
+               "per_round": result.rounds, "reach": result.reach, "persona_rows": counts,
+               "rows_rewritten": changed.count(), "assignment_cv_micro_f1": result.model.cv_micro_f1,
+               "assignment_fitted_on": result.model.fitted_on}
     return GPLRRun(run, personas, changed, asked, users.sparkSession.createDataFrame([record]),
                    result.model.reliability, summary)
 
@@ -596,9 +625,11 @@ class GPLR:
         started = time.perf_counter()
         unlabelled = signals.join(answered.select("user_idx"), "user_idx", "left_anti")
         personas = llm_persona_rows(prototypes).unionByName(assign(unlabelled, model, self.n_personas))
+        reach = reach_counts(unlabelled, model, self.affinity_conf.ell)
         self._timed("assignment", started)
+        log.info("GPLR reach: %s", reach)
         asked = answered.select("user_idx", "status")
-        return GPLRResult(prototypes, asked, personas, model, rounds, self.budget(), dict(self.seconds))
+        return GPLRResult(prototypes, asked, personas, model, rounds, self.budget(), dict(self.seconds), reach)
 
     def _round_record(self, how: str, rows: DataFrame) -> dict:
         """Counts per status and the tokens of the answers (for ``reused``: what they cost back then)."""
@@ -619,8 +650,8 @@ class GPLR:
             psi = self.affinity(prototypes)
             return frame.join(psi.withColumnRenamed("scores", "psi"), "user_idx", "left")
         frame = frame.join(self.degrees, "user_idx", "left").fillna(0, ["degree"])
-        psi = self.affinity_depths(prototypes, (1, 2), beta=0.0)
-        for name, ell in (("psi", 1), ("psi2", 2)):
+        psi = self.affinity_depths(prototypes, LEARNED_DEPTHS, beta=0.0)
+        for name, ell in zip(("psi", "psi2"), LEARNED_DEPTHS):
             frame = frame.join(psi[ell].withColumnRenamed("scores", name), "user_idx", "left")
         if items is not None:
             frame = frame.join(items, "user_idx", "left")

@@ -81,6 +81,18 @@ def test_learned_assignment_gives_big_buyers_more_personas_when_the_labels_do():
     assert chosen[test.degree > 10].mean() > 3.5 and chosen[test.degree < 10].mean() < 1.5
 
 
+def test_reach_counts_users_without_any_psi_and_what_they_get(spark):
+    rows = [(0, [0.5], [0.2], [1.0]), (1, None, [0.1], None), (2, None, None, [1.0]), (3, None, None, None),
+            (4, None, None, None)]
+    signals = spark.createDataFrame(rows, "user_idx int, psi array<double>, psi2 array<double>, items array<double>")
+    learned = gplr.AssignmentModel("learned", uses_item_signal=True)
+    assert gplr.reach_counts(signals, learned, ell=1) == {
+        "ell": max(gplr.LEARNED_DEPTHS), "unlabelled_users": 5, "unreached_users": 3,
+        "unreached_receive": {"item_signal": 1, "prior_only": 2}}
+    topk = gplr.reach_counts(signals.drop("psi2", "items"), gplr.AssignmentModel("topk"), ell=3)
+    assert topk == {"ell": 3, "unlabelled_users": 5, "unreached_users": 4, "unreached_receive": {"no_persona": 4}}
+
+
 def test_evaluation_counts_by_hand(spark):
     schema = "user_idx int, persona_idx int"
     predicted = spark.createDataFrame([(1, 0), (1, 1), (2, 0), (3, 2)], schema)
@@ -170,6 +182,10 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     assert model["mode"] == "learned"
     assert model["fitted_on"]["prototypes_used"] == model["fitted_on"]["prototypes_available"] == len(ok_users)
     assert not model["fitted_on"]["capped"]
+    reach = summary["reach"]
+    assert json.loads(run.details)["reach"] == reach and reach["ell"] == max(gplr.LEARNED_DEPTHS)
+    assert reach["unlabelled_users"] == 120 - asked.count()
+    assert sum(reach["unreached_receive"].values()) == reach["unreached_users"]
     assert store.read_table("evaluation").first().run_ts == run.run_ts  # the latest evaluation is found by run_ts
 
 
@@ -205,6 +221,10 @@ def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, shop, tmp_path):
     assert {r.r for r in per_user} <= set(range(1, 6)) and max(r.n for r in per_user) == 5
     run = store.read_table("gplr_runs").first()
     assert (run.ell, run.beta) == (1, 0.5) and json.loads(run.details)["model"]["mode"] == "topk"
+    reach = summary["reach"]
+    assert reach["ell"] == 1 and reach["unreached_receive"] == {"no_persona": reach["unreached_users"]}
+    # the top-k rule: every reached unlabelled user gets personas, the unreached get none
+    assert len(per_user) == reach["unlabelled_users"] - reach["unreached_users"]
     assert propagated.filter("probability IS NOT NULL").count() == 0  # Ψ of the top-k rule is no probability
 
 

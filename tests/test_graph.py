@@ -114,3 +114,71 @@ def test_paper_split_loader(spark):
     assert split == {"train": 208_956, "test": 54_311}
     assert tables["users"].count() == 4_297 and tables["items"].count() == 3_846
     assert tables["reference_personas"].select("user_idx").distinct().count() == 4_286
+
+
+def _bipartite_labels(users, items, n_users, n_items):
+    """scipy's components of the user–item graph, users as nodes 0..n_users-1 and items after them."""
+    import numpy as np
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    adjacency = sp.coo_matrix((np.ones(len(users)), (users, n_users + np.asarray(items))),
+                              shape=(n_users + n_items,) * 2)
+    return connected_components(adjacency, directed=False)[1]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_connected_components_match_scipy_on_a_random_graph(spark, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_users, n_items, n_edges = 300, 200, 260  # sparse: many components, some of one edge
+    users, items = rng.integers(n_users, size=n_edges), rng.integers(n_items, size=n_edges)
+    edges = spark.createDataFrame([(int(u), int(i)) for u, i in zip(users, items)], "user_idx int, item_idx int")
+    got = {r.node: r.component for r in graph.connected_components(graph.node_edges(edges)).collect()}
+    nodes = {2 * int(u) for u in users} | {2 * int(i) + 1 for i in items}
+    assert set(got) == nodes  # every node with an edge, once
+    expected = _bipartite_labels(users, items, n_users, n_items)
+    scipy_of = {2 * u: expected[u] for u in range(n_users)} | {2 * i + 1: expected[n_users + i] for i in range(n_items)}
+    pairs = {(scipy_of[n], c) for n, c in got.items()}
+    assert len(pairs) == len({c for _, c in pairs}) == len({s for s, _ in pairs})  # the same partition
+    for node, component in got.items():
+        assert component == min(n for n in got if got[n] == component)  # labelled by its least node
+    summary = graph.component_summary(edges)
+    sizes = np.bincount(expected[np.unique(np.concatenate([users, n_users + items]))])
+    user_sizes = np.bincount(expected[np.unique(users)], minlength=len(sizes))
+    largest = int(np.argmax(sizes))
+    assert summary == {"components": int((sizes > 0).sum()), "largest_users": int(user_sizes[largest]),
+                       "largest_items": int(sizes[largest] - user_sizes[largest]),
+                       "users_outside_largest": len(np.unique(users)) - int(user_sizes[largest])}
+
+
+def test_connected_components_of_a_long_path_and_known_pieces(spark):
+    """A path of 20 nodes with its least id at one end (that label travels the whole path over several
+    rounds), and two separate pieces that stay apart."""
+    path = [(u, u) for u in range(10, 20)] + [(u + 1, u) for u in range(10, 19)]  # u10 - i10 - u11 - i11 … - u19 - i19
+    piece = [(0, 0), (0, 1), (1, 1)]  # u0 - i0, u0 - i1, u1 - i1
+    edges = spark.createDataFrame(path + piece + [(5, 7)], "user_idx int, item_idx int")
+    summary = graph.component_summary(edges)
+    assert summary == {"components": 3, "largest_users": 10, "largest_items": 10, "users_outside_largest": 3}
+    labels = {r.node: r.component for r in graph.connected_components(graph.node_edges(edges)).collect()}
+    assert {labels[2 * u] for u in range(10, 20)} == {20} and labels[2 * 5] == labels[2 * 7 + 1] == 10
+
+
+def test_build_graph_stage_reports_train_components(spark, tmp_path):
+    from persona_spark.config import load_config
+    from persona_spark.io import TableStore
+    from persona_spark.stages import STAGES
+
+    cfg = load_config(None, [f"tables.root={tmp_path / 'tables'}"])
+    store = TableStore(spark, cfg.tables)
+    t = dt.datetime(2024, 1, 1)
+    # two shops that share no customer and no product, one of them a single purchase
+    rows = [(f"u{u}", f"o{u}", f"i{(u + k) % 5}", "x", 1, 1.0, t) for u in range(8) for k in range(3)]
+    store.write_table(_tx(spark, rows + [("loner", "o-l", "j0", "y", 1, 1.0, t)]), "transactions")
+    summary = STAGES["build-graph"](cfg, store)
+    train = store.read_table("edges").where("split = 'train'")
+    assert summary["train_components"] == graph.component_summary(train)
+    assert summary["train_components"]["components"] == 2 and summary["train_components"]["users_outside_largest"] == 1
+    off = load_config(None, [f"tables.root={tmp_path / 'tables'}", "graph.components=false"])
+    assert "train_components" not in STAGES["build-graph"](off, store)

@@ -31,6 +31,8 @@ CACHED_PRICE = 0.1  # USD per 1k cached prompt tokens (synchronous)
 BATCH_PRICES = (0.25, 0.05, 1.0)  # USD per 1k prompt / cached prompt / completion tokens (Batch API)
 # user, prompt tokens, cached prompt tokens, completion tokens, channel
 LABEL_TOKENS = [(u, 400 + u, 128 * (u % 2), 20 + u % 3, "batch" if u < 4 else "sync") for u in range(12)]
+# the latest gplr run's gplr.reach_counts
+REACH = {"ell": 2, "unlabelled_users": 28, "unreached_users": 3, "unreached_receive": {"item_signal": 1, "prior_only": 2}}
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
@@ -59,8 +61,10 @@ def run_tables(spark) -> dict:
             "f1 double, run_ts timestamp",
         ),
         # r1 is the latest run by time; "r9-older" sorts after it by id and must not be shown
-        "gplr_runs": spark.createDataFrame([("r1", datetime(2024, 7, 1)), ("r9-older", datetime(2024, 6, 1))],
-                                           "run_id string, run_ts timestamp"),
+        "gplr_runs": spark.createDataFrame(
+            [("r1", datetime(2024, 7, 1), json.dumps({"reach": REACH})),
+             ("r9-older", datetime(2024, 6, 1), json.dumps({"reach": {**REACH, "unreached_users": 9}}))],
+            "run_id string, run_ts timestamp, details string"),
         "recommend_runs": spark.createDataFrame(runs, RECOMMEND_RUNS_SCHEMA),
         "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
         "robustness": spark.createDataFrame(
@@ -142,6 +146,10 @@ def test_report_states_the_numbers_of_the_run(rendered):
     assert f"${cost:,.2f}" in page and f"{tokens:,}" in page
     assert "Cost per refresh" in page and "2024-06-01" in page  # one day of labeling, sync and batch rows apart
     assert f"{N_USERS:,} customers have at least one persona; 12 of them were labelled by the LLM" in page
+    assert ("3 of the 28 customers not labelled directly (10.7 %) are not within 2 round trips (customer → product → "
+            "customer) of any labelled customer, so no persona propagates to them; instead the assignment model gave "
+            "them personas from the labels of the products they bought (1) or from how common each persona is alone (2)."
+            in html.unescape(page))  # the latest run's (r1) reach
     assert "0.812" in page  # micro F1 of the evaluation row
     assert "0.3150 ± 0.0071" in page  # lgcn3 ndcg@10 over seeds 0 and 1: 0.31 and 0.32
     assert "77.5 %" in page  # personas unchanged in the robustness table
@@ -151,6 +159,15 @@ def test_report_states_the_numbers_of_the_run(rendered):
     assert "Expected calibration error 5.0 points" in page  # every bin of the latest run (r1) 0.05 off
     for name in PERSONAS.names:
         assert name in page
+
+
+def test_reach_sentence_under_the_top_k_rule_and_when_everyone_is_reached():
+    topk = {"ell": 1, "unlabelled_users": 50, "unreached_users": 5, "unreached_receive": {"no_persona": 5}}
+    assert render.reach_sentence(topk).endswith("within 1 round trip (customer → product → customer) of any labelled "
+                                                "customer, so no persona propagates to them; the top-k rule gives them none.")
+    everyone = {**topk, "unreached_users": 0, "unreached_receive": {"no_persona": 0}}
+    assert render.reach_sentence(everyone) == ("All 50 customers not labelled directly are within 1 round trip "
+                                               "(customer → product → customer) of a labelled customer.")
 
 
 def test_missing_tables_say_which_stage_to_run(frames, store, tmp_path):

@@ -6,6 +6,7 @@ runs or ``report.max_points``, never by customers or edges. Nothing here draws o
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -67,6 +68,7 @@ class PersonaCounts:
     per_persona: pd.DataFrame  # index persona_idx; llm, propagated, total customers; most customers first
     per_customer: pd.DataFrame  # n (personas a customer has), count (customers with n personas)
     labelled: int  # customers labelled directly (the prototypes)
+    reach: dict | None = None  # the latest gplr run's reach_counts; None: no gplr_runs row carries them
 
     @property
     def customers(self) -> int:
@@ -86,7 +88,16 @@ def persona_counts(sources: Sources) -> PersonaCounts:
         personas.groupBy("user_idx").agg(F.countDistinct("persona_idx").alias("n")).groupBy("n").count().toPandas()
     ).sort_values("n")
     labelled = personas.filter(F.col("source") == "llm").select("user_idx").distinct().count()
-    return PersonaCounts(wide.sort_values("total", ascending=False), per_customer, labelled)
+    return PersonaCounts(wide.sort_values("total", ascending=False), per_customer, labelled,
+                         latest_reach(sources.tables.get("gplr_runs")))
+
+
+def latest_reach(runs: DataFrame | None) -> dict | None:
+    """``reach`` from the latest gplr run's ``details`` (``gplr.reach_counts``); None for runs before it was recorded."""
+    if runs is None or "details" not in runs.columns:
+        return None
+    latest = runs.select("run_ts", "run_id", "details").orderBy(F.desc("run_ts"), F.desc("run_id")).first()
+    return None if latest is None or not latest["details"] else json.loads(latest["details"]).get("reach")
 
 
 def persona_pairs(sources: Sources) -> pd.DataFrame:

@@ -175,9 +175,26 @@ def persona_distribution(counts: gather.PersonaCounts, canvas: Canvas) -> str:
         f"{customers:,} customers have at least one persona; {counts.labelled:,} of them were labelled by "
         f"{canvas.labeler} (the prototypes), the others received personas by propagation over the purchase graph."
     )
+    if counts.reach is not None:
+        summary += note(reach_sentence(counts.reach))
     return summary + img + "<details><summary>All personas as a table</summary>" + table(
         listing, percent=("share of customers",)
     ) + "</details>"
+
+
+def reach_sentence(reach: dict) -> str:
+    """One sentence on the customers no prototype reaches (``gplr.reach_counts``) and what they got instead."""
+    unreached, total, ell = reach["unreached_users"], reach["unlabelled_users"], reach["ell"]
+    trips = f"{ell} round trip{'s' if ell != 1 else ''} (customer → product → customer)"
+    if unreached == 0:
+        return f"All {total:,} customers not labelled directly are within {trips} of a labelled customer."
+    head = (f"{unreached:,} of the {total:,} customers not labelled directly ({100 * unreached / total:.1f} %) "
+            f"are not within {trips} of any labelled customer, so no persona propagates to them")
+    receive = reach["unreached_receive"]
+    if "no_persona" in receive:
+        return head + "; the top-k rule gives them none."
+    return (head + f"; instead the assignment model gave them personas from the labels of the products they bought "
+            f"({receive['item_signal']:,}) or from how common each persona is alone ({receive['prior_only']:,}).")
 
 
 def cooccurrence(pairs: pd.DataFrame, canvas: Canvas) -> str:

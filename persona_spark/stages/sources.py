@@ -12,7 +12,7 @@ from persona_spark.config import Config
 from persona_spark.generate import generate as generate_lines
 from persona_spark.io import TableStore
 from persona_spark.personas import load_persona_set
-from persona_spark.stages.common import locations, persona_names, pin, read_if_exists, train_edges
+from persona_spark.stages.common import locations, persona_names, pin, prepare_checkpoints, read_if_exists, train_edges
 
 log = logging.getLogger("persona_spark")
 
@@ -82,7 +82,7 @@ def build_graph_stage(cfg: Config, store: TableStore) -> dict:
     pinned = {tables.USERS: pin(cfg, users), tables.ITEMS: pin(cfg, items), tables.EDGES: pin(cfg, edges)}
     for name, frame in pinned.items():
         store.write_table(frame, name)
-    return {**_graph_summary(store), **write_edge_tiles(cfg, store)}
+    return {**_graph_summary(cfg, store), **write_edge_tiles(cfg, store)}
 
 
 def load_paper_split(cfg: Config, store: TableStore) -> dict:
@@ -92,7 +92,7 @@ def load_paper_split(cfg: Config, store: TableStore) -> dict:
     written = graph.load_gplr_split(store.spark, cfg.graph.paper_split_dir)
     for name, df in written.items():
         store.write_table(df, name)
-    return {**_graph_summary(store), **write_edge_tiles(cfg, store), "tables_written": sorted(written)}
+    return {**_graph_summary(cfg, store), **write_edge_tiles(cfg, store), "tables_written": sorted(written)}
 
 
 def write_edge_tiles(cfg: Config, store: TableStore) -> dict:
@@ -111,8 +111,13 @@ def write_edge_tiles(cfg: Config, store: TableStore) -> dict:
                            "table": store.location(tables.EDGE_TILES)}}
 
 
-def _graph_summary(store: TableStore) -> dict:
-    split = {r["split"]: r["count"] for r in store.read_table(tables.EDGES).groupBy("split").count().collect()}
-    return {"users": store.read_table(tables.USERS).count(), "items": store.read_table(tables.ITEMS).count(),
-            "train_edges": split.get("train", 0), "test_edges": split.get("test", 0),
-            "tables": locations(store, tables.USERS, tables.ITEMS, tables.EDGES)}
+def _graph_summary(cfg: Config, store: TableStore) -> dict:
+    edges = store.read_table(tables.EDGES)
+    split = {r["split"]: r["count"] for r in edges.groupBy("split").count().collect()}
+    summary = {"users": store.read_table(tables.USERS).count(), "items": store.read_table(tables.ITEMS).count(),
+               "train_edges": split.get("train", 0), "test_edges": split.get("test", 0)}
+    if cfg.graph.components:
+        prepare_checkpoints(cfg, store.spark)
+        summary["train_components"] = graph.component_summary(train_edges(store), cfg.affinity.checkpoint)
+    log.info("graph: %s", summary)
+    return {**summary, "tables": locations(store, tables.USERS, tables.ITEMS, tables.EDGES)}
