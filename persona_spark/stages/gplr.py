@@ -22,7 +22,9 @@ log = logging.getLogger("persona_spark")
 
 def gplr_stage(cfg: Config, store: TableStore) -> dict:
     """Run GPLR: LLM labels for a budget of users, personas propagated to everyone -> ``personas``,
-    then the run's refresh record (:func:`record_refresh`)."""
+    then the run's refresh record (:func:`record_refresh`).
+
+    The summary's ``phases`` are seconds per phase, disjoint (the run's, then ``writes`` and ``refresh``)."""
     from persona_spark import gplr
 
     persona_set = load_persona_set(cfg.personas)
@@ -40,10 +42,15 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     asked_before, personas_before = (read_if_exists(store, t) for t in (tables.GPLR_PROTOTYPES, tables.PERSONAS))
     run = gplr.run_gplr(users, items, edges, transactions, asked_before, personas_before, persona_set, label,
                         cfg.gplr, cfg.affinity, cfg.labeling)
+    started = time.perf_counter()
     store.merge_table(run.changed_personas, tables.PERSONAS, ["user_idx", "persona_idx"], delete_when="removed")
     store.write_table(run.prototypes, tables.GPLR_PROTOTYPES)
     store.write_table(run.record, tables.GPLR_RUNS, "append")
-    summary = {**run.summary, "refresh": record_refresh(cfg, store, run.personas, run.run, run.reliability),
+    writes = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    refreshed = record_refresh(cfg, store, run.personas, run.run, run.reliability)
+    phases = {**run.summary["phases"], "writes": writes, "refresh": round(time.perf_counter() - started, 3)}
+    summary = {**run.summary, "phases": phases, "refresh": refreshed,
                "tables": locations(store, tables.PERSONAS, tables.PERSONA_HISTORY)}
     log.info("gplr: %s", summary)
     return summary
