@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,13 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     cfg = _demo_config(tmp_path)
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store, drop_users=range(0, 120, 4), bad_users=range(1, 120, 4))
+    started = time.perf_counter()
     summary = STAGES["gplr"](cfg, store)
+    seconds = time.perf_counter() - started
     assert summary["edge_tiles"] == "loaded"  # build-graph's tiles, cut from the same edges version
+    phases = summary["phases"]  # disjoint: none counted inside another ("graph": loading the tiles)
+    assert {"requests", "sampling", "labeling", "graph", "affinity", "cross_fitting", "model_fit", "assignment", "diff",
+            "writes", "refresh"} <= set(phases) and min(phases.values()) >= 0 and sum(phases.values()) <= seconds
     rounds = summary["per_round"]
     answered = sum(r["answered"] for r in rounds)
     assert answered == 30  # errors are not paid answers: their budget moved to the next round

@@ -23,7 +23,9 @@ log = logging.getLogger("persona_spark")
 
 def gplr_stage(cfg: Config, store: TableStore) -> dict:
     """Run GPLR: LLM labels for a budget of users, personas propagated to everyone -> ``personas``,
-    then the run's refresh record (:func:`record_refresh`)."""
+    then the run's refresh record (:func:`record_refresh`).
+
+    The summary's ``phases`` are seconds per phase, disjoint (the run's, then ``writes`` and ``refresh``)."""
     from persona_spark import gplr
 
     persona_set = load_persona_set(cfg.personas)
@@ -39,18 +41,25 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
         return cache.label_entities(store, requests, persona_set, label_conf_for(cfg, kind), kind)
 
     asked_before, personas_before = (read_if_exists(store, t) for t in (tables.GPLR_PROTOTYPES, tables.PERSONAS))
+    started = time.perf_counter()
     graph = stored_train_graph(cfg, store, len(persona_set))
+    loading = {"graph": round(time.perf_counter() - started, 3)} if graph is not None else {}  # else cut in the run
     try:
         run = gplr.run_gplr(users, items, edges, transactions, asked_before, personas_before, persona_set, label,
                             cfg.gplr, cfg.affinity, cfg.labeling, graph)
     finally:
         if graph is not None:
             graph.release()
+    started = time.perf_counter()
     store.merge_table(run.changed_personas, tables.PERSONAS, ["user_idx", "persona_idx"], delete_when="removed")
     store.write_table(run.prototypes, tables.GPLR_PROTOTYPES)
     store.write_table(run.record, tables.GPLR_RUNS, "append")
-    summary = {**run.summary, "edge_tiles": "loaded" if graph is not None else "cut in the run",
-               "refresh": record_refresh(cfg, store, run.personas, run.run, run.reliability),
+    writes = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    refreshed = record_refresh(cfg, store, run.personas, run.run, run.reliability)
+    phases = {**run.summary["phases"], **loading, "writes": writes, "refresh": round(time.perf_counter() - started, 3)}
+    summary = {**run.summary, "phases": phases, "edge_tiles": "loaded" if graph is not None else "cut in the run",
+               "refresh": refreshed,
                "tables": locations(store, tables.PERSONAS, tables.PERSONA_HISTORY)}
     log.info("gplr: %s", summary)
     return summary
