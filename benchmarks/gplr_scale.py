@@ -5,7 +5,7 @@
 
 The purchase graph comes from ``benchmarks/affinity.py``'s generator (lognormal users, Zipf items,
 generated in Spark). It is written as the Delta tables ``build-graph`` writes (``users``, ``items``
-with a product name, ``edges`` with ``graph.split_edges``'s seeded 80/20 split); at 13 M edges,
+with a product name, ``edges`` with ``graph.split_edges``'s seeded 80/20 split, ``edge_tiles``); at 13 M edges,
 generating and ingesting raw order lines first would take longer than the run measured. Then
 ``gplr_stage`` runs as the CLI runs it, on a ``TableStore`` over those tables, with the project's
 defaults (5 % budget, T = 4 rounds, DU sampling, learned assignment with the item signal, so every
@@ -46,6 +46,7 @@ from persona_spark.labeling.loopback import LoopbackChatServer, obedient  # noqa
 from persona_spark.personas import load_persona_set  # noqa: E402
 from persona_spark.session import get_spark  # noqa: E402
 from persona_spark.stages import gplr_stage  # noqa: E402
+from persona_spark.stages.sources import write_edge_tiles  # noqa: E402
 
 KEY_ENV = "PS_BENCHMARK_KEY"
 
@@ -123,6 +124,7 @@ def run(args, tmp: str, names: list[str]) -> int:
         memory = PeakMemory()
         started = time.perf_counter()
         n_edges = write_graph_tables(spark, store, args)
+        write_edge_tiles(cfg, store)  # as build-graph does after writing the edges
         users, items = (store.read_table(t).count() for t in (tables.USERS, tables.ITEMS))
         print(json.dumps({"step": "tables", "users": users, "items": items, "edges": n_edges,
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)
@@ -139,7 +141,7 @@ def run(args, tmp: str, names: list[str]) -> int:
             "item_signal": cfg.gplr.item_signal, "ell": cfg.affinity.ell, "latency_s": args.latency,
             "concurrency": args.concurrency, "partitions": args.partitions,
             "users_per_request": args.users_per_request, "seconds": round(seconds, 1),
-            "phases": phases, "unaccounted_s": round(seconds - sum(phases.values()), 1),
+            "edge_tiles": summary["edge_tiles"], "phases": phases, "unaccounted_s": round(seconds - sum(phases.values()), 1),
             "requests": server.request_count, "llm_users": sum(r["answered"] for r in summary["per_round"]),
             "per_round": summary["per_round"], "persona_rows": summary["persona_rows"],
             "cv_micro_f1": summary["assignment_cv_micro_f1"], "peak_rss_mb": round(memory.peak_mb),
