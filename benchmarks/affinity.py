@@ -155,19 +155,24 @@ def top_k_agreement(psi: np.ndarray, exact: np.ndarray, k: int = 5) -> float:
     return float((hits / scored.sum(1)).mean())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generated graph's flags (``synthetic_edges``), shared by the benchmarks that generate one."""
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=5_000)
     parser.add_argument("--edges", type=int, default=1_000_000)
     parser.add_argument("--personas", type=int, default=51)
+    parser.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
+    parser.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of user activity")
+    parser.add_argument("--seed", type=int, default=7)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_graph_arguments(parser)
     parser.add_argument("--labelled-frac", type=float, default=0.05)
     parser.add_argument("--ell", type=int, nargs="+", default=[1, 2], help="ℓ̂ values to run")
     parser.add_argument("--eps", type=float, default=0.02)
     parser.add_argument("--beta", type=float, default=0.5)
-    parser.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
-    parser.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of user activity")
-    parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rev-aff", action="store_true", help="also run the pure-Python RevAff (small graphs)")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="10g")

@@ -36,7 +36,7 @@ import yaml
 from pyspark.sql import functions as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from affinity import PeakMemory, synthetic_edges  # noqa: E402  (the same generator as the affinity benchmark)
+from affinity import PeakMemory, add_graph_arguments, synthetic_edges  # noqa: E402  (the same generator as the affinity benchmark)
 
 from persona_spark import tables  # noqa: E402
 from persona_spark.config import load_config  # noqa: E402
@@ -78,14 +78,8 @@ def write_graph_tables(spark, store: TableStore, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--items", type=int, default=5_000)
-    parser.add_argument("--edges", type=int, default=1_000_000)
-    parser.add_argument("--personas", type=int, default=51)
-    parser.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
-    parser.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of user activity")
+    add_graph_arguments(parser)
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the server waits before every reply")
     parser.add_argument("--concurrency", type=int, default=64, help="labeling.openai.concurrency (per partition)")
     parser.add_argument("--partitions", type=int, default=2, help="labeling.openai.partitions")
