@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.dataset
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_graph, prototype_labels
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         n_edges = edges.count()
         labels = synthetic_labels(spark, args.users, args.personas, args.labelled_frac, args.seed)
         prototypes = prototype_labels(labels, args.personas, args.beta).localCheckpoint()
-        arrays = edges.toArrow()
+        # scipy's inputs straight from the parquet files: at 100 M edges a collect would pass maxResultSize
+        arrays = pyarrow.dataset.dataset(cached, format="parquet").to_table(columns=["user_idx", "item_idx"])
         u, i = arrays.column("user_idx").to_numpy(), arrays.column("item_idx").to_numpy()
         L = dense_scores(prototypes.withColumnRenamed("vec", "scores"), args.users, args.personas)
         del arrays
