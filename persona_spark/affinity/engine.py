@@ -27,8 +27,11 @@ handful of partition-local sparse × dense products:
   products of a target block are summed in a shuffle of block rows.
 * The source state reaches the tiles by a broadcast when its reached rows take at most
   ``broadcast_max_bytes`` (4 + 8·|R| bytes a row), otherwise by a shuffle join: each source block
-  is replicated to the ``T`` target blocks and joined with the tiles on (tb, sb), so no task holds
-  more than one source block (at most ``broadcast_max_bytes`` of state). Nothing proportional to
+  is replicated to the ``T`` target blocks and cogrouped with the tiles on (tb, sb). A cogroup
+  hands Python one (tile, source block) pair at a time, so no task holds more than one source
+  block (at most ``broadcast_max_bytes`` of state) whatever the partition count; a hash join would
+  build every pair that lands on a task into one relation (at 100 M edges on two partitions,
+  1.8 GB, more than a task may take). Nothing proportional to
   |U| or |E| reaches the driver except a state that is below the broadcast limit.
 * Every hop's state is checkpointed (local by default), so the plan never grows with ℓ̂.
 * On Spark Connect there is no broadcast: a small state travels in the UDF closure instead
@@ -350,8 +353,14 @@ def _shared_lookup(blocks_of: Callable[[], dict], width: int, batch: pa.RecordBa
     return blocks_of().get(batch.column("sb")[k].as_py())
 
 
-def _joined_lookup(width: int, batch: pa.RecordBatch, k: int) -> BlockState:
-    return BlockState.from_buffers(_bytes(batch.column("srows")[k]), _bytes(batch.column("svals")[k]), width)
+def _multiply_pair(tiles: pa.Table, source: pa.Table, width: int, tau: float | None) -> pa.Table:
+    """The shuffle join's unit of work: the tile of one (target block, source block) and that source
+    block's state, so a task holds one tile and one source block at a time, however many it is given."""
+    schema = _arrow_schema(STATE_FIELDS)
+    if not tiles.num_rows or not source.num_rows:
+        return schema.empty_table()
+    state = BlockState.from_buffers(_bytes(source.column("srows")[0]), _bytes(source.column("svals")[0]), width)
+    return pa.Table.from_batches(list(_multiply(tiles.to_batches(), width, tau, lambda batch, k: state)), schema=schema)
 
 
 def _sum_blocks(group: pd.DataFrame, width: int, tau: float) -> pd.DataFrame:
@@ -433,10 +442,8 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
         replicated = source_states.select(F.col("block").alias("sb"), F.col("rows").alias("srows"),
                                           F.col("vals").alias("svals")).crossJoin(
             spark.range(plan.target.target_blocks).select(F.col("id").cast("int").alias("tb")))
-        joined = plan.tiles.join(replicated.hint("shuffle_hash"), ["tb", "sb"])
-        products = joined.mapInArrow(
-            partial(_multiply, width=plan.width, tau=final_tau, state_of=partial(_joined_lookup, plan.width)),
-            STATE_SCHEMA)
+        products = plan.tiles.groupBy("tb", "sb").cogroup(replicated.groupBy("tb", "sb")).applyInArrow(
+            partial(_multiply_pair, width=plan.width, tau=final_tau), STATE_SCHEMA)
     if products is None:
         result = state
     else:
