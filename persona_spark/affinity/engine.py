@@ -27,11 +27,13 @@ handful of partition-local sparse × dense products:
   products of a target block are summed in a shuffle of block rows.
 * The source state reaches the tiles by a broadcast when its reached rows take at most
   ``broadcast_max_bytes`` (4 + 8·|R| bytes a row), otherwise by a shuffle join: each source block
-  is replicated to the ``T`` target blocks and cogrouped with the tiles on (tb, sb). A cogroup
-  hands Python one (tile, source block) pair at a time, so no task holds more than one source
-  block (at most ``broadcast_max_bytes`` of state) whatever the partition count; a hash join would
-  build every pair that lands on a task into one relation (at 100 M edges on two partitions,
-  1.8 GB, more than a task may take). Nothing proportional to
+  is copied once per task slot (``G`` = min(T, default parallelism) groups of target blocks, not
+  once per target block: ``G·S`` copies, the volume a broadcast would send to every slot) and
+  cogrouped with the tiles of its group on (group, sb). A cogroup hands Python one source block
+  and its group's tiles at a time, so no task holds more than one source block (at most
+  ``broadcast_max_bytes`` of state) whatever the partition count; a hash join would build every
+  copy that lands on a task into one relation (at 100 M edges on two partitions, 1.8 GB, more
+  than a task may take). Nothing proportional to
   |U| or |E| reaches the driver except a state that is below the broadcast limit.
 * Every hop's state is checkpointed (local by default), so the plan never grows with ℓ̂.
 * On Spark Connect there is no broadcast: a small state travels in the UDF closure instead
@@ -354,8 +356,8 @@ def _shared_lookup(blocks_of: Callable[[], dict], width: int, batch: pa.RecordBa
 
 
 def _multiply_pair(tiles: pa.Table, source: pa.Table, width: int, tau: float | None) -> pa.Table:
-    """The shuffle join's unit of work: the tile of one (target block, source block) and that source
-    block's state, so a task holds one tile and one source block at a time, however many it is given."""
+    """The shuffle join's unit of work: one source block's state and the tiles it feeds in one group
+    of target blocks, so a task holds one source block at a time, however many groups it is given."""
     schema = _arrow_schema(STATE_FIELDS)
     if not tiles.num_rows or not source.num_rows:
         return schema.empty_table()
@@ -439,10 +441,14 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
         path = "shuffle"
         source_states = state.groupBy((F.col("block") % plan.source.source_blocks).alias("sb_key")).applyInPandas(
             partial(_reblock_group, blocking=plan.source, width=plan.width), STATE_SCHEMA)
+        # One copy of each source block per task slot, not per target block: the tiles of target
+        # blocks tb ≡ g (mod groups) meet source block sb in one cogroup call (g, sb).
+        groups = min(plan.target.target_blocks, default_parallelism(spark))
         replicated = source_states.select(F.col("block").alias("sb"), F.col("rows").alias("srows"),
                                           F.col("vals").alias("svals")).crossJoin(
-            spark.range(plan.target.target_blocks).select(F.col("id").cast("int").alias("tb")))
-        products = plan.tiles.groupBy("tb", "sb").cogroup(replicated.groupBy("tb", "sb")).applyInArrow(
+            spark.range(groups).select(F.col("id").cast("int").alias("group")))
+        tiles = plan.tiles.withColumn("group", F.col("tb") % groups)
+        products = tiles.groupBy("group", "sb").cogroup(replicated.groupBy("group", "sb")).applyInArrow(
             partial(_multiply_pair, width=plan.width, tau=final_tau), STATE_SCHEMA)
     if products is None:
         result = state
