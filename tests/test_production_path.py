@@ -115,6 +115,17 @@ done = {"prototypes": labelled.select("user_idx").distinct().count(), "items": s
         "label-users": stage("label-users", "labeling.users.size=12"),
         "audience": stage("audience", "audience.name=either", f"audience.query={names[0]} | {names[1]}"),
         "robustness": stage("robustness", "segment.robustness_customers=12")}
+# The affinity stage again with a broadcast limit of a few rows: the hop states take the shuffle path
+# (cogrouped source blocks) on Connect too, and give the scores the closure broadcast gave.
+def affinity_scores():
+    return sorted((r.user_idx, r.persona_idx, r.score) for r in store.read_table("affinity").collect())
+broadcast = affinity_scores()
+shuffled = stage("affinity", "affinity.broadcast_max_bytes=2048")
+again = affinity_scores()
+done["affinity_shuffle"] = {
+    "paths": sorted({p["path"] for p in shuffled["phases"] if "path" in p}),
+    "same_pairs": [s[:2] for s in again] == [b[:2] for b in broadcast],
+    "max_abs_diff": max((abs(s[2] - b[2]) for s, b in zip(again, broadcast)), default=0.0)}
 with LoopbackChatServer(candidates) as writer:
     done["generate-personas"] = stage(
         "generate-personas", f"labeling.openai.base_url={writer.base_url}", "labeling.openai.max_attempts=1",
@@ -187,6 +198,8 @@ def test_every_stage_outside_the_demo_on_spark_connect(s3, connect_run, monkeypa
     through the CLI on the Connect server, reading and writing S3."""
     done = connect_run[2]["STAGES"]
     assert done["affinity"]["users_reached"] > done["prototypes"] > 0 and done["affinity"]["rows"] >= done["affinity"]["users_reached"]
+    shuffle = done["affinity_shuffle"]
+    assert "shuffle" in shuffle["paths"] and shuffle["same_pairs"] and shuffle["max_abs_diff"] < 1e-12, shuffle
     assert done["label-items"]["entities"] == done["label-items"]["ok"] == done["items"] > 0
     assert done["label-users"]["entities"] == done["label-users"]["ok"] == 12
     assert 0 < done["audience"]["audiences"]["either"]["members"] <= 240
