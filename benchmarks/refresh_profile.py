@@ -56,9 +56,10 @@ def synthetic_personas(spark, users: int, personas: int, labelled_frac: float, p
     return refresh.with_percentile(frame).localCheckpoint()
 
 
-def timed(frame) -> float:
+def timed(build) -> float:
+    """Seconds to build the frame (eager checkpoints inside count) and run it into a ``noop`` sink."""
     started = time.perf_counter()
-    frame.write.format("noop").mode("overwrite").save()
+    build().write.format("noop").mode("overwrite").save()
     return round(time.perf_counter() - started, 2)
 
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="history,catalog,reasons,record", help="comma-separated parts to time")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="10g")
+    parser.add_argument("--trace", default="", help="also time reasons at these trace_items x trace_buyers, e.g. 5x10,3x10")
+    parser.add_argument("--exact-check", action="store_true",
+                        help="compare each --trace's neighbours with nothing cut (1e6 x 1e6): top-3 overlap, top-1 ratio")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -97,16 +101,40 @@ def main(argv: list[str] | None = None) -> int:
         names, conf = persona_names(cfg, store), cfg.refresh
         line["refresh_conf"] = conf.model_dump()
         if "history" in parts:
-            line["history_s"] = timed(refresh.history_changes(None, refresh.named_personas(personas, users, names),
-                                                              run_id, run_ts))
+            line["history_s"] = timed(lambda: refresh.history_changes(None, refresh.named_personas(personas, users, names),
+                                                                      run_id, run_ts))
         if "catalog" in parts:
-            line["catalog_s"] = timed(refresh.catalog(personas, persona_set.to_dataframe(spark), edges, items, run_id,
+            line["catalog_s"] = timed(lambda: refresh.catalog(personas, persona_set.to_dataframe(spark), edges, items, run_id,
                                                       conf.catalog_products))
         if "reasons" in parts:
-            line["reasons_s"] = timed(refresh.reasons(
+            line["reasons_s"] = timed(lambda: refresh.reasons(
                 personas, edges, items, users, run_id, n_items=conf.reason_items, n_neighbours=conf.reason_neighbours,
                 trace_items=conf.trace_items, trace_buyers=conf.trace_buyers, beta=cfg.affinity.beta,
                 weighted=cfg.affinity.weighted))
+        def reasons_at(k: int, b: int):
+            return refresh.reasons(personas, edges, items, users, run_id, n_items=conf.reason_items,
+                                   n_neighbours=conf.reason_neighbours, trace_items=k, trace_buyers=b,
+                                   beta=cfg.affinity.beta, weighted=cfg.affinity.weighted)
+
+        exact = None
+        if args.exact_check:
+            started = time.perf_counter()
+            exact = reasons_at(10**6, 10**6).select("user_idx", "persona_idx", F.col("neighbours").alias("exact")).localCheckpoint()
+            line["exact_s"] = round(time.perf_counter() - started, 2)
+        for spec in filter(None, args.trace.split(",")):
+            k, b = (int(x) for x in spec.split("x"))
+            entry = {"seconds": timed(lambda: reasons_at(k, b))}
+            if exact is not None:
+                got = reasons_at(k, b).select("user_idx", "persona_idx", "neighbours").join(exact, ["user_idx", "persona_idx"])
+                ids = lambda c: F.transform(F.coalesce(c, F.array()), lambda e: e["user_idx"])  # noqa: E731
+                both = got.filter(F.size(F.coalesce("exact", F.array())) > 0)
+                q = both.agg(
+                    F.avg(F.size(F.array_intersect(ids("neighbours"), ids("exact"))) / F.size("exact")).alias("top3_overlap"),
+                    F.avg((F.element_at(ids("neighbours"), 1) == F.element_at(ids("exact"), 1)).cast("double")).alias("top1_same"),
+                    F.avg(F.element_at("neighbours", 1)["contribution"] / F.element_at("exact", 1)["contribution"])
+                    .alias("top1_contribution_ratio"), F.count(F.lit(1)).alias("rows")).first()
+                entry.update({key: round(v, 4) if isinstance(v, float) else v for key, v in q.asDict().items()})
+            line[f"reasons_{spec}"] = entry
         if "record" in parts:
             started = time.perf_counter()
             record_refresh(cfg, store, personas, (run_id, run_ts), [])
