@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", default="", help="also time reasons at these trace_items x trace_buyers, e.g. 5x10,3x10")
     parser.add_argument("--exact-check", action="store_true",
                         help="compare each --trace's neighbours with nothing cut (1e6 x 1e6): top-3 overlap, top-1 ratio")
+    parser.add_argument("--old", metavar="PATH", help="also time reasons and catalog from another refresh.py (e.g. "
+                        "`git show 03ba0a2:persona_spark/refresh.py > /tmp/old.py`), at its conf's trace")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -135,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
                     .alias("top1_contribution_ratio"), F.count(F.lit(1)).alias("rows")).first()
                 entry.update({key: round(v, 4) if isinstance(v, float) else v for key, v in q.asDict().items()})
             line[f"reasons_{spec}"] = entry
+        if args.old:
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("old_refresh", args.old)
+            old = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(old)
+            line["old_catalog_s"] = timed(lambda: old.catalog(personas, persona_set.to_dataframe(spark), edges, items,
+                                                              run_id, conf.catalog_products))
+            line["old_reasons_20x20_s"] = timed(lambda: old.reasons(
+                personas, edges, items, users, run_id, n_items=conf.reason_items, n_neighbours=conf.reason_neighbours,
+                trace_items=20, trace_buyers=20, beta=cfg.affinity.beta, weighted=cfg.affinity.weighted))
         if "record" in parts:
             started = time.perf_counter()
             record_refresh(cfg, store, personas, (run_id, run_ts), [])
