@@ -463,10 +463,11 @@ class RefreshConf(Section):
                           "row)")
     reason_items: int = Field(3, ge=1, description="products kept per (customer, persona) row")
     reason_neighbours: int = Field(3, ge=1, description="labelled neighbours kept per row")
-    trace_items: int = Field(20, ge=1, description="neighbours are traced through a row's top trace_items products "
-                             "(bounded work per row, exact when nothing is cut)")
-    trace_buyers: int = Field(20, ge=1, description="labelled buyers followed per (product, persona) when tracing "
-                              "neighbours")
+    trace_items: int = Field(10, ge=1, description="neighbours are traced through a row's top trace_items products "
+                             "(at most trace_items x trace_buyers paths per row; exact when nothing is cut)")
+    trace_buyers: int = Field(10, ge=1, description="labelled buyers followed per (product, persona) when tracing "
+                              "neighbours (10 x 10 = 100 paths per row; 20 x 20 costs 4x for a few % more agreement "
+                              "with the untraced top 3, see benchmarks/results/refresh_profile_1m.jsonl)")
     catalog_products: int = Field(5, ge=1, description="top and distinctive products per persona in persona_catalog")
 
 

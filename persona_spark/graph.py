@@ -230,6 +230,7 @@ def distinctive_items(
     items: DataFrame,
     top_n: int = 10,
     group_cols: list[str] | None = None,
+    bought: DataFrame | None = None,
 ) -> DataFrame:
     """Items a group of users buys more than everyone does: ``group_cols…, item_rank, item_idx,
     item_id, item_name, buyers, buyer_share, lift``.
@@ -237,6 +238,8 @@ def distinctive_items(
     ``lift`` = share of the group buying the item / share of all users buying it. Items are ranked
     by buyers × ln(lift): common in the group *and* characteristic of it, so the shop's bestsellers
     (bought by everyone, lift ≈ 1) do not top every list. Only items with lift > 1 are kept.
+    ``bought``: the groups' buyers per item (``group_cols…, item_idx, buyers``: distinct members who
+    bought it, as counted here) when the caller has them already.
     """
     group_cols = list(group_cols or [])
     pairs = edges.select("user_idx", "item_idx").distinct()
@@ -244,7 +247,8 @@ def distinctive_items(
     base_rate = pairs.groupBy("item_idx").agg((F.count("*") / F.lit(n_users)).alias("base_rate"))
     members = members.select("user_idx", *group_cols)
     sizes = members.groupBy(*group_cols).agg(F.count("*").alias("group_size")) if group_cols else None
-    bought = members.join(pairs, "user_idx").groupBy(*group_cols, "item_idx").agg(F.count("*").alias("buyers"))
+    if bought is None:
+        bought = members.join(pairs, "user_idx").groupBy(*group_cols, "item_idx").agg(F.count("*").alias("buyers"))
     if sizes is None:
         bought = bought.crossJoin(members.agg(F.count("*").alias("group_size")))
     else:

@@ -189,7 +189,9 @@ def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items
         F.countDistinct("user_idx").alias("customers"),
         F.countDistinct(F.when(F.col("source") == "llm", F.col("user_idx"))).alias("llm"))
     purchases = edges.select("user_idx", "item_idx").distinct()
-    bought = members.join(purchases, "user_idx").groupBy("persona_idx", "item_idx").agg(F.count(F.lit(1)).alias("buyers"))
+    # counted once (persona × product rows, not customers), for the top and the distinctive products
+    bought = (members.join(purchases, "user_idx").groupBy("persona_idx", "item_idx").agg(F.count(F.lit(1)).alias("buyers"))
+              .localCheckpoint())
     by_persona = Window.partitionBy("persona_idx")
     top = (bought.withColumn("pos", F.row_number().over(by_persona.orderBy(F.desc("buyers"), "item_idx")))
            .filter(F.col("pos") <= top_n).join(items.select("item_idx", "item_name"), "item_idx", "left"))
@@ -198,7 +200,7 @@ def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items
         ordered = F.array_sort(F.collect_list(F.struct(F.col(position).alias("p"), F.col("item_name").alias("n"))))
         return frame.groupBy("persona_idx").agg(F.transform(ordered, lambda s: s["n"]).alias(alias))
 
-    distinctive = distinctive_items(members, edges, items, top_n=top_n, group_cols=["persona_idx"])
+    distinctive = distinctive_items(members, edges, items, top_n=top_n, group_cols=["persona_idx"], bought=bought)
     empty = F.array().cast("array<string>")
     return (persona_set.select("persona_idx", "name", "description", F.col("version").alias("persona_set_version"))
             .join(sizes, "persona_idx", "left").na.fill(0, ["customers", "llm"])
@@ -212,6 +214,14 @@ def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items
                     F.coalesce("distinctive_products", empty).alias("distinctive_products")))
 
 
+BROADCAST_ROWS = 4_000_000  # (product, persona) votes and traced paths are broadcast up to this many rows
+
+
+def _small(frame: DataFrame, rows: int) -> DataFrame:
+    """``frame`` with a broadcast hint when it has at most ``rows`` rows (it is joined to something big)."""
+    return F.broadcast(frame) if frame.count() <= rows else frame
+
+
 def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: DataFrame, run_id: str, *,
             n_items: int, n_neighbours: int, trace_items: int, trace_buyers: int, beta: float = 0.5,
             weighted: bool = False) -> DataFrame:
@@ -219,37 +229,71 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
     neighbours that contributed most — :func:`persona_spark.explore.explain` for all rows at once.
 
     The t=1 term of Ψ, user → item (P) → labelled user (P') → labels (L): a product's contribution
-    is P(u, i) · Σ_v P'(i, v) L(v, m), exact for every product (one join over the edges). A
-    neighbour's is Σ_i P(u, i) P'(i, v) L(v, m), traced through the row's ``trace_items`` strongest
-    products and, per product and persona, its ``trace_buyers`` strongest labelled buyers, so each
-    row costs a bounded amount of work (exact whenever nothing is cut). ``share`` is the part of the
-    row's one-step affinity. Columns: ``run_id, user_idx, customer_id, persona_idx, items
-    array<struct<item_idx, item_name, contribution, share>>, neighbours array<struct<user_idx,
-    customer_id, contribution, share>>``.
+    is P(u, i) · Σ_v P'(i, v) L(v, m), exact for every product, and so is ``share``, its part of the
+    row's one-step affinity Σ_i P(u, i) Σ_v P'(i, v) L(v, m). A neighbour's contribution is
+    Σ_i P(u, i) P'(i, v) L(v, m), *traced*: only through the row's ``trace_items`` strongest
+    products and, per product and persona, its ``trace_buyers`` strongest labelled buyers (ties:
+    lowest index). A traced contribution is a lower bound of the neighbour's full one, and the
+    neighbours listed are the strongest among those traced; both are exact whenever nothing is cut
+    (a row with at most ``trace_items`` voted products, each with at most ``trace_buyers`` labelled
+    buyers of the persona). Each row costs at most ``trace_items`` × ``trace_buyers`` traced paths.
+
+    Cost: the products are ranked per customer in one grouped pass (the customer's purchases, each
+    with the votes of the customer's personas, ranked per persona inside the group), never by
+    sorting all (row × purchase) pairs; the labelled paths (labelled users' edges × their personas,
+    bounded by the LLM budget) are materialized once and reused.
+
+    Columns: ``run_id, user_idx, customer_id, persona_idx, items array<struct<item_idx, item_name,
+    contribution, share>>, neighbours array<struct<user_idx, customer_id, contribution, share>>``.
     """
     if "split" in edges.columns:
         edges = edges.filter(F.col("split") == "train")
     weight = F.col("n_purchases").cast("double") if weighted else F.lit(1.0)
     walk = edges.select("user_idx", "item_idx", weight.alias("w"))
-    p_out = walk.select("user_idx", "item_idx", (F.col("w") / F.sum("w").over(Window.partitionBy("user_idx"))).alias("p_out"))
-    p_back = walk.select("item_idx", F.col("user_idx").alias("neighbour_idx"),
-                         (F.col("w") / F.sum("w").over(Window.partitionBy("item_idx"))).alias("p_back"))
+    out_mass = walk.groupBy("user_idx").agg(F.sum("w").alias("w_out"))
+    in_mass = walk.groupBy("item_idx").agg(F.sum("w").alias("w_in"))
     llm_labels = personas.filter(F.col("source") == "llm").select("user_idx", "persona_idx")
     labels = prototype_weights(llm_labels, beta).withColumnRenamed("user_idx", "neighbour_idx")
-    via = p_back.join(labels, "neighbour_idx").select(
-        "item_idx", "persona_idx", "neighbour_idx", (F.col("p_back") * F.col("weight")).alias("c"))
+    # every labelled path item -> labelled buyer -> persona with its P'(i, v) L(v, m): small (the budget's edges)
+    via = (walk.withColumnRenamed("user_idx", "neighbour_idx").join(_small(labels, BROADCAST_ROWS), "neighbour_idx")
+           .join(in_mass, "item_idx")
+           .select("item_idx", "persona_idx", "neighbour_idx", (F.col("w") / F.col("w_in") * F.col("weight")).alias("c"))
+           .localCheckpoint())
     item_votes = via.groupBy("item_idx", "persona_idx").agg(F.sum("c").alias("vote"))
+    votes = item_votes.groupBy("item_idx").agg(F.map_from_entries(F.collect_list(F.struct("persona_idx", "vote"))).alias("votes"))
+    votes = F.broadcast(votes) if item_votes.count() <= BROADCAST_ROWS else votes  # (product, persona) entries
     rows = personas.select("user_idx", "persona_idx")
-    per_item = (rows.join(p_out, "user_idx").join(item_votes, ["item_idx", "persona_idx"])
-                .select("user_idx", "persona_idx", "item_idx", "p_out", (F.col("p_out") * F.col("vote")).alias("contribution")))
-    row = Window.partitionBy("user_idx", "persona_idx")
-    per_item = (per_item.withColumn("total", F.sum("contribution").over(row))
-                .withColumn("pos", F.row_number().over(row.orderBy(F.desc("contribution"), "item_idx")))
-                .filter(F.col("pos") <= max(n_items, trace_items)).localCheckpoint())
+    held = (rows.groupBy("user_idx").agg(F.array_sort(F.collect_set("persona_idx")).alias("held"))
+            .join(out_mass, "user_idx"))
+    # per purchase: P(u, i) and the product's vote for each of the customer's personas (null: none)
+    bought = (walk.join(held, "user_idx").join(votes, "item_idx")
+              .select("user_idx", "held", F.struct(
+                  "item_idx", (F.col("w") / F.col("w_out")).alias("p"),
+                  F.transform("held", lambda m: F.try_element_at("votes", m)).alias("v")).alias("x"))
+              .groupBy("user_idx").agg(F.first("held").alias("held"), F.collect_list("x").alias("bought")))
+    keep = max(n_items, trace_items)
+
+    def ranked(j: Column) -> Column:
+        """The row's voted products as (contribution, -item_idx, item_idx, p), strongest first."""
+        scored = F.transform("bought", lambda x: F.struct(
+            (x["p"] * F.element_at(x["v"], j + 1)).alias("contribution"), (-x["item_idx"]).alias("neg"),
+            x["item_idx"].alias("item_idx"), x["p"].alias("p_out")))
+        return F.sort_array(F.filter(scored, lambda s: s["contribution"].isNotNull()), asc=False)
+
+    per_row = (bought.select("user_idx", F.posexplode("held").alias("j", "persona_idx"), "bought")
+               .select("user_idx", "persona_idx", ranked(F.col("j")).alias("r"))
+               .select("user_idx", "persona_idx",
+                       F.aggregate("r", F.lit(0.0), lambda acc, s: acc + s["contribution"]).alias("total"),
+                       F.slice("r", 1, keep).alias("top"))
+               .filter(F.size("top") > 0).localCheckpoint())
     candidates = (via.withColumn("pos", F.row_number().over(
         Window.partitionBy("item_idx", "persona_idx").orderBy(F.desc("c"), "neighbour_idx")))
         .filter(F.col("pos") <= trace_buyers).drop("pos"))
-    per_neighbour = (per_item.filter(F.col("pos") <= trace_items).join(candidates, ["item_idx", "persona_idx"])
+    traced = per_row.select("user_idx", "persona_idx", "total",
+                            F.explode(F.slice("top", 1, trace_items)).alias("t")).select(
+        "user_idx", "persona_idx", "total", F.col("t.item_idx").alias("item_idx"), F.col("t.p_out").alias("p_out"))
+    row = Window.partitionBy("user_idx", "persona_idx")
+    per_neighbour = (traced.join(_small(candidates, BROADCAST_ROWS), ["item_idx", "persona_idx"])
                      .groupBy("user_idx", "persona_idx", "neighbour_idx", "total")
                      .agg(F.sum(F.col("p_out") * F.col("c")).alias("contribution"))
                      .withColumn("pos", F.row_number().over(row.orderBy(F.desc("contribution"), "neighbour_idx")))
@@ -262,8 +306,11 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
         return frame.groupBy("user_idx", "persona_idx").agg(F.transform(ordered, lambda s: s.dropFields("pos")).alias(alias))
 
     share = (F.col("contribution") / F.col("total")).alias("share")
-    item_lists = packed(per_item.filter(F.col("pos") <= n_items).join(items.select("item_idx", "item_name"), "item_idx", "left"),
-                        [F.col("item_idx"), F.col("item_name"), F.col("contribution"), share], "items")
+    top_items = (per_row.select("user_idx", "persona_idx", "total", F.posexplode(F.slice("top", 1, n_items)).alias("pos", "t"))
+                 .select("user_idx", "persona_idx", "total", "pos", F.col("t.item_idx").alias("item_idx"),
+                         F.col("t.contribution").alias("contribution"))
+                 .join(items.select("item_idx", "item_name"), "item_idx", "left"))
+    item_lists = packed(top_items, [F.col("item_idx"), F.col("item_name"), F.col("contribution"), share], "items")
     neighbour_lists = packed(per_neighbour, [F.col("neighbour_idx").alias("user_idx"),
                                              F.col("neighbour_id").alias("customer_id"), F.col("contribution"), share],
                              "neighbours")

@@ -400,3 +400,84 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
     assert report["sections"]["drift"] == "ok" and report["sections"]["calibration"] == "ok"
     page = open(report["report"]).read()
     assert "changed their persona set" in page and "calibration error" in page
+
+
+def _reference_reasons(edges, labels, beta_weights, rows, weighted):
+    """The t=1 contributions of every (user, persona) row by brute force in Python: items and neighbours."""
+    w = {(u, i): (n if weighted else 1.0) for u, i, n in edges}
+    out, back = {}, {}
+    for (u, i), x in w.items():
+        out[u] = out.get(u, 0.0) + x
+        back[i] = back.get(i, 0.0) + x
+    expected = {}
+    for u, m in rows:
+        items, neighbours = {}, {}
+        for (v, i), x in w.items():
+            if (v, m) in beta_weights and (u, i) in w:
+                c = w[(u, i)] / out[u] * x / back[i] * beta_weights[(v, m)]
+                items[i] = items.get(i, 0.0) + c
+                neighbours[v] = neighbours.get(v, 0.0) + c
+        expected[(u, m)] = (items, neighbours)
+    return expected
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reasons_match_brute_force_and_cut_traces_are_lower_bounds(spark, weighted):
+    """Every row's products, shares and (nothing cut) neighbours are the brute-force t=1 terms; with the
+    trace cut to one product and one buyer, items stay exact and the one neighbour listed is a lower bound."""
+    import random
+
+    from persona_spark.affinity import prototype_weights
+
+    rng = random.Random(5)
+    n_users, n_items = 40, 12
+    edges = sorted({(u, rng.randrange(n_items), rng.randint(1, 3)) for u in range(n_users) for _ in range(rng.randint(1, 6))})
+    edges = list({(u, i): (u, i, n) for u, i, n in edges}.values())
+    labelled = rng.sample(range(n_users), 10)
+    persona_rows = [(u, p, 1.0, 1, "llm", 1.0) for u in labelled for p in rng.sample(range(4), rng.randint(1, 3))]
+    persona_rows += [(u, p, 0.5, 1, "propagated", 0.5) for u in range(n_users) if u not in labelled
+                     for p in rng.sample(range(4), 2)]
+    personas = spark.createDataFrame(persona_rows, "user_idx int, persona_idx int, score double, rank int, source string, "
+                                                   "probability double")
+    edge_frame = spark.createDataFrame([(u, i, n, "train") for u, i, n in edges],
+                                       "user_idx int, item_idx int, n_purchases int, split string")
+    items = spark.createDataFrame([(i, f"item {i}") for i in range(n_items)], "item_idx int, item_name string")
+    users = spark.createDataFrame([(u, f"c{u}") for u in range(n_users)], "user_idx int, customer_id string")
+    llm = personas.filter("source = 'llm'").select("user_idx", "persona_idx")
+    weights = {(r.user_idx, r.persona_idx): r.weight for r in prototype_weights(llm, 0.5).collect()}
+    rows = [(u, p) for u, p, *_ in persona_rows]
+    expected = _reference_reasons(edges, llm, weights, rows, weighted)
+
+    def assert_top(listed, contributions, total, key):
+        """``listed`` is a top 3 of ``contributions`` (ties in exact arithmetic may come in either order)."""
+        assert len(listed) == min(3, len(contributions)), key
+        for k, (idx, c, share) in enumerate(listed):
+            assert c == pytest.approx(contributions[idx], rel=1e-9) and share == pytest.approx(c / total, rel=1e-9), key
+            assert k == 0 or c <= listed[k - 1][1] * (1 + 1e-9), key
+        rest = [c for idx, c in contributions.items() if idx not in {e[0] for e in listed}]
+        assert not listed or not rest or max(rest) <= listed[-1][1] * (1 + 1e-9), key
+
+    def got(trace_items, trace_buyers):
+        frame = refresh.reasons(personas, edge_frame, items, users, "r", n_items=3, n_neighbours=3,
+                                trace_items=trace_items, trace_buyers=trace_buyers, weighted=weighted)
+        return {(r.user_idx, r.persona_idx): r for r in frame.collect()}
+
+    exact = got(1000, 1000)
+    assert set(exact) == set(rows)
+    reached = 0
+    for key, (item_c, neighbour_c) in expected.items():
+        r, total = exact[key], sum(item_c.values())
+        assert_top([(e.item_idx, e.contribution, e.share) for e in r.items or []], item_c, total, key)
+        assert all(e.item_name == f"item {e.item_idx}" for e in r.items or [])
+        assert_top([(e.user_idx, e.contribution, e.share) for e in r.neighbours or []], neighbour_c, total, key)
+        assert all(e.customer_id == f"c{e.user_idx}" for e in r.neighbours or [])
+        reached += bool(item_c)
+    assert reached > len(rows) // 2  # the check is not vacuous
+
+    cut = got(1, 1)
+    for key, (item_c, neighbour_c) in expected.items():
+        assert cut[key].items == exact[key].items, key
+        listed = cut[key].neighbours or []
+        assert len(listed) == (1 if item_c else 0), key
+        for e in listed:
+            assert 0 < e.contribution <= neighbour_c[e.user_idx] * (1 + 1e-9), key
