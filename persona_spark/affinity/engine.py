@@ -769,6 +769,15 @@ def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_
     return compute_affinity_depths(edges, prototypes, n_personas, (conf.ell,), conf, trace)[conf.ell]
 
 
+@contextmanager
+def _phase(trace: list[dict] | None, label: str):
+    """Time the block as one ``trace`` phase (nothing when there is no trace)."""
+    started = time.perf_counter()
+    yield
+    if trace is not None:
+        trace.append({"phase": label, "seconds": round(time.perf_counter() - started, 3)})
+
+
 def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_personas: int,
                             depths: tuple[int, ...], conf: AffinityConf | None = None,
                             trace: list[dict] | None = None) -> dict[int, DataFrame]:
@@ -789,15 +798,18 @@ def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFr
         tau = conf.eps / (2 * deepest)
         packed = pack_vectors(_with_edges(prototypes, "user_idx", graph.users), "user_idx", "vec", graph.users,
                               n_personas, state_dtype(conf))
-        state = checkpoint(packed, conf.checkpoint)
+        with _phase(trace, "pack prototypes"):
+            state = checkpoint(packed, conf.checkpoint)
         terms, totals = [], {}
         for step in range(1, deepest + 1):
             state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
             state = hop(state, to_users, tau, trace, f"hop {2 * step} (items→users)")
             terms.append(state)
-            if step in depths:
-                totals[step] = terms[0] if step == 1 else checkpoint(sum_states(union_all(terms), n_personas),
-                                                                     conf.checkpoint)
+            if step in depths and step == 1:
+                totals[step] = terms[0]
+            elif step in depths:
+                with _phase(trace, f"sum {step} terms"):
+                    totals[step] = checkpoint(sum_states(union_all(terms), n_personas), conf.checkpoint)
     finally:
         if own:
             graph.release()
