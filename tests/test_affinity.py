@@ -245,11 +245,12 @@ def test_spark_pruned_affinity_is_within_eps_below_exact(spark, graph_case, ell,
 
 # ---- float32 states: the relative guarantee -----------------------------------------------------
 def float32_relative_bound(users, items, ell: int, source_blocks: int) -> float:
-    """The engine docstring's bound: (1 + γ_m)^{2ℓ̂}(1 + γ_{ℓ̂+1}) − 1, m = d + S + 1, u = 2⁻²⁴."""
+    """The engine docstring's bound: (1 + γ_{m_I})^ℓ̂ (1 + γ_{m_U})^ℓ̂ (1 + γ_{ℓ̂+1}) − 1, m = d + S + 1
+    with d the largest item (hops onto items) or user (onto users) degree, u = 2⁻²⁴."""
     u = 2.0 ** -24
     gamma = lambda m: m * u / (1 - m * u)  # noqa: E731
-    d = max(np.bincount(users).max(), np.bincount(items).max())
-    return (1 + gamma(d + source_blocks + 1)) ** (2 * ell) * (1 + gamma(ell + 1)) - 1
+    m_items, m_users = (np.bincount(nodes).max() + source_blocks + 1 for nodes in (items, users))
+    return ((1 + gamma(m_items)) * (1 + gamma(m_users))) ** ell * (1 + gamma(ell + 1)) - 1
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, database=None)
