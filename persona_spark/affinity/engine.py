@@ -415,11 +415,11 @@ def _to_source_blocks(block_states: Iterable[tuple[int, BlockState]], blocking: 
     """Re-index target-block states into source blocks (global id = local·T + block)."""
     by_source: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for block, state in block_states:
-        if not len(state.rows):
-            continue
         global_ids = state.rows.astype(np.int64) * blocking.target_blocks + block
         by_source.setdefault(block % blocking.source_blocks, []).append(
             (global_ids // blocking.source_blocks, state.vals))
+    by_source = {sb: [p for p in parts if len(p[0])] or parts[:1]  # an empty part would upcast float32
+                 for sb, parts in by_source.items()}
     return {sb: _combine(np.concatenate([r for r, _ in parts]), np.concatenate([v for _, v in parts]), 0.0)
             for sb, parts in by_source.items()}
 
