@@ -11,10 +11,11 @@ duplicate pairs dropped, so ``edges`` is the unique count actually reached), 5 %
 1–5 random personas, L comes from ``prototype_labels``. Then, for every ℓ̂ in ``--ell``: scipy exact,
 Spark exact with the tiles cut in the call (cold), Spark exact on the tiles build-graph would have
 written (``spark_exact_stored``: read back from a Delta table and cached, the cut and write timed once
-as ``tiles_write``), and Spark ε-pruned (``--eps``), plus the paper's RevAff with ``--rev-aff`` (slow:
-small graphs only). A tiny warm-up run precedes the timed ones. One JSON object per line:
+as ``tiles_write``), Spark ε-pruned (``--eps``), and Spark with float32 states (``spark_float32``, cold, and
+``spark_float32_stored``: ``AffinityConf.state_precision``, a relative error bound), plus the paper's
+RevAff with ``--rev-aff`` (slow: small graphs only). A tiny warm-up run precedes the timed ones. One JSON object per line:
 ``{"engine", "edges", "users", "items", "personas", "ell", "eps", "seconds", "max_abs_err",
-"mean_abs_err", "top5_agreement", "users_nonempty_share", "peak_rss_mb", ...}`` — errors and the
+"mean_abs_err", "max_rel_err", "top5_agreement", "users_nonempty_share", "peak_rss_mb", ...}`` — errors and the
 top-5 agreement against scipy exact of the same ℓ̂ (the share of each reached user's exact top-5
 personas the engine also ranks top 5), the share of all users with any score; ``peak_rss_mb``
 is the peak summed RSS of this process and its children (the JVM, Python workers) during that run;
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edges-cache", help="folder for the generated edges (parquet): reused when present")
     parser.add_argument("--broadcast-max-mb", type=float, help="affinity.broadcast_max_bytes in MiB (default: the "
                         "engine's); lower it to send a large hop state through the shuffle join")
+    parser.add_argument("--repeat", type=int, default=1, help="run the Spark rows of every ℓ̂ this many times, "
+                        "interleaved (timings on a shared machine); lines carry run = 0, 1, ...")
     parser.add_argument("--engines", nargs="+", help="run only these rows (e.g. spark_exact at 100 M edges, where "
                         "scipy and the stored-tile write are not the point); errors are then against nothing")
     args = parser.parse_args(argv)
@@ -213,22 +216,24 @@ def main(argv: list[str] | None = None) -> int:
         seconds_of: dict[tuple[str, int], float] = {}
 
         def report(engine: str, ell: int, eps: float, run, exact: np.ndarray | None = None,
-                   relative_to: tuple[str, ...] = ()) -> np.ndarray:
+                   relative_to: tuple[str, ...] = (), extra: dict | None = None) -> np.ndarray:
             """Time ``run`` (→ result, extras); the result may be a callable giving Ψ, called untimed."""
             load_before = os.getloadavg()[0]
             memory.reset()
             started = time.perf_counter()
-            result, extra = run()
+            result, phases = run()
             seconds = time.perf_counter() - started
             peak_mb = memory.peak_mb
             psi = result() if callable(result) else result
             err = np.abs(psi - (psi if exact is None else exact))
-            agreement = {} if exact is None else {"top5_agreement": round(top_k_agreement(psi, exact), 5)}
+            agreement = {} if exact is None else {
+                "top5_agreement": round(top_k_agreement(psi, exact), 5),
+                "max_rel_err": float(np.max(err / np.where(exact > 0, exact, np.inf), initial=0.0))}
             line = {"engine": engine, **common, "ell": ell, "eps": eps, "seconds": round(seconds, 3),
                     "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()), **agreement,
                     "peak_rss_mb": round(peak_mb), "users_reached": int(np.count_nonzero(psi.any(1))),
                     "users_nonempty_share": round(float(psi.any(1).mean()), 5),
-                    "load_before": load_before, "load_after": os.getloadavg()[0], **extra}
+                    "load_before": load_before, "load_after": os.getloadavg()[0], **(extra or {}), **phases}
             seconds_of[engine, ell] = seconds
             for other in relative_to:  # how many times the other engine's time of this ℓ̂
                 line[f"vs_{other.removeprefix(prefix)}"] = round(seconds / seconds_of[other, ell], 2)
@@ -277,11 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         for ell in args.ell:
             exact = (report("scipy_exact", ell, 0.0, lambda: (exact_affinity(u, i, L, ell, n_items=args.items), {}))
                      if wanted("scipy_exact") else None)
-            for engine, eps, stored in (("spark_exact", 0.0, None), ("spark_exact_stored", 0.0, f"{tmp}/edge_tiles"),
-                                        ("spark_pruned", args.eps, None)):
-                if wanted(engine):
-                    report(prefix + engine, ell, eps, spark_run(AffinityConf(ell=ell, eps=eps, beta=args.beta, **limit),
-                                                                stored), exact)
+            for run in range(args.repeat):
+                for engine, eps, stored, precision in (
+                        ("spark_exact", 0.0, None, "float64"),
+                        ("spark_exact_stored", 0.0, f"{tmp}/edge_tiles", "float64"),
+                        ("spark_pruned", args.eps, None, "float64"),
+                        ("spark_float32", 0.0, None, "float32"),
+                        ("spark_float32_stored", 0.0, f"{tmp}/edge_tiles", "float32")):
+                    if wanted(engine):
+                        report(prefix + engine, ell, eps, spark_run(
+                            AffinityConf(ell=ell, eps=eps, beta=args.beta, state_precision=precision, **limit), stored),
+                            exact, extra={"state_precision": precision, "run": run})
             if args.dataframe_messages:
                 report(prefix + "dataframe_messages", ell, 0.0,
                        spark_run(AffinityConf(ell=ell, beta=args.beta), compute=message_affinity), exact,

@@ -43,15 +43,17 @@ from persona_spark.stages.cache import label_entities
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def mode_settings(mode: str, budget: float, seed: int, sampling: str | None) -> tuple[GPLRConf, AffinityConf]:
-    """``paper``: conf/paper.yaml's sections; ``ours``: the defaults. Budget, seed (and sampling) from the sweep."""
+def mode_settings(mode: str, budget: float, seed: int, sampling: str | None,
+                  state_precision: str = "float64") -> tuple[GPLRConf, AffinityConf]:
+    """``paper``: conf/paper.yaml's sections; ``ours``: the defaults. Budget, seed (and sampling) from the sweep,
+    ``affinity.state_precision`` from ``--state-precision``."""
     if mode == "paper":
         paper = load_config(ROOT / "conf" / "paper.yaml")
         gplr_conf, affinity_conf = paper.gplr, paper.affinity
     else:
         gplr_conf, affinity_conf = GPLRConf(), AffinityConf()
     update = {"budget_fraction": budget, "seed": seed, **({"sampling": sampling} if sampling else {})}
-    return gplr_conf.model_copy(update=update), affinity_conf
+    return gplr_conf.model_copy(update=update), affinity_conf.model_copy(update={"state_precision": state_precision})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multi-seed-budget", type=float, default=0.05, help="the budget run with every seed")
     parser.add_argument("--modes", nargs="+", default=["paper", "ours"], choices=["paper", "ours"])
     parser.add_argument("--sampling", choices=["du", "random"], default=None, help="override both modes' sampling")
+    parser.add_argument("--state-precision", choices=["float64", "float32"], default="float64",
+                        help="affinity.state_precision for both modes (float32: half the bytes per hop)")
     parser.add_argument("--dump-assignments", type=Path, default=None, metavar="DIR",
                         help="also write each run's personas as DIR/<budget>-<seed>-<method>.json "
                              "({user_idx: [persona_idx, ...]}, the recommender benchmark's --user-personas)")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for budget in args.budgets:
         for seed in args.seeds if budget == args.multi_seed_budget else args.seeds[:1]:
             for mode in args.modes:
-                conf, affinity = mode_settings(mode, budget, seed, args.sampling)
+                conf, affinity = mode_settings(mode, budget, seed, args.sampling, args.state_precision)
                 run = GPLR(users, train, label_users, n_personas, conf, affinity, item_vectors if conf.item_signal else None)
                 started = time.perf_counter()
                 answered, rounds = run.sample()
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                     "eval_users": eval_users.count(), "cv_micro_f1": result.model.cv_micro_f1, **profile,
                     "settings": {"rounds": conf.rounds, "sampling": conf.sampling, "assignment": conf.assignment,
                                  "top_k": conf.top_k, "item_signal": conf.item_signal, "ell": affinity.ell,
-                                 "beta": affinity.beta, "eps": affinity.eps},
+                                 "beta": affinity.beta, "eps": affinity.eps,
+                                 "state_precision": affinity.state_precision},
                     "sampling_seconds": round(sampled_s, 1),
                     "assignment_seconds": round(time.perf_counter() - started, 1),
                 }), flush=True)

@@ -153,6 +153,17 @@ class AffinityConf(Section):
     target_blocks: int = Field(0, ge=0, description="node blocks per kind; 0 = max(parallelism, edges / 4M)")
     checkpoint: Literal["local", "reliable"] = Field("local", description="lineage cut per hop; reliable needs "
                                                      "spark.checkpoint_dir")
+    state_precision: Literal["float64", "float32"] = Field(
+        "float64", description="float type of the propagated states and of the hop products; float32 halves the bytes "
+        "every hop ships, checkpoints and multiplies, with every score within a relative (2·ell·(d+S+1) + ell+2)·6e-8 "
+        "of the float64 one to first order (d: largest node degree, S: source blocks; the engine's docstring has the "
+        "exact bound, a worst case: measured ~1e-5); eps must then be 0")
+
+    @model_validator(mode="after")
+    def _precision_without_eps(self) -> "AffinityConf":
+        if self.state_precision == "float32" and self.eps > 0:
+            raise ValueError("affinity.eps > 0 is proven for float64 states only: use state_precision float64 or eps 0")
+        return self
 
 
 class OpenAIConf(Section):

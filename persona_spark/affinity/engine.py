@@ -58,6 +58,44 @@ the result equals the exact product up to float rounding. The paper's reverse pu
 Algorithm 2, ``reference.rev_aff``) pushes asynchronously and keeps the sub-threshold mass it
 received, so its bound is ℓ̂τ instead; pruning whole hops is what lets every hop here be one
 batch of sparse products.
+
+float32 states and their guarantee — proof
+------------------------------------------
+With ``AffinityConf.state_precision = "float32"`` (and ε = 0) L is rounded to float32 when it is
+packed, and every hop multiplies float32 tiles (the 0/1 pattern and 1/degree, or w/degree, rounded
+to float32) by float32 states, accumulating in float32; states are shipped, checkpointed and summed
+as float32, and the scores are widened to float64 (exactly) only when unpacked. Half the bytes of
+every broadcast, checkpoint and product, and scipy's float32 kernels. The price is a *relative*
+error on every score, and everything being non-negative is what keeps it relative:
+
+Let u = 2⁻²⁴ (float32's unit roundoff) and γ_m = m·u/(1 − m·u). Standard rounding analysis
+(Higham, Accuracy and Stability of Numerical Algorithms, §3.1–3.4), barring underflow: a product
+rounds to (1+δ)·exact with |δ| ≤ u, and a sum of n non-negative terms added in any order equals
+Σ t_j(1+θ_j) with |θ_j| ≤ γ_{n−1}. A hop computes target value i as Σ_j a_ij x̂_j with a_ij ≥ 0:
+each a_ij carries at most one rounding (w/degree rounded; the 0/1 pattern is exact and 1/degree
+is applied after the sum, rounded once and multiplied once), each product a_ij·x̂_j one, the
+tile's sum over the ≤ d source nodes of row i at most d − 1, and summing the partial products of
+S source blocks at most S − 1. So x̂_k[i] = Σ_j A_k[i,j]·x̂_{k−1}[j]·(1+θ_ij) with
+|θ_ij| ≤ γ_m, m = d + S + 1, d the largest degree of a node of hop k's target kind (items on odd
+hops, users on even ones), S its source blocks. Induction on k, elementwise and per persona
+column: if |x̂_{k−1} − x_{k−1}| ≤ c_{k−1}·x_{k−1} then, A_k being non-negative,
+
+    |x̂_k − x_k| ≤ Σ_j A_k[i,j] (|x̂_{k−1}[j] − x_{k−1}[j]| + γ_m x̂_{k−1}[j])
+                ≤ (c_{k−1} + γ_m(1 + c_{k−1}))·x_k,   i.e.  1 + c_k = (1 + γ_m)(1 + c_{k−1}),
+
+with c_0 = u (L rounded). Summing the ℓ̂ user terms adds γ_{ℓ̂−1}, the widening is exact and the
+1/ℓ̂ is applied in float64 (≤ 2⁻⁵³, folded into one more u). Hence, elementwise, with m_I and m_U
+the m of the hops onto items and onto users,
+
+    |Ψ̂ − Ψ| ≤ ((1 + γ_{m_I})^ℓ̂ (1 + γ_{m_U})^ℓ̂ (1 + γ_{ℓ̂+1}) − 1) · Ψ ≈ (ℓ̂(m_I + m_U) + ℓ̂ + 1)·u·Ψ,
+
+so every score keeps its sign, zero stays zero (no user gains or loses a result), and a user's
+persona ranking can only change between scores that lie within twice that relative distance.
+The bound is the recursive-summation worst case, linear in the largest degree (at 13 M edges, whose
+top item has 178,935 buyers and top user 2,254 items, 2.2 % at ℓ̂ = 2); measured errors are about
+√d·u (1.1e-5 relative there, benchmarks/results/affinity_13m_float32.jsonl). Underflow (values below 1.2e-38) adds an
+absolute 2⁻¹⁴⁹ per operation at most. ε-pruning is proven above for float64 only, so float32
+requires ε = 0 (``AffinityConf`` refuses the pair).
 """
 
 from __future__ import annotations
@@ -146,12 +184,14 @@ class BlockState:
     """Reached local rows (sorted, unique) of one block and their dense persona vectors."""
 
     rows: np.ndarray  # int32 [n]
-    vals: np.ndarray  # float64 [n, R]
+    vals: np.ndarray  # float64 or float32 [n, R] (``AffinityConf.state_precision``)
 
     @classmethod
     def from_buffers(cls, rows, vals, width: int) -> "BlockState":
+        """The float type is read off the buffer: 8 or 4 bytes per (row, persona) value."""
         r = _frombuffer(rows, np.int32)
-        return cls(r, _frombuffer(vals, np.float64).reshape(len(r), width))
+        dtype = np.float32 if len(r) and width and len(vals) == 4 * len(r) * width else np.float64
+        return cls(r, _frombuffer(vals, dtype).reshape(len(r), width))
 
 
 def _combine(rows: np.ndarray, vals: np.ndarray, tau: float) -> BlockState:
@@ -337,13 +377,14 @@ def _multiply(batches: Iterable[pa.RecordBatch], width: int, tau: float | None,
             col = batch.column
             indices = _frombuffer(_bytes(col("indices")[k]), np.int32)
             data = _frombuffer(_bytes(col("data")[k]), np.float64)
-            tile = sp.csc_matrix((data if len(data) else np.ones(len(indices)), indices,
-                                  _frombuffer(_bytes(col("indptr")[k]), np.int64)),
+            dtype = state.vals.dtype  # float32 states: float32 tiles, products accumulated in float32
+            tile = sp.csc_matrix((data.astype(dtype, copy=False) if len(data) else np.ones(len(indices), dtype),
+                                  indices, _frombuffer(_bytes(col("indptr")[k]), np.int64)),
                                  shape=(col("n_rows")[k].as_py(), col("n_cols")[k].as_py()))
             product = np.asarray(tile[:, state.rows] @ state.vals)
             row_scale = _frombuffer(_bytes(col("row_scale")[k]), np.float64)
             if len(row_scale):  # an unweighted tile: the row normalization 1/degree comes after the sum
-                product *= row_scale[:, None]
+                product *= row_scale.astype(dtype, copy=False)[:, None]
             result = _prune(np.arange(product.shape[0]), product, tau or 0.0)
             if len(result.rows):
                 out.append(_state_row(col("tb")[k].as_py(), result))
@@ -368,6 +409,7 @@ def _multiply_pair(tiles: pa.Table, source: pa.Table, width: int, tau: float | N
 def _sum_blocks(group: pd.DataFrame, width: int, tau: float) -> pd.DataFrame:
     """Sum the block states of one block (partial products, or terms of Ψ), then prune."""
     states = [BlockState.from_buffers(r, v, width) for r, v in zip(group["rows"], group["vals"])]
+    states = [state for state in states if len(state.rows)] or states[:1]  # an empty one would upcast float32
     summed = _combine(np.concatenate([s.rows for s in states]), np.concatenate([s.vals for s in states]), tau)
     return pd.DataFrame([_state_row(group["block"].iloc[0], summed)]) if len(summed.rows) else _EMPTY_STATE
 
@@ -387,6 +429,8 @@ def _to_source_blocks(block_states: Iterable[tuple[int, BlockState]], blocking: 
         global_ids = state.rows.astype(np.int64) * blocking.target_blocks + block
         by_source.setdefault(block % blocking.source_blocks, []).append(
             (global_ids // blocking.source_blocks, state.vals))
+    by_source = {sb: [p for p in parts if len(p[0])] or parts[:1]  # an empty part would upcast float32
+                 for sb, parts in by_source.items()}
     return {sb: _combine(np.concatenate([r for r, _ in parts]), np.concatenate([v for _, v in parts]), 0.0)
             for sb, parts in by_source.items()}
 
@@ -407,6 +451,7 @@ class HopPlan:
     width: int
     broadcast_max_bytes: int
     checkpoint_mode: str = "local"
+    value_bytes: int = 8  # bytes of one state value: 8 (float64) or 4 (float32)
 
 
 def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = None,
@@ -414,7 +459,7 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     """One averaging step: target state = rows of the tiles × source state, pruned below tau."""
     started = time.perf_counter()
     spark = state.sparkSession
-    row_bytes = state_row_bytes(plan.width)
+    row_bytes = state_row_bytes(plan.width, plan.value_bytes)
     broadcast_max_bytes = (min(plan.broadcast_max_bytes, CONNECT_CLOSURE_MAX_BYTES) if is_connect(spark)
                            else plan.broadcast_max_bytes)
     # When every node of the source kind would fit the broadcast, the state fits whatever it
@@ -463,9 +508,13 @@ def hop(state: DataFrame, plan: HopPlan, tau: float, trace: list[dict] | None = 
     return result
 
 
-def state_row_bytes(width: int) -> int:
-    """Bytes one reached node takes in a state: its int32 local row and |R| float64 scores."""
-    return 4 + 8 * width
+def state_row_bytes(width: int, value_bytes: int = 8) -> int:
+    """Bytes one reached node takes in a state: its int32 local row and |R| float64 (or float32) scores."""
+    return 4 + value_bytes * width
+
+
+def state_dtype(conf: AffinityConf):
+    return np.float32 if conf.state_precision == "float32" else np.float64
 
 
 def max_source_rows(conf: AffinityConf, width: int) -> int:
@@ -479,18 +528,20 @@ def checkpoint(df: DataFrame, mode: str = "local") -> DataFrame:
 
 
 # ---- vectors in and scores out ------------------------------------------------------------------
-def _pack_group(group: pd.DataFrame, blocking: Blocking, width: int) -> pd.DataFrame:
+def _pack_group(group: pd.DataFrame, blocking: Blocking, width: int, dtype=np.float64) -> pd.DataFrame:
     idx = group["idx"].to_numpy(dtype=np.int64)
-    vals = np.stack(group["vec"].to_numpy()).astype(np.float64).reshape(len(idx), width)
+    vals = np.stack(group["vec"].to_numpy()).astype(np.float64).reshape(len(idx), width).astype(dtype, copy=False)
     state = _combine(idx // blocking.target_blocks, vals, 0.0)
     return pd.DataFrame([_state_row(group["block"].iloc[0], state)]) if len(state.rows) else _EMPTY_STATE
 
 
-def pack_vectors(vectors: DataFrame, idx_col: str, vec_col: str, blocking: Blocking, width: int) -> DataFrame:
-    """(node idx, vec) rows → block states in the target blocking of that node kind."""
+def pack_vectors(vectors: DataFrame, idx_col: str, vec_col: str, blocking: Blocking, width: int,
+                 dtype=np.float64) -> DataFrame:
+    """(node idx, vec) rows → block states in the target blocking of that node kind (values as ``dtype``)."""
     rows = vectors.select(F.col(idx_col).cast("long").alias("idx"), F.col(vec_col).alias("vec"))
     rows = rows.withColumn("block", (F.col("idx") % blocking.target_blocks).cast("int"))
-    return rows.groupBy("block").applyInPandas(partial(_pack_group, blocking=blocking, width=width), STATE_SCHEMA)
+    return rows.groupBy("block").applyInPandas(partial(_pack_group, blocking=blocking, width=width, dtype=dtype),
+                                               STATE_SCHEMA)
 
 
 def _unpack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, scale: float) -> Iterator[pa.RecordBatch]:
@@ -499,7 +550,7 @@ def _unpack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, s
             state = BlockState.from_buffers(_bytes(batch.column("rows")[k]), _bytes(batch.column("vals")[k]), width)
             ids = state.rows.astype(np.int64) * blocking.target_blocks + batch.column("block")[k].as_py()
             for lo in range(0, len(ids), OUTPUT_BATCH_ROWS):
-                chunk = state.vals[lo:lo + OUTPUT_BATCH_ROWS] * scale
+                chunk = state.vals[lo:lo + OUTPUT_BATCH_ROWS].astype(np.float64) * scale  # float32 states: exact cast
                 offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32) * width)
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(ids[lo:lo + OUTPUT_BATCH_ROWS].astype(np.int32)),
@@ -603,7 +654,8 @@ class AffinityGraph:
             raise ValueError(f"AffinityGraph: {reason}")
         source, target = (self.users, self.items) if direction == TO_ITEMS else (self.items, self.users)
         tiles = self.tiles if len(self.directions) == 1 else self.tiles.where(F.col("direction") == direction)
-        return HopPlan(tiles, source, target, width, conf.broadcast_max_bytes, conf.checkpoint)
+        return HopPlan(tiles, source, target, width, conf.broadcast_max_bytes, conf.checkpoint,
+                       np.dtype(state_dtype(conf)).itemsize)
 
     def to_table(self) -> DataFrame:
         """The tiles with their layout (JSON, the same on every row: tiles are a few rows per block).
@@ -724,11 +776,21 @@ def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_
     ``edges`` are the propagation edges (see ``prepare_graph``) or a graph prepared from them.
     ``prototypes`` are the rows of L (``prototype_labels``). Users with no row have Ψ = 0 for every
     persona (unreached, or pruned to zero). ``scores[r]`` is persona r. With ``conf.eps > 0`` every
-    score is within ε of the exact Ψ and never above it (see the module docstring). ``trace``,
+    score is within ε of the exact Ψ and never above it; with ``conf.state_precision = "float32"``
+    within a relative bound of it (both proven in the module docstring). ``trace``,
     when given, receives one dict per phase (path, seconds).
     """
     conf = conf or AffinityConf()
     return compute_affinity_depths(edges, prototypes, n_personas, (conf.ell,), conf, trace)[conf.ell]
+
+
+@contextmanager
+def _phase(trace: list[dict] | None, label: str):
+    """Time the block as one ``trace`` phase (nothing when there is no trace)."""
+    started = time.perf_counter()
+    yield
+    if trace is not None:
+        trace.append({"phase": label, "seconds": round(time.perf_counter() - started, 3)})
 
 
 def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_personas: int,
@@ -750,16 +812,19 @@ def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFr
         to_items, to_users = graph.plan(TO_ITEMS, n_personas, conf), graph.plan(TO_USERS, n_personas, conf)
         tau = conf.eps / (2 * deepest)
         packed = pack_vectors(_with_edges(prototypes, "user_idx", graph.users), "user_idx", "vec", graph.users,
-                              n_personas)
-        state = checkpoint(packed, conf.checkpoint)
+                              n_personas, state_dtype(conf))
+        with _phase(trace, "pack prototypes"):
+            state = checkpoint(packed, conf.checkpoint)
         terms, totals = [], {}
         for step in range(1, deepest + 1):
             state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
             state = hop(state, to_users, tau, trace, f"hop {2 * step} (items→users)")
             terms.append(state)
-            if step in depths:
-                totals[step] = terms[0] if step == 1 else checkpoint(sum_states(union_all(terms), n_personas),
-                                                                     conf.checkpoint)
+            if step in depths and step == 1:
+                totals[step] = terms[0]
+            elif step in depths:
+                with _phase(trace, f"sum {step} terms"):
+                    totals[step] = checkpoint(sum_states(union_all(terms), n_personas), conf.checkpoint)
     finally:
         if own:
             graph.release()
@@ -780,7 +845,8 @@ def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame
         return item_vectors.sparkSession.createDataFrame([], "user_idx int, vec array<double>")
     graph, own = _graph_for(edges, conf, width, (TO_USERS,), None)
     try:
-        packed = pack_vectors(_with_edges(item_vectors, "item_idx", graph.items), "item_idx", "vec", graph.items, width)
+        packed = pack_vectors(_with_edges(item_vectors, "item_idx", graph.items), "item_idx", "vec", graph.items, width,
+                              state_dtype(conf))
         state = checkpoint(packed, conf.checkpoint)
         result = hop(state, graph.plan(TO_USERS, width, conf), 0.0, label="item→user")
     finally:
