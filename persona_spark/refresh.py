@@ -217,9 +217,10 @@ def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items
 BROADCAST_ROWS = 4_000_000  # (product, persona) votes and traced paths are broadcast up to this many rows
 
 
-def _small(frame: DataFrame, rows: int) -> DataFrame:
-    """``frame`` with a broadcast hint when it has at most ``rows`` rows (it is joined to something big)."""
-    return F.broadcast(frame) if frame.count() <= rows else frame
+def _small(frame: DataFrame, entries: int | None = None) -> DataFrame:
+    """``frame`` with a broadcast hint when it holds at most ``BROADCAST_ROWS`` entries (its rows, counted
+    here, unless the caller knows the entries it packs): it is joined to something big."""
+    return F.broadcast(frame) if (frame.count() if entries is None else entries) <= BROADCAST_ROWS else frame
 
 
 def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: DataFrame, run_id: str, *,
@@ -255,13 +256,13 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
     llm_labels = personas.filter(F.col("source") == "llm").select("user_idx", "persona_idx")
     labels = prototype_weights(llm_labels, beta).withColumnRenamed("user_idx", "neighbour_idx")
     # every labelled path item -> labelled buyer -> persona with its P'(i, v) L(v, m): small (the budget's edges)
-    via = (walk.withColumnRenamed("user_idx", "neighbour_idx").join(_small(labels, BROADCAST_ROWS), "neighbour_idx")
+    via = (walk.withColumnRenamed("user_idx", "neighbour_idx").join(_small(labels), "neighbour_idx")
            .join(in_mass, "item_idx")
            .select("item_idx", "persona_idx", "neighbour_idx", (F.col("w") / F.col("w_in") * F.col("weight")).alias("c"))
            .localCheckpoint())
     item_votes = via.groupBy("item_idx", "persona_idx").agg(F.sum("c").alias("vote"))
     votes = item_votes.groupBy("item_idx").agg(F.map_from_entries(F.collect_list(F.struct("persona_idx", "vote"))).alias("votes"))
-    votes = F.broadcast(votes) if item_votes.count() <= BROADCAST_ROWS else votes  # (product, persona) entries
+    votes = _small(votes, item_votes.count())  # a row per product, packing its (product, persona) entries
     rows = personas.select("user_idx", "persona_idx")
     held = (rows.groupBy("user_idx").agg(F.array_sort(F.collect_set("persona_idx")).alias("held"))
             .join(out_mass, "user_idx"))
@@ -288,12 +289,12 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
                .filter(F.size("top") > 0).localCheckpoint())
     candidates = (via.withColumn("pos", F.row_number().over(
         Window.partitionBy("item_idx", "persona_idx").orderBy(F.desc("c"), "neighbour_idx")))
-        .filter(F.col("pos") <= trace_buyers).drop("pos"))
+        .filter(F.col("pos") <= trace_buyers).drop("pos").localCheckpoint())  # counted, then joined: one window
     traced = per_row.select("user_idx", "persona_idx", "total",
                             F.explode(F.slice("top", 1, trace_items)).alias("t")).select(
         "user_idx", "persona_idx", "total", F.col("t.item_idx").alias("item_idx"), F.col("t.p_out").alias("p_out"))
     row = Window.partitionBy("user_idx", "persona_idx")
-    per_neighbour = (traced.join(_small(candidates, BROADCAST_ROWS), ["item_idx", "persona_idx"])
+    per_neighbour = (traced.join(_small(candidates), ["item_idx", "persona_idx"])
                      .groupBy("user_idx", "persona_idx", "neighbour_idx", "total")
                      .agg(F.sum(F.col("p_out") * F.col("c")).alias("contribution"))
                      .withColumn("pos", F.row_number().over(row.orderBy(F.desc("contribution"), "neighbour_idx")))
