@@ -96,6 +96,9 @@ def s3a_settings(endpoint: str | None) -> dict[str, str]:
     }
 
 
+# Arrow on Java 17 needs Netty's reflective access; a conf that sets its own driver options must keep it.
+DRIVER_JAVA_OPTIONS = "-Dio.netty.tryReflectionSetAccessible=true"
+
 # Settings a Spark Connect client may change on a running server (the rest are the server's).
 CONNECT_RUNTIME_SETTINGS = ("spark.sql.shuffle.partitions", "spark.sql.session.timeZone",
                             "spark.sql.execution.arrow.pyspark.enabled", "spark.sql.adaptive.enabled",
@@ -120,7 +123,7 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.adaptive.enabled": "true",
         "spark.databricks.delta.snapshotPartitions": "2",
-        "spark.driver.extraJavaOptions": "-Dio.netty.tryReflectionSetAccessible=true",
+        "spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS,
     }
     remote_server = conf.remote is not None and conf.remote.startswith("sc://")
     if remote_server:

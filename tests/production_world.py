@@ -19,6 +19,8 @@ from typing import Iterator
 import pyspark
 import yaml
 
+from tests.conftest import TEST_JVM_OPTIONS
+
 PYTHON = sys.executable
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_CLASS = str(Path(sys.executable).with_name("spark-class"))
@@ -115,7 +117,7 @@ class StandaloneCluster:
         scratch = self.root / name
         (scratch / "local").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "SPARK_HOME": SPARK_HOME, "SPARK_LOCAL_DIRS": str(scratch / "local"),
-               "SPARK_LOG_DIR": str(scratch), "SPARK_LOCAL_IP": "127.0.0.1"}
+               "SPARK_LOG_DIR": str(scratch), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_JAVA_OPTS": TEST_JVM_OPTIONS}
         log = open(scratch / "out.log", "w")
         return subprocess.Popen([SPARK_CLASS, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
