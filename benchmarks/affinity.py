@@ -121,6 +121,16 @@ def synthetic_edges(spark, users: int, items: int, edges: int, zipf: float, sigm
     return draw(int(edges * edges / reached)) if reached < 0.98 * edges else first
 
 
+def cached_edges(spark, path: str, users: int, items: int, edges: int, zipf: float, sigma: float, seed: int):
+    """``synthetic_edges`` written once as parquet to ``path`` (reused when its ``_SUCCESS`` is there), read back.
+
+    A reused folder is taken as it is: the graph's flags must be those it was written with.
+    """
+    if not Path(path, "_SUCCESS").exists():
+        synthetic_edges(spark, users, items, edges, zipf, sigma, seed).write.mode("overwrite").parquet(path)
+    return spark.read.parquet(path)
+
+
 def synthetic_labels(spark, users: int, personas: int, fraction: float, seed: int):
     """``fraction`` of users with 1–5 distinct random personas (``user_idx, persona_idx``)."""
     chosen = spark.range(users).where(F.rand(seed + 2) < fraction).select(F.col("id").cast("int").alias("user_idx"))
@@ -198,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = PeakMemory()
     with tempfile.TemporaryDirectory(prefix="affinity-bench-") as tmp:
         cached = args.edges_cache or f"{tmp}/edges"
-        if not Path(cached, "_SUCCESS").exists():
-            synthetic_edges(spark, args.users, args.items, args.edges, args.zipf, args.sigma, args.seed) \
-                .write.mode("overwrite").parquet(cached)
-        edges = spark.read.parquet(cached).persist()
+        edges = cached_edges(spark, cached, args.users, args.items, args.edges, args.zipf, args.sigma, args.seed).persist()
         n_edges = edges.count()
         labels = synthetic_labels(spark, args.users, args.personas, args.labelled_frac, args.seed)
         prototypes = prototype_labels(labels, args.personas, args.beta).localCheckpoint()

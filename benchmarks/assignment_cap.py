@@ -2,6 +2,8 @@
 
     python benchmarks/assignment_cap.py online-retail --data ../shared/data/online_retail_gplr
     python benchmarks/assignment_cap.py generated --users 100000 --items 20000 --edges 1000000
+    python benchmarks/assignment_cap.py generated --users 1500000 --items 300000 --edges 100000000 \
+        --budgets 0.05 --caps 20000 5000 --edges-cache /tmp/edges-100m     # item 4's graph, generated once
 
 ``online-retail``: the paper's split with the authors' GPT-4 labels as the LLM (the setup of
 ``gplr_quality.py``, project defaults: DU rounds, learned assignment with the item signal); per
@@ -10,7 +12,11 @@
 the users the run did not label. ``generated``: a graph from ``affinity.py``'s generator, every item
 given one persona (skewed towards low indices), every user the 1–5 personas most frequent among its
 purchases (the "LLM" reads the history); ``--budgets`` random prototypes, uncapped and capped at
-each of ``--caps`` below their number, with the default floor, so the prototypes grow while the cap holds. One JSON line per fit:
+each of ``--caps`` below their number, with the default floor, so the prototypes grow while the cap holds;
+``--edges-cache`` is ``affinity.py``'s (the graph written once as parquet, reused when present: pass the flags
+it was written with), the tiles are cut once and shared by the fits (``tiles_seconds`` on every line), and
+``--eps`` / ``--state-precision`` are the fits' ``affinity.eps`` / ``affinity.state_precision`` (the learned
+assignment's Ψ is always ℓ̂ = 1 and 2, whatever ``affinity.ell``). One JSON line per fit:
 ``{"dataset", "budget", "prototypes", "cap", "floor", "fitted_on", "micro_f1", "macro_f1", "cv_micro_f1",
 "driver_rss_before_mb", "driver_peak_rss_mb", "tree_peak_rss_mb", "seconds", "load_before", "load_after"}``;
 ``driver_*`` is the RSS of this Python process (where the model is fitted), sampled every 0.1 s from
@@ -35,9 +41,10 @@ from pathlib import Path
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from affinity import PeakMemory, own_rss_mb, synthetic_edges  # noqa: E402  (benchmarks/ is on sys.path)
+from affinity import PeakMemory, cached_edges, own_rss_mb  # noqa: E402  (benchmarks/ is on sys.path)
 from gplr_quality import load_split  # noqa: E402
 from persona_spark import evaluate
+from persona_spark.affinity import AffinityGraph, prepare_graph
 from persona_spark.config import AffinityConf, GPLRConf, SparkConf
 from persona_spark.gplr import GPLR
 from persona_spark.sampling import pick_random
@@ -70,13 +77,16 @@ class Fits:
     """Fits the assignment for one set of answers under several caps; prints a JSON line per fit."""
 
     def __init__(self, dataset: str, users: DataFrame, train: DataFrame, reference: DataFrame, n_personas: int,
-                 item_vectors: DataFrame | None):
+                 item_vectors: DataFrame | None, affinity_conf: AffinityConf | None = None,
+                 graph: AffinityGraph | None = None):
         self.dataset, self.users, self.train, self.reference = dataset, users, train, reference
         self.n_personas, self.item_vectors = n_personas, item_vectors
+        self.affinity_conf, self.graph = affinity_conf or AffinityConf(), graph
         self.driver, self.tree = PeakMemory(0.1, own_rss_mb), PeakMemory(0.2)
 
     def fit(self, answered: DataFrame, rounds: list[dict], conf: GPLRConf, budget: float, extra: dict) -> None:
-        run = GPLR(self.users, self.train, lambda _: None, self.n_personas, conf, AffinityConf(), self.item_vectors)
+        run = GPLR(self.users, self.train, lambda _: None, self.n_personas, conf, self.affinity_conf, self.item_vectors,
+                   graph=self.graph)
         eval_users = evaluate.evaluation_users(self.reference, answered).localCheckpoint()
         gc.collect()
         load_before = os.getloadavg()[0]
@@ -129,15 +139,18 @@ def online_retail(args) -> None:
 def generated(args) -> None:
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=4, default_parallelism=4,
                                 driver_memory=args.driver_memory, app_name="assignment-cap-benchmark"))
+    affinity_conf = AffinityConf(eps=args.eps, state_precision=args.state_precision)
     with tempfile.TemporaryDirectory(prefix="assignment-cap-") as tmp:
-        synthetic_edges(spark, args.users, args.items, args.edges, args.zipf, args.sigma, args.seed) \
-            .write.parquet(f"{tmp}/edges")
-        train = spark.read.parquet(f"{tmp}/edges").persist()
+        train = cached_edges(spark, args.edges_cache or f"{tmp}/edges", args.users, args.items, args.edges,
+                             args.zipf, args.sigma, args.seed).persist()
         n_edges = train.count()
         reference = planted_personas(train, args.personas, args.seed).localCheckpoint()
         users = spark.range(args.users).select(F.col("id").cast("int").alias("user_idx"))
-        fits = Fits("generated", users, train, reference, args.personas, None)
-        graph = {"users": args.users, "items": args.items, "edges": n_edges}
+        started = time.perf_counter()
+        tiles = prepare_graph(train, affinity_conf, args.personas)
+        graph = {"users": args.users, "items": args.items, "edges": n_edges, "eps": args.eps,
+                 "state_precision": args.state_precision, "tiles_seconds": round(time.perf_counter() - started, 1)}
+        fits = Fits("generated", users, train, reference, args.personas, None, affinity_conf, tiles)
         for budget in args.budgets:
             conf = GPLRConf(budget_fraction=budget, seed=args.seed, item_signal=False)
             answered = as_answers(pick_random(users, conf.budget_size(args.users), args.seed), reference)
@@ -145,6 +158,7 @@ def generated(args) -> None:
             rounds = [{"sampling": "random", "answered": answered.count()}]
             for cap in [*(c for c in args.caps if c < answered.count()), UNCAPPED]:
                 fits.fit(answered, rounds, conf.model_copy(update={"max_train_users": cap}), budget, graph)
+        tiles.release()
         train.unpersist()
 
 
@@ -169,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--sigma", type=float, default=1.0)
     synthetic.add_argument("--seed", type=int, default=7)
     synthetic.add_argument("--driver-memory", default="6g")
+    synthetic.add_argument("--edges-cache", help="folder for the generated edges (parquet): reused when present")
+    synthetic.add_argument("--eps", type=float, default=0.0, help="affinity.eps of the fits' Ψ (0: exact)")
+    synthetic.add_argument("--state-precision", choices=["float64", "float32"], default="float64",
+                           help="affinity.state_precision of the fits' Ψ")
     args = parser.parse_args(argv)
     tracemalloc.start()
     (online_retail if args.dataset == "online-retail" else generated)(args)
