@@ -545,20 +545,30 @@ def checkpoint(df: DataFrame, mode: str = "local") -> DataFrame:
 
 
 # ---- vectors in and scores out ------------------------------------------------------------------
-def _pack_group(group: pd.DataFrame, blocking: Blocking, width: int, dtype=np.float64) -> pd.DataFrame:
-    idx = group["idx"].to_numpy(dtype=np.int64)
-    vals = np.stack(group["vec"].to_numpy()).astype(np.float64).reshape(len(idx), width).astype(dtype, copy=False)
-    state = _combine(idx // blocking.target_blocks, vals, 0.0)
-    return pd.DataFrame([_state_row(group["block"].iloc[0], state)]) if len(state.rows) else _EMPTY_STATE
+def _pack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, dtype) -> Iterator[pa.RecordBatch]:
+    """Each Arrow batch of (idx, vec) rows as one state row per target block, without a shuffle.
+
+    A block may get rows from several batches: a hop's source block concatenates them, and a tile
+    multiplies a node's repeated columns and adds them up: its summed row's product, up to rounding.
+    """
+    for batch in batches:
+        idx = batch.column("idx").to_numpy()
+        vals = batch.column("vec").flatten().to_numpy().astype(dtype, copy=False).reshape(len(idx), width)
+        block = idx % blocking.target_blocks
+        order = _stable_order(block, blocking.target_blocks)
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=blocking.target_blocks))])
+        for b in np.flatnonzero(np.diff(bounds)):
+            members = order[bounds[b]:bounds[b + 1]]
+            state = _combine(idx[members] // blocking.target_blocks, vals[members], 0.0)
+            if len(state.rows):
+                yield _state_batch(int(b), state)
 
 
 def pack_vectors(vectors: DataFrame, idx_col: str, vec_col: str, blocking: Blocking, width: int,
                  dtype=np.float64) -> DataFrame:
     """(node idx, vec) rows → block states in the target blocking of that node kind (values as ``dtype``)."""
     rows = vectors.select(F.col(idx_col).cast("long").alias("idx"), F.col(vec_col).alias("vec"))
-    rows = rows.withColumn("block", (F.col("idx") % blocking.target_blocks).cast("int"))
-    return rows.groupBy("block").applyInPandas(partial(_pack_group, blocking=blocking, width=width, dtype=dtype),
-                                               STATE_SCHEMA)
+    return rows.mapInArrow(partial(_pack, blocking=blocking, width=width, dtype=dtype), STATE_SCHEMA)
 
 
 def _unpacked(block: int, state: BlockState, blocking: Blocking, width: int, scale: float) -> Iterator[pa.RecordBatch]:
