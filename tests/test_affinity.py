@@ -16,7 +16,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from persona_spark.affinity import (AffinityGraph, affinity_long, compute_affinity, compute_affinity_depths, debias_weights,
                                     prepare_graph, propagate_to_users, prototype_labels)
-from persona_spark.affinity.engine import Blocking, pack_vectors, state_row_bytes
+from persona_spark.affinity.engine import Blocking, _stable_order, pack_vectors, state_row_bytes
 from persona_spark.affinity.messages import aggregate_messages, message_affinity, sum_arrays
 from persona_spark.affinity.reference import exact_affinity, push_error_bound, rev_aff
 from persona_spark.config import AffinityConf, load_config
@@ -142,13 +142,17 @@ def test_lineage_stays_flat_up_to_four_round_trips(spark, graph, prepared):
     users, items, labels = graph
     protos = vectors_df(spark, labels, "user_idx")
 
-    def plan_lines(ell: int):
+    def plan(ell: int):
         scores = compute_affinity(prepared, protos, N_PERSONAS, AffinityConf(ell=ell))
-        return scores, scores._jdf.queryExecution().logical().treeString().count("\n")
+        return scores, scores._jdf.queryExecution().logical().treeString()
 
-    _, one = plan_lines(1)
-    four_scores, four = plan_lines(4)
-    assert four == one  # every hop is checkpointed: 8 hops plan like 2
+    def depth(tree: str) -> int:
+        return max(len(line) - len(line.lstrip(" :|+-")) for line in tree.splitlines())
+
+    _, two = plan(2)
+    four_scores, four = plan(4)
+    # every hop is checkpointed: Ψ sums one checkpointed leaf per term, and 8 hops plan as deep as 4
+    assert four.count("LogicalRDD") == 4 and depth(four) == depth(two)
     np.testing.assert_allclose(dense(four_scores, N_USERS, N_PERSONAS),
                                exact_affinity(users, items, labels, 4, N_ITEMS), atol=1e-12)
 
@@ -216,6 +220,15 @@ def test_one_walk_gives_every_depth_within_eps(spark, graph, prepared):
             assert gap.min() >= -1e-12 and gap.max() <= (eps + 1e-12 if eps else 1e-12), (eps, depth)
     with pytest.raises(ValueError, match="must be >= 1"):
         compute_affinity_depths(prepared, prototypes, N_PERSONAS, (0, 2))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.integers(1, 2**31 - 1).flatmap(lambda bound: st.tuples(
+    st.just(bound), st.lists(st.integers(0, bound - 1) | st.sampled_from([0, bound - 1]), max_size=300))))
+def test_radix_order_is_numpys_stable_argsort(case):
+    bound, keys = case
+    keys = np.array(keys, dtype=np.int32)
+    np.testing.assert_array_equal(_stable_order(keys, bound), np.argsort(keys, kind="stable"))
 
 
 # ---- the ε guarantee -----------------------------------------------------------------------------

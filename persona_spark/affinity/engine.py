@@ -35,7 +35,8 @@ handful of partition-local sparse × dense products:
   copy that lands on a task into one relation (at 100 M edges on two partitions, 1.8 GB, more
   than a task may take). Nothing proportional to
   |U| or |E| reaches the driver except a state that is below the broadcast limit.
-* Every hop's state is checkpointed (local by default), so the plan never grows with ℓ̂.
+* Every hop's state is checkpointed (local by default), so the plan never deepens with ℓ̂: Ψ is
+  the ℓ̂ checkpointed user terms, summed per block as the scores are unpacked (``unpack_states``).
 * On Spark Connect there is no broadcast: a small state travels in the UDF closure instead
   (``session.share_with_tasks``), capped at ``CONNECT_CLOSURE_MAX_BYTES``; larger states take the
   shuffle join, as on a classic session.
@@ -145,6 +146,8 @@ def _arrow_schema(fields: list[tuple[str, str]]) -> pa.Schema:
 
 TILE_SCHEMA, EDGE_PART_SCHEMA, STATE_SCHEMA = _ddl(TILE_FIELDS), _ddl(EDGE_PART_FIELDS), _ddl(STATE_FIELDS)
 SCORES_SCHEMA = "user_idx int, scores array<double>"
+UNPACKED_SCHEMA = "idx int, vec array<double>"
+UNPACKED_ARROW_SCHEMA = pa.schema([("idx", pa.int32()), ("vec", pa.list_(pa.float64()))])
 
 
 # ---- blocks ------------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def _frombuffer(buf, dtype) -> np.ndarray:
 
 @dataclass
 class BlockState:
-    """Reached local rows (sorted, unique) of one block and their dense persona vectors."""
+    """Reached local rows (unique; sorted, except in a hop's source blocks) of one block and their dense persona vectors."""
 
     rows: np.ndarray  # int32 [n]
     vals: np.ndarray  # float64 or float32 [n, R] (``AffinityConf.state_precision``)
@@ -217,14 +220,27 @@ def _state_row(block: int, state: BlockState) -> dict:
     return {"block": int(block), "n": len(state.rows), "rows": state.rows.tobytes(), "vals": state.vals.tobytes()}
 
 
-def _state_batch(rows: list[dict]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=_arrow_schema(STATE_FIELDS))
+def _state_batch(block: int, state: BlockState) -> pa.RecordBatch:
+    """One state row whose binary values share the arrays' memory (no ``tobytes`` copy)."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array([block], pa.int32()), pa.array([len(state.rows)], pa.int32()),
+         _binary_slices(state.rows, np.array([0, len(state.rows)])),
+         _binary_slices(state.vals.ravel(), np.array([0, state.vals.size]))], schema=_arrow_schema(STATE_FIELDS))
 
 
 # ---- tiles -------------------------------------------------------------------------------------
-def _block_dtype(blocks: int):
-    """The narrowest block-id type: numpy's stable argsort is a linear radix sort for 16-bit ints."""
-    return np.int16 if blocks <= np.iinfo(np.int16).max else np.int32
+def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for integer keys in [0, bound), as radix passes over 16 bits at a time.
+
+    numpy's stable argsort is a linear radix sort for 16-bit types only and timsort for wider ones:
+    on 3 M random source ids one or two 16-bit passes take a quarter of timsort's time.
+    """
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while bound > 1 << shift:
+        order = order[np.argsort((keys[order] >> shift & 0xFFFF).astype(np.uint16), kind="stable")]
+        shift += 16
+    return order
 
 
 def _binary_slices(values: np.ndarray, bounds: np.ndarray) -> pa.Array:
@@ -246,20 +262,20 @@ def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Block
 
     def flush() -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(pending)
-        u = table.column("u").to_numpy().astype(np.int32)
-        i = table.column("i").to_numpy().astype(np.int32)
+        u = table.column("u").to_numpy().astype(np.int32, copy=False)
+        i = table.column("i").to_numpy().astype(np.int32, copy=False)
         w = table.column("w").to_numpy().astype(np.float64) if "w" in table.column_names else None
         for direction in directions:
             t, s, tblk = (i, u, items) if direction == TO_ITEMS else (u, i, users)
-            tb = (t % tblk.target_blocks).astype(_block_dtype(tblk.target_blocks))
-            order = np.argsort(tb, kind="stable")
-            bounds = np.searchsorted(tb[order], np.arange(tblk.target_blocks + 1))
+            tb = t % tblk.target_blocks
+            order = _stable_order(tb, tblk.target_blocks)
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(tb, minlength=tblk.target_blocks))])
             present = np.flatnonzero(np.diff(bounds))
             starts, stops = bounds[present], bounds[present + 1]
             ranges = np.concatenate([[0], np.cumsum(stops - starts)])
             yield pa.RecordBatch.from_arrays(
                 [pa.array(np.full(len(present), direction, np.int32)), pa.array(present.astype(np.int32)),
-                 _binary_slices((t[order] // tblk.target_blocks).astype(np.int32), ranges),
+                 _binary_slices(t[order] // tblk.target_blocks, ranges),
                  _binary_slices(s[order], ranges),
                  _binary_slices(w[order], ranges) if w is not None else pa.array([b""] * len(present), pa.binary())],
                 schema=_arrow_schema(EDGE_PART_FIELDS))
@@ -280,7 +296,7 @@ def _csc_columns(t: np.ndarray, s_local: np.ndarray, w: np.ndarray | None, n_col
     Entries are bucketed by column with one stable sort; a repeated (row, column) stays two entries,
     which a product sums exactly as scipy's merged entry would. ``w`` None: a 0/1 pattern, no data.
     """
-    order = np.argsort(s_local, kind="stable")
+    order = _stable_order(s_local, n_cols)
     indptr = np.zeros(n_cols + 1, dtype=np.int64)
     np.cumsum(np.bincount(s_local, minlength=n_cols), out=indptr[1:])
     return indptr, t[order], np.empty(0) if w is None else w[order]
@@ -313,7 +329,7 @@ def _assemble_tiles(batches: Iterable[pa.RecordBatch], users: Blocking, items: B
             w = None
         sb, s_local = s % sblk.source_blocks, s // sblk.source_blocks
         if sblk.source_blocks > 1:  # one sort by source block lays out every tile of this target block
-            order = np.argsort(sb.astype(_block_dtype(sblk.source_blocks)), kind="stable")
+            order = _stable_order(sb, sblk.source_blocks)
             t, s_local, sb = t[order], s_local[order], sb[order]
             w = None if w is None else w[order]
         block_bounds = np.searchsorted(sb, np.arange(sblk.source_blocks + 1))
@@ -369,7 +385,6 @@ def _multiply(batches: Iterable[pa.RecordBatch], width: int, tau: float | None,
     block); ``None`` emits unpruned partial products to be summed per target block first.
     """
     for batch in batches:
-        out = []
         for k in range(batch.num_rows):
             state = state_of(batch, k)
             if state is None or len(state.rows) == 0:
@@ -387,9 +402,7 @@ def _multiply(batches: Iterable[pa.RecordBatch], width: int, tau: float | None,
                 product *= row_scale.astype(dtype, copy=False)[:, None]
             result = _prune(np.arange(product.shape[0]), product, tau or 0.0)
             if len(result.rows):
-                out.append(_state_row(col("tb")[k].as_py(), result))
-        if out:
-            yield _state_batch(out)
+                yield _state_batch(col("tb")[k].as_py(), result)
 
 
 def _shared_lookup(blocks_of: Callable[[], dict], width: int, batch: pa.RecordBatch, k: int) -> BlockState | None:
@@ -423,7 +436,11 @@ def sum_states(states: DataFrame, width: int, tau: float = 0.0) -> DataFrame:
 
 
 def _to_source_blocks(block_states: Iterable[tuple[int, BlockState]], blocking: Blocking) -> dict[int, BlockState]:
-    """Re-index target-block states into source blocks (global id = local·T + block)."""
+    """Re-index target-block states into source blocks (global id = local·T + block).
+
+    The target blocks of one source block hold disjoint nodes, so their rows are only concatenated:
+    a tile selects its columns in any order, and sorting a full state cost the driver a copy of it.
+    """
     by_source: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for block, state in block_states:
         global_ids = state.rows.astype(np.int64) * blocking.target_blocks + block
@@ -431,7 +448,7 @@ def _to_source_blocks(block_states: Iterable[tuple[int, BlockState]], blocking: 
             (global_ids // blocking.source_blocks, state.vals))
     by_source = {sb: [p for p in parts if len(p[0])] or parts[:1]  # an empty part would upcast float32
                  for sb, parts in by_source.items()}
-    return {sb: _combine(np.concatenate([r for r, _ in parts]), np.concatenate([v for _, v in parts]), 0.0)
+    return {sb: BlockState(np.concatenate([r for r, _ in parts]).astype(np.int32), np.concatenate([v for _, v in parts]))
             for sb, parts in by_source.items()}
 
 
@@ -528,40 +545,67 @@ def checkpoint(df: DataFrame, mode: str = "local") -> DataFrame:
 
 
 # ---- vectors in and scores out ------------------------------------------------------------------
-def _pack_group(group: pd.DataFrame, blocking: Blocking, width: int, dtype=np.float64) -> pd.DataFrame:
-    idx = group["idx"].to_numpy(dtype=np.int64)
-    vals = np.stack(group["vec"].to_numpy()).astype(np.float64).reshape(len(idx), width).astype(dtype, copy=False)
-    state = _combine(idx // blocking.target_blocks, vals, 0.0)
-    return pd.DataFrame([_state_row(group["block"].iloc[0], state)]) if len(state.rows) else _EMPTY_STATE
+def _pack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, dtype) -> Iterator[pa.RecordBatch]:
+    """Each Arrow batch of (idx, vec) rows as one state row per target block, without a shuffle.
+
+    A block may get rows from several batches: a hop's source block concatenates them, and a tile
+    multiplies a node's repeated columns and adds them up: its summed row's product, up to rounding.
+    """
+    for batch in batches:
+        idx = batch.column("idx").to_numpy()
+        vals = batch.column("vec").flatten().to_numpy().astype(dtype, copy=False).reshape(len(idx), width)
+        block = idx % blocking.target_blocks
+        order = _stable_order(block, blocking.target_blocks)
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=blocking.target_blocks))])
+        for b in np.flatnonzero(np.diff(bounds)):
+            members = order[bounds[b]:bounds[b + 1]]
+            state = _combine(idx[members] // blocking.target_blocks, vals[members], 0.0)
+            if len(state.rows):
+                yield _state_batch(int(b), state)
 
 
 def pack_vectors(vectors: DataFrame, idx_col: str, vec_col: str, blocking: Blocking, width: int,
                  dtype=np.float64) -> DataFrame:
     """(node idx, vec) rows → block states in the target blocking of that node kind (values as ``dtype``)."""
     rows = vectors.select(F.col(idx_col).cast("long").alias("idx"), F.col(vec_col).alias("vec"))
-    rows = rows.withColumn("block", (F.col("idx") % blocking.target_blocks).cast("int"))
-    return rows.groupBy("block").applyInPandas(partial(_pack_group, blocking=blocking, width=width, dtype=dtype),
-                                               STATE_SCHEMA)
+    return rows.mapInArrow(partial(_pack, blocking=blocking, width=width, dtype=dtype), STATE_SCHEMA)
+
+
+def _unpacked(block: int, state: BlockState, blocking: Blocking, width: int, scale: float) -> Iterator[pa.RecordBatch]:
+    ids = state.rows.astype(np.int64) * blocking.target_blocks + block
+    for lo in range(0, len(ids), OUTPUT_BATCH_ROWS):
+        chunk = state.vals[lo:lo + OUTPUT_BATCH_ROWS].astype(np.float64) * scale  # float32 states: exact cast
+        offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32) * width)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(ids[lo:lo + OUTPUT_BATCH_ROWS].astype(np.int32)),
+             pa.ListArray.from_arrays(offsets, pa.array(chunk.ravel()))], schema=UNPACKED_ARROW_SCHEMA)
 
 
 def _unpack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, scale: float) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         for k in range(batch.num_rows):
             state = BlockState.from_buffers(_bytes(batch.column("rows")[k]), _bytes(batch.column("vals")[k]), width)
-            ids = state.rows.astype(np.int64) * blocking.target_blocks + batch.column("block")[k].as_py()
-            for lo in range(0, len(ids), OUTPUT_BATCH_ROWS):
-                chunk = state.vals[lo:lo + OUTPUT_BATCH_ROWS].astype(np.float64) * scale  # float32 states: exact cast
-                offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32) * width)
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(ids[lo:lo + OUTPUT_BATCH_ROWS].astype(np.int32)),
-                     pa.ListArray.from_arrays(offsets, pa.array(chunk.ravel()))],
-                    names=["idx", "vec"])
+            yield from _unpacked(batch.column("block")[k].as_py(), state, blocking, width, scale)
+
+
+def _sum_unpack(table: pa.Table, blocking: Blocking, width: int, scale: float) -> pa.Table:
+    """The states of one block (Ψ's terms) summed, then unpacked: no summed state is stored in between."""
+    states = [BlockState.from_buffers(_bytes(r), _bytes(v), width) for r, v in zip(table.column("rows"), table.column("vals"))]
+    states = [state for state in states if len(state.rows)] or states[:1]  # an empty one would upcast float32
+    summed = _combine(np.concatenate([s.rows for s in states]), np.concatenate([s.vals for s in states]), 0.0)
+    return pa.Table.from_batches(list(_unpacked(table.column("block")[0].as_py(), summed, blocking, width, scale)),
+                                 schema=UNPACKED_ARROW_SCHEMA)
 
 
 def unpack_states(states: DataFrame, blocking: Blocking, width: int, idx_col: str, vec_col: str,
-                  scale: float = 1.0) -> DataFrame:
-    out = states.mapInArrow(partial(_unpack, blocking=blocking, width=width, scale=scale),
-                            "idx int, vec array<double>")
+                  scale: float = 1.0, terms: int = 1) -> DataFrame:
+    """Block states → (idx, vec) rows. ``terms`` > 1: ``states`` is a union of that many states, summed
+    per block on the way out (one shuffle, no stored sum: Ψ's terms for ℓ̂ > 1)."""
+    if terms == 1:
+        out = states.mapInArrow(partial(_unpack, blocking=blocking, width=width, scale=scale), UNPACKED_SCHEMA)
+    else:
+        out = states.groupBy("block").applyInArrow(partial(_sum_unpack, blocking=blocking, width=width, scale=scale),
+                                                   UNPACKED_SCHEMA)
     return out.withColumnsRenamed({"idx": idx_col, "vec": vec_col})
 
 
@@ -815,20 +859,16 @@ def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFr
                               n_personas, state_dtype(conf))
         with _phase(trace, "pack prototypes"):
             state = checkpoint(packed, conf.checkpoint)
-        terms, totals = [], {}
+        terms = []
         for step in range(1, deepest + 1):
             state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
             state = hop(state, to_users, tau, trace, f"hop {2 * step} (items→users)")
             terms.append(state)
-            if step in depths and step == 1:
-                totals[step] = terms[0]
-            elif step in depths:
-                with _phase(trace, f"sum {step} terms"):
-                    totals[step] = checkpoint(sum_states(union_all(terms), n_personas), conf.checkpoint)
     finally:
         if own:
             graph.release()
-    return {d: unpack_states(totals[d], graph.users, n_personas, "user_idx", "scores", scale=1.0 / d) for d in depths}
+    return {d: unpack_states(union_all(terms[:d]), graph.users, n_personas, "user_idx", "scores", scale=1.0 / d,
+                             terms=d) for d in depths}
 
 
 def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame,
