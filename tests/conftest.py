@@ -27,8 +27,9 @@ def shared_path(*parts: str) -> Path:
 
 # Test data is tiny and the suite is CPU-bound on two cores: compiling generated code (whole-stage and
 # per-expression, with Janino), C2-compiling the JVM's hot methods and re-planning each shuffle (AQE)
-# cost more CPU than they save there. Interpreted expressions and C1 only cut the CPU of tests/test_gplr.py
-# by about a quarter (cgroup CPU time, 300 s -> 222 s), the JVMs' and their Python workers' together.
+# cost more CPU than they save there. Interpreted expressions and C1 only cut the CPU (cgroup CPU time, the
+# JVMs' and their Python workers' together) of tests/test_gplr.py by about a quarter, of test_segment.py
+# with test_refresh's two-batch test by a few percent; the whole suite stays CPU-bound on two cores.
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 SMALL_DATA_SPARK = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
                     "spark.sql.adaptive.enabled": "false",
