@@ -419,11 +419,14 @@ def _multiply_pair(tiles: pa.Table, source: pa.Table, width: int, tau: float | N
     return pa.Table.from_batches(list(_multiply(tiles.to_batches(), width, tau, lambda batch, k: state)), schema=schema)
 
 
-def _sum_blocks(group: pd.DataFrame, width: int, tau: float) -> pd.DataFrame:
-    """Sum the block states of one block (partial products, or terms of Ψ), then prune."""
-    states = [BlockState.from_buffers(r, v, width) for r, v in zip(group["rows"], group["vals"])]
+def _summed(states: list[BlockState], tau: float) -> BlockState:
+    """The states of one block (partial products, or Ψ's terms) added up, pruned below tau."""
     states = [state for state in states if len(state.rows)] or states[:1]  # an empty one would upcast float32
-    summed = _combine(np.concatenate([s.rows for s in states]), np.concatenate([s.vals for s in states]), tau)
+    return _combine(np.concatenate([s.rows for s in states]), np.concatenate([s.vals for s in states]), tau)
+
+
+def _sum_blocks(group: pd.DataFrame, width: int, tau: float) -> pd.DataFrame:
+    summed = _summed([BlockState.from_buffers(r, v, width) for r, v in zip(group["rows"], group["vals"])], tau)
     return pd.DataFrame([_state_row(group["block"].iloc[0], summed)]) if len(summed.rows) else _EMPTY_STATE
 
 
@@ -590,9 +593,8 @@ def _unpack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, s
 
 def _sum_unpack(table: pa.Table, blocking: Blocking, width: int, scale: float) -> pa.Table:
     """The states of one block (Ψ's terms) summed, then unpacked: no summed state is stored in between."""
-    states = [BlockState.from_buffers(_bytes(r), _bytes(v), width) for r, v in zip(table.column("rows"), table.column("vals"))]
-    states = [state for state in states if len(state.rows)] or states[:1]  # an empty one would upcast float32
-    summed = _combine(np.concatenate([s.rows for s in states]), np.concatenate([s.vals for s in states]), 0.0)
+    summed = _summed([BlockState.from_buffers(_bytes(r), _bytes(v), width)
+                      for r, v in zip(table.column("rows"), table.column("vals"))], 0.0)
     return pa.Table.from_batches(list(_unpacked(table.column("block")[0].as_py(), summed, blocking, width, scale)),
                                  schema=UNPACKED_ARROW_SCHEMA)
 
