@@ -101,6 +101,26 @@ def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, persona
     assert again == first and first[0][0] == "Pet Lover" and backend.cache_rows() == {}
 
 
+def test_persona_vectors_are_embedded_once_per_driver_process(spark, personas, monkeypatch):
+    """A second backend (each label call makes one) gets the persona vectors without a Spark job."""
+    from persona_spark.labeling import backends
+
+    monkeypatch.setattr(backends, "_PERSONA_VECTORS", {})
+    conf = EmbeddingLabelConf()
+    made = [EmbeddingBackend(conf, personas, "user_idx", 3, 80, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
+            for _ in range(2)]
+    tracker = spark.sparkContext.statusTracker()
+    vectors = []
+    for i, backend in enumerate(made):
+        spark.sparkContext.setJobGroup(f"persona-vectors-{i}", "persona vectors")
+        vectors.append(backend.persona_vectors())
+    spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert len(tracker.getJobIdsForGroup("persona-vectors-0")) > 0
+    assert tracker.getJobIdsForGroup("persona-vectors-1") == []
+    assert vectors[0].shape == (len(personas), 384) and np.array_equal(vectors[0], vectors[1])
+    assert np.allclose(np.linalg.norm(vectors[0], axis=1), 1.0, atol=1e-5)
+
+
 def test_label_stages_write_the_cache_tables(spark, store, personas):
     edges, items = graph(spark, PURCHASES)
     store.write_table(edges, "edges")

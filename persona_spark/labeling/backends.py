@@ -249,6 +249,8 @@ class OpenAIBackend(LabelBackend):
 
 # ---- embedding --------------------------------------------------------------------------------
 _SENTENCE_MODEL = None
+# Persona texts -> their embeddings (|R| × 384), made once per driver process (EmbeddingBackend.persona_vectors).
+_PERSONA_VECTORS: dict[tuple[str, ...], np.ndarray] = {}
 
 
 def sentence_model():
@@ -458,12 +460,17 @@ class EmbeddingBackend(LabelBackend):
 
     def persona_vectors(self) -> np.ndarray:
         """Embedded "name: description" of every persona, computed in a Spark task so the driver
-        never loads the model (the Python worker that embedded the items already has it)."""
-        texts = [signals.persona_text(n, d) for n, d in zip(self.persona_set.names, self.persona_set.descriptions)]
-        frame = self.embeddings.sparkSession.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)
-        fn = partial(embed_partition, self.conf.batch_size, max(len(t) for t in texts))
-        rows = frame.mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA).select("item_idx", "embedding").collect()
-        return np.array([r["embedding"] for r in sorted(rows, key=lambda r: r["item_idx"])], dtype=np.float32)
+        never loads the model, once per driver process and persona text: a run labels items and then
+        users round after round, and a Python worker idle for a minute is gone, so each task would
+        load the model again (seconds of CPU) for the same few vectors."""
+        texts = tuple(signals.persona_text(n, d) for n, d in zip(self.persona_set.names, self.persona_set.descriptions))
+        if texts not in _PERSONA_VECTORS:
+            frame = self.embeddings.sparkSession.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)
+            fn = partial(embed_partition, self.conf.batch_size, max(len(t) for t in texts))
+            rows = frame.mapInPandas(fn, ITEM_EMBEDDINGS_SCHEMA).select("item_idx", "embedding").collect()
+            _PERSONA_VECTORS[texts] = np.array([r["embedding"] for r in sorted(rows, key=lambda r: r["item_idx"])],
+                                               dtype=np.float32)
+        return _PERSONA_VECTORS[texts].copy()
 
     def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
         needed = requests.select(F.explode("history").alias("p")).select(
