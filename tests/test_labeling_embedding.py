@@ -109,12 +109,16 @@ def test_persona_vectors_are_embedded_once_per_driver_process(spark, personas, m
     conf = EmbeddingLabelConf()
     made = [EmbeddingBackend(conf, personas, "user_idx", 3, 80, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
             for _ in range(2)]
-    tracker = spark.sparkContext.statusTracker()
+    sc = spark.sparkContext
     vectors = []
-    for i, backend in enumerate(made):
-        spark.sparkContext.setJobGroup(f"persona-vectors-{i}", "persona vectors")
-        vectors.append(backend.persona_vectors())
-    spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    try:
+        for i, backend in enumerate(made):
+            sc.setJobGroup(f"persona-vectors-{i}", "persona vectors")
+            vectors.append(backend.persona_vectors())
+    finally:  # the job group is a thread property: later tests on this thread must not inherit it
+        for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+            sc.setLocalProperty(key, None)
+    tracker = sc.statusTracker()
     assert len(tracker.getJobIdsForGroup("persona-vectors-0")) > 0
     assert tracker.getJobIdsForGroup("persona-vectors-1") == []
     assert vectors[0].shape == (len(personas), 384) and np.array_equal(vectors[0], vectors[1])

@@ -243,6 +243,12 @@ def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
     return order
 
 
+def _block_order(block: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stable order grouping rows by their block id in [0, blocks), and block b's [start, stop) in it at
+    ``bounds[b]:bounds[b + 1]``."""
+    return _stable_order(block, blocks), np.concatenate([[0], np.cumsum(np.bincount(block, minlength=blocks))])
+
+
 def _binary_slices(values: np.ndarray, bounds: np.ndarray) -> pa.Array:
     """One binary value per ``values[bounds[k]:bounds[k+1]]``, sharing ``values``' memory (no copy)."""
     offsets = (bounds * values.itemsize).astype(np.int32)
@@ -267,9 +273,7 @@ def _edge_parts(batches: Iterable[pa.RecordBatch], users: Blocking, items: Block
         w = table.column("w").to_numpy().astype(np.float64) if "w" in table.column_names else None
         for direction in directions:
             t, s, tblk = (i, u, items) if direction == TO_ITEMS else (u, i, users)
-            tb = t % tblk.target_blocks
-            order = _stable_order(tb, tblk.target_blocks)
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(tb, minlength=tblk.target_blocks))])
+            order, bounds = _block_order(t % tblk.target_blocks, tblk.target_blocks)
             present = np.flatnonzero(np.diff(bounds))
             starts, stops = bounds[present], bounds[present + 1]
             ranges = np.concatenate([[0], np.cumsum(stops - starts)])
@@ -557,9 +561,7 @@ def _pack(batches: Iterable[pa.RecordBatch], blocking: Blocking, width: int, dty
     for batch in batches:
         idx = batch.column("idx").to_numpy()
         vals = batch.column("vec").flatten().to_numpy().astype(dtype, copy=False).reshape(len(idx), width)
-        block = idx % blocking.target_blocks
-        order = _stable_order(block, blocking.target_blocks)
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(block, minlength=blocking.target_blocks))])
+        order, bounds = _block_order(idx % blocking.target_blocks, blocking.target_blocks)
         for b in np.flatnonzero(np.diff(bounds)):
             members = order[bounds[b]:bounds[b + 1]]
             state = _combine(idx[members] // blocking.target_blocks, vals[members], 0.0)
