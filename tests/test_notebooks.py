@@ -1,8 +1,8 @@
 """The notebooks run headlessly on the embedded default: each code cell exec'd in order in one namespace.
 
 Notebook 01 runs the pipeline once on a tiny generated shop (module fixture); 02-04 read its tables, as a
-user running them one after the other would. On Spark Connect: 03 and 04 here (compared with the classic
-session on the same tables), 01 and 02 on S3 in tests/test_production_path.py.
+user running them one after the other would. On Spark Connect all four run on S3 in one child process in
+tests/test_production_path.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, SMALL_DATA_SPARK
-from tests.production_world import local_connect_server_slot
 
 pytestmark = pytest.mark.slow(minutes=6)  # end to end: run first, skipped by `-m "not slow"`
 
@@ -156,41 +155,3 @@ def test_04_without_a_training_run_says_so(spark, tmp_path, monkeypatch, capsys)
     ns = execute("04_recommender_results.py")
     assert ns["runs"] is None and ns["cold_start"] is None
     assert "No training run yet" in capsys.readouterr().out
-
-
-def explorer_summary(ns: dict) -> dict:
-    """What notebook 03 shows, in plain values, to compare one session kind with another."""
-    return {"groups": [int(u) for u in ns["groups"]["users"]], "both": ns["both"].count(),
-            "items": list(ns["persona_items"]["item_name"]), "own": sorted(int(i) for i in ns["own"]["persona_idx"]),
-            "members": ns["exported"]["members"]}
-
-
-def test_03_and_04_on_spark_connect_match_the_classic_session(quick_start, explored, tmp_path):
-    """Serverless notebooks get a Spark Connect session: the explorer and the recommender notebook run
-    there (a local Connect server in a child process, on the tables notebook 01 wrote) and show what
-    they show on the classic session."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("torch")
-    classic = explorer_summary(explored)
-    conf = yaml.safe_load(Path(quick_start["run"].conf_path).read_text())
-    conf["spark"]["remote"] = "local[2]"
-    connect_conf = tmp_path / "connect.yaml"
-    connect_conf.write_text(yaml.safe_dump(conf))
-    code = ("import json\nfrom tests.test_notebooks import execute, explorer_summary\n"
-            "ns = execute('03_explore_personas.py')\n"
-            "assert not hasattr(ns['spark'], '_jsc'), 'not a Spark Connect session'\n"
-            "rec = execute('04_recommender_results.py')\n"
-            "print('SUMMARY', json.dumps({**explorer_summary(ns), 'recommender_runs': len(rec['all_runs'])}))\n")
-    env = {**os.environ, "PERSONA_SPARK_CONF": str(connect_conf), "MPLBACKEND": "Agg"}
-    with local_connect_server_slot():
-        result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                                timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    (line,) = [l for l in result.stdout.splitlines() if l.startswith("SUMMARY ")]
-    on_connect = json.loads(line[len("SUMMARY "):])
-    assert on_connect.pop("recommender_runs") >= 1, "notebook 04 found no training run on Connect"
-    assert on_connect == classic

@@ -74,8 +74,9 @@ def personas_on_s3(s3: S3Server, prefix: str, version: int | None = None) -> lis
 
 
 # The child on Spark Connect: notebook 01 (the demo's stages), notebook 02 (GPLR against the endpoint,
-# its dry-run estimate first), then a job's entry point, the CLI, on the same Connect server: the
-# report, then every stage the demo does not run (on the demo's tables, the paper split's on S3).
+# its dry-run estimate first), notebooks 03 and 04 on 01's tables (what serverless notebooks get), then
+# a job's entry point, the CLI, on the same Connect server: the report, then every stage the demo does
+# not run (on the demo's tables, the paper split's on S3).
 CONNECT_CHILD = """
 import contextlib, io, json, os, sys
 from tests.test_labeling_persona_sets import candidates
@@ -95,6 +96,19 @@ print("NOTEBOOKS " + json.dumps({
     "budget": endpoint["budget"], "estimated": endpoint["estimate"]["entities"], "users": users,
     "llm_run_users": endpoint["llm_store"].read_table("personas").select("user_idx").distinct().count(),
     "llm_models": sorted(r["model"] for r in endpoint["llm_store"].read_table("user_labels").select("model").distinct().collect()),
+}), flush=True)
+explored = execute("03_explore_personas.py")
+recommender = execute("04_recommender_results.py")
+shares = explored["why"].neighbours.toPandas().groupby("persona_idx")["share"].sum()
+print("EXPLORER " + json.dumps({
+    "top_two": [explored["persona_set"].names.index(n) for n in explored["top_two"]],
+    "groups": {",".join(map(str, sorted(g))): int(n) for g, n in zip(explored["groups"]["persona_idx"], explored["groups"]["users"])},
+    "both": explored["both"].count(), "only_first": explored["only_first"].count(),
+    "members": explored["exported"]["members"], "user": int(explored["propagated_user"]),
+    "own": sorted(int(i) for i in explored["own"]["persona_idx"]), "stored_reasons": len(explored["stored_reasons"]),
+    "confidence": len(explored["confidence"]), "lifts": [float(x) for x in explored["persona_items"]["lift"]],
+    "shares": [float(x) for x in shares], "recommender_runs": len(recommender["all_runs"]),
+    "recommender_models": sorted(set(recommender["stats"]["model"])), "model": recommender["cfg"].recommend.model,
 }), flush=True)
 assert main(["report", "--conf", os.environ["PERSONA_SPARK_CONF"]]) == 0
 
@@ -158,7 +172,7 @@ def connect_run(s3, llm, tmp_path_factory):
         result = run_python(CONNECT_CHILD, env, workdir)
     assert result.returncode == 0, result.stdout[-6000:]
     shown = {}
-    for tag in ("NOTEBOOKS", "STAGES"):
+    for tag in ("NOTEBOOKS", "EXPLORER", "STAGES"):
         (line,) = [l for l in result.stdout.splitlines() if l.startswith(f"{tag} ")]
         shown[tag] = json.loads(line[len(tag) + 1:])
     return workdir, result, shown
@@ -191,6 +205,27 @@ def test_notebooks_01_and_02_on_spark_connect(connect_run):
     assert shown["micro_f1"] > shown["baseline_micro_f1"], "propagated personas beat the popularity baseline"
     assert shown["estimated"] == shown["budget"] > 0
     assert shown["llm_run_users"] == shown["users"] > 0 and shown["llm_models"] == ["keyword-stand-in"]
+
+
+def test_notebooks_03_and_04_on_spark_connect_show_what_the_tables_hold(s3, connect_run):
+    """The explorer and the recommender notebook on Connect and S3 (serverless notebooks get a Connect
+    session), checked against the personas table read back with delta-rs and counted in Python."""
+    shown = connect_run[2]["EXPLORER"]
+    held: dict[int, set[int]] = {}
+    for user, persona, _, _ in personas_on_s3(s3, "connect"):
+        held.setdefault(user, set()).add(persona)
+    first, second = shown["top_two"]
+    groups: dict[str, int] = {}
+    for persona_idx in held.values():
+        key = ",".join(map(str, sorted(persona_idx & {first, second})))
+        groups[key] = groups.get(key, 0) + 1
+    assert shown["groups"] == groups
+    assert shown["both"] == sum({first, second} <= p for p in held.values()) > 0
+    assert shown["members"] == shown["only_first"] == sum(first in p and second not in p for p in held.values())
+    assert shown["own"] == sorted(held[shown["user"]]) and shown["stored_reasons"] == shown["confidence"] == len(shown["own"])
+    assert shown["lifts"] and min(shown["lifts"]) > 1
+    assert shown["shares"] and all(0 < s <= 1 + 1e-9 for s in shown["shares"])
+    assert shown["recommender_runs"] >= 1 and shown["recommender_models"] == [shown["model"]]
 
 
 def test_every_stage_outside_the_demo_on_spark_connect(s3, connect_run, monkeypatch):
