@@ -99,6 +99,7 @@ print("NOTEBOOKS " + json.dumps({
 }), flush=True)
 explored = execute("03_explore_personas.py")
 recommender = execute("04_recommender_results.py")
+assert not any(hasattr(ns["spark"], "_jsc") for ns in (explored, recommender)), "03/04 did not get a Spark Connect session"
 shares = explored["why"].neighbours.toPandas().groupby("persona_idx")["share"].sum()
 print("EXPLORER " + json.dumps({
     "top_two": [explored["persona_set"].names.index(n) for n in explored["top_two"]],
