@@ -42,8 +42,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark import labeling, refresh
-from persona_spark.affinity import (AffinityGraph, checkpoint, compute_affinity_depths, prepare_graph, propagate_to_users,
-                                   prototype_labels)
+from persona_spark.affinity import (AffinityGraph, checkpoint, compute_affinity_depths_of_sets, prepare_graph,
+                                   propagate_to_users, prototype_labels)
 from persona_spark.config import AffinityConf, GPLRConf, LabelingConf
 from persona_spark.personas import PersonaSet
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
@@ -556,12 +556,17 @@ class GPLR:
     def affinity_depths(self, prototypes: DataFrame, depths: tuple[int, ...],
                         beta: float | None = None) -> dict[int, DataFrame]:
         """Ψ at each ℓ̂ of ``depths`` from one walk (the learned assignment's Ψ(ℓ̂=1) and Ψ(ℓ̂=2))."""
+        return self.affinity_depths_of_sets([prototypes], depths, beta)[0]
+
+    def affinity_depths_of_sets(self, prototype_sets: list[DataFrame], depths: tuple[int, ...],
+                                beta: float | None = None) -> list[dict[int, DataFrame]]:
+        """``affinity_depths`` of several prototype sets, side by side in as few walks as the tiles hold
+        (cross-fitting: every fold's prototypes, then all of them)."""
         graph = self.graph  # its first use is timed as "graph", not here
         started = time.perf_counter()
         beta = self.affinity_conf.beta if beta is None else beta
-        labels = prototype_labels(prototypes, self.n_personas, beta)
-        scores = compute_affinity_depths(graph, labels, self.n_personas, depths, self.affinity_conf)
-        scores = {depth: self._pin(frame) for depth, frame in scores.items()}
+        labels = [prototype_labels(prototypes, self.n_personas, beta) for prototypes in prototype_sets]
+        scores = compute_affinity_depths_of_sets(graph, labels, self.n_personas, depths, self.affinity_conf)
         self._timed("affinity", started)
         return scores
 
@@ -651,14 +656,9 @@ class GPLR:
                 "prompt_tokens": int(sum(r["prompt"] or 0 for r in stats.values())),
                 "completion_tokens": int(sum(r["completion"] or 0 for r in stats.values()))}
 
-    def _signals(self, prototypes: DataFrame, items: DataFrame | None, mode: str) -> DataFrame:
-        """Every user with its signal arrays (null where unreached)."""
-        frame = self.users
-        if mode == "topk":
-            psi = self.affinity(prototypes)
-            return frame.join(psi.withColumnRenamed("scores", "psi"), "user_idx", "left")
-        frame = frame.join(self.degrees, "user_idx", "left").fillna(0, ["degree"])
-        psi = self.affinity_depths(prototypes, LEARNED_DEPTHS, beta=0.0)
+    def _learned_signals(self, psi: dict[int, DataFrame], items: DataFrame | None) -> DataFrame:
+        """Every user with its degree and signal arrays (null where unreached)."""
+        frame = self.users.join(self.degrees, "user_idx", "left").fillna(0, ["degree"])
         for name, ell in zip(("psi", "psi2"), LEARNED_DEPTHS):
             frame = frame.join(psi[ell].withColumnRenamed("scores", name), "user_idx", "left")
         if items is not None:
@@ -668,7 +668,8 @@ class GPLR:
     def _fit_and_signals(self, prototypes: DataFrame, mode: str) -> tuple[AssignmentModel, DataFrame]:
         conf = self.conf
         if mode == "topk":
-            return AssignmentModel("topk", conf.top_k, conf.top_k), self._signals(prototypes, None, mode)
+            psi = self.affinity(prototypes).withColumnRenamed("scores", "psi")
+            return AssignmentModel("topk", conf.top_k, conf.top_k), self.users.join(psi, "user_idx", "left")
         items = None
         if self.item_vectors is not None:
             graph = self.graph
@@ -682,12 +683,13 @@ class GPLR:
                                                  conf.seed + 7919)
         fold_of = F.pmod(seeded_order(conf.seed + 104729), F.lit(conf.cv_folds)).cast("int")
         train_users = self._pin(train_users.withColumn("fold", fold_of))
-        folds = []
-        for k in range(conf.cv_folds):
-            held_out = train_users.filter(F.col("fold") == k).select("user_idx", "weight")
-            rest = prototypes.join(held_out, "user_idx", "left_anti")
-            signals = self._signals(rest, items, mode).join(held_out, "user_idx")
-            folds.append(self._collect_fold(signals, prototypes, items is not None))
+        held_out = [train_users.filter(F.col("fold") == k).select("user_idx", "weight") for k in range(conf.cv_folds)]
+        # each fold's Ψ without its held-out prototypes, and the final Ψ with all of them
+        *fold_psi, psi = self.affinity_depths_of_sets(
+            [prototypes.join(users, "user_idx", "left_anti") for users in held_out] + [prototypes],
+            LEARNED_DEPTHS, beta=0.0)
+        folds = [self._collect_fold(self._learned_signals(fold, items).join(users, "user_idx"), prototypes,
+                                    items is not None) for fold, users in zip(fold_psi, held_out)]
         self._timed("cross_fitting", started)
         # the folds' Ψ is counted under "affinity": the phases add up to the run
         self.seconds["cross_fitting"] = round(self.seconds["cross_fitting"] - (self.seconds["affinity"] - affinity_before), 3)
@@ -698,7 +700,7 @@ class GPLR:
         self._timed("model_fit", started)
         log.info("assignment model: threshold %.3f, cross-fitted micro-F1 %.4f, fitted on %s", model.threshold,
                  model.cv_micro_f1, fitted_on)
-        return model, self._signals(prototypes, items, mode)
+        return model, self._learned_signals(psi, items)
 
     def _collect_fold(self, signals: DataFrame, prototypes: DataFrame, with_items: bool) -> Fold:
         """A fold's held-out prototypes: signals, degrees, labels and weights to the driver (bounded by max_train_users)."""

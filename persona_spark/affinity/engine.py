@@ -875,6 +875,58 @@ def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFr
                              terms=d) for d in depths}
 
 
+def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets: list[DataFrame], n_personas: int,
+                                    depths: tuple[int, ...], conf: AffinityConf | None = None,
+                                    trace: list[dict] | None = None) -> list[dict[int, DataFrame]]:
+    """``compute_affinity_depths`` for several prototype matrices L_1..L_K over one graph, in as few walks as
+    the tiles allow: one result dict per matrix, in order.
+
+    Persona columns never mix in a hop (every hop is a sparse matrix times the state, column by column; pruning
+    zeroes single entries), so the matrices placed side by side as one of K·|R| columns give each one's Ψ in its
+    own |R| columns: the same products, in one walk's jobs instead of K walks'. GPLR's cross-fitting propagates
+    K folds' prototypes plus all of them over the same train edges. That pays where a walk's fixed cost (its
+    jobs, packing, unpacking) outweighs its products, i.e. on small states, and costs memory on large ones
+    (``benchmarks/cross_fitting_walks.py``: 2× faster at 1 M edges, slower and 1.7× the memory at 13 M), so a
+    walk stacks as many matrices as keep all users' stacked state within ``conf.stack_max_bytes`` and the
+    tiles' width (``AffinityGraph.width``: one source block within ``broadcast_max_bytes``); the rest go in
+    further walks. A user has a row in a matrix's result when one of its own columns is non-zero, as in a walk
+    of its own.
+    """
+    conf = conf or AffinityConf()
+    graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace)
+    stacked_width = (conf.stack_max_bytes // max(graph.users.n_nodes, 1) - 4) // 8
+    per_walk = max(1, min(graph.width, stacked_width) // n_personas)
+    results = []
+    try:
+        for start in range(0, len(label_sets), per_walk):
+            chunk = label_sets[start:start + per_walk]
+            stacked = chunk[0] if len(chunk) == 1 else _side_by_side(chunk, n_personas)
+            walked = compute_affinity_depths(graph, stacked, n_personas * len(chunk), depths, conf, trace)
+            walked = {d: checkpoint(frame, conf.checkpoint) for d, frame in walked.items()}
+            results.extend({d: frame if len(chunk) == 1 else _column_block(frame, i, n_personas)
+                            for d, frame in walked.items()} for i in range(len(chunk)))
+    finally:
+        if own:
+            graph.release()
+    return results
+
+
+def _side_by_side(label_sets: list[DataFrame], width: int) -> DataFrame:
+    """``user_idx, vec`` frames of ``width`` columns -> one of ``len(label_sets)·width`` columns (zeros where a
+    user has no row in a frame)."""
+    tagged = union_all([s.select("user_idx", F.lit(i).alias("part"), "vec") for i, s in enumerate(label_sets)])
+    per_user = tagged.groupBy("user_idx").agg(F.map_from_entries(F.collect_list(F.struct("part", "vec"))).alias("m"))
+    zeros = F.array_repeat(F.lit(0.0), width)
+    return per_user.select("user_idx", F.flatten(F.array(*[F.coalesce(F.try_element_at("m", F.lit(i)), zeros)
+                                                          for i in range(len(label_sets))])).alias("vec"))
+
+
+def _column_block(scores: DataFrame, part: int, width: int) -> DataFrame:
+    """Columns ``part·width .. part·width + width - 1`` of stacked scores, users whose block is all zero left out."""
+    block = F.slice("scores", part * width + 1, width)
+    return scores.select("user_idx", block.alias("scores")).where(F.exists("scores", lambda x: x != 0))
+
+
 def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame,
                        conf: AffinityConf | None = None) -> DataFrame:
     """One item → user averaging step: ``user_idx, vec`` = Σ_v P[u,v]·vec[v] (row-normalized P).
