@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from persona_spark.config import load_config
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling.loopback import LoopbackChatServer, Reply, answer, entity_ids, obedient, server_error
 from persona_spark.stages import STAGES
+from tests.conftest import SMALL_DATA_SPARK
 
 KEY_ENV = "PS_LOOPBACK_KEY"
 USERS = 30
@@ -34,7 +36,7 @@ def overrides(tables_root: str, journal_dir: str, base_url: str) -> list[str]:
         "labeling.backend=openai", "labeling.users.mode=all", f"labeling.journal_dir={journal_dir}",
         "labeling.progress_interval_s=0.5", f"labeling.openai.base_url={base_url}", f"labeling.openai.api_key_env={KEY_ENV}",
         "labeling.openai.model=loopback-model", "labeling.openai.concurrency=2", "labeling.openai.partitions=2",
-        "labeling.openai.timeout_s=120",
+        "labeling.openai.timeout_s=120", f"spark.extra={json.dumps(SMALL_DATA_SPARK)}",  # the suite's JVM settings
     ]
 
 

@@ -16,6 +16,7 @@ import yaml
 from persona_spark.config import SparkConf, config_reference, load_config
 from persona_spark.session import DELTA_EXTENSIONS, delta_coordinates
 from persona_spark.stages import STAGES
+from tests.conftest import TEST_JVM_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,6 +166,7 @@ def test_spark_submit_runs_a_job_script(tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     result = subprocess.run(
         [str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+         "--driver-java-options", TEST_JVM_OPTIONS,  # the suite's C1-only JVM (tests/conftest.py)
          "--packages", delta_coordinates(), "--conf", f"spark.jars.ivy={os.path.expanduser(SparkConf().ivy_cache)}",
          *[arg for key, value in DELTA_EXTENSIONS.items() for arg in ("--conf", f"{key}={value}")],
          str(ROOT / "jobs" / "generate.py"),
