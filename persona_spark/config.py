@@ -154,7 +154,7 @@ class AffinityConf(Section):
     stack_max_bytes: int = Field(64 * 2**20, ge=0, description="several prototype sets over one graph (GPLR's "
                                  "cross-fitting) share a walk while all users' stacked state (users x (4 + 8 x "
                                  "personas x sets)) fits this; larger states gain nothing from stacking (the products "
-                                 "dominate) and cost memory; 0 = one walk per set")
+                                 "dominate) and each walk would hold sets times the state; 0 = one walk per set")
     checkpoint: Literal["local", "reliable"] = Field("local", description="lineage cut per hop; reliable needs "
                                                      "spark.checkpoint_dir")
     state_precision: Literal["float64", "float32"] = Field(

@@ -885,9 +885,9 @@ def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets
     zeroes single entries), so the matrices placed side by side as one of K·|R| columns give each one's Ψ in its
     own |R| columns: the same products, in one walk's jobs instead of K walks'. GPLR's cross-fitting propagates
     K folds' prototypes plus all of them over the same train edges. That pays where a walk's fixed cost (its
-    jobs, packing, unpacking) outweighs its products, i.e. on small states, and costs memory on large ones
-    (``benchmarks/cross_fitting_walks.py``: 2× faster at 1 M edges, slower and 1.7× the memory at 13 M), so a
-    walk stacks as many matrices as keep all users' stacked state within ``conf.stack_max_bytes`` and the
+    jobs, packing, unpacking) outweighs its products, i.e. on small states; on large ones the products dominate
+    and a stacked state is K times one walk's (``benchmarks/cross_fitting_walks.py``: 2.4× faster at 1 M edges,
+    slower at 13 M when forced to stack), so a walk stacks as many matrices as keep all users' stacked state within ``conf.stack_max_bytes`` and the
     tiles' width (``AffinityGraph.width``: one source block within ``broadcast_max_bytes``); the rest go in
     further walks. A user has a row in a matrix's result when one of its own columns is non-zero, as in a walk
     of its own.
