@@ -223,38 +223,35 @@ def test_one_walk_gives_every_depth_within_eps(spark, graph, prepared):
         compute_affinity_depths(prepared, prototypes, N_PERSONAS, (0, 2))
 
 
-def test_label_sets_side_by_side_equal_a_walk_each(spark, graph):
+def test_label_sets_side_by_side_equal_a_walk_each(spark, graph, prepared):
     """Cross-fitting's shape: sets of prototypes (all but one fold, all, and a single one), stacked as wide as
     ``stack_max_bytes`` allows. Exact: each set's Ψ at every depth, and which users have a row, match scipy's.
-    Pruned, two sets a walk (several walks): equal to a walk of the set's own, rows included."""
+    Pruned, two sets a walk: the single prototype's Ψ, rows included, equals a walk of its own (its stacked
+    walk's other set reaches users it does not)."""
     users, items, labels = graph
     labelled = np.flatnonzero(labels.any(axis=1))
-    folds = [labelled[k::3] for k in range(3)]
-    sets = [np.where(np.isin(np.arange(N_USERS), fold)[:, None], 0.0, labels) for fold in folds] + [labels]
-    sets.append(np.where(np.arange(N_USERS)[:, None] == labelled[0], labels, 0.0))  # reaches fewer users
+    sets = [np.where(np.isin(np.arange(N_USERS), labelled[k::2])[:, None], 0.0, labels) for k in range(2)] + [labels]
+    sets.append(np.where(np.arange(N_USERS)[:, None] == labelled[0], labels, 0.0))
     frames = [vectors_df(spark, matrix, "user_idx") for matrix in sets]
     narrow = AffinityConf(eps=0.05, stack_max_bytes=N_USERS * state_row_bytes(2 * N_PERSONAS))
-    for conf, walks in ((AffinityConf(), 1), (narrow, 3)):
-        tiles = prepare_graph(edges_df(spark, users, items), conf, N_PERSONAS)
-        try:
-            trace: list[dict] = []
-            got = compute_affinity_depths_of_sets(tiles, frames, N_PERSONAS, (1, 2), conf, trace)
-            assert len(got) == len(sets) and len([t for t in trace if t["phase"].startswith("hop")]) == 4 * walks
-            for i, matrix in enumerate(sets):
-                alone = compute_affinity_depths(tiles, frames[i], N_PERSONAS, (1, 2), conf) if i >= len(sets) - 2 else {}
-                for depth in (1, 2):
+    for conf, walks in ((AffinityConf(), 1), (narrow, 2)):
+        trace: list[dict] = []
+        got = compute_affinity_depths_of_sets(prepared, frames, N_PERSONAS, (1, 2), conf, trace)
+        assert len(got) == len(sets) and len([t for t in trace if t["phase"].startswith("hop")]) == 4 * walks
+        alone = compute_affinity_depths(prepared, frames[-1], N_PERSONAS, (1, 2), conf) if conf.eps else {}
+        for depth in (1, 2):
+            if conf.eps == 0:
+                for i, matrix in enumerate(sets):
+                    exact = exact_affinity(users, items, matrix, depth, N_ITEMS)
+                    np.testing.assert_allclose(dense(got[i][depth], N_USERS, N_PERSONAS), exact, rtol=0, atol=1e-12)
                     rows = {r["user_idx"] for r in got[i][depth].select("user_idx").collect()}
-                    if conf.eps == 0:
-                        exact = exact_affinity(users, items, matrix, depth, N_ITEMS)
-                        np.testing.assert_allclose(dense(got[i][depth], N_USERS, N_PERSONAS), exact, rtol=0, atol=1e-12)
-                        assert rows == set(np.flatnonzero(exact.any(axis=1))), (i, depth)
-                    elif alone:  # the same τ = ε/4 as the stacked walk to ℓ̂ = 2
-                        np.testing.assert_allclose(dense(got[i][depth], N_USERS, N_PERSONAS),
-                                                   dense(alone[depth], N_USERS, N_PERSONAS), rtol=0, atol=1e-12)
-                        assert rows == {r["user_idx"] for r in alone[depth].select("user_idx").collect()}, (i, depth)
-            assert got[-1][1].count() < got[-2][1].count()  # a stacked walk's other sets reach users this one does not
-        finally:
-            tiles.release()
+                    assert rows == set(np.flatnonzero(exact.any(axis=1))), (i, depth)
+            else:  # the same τ = ε/4 as the stacked walk to ℓ̂ = 2
+                np.testing.assert_allclose(dense(got[-1][depth], N_USERS, N_PERSONAS),
+                                           dense(alone[depth], N_USERS, N_PERSONAS), rtol=0, atol=1e-12)
+                assert ({r["user_idx"] for r in got[-1][depth].select("user_idx").collect()}
+                        == {r["user_idx"] for r in alone[depth].select("user_idx").collect()}), depth
+                assert got[-1][1].count() < got[-2][1].count()
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
