@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from functools import partial
 from importlib import metadata
 from typing import Any, Callable
@@ -153,7 +154,12 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
     for key, value in settings.items():
         builder = builder.config(key, value)
     try:
-        spark = builder.getOrCreate()
+        with warnings.catch_warnings():
+            if conf.remote is not None and not remote_server:
+                # A Connect server started here got every setting at launch; pyspark then sets them again on the
+                # session and warns once per static one ("Failed to set ... CANNOT_MODIFY_CONFIG"), which is noise.
+                warnings.filterwarnings("ignore", message=r"Failed to set \S+ to .* due to \[CANNOT_MODIFY_CONFIG\]")
+            spark = builder.getOrCreate()
     except Exception as error:
         if "JAVA_GATEWAY_EXITED" not in str(error):
             raise
@@ -239,6 +245,9 @@ def _nothing() -> None:
     return None
 
 
+_CONNECT_HAS_DELTA: dict[str, bool] = {}
+
+
 def has_delta_connector(spark: SparkSession) -> bool:
     """True when Spark itself can read and write Delta (Databricks, or a session with the jars).
 
@@ -247,12 +256,15 @@ def has_delta_connector(spark: SparkSession) -> bool:
     the server answers "failed to find data source: delta", with it the path is merely missing.
     """
     if is_connect(spark):
-        try:
-            spark.read.format("delta").load("/persona-spark-delta-probe/does-not-exist").schema
-        except Exception as error:  # noqa: BLE001 - the message tells which failure it is
-            text = str(error)
-            return not ("DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source" in text)
-        return True
+        if spark.session_id not in _CONNECT_HAS_DELTA:  # once per session: the server logs each probe as an error
+            try:
+                spark.read.format("delta").load("/persona-spark-delta-probe/does-not-exist").schema
+                _CONNECT_HAS_DELTA[spark.session_id] = True
+            except Exception as error:  # noqa: BLE001 - the message tells which failure it is
+                text = str(error)
+                _CONNECT_HAS_DELTA[spark.session_id] = not ("DATA_SOURCE_NOT_FOUND" in text
+                                                            or "Failed to find data source" in text)
+        return _CONNECT_HAS_DELTA[spark.session_id]
     from py4j.java_gateway import JavaClass
 
     # py4j resolves names through Spark's class loader; an unknown class comes back as a package.

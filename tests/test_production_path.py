@@ -182,6 +182,10 @@ def connect_run(s3, llm, tmp_path_factory):
 def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s3, connect_run):
     workdir, result, _ = connect_run
     assert "persona-spark report on a Spark Connect server" in result.stdout, "the CLI did not run on a Spark Connect session"
+    # the server got its static settings at launch: setting them again on the session is not worth a warning each
+    assert "CANNOT_MODIFY_CONFIG" not in result.stdout
+    # nor is the Delta connector probe (a read the server logs as an error) worth more than one per session
+    assert result.stdout.count("Path does not exist: /persona-spark-delta-probe") <= 1
     keys = s3.keys(BUCKET, "connect/")
     for table in ("raw_transactions", "transactions", "edges", "personas", "user_labels", "item_labels",
                   "gplr_runs", "evaluation", "segments", "recommend_runs", "cold_start_recs", "personas_llm"):
