@@ -257,18 +257,21 @@ def has_delta_connector(spark: SparkSession) -> bool:
     """
     if is_connect(spark):
         if spark.session_id not in _CONNECT_HAS_DELTA:  # once per session: the server logs each probe as an error
-            try:
-                spark.read.format("delta").load("/persona-spark-delta-probe/does-not-exist").schema
-                _CONNECT_HAS_DELTA[spark.session_id] = True
-            except Exception as error:  # noqa: BLE001 - the message tells which failure it is
-                text = str(error)
-                _CONNECT_HAS_DELTA[spark.session_id] = not ("DATA_SOURCE_NOT_FOUND" in text
-                                                            or "Failed to find data source" in text)
+            _CONNECT_HAS_DELTA[spark.session_id] = _probe_delta_on_connect(spark)
         return _CONNECT_HAS_DELTA[spark.session_id]
     from py4j.java_gateway import JavaClass
 
     # py4j resolves names through Spark's class loader; an unknown class comes back as a package.
     return isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass)
+
+
+def _probe_delta_on_connect(spark: SparkSession) -> bool:
+    try:
+        spark.read.format("delta").load("/persona-spark-delta-probe/does-not-exist").schema
+    except Exception as error:  # noqa: BLE001 - the message tells which failure it is
+        text = str(error)
+        return not ("DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source" in text)
+    return True
 
 
 if __name__ == "__main__":
