@@ -94,6 +94,21 @@ def test_broadcast_and_shuffle_paths_agree_and_match_references(spark, graph, ep
         assert engine_gap.max() <= 3 * eps / 4 + 1e-12 and rev_gap.max() <= eps / 2 + 1e-12
 
 
+def test_ids_wider_than_16_bits_survive_the_cut(spark, graph):
+    """The cut ships ids as uint16 where they fit (``_id_dtype``); spread users here need 32 bits, as do their
+    local rows in a user block, while items still fit in 16."""
+    users, items, labels = graph
+    spread = 3001  # user ids up to 177,059
+    wide_users, wide_labels = users * spread, np.zeros((N_USERS * spread, N_PERSONAS))
+    wide_labels[np.arange(N_USERS) * spread] = labels
+    got = spark_affinity(spark, wide_users, items, wide_labels, AffinityConf(ell=2, target_blocks=2))
+    exact = exact_affinity(wide_users, items, wide_labels, 2, N_ITEMS)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got[np.arange(N_USERS) * spread], exact_affinity(users, items, labels, 2, N_ITEMS),
+                               rtol=0, atol=1e-12)
+    assert np.count_nonzero(got) > 0
+
+
 def test_weighted_edges_use_purchase_counts(spark, graph):
     users, items, labels = graph
     purchases = np.random.default_rng(3).integers(1, 6, size=len(users))
