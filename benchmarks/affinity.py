@@ -19,8 +19,9 @@ RevAff with ``--rev-aff`` (slow: small graphs only). A tiny warm-up run precedes
 top-5 agreement against scipy exact of the same ℓ̂ (the share of each reached user's exact top-5
 personas the engine also ranks top 5), the share of all users with any score; ``peak_rss_mb``
 is the peak summed RSS of this process and its children (the JVM, Python workers) during that run;
-``load_before``/``load_after`` are the 1-minute load averages (the machine may be shared); Spark
-lines carry ``phases`` (seconds per tile build / hop, and the data path each hop took).
+``load_before``/``load_after`` are the 1-minute load averages (the machine may be shared);
+``jit_compile_ms`` is the JVM's JIT compile time during the run (classic sessions: the first
+full-size runs of a JVM pay seconds of it on its 2 cores); Spark lines carry ``phases`` (seconds per tile build / hop, and the data path each hop took).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_grap
 from persona_spark.affinity.messages import message_affinity
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, SparkConf
-from persona_spark.session import get_spark
+from persona_spark.session import get_spark, is_connect
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -74,6 +75,13 @@ def _tree_rss_mb() -> float:
 def own_rss_mb() -> float:
     """RSS of this process alone (the Python driver, without the JVM and the Python workers)."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE_MB
+
+
+def jit_compile_ms(spark) -> int | None:
+    """The JVM's total JIT compile time so far (classic sessions; None on Spark Connect, which has no JVM here)."""
+    if is_connect(spark):
+        return None
+    return int(spark._jvm.java.lang.management.ManagementFactory.getCompilationMXBean().getTotalCompilationTime())
 
 
 class PeakMemory:
@@ -227,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             """Time ``run`` (→ result, extras); the result may be a callable giving Ψ, called untimed."""
             load_before = os.getloadavg()[0]
             memory.reset()
+            jit_before = jit_compile_ms(spark)
             started = time.perf_counter()
             result, phases = run()
             seconds = time.perf_counter() - started
+            jit_ms = None if jit_before is None else jit_compile_ms(spark) - jit_before
             peak_mb = memory.peak_mb
             psi = result() if callable(result) else result
             err = np.abs(psi - (psi if exact is None else exact))
@@ -240,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()), **agreement,
                     "peak_rss_mb": round(peak_mb), "users_reached": int(np.count_nonzero(psi.any(1))),
                     "users_nonempty_share": round(float(psi.any(1).mean()), 5),
-                    "load_before": load_before, "load_after": os.getloadavg()[0], **(extra or {}), **phases}
+                    "load_before": load_before, "load_after": os.getloadavg()[0], "jit_compile_ms": jit_ms,
+                    **(extra or {}), **phases}
             seconds_of[engine, ell] = seconds
             for other in relative_to:  # how many times the other engine's time of this ℓ̂
                 line[f"vs_{other.removeprefix(prefix)}"] = round(seconds / seconds_of[other, ell], 2)
@@ -274,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             return np.zeros((args.users, args.personas)), {"phases": trace}
 
         # Warm-up on a tiny graph: JIT, Python worker start-up and the Delta connector's first table
-        # (a stage has read several before it propagates) are not part of any engine's time.
+        # (a stage has read several before it propagates) are not part of any engine's time. The JVM
+        # still compiles through the first full-size calls: jit_compile_ms on each line shows how much.
         tiny = edges.where(F.col("user_idx") < 50)
         compute_affinity(tiny, prototypes.where(F.col("user_idx") < 50), args.personas).count()
         tiny_graph = prepare_graph(tiny, AffinityConf(), args.personas)
