@@ -1,6 +1,6 @@
 """Time (and peak memory) of one affinity engine row against graph size, from ``benchmarks/affinity.py`` lines.
 
-    python benchmarks/plot_affinity_scale.py benchmarks/results/affinity_scale_*.jsonl \\
+    python benchmarks/plot_affinity_scale.py benchmarks/results/affinity_scale_idle.jsonl \\
         --engine spark_exact --ell 1 --out benchmarks/results/affinity_scale_idle.png
 
 Reads the JSON lines the affinity benchmark printed, keeps the rows of one engine and ℓ̂, and draws
