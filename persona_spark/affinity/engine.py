@@ -805,7 +805,7 @@ def _edge_batches(spark):
     ``CUT_BATCH_ROWS`` rows a batch instead of Spark's default 10,000 (thousands of tiny batches), and no
     byte limit: with ``maxBytesPerBatch`` set (Spark 4.0's default is 256 MiB) the JVM re-measures the
     whole batch after every row it writes, which took half of handing the edges to Python (13 M edges:
-    1.7 s → 0.84 s without it). The row limit already keeps a batch at a few MB here.
+    1.7 s → 0.84 s without it, timed by hand). The row limit already keeps a batch at a few MB here.
     """
     settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(CUT_BATCH_ROWS),
                 "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
