@@ -17,7 +17,7 @@ install: $(BIN)/persona-spark
 
 # Spark's Delta connector and hadoop-aws, resolved from Maven Central once per machine into ~/.cache/persona-spark/ivy.
 jars: install
-	$(BIN)/python -m persona_spark.session
+	$(BIN)/python -m persona_spark.runtime.session
 
 demo: jars
 	$(BIN)/persona-spark demo --conf conf/local.yaml

@@ -44,7 +44,7 @@ from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_grap
 from persona_spark.affinity.messages import message_affinity
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, SparkConf
-from persona_spark.session import get_spark, is_connect
+from persona_spark.runtime.session import get_spark, is_connect
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 

@@ -48,7 +48,7 @@ from persona_spark.affinity import AffinityGraph, prepare_graph
 from persona_spark.config import AffinityConf, GPLRConf, SparkConf
 from persona_spark.gplr import GPLR
 from persona_spark.sampling import pick_random
-from persona_spark.session import get_spark
+from persona_spark.runtime.session import get_spark
 
 UNCAPPED = 10**9
 

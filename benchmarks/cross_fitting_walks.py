@@ -28,10 +28,11 @@ from pyspark.sql import functions as F
 
 from affinity import (PeakMemory, add_graph_arguments, cached_edges, dense_scores,  # noqa: E402  (benchmarks/ on sys.path)
                       synthetic_labels)
-from persona_spark.affinity import (checkpoint, compute_affinity_depths, compute_affinity_depths_of_sets,
+from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.affinity import (compute_affinity_depths, compute_affinity_depths_of_sets,
                                     prepare_graph, prototype_labels)
 from persona_spark.config import AffinityConf, SparkConf
-from persona_spark.session import get_spark
+from persona_spark.runtime.session import get_spark
 
 DEPTHS = (1, 2)
 

@@ -34,9 +34,9 @@ from persona_spark.config import (AffinityConf, EvaluateConf, GPLRConf, Labeling
                                   load_config)
 from persona_spark.gplr import GPLR, item_vectors_from_labels
 from persona_spark.graph import load_gplr_split
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
-from persona_spark.session import get_spark
+from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import label_entities
 
 

@@ -41,10 +41,10 @@ from affinity import PeakMemory, add_graph_arguments, synthetic_edges  # noqa: E
 from persona_spark import tables  # noqa: E402
 from persona_spark.config import load_config  # noqa: E402
 from persona_spark.graph import split_edges  # noqa: E402
-from persona_spark.io import TableStore  # noqa: E402
-from persona_spark.labeling.loopback import LoopbackChatServer, obedient  # noqa: E402
+from persona_spark.tables.store import TableStore  # noqa: E402
+from persona_spark.testing.openai_server import LoopbackChatServer, obedient  # noqa: E402
 from persona_spark.personas import load_persona_set  # noqa: E402
-from persona_spark.session import get_spark  # noqa: E402
+from persona_spark.runtime.session import get_spark  # noqa: E402
 from persona_spark.stages import gplr_stage  # noqa: E402
 from persona_spark.stages.sources import write_edge_tiles  # noqa: E402
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from persona_spark.config import load_config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
-from persona_spark.session import get_spark
+from persona_spark.runtime.session import get_spark
 from persona_spark.stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,10 +29,11 @@ from affinity import add_graph_arguments  # noqa: E402
 from gplr_scale import write_graph_tables, write_persona_set  # noqa: E402
 
 from persona_spark import refresh, tables  # noqa: E402
+from persona_spark.runtime.runs import new_run
 from persona_spark.config import load_config  # noqa: E402
-from persona_spark.io import TableStore  # noqa: E402
+from persona_spark.tables.store import TableStore  # noqa: E402
 from persona_spark.personas import load_persona_set  # noqa: E402
-from persona_spark.session import get_spark  # noqa: E402
+from persona_spark.runtime.session import get_spark  # noqa: E402
 from persona_spark.stages import record_refresh  # noqa: E402
 from persona_spark.stages.common import persona_names  # noqa: E402
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         persona_set = load_persona_set(cfg.personas)
         store.write_table(persona_set.to_dataframe(spark), tables.PERSONA_SET)
         personas = synthetic_personas(spark, args.users, args.personas, args.labelled_frac, args.per_user, args.seed)
-        run_id, run_ts = refresh.new_run(datetime(2026, 1, 1, tzinfo=timezone.utc))
+        run_id, run_ts = new_run(datetime(2026, 1, 1, tzinfo=timezone.utc))
         store.write_table(spark.createDataFrame([(run_id, run_ts)], "run_id string, run_ts timestamp"), tables.GPLR_RUNS)
         counts = personas.groupBy("source").count().collect()
         line = {"users": args.users, "items": args.items, "edges": n_edges, "personas": args.personas,

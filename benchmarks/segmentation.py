@@ -41,9 +41,9 @@ import pandas as pd
 from persona_spark import segment
 from persona_spark.config import LabelingConf, SparkConf, TablesConf
 from persona_spark.graph import build_graph, load_gplr_split
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
-from persona_spark.session import get_spark
+from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import make_backend
 
 

@@ -22,8 +22,8 @@
 import os
 
 from persona_spark import labeling
-from persona_spark.io import TableStore
-from persona_spark.labeling.loopback import LoopbackChatServer, keyword_responder
+from persona_spark.tables.store import TableStore
+from persona_spark.testing.openai_server import LoopbackChatServer, keyword_responder
 from persona_spark.notebook import open_run, show, widget
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES

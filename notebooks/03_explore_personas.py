@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 from pyspark.sql import functions as F
 
 from persona_spark import explore
+from persona_spark.runtime.runs import latest_runs
 from persona_spark.notebook import open_run, show
 from persona_spark.personas import load_persona_set
 
@@ -128,7 +129,7 @@ from persona_spark import refresh
 from persona_spark.report import movement_sentences
 
 history = store.read_table("persona_history")
-runs = refresh.latest_runs(store.read_table("gplr_runs"), 2)
+runs = latest_runs(store.read_table("gplr_runs"), 2)
 print("personas in force at each of the last runs:",
       {r["run_id"]: refresh.personas_as_of(history, r["run_ts"]).count() for r in runs})
 drift, moves = None, []

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark.affinity import checkpoint
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.config import AudienceConf, AudienceSpec
 from persona_spark.errors import UserError
 from persona_spark.explore import persona_sets
 from persona_spark.personas import PersonaSet
-from persona_spark.refresh import latest_runs, utc
+from persona_spark.runtime.runs import latest_runs, utc
 
 MEMBER_COLUMNS = ["audience", "run_id", "run_ts", "query", "user_idx", "customer_id"]
 CHANGE_COLUMNS = ["audience", "run_id", "previous_run_id", "user_idx", "customer_id", "change"]

@@ -55,8 +55,8 @@ def user_error_message(error: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     from persona_spark.config import load_config
-    from persona_spark.io import TableStore
-    from persona_spark.session import describe_master, get_spark
+    from persona_spark.tables.store import TableStore
+    from persona_spark.runtime.session import describe_master, get_spark
     from persona_spark.stages import STAGES
 
     args = build_parser().parse_args(argv)

@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-
-from persona_spark import storage
+from persona_spark.tables import storage
 from persona_spark.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import prototype_weights
-from persona_spark.frames import require_columns
+from persona_spark.runtime.frames import require_columns
 from persona_spark.graph import distinctive_items
 from persona_spark.personas import PersonaSet
 

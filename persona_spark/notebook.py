@@ -15,8 +15,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from persona_spark.config import Config, load_config
-from persona_spark.io import TableStore
-from persona_spark.session import get_spark
+from persona_spark.tables.store import TableStore
+from persona_spark.runtime.session import get_spark
 
 CONF_ENV = "PERSONA_SPARK_CONF"
 DEFAULT_CONF = "conf/local.yaml"

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-from persona_spark import storage
+from persona_spark.tables import storage
 from persona_spark.errors import UserError
 
 UNREPRESENTABLE = "Unrepresentable"

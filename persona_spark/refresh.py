@@ -3,9 +3,8 @@
 Pure ``DataFrame -> DataFrame`` transforms; :func:`record_run` puts one run's together, and the
 gplr stage reads and writes the tables.
 
-* Runs are named by :func:`new_run`: a UTC timestamp (``run_ts``, microseconds) and an id that
-  starts with the same instant and ends with a random suffix, so "latest" and "consecutive" are
-  orderings of ``run_ts`` and two runs in the same second never collide.
+* Runs are named by :func:`persona_spark.runtime.runs.new_run`, so "latest" and "consecutive" are
+  orderings of ``run_ts``.
 * ``persona_history`` is a slowly changing dimension (type 2): one row per (customer, persona)
   validity interval ``[valid_from, valid_to)``, ``valid_to`` null while open. An interval opens when
   a customer gains a persona (or its source changes, LLM label vs propagated) and closes when the
@@ -17,14 +16,15 @@ gplr stage reads and writes the tables.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.affinity import checkpoint, prototype_weights
+from persona_spark.affinity import prototype_weights
+from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.runtime.runs import latest_runs, utc
 from persona_spark.config import AffinityConf, RefreshConf
 from persona_spark.graph import distinctive_items
 from persona_spark.personas import PersonaSet
@@ -35,23 +35,6 @@ HISTORY_COLUMNS = ["customer_id", "user_idx", "persona_idx", "persona", "score",
                    "run_id"]
 
 
-def new_run(now: datetime | None = None) -> tuple[str, datetime]:
-    """``(run_id, run_ts)``: a UTC instant and an id that sorts like it and is unique."""
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return f"{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}", now
-
-
-def utc(ts: datetime) -> datetime:
-    """A timestamp read back from Spark (naive, local time) as an aware UTC datetime."""
-    return ts.astimezone(timezone.utc)
-
-
-def latest_runs(runs: DataFrame, n: int = 1) -> list:
-    """The ``n`` newest rows of a runs table (``run_id``, ``run_ts``), newest first (by ``run_ts``)."""
-    order = [F.desc("run_ts"), F.desc("run_id")] if "run_ts" in runs.columns else [F.desc("run_id")]
-    return runs.orderBy(*order).limit(n).collect()
-
-
 def with_percentile(personas: DataFrame) -> DataFrame:
     """``percentile``: where a propagated row's probability (else score) ranks among the persona's
     propagated rows, 0 (lowest) .. 1 (highest); LLM-labelled rows are 1.0 (the label itself)."""
@@ -59,18 +42,6 @@ def with_percentile(personas: DataFrame) -> DataFrame:
     ranked = Window.partitionBy("persona_idx").orderBy(F.coalesce("probability", "score"), "user_idx")
     return (personas.filter(propagated).withColumn("percentile", F.percent_rank().over(ranked))
             .unionByName(personas.filter(~propagated).withColumn("percentile", F.lit(1.0))))
-
-
-def changed_rows(old: DataFrame | None, new: DataFrame, keys: list[str]) -> DataFrame:
-    """What a MERGE on ``keys`` needs to turn ``old`` into ``new`` and rewrite nothing else: ``new``'s
-    rows that ``old`` lacks (``removed`` false) plus tombstones (``removed`` true) for the keys of
-    ``old`` that ``new`` no longer has. With no ``old`` every row is new."""
-    fresh = new.withColumn("removed", F.lit(False))
-    if old is None:
-        return fresh
-    changed = new.exceptAll(old.select(*new.columns)).withColumn("removed", F.lit(False))
-    gone = old.join(new.select(*keys), keys, "left_anti").select(*new.columns).withColumn("removed", F.lit(True))
-    return changed.unionByName(gone)
 
 
 def named_personas(personas: DataFrame, users: DataFrame, names: DataFrame) -> DataFrame:

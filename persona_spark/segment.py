@@ -55,7 +55,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.frames import require_columns, union_all
+from persona_spark.runtime.frames import require_columns, union_all
 from persona_spark.graph import aggregate_edges, distinctive_items
 from persona_spark.labeling import build_user_histories
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_spark.session import DRIVER_JAVA_OPTIONS
+from persona_spark.runtime.session import DRIVER_JAVA_OPTIONS
 
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,7 +51,7 @@ TEST_SPARK = dict(master="local[2]", shuffle_partitions=2, default_parallelism=2
 def spark(tmp_path_factory):
     """With the Delta connector (resolved from Maven into the user's cache on first use)."""
     from persona_spark.config import SparkConf
-    from persona_spark.session import get_spark
+    from persona_spark.runtime.session import get_spark
 
     warehouse = str(tmp_path_factory.mktemp("warehouse"))
     # pytest-xdist workers start their JVMs one at a time: Ivy resolves the jars into one shared cache.
@@ -65,7 +65,7 @@ def spark(tmp_path_factory):
 @pytest.fixture()
 def store(spark, tmp_path):
     from persona_spark.config import TablesConf
-    from persona_spark.io import TableStore
+    from persona_spark.tables.store import TableStore
 
     return TableStore(spark, TablesConf(root=str(tmp_path / "tables")))
 

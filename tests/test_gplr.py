@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from persona_spark import evaluate, gplr, sampling
+from persona_spark import assignment, evaluate, gplr, sampling
 from persona_spark.config import load_config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_random_pick_is_reproducible_from_seed(spark):
 
 def test_select_personas_bounds():
     scores = np.array([[0.9, 0.8, 0.1, 0.7], [0.1, 0.2, 0.05, 0.0]])
-    chosen = gplr.select_personas(scores, threshold=0.5, max_personas=2)
+    chosen = assignment.select_personas(scores, threshold=0.5, max_personas=2)
     assert chosen.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0]]  # capped at 2; at least 1
 
 
@@ -57,8 +57,8 @@ def test_logistic_fit_separates_a_planted_signal():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 2))
     y = (x[:, 0] - 0.5 * x[:, 1] > 0).astype(float)
-    w = gplr.fit_logistic(x, y, l2=0.1)
-    accuracy = ((gplr.predict_logistic(w, x) > 0.5) == y).mean()
+    w = assignment.fit_logistic(x, y, l2=0.1)
+    accuracy = ((assignment.predict_logistic(w, x) > 0.5) == y).mean()
     assert accuracy > 0.95 and w[0] > 0 > w[1]
 
 
@@ -74,9 +74,9 @@ def test_learned_assignment_gives_big_buyers_more_personas_when_the_labels_do():
         labels = np.zeros_like(psi, dtype=np.int8)
         for i, m in enumerate(np.where(degree > 10, 4, 1)):
             labels[i, order[i, :m]] = 1
-        folds.append(gplr.Fold([psi, psi], degree, labels))
+        folds.append(assignment.Fold([psi, psi], degree, labels))
     conf = load_config(None).gplr
-    model = gplr.fit_assignment(folds, np.full(n_personas, 1 / n_personas), conf, uses_item_signal=False)
+    model = assignment.fit_assignment(folds, np.full(n_personas, 1 / n_personas), conf, uses_item_signal=False)
     test = folds[0]
     chosen = model.select(model.scores(test.signals, test.degree)).sum(axis=1)
     assert chosen[test.degree > 10].mean() > 3.5 and chosen[test.degree < 10].mean() < 1.5
@@ -86,11 +86,11 @@ def test_reach_counts_users_without_any_psi_and_what_they_get(spark):
     rows = [(0, [0.5], [0.2], [1.0]), (1, None, [0.1], None), (2, None, None, [1.0]), (3, None, None, None),
             (4, None, None, None)]
     signals = spark.createDataFrame(rows, "user_idx int, psi array<double>, psi2 array<double>, items array<double>")
-    learned = gplr.AssignmentModel("learned", uses_item_signal=True)
+    learned = assignment.AssignmentModel("learned", uses_item_signal=True)
     assert gplr.reach_counts(signals, learned, ell=1) == {
         "ell": max(gplr.LEARNED_DEPTHS), "unlabelled_users": 5, "unreached_users": 3,
         "unreached_receive": {"item_signal": 1, "prior_only": 2}}
-    topk = gplr.reach_counts(signals.drop("psi2", "items"), gplr.AssignmentModel("topk"), ell=3)
+    topk = gplr.reach_counts(signals.drop("psi2", "items"), assignment.AssignmentModel("topk"), ell=3)
     assert topk == {"ell": 3, "unlabelled_users": 5, "unreached_users": 4, "unreached_receive": {"no_persona": 4}}
 
 
@@ -252,13 +252,13 @@ def test_weighted_fit_counts_a_row_as_often_as_its_weight():
     x = rng.normal(size=(60, 3))
     y = (x[:, 0] + rng.normal(size=60) > 0).astype(float)
     times = rng.integers(1, 5, size=60)
-    weighted = gplr.fit_logistic(x, y, l2=0.5, weight=times.astype(float))
-    repeated = gplr.fit_logistic(np.repeat(x, times, axis=0), np.repeat(y, times), l2=0.5)
+    weighted = assignment.fit_logistic(x, y, l2=0.5, weight=times.astype(float))
+    repeated = assignment.fit_logistic(np.repeat(x, times, axis=0), np.repeat(y, times), l2=0.5)
     np.testing.assert_allclose(weighted, repeated, rtol=1e-8, atol=1e-10)
-    assert not np.allclose(weighted, gplr.fit_logistic(x, y, l2=0.5))  # the weights do change the fit
+    assert not np.allclose(weighted, assignment.fit_logistic(x, y, l2=0.5))  # the weights do change the fit
     predicted, actual = rng.integers(0, 2, size=(60, 4)), rng.integers(0, 2, size=(60, 4))
-    assert gplr.micro_f1(predicted, actual, times) == pytest.approx(
-        gplr.micro_f1(np.repeat(predicted, times, axis=0), np.repeat(actual, times, axis=0)))
+    assert assignment.micro_f1(predicted, actual, times) == pytest.approx(
+        assignment.micro_f1(np.repeat(predicted, times, axis=0), np.repeat(actual, times, axis=0)))
 
 
 def _skewed_prototypes(spark, n_users: int = 2000):

@@ -167,7 +167,7 @@ def test_connected_components_of_a_long_path_and_known_pieces(spark):
 
 def test_build_graph_stage_reports_train_components(spark, tmp_path):
     from persona_spark.config import load_config
-    from persona_spark.io import TableStore
+    from persona_spark.tables.store import TableStore
     from persona_spark.stages import STAGES
 
     cfg = load_config(None, [f"tables.root={tmp_path / 'tables'}"])

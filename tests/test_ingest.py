@@ -98,7 +98,7 @@ def test_online_retail_sample_counts_per_reason(spark, tmp_path):
         None,
         [f"tables.root={tmp_path}", f"ingest.source={csv}", "ingest.preset=online_retail", "ingest.cancellation_prefix=C"],
     )
-    from persona_spark.io import TableStore
+    from persona_spark.tables.store import TableStore
 
     store = TableStore(spark, cfg.tables)
     summary = ingest_stage(cfg, store)
@@ -121,7 +121,7 @@ def test_instacart_sample_joins_names(spark, tmp_path):
         None,
         [f"tables.root={tmp_path}", f"ingest.source={lines}", f"ingest.products={products}", "ingest.preset=instacart"],
     )
-    from persona_spark.io import TableStore
+    from persona_spark.tables.store import TableStore
 
     store = TableStore(spark, cfg.tables)
     summary = ingest_stage(cfg, store)

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from persona_spark.config import TablesConf
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 
 ENGINES = ["spark", "delta-rs"]
 

@@ -12,7 +12,7 @@ from persona_spark.config import DEFAULT_PERSONAS, LabelingConf
 from persona_spark.labeling import build_user_histories, summarize
 from persona_spark.labeling.batch import LEDGER_TABLE, BatchAPI, BatchesPending, BatchLedger, BatchRunner, InputFile, Submission
 from persona_spark.labeling.client import Secret
-from persona_spark.labeling.loopback import BatchFaults, LoopbackChatServer, Reply, answer, entity_ids
+from persona_spark.testing.openai_server import BatchFaults, LoopbackChatServer, Reply, answer, entity_ids
 from persona_spark.personas import load_persona_set
 from persona_spark.stages.cache import TableCache, label_entities
 from tests.test_labeling_openai import KEY_ENV, by_user, make_graph

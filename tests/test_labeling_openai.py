@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from persona_spark.config import DEFAULT_PERSONAS, LabelingConf
 from persona_spark.labeling import DryRunEstimate, build_user_histories
-from persona_spark.labeling.loopback import LoopbackChatServer, Reply, answer, entity_ids, rate_limited, server_error
+from persona_spark.testing.openai_server import LoopbackChatServer, Reply, answer, entity_ids, rate_limited, server_error
 from persona_spark.personas import load_persona_set
 from persona_spark.stages.cache import label_entities
 

@@ -33,7 +33,7 @@ def test_wheel_installs_and_imports_without_pyspark(tmp_path):
                             check=True).stdout.lower()
     assert "pandas" in listed and "pyarrow" in listed, listed  # the runtime dependencies came along
     assert "pyspark" not in listed and "delta-spark" not in listed
-    probe = ("import persona_spark, persona_spark.config as c, persona_spark.storage as s; "
+    probe = ("import persona_spark, persona_spark.config as c, persona_spark.tables.storage as s; "
              "cfg = c.load_config(None, ['root=s3a://bucket/run']); print(cfg.tables.root, s.join(cfg.root, 'x'))")
     imported = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert imported.returncode == 0, imported.stderr[-3000:]

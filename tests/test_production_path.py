@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
-from persona_spark.labeling.loopback import LoopbackChatServer, keyword_responder
+from persona_spark.testing.openai_server import LoopbackChatServer, keyword_responder
 from persona_spark.personas import load_persona_set
 from persona_spark.config import DEFAULT_PERSONAS
 from tests.conftest import SMALL_DATA_SPARK
@@ -81,9 +81,9 @@ CONNECT_CHILD = """
 import contextlib, io, json, os, sys
 from tests.test_labeling_persona_sets import candidates
 from tests.test_notebooks import execute
-from persona_spark import storage
+from persona_spark.tables import storage
 from persona_spark.cli import main
-from persona_spark.labeling.loopback import LoopbackChatServer
+from persona_spark.testing.openai_server import LoopbackChatServer
 quick = execute("01_quick_start.py")
 assert not hasattr(quick["spark"], "_jsc"), "notebook 01 did not get a Spark Connect session"
 endpoint = execute("02_gplr_with_llm_endpoint.py")

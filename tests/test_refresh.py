@@ -14,10 +14,11 @@ import yaml
 from pyspark.sql import functions as F
 
 from persona_spark import audience as audience_lib
+from persona_spark.runtime.runs import changed_rows
 from persona_spark import explore, refresh
 from persona_spark.cli import main as cli_main
 from persona_spark.config import load_config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES, record_refresh
 from tests.test_gplr import shop  # noqa: F401 (module fixture: the prepared demo shop)
@@ -191,9 +192,9 @@ def test_changed_rows_are_what_differs_plus_tombstones(spark):
     schema = "user_idx int, persona_idx int, score double"
     old = spark.createDataFrame([(1, PET, 0.9), (2, BARGAIN, 0.5), (3, CHEF, 0.7)], schema)
     new = spark.createDataFrame([(1, PET, 0.9), (2, BARGAIN, 0.6), (4, CHEF, 0.2)], schema)
-    got = {tuple(r) for r in refresh.changed_rows(old, new, ["user_idx", "persona_idx"]).collect()}
+    got = {tuple(r) for r in changed_rows(old, new, ["user_idx", "persona_idx"]).collect()}
     assert got == {(2, BARGAIN, 0.6, False), (4, CHEF, 0.2, False), (3, CHEF, 0.7, True)}
-    assert {tuple(r) for r in refresh.changed_rows(None, new, ["user_idx", "persona_idx"]).collect()} == {
+    assert {tuple(r) for r in changed_rows(None, new, ["user_idx", "persona_idx"]).collect()} == {
         (1, PET, 0.9, False), (2, BARGAIN, 0.6, False), (4, CHEF, 0.2, False)}
 
 

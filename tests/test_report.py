@@ -91,7 +91,7 @@ def run_tables(spark) -> dict:
 def rendered(spark, frames, tmp_path_factory):
     """A full run's tables in a store (segment run for real), then the report stage."""
     from persona_spark.config import TablesConf
-    from persona_spark.io import TableStore
+    from persona_spark.tables.store import TableStore
 
     root = tmp_path_factory.mktemp("report_run")
     store = TableStore(spark, TablesConf(root=str(root / "tables")))

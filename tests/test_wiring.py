@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from persona_spark.config import SparkConf, config_reference, load_config
-from persona_spark.session import DELTA_EXTENSIONS, delta_coordinates
+from persona_spark.runtime.session import DELTA_EXTENSIONS, delta_coordinates
 from persona_spark.stages import STAGES
 from tests.conftest import TEST_JVM_OPTIONS
 
@@ -59,7 +59,7 @@ def test_every_table_names_a_registered_writer_and_the_report_reads_registered_t
 
 def test_stages_name_tables_only_through_the_registry():
     """No stage module spells a table name where it reads or writes: a renamed table is one edit in
-    persona_spark/tables.py."""
+    persona_spark/tables/__init__.py."""
     from persona_spark.tables import TABLES
 
     table_calls = {"read_table", "write_table", "merge_table", "exists", "location", "read_if_exists", "write_slice",

@@ -1,4 +1,4 @@
-"""What the package changes in Spark's Python workers (persona_spark/worker.py), checked in real workers."""
+"""What the package changes in Spark's Python workers (persona_spark/runtime/worker.py), checked in real workers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import zipimport
 
 import pyarrow as pa
 
-from persona_spark.worker import skip_zip_rereads_per_task
+from persona_spark.runtime.worker import skip_zip_rereads_per_task
 
 EAGER_ZIP_INVALIDATION = (3, 10) <= sys.version_info < (3, 12)
 

@@ -119,8 +119,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark.config import AffinityConf
-from persona_spark.frames import require_columns, union_all
-from persona_spark.session import (CONNECT_CLOSURE_MAX_BYTES, default_parallelism, has_checkpoint_dir, is_connect,
+from persona_spark.runtime.checkpoint import checkpoint, has_checkpoint_dir
+from persona_spark.runtime.frames import require_columns, union_all
+from persona_spark.runtime.session import (CONNECT_CLOSURE_MAX_BYTES, default_parallelism, is_connect,
                                    share_with_tasks)
 
 log = logging.getLogger("persona_spark.affinity")
@@ -552,11 +553,6 @@ def state_dtype(conf: AffinityConf):
 def max_source_rows(conf: AffinityConf, width: int) -> int:
     """Nodes per source block, so one block's full state stays within ``broadcast_max_bytes``."""
     return max(1, conf.broadcast_max_bytes // state_row_bytes(width))
-
-
-def checkpoint(df: DataFrame, mode: str = "local") -> DataFrame:
-    """Materialize and cut the lineage so the plan stays flat however many hops follow."""
-    return df.checkpoint(eager=True) if mode == "reliable" else df.localCheckpoint(eager=True)
 
 
 # ---- vectors in and scores out ------------------------------------------------------------------

@@ -23,9 +23,9 @@ import time
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark.affinity.engine import checkpoint
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.config import AffinityConf
-from persona_spark.frames import union_all
+from persona_spark.runtime.frames import union_all
 from persona_spark.graph import node_edges
 
 

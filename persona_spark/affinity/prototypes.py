@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from persona_spark.frames import require_columns
+from persona_spark.runtime.frames import require_columns
 
 
 def debias_weights(persona_mass: dict[int, float], n_personas: int, beta: float) -> np.ndarray:

@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 
 from persona_spark import tables
 from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
-from persona_spark.frames import require_columns, union_all
+from persona_spark.runtime.frames import require_columns, union_all
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling import signals
 from persona_spark.labeling.client import ChatClient, Secret

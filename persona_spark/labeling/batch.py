@@ -32,7 +32,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark import storage, tables
+from persona_spark import tables
+from persona_spark.tables import storage
 from persona_spark.config import BatchConf, OpenAIConf
 from persona_spark.labeling.backends import (
     CacheKey,
@@ -46,7 +47,7 @@ from persona_spark.labeling.backends import (
 from persona_spark.labeling.client import CallResult, Secret, chat_body, completion_result
 from persona_spark.labeling.prompts import LabelPrompt, error_verdict
 from persona_spark.personas import PersonaSet
-from persona_spark.refresh import new_run
+from persona_spark.runtime.runs import new_run
 
 log = logging.getLogger(__name__)
 

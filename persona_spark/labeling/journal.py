@@ -1,7 +1,7 @@
 """The append-only journal of paid answers: written the moment an answer arrives, read on restart.
 
 Layout: ``<journal_dir>/<kind>/<run>-c<chunk>/part-<partition>-<attempt>-<uuid>[-<n>].jsonl``, one
-JSON label row per line. ``journal_dir`` is any location ``persona_spark.storage`` reaches, so
+JSON label row per line. ``journal_dir`` is any location ``persona_spark.tables.storage`` reaches, so
 executors on other machines and the driver share it (object storage, a Volume, HDFS). On a local
 disk a task appends to one file and flushes after every answer; an object store has no append,
 so each batch of answers becomes its own small object, durable once written. A killed job
@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Iterator
-
-from persona_spark import storage
+from persona_spark.tables import storage
 
 JOURNAL_SUFFIX = ".jsonl"
 

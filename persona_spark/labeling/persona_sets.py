@@ -32,8 +32,7 @@ from string import Template
 import yaml
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-
-from persona_spark import storage
+from persona_spark.tables import storage
 from persona_spark.config import LabelingConf
 from persona_spark.labeling.client import CallResult, ChatClient, Secret
 from persona_spark.labeling.pricing import rates

@@ -23,7 +23,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark import storage, tables
+from persona_spark import tables
+from persona_spark.tables import storage
 from persona_spark.config import LabelingConf, SelectionConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling import signals
@@ -42,9 +43,9 @@ from persona_spark.labeling.client import Secret, resolve_api_key
 from persona_spark.labeling.pricing import cost_column, price_table, rates
 from persona_spark.labeling.prompts import HISTORY_ORDERS, LabelPrompt, load_template_file
 from persona_spark.labeling.ratelimit import job_budget_url
-from persona_spark.session import is_local_master
+from persona_spark.runtime.session import is_local_master
 from persona_spark.personas import PersonaSet
-from persona_spark.refresh import new_run
+from persona_spark.runtime.runs import new_run
 
 log = logging.getLogger(__name__)
 

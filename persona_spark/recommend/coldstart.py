@@ -25,8 +25,7 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-
-from persona_spark import storage
+from persona_spark.tables import storage
 from persona_spark.personas import PersonaSet
 from persona_spark.recommend.data import RecData
 

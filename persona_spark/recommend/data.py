@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from persona_spark import storage
+from persona_spark.tables import storage
 
 FORMAT = "persona-spark-recommend/1"
 META_FILE = "meta.json"

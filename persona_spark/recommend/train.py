@@ -17,8 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-
-from persona_spark import storage
+from persona_spark.tables import storage
 from persona_spark.config import RecommendConf
 from persona_spark.recommend.data import RecData
 from persona_spark.recommend.metrics import evaluate

@@ -10,8 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from pyspark.sql import DataFrame
-
-from persona_spark import storage
+from persona_spark.tables import storage
 from persona_spark.config import ReportConf
 from persona_spark.labeling.pricing import Rates
 from persona_spark.report import gather, render

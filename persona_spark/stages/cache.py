@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame
 
 from persona_spark import labeling, tables
 from persona_spark.config import LabelingConf, RecordedConf, SelectionConf
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import PersonaSet
 from persona_spark.stages.common import read_if_exists
 

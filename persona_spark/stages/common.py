@@ -8,12 +8,13 @@ from typing import Callable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark import refresh, tables
-from persona_spark.affinity import AffinityGraph, checkpoint
+from persona_spark import tables
+from persona_spark.runtime.runs import changed_rows
+from persona_spark.affinity import AffinityGraph
+from persona_spark.runtime.checkpoint import checkpoint, ensure_checkpoint_dir
 from persona_spark.config import Config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
-from persona_spark.session import ensure_checkpoint_dir
 
 Stage = Callable[[Config, TableStore], dict]
 log = logging.getLogger("persona_spark")
@@ -86,7 +87,7 @@ def write_slice(cfg: Config, store: TableStore, name: str, rows: DataFrame, wher
     if existing.limit(1).count() == 0:
         store.write_table(rows, name, "append")
         return True
-    delta = pin(cfg, refresh.changed_rows(existing, rows, keys))  # pinned: the MERGE rewrites its source
+    delta = pin(cfg, changed_rows(existing, rows, keys))  # pinned: the MERGE rewrites its source
     if delta.limit(1).count() == 0:
         return False
     store.merge_table(delta, name, keys, delete_when="removed")

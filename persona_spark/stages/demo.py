@@ -5,20 +5,29 @@ from __future__ import annotations
 import time
 
 from persona_spark.config import Config
-from persona_spark.io import TableStore
+from persona_spark.stages.common import Stage
+from persona_spark.stages.evaluate import evaluate_stage
+from persona_spark.stages.gplr import gplr_stage
+from persona_spark.stages.recommend import cold_start_stage, export_stage, train_stage
+from persona_spark.stages.report import report_stage
+from persona_spark.stages.segments import segment_stage
+from persona_spark.stages.sources import build_graph_stage, generate, ingest_stage
+from persona_spark.tables.store import TableStore
 
-DEMO_STAGES = ["generate", "ingest", "build-graph", "gplr", "evaluate", "export-tripartite", "train", "cold-start",
-               "segment", "report"]
+# The demo's stages in order, under their CLI names.
+DEMO_STAGES: dict[str, Stage] = {
+    "generate": generate, "ingest": ingest_stage, "build-graph": build_graph_stage, "gplr": gplr_stage,
+    "evaluate": evaluate_stage, "export-tripartite": export_stage, "train": train_stage,
+    "cold-start": cold_start_stage, "segment": segment_stage, "report": report_stage,
+}
 
 
 def demo(cfg: Config, store: TableStore) -> dict:
     """The whole pipeline on the embedded demo shop: generate -> ... -> HTML report."""
-    from persona_spark.stages import STAGES
-
     done = {}
-    for name in DEMO_STAGES:
+    for name, stage in DEMO_STAGES.items():
         started = time.perf_counter()
-        summary = STAGES[name](cfg, store) or {}
+        summary = stage(cfg, store) or {}
         seconds = round(time.perf_counter() - started, 1)
         done[name] = {"seconds": seconds, **summary}
         headline = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "details"}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pyspark.sql import functions as F
 
-from persona_spark import evaluate, refresh, tables
+from persona_spark import evaluate, tables
+from persona_spark.runtime.runs import latest_runs, utc
 from persona_spark.config import Config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages.common import pin
 
@@ -23,8 +24,8 @@ def evaluate_stage(cfg: Config, store: TableStore) -> dict:
     baseline, _ = evaluate.evaluate_sets(
         evaluate.popular_personas(prototypes, eval_users, cfg.evaluate.baseline_k), reference, eval_users
     )
-    latest = refresh.latest_runs(store.read_table(tables.GPLR_RUNS))[0]
-    run_id, run_ts = latest["run_id"], F.lit(refresh.utc(latest["run_ts"])).cast("timestamp")  # readers order by run_ts
+    latest = latest_runs(store.read_table(tables.GPLR_RUNS))[0]
+    run_id, run_ts = latest["run_id"], F.lit(utc(latest["run_ts"])).cast("timestamp")  # readers order by run_ts
     result = {"run_id": run_id, "reference": cfg.evaluate.reference_table, "users": eval_users.count(),
               **{k: round(v, 4) for k, v in summary.items()}, "baseline_micro_f1": round(baseline["micro_f1"], 4)}
     spark = store.spark

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from persona_spark import refresh, tables
 from persona_spark.config import Config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
 from persona_spark.stages.common import (locations, persona_names, prepare_checkpoints, read_if_exists, stored_train_graph,

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from persona_spark import labeling, tables
 from persona_spark.config import Config, LabelingConf
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
 from persona_spark.stages.common import read_if_exists, train_edges

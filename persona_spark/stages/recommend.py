@@ -6,9 +6,11 @@ import logging
 
 from pyspark.sql import functions as F
 
-from persona_spark import refresh, storage, tables
+from persona_spark import tables
+from persona_spark.runtime.runs import new_run
+from persona_spark.tables import storage
 from persona_spark.config import Config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.stages.common import persona_names
 
 log = logging.getLogger("persona_spark")
@@ -62,7 +64,7 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
     conf = cfg.recommend
     data = read_directory(conf.export_dir)
     cache = EigenCache(conf.eigen_cache_dir)
-    (run_id, run_ts), rows, summaries = refresh.new_run(), [], []
+    (run_id, run_ts), rows, summaries = new_run(), [], []
     for seed in conf.seeds:
         result = train(data, conf, seed, cache=cache)
         path = result.save(storage.join(conf.model_dir, f"{result.model}-seed{seed}"), data)

@@ -6,7 +6,7 @@ import os
 
 from persona_spark import report as report_lib
 from persona_spark.config import Config
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.labeling.pricing import price_table
 from persona_spark.stages.common import persona_names, read_if_exists
 

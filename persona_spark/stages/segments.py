@@ -9,8 +9,8 @@ from pyspark.sql import functions as F
 from persona_spark import tables
 from persona_spark import segment as segment_lib
 from persona_spark.config import Config
-from persona_spark.frames import union_all
-from persona_spark.io import TableStore
+from persona_spark.runtime.frames import union_all
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
 from persona_spark.stages.common import locations, persona_names

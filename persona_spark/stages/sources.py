@@ -10,7 +10,7 @@ from persona_spark import graph, ingest, tables
 from persona_spark.affinity import prepare_graph
 from persona_spark.config import Config
 from persona_spark.generate import generate as generate_lines
-from persona_spark.io import TableStore
+from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages.common import locations, persona_names, pin, prepare_checkpoints, read_if_exists, train_edges
 

@@ -203,27 +203,6 @@ def default_parallelism(spark: SparkSession) -> int:
     return spark.sparkContext.defaultParallelism
 
 
-def ensure_checkpoint_dir(spark: SparkSession, directory: str) -> None:
-    """Reliable checkpoints need a directory: ``directory`` unless the session already has one.
-
-    A Connect client cannot set it: the server's ``spark.checkpoint.dir`` must be configured (a
-    local Connect session built here sets it from ``spark.checkpoint_dir``).
-    """
-    if is_connect(spark):
-        if not spark.conf.get("spark.checkpoint.dir", None):
-            raise ValueError("affinity.checkpoint=reliable on Spark Connect needs the server's spark.checkpoint.dir "
-                             "(set it in the cluster's Spark config), or use affinity.checkpoint=local")
-        return
-    if spark.sparkContext.getCheckpointDir() is None:
-        spark.sparkContext.setCheckpointDir(directory)
-
-
-def has_checkpoint_dir(spark: SparkSession) -> bool:
-    if is_connect(spark):
-        return bool(spark.conf.get("spark.checkpoint.dir", None))
-    return spark.sparkContext.getCheckpointDir() is not None
-
-
 def share_with_tasks(spark: SparkSession, value) -> tuple[Callable[[], Any], Callable[[], None]]:
     """(getter, release) for a read-only value every task needs: a broadcast on a classic session (sent
     once per executor), the UDF closure on Spark Connect (which has no broadcast)."""
@@ -275,7 +254,7 @@ def _probe_delta_on_connect(spark: SparkSession) -> bool:
 
 
 if __name__ == "__main__":
-    # `python -m persona_spark.session`: resolve the jars a local session uses (Delta connector and hadoop-aws) into
+    # `python -m persona_spark.runtime.session`: resolve the jars a local session uses (Delta connector and hadoop-aws) into
     # spark.ivy_cache once, e.g. on a new machine or in CI before the tests.
     session = get_spark(SparkConf(master="local[1]", hadoop_aws=True))
     print(f"Delta connector present: {has_delta_connector(session)}; jars cached under "
