@@ -69,8 +69,8 @@ def raw_transactions(spark, csv: Path):
 def sweep(name: str, features, ks: list[int], components: int, key: str, protocol: str, labels: str | None) -> None:
     paper = protocol == "paper"
     started = time.perf_counter()
-    result = segment.segment_users(features, ks, components, key=key, reduce=not (paper and name == "rfm"),
-                                   silhouette="euclidean" if paper else "squared_euclidean")
+    clustering = segment.Clustering(components, silhouette="euclidean" if paper else "squared_euclidean")
+    result = segment.segment_users(features, ks, clustering, key=key, reduce=not (paper and name == "rfm"))
     seconds = round(time.perf_counter() - started, 2)
     users = result.embedded.count()
     result.release()

@@ -52,7 +52,7 @@ from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import PCA, Normalizer, OneHotEncoder, QuantileDiscretizer, StandardScaler, VectorAssembler
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.runtime.frames import require_columns, union_all
@@ -300,38 +300,48 @@ class Segmentation:
         self.embedded.unpersist()
 
 
-def segment_users(
-    features: DataFrame,
-    ks: list[int],
-    components: int = 3,
-    seed: int = 42,
-    max_iter: int = 20,
-    key: str = "user_idx",
-    reduce: bool = True,
-    silhouette: Literal["squared_euclidean", "euclidean"] = "squared_euclidean",
-    silhouette_sample: int = 5000,
-) -> Segmentation:
-    """Cluster the embedded users for every k; silhouette is NaN when KMeans finds fewer than 2 clusters
-    (e.g. more clusters asked for than distinct persona combinations exist).
+@dataclass(frozen=True)
+class Clustering:
+    """How ``segment_users`` embeds and clusters: PCA components, the KMeans seed and iterations, and
+    which silhouette it reports.
 
     ``silhouette``: ``squared_euclidean`` is Spark's ``ClusteringEvaluator`` over every user (the
     project protocol); ``euclidean`` the exact Euclidean silhouette of at most ``silhouette_sample``
-    users (the paper protocol, see ``euclidean_silhouette``). ``reduce=False`` skips the PCA."""
+    users (the paper protocol, see ``euclidean_silhouette``)."""
+
+    components: int = 3
+    seed: int = 42
+    max_iter: int = 20
+    silhouette: Literal["squared_euclidean", "euclidean"] = "squared_euclidean"
+    silhouette_sample: int = 5000
+
+
+def segment_users(
+    features: DataFrame,
+    ks: list[int],
+    clustering: Clustering = Clustering(),
+    key: str = "user_idx",
+    reduce: bool = True,
+) -> Segmentation:
+    """Cluster the embedded users for every k; silhouette is NaN when KMeans finds fewer than 2 clusters
+    (e.g. more clusters asked for than distinct persona combinations exist). ``reduce=False`` skips the PCA."""
     if not ks or any(k < 2 for k in ks):
         raise ValueError(f"every k must be at least 2, got {ks}")
-    if silhouette not in ("squared_euclidean", "euclidean"):
-        raise ValueError(f"silhouette must be 'squared_euclidean' or 'euclidean', got {silhouette!r}")
-    embedded = embed(features, components, key, reduce).persist()
+    if clustering.silhouette not in ("squared_euclidean", "euclidean"):
+        raise ValueError(f"silhouette must be 'squared_euclidean' or 'euclidean', got {clustering.silhouette!r}")
+    seed = clustering.seed
+    embedded = embed(features, clustering.components, key, reduce).persist()
     evaluator = ClusteringEvaluator(featuresCol="embedding", predictionCol="segment", distanceMeasure="squaredEuclidean")
     assignments, silhouettes = [], []
     for k in ks:
-        model = KMeans(k=k, seed=seed, maxIter=max_iter, featuresCol="embedding", predictionCol="segment").fit(embedded)
+        kmeans = KMeans(k=k, seed=seed, maxIter=clustering.max_iter, featuresCol="embedding", predictionCol="segment")
+        model = kmeans.fit(embedded)
         predicted = model.transform(embedded)
         found = sum(1 for size in model.summary.clusterSizes if size > 0)
         if found < 2:
             score = math.nan
-        elif silhouette == "euclidean":
-            score, _ = euclidean_silhouette(predicted, silhouette_sample, seed, key)
+        elif clustering.silhouette == "euclidean":
+            score, _ = euclidean_silhouette(predicted, clustering.silhouette_sample, seed, key)
         else:
             score = evaluator.evaluate(predicted)
         log.info("k=%d: %d non-empty clusters, silhouette %.4f", k, found, score)
@@ -412,8 +422,25 @@ def describe_segments(
     sizes = assignments.groupBy("k", "segment").agg(F.count("*").alias("size"))
     by_k = Window.partitionBy("k")
     sizes = sizes.withColumn("share", F.col("size") / F.sum("size").over(by_k))
-    n_users = assignments.select("user_idx").distinct().count()  # one number, not rows
+    dominant = _segment_personas(assignments, sizes, personas, persona_names, top_personas)
+    top = _segment_items(assignments, edges, items, top_items)
+    summary = sizes.join(dominant, ["k", "segment"], "left").join(top, ["k", "segment"], "left")
+    return summary.select(
+        "k",
+        F.col("segment").cast("int"),
+        F.col("size").cast("long"),
+        "share",
+        F.transform(F.coalesce("personas", F.array()), lambda p: p.dropFields("pos")).alias("personas"),
+        F.transform(F.coalesce("top_items", F.array()), lambda i: i.dropFields("item_rank")).alias("top_items"),
+        _segment_sentence().alias("description"),
+    )
 
+
+def _segment_personas(assignments: DataFrame, sizes: DataFrame, personas: DataFrame, persona_names: DataFrame,
+                      top_personas: int) -> DataFrame:
+    """``k, segment, personas``: the ``top_personas`` most common personas of each segment, as structs
+    ``pos, persona_idx, name, share, lift`` (lift: share in the segment over share among all users)."""
+    n_users = assignments.select("user_idx").distinct().count()  # one number, not rows
     persona_users = personas.select("user_idx", "persona_idx").distinct()
     overall = persona_users.groupBy("persona_idx").agg((F.count("*") / F.lit(n_users)).alias("overall_share"))
     in_segment = (
@@ -440,16 +467,22 @@ def describe_segments(
         F.col("persona_share").alias("share"),
         "lift",
     )
-    dominant = in_segment.groupBy("k", "segment").agg(F.sort_array(F.collect_list(persona_struct)).alias("personas"))
+    return in_segment.groupBy("k", "segment").agg(F.sort_array(F.collect_list(persona_struct)).alias("personas"))
 
+
+def _segment_items(assignments: DataFrame, edges: DataFrame, items: DataFrame, top_items: int) -> DataFrame:
+    """``k, segment, top_items``: each segment's ``top_items`` distinctive items, as structs
+    ``item_rank, item_idx, item_name, buyers, share, lift``."""
     groups = assignments.select("user_idx", F.struct("k", "segment").alias("group"))
     items_ranked = distinctive_items(groups, edges, items, top_n=top_items, group_cols=["group"])
     item_struct = F.struct("item_rank", "item_idx", "item_name", "buyers", F.col("buyer_share").alias("share"), "lift")
-    top = items_ranked.groupBy(F.col("group.k").alias("k"), F.col("group.segment").alias("segment")).agg(
+    return items_ranked.groupBy(F.col("group.k").alias("k"), F.col("group.segment").alias("segment")).agg(
         F.sort_array(F.collect_list(item_struct)).alias("top_items")
     )
 
-    summary = sizes.join(dominant, ["k", "segment"], "left").join(top, ["k", "segment"], "left")
+
+def _segment_sentence() -> Column:
+    """The segment in one sentence, from ``size, share, personas, top_items``."""
     persona_text = F.array_join(
         F.transform(
             F.coalesce("personas", F.array()),
@@ -458,7 +491,7 @@ def describe_segments(
         ", ",
     )
     item_text = F.array_join(F.transform(F.coalesce("top_items", F.array()), lambda i: F.initcap(F.trim(i["item_name"]))), ", ")
-    description = F.concat(
+    return F.concat(
         F.format_number(F.col("size"), 0),
         F.lit(" customers ("),
         F.format_number(F.col("share") * 100, 1),
@@ -467,15 +500,6 @@ def describe_segments(
         F.lit(". Buys more than others: "),
         F.when(item_text == "", F.lit("nothing stands out")).otherwise(item_text),
         F.lit("."),
-    )
-    return summary.select(
-        "k",
-        F.col("segment").cast("int"),
-        F.col("size").cast("long"),
-        "share",
-        F.transform(F.coalesce("personas", F.array()), lambda p: p.dropFields("pos")).alias("personas"),
-        F.transform(F.coalesce("top_items", F.array()), lambda i: i.dropFields("item_rank")).alias("top_items"),
-        description.alias("description"),
     )
 
 
@@ -614,27 +638,36 @@ def _period_values(periods: DataFrame, labeler, key: str, buckets: int, columns:
     return rfm_triples, persona_sets
 
 
+@dataclass(frozen=True)
+class PaperSample:
+    """Which customers Table 8 compares: ``customers`` sampled (seeded) among those with more than
+    ``min_transactions`` transactions (``unit``: lines or distinct orders) in the year from ``year_start``
+    (see ``year_periods``)."""
+
+    customers: int = 300
+    min_transactions: int = 10
+    unit: Literal["lines", "orders"] = "lines"
+    seed: int = 42
+    year_start: str | None = None
+
+
 def paper_robustness(
     transactions: DataFrame,
     labeler,
     key: str = "customer_id",
     buckets: int = 10,
-    customers: int = 300,
-    min_transactions: int = 10,
-    unit: Literal["lines", "orders"] = "lines",
-    seed: int = 42,
-    year_start: str | None = None,
+    sample: PaperSample = PaperSample(),
     top: int = 3,
 ) -> DataFrame:
     """Table 8 as the paper runs it (see the module docstring): the year's two six-month periods,
-    ``customers`` sampled among those with more than ``min_transactions`` transactions in the year,
-    RFM deciles and the ``top`` most dominant personas per period.
+    the ``sample`` of active customers, RFM deciles and the ``top`` most dominant personas per period.
 
     ``labeler`` as for ``robustness`` (its output may carry a ``rank``, see ``dominant_personas``).
     Returns rows ``representation, users (the sample), in_both_periods, unchanged, share_unchanged``
     (share of the whole sample); ``labeler=None`` gives the RFM row only.
     """
-    periods = active_sample(year_periods(transactions, year_start), customers, min_transactions, unit, seed, key)
+    in_year = year_periods(transactions, sample.year_start)
+    periods = active_sample(in_year, sample.customers, sample.min_transactions, sample.unit, sample.seed, key)
     columns = [p.column for p in rfm_parts(periods, rfm_values(periods, key)) if p.computed]
     sampled = periods.select(key).distinct()
     rfm_triples, persona_sets = _period_values(periods, labeler, key, buckets, columns,
@@ -714,6 +747,8 @@ def robustness(transactions: DataFrame, labeler, key: str = "customer_id", bucke
 
 __all__ = [
     "PROTOCOLS",
+    "Clustering",
+    "PaperSample",
     "Representations",
     "RfmPart",
     "RfmVectors",

@@ -33,7 +33,8 @@ def test_persona_index_outside_the_set_is_reported(spark):
 
 
 def test_segmentation_recovers_planted_persona_groups(frames):
-    result = segment.segment_users(segment.persona_vectors(frames["personas"], len(PERSONAS)), ks=[2, 4], seed=1)
+    result = segment.segment_users(segment.persona_vectors(frames["personas"], len(PERSONAS)), ks=[2, 4],
+                                   clustering=segment.Clustering(seed=1))
     try:
         scores = {row["k"]: row for row in result.silhouettes}
         # Four distinct persona combinations: with k=4 every cluster is one point, perfectly separated.
@@ -356,7 +357,8 @@ def test_paper_segmentation_takes_the_first_six_months_and_raw_rfm_values(spark)
 def test_paper_segmentation_reduces_personas_to_three_dimensions(spark):
     lines, users, personas = _paper_shop(spark)
     chosen = segment.segment_representations(personas, 6, lines, users, protocol="paper")
-    result = {name: segment.segment_users(features, [2], reduce=chosen.reduce[name], silhouette="euclidean", seed=1)
+    result = {name: segment.segment_users(features, [2], segment.Clustering(seed=1, silhouette="euclidean"),
+                                          reduce=chosen.reduce[name])
               for name, features in chosen.features.items()}
     try:
         embedded = {name: {r["user_idx"]: r["e"] for r in res.embedded.select("user_idx", vector_to_array("embedding").alias("e")).collect()}
@@ -422,7 +424,8 @@ def test_paper_robustness_known_answer(spark):
     def labeler(part):  # one row per line: the item's family
         return part.select("customer_id", F.regexp_extract("item_id", r"I(\d+)", 1).cast("int").alias("persona_idx"))
 
-    result = {r["representation"]: r for r in segment.paper_robustness(lines, labeler, year_start="2023-01-01").collect()}
+    year_2023 = segment.PaperSample(year_start="2023-01-01")
+    result = {r["representation"]: r for r in segment.paper_robustness(lines, labeler, sample=year_2023).collect()}
     personas = result["personas"]
     assert (personas["users"], personas["in_both_periods"], personas["unchanged"]) == (3, 2, 1)  # A, B, D; A stays
     assert personas["share_unchanged"] == pytest.approx(1 / 3)
@@ -431,7 +434,8 @@ def test_paper_robustness_known_answer(spark):
     # the project protocol compares every customer with two orders over all their lines, full persona sets
     project = {r["representation"]: r for r in segment.robustness(lines, labeler).collect()}
     assert project["personas"]["users"] == 5
-    only_rfm = segment.paper_robustness(lines, None, customers=2, year_start="2023-01-01").collect()
+    two_customers = segment.PaperSample(customers=2, year_start="2023-01-01")
+    only_rfm = segment.paper_robustness(lines, None, sample=two_customers).collect()
     assert [(r["representation"], r["users"]) for r in only_rfm] == [("rfm", 2)]
 
 

@@ -44,10 +44,11 @@ def segment_stage(cfg: Config, store: TableStore) -> dict:
         store.write_table(store.spark.createDataFrame(rfm_parts, "part string, computed boolean, source string"),
                           tables.RFM_PARTS)
     results = {
-        name: segment_lib.segment_users(features, conf.ks, conf.pca_components, conf.seed, conf.max_iter,
-                                        reduce=chosen.reduce[name],
-                                        silhouette="euclidean" if paper else "squared_euclidean",
-                                        silhouette_sample=conf.paper.silhouette_sample)
+        name: segment_lib.segment_users(features, conf.ks,
+                                        segment_lib.Clustering(conf.pca_components, conf.seed, conf.max_iter,
+                                                               silhouette="euclidean" if paper else "squared_euclidean",
+                                                               silhouette_sample=conf.paper.silhouette_sample),
+                                        reduce=chosen.reduce[name])
         for name, features in chosen.features.items()
     }
     try:
@@ -91,10 +92,10 @@ def robustness_stage(cfg: Config, store: TableStore) -> dict:
     labeler = segment_lib.period_labeler(backend.label, store.read_table(tables.USERS), store.read_table(tables.ITEMS))
     if conf.protocol == "paper":
         paper = conf.paper
-        result = segment_lib.paper_robustness(
-            transactions, labeler, "customer_id", conf.rfm_buckets, paper.robustness_customers, paper.min_transactions,
-            paper.transaction_unit, conf.seed, str(paper.year_start) if paper.year_start else None, paper.top_personas,
-        )
+        sample = segment_lib.PaperSample(paper.robustness_customers, paper.min_transactions, paper.transaction_unit,
+                                         conf.seed, str(paper.year_start) if paper.year_start else None)
+        result = segment_lib.paper_robustness(transactions, labeler, "customer_id", conf.rfm_buckets, sample,
+                                              paper.top_personas)
     else:
         result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
     store.write_table(result, tables.ROBUSTNESS)

@@ -371,86 +371,7 @@ class LoopbackChatServer:
             self.batch_faults.hold = False
 
     def start(self) -> "LoopbackChatServer":
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-            def do_GET(self) -> None:
-                path = urlparse(self.path).path.rstrip("/")
-                parts = path.split("/")
-                if path.endswith("/batches"):
-                    data = [server._public(b) for b in reversed(list(server.batches.values()))]
-                    self._json(200, {"object": "list", "data": data, "has_more": False})
-                elif len(parts) >= 2 and parts[-2] == "batches":
-                    self._json(*server._retrieve(parts[-1]))
-                elif len(parts) >= 3 and parts[-3] == "files" and parts[-1] == "content":
-                    record = server.files.get(parts[-2])
-                    if record is None:
-                        self._json(404, {"error": {"message": "no such file"}})
-                    else:
-                        self._send(200, record["content"], {"Content-Type": "application/octet-stream"})
-                elif len(parts) >= 2 and parts[-2] == "files" and parts[-1] in server.files:
-                    self._json(200, {k: v for k, v in server.files[parts[-1]].items() if k != "content"})
-                else:
-                    self._json(404, {"error": {"message": "not found"}})
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                data = self.rfile.read(length)
-                path = urlparse(self.path).path.rstrip("/")
-                if path.endswith("/files"):
-                    self._json(*server._upload(self.headers.get("Content-Type", ""), data))
-                    return
-                body = json.loads(data or b"{}")
-                if path.endswith("/batches"):
-                    self._json(*server._create_batch(body))
-                    return
-                if not path.endswith("/chat/completions"):
-                    self._json(404, {"error": {"message": "not found"}})
-                    return
-                admitted, limit_headers = server._admit(body)
-                if not admitted:
-                    reply = rate_limited(1.0)
-                    reply.headers.pop("Retry-After")
-                    with server.lock:
-                        server.statuses[429] += 1
-                    self._send(429, reply.raw, limit_headers)
-                    return
-                reply, payload = server._chat(body, self.headers.get("Authorization", ""))
-                time.sleep(server.latency_s + reply.delay_s)
-                with server.lock:
-                    server.statuses[reply.status] += 1
-                if self._send(reply.status, payload, {**limit_headers, **reply.headers}) and reply.status == 200:
-                    with server.lock:
-                        server.answered_ids.extend(entity_ids(body))
-
-            def _json(self, status: int, payload: dict) -> None:
-                self._send(status, json.dumps(payload).encode(), {})
-
-            def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> bool:
-                try:
-                    self.send_response(status)
-                    if "Content-Type" not in headers:
-                        self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    self.wfile.flush()
-                    return True
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    return False
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 256
-
-        self._httpd = Server(("127.0.0.1", 0), Handler)
+        self._httpd = _HTTPServer(self)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -493,3 +414,93 @@ class LoopbackChatServer:
                 },
             }
         ).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes each HTTP request of a ``_HTTPServer`` to the ``LoopbackChatServer`` that owns it."""
+
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        server = self.server.owner
+        path = urlparse(self.path).path.rstrip("/")
+        parts = path.split("/")
+        if path.endswith("/batches"):
+            data = [server._public(b) for b in reversed(list(server.batches.values()))]
+            self._json(200, {"object": "list", "data": data, "has_more": False})
+        elif len(parts) >= 2 and parts[-2] == "batches":
+            self._json(*server._retrieve(parts[-1]))
+        elif len(parts) >= 3 and parts[-3] == "files" and parts[-1] == "content":
+            record = server.files.get(parts[-2])
+            if record is None:
+                self._json(404, {"error": {"message": "no such file"}})
+            else:
+                self._send(200, record["content"], {"Content-Type": "application/octet-stream"})
+        elif len(parts) >= 2 and parts[-2] == "files" and parts[-1] in server.files:
+            self._json(200, {k: v for k, v in server.files[parts[-1]].items() if k != "content"})
+        else:
+            self._json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        server = self.server.owner
+        length = int(self.headers.get("Content-Length", 0))
+        data = self.rfile.read(length)
+        path = urlparse(self.path).path.rstrip("/")
+        if path.endswith("/files"):
+            self._json(*server._upload(self.headers.get("Content-Type", ""), data))
+            return
+        body = json.loads(data or b"{}")
+        if path.endswith("/batches"):
+            self._json(*server._create_batch(body))
+            return
+        if not path.endswith("/chat/completions"):
+            self._json(404, {"error": {"message": "not found"}})
+            return
+        admitted, limit_headers = server._admit(body)
+        if not admitted:
+            reply = rate_limited(1.0)
+            reply.headers.pop("Retry-After")
+            with server.lock:
+                server.statuses[429] += 1
+            self._send(429, reply.raw, limit_headers)
+            return
+        reply, payload = server._chat(body, self.headers.get("Authorization", ""))
+        time.sleep(server.latency_s + reply.delay_s)
+        with server.lock:
+            server.statuses[reply.status] += 1
+        if self._send(reply.status, payload, {**limit_headers, **reply.headers}) and reply.status == 200:
+            with server.lock:
+                server.answered_ids.extend(entity_ids(body))
+
+    def _json(self, status: int, payload: dict) -> None:
+        self._send(status, json.dumps(payload).encode(), {})
+
+    def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> bool:
+        try:
+            self.send_response(status)
+            if "Content-Type" not in headers:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+            return True
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            return False
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """The listening socket on 127.0.0.1 (a free port), one daemon thread per connection."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, owner: LoopbackChatServer):
+        self.owner = owner
+        super().__init__(("127.0.0.1", 0), _Handler)
