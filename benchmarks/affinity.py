@@ -3,7 +3,7 @@
     python benchmarks/affinity.py                                  # 1 M edges, 20k users, 51 personas
     python benchmarks/affinity.py --users 206209 --items 49677 --edges 13300000   # Instacart Full size
     python benchmarks/affinity.py ... --connect     # the same on a local Spark Connect server (connect_* rows)
-    python benchmarks/affinity.py ... --edges-cache /tmp/edges-13m   # generate once, reuse in later runs
+    python benchmarks/affinity.py ... --edges-cache DIR   # generate once into DIR, reuse it in later runs
     python benchmarks/affinity.py ... --dataframe-messages   # also the GraphFrames-style aggregateMessages Ψ
 
 A synthetic purchase graph is generated in Spark (lognormal user activity, Zipf item popularity,
@@ -21,7 +21,8 @@ personas the engine also ranks top 5), the share of all users with any score; ``
 is the peak summed RSS of this process and its children (the JVM, Python workers) during that run;
 ``load_before``/``load_after`` are the 1-minute load averages (the machine may be shared);
 ``jit_compile_ms`` is the JVM's JIT compile time during the run (classic sessions: the first
-full-size runs of a JVM pay seconds of it on its 2 cores); Spark lines carry ``phases`` (seconds per tile build / hop, and the data path each hop took).
+full-size runs of a JVM pay most of it); Spark lines carry ``phases`` (seconds per tile build / hop,
+and the data path each hop took).
 """
 
 from __future__ import annotations

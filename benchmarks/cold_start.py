@@ -1,6 +1,6 @@
 """Cold start through personas vs popularity, simulated honestly on a split in the paper's format.
 
-    python benchmarks/cold_start.py --data ../shared/data/online_retail_gplr [--seeds 0 1 2]
+    python benchmarks/cold_start.py --data "$PERSONA_SPARK_SHARED_DATA/online_retail_gplr" [--seeds 0 1 2]
 
 New customers: 10 % of the users with purchases leave entirely (every edge and their persona
 labels leave the training graph); LGCN3 trains on the rest; each held-out user's GPT-4 personas
@@ -13,7 +13,7 @@ embeddings), "persona_centroids" (mean final embedding of the training users car
 personas), "popularity" (baseline). New items: "personas" (share of each customer's purchases on
 items carrying those personas x activity^γ, γ chosen on validation items carved out of the
 training graph, never on the held-out ones), "persona_embeddings" (LGCN3 user embeddings against
-the mean persona embedding: what was tried first), "popularity" (customers by activity).
+the mean persona embedding: the obvious alternative, kept for comparison), "popularity" (customers by activity).
 Prints ``{"task", "method", "seed", "ndcg@10", "f1@10", "recall@50", "queries"}`` per run, then
 the mean per (task, method) and whether personas beat popularity by ≥ 10 % relative.
 """

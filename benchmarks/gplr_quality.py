@@ -1,15 +1,15 @@
 """GPLR quality on a dataset in the paper's format, with recorded LLM labels as the LLM.
 
-    python benchmarks/gplr_quality.py --data ../shared/data/online_retail_gplr
+    python benchmarks/gplr_quality.py --data "$PERSONA_SPARK_SHARED_DATA/online_retail_gplr"
 
 Two rows per (budget, seed): ``paper`` is the faithful mode (the ``gplr`` and ``affinity``
 sections of ``conf/paper.yaml``: T = 10 DU rounds, ℓ̂ = 1, β = 0.5, top-5 of Ψ, no item signal)
 and ``ours`` the project's defaults (``GPLRConf()`` / ``AffinityConf()``: DU rounds, learned
 assignment with the item signal). Each mode samples its own prototypes through the real
 pipeline (Spark affinity engine, labeling layer with the ``recorded`` backend, Delta tables in a
-temporary folder) and is scored on the users *its* run did not label. Budgets default to the
-issue's 2.5 / 5 / 10 / 20 %, with every ``--seeds`` at ``--multi-seed-budget`` (5 %) and the
-first seed elsewhere. Prints one JSON line per (budget, seed, method):
+temporary folder) and is scored on the users *its* run did not label. Budgets default to
+2.5 / 5 / 10 / 20 %, with every ``--seeds`` at ``--multi-seed-budget`` (5 %) and the first seed
+elsewhere. Prints one JSON line per (budget, seed, method):
 ``{"budget", "seed", "method", "micro_f1", "macro_f1", "precision", "recall", "baseline_micro_f1", ...}``
 where ``baseline_micro_f1`` gives every evaluated user the top-5 personas most frequent among
 the prototypes.

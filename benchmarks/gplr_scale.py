@@ -1,6 +1,6 @@
 """GPLR end to end (the real ``gplr`` stage) on a generated graph, LLM = loopback server with latency.
 
-    python benchmarks/gplr_scale.py                                   # 20k users, 1 M edges: ~2 min
+    python benchmarks/gplr_scale.py                                   # 20k users, 1 M edges
     python benchmarks/gplr_scale.py --users 206209 --items 49677 --edges 13300000   # Instacart Full size
 
 The purchase graph comes from ``benchmarks/affinity.py``'s generator (lognormal users, Zipf items,

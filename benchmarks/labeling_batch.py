@@ -1,6 +1,6 @@
 """10,000 users through the Batch API path against the loopback server, 5 % of the lines faulty.
 
-    flock /tmp/bench.lock python benchmarks/labeling_batch.py            # 10,000 users, 5 % faulty
+    python benchmarks/labeling_batch.py                                  # 10,000 users, 5 % faulty
     python benchmarks/labeling_batch.py --users 2000 --max-lines 500
 
 Runs the real path (``label_entities`` with ``labeling.backend=openai_batch``: Spark renders the

@@ -1,6 +1,6 @@
 """MF, LightGCN, AFDGCF, LGCN, LGCN3, A-LGCN3 (and LGCN3 on GPLR personas) on a split in the paper's format.
 
-    python benchmarks/recommend.py --data ../shared/data/online_retail_gplr \
+    python benchmarks/recommend.py --data "$PERSONA_SPARK_SHARED_DATA/online_retail_gplr" \
         [--models afdgcf algcn3] [--user-personas gplr=/path/to/gplr_personas.json] [--seeds 0 1 2] [--set lr=0.005]
 
 ``--models`` picks configurations (default: all of ``MODELS``); AFDGCF and A-LGCN3 take the
@@ -31,8 +31,8 @@ from persona_spark.recommend.models import MODELS, WITH_PERSONAS
 from persona_spark.recommend.spectral import EigenCache
 from persona_spark.recommend.train import train
 
-# Shared by both benchmarks. Sized for the 30-minute CPU budget (large batches: one spectral
-# propagation per batch dominates a step), not tuned: no setting was ever chosen on test.
+# Shared by both benchmarks. Sized so every model trains on a CPU machine (large batches: one spectral
+# propagation per batch dominates a step), not tuned: no setting is chosen on test.
 BENCHMARK_DEFAULTS = dict(dim=64, eigen_k=128, lr=0.01, reg=1e-4, batch_size=4096, max_epochs=40, patience=3,
                           eval_every=2, progress=False)
 

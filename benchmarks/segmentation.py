@@ -1,6 +1,6 @@
 """Segmentation quality and speed on real data (paper §7.4, Tables 8 and 9), under either protocol.
 
-    python benchmarks/segmentation.py --data ../shared/data [--robustness] [--protocol project|paper|both]
+    python benchmarks/segmentation.py --data "$PERSONA_SPARK_SHARED_DATA" [--robustness] [--protocol project|paper|both]
 
 ``--protocol project`` (the default, the ``segment`` stage's default pipeline):
 
@@ -9,7 +9,7 @@
 * rfm: recency / frequency / monetary deciles of the raw Online Retail sample (online_retail_raw) through
   the same pipeline (the GPLR split has no dates or prices, so RFM comes from the raw lines);
 * ``--robustness``: two-period stability on the raw sample (each customer's orders halved), personas
-  from the offline embedding labeler (it embeds the sample's product names: minutes on 2 cores) and
+  from the offline embedding labeler (it embeds the sample's product names, the slowest step) and
   RFM deciles.
 
 ``--protocol paper`` (``segment.protocol=paper``, see ``persona_spark.segment``): Euclidean silhouette;

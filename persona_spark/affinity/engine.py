@@ -233,8 +233,8 @@ def _state_batch(block: int, state: BlockState) -> pa.RecordBatch:
 def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
     """``np.argsort(keys, kind="stable")`` for integer keys in [0, bound), as radix passes over 16 bits at a time.
 
-    numpy's stable argsort is a linear radix sort for 16-bit types only and timsort for wider ones:
-    on 3 M random source ids one or two 16-bit passes take a quarter of timsort's time.
+    numpy's stable argsort is a linear radix sort for 16-bit types only and timsort (n log n) for wider
+    ones, so on millions of random source ids one or two linear 16-bit passes beat a single timsort.
     """
     order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
     shift = 16
@@ -455,7 +455,7 @@ def _to_source_blocks(block_states: Iterable[tuple[int, BlockState]], blocking: 
     """Re-index target-block states into source blocks (global id = local·T + block).
 
     The target blocks of one source block hold disjoint nodes, so their rows are only concatenated:
-    a tile selects its columns in any order, and sorting a full state cost the driver a copy of it.
+    a tile selects its columns in any order, and sorting a full state would cost the driver a copy of it.
     """
     by_source: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for block, state in block_states:
@@ -800,8 +800,8 @@ def _edge_batches(spark):
 
     ``CUT_BATCH_ROWS`` rows a batch instead of Spark's default 10,000 (thousands of tiny batches), and no
     byte limit: with ``maxBytesPerBatch`` set (Spark 4.0's default is 256 MiB) the JVM re-measures the
-    whole batch after every row it writes, which took half of handing the edges to Python (13 M edges:
-    1.7 s → 0.84 s without it, timed by hand). The row limit already keeps a batch at a few MB here.
+    whole batch after every row it writes: a per-row byte check as costly as the rest of handing the edges
+    to Python. The row limit already keeps a batch at a few MB here.
     """
     settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(CUT_BATCH_ROWS),
                 "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
@@ -900,12 +900,11 @@ def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets
     zeroes single entries), so the matrices placed side by side as one of K·|R| columns give each one's Ψ in its
     own |R| columns: the same products, in one walk's jobs instead of K walks'. GPLR's cross-fitting propagates
     K folds' prototypes plus all of them over the same train edges. That pays where a walk's fixed cost (its
-    jobs, packing, unpacking) outweighs its products, i.e. on small states; on large ones the products dominate
-    and a stacked state is K times one walk's (``benchmarks/cross_fitting_walks.py``: 2.4× faster at 1 M edges,
-    slower at 13 M when forced to stack), so a walk stacks as many matrices as keep all users' stacked state within ``conf.stack_max_bytes`` and the
-    tiles' width (``AffinityGraph.width``: one source block within ``broadcast_max_bytes``); the rest go in
-    further walks. A user has a row in a matrix's result when one of its own columns is non-zero, as in a walk
-    of its own.
+    jobs, packing, unpacking) outweighs its products, i.e. on small states; on large ones the products dominate,
+    stacking saves nothing and a stacked state is K times one walk's. So a walk stacks as many matrices as keep
+    all users' stacked state within ``conf.stack_max_bytes`` and the tiles' width (``AffinityGraph.width``: one
+    source block within ``broadcast_max_bytes``); the rest go in further walks. A user has a row in a matrix's
+    result when one of its own columns is non-zero, as in a walk of its own.
     """
     conf = conf or AffinityConf()
     graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace)

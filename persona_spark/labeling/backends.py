@@ -462,7 +462,7 @@ class EmbeddingBackend(LabelBackend):
         """Embedded "name: description" of every persona, computed in a Spark task so the driver
         never loads the model, once per driver process and persona text: a run labels items and then
         users round after round, and a Python worker idle for a minute is gone, so each task would
-        load the model again (seconds of CPU) for the same few vectors."""
+        load the model again (far more work than embedding them) for the same few vectors."""
         texts = tuple(signals.persona_text(n, d) for n, d in zip(self.persona_set.names, self.persona_set.descriptions))
         if texts not in _PERSONA_VECTORS:
             frame = self.embeddings.sparkSession.createDataFrame(list(enumerate(texts)), "item_idx int, text string").coalesce(1)

@@ -37,7 +37,7 @@ def price_table(conf: OpenAIConf) -> dict[str, Rates]:
 
 
 def cost_column(prices: dict[str, Rates], columns: list[str]) -> Column:
-    """USD of each label row, at its channel's rates; offline rows and old rows without a channel cost
+    """USD of each label row, at its channel's rates; offline rows and rows without a channel cost
     what their tokens cost synchronously (0 for offline labelers, which use no tokens)."""
     cached = F.coalesce(F.col("cached_prompt_tokens"), F.lit(0)) if "cached_prompt_tokens" in columns else F.lit(0)
     prompt, completion = F.coalesce(F.col("prompt_tokens"), F.lit(0)), F.coalesce(F.col("completion_tokens"), F.lit(0))

@@ -215,11 +215,11 @@ def driver_host(spark) -> str:
 
 
 # ---- cache ------------------------------------------------------------------------------------
-LEDGER_COLUMNS = {"cached_prompt_tokens": "int", "channel": "string"}  # added after the first cache tables
+LEDGER_COLUMNS = {"cached_prompt_tokens": "int", "channel": "string"}  # upgrade_cache_table adds them
 
 
 def upgrade_cache_table(cache: LabelCache, kind: EntityKind) -> None:
-    """Give a cache table written before the ledger had cached-prompt tokens and a channel those
+    """Give a cache table without the ledger's ``LEDGER_COLUMNS`` (cached-prompt tokens, channel) those
     columns (one rewrite; 0 cached tokens, channel 'sync' for paid rows, 'offline' otherwise)."""
     table = cache.read(kind.table)
     if table is None:

@@ -6,9 +6,9 @@ embeddings, scored by inner product against item embeddings.
 A seller tags a new product with its target personas: customers are ranked by how much of their
 buying goes to products carrying those personas, times activity^γ. Inner products of user
 embeddings do not work for this direction: BPR only orders items *within* one user, so user scores
-are not comparable across users and lose to plain activity (benchmarks/cold_start.py: recall@50
-0.02 vs 0.13). The purchase share keeps the persona signal and the activity keeps the base rate;
-validation items (never the held-out test items) picked γ = 0.5 in two seeds of three, 0.75 in one.
+are not comparable across users and lose to plain activity (``benchmarks/cold_start.py`` compares
+both). The purchase share keeps the persona signal and the activity keeps the base rate; γ is chosen
+on validation items, never on the held-out test items.
 
 Where no chosen persona carries any signal (none given, or a persona without a single edge in the
 training graph) the answer is the popularity ranking, which is also the baseline the benchmark beats.

@@ -1,6 +1,6 @@
 """Full-ranking evaluation: every item is a candidate, known purchases are masked out.
 
-The metric functions take a boolean hit matrix (users × ranks) so they can be checked by hand;
+The metric functions take a boolean hit matrix (users × ranks) so tests can check them on small written-out cases;
 ``evaluate`` produces it from embeddings in user batches on whatever device they live on.
 """
 

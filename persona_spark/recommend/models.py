@@ -121,7 +121,7 @@ class LGCN(Recommender):
         return self.propagate_rows(None)
 
     def propagate_rows(self, rows: torch.Tensor | None) -> torch.Tensor:
-        # Uᵀ·E0 needs every node; U·(…) only the requested rows, which saves a third of a step.
+        # Uᵀ·E0 needs every node; U·(…) only the requested rows, so a batch skips it for every other node.
         ego = self.embedding.weight
         filtered = self.theta[:, None] * (self.basis.T @ ego)
         if rows is None:

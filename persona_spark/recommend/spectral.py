@@ -101,8 +101,9 @@ class EigenCache:
 def top_eigenpairs(matrix: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Largest-``k`` eigenpairs of a symmetric matrix: block LOBPCG, or dense for small graphs.
 
-    LOBPCG with a block a bit wider than ``k`` took ~30 s where ARPACK (``eigsh``) took 40-70 s on
-    the OnlineRetail graph (8k nodes, k=128, 2 cores) and gave the same eigenvalues.
+    LOBPCG with a block a bit wider than ``k`` gives the same eigenvalues as ARPACK (``eigsh``) and is
+    faster at the k LGCN filters with: it multiplies the matrix by the whole block at once, where ARPACK's
+    Lanczos iteration takes one vector at a time.
     """
     n_nodes = matrix.shape[0]
     block = k + max(8, k // 4)

@@ -93,7 +93,7 @@ def persona_counts(sources: Sources) -> PersonaCounts:
 
 
 def latest_reach(runs: DataFrame | None) -> dict | None:
-    """``reach`` from the latest gplr run's ``details`` (``gplr.reach_counts``); None for runs before it was recorded."""
+    """``reach`` from the latest gplr run's ``details`` (``gplr.reach_counts``); None when no run's details carry it."""
     if runs is None or "details" not in runs.columns:
         return None
     latest = runs.select("run_ts", "run_id", "details").orderBy(F.desc("run_ts"), F.desc("run_id")).first()
@@ -293,7 +293,7 @@ class Labeling:
 
 def labeling(sources: Sources) -> Labeling:
     labels = sources.tables["user_labels"]
-    if "channel" not in labels.columns:  # a cache table written before the ledger had channels
+    if "channel" not in labels.columns:  # a cache table without the ledger's channel column
         labels = labels.withColumn("channel", F.lit("sync"))
     labels = labels.withColumn("_cost", cost_column(sources.prices, labels.columns))
     keys = [c for c in ("model", "prompt_version", "channel", "status") if c in labels.columns]
