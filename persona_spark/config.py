@@ -615,11 +615,8 @@ class Config(Section):
         return out
 
 
-_TRAIN_KEYS = ("model_dir", "eigen_cache_dir", "model", "seeds", "dim", "eigen_k", "lightgcn_layers", "lr", "reg",
-               "batch_size", "max_epochs", "patience", "eval_every", "val_fraction", "decorrelation_weight",
-               "persona_edge_weight", "device", "amp", "progress")
-# Keys of earlier drafts -> the key that took their place. An unknown key is looked up here by its longest
-# listed prefix (``generate.users`` -> ``demo.users``), so the error names the key to write instead.
+# Keys that name their setting under another key -> that key. An unknown key is looked up here by its longest
+# listed prefix (``generate.users`` -> ``demo.users``), so the error says what to write instead.
 RENAMED_KEYS = {
     "affinity.checkpoint": "spark.checkpoint",
     "generate": "demo",
@@ -640,7 +637,10 @@ RENAMED_KEYS = {
     "recommend.export_dir": "recommend.export.dir",
     **{f"recommend.{key}": f"recommend.export.{key}"
        for key in ("user_personas_table", "persona_weights", "max_persona_rank")},
-    **{f"recommend.{key}": f"recommend.train.{key}" for key in _TRAIN_KEYS},
+    **{f"recommend.{key}": f"recommend.train.{key}"
+       for key in ("model_dir", "eigen_cache_dir", "model", "seeds", "dim", "eigen_k", "lightgcn_layers", "lr", "reg",
+                   "batch_size", "max_epochs", "patience", "eval_every", "val_fraction", "decorrelation_weight",
+                   "persona_edge_weight", "device", "amp", "progress")},
     "recommend.split_seed": "recommend.train.validation_seed",
     "recommend.ks": "recommend.train.cutoffs",
     "recommend.cold_start_k": "recommend.cold_start.list_size",
