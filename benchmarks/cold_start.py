@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recommend import BENCHMARK_DEFAULTS  # noqa: E402  (the settings both benchmarks share)
 
-from persona_spark.config import RecommendConf, parse_override
+from persona_spark.config import RecommendTrainConf, parse_override
 from persona_spark.recommend.coldstart import ColdStartModel, top_k_ranking
 from persona_spark.recommend.data import csr, load_gplr_json
 from persona_spark.recommend.metrics import hit_matrix, summarize
@@ -75,7 +75,7 @@ def validated_exponent(reduced, fraction: float, seed: int) -> tuple[float, dict
     return max(recall, key=recall.get), recall
 
 
-def cold_start_run(data, task: str, conf: RecommendConf, seed: int, fraction: float, cache: EigenCache):
+def cold_start_run(data, task: str, conf: RecommendTrainConf, seed: int, fraction: float, cache: EigenCache):
     """Train LGCN3 without the held-out users (or items); rank for them from personas and by popularity."""
     reduced, held = (data.holdout_users if task == "new_customers" else data.holdout_items)(fraction, seed)
     result = train(reduced, conf, seed, "lgcn3", cache)
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    conf = RecommendConf(**{**BENCHMARK_DEFAULTS, "device": args.device, **dict(parse_override(o, RecommendConf) for o in args.overrides)})
+    overrides = dict(parse_override(o, RecommendTrainConf) for o in args.overrides)
+    conf = RecommendTrainConf(**{**BENCHMARK_DEFAULTS, "device": args.device, **overrides})
     data = load_gplr_json(args.data)
     cache = EigenCache(args.eigen_cache)
     started = time.perf_counter()

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             trace: list[dict] = []
             if engine == "separate":
-                psi = [{d: checkpoint(frame, conf.checkpoint)  # as GPLR pinned each walk's Ψ
+                psi = [{d: checkpoint(frame)  # as GPLR pinned each walk's Ψ
                         for d, frame in compute_affinity_depths(graph, s, args.personas, DEPTHS, conf, trace).items()}
                        for s in sets]
             else:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from persona_spark.config import RecommendConf, parse_override
+from persona_spark.config import RecommendTrainConf, parse_override
 from persona_spark.recommend.data import load_gplr_json, read_user_personas
 from persona_spark.recommend.models import MODELS, WITH_PERSONAS
 from persona_spark.recommend.spectral import EigenCache
@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eigen-cache", default=None, help="directory to keep eigenvectors between runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="RecommendConf field, e.g. --set lr=0.01 (repeatable)")
+                        help="RecommendTrainConf field, e.g. --set lr=0.01 (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    conf = RecommendConf(**{**BENCHMARK_DEFAULTS, "device": args.device, **dict(parse_override(o, RecommendConf) for o in args.overrides)})
+    overrides = dict(parse_override(o, RecommendTrainConf) for o in args.overrides)
+    conf = RecommendTrainConf(**{**BENCHMARK_DEFAULTS, "device": args.device, **overrides})
     data = load_gplr_json(args.data)
     runs = [(model, "gpt4" if model in WITH_PERSONAS else None, data) for model in args.models]
     for spec in args.user_personas:

@@ -68,7 +68,7 @@ llm_store = TableStore(spark, llm.tables)
 # MAGIC ## Cost estimate (nothing is called)
 # MAGIC The dry run builds the real prompts for the customers GPLR would send and counts their tokens
 # MAGIC (4 characters per token); the answer size is bounded by `labeling.openai.max_tokens`. Prices per 1k tokens
-# MAGIC come from `labeling.openai.price_prompt_per_1k` / `price_completion_per_1k`.
+# MAGIC come from `labeling.openai.prices.prompt` / `prices.completion`.
 
 # COMMAND ----------
 

@@ -196,9 +196,9 @@ def fit_assignment(folds: list[Fold], q_hat: np.ndarray, conf: GPLRConf, uses_it
         held_out.append(platt(ab, out_of_fold[k]))
     reliability = reliability_bins(np.vstack(held_out), labels, conf.calibration_bins, weight)
     calibration = fit_platt(scores, labels, weight).tolist()
-    candidates = [(micro_f1(select_personas(scores, t, conf.max_personas), labels, weight), t)
+    candidates = [(micro_f1(select_personas(scores, t, conf.max_personas_per_user), labels, weight), t)
                   for t in np.linspace(0.05, 0.9, 35)]
     best_f1, threshold = max(candidates)
     weights = fit_logistic(np.vstack(xs), np.concatenate(ys), conf.l2, weight=pairs(list(range(len(folds)))))
-    return AssignmentModel("learned", conf.top_k, conf.max_personas, float(threshold), weights.tolist(),
+    return AssignmentModel("learned", conf.top_k, conf.max_personas_per_user, float(threshold), weights.tolist(),
                            q_hat.tolist(), uses_item_signal, round(best_f1, 4), calibration, reliability)

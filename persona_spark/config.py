@@ -44,8 +44,13 @@ class SparkConf(Section):
     default_parallelism: int = Field(4, ge=1, description="spark.default.parallelism")
     driver_memory: str = Field("4g", description="spark.driver.memory; in local mode the driver is the whole cluster")
     ui_enabled: bool = Field(False, description="start the Spark web UI")
-    checkpoint_dir: str = Field("data/checkpoints", description="reliable checkpoints (affinity.checkpoint=reliable); a "
-                                "URI on a cluster")
+    checkpoint: Literal["local", "reliable"] = Field("local", description="how every stage pins its intermediate "
+                                                     "results (each affinity hop, connected-components round, MERGE "
+                                                     "source): local keeps them on the executors (fast, lost with an "
+                                                     "executor), reliable writes them to checkpoint_dir (survives a "
+                                                     "lost executor)")
+    checkpoint_dir: str = Field("data/checkpoints", description="where reliable checkpoints are written; a URI on a "
+                                "cluster")
     delta: bool = Field(True, description="load the Delta connector io.delta:delta-spark_2.13 at the installed "
                         "delta-spark's version (resolved from Maven once per machine); false only for the delta-rs "
                         "fallback on a jar-less laptop")
@@ -103,7 +108,7 @@ class GraphConf(Section):
     min_item_degree: int = Field(1, ge=1, description="items with fewer distinct buyers are left out of the graph")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="share of each user's items in the test split (seeded "
                                  "hash per pair)")
-    seed: Seed = Field(42, description="seed of the split's hash")
+    split_seed: Seed = Field(42, description="seed of the train/test split's hash")
     write_tiles: bool = Field(True, description="also write the train edges cut into the affinity engine's tiles "
                               "(edge_tiles): gplr and affinity then skip the cut while the edges are unchanged")
     paper_split_dir: str | None = Field(None, description="folder (path or URI) of the paper's index-based split (train.json, "
@@ -114,15 +119,15 @@ class GraphConf(Section):
                              "prototypes in their own component)")
 
 
-class GenerateConf(Section):
+class DemoConf(Section):
     """The generated demo shop: customers with planted personas buying from a named catalogue."""
 
     users: int = Field(2000, ge=1, description="customers of the generated demo shop")
     items: int = Field(600, ge=1, description="products (named, from the packaged catalog)")
     mean_orders_per_user: float = Field(6.0, ge=1, description="mean orders per customer (1 + Poisson)")
     mean_lines_per_order: float = Field(4.0, ge=1, description="mean lines per order (1 + Poisson)")
-    min_personas: int = Field(1, ge=1, description="fewest personas planted in a customer")
-    max_personas: int = Field(4, ge=1, description="most personas planted in a customer")
+    personas_per_customer_min: int = Field(1, ge=1, description="fewest personas planted in a customer")
+    personas_per_customer_max: int = Field(4, ge=1, description="most personas planted in a customer")
     persona_purity: Fraction = Field(0.75, description="share of lines drawn from a user's personas (rest: popularity)")
     zipf_exponent: float = Field(1.1, ge=0, description="popularity of the catalogue: item of rank r is drawn with "
                                  "weight 1/r^this")
@@ -133,9 +138,10 @@ class GenerateConf(Section):
     dirty_share: Fraction = Field(0.01, description="lines blemished on purpose so the demo exercises the quarantine")
 
     @model_validator(mode="after")
-    def _persona_range(self) -> "GenerateConf":
-        if self.min_personas > self.max_personas:
-            raise ValueError(f"min_personas ({self.min_personas}) must not exceed max_personas ({self.max_personas})")
+    def _persona_range(self) -> "DemoConf":
+        if self.personas_per_customer_min > self.personas_per_customer_max:
+            raise ValueError(f"demo.personas_per_customer_min ({self.personas_per_customer_min}) must not exceed "
+                             f"demo.personas_per_customer_max ({self.personas_per_customer_max})")
         return self
 
 
@@ -154,19 +160,34 @@ class AffinityConf(Section):
                                  "cross-fitting) share a walk while all users' stacked state (users x (4 + 8 x "
                                  "personas x sets)) fits this; larger states gain nothing from stacking (the products "
                                  "dominate) and each walk would hold sets times the state; 0 = one walk per set")
-    checkpoint: Literal["local", "reliable"] = Field("local", description="lineage cut per hop; reliable needs "
-                                                     "spark.checkpoint_dir")
     state_precision: Literal["float64", "float32"] = Field(
         "float64", description="float type of the propagated states and of the hop products; float32 halves the bytes "
         "every hop ships, checkpoints and multiplies, with every score within a relative (2·ell·(d+S+1) + ell+2)·6e-8 "
-        "of the float64 one to first order (d: largest node degree, S: source blocks; the engine's docstring has the "
-        "exact bound, a worst case: measured ~1e-5); eps must then be 0")
+        "of the float64 one to first order (d: largest node degree, S: source blocks; docs/concepts/affinity.md has "
+        "the exact bound, a worst case); eps must then be 0")
 
     @model_validator(mode="after")
     def _precision_without_eps(self) -> "AffinityConf":
         if self.state_precision == "float32" and self.eps > 0:
             raise ValueError("affinity.eps > 0 is proven for float64 states only: use state_precision float64 or eps 0")
         return self
+
+
+class TokenPrices(Section):
+    """USD per 1,000 tokens of synchronous calls (the dry-run estimate, summaries, the report's ledger)."""
+
+    prompt: UsdPer1k = Field(0.00015, description="USD per 1k prompt tokens, synchronous calls")
+    cached_prompt: UsdPer1k = Field(0.000075, description="USD per 1k prompt tokens the provider served from its "
+                                    "prompt cache, synchronous calls")
+    completion: UsdPer1k = Field(0.0006, description="USD per 1k completion tokens, synchronous calls")
+
+
+class BatchTokenPrices(Section):
+    """USD per 1,000 tokens through the Batch API (labeling.backend=openai_batch)."""
+
+    prompt: UsdPer1k = Field(0.000075, description="USD per 1k prompt tokens through the Batch API")
+    cached_prompt: UsdPer1k = Field(0.0000375, description="USD per 1k cached prompt tokens through the Batch API")
+    completion: UsdPer1k = Field(0.0003, description="USD per 1k completion tokens through the Batch API")
 
 
 class OpenAIConf(Section):
@@ -195,17 +216,9 @@ class OpenAIConf(Section):
                                    "driver, lowered by x-ratelimit-* headers): prompt estimate (chars/4) + max_tokens per "
                                    "request; 0 = off")
     requests_per_minute: int = Field(0, ge=0, description="RPM budget shared like tokens_per_minute; 0 = off")
-    price_prompt_per_1k: UsdPer1k = Field(0.00015, description="USD per 1k prompt tokens, synchronous calls (dry-run "
-                                          "estimate, summaries, the report's ledger)")
-    price_cached_prompt_per_1k: UsdPer1k = Field(0.000075, description="USD per 1k prompt tokens the provider served "
-                                                 "from its prompt cache")
-    price_completion_per_1k: UsdPer1k = Field(0.0006, description="USD per 1k completion tokens, synchronous calls")
-    batch_price_prompt_per_1k: UsdPer1k = Field(0.000075, description="USD per 1k prompt tokens through the Batch API "
-                                                "(labeling.backend=openai_batch)")
-    batch_price_cached_prompt_per_1k: UsdPer1k = Field(0.0000375, description="USD per 1k cached prompt tokens through "
-                                                       "the Batch API")
-    batch_price_completion_per_1k: UsdPer1k = Field(0.0003, description="USD per 1k completion tokens through the Batch "
-                                                    "API")
+    prices: TokenPrices = Field(default_factory=TokenPrices, description="USD per 1k tokens, synchronous calls")
+    batch_prices: BatchTokenPrices = Field(default_factory=BatchTokenPrices, description="USD per 1k tokens through "
+                                           "the Batch API")
 
 
 class EmbeddingLabelConf(Section):
@@ -248,7 +261,7 @@ class SelectionConf(Section):
     mode: Literal["all", "sample", "table"] = Field("sample", description="all, a seeded sample, or the ids in a table")
     size: int = Field(200, ge=1, description="sample size")
     table: str | None = Field(None, description="mode=table: a table with the id column (user_idx / item_idx)")
-    seed: Seed = Field(0, description="seed of the sample")
+    sample_seed: Seed = Field(0, description="seed of the sample (mode=sample)")
 
 
 class BatchConf(Section):
@@ -284,7 +297,8 @@ class PersonaGenerationConf(Section):
     target_size: int = Field(20, ge=1, description="personas in the final set")
     title: str = Field("generated", description="title of the generated persona set")
     output: str = Field("data/personas/generated.yaml", description="where the generated persona set is written")
-    seed: Seed = Field(0, description="seed of the sampled histories")
+    seed: Seed = Field(0, description="seed of every random draw of persona generation (sampled histories, sets "
+                       "picked for refinement)")
 
 
 class LabelingConf(Section):
@@ -293,7 +307,7 @@ class LabelingConf(Section):
     backend: Literal["embedding", "openai", "openai_batch", "recorded"] = Field(
         "embedding", description="who answers: offline embeddings, an LLM endpoint (synchronous calls or the Batch "
         "API), or recorded answers")
-    max_personas: int = Field(5, ge=1, description="personas one answer may name")
+    max_personas_per_answer: int = Field(5, ge=1, description="personas one answer may name")
     history_tokens: int = Field(1500, ge=1, description="token budget of one serialized history (most frequent items "
                                 "first)")
     max_name_chars: int = Field(80, ge=1, description="product names are untrusted: longer ones are cut")
@@ -313,7 +327,7 @@ class LabelingConf(Section):
     batch: BatchConf = Field(default_factory=BatchConf)
     embedding: EmbeddingLabelConf = Field(default_factory=EmbeddingLabelConf)
     recorded: RecordedConf = Field(default_factory=RecordedConf)
-    generate: PersonaGenerationConf = Field(default_factory=PersonaGenerationConf)
+    persona_generation: PersonaGenerationConf = Field(default_factory=PersonaGenerationConf)
 
 
 class PaperSegmentConf(Section):
@@ -328,8 +342,8 @@ class PaperSegmentConf(Section):
                                   "transactions in the year (Table 8: 10)")
     transaction_unit: Literal["lines", "orders"] = Field("lines", description="what a transaction is: an invoice line "
                                                          "(the UCI file's rows) or a distinct order")
-    top_personas: int = Field(3, ge=1, description="robustness compares each customer's this many most dominant "
-                              "personas, as a set (Table 8: 3)")
+    robustness_top_personas: int = Field(3, ge=1, description="robustness compares each customer's this many most "
+                                         "dominant personas, as a set (Table 8: 3)")
 
 
 class SegmentConf(Section):
@@ -345,9 +359,10 @@ class SegmentConf(Section):
     pca_components: int = Field(3, ge=1, description="PCA components the features are reduced to")
     rfm_buckets: int = Field(10, ge=2, description="quantile buckets per R, F and M")
     max_iter: int = Field(20, ge=1, description="KMeans iterations")
-    seed: Seed = Field(42, description="seed of KMeans")
-    top_personas: int = Field(3, ge=1, description="dominant personas named per segment")
-    top_items: int = Field(5, ge=1, description="distinctive items named per segment")
+    seed: Seed = Field(42, description="seed of every random draw of segmentation and robustness (KMeans, the "
+                       "silhouette and robustness samples)")
+    personas_per_segment: int = Field(3, ge=1, description="dominant personas named per segment")
+    items_per_segment: int = Field(5, ge=1, description="distinctive items named per segment")
     robustness_customers: int | None = Field(None, ge=1, description="robustness labels each compared customer twice "
                                              "with labeling.backend (paid with an LLM): compare a seeded sample of this "
                                              "many customers; null = all (the project protocol; the paper "
@@ -362,15 +377,27 @@ class ReportConf(Section):
     k: int | None = Field(None, ge=2, description="segmentation shown in detail; null: the k with the best persona "
                           "silhouette")
     max_points: int = Field(3000, ge=1, description="users sampled for the segment projection plots")
-    top_personas: int = Field(20, ge=1, description="personas shown in the persona bar chart / heat map (most frequent)")
+    personas_shown: int = Field(20, ge=1, description="personas shown in the persona bar chart / heat map (most "
+                                "frequent)")
     allow_partial: bool = Field(False, description="false: a section that fails to render fails the report stage; "
                                 "true: the report is written and the failed section shows its error (API keys redacted)")
 
 
-class RecommendConf(Section):
-    """Graph recommender (LGCN / LGCN3 / A-LGCN3 / MF / LightGCN / AFDGCF) and persona cold start."""
+class RecommendExportConf(Section):
+    """export-tripartite: the user-item-persona graph the recommender trains on, written as files."""
 
-    export_dir: str = Field("data/recommend/export", description="the directory export writes and train reads")
+    dir: str = Field("data/recommend/export", description="the directory export-tripartite writes and train and "
+                     "cold-start read")
+    user_personas_table: str = Field("personas", description="user labels (reference_personas = the paper's GPT-4 "
+                                     "labels)")
+    persona_weights: Literal["binary", "score"] = Field("binary", description="user/item-persona edge weight: 1 or the "
+                                                        "persona score")
+    max_persona_rank: int | None = Field(None, ge=1, description="keep a user's personas up to this rank; null = all")
+
+
+class RecommendTrainConf(Section):
+    """train: the graph recommender (LGCN / LGCN3 / A-LGCN3 / MF / LightGCN / AFDGCF), one model per seed."""
+
     model_dir: str = Field("data/recommend/models", description="<model>-seed<seed>/embeddings.npz + run.json")
     eigen_cache_dir: str = Field("data/recommend/eigen_cache", description="eigenvectors per graph hash")
     model: Literal["mf", "lightgcn", "afdgcf", "lgcn", "lgcn3", "algcn3"] = Field("lgcn3", description="the model train fits")
@@ -381,31 +408,38 @@ class RecommendConf(Section):
     lr: float = Field(0.01, gt=0, description="Adam learning rate; 0.001 barely moves in the demo's few epochs")
     reg: float = Field(1e-4, ge=0, description="L2 on the batch's ego embeddings")
     batch_size: int = Field(2048, ge=1, description="training edges per batch")
-    max_epochs: int = Field(10, ge=1, description="laptop demo; the benchmark uses more")
+    max_epochs: int = Field(10, ge=1, description="epochs at most (a laptop demo's; early stopping ends sooner)")
     patience: int = Field(3, ge=1, description="evaluations without validation improvement before stopping")
     eval_every: int = Field(1, ge=1, description="epochs between two validation evaluations")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of training edges carved out for early stopping")
-    split_seed: Seed = Field(0, description="the validation split is fixed across training seeds")
-    ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100], min_length=1,
-                                                  description="cut-offs of the ranking metrics")
+    validation_seed: Seed = Field(0, description="seed of the validation split, the same for every training seed")
+    cutoffs: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [2, 5, 10, 20, 50, 100], min_length=1,
+                                                       description="cut-offs k of the ranking metrics (recall@k, "
+                                                       "ndcg@k, ...)")
     decorrelation_weight: float | None = Field(None, ge=0, description="alpha of AFDGCF's de-correlation loss "
                                                "(models afdgcf and algcn3); null = the model's own: 1e-4 for afdgcf "
                                                "(the AFDGCF authors' LightGCN setting), 0.1 for algcn3")
     persona_edge_weight: float = Field(1.0, ge=0, description="multiplier of user/item-persona edges in the LGCN3 graph")
-    persona_weights: Literal["binary", "score"] = Field("binary", description="export-tripartite: edge weight 1 or the "
-                                                        "persona score")
-    max_persona_rank: int | None = Field(None, ge=1, description="export-tripartite: keep a user's personas up to this "
-                                         "rank; null = all")
     device: str = Field("auto", description="torch device; auto: cuda when available")
     amp: bool = Field(False, description="bf16 autocast (GPU)")
     progress: bool = Field(True, description="a progress bar per epoch")
-    cold_start_k: int = Field(20, ge=1, description="items per new customer / customers per new item")
+
+
+class RecommendColdStartConf(Section):
+    """cold-start: recommendations for customers and items without purchases, through their personas."""
+
+    list_size: int = Field(20, ge=1, description="items recommended per new customer, customers per new item")
     audience_activity_exponent: float = Field(0.5, ge=0, description="new-item audiences: persona purchase share x "
                                               "activity^this")
-    user_personas_table: str = Field("personas", description="export-tripartite: user labels (reference_personas = the "
-                                     "paper's GPT-4 labels)")
-    declared_personas_table: str = Field("declared_personas", description="cold-start: personas customers chose at "
-                                         "sign-up")
+    declared_personas_table: str = Field("declared_personas", description="personas customers chose at sign-up")
+
+
+class RecommendConf(Section):
+    """Graph recommender and persona cold start: export-tripartite, train, cold-start."""
+
+    export: RecommendExportConf = Field(default_factory=RecommendExportConf)
+    train: RecommendTrainConf = Field(default_factory=RecommendTrainConf)
+    cold_start: RecommendColdStartConf = Field(default_factory=RecommendColdStartConf)
 
 
 DEFAULT_BUDGET_FRACTION = 0.05
@@ -429,31 +463,23 @@ class GPLRConf(Section):
     assignment: Literal["learned", "topk"] = Field("learned", description="learned: the cross-fitted assignment model; "
                                                    "topk = the paper's fixed top-k of Ψ")
     top_k: int = Field(5, ge=1, description="personas per user with assignment=topk")
-    max_personas: int = Field(8, ge=1, description="learned: upper bound of personas per user")
+    max_personas_per_user: int = Field(8, ge=1, description="learned: upper bound of personas per user")
     cv_folds: int = Field(4, ge=2, description="cross-fitting folds over the prototypes")
-    # 20k prototypes: ≈ 1 M (prototype, persona) rows at |R| = 51, over 10k rows per model weight, so the sample
-    # adds little error beside the out-of-fold threshold's grid step; the design matrix (20k·|R|·(26 + |R|)
-    # doubles, ≈ 0.6 GB at |R| = 51) fits a laptop; and a 5 % budget stays uncapped up to 400k users
-    # (Instacart-Full, 206k users, is 10k prototypes).
+    # Why 20k: at |R| = 51 personas it is 20k·51 ≈ 1 M (prototype, persona) rows, over 10k per model weight, so
+    # the sample adds little error beside the out-of-fold threshold's grid step; the design matrix, 20k·|R|·(26 + |R|)
+    # doubles ≈ 0.6 GB, fits a laptop; and a 5 % budget stays uncapped up to 400k users (Instacart-Full's 206k
+    # users give 10k prototypes).
     max_train_users: int = Field(20_000, ge=10, description="cap on the prototypes the assignment model is fitted on: "
                                  "a stratified, seeded sample drawn in Spark when there are more (bounds driver "
                                  "memory)")
-    # 50: every fold's model still sees ≥ 37 carriers of each persona at cv_folds = 4 (≈ 10 per fold held out);
-    # 50·|R| ≤ 2550 at |R| = 51, an eighth of the default cap.
+    # Why 50: at cv_folds = 4 every fold's model still sees ≥ 37 carriers of each persona (50·3/4; ≈ 10 per fold
+    # are held out), and 50·|R| = 2550 at |R| = 51 is an eighth of the default cap.
     min_train_per_persona: int = Field(50, ge=0, description="floor of the capped sample: prototypes carrying each "
                                        "persona kept (all of a rarer one), at most half the cap in all; 0 = a "
                                        "plain uniform sample")
     l2: float = Field(1.0, ge=0, description="ridge penalty of the learned assignment model")
     item_signal: bool = Field(True, description="label items with the LLM too and use them as a second signal")
     calibration_bins: int = Field(10, ge=2, description="reliability bins of the held-out (cross-fitted) probabilities")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_ambiguous_budget(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "budget" in data:
-            raise ValueError("gplr.budget is gone (1 meant one user, 0.5 half of them): set gplr.budget_fraction "
-                             "(0 < f <= 1, a share of the users) or gplr.budget_users (a number of users)")
-        return data
 
     @model_validator(mode="after")
     def _one_budget(self) -> "GPLRConf":
@@ -480,8 +506,7 @@ class RefreshConf(Section):
     trace_items: int = Field(10, ge=1, description="neighbours are traced through a row's top trace_items products "
                              "(at most trace_items x trace_buyers paths per row; exact when nothing is cut)")
     trace_buyers: int = Field(10, ge=1, description="labelled buyers followed per (product, persona) when tracing "
-                              "neighbours (10 x 10 = 100 paths per row; 20 x 20 costs 4x for a few % more agreement "
-                              "with the untraced top 3, see benchmarks/results/refresh_profile_1m.jsonl)")
+                              "neighbours (10 x 10 = 100 paths per row; 20 x 20 = 400)")
     catalog_products: int = Field(5, ge=1, description="top and distinctive products per persona in persona_catalog")
 
 
@@ -537,11 +562,11 @@ RUN_LOCATIONS = (
     ("spark", "checkpoint_dir", "checkpoints"),
     ("labeling", "journal_dir", "labels_journal"),
     ("labeling.batch", "dir", "labels_batches"),
-    ("labeling.generate", "output", "personas/generated.yaml"),
+    ("labeling.persona_generation", "output", "personas/generated.yaml"),
     ("report", "path", "report/index.html"),
-    ("recommend", "export_dir", "recommend/export"),
-    ("recommend", "model_dir", "recommend/models"),
-    ("recommend", "eigen_cache_dir", "recommend/eigen_cache"),
+    ("recommend.export", "dir", "recommend/export"),
+    ("recommend.train", "model_dir", "recommend/models"),
+    ("recommend.train", "eigen_cache_dir", "recommend/eigen_cache"),
 )
 
 
@@ -553,7 +578,7 @@ class Config(Section):
     tables: TablesConf = Field(default_factory=TablesConf)
     ingest: IngestConf = Field(default_factory=IngestConf)
     graph: GraphConf = Field(default_factory=GraphConf)
-    generate: GenerateConf = Field(default_factory=GenerateConf)
+    demo: DemoConf = Field(default_factory=DemoConf)
     affinity: AffinityConf = Field(default_factory=AffinityConf)
     gplr: GPLRConf = Field(default_factory=GPLRConf)
     evaluate: EvaluateConf = Field(default_factory=EvaluateConf)
@@ -588,6 +613,65 @@ class Config(Section):
                 section = getattr(section, part)
             out[f"{section_path}.{field}"] = getattr(section, field)
         return out
+
+
+# Keys that name their setting under another key -> that key. An unknown key is looked up here by its longest
+# listed prefix (``generate.users`` -> ``demo.users``), so the error says what to write instead.
+RENAMED_KEYS = {
+    "affinity.checkpoint": "spark.checkpoint",
+    "generate": "demo",
+    "generate.min_personas": "demo.personas_per_customer_min",
+    "generate.max_personas": "demo.personas_per_customer_max",
+    "graph.seed": "graph.split_seed",
+    "labeling.max_personas": "labeling.max_personas_per_answer",
+    "labeling.generate": "labeling.persona_generation",
+    "labeling.users.seed": "labeling.users.sample_seed",
+    "labeling.items.seed": "labeling.items.sample_seed",
+    **{f"labeling.openai.{channel}price_{tokens}_per_1k": f"labeling.openai.{channel}prices.{tokens}"
+       for channel in ("", "batch_") for tokens in ("prompt", "cached_prompt", "completion")},
+    "gplr.max_personas": "gplr.max_personas_per_user",
+    "segment.top_personas": "segment.personas_per_segment",
+    "segment.top_items": "segment.items_per_segment",
+    "segment.paper.top_personas": "segment.paper.robustness_top_personas",
+    "report.top_personas": "report.personas_shown",
+    "recommend.export_dir": "recommend.export.dir",
+    **{f"recommend.{key}": f"recommend.export.{key}"
+       for key in ("user_personas_table", "persona_weights", "max_persona_rank")},
+    **{f"recommend.{key}": f"recommend.train.{key}"
+       for key in ("model_dir", "eigen_cache_dir", "model", "seeds", "dim", "eigen_k", "lightgcn_layers", "lr", "reg",
+                   "batch_size", "max_epochs", "patience", "eval_every", "val_fraction", "decorrelation_weight",
+                   "persona_edge_weight", "device", "amp", "progress")},
+    "recommend.split_seed": "recommend.train.validation_seed",
+    "recommend.ks": "recommend.train.cutoffs",
+    "recommend.cold_start_k": "recommend.cold_start.list_size",
+    **{f"recommend.{key}": f"recommend.cold_start.{key}"
+       for key in ("audience_activity_exponent", "declared_personas_table")},
+}
+
+
+def renamed(key: str) -> str | None:
+    """The declared key that took the place of ``key`` (dotted), or None: never renamed, or nothing by that
+    name under its new section either."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        new = RENAMED_KEYS.get(".".join(parts[:end]))
+        if new is not None:
+            new = ".".join([new, *parts[end:]])
+            return new if _resolve(new)[1] is not None else None
+    return None
+
+
+def _leaves(key: str, value: Any) -> list[str]:
+    """``key`` and, where ``value`` is a mapping, the dotted keys of its leaves instead."""
+    if isinstance(value, dict) and value:
+        return [leaf for sub, inner in value.items() for leaf in _leaves(f"{key}.{sub}", inner)]
+    return [key]
+
+
+def _moved(leaf: str, key: str, new: str) -> str:
+    """What to write instead of ``leaf``, a key at or under the renamed ``key`` (now ``new``)."""
+    leaf_new = renamed(leaf)
+    return f"{leaf} is now {leaf_new}" if leaf_new else f"{leaf}: unknown key ({key} is now {new})"
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
@@ -684,6 +768,8 @@ def _problem(error: dict) -> str:
     loc = [str(part) for part in error["loc"]]
     key = ".".join(loc)
     if error["type"] == "extra_forbidden":
+        if (new := renamed(key)) is not None:
+            return "; ".join(_moved(leaf, key, new) for leaf in _leaves(key, error.get("input")))
         section: type[BaseModel] | None = Config
         for part in loc[:-1]:
             info = section and _field(section, part)
@@ -711,7 +797,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise UserError("config: " + "; ".join(_problem(e) for e in error.errors())) from None
 
 
-# ---- the configuration reference (docs/configuration.md is generated from this file) ----------
+# ---- the configuration reference (docs/reference/configuration.md is generated from this file) ----------
 
 def _type_name(annotation: Any) -> str:
     origin, args = get_origin(annotation), get_args(annotation)

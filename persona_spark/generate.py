@@ -18,7 +18,7 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from persona_spark.config import PACKAGE_ROOT, GenerateConf
+from persona_spark.config import PACKAGE_ROOT, DemoConf
 from persona_spark.personas import PersonaSet
 
 DEMO_CATALOG = PACKAGE_ROOT / "resources" / "demo_catalog.yaml"
@@ -72,7 +72,7 @@ def build_catalog(personas: PersonaSet, n_items: int, zipf_exponent: float, seed
     return Catalog([f"SKU{k:06d}" for k in range(n_items)], names, prices, popularity, persona_items)
 
 
-def _users_lines(user_ids: np.ndarray, catalog: Catalog, conf: GenerateConf, n_personas: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _users_lines(user_ids: np.ndarray, catalog: Catalog, conf: DemoConf, n_personas: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     global_cdf = np.cumsum(catalog.popularity)
     persona_cdfs = [np.cumsum(catalog.popularity[pool]) / catalog.popularity[pool].sum() for pool in catalog.persona_items]
     start = np.datetime64(conf.start_date, "s")
@@ -80,7 +80,7 @@ def _users_lines(user_ids: np.ndarray, catalog: Catalog, conf: GenerateConf, n_p
     planted = []
     for uid in user_ids:
         rng = np.random.default_rng([conf.seed, int(uid)])
-        k = int(rng.integers(conf.min_personas, conf.max_personas + 1))
+        k = int(rng.integers(conf.personas_per_customer_min, conf.personas_per_customer_max + 1))
         mine = rng.choice(n_personas, size=k, replace=False)
         customer = f"C{uid:07d}"
         planted.extend((customer, int(p)) for p in mine)
@@ -123,7 +123,7 @@ def _dirty(frame: pd.DataFrame, share: float, rng: np.random.Generator) -> pd.Da
     return pd.concat([frame, frame.iloc[picks[3 * n:4 * n]]], ignore_index=True)
 
 
-def generate(spark: SparkSession, personas: PersonaSet, conf: GenerateConf) -> tuple[DataFrame, DataFrame, pd.DataFrame]:
+def generate(spark: SparkSession, personas: PersonaSet, conf: DemoConf) -> tuple[DataFrame, DataFrame, pd.DataFrame]:
     """Returns (raw transaction lines as strings, planted_personas, the catalog as pandas)."""
     catalog = build_catalog(personas, conf.items, conf.zipf_exponent, conf.seed)
     n_personas = len(personas)
@@ -148,6 +148,6 @@ def generate(spark: SparkSession, personas: PersonaSet, conf: GenerateConf) -> t
     return raw, planted, catalog.to_pandas()
 
 
-def _planted_only(conf: GenerateConf) -> GenerateConf:
+def _planted_only(conf: DemoConf) -> DemoConf:
     """Same RNG stream for the personas, no lines: the planted table without regenerating orders."""
     return conf.model_copy(update={"mean_orders_per_user": 0.0, "mean_lines_per_order": 0.0})

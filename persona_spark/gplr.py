@@ -19,7 +19,7 @@ flags), the same for the LLM's item labels pushed to users through their purchas
 train degree (log(1 + products bought), alone and times each of those), the persona prior Q̂
 and a per-persona intercept. Each user then gets every persona whose probability
 clears a threshold chosen on out-of-fold predictions for micro-F1 (at least 1, at most
-``max_personas``). The model thereby picks how much each hop depth and the item signal count
+``max_personas_per_user``). The model thereby picks how much each hop depth and the item signal count
 and how many personas a user gets; the per-persona intercepts play the de-bias role of β.
 The model is fitted on at most ``max_train_users`` prototypes (``training_sample``: a seeded sample drawn
 in Spark with a floor per persona, weighted to stand for all of them), so what reaches the driver stays
@@ -46,7 +46,7 @@ from persona_spark.runtime.runs import changed_rows, new_run
 from persona_spark.assignment import AssignmentModel, Fold, fit_assignment
 from persona_spark.affinity import (AffinityGraph, compute_affinity_depths_of_sets, prepare_graph, propagate_to_users,
                                    prototype_labels)
-from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint
 from persona_spark.config import AffinityConf, GPLRConf, LabelingConf
 from persona_spark.personas import PersonaSet
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
@@ -262,15 +262,16 @@ class GPLRRun:
 def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions: DataFrame | None,
              previous_prototypes: DataFrame | None, previous_personas: DataFrame | None, persona_set: PersonaSet,
              label: LabelRequestsFn, conf: GPLRConf, affinity_conf: AffinityConf,
-             labeling_conf: LabelingConf, graph: AffinityGraph | None = None) -> GPLRRun:
+             labeling_conf: LabelingConf, graph: AffinityGraph | None = None,
+             checkpoint_mode: CheckpointMode = "local") -> GPLRRun:
     """One gplr run from the tables as they are before it (``previous_*``: None where missing).
 
     Prototypes still answered for the same history in ``previous_prototypes`` are reused first.
     ``graph``: the train edges already cut into tiles (build-graph's ``edge_tiles``; the caller
-    releases it), else they are cut here. Intermediates are pinned with ``affinity_conf.checkpoint``
+    releases it), else they are cut here. Intermediates are pinned with ``checkpoint_mode``
     (a reliable one needs the caller to have set the checkpoint directory)."""
     started = time.perf_counter()
-    pin = partial(checkpoint, mode=affinity_conf.checkpoint)
+    pin = partial(checkpoint, mode=checkpoint_mode)
     train = pin(edges.filter(F.col("split") == "train"))
     requests = pin(labeling.user_requests(train, items, labeling_conf, transactions, users))
     phases = {"requests": round(time.perf_counter() - started, 3)}
@@ -288,7 +289,8 @@ def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions:
     if previous_prototypes is not None:
         reusable = (previous_prototypes.filter(F.col("status") == "ok")
                     .join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx"))
-    result = GPLR(users, train, label_users, len(persona_set), conf, affinity_conf, item_vectors, reusable, graph).run()
+    result = GPLR(users, train, label_users, len(persona_set), conf, affinity_conf, item_vectors, reusable, graph,
+                  checkpoint_mode).run()
 
     run = new_run()
     diff_started = time.perf_counter()
@@ -314,13 +316,15 @@ class GPLR:
 
     def __init__(self, users: DataFrame, train_edges: DataFrame, label_users: LabelFn, n_personas: int,
                  conf: GPLRConf, affinity_conf: AffinityConf, item_vectors: DataFrame | None = None,
-                 reusable_prototypes: DataFrame | None = None, graph: AffinityGraph | None = None):
+                 reusable_prototypes: DataFrame | None = None, graph: AffinityGraph | None = None,
+                 checkpoint_mode: CheckpointMode = "local"):
         self.users = users.select("user_idx")
         self.edges = train_edges
         self.label_users = label_users
         self.n_personas = n_personas
         self.conf = conf
         self.affinity_conf = affinity_conf
+        self.checkpoint_mode = checkpoint_mode
         self.item_vectors = item_vectors
         self.reusable = reusable_prototypes
         self.seconds: dict[str, float] = {}
@@ -352,8 +356,8 @@ class GPLR:
 
     def _pin(self, df: DataFrame) -> DataFrame:
         """Materialize an intermediate result: a local checkpoint, or a reliable one (survives a lost
-        executor) with ``affinity.checkpoint=reliable``."""
-        return checkpoint(df, self.affinity_conf.checkpoint)
+        executor) with ``checkpoint_mode="reliable"``."""
+        return checkpoint(df, self.checkpoint_mode)
 
     def _timed(self, key: str, started: float) -> None:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - started, 3)
@@ -378,7 +382,8 @@ class GPLR:
         started = time.perf_counter()
         beta = self.affinity_conf.beta if beta is None else beta
         labels = [prototype_labels(prototypes, self.n_personas, beta) for prototypes in prototype_sets]
-        scores = compute_affinity_depths_of_sets(graph, labels, self.n_personas, depths, self.affinity_conf)
+        scores = compute_affinity_depths_of_sets(graph, labels, self.n_personas, depths, self.affinity_conf,
+                                                 checkpoint_mode=self.checkpoint_mode)
         self._timed("affinity", started)
         return scores
 
@@ -486,7 +491,8 @@ class GPLR:
         if self.item_vectors is not None:
             graph = self.graph
             started = time.perf_counter()
-            items = propagate_to_users(graph, self.item_vectors, self.affinity_conf).withColumnRenamed("vec", "items")
+            items = propagate_to_users(graph, self.item_vectors, self.affinity_conf, self.checkpoint_mode)
+            items = items.withColumnRenamed("vec", "items")
             items = self._pin(items)
             self._timed("affinity", started)
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import prototype_weights
-from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint
 from persona_spark.runtime.runs import latest_runs, utc
 from persona_spark.config import AffinityConf, RefreshConf
 from persona_spark.graph import distinctive_items
@@ -309,18 +309,19 @@ class RefreshRecord:
 def record_run(personas: DataFrame, run: tuple[str, datetime], reliability: list[dict], *, users: DataFrame,
                items: DataFrame, edges: DataFrame, names: DataFrame, persona_set: PersonaSet,
                history: DataFrame | None, runs: DataFrame, reasons_table: DataFrame | None, conf: RefreshConf,
-               affinity_conf: AffinityConf) -> RefreshRecord:
+               affinity_conf: AffinityConf, checkpoint_mode: CheckpointMode = "local") -> RefreshRecord:
     """The refresh record of one run from the tables as they are before it is written (``history``,
     ``reasons_table``: None where missing; ``runs``: gplr_runs). Refuses a run older than one
-    ``history`` holds: intervals are only appended in time order."""
+    ``history`` holds: intervals are only appended in time order. Intermediates are pinned with
+    ``checkpoint_mode``."""
     run_id, run_ts = run
-    mode = affinity_conf.checkpoint
     if history is not None:
         later = history.filter((F.col("valid_from") > F.lit(run_ts)) | (F.col("valid_to") > F.lit(run_ts)))
         if later.limit(1).count():
             raise ValueError(f"persona_history already holds a run after {run_ts.isoformat()} ({run_id}): "
                              "runs are applied in time order")
-    changes = checkpoint(history_changes(history, named_personas(personas, users, names), run_id, run_ts), mode)
+    changes = checkpoint(history_changes(history, named_personas(personas, users, names), run_id, run_ts),
+                         checkpoint_mode)
     changed = changes.count()
     summary = {"run_id": run_id, "history_rows_merged": changed}
 
@@ -330,7 +331,7 @@ def record_run(personas: DataFrame, run: tuple[str, datetime], reliability: list
         before = (previous[0]["run_id"], utc(previous[0]["run_ts"]))
         if personas_as_of(history, before[1]).limit(1).count():  # the MERGE only opens and closes at run_ts
             after = merged_history(history, changes)
-            drift = checkpoint(transitions(after, names, before, run), mode)
+            drift = checkpoint(transitions(after, names, before, run), checkpoint_mode)
             moves = flows(after, before, run)
             first = drift.first()
             summary.update(previous_run_id=before[0], customers_changed=first["customers_changed"],

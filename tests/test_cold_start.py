@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from persona_spark.config import Config, RecommendConf  # noqa: E402
+from persona_spark.config import Config, RecommendTrainConf  # noqa: E402
 from persona_spark.recommend.coldstart import (  # noqa: E402
     NO_MATCH_SHARE, PERSONAS, POPULARITY, ColdStartModel, persona_purchase_share)
 from persona_spark.recommend.data import RecData  # noqa: E402
@@ -27,7 +27,7 @@ def trained():
     data = replace(world, user_personas=world.user_personas[world.user_personas[:, 1] != 3],
                    user_persona_weight=None,
                    item_personas=world.item_personas[world.item_personas[:, 1] != 3], item_persona_weight=None)
-    result = train(data, RecommendConf(**FAST, model="lgcn3"), seed=0)
+    result = train(data, RecommendTrainConf(**FAST, model="lgcn3"), seed=0)
     return data, ColdStartModel.from_training(data, result.user_embeddings, result.item_embeddings,
                                               result.persona_embeddings)
 
@@ -134,7 +134,7 @@ def test_model_without_personas_cannot_do_cold_start(trained, tmp_path):
     data, model = trained
     with pytest.raises(ValueError, match="persona embeddings"):
         ColdStartModel.from_training(data, np.zeros((data.n_users, 4)), model.item_embeddings, None)
-    saved = train(data, RecommendConf(**FAST, model="mf"), seed=0).save(tmp_path / "mf", data)
+    saved = train(data, RecommendTrainConf(**FAST, model="mf"), seed=0).save(tmp_path / "mf", data)
     with pytest.raises(ValueError, match="persona embeddings"):
         ColdStartModel.from_run(saved)
 
@@ -160,8 +160,10 @@ def test_export_train_cold_start_stages_write_cold_start_recs(spark, store, tmp_
     tags = [(int(i), [int(p)], "ok") for i, p in world.item_personas] + [(new_item, [2], "ok")]
     store.write_table(spark.createDataFrame(tags, "item_idx int, persona_idx array<int>, status string"), "item_labels")
     store.write_table(spark.createDataFrame([(new_user, 1)], "user_idx int, persona_idx int"), "declared_personas")
-    recommend = {**FAST, "seeds": [0], "export_dir": str(tmp_path / "export"), "model_dir": str(tmp_path / "models"),
-                 "eigen_cache_dir": str(tmp_path / "eig"), "cold_start_k": 10}
+    recommend = {"export": {"dir": str(tmp_path / "export")},
+                 "train": {**FAST, "seeds": [0], "model_dir": str(tmp_path / "models"),
+                           "eigen_cache_dir": str(tmp_path / "eig")},
+                 "cold_start": {"list_size": 10}}
     cfg = Config(recommend=recommend)
 
     exported = STAGES["export-tripartite"](cfg, store)

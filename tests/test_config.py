@@ -1,11 +1,15 @@
-"""Configuration that cannot be misread: one meaning per budget knob, bounds, typed --set values."""
+"""Configuration that cannot be misread: one meaning per key, bounds, typed --set values, renamed keys named."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import yaml
 from pydantic import BaseModel
 
-from persona_spark.config import Config, GPLRConf, config_reference, load_config, parse_override
+from persona_spark.config import (RENAMED_KEYS, RUN_LOCATIONS, Config, GPLRConf, config_reference, load_config,
+                                  parse_override)
 from persona_spark.errors import UserError
 
 
@@ -54,25 +58,75 @@ def test_budget_is_a_fraction_or_a_count_never_both():
         load_config(None, ["gplr.budget_fraction=0.1", "gplr.budget_users=10"])
 
 
-def test_the_old_budget_key_is_refused_naming_the_new_ones(tmp_path):
+def _nested(key: str, value) -> dict:
+    """``a.b.c`` -> ``{"a": {"b": {"c": value}}}``: the key as a YAML file writes it."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED_KEYS.items()))
+def test_a_renamed_key_fails_naming_its_new_key_in_yaml_and_set(old, new, tmp_path):
     conf = tmp_path / "old.yaml"
-    conf.write_text("gplr:\n  budget: 1\n")
-    for attempt in (lambda: load_config(conf), lambda: load_config(None, ["gplr.budget=0.05"])):
-        with pytest.raises(UserError, match="gplr.budget_fraction.*gplr.budget_users"):
+    conf.write_text(yaml.safe_dump(_nested(old, 1)))
+    for attempt in (lambda: load_config(conf), lambda: load_config(None, [f"{old}=1"])):
+        with pytest.raises(UserError, match=rf"^config: {re.escape(old)} is now {re.escape(new)}$"):
             attempt()
+
+
+def test_every_renamed_key_points_at_a_declared_key():
+    fields = {key for key, _ in _fields(Config)}
+    sections = {key.rsplit(".", 1)[0] for key in fields if "." in key}
+    assert [new for new in RENAMED_KEYS.values() if new not in fields | sections] == []
+    assert [old for old in RENAMED_KEYS if old in fields | sections] == []  # an old key never still loads
+
+
+def test_a_renamed_section_names_the_new_key_of_each_key_under_it(tmp_path):
+    conf = tmp_path / "old.yaml"
+    conf.write_text(yaml.safe_dump({"generate": {"users": 30, "max_personas": 2, "colour": "red"},
+                                    "labeling": {"generate": {"method": "paper"}}}, sort_keys=False))
+    with pytest.raises(UserError) as error:
+        load_config(conf)
+    assert str(error.value) == (
+        "config: labeling.generate.method is now labeling.persona_generation.method; "
+        "generate.users is now demo.users; generate.max_personas is now demo.personas_per_customer_max; "
+        "generate.colour: unknown key (generate is now demo)")
+    assert load_config(None, ["demo.users=30", "demo.personas_per_customer_max=2"]).demo.users == 30
+
+
+def test_one_checkpoint_setting_for_every_stage():
+    assert load_config(None, ["spark.checkpoint=reliable"]).spark.checkpoint == "reliable"
+    assert "checkpoint" not in Config.model_fields["affinity"].annotation.model_fields
+    with pytest.raises(UserError, match=r"spark\.checkpoint: Input should be 'local' or 'reliable'"):
+        load_config(None, ["spark.checkpoint=sometimes"])
+
+
+def test_run_locations_follow_root_into_the_nested_sections(tmp_path):
+    cfg = load_config(None, [f"root={tmp_path}", f"recommend.train.model_dir={tmp_path / 'elsewhere'}"])
+    assert len(cfg.run_locations()) == len(RUN_LOCATIONS)
+    assert cfg.recommend.export.dir == str(tmp_path / "recommend" / "export")
+    assert cfg.recommend.train.eigen_cache_dir == str(tmp_path / "recommend" / "eigen_cache")
+    assert cfg.recommend.train.model_dir == str(tmp_path / "elsewhere")
+    assert cfg.labeling.persona_generation.output == str(tmp_path / "personas" / "generated.yaml")
+
+
+def test_the_two_price_sets_keep_their_own_defaults_when_one_price_is_set():
+    openai = load_config(None, ["labeling.openai.batch_prices.prompt=0.5"]).labeling.openai
+    assert (openai.batch_prices.prompt, openai.batch_prices.cached_prompt) == (0.5, 0.0000375)
+    assert openai.prices.cached_prompt == 0.000075
 
 
 def test_set_values_are_parsed_by_the_declared_type():
     cfg = load_config(None, [
         "tables.schema=no", "labeling.openai.json_mode=off", "labeling.user_prompt=123", "ingest.source=null",
-        "spark.ui_enabled=no", "recommend.lr=1e-4", "segment.ks=[2, 3]", "gplr.budget_users=30",
+        "spark.ui_enabled=no", "recommend.train.lr=1e-4", "segment.ks=[2, 3]", "gplr.budget_users=30",
         "spark.extra.spark.executor.memory=2g", "tables.names.transactions=yes",
     ])
     assert (cfg.tables.schema_, cfg.labeling.openai.json_mode, cfg.labeling.user_prompt) == ("no", "off", "123")
     assert cfg.ingest.source is None and cfg.spark.ui_enabled is False
-    assert cfg.recommend.lr == 1e-4 and cfg.segment.ks == [2, 3] and cfg.gplr.budget_users == 30
+    assert cfg.recommend.train.lr == 1e-4 and cfg.segment.ks == [2, 3] and cfg.gplr.budget_users == 30
     assert cfg.spark.extra == {"spark.executor.memory": "2g"} and cfg.tables.names == {"transactions": "yes"}
-    assert parse_override("device=no", Config.model_fields["recommend"].annotation) == ("device", "no")
+    assert parse_override("train.device=no", Config.model_fields["recommend"].annotation) == ("train.device", "no")
 
 
 def test_unknown_key_names_the_key_and_the_likely_one():
@@ -89,3 +143,5 @@ def test_reference_documents_descriptions_and_bounds():
     reference = config_reference()
     assert "| `labeling.chunk_size` | `int, >= 1` | `5000` | entities labeled and committed" in reference
     assert "`gplr.budget_users`" in reference and "`gplr.budget` " not in reference
+    assert "| `spark.checkpoint` | `Literal['local', 'reliable']` | `'local'` |" in reference
+    assert "`labeling.openai.batch_prices.cached_prompt` | `float, >= 0` | `3.75e-05`" in reference

@@ -119,8 +119,8 @@ def test_llm_rows_rank_personas_in_the_order_the_answer_gave_them(spark):
 def _demo_config(tmp_path, *extra):
     return load_config(None, [
         f"tables.root={tmp_path / 'tables'}", f"labeling.journal_dir={tmp_path / 'journal'}",
-        "generate.users=120", "generate.items=90", "generate.mean_orders_per_user=4", "generate.partitions=2",
-        "generate.dirty_share=0", "ingest.cancellation_prefix=C",
+        "demo.users=120", "demo.items=90", "demo.mean_orders_per_user=4", "demo.partitions=2",
+        "demo.dirty_share=0", "ingest.cancellation_prefix=C",
         "labeling.backend=recorded", "labeling.recorded.table=recorded_labels",
         "gplr.budget_users=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false",
         *extra,
@@ -179,7 +179,7 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     assert propagated.join(asked, "user_idx").count() == 0  # nobody asked gets a propagated row
     assert propagated.select("user_idx").distinct().count() == 120 - asked.count()
     per_user = propagated.groupBy("user_idx").count().agg(F.min("count"), F.max("count")).first()
-    assert per_user[0] >= 1 and per_user[1] <= cfg.gplr.max_personas
+    assert per_user[0] >= 1 and per_user[1] <= cfg.gplr.max_personas_per_user
     result = STAGES["evaluate"](cfg, store)
     assert result["users"] == 120 - asked.count()
     assert result["micro_f1"] > result["baseline_micro_f1"]  # planted personas are recoverable

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from persona_spark import graph
-from persona_spark.config import GenerateConf
+from persona_spark.config import DemoConf
 from persona_spark.generate import generate
 from persona_spark.personas import load_persona_set
 from persona_spark.config import DEFAULT_PERSONAS
@@ -96,7 +96,7 @@ def test_degree_filters(spark):
 
 def test_generated_demo_data_has_planted_personas(spark):
     personas = load_persona_set(DEFAULT_PERSONAS)
-    conf = GenerateConf(users=40, items=120, seed=3, partitions=2)
+    conf = DemoConf(users=40, items=120, seed=3, partitions=2)
     raw, planted, catalog = generate(spark, personas, conf)
     raw_rows = raw.collect()
     assert len({r.customer_id for r in raw_rows if r.customer_id}) == 40

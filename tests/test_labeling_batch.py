@@ -84,10 +84,10 @@ def test_faulty_lines_become_error_rows_and_only_they_are_asked_again(spark, sto
     assert len(server.batches) == 3  # all answered from the cache
     spent = summarize(labels, conf)
     table = labels.agg(*[F.sum(c).alias(c) for c in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")]).first()
-    prices = conf.openai
-    expected = ((table["prompt_tokens"] - table["cached_prompt_tokens"]) * prices.batch_price_prompt_per_1k
-                + table["cached_prompt_tokens"] * prices.batch_price_cached_prompt_per_1k
-                + table["completion_tokens"] * prices.batch_price_completion_per_1k) / 1000
+    prices = conf.openai.batch_prices
+    expected = ((table["prompt_tokens"] - table["cached_prompt_tokens"]) * prices.prompt
+                + table["cached_prompt_tokens"] * prices.cached_prompt
+                + table["completion_tokens"] * prices.completion) / 1000
     assert spent["cost_usd"] == pytest.approx(expected, abs=1e-4) and spent["cost_usd"] > 0
 
     server.responder = obedient_but(personas)

@@ -90,8 +90,8 @@ def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, persona
     second call with the same items embeds nothing again."""
     conf = LabelingConf.model_validate({"embedding": {"partitions": 1}})
     edges, items = graph(spark, PURCHASES)
-    backend = EmbeddingBackend(conf.embedding, personas, "user_idx", conf.max_personas, conf.max_name_chars,
-                               spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
+    backend = EmbeddingBackend(conf.embedding, personas, "user_idx", conf.max_personas_per_answer,
+                               conf.max_name_chars, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
     requests = build_user_histories(edges, items)
     first = {r["user_idx"]: r["personas"] for r in backend.label(requests).collect()}
     made = backend.cache_rows()

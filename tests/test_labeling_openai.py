@@ -255,7 +255,8 @@ def test_paper_prompt_over_http_lists_products_as_first_bought_with_quantities(s
     keyed = {"0": '{"0": ["Pet Lover", "Gardener"]}', "1": '{"12346": ["Yoga Enthusiast"]}', "2": '{"2": ["Space Pirate"]}'}
     server.responder = lambda body, _n: Reply(content=keyed[entity_ids(body)[0]])
     conf = conf_for(server, json_mode="off").model_copy(update={
-        "user_prompt": "paper_v1", "max_personas": 5, "history_tokens": 120_000, "journal_dir": str(tmp_path / "journal")})
+        "user_prompt": "paper_v1", "max_personas_per_answer": 5, "history_tokens": 120_000,
+        "journal_dir": str(tmp_path / "journal")})
     requests = build_user_histories(edges, items, order="first_purchase")
     labels = by_user(label_entities(store, requests, personas, conf, "user"))
 

@@ -49,8 +49,8 @@ def test_generate_personas_writes_a_loadable_versioned_set(shop, tmp_path, monke
             "backend": backend,
             "batch": {"dir": str(tmp_path / "batches"), "poll_initial_s": 0.02, "poll_max_s": 0.1},
             "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 2, "max_attempts": 1},
-            "generate": {"sample_users": 10, "histories_per_prompt": 4, "target_size": 3, "title": "test_shop",
-                         "output": str(tmp_path / "generated.yaml")},
+            "persona_generation": {"sample_users": 10, "histories_per_prompt": 4, "target_size": 3,
+                                   "title": "test_shop", "output": str(tmp_path / "generated.yaml")},
         }})
         dry = STAGES["generate-personas"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop)
         assert dry["dry_run"] and dry["requests"] == 3 + 1 and dry["prompt_tokens"] > 0 and server.request_count == 0
@@ -96,7 +96,7 @@ def test_paper_method_runs_app_b_three_steps(shop, tmp_path, monkeypatch):
         cfg = Config.model_validate({"labeling": {
             "backend": "openai", "user_prompt": "paper_v1",
             "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 2, "max_attempts": 1},
-            "generate": generate}})
+            "persona_generation": generate}})
         dry = STAGES["generate-personas"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop)
         assert dry["dry_run"] and dry["requests"] == 5 + 3 + 1 and dry["sample_users"] == 5 * 4 and server.request_count == 0
         summary = STAGES["generate-personas"](cfg, shop)

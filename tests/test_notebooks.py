@@ -53,16 +53,17 @@ def write_conf(folder: Path) -> Path:
         "spark": {"master": "local[2]", "shuffle_partitions": 2, "default_parallelism": 2,
                   "checkpoint_dir": str(folder / "checkpoints"), "extra": SMALL_DATA_SPARK},
         "tables": {"root": str(folder / "tables")},
-        "generate": {"users": 200, "items": 80, "seed": 3},
+        "demo": {"users": 200, "items": 80, "seed": 3},
         "ingest": {"cancellation_prefix": "C"},
         "gplr": {"budget_fraction": 0.1, "rounds": 2, "cv_folds": 2},
         "labeling": {"journal_dir": str(folder / "journal"), "embedding": {"partitions": 1},
                      "openai": {"partitions": 1}},
         "segment": {"ks": [3, 5]},
         "report": {"path": str(folder / "report" / "index.html")},
-        "recommend": {"export_dir": str(folder / "rec" / "export"), "model_dir": str(folder / "rec" / "models"),
-                      "eigen_cache_dir": str(folder / "rec" / "eigen"), "max_epochs": 2, "eigen_k": 16, "dim": 16,
-                      "progress": False, "ks": [5, 10, 20]},
+        "recommend": {"export": {"dir": str(folder / "rec" / "export")},
+                      "train": {"model_dir": str(folder / "rec" / "models"),
+                                "eigen_cache_dir": str(folder / "rec" / "eigen"), "max_epochs": 2, "eigen_k": 16,
+                                "dim": 16, "progress": False, "cutoffs": [5, 10, 20]}},
     }
     path = folder / "conf.yaml"
     path.write_text(yaml.safe_dump(conf))
@@ -146,7 +147,7 @@ def test_03_explore_personas(explored):
 def test_04_recommender_results(quick_start):
     pytest.importorskip("torch")
     ns = execute("04_recommender_results.py")
-    assert len(ns["all_runs"]) >= 1 and set(ns["stats"]["model"]) == {ns["cfg"].recommend.model}
+    assert len(ns["all_runs"]) >= 1 and set(ns["stats"]["model"]) == {ns["cfg"].recommend.train.model}
     assert set(ns["stats"]["k"]) == {5, 10, 20}
 
 

@@ -52,12 +52,12 @@ def settings(root: str, master: str, llm_url: str, scratch: str, **more) -> dict
         "root": root,
         "spark": {"master": master, "shuffle_partitions": 2, "default_parallelism": 2, "driver_memory": "1g",
                   "extra": {"spark.executor.memory": "1g", "spark.local.dir": scratch, **SMALL_DATA_SPARK}},
-        "generate": {"users": 240, "items": 120, "partitions": 2},
+        "demo": {"users": 240, "items": 120, "partitions": 2},
         "gplr": {"budget_fraction": 0.1, "rounds": 2, "cv_folds": 2},
         "labeling": {"backend": "openai", "openai": {"base_url": llm_url, "model": "keyword-stand-in",
                                                       "api_key_env": KEY_ENV, "partitions": 2}},
         "segment": {"ks": [3, 5]},
-        "recommend": {"max_epochs": 2, "dim": 16, "eigen_k": 16, "progress": False},
+        "recommend": {"train": {"max_epochs": 2, "dim": 16, "eigen_k": 16, "progress": False}},
     }
     for key, value in more.items():
         section, field = key.split("__")
@@ -109,7 +109,7 @@ print("EXPLORER " + json.dumps({
     "own": sorted(int(i) for i in explored["own"]["persona_idx"]), "stored_reasons": len(explored["stored_reasons"]),
     "confidence": len(explored["confidence"]), "lifts": [float(x) for x in explored["persona_items"]["lift"]],
     "shares": [float(x) for x in shares], "recommender_runs": len(recommender["all_runs"]),
-    "recommender_models": sorted(set(recommender["stats"]["model"])), "model": recommender["cfg"].recommend.model,
+    "recommender_models": sorted(set(recommender["stats"]["model"])), "model": recommender["cfg"].recommend.train.model,
 }), flush=True)
 assert main(["report", "--conf", os.environ["PERSONA_SPARK_CONF"]]) == 0
 
@@ -144,8 +144,9 @@ done["affinity_shuffle"] = {
 with LoopbackChatServer(candidates) as writer:
     done["generate-personas"] = stage(
         "generate-personas", f"labeling.openai.base_url={writer.base_url}", "labeling.openai.max_attempts=1",
-        "labeling.generate.sample_users=10", "labeling.generate.histories_per_prompt=4",
-        "labeling.generate.target_size=3", "labeling.generate.output=s3a://lake/connect/generated_personas.yaml")
+        "labeling.persona_generation.sample_users=10", "labeling.persona_generation.histories_per_prompt=4",
+        "labeling.persona_generation.target_size=3",
+        "labeling.persona_generation.output=s3a://lake/connect/generated_personas.yaml")
 split = "s3a://lake/paper_split"
 for file_name, rows in (("train.json", {"0": [0, 1], "1": [1, 2], "2": [2]}), ("test.json", {"0": [2], "1": [0]}),
                         ("user_personas_gpt4.json", {"0": [3], "1": [3, 5], "2": [1]})):
@@ -282,7 +283,7 @@ def test_cluster_on_object_storage_survives_a_lost_worker_and_matches_connect(s3
                 cluster.kill_worker(0)
                 killed.set()
 
-        conf = settings(root, cluster.url, llm.base_url, str(scratch), affinity__checkpoint="reliable")
+        conf = settings(root, cluster.url, llm.base_url, str(scratch), spark__checkpoint="reliable")
         conf["labeling"]["backend"] = "openai_batch"
         conf["labeling"]["batch"] = {"poll_initial_s": 0.2, "poll_max_s": 1.0}
         result = run_stages(CLUSTER_STAGES, write_conf(tmp_path / "conf.yaml", conf), env, tmp_path,

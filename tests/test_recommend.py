@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from persona_spark.config import RecommendConf  # noqa: E402
+from persona_spark.config import RecommendTrainConf  # noqa: E402
 from persona_spark.recommend.data import RecData, load_gplr_json, read_directory, write_directory  # noqa: E402
 from persona_spark.recommend.metrics import evaluate, f1_at_k, hit_matrix, ndcg_at_k, recall_at_k  # noqa: E402
 from persona_spark.recommend.models import (  # noqa: E402
@@ -203,10 +203,10 @@ def test_decorrelated_layers_of_lightgcn_and_lgcn3():
 def test_model_names_agree_between_config_and_models():
     import typing
 
-    assert typing.get_args(RecommendConf.model_fields["model"].annotation) == MODELS
+    assert typing.get_args(RecommendTrainConf.model_fields["model"].annotation) == MODELS
     assert DECORRELATED == {"afdgcf", "algcn3"} and DECORRELATED <= set(MODELS) and WITH_PERSONAS <= set(MODELS)
     # unset α: each model its own (AFDGCF the authors' 1e-4); a set α applies to both; others get none
-    defaults, set_alpha = RecommendConf(), RecommendConf(decorrelation_weight=0.5)
+    defaults, set_alpha = RecommendTrainConf(), RecommendTrainConf(decorrelation_weight=0.5)
     assert [decorrelation_weight(defaults, m) for m in ("afdgcf", "algcn3", "lightgcn")] == [1e-4, 0.1, 0.0]
     assert [decorrelation_weight(set_alpha, m) for m in ("afdgcf", "algcn3", "lgcn3")] == [0.5, 0.5, 0.0]
 
@@ -217,7 +217,7 @@ def test_afdgcf_lowers_layer_correlation_against_plain_lightgcn(tmp_path):
 
     def layer_correlation(alpha: float) -> float:
         model = "afdgcf" if alpha else "lightgcn"
-        result = train(data, RecommendConf(**{**conf, "decorrelation_weight": alpha}), seed=0, model_name=model)
+        result = train(data, RecommendTrainConf(**{**conf, "decorrelation_weight": alpha}), seed=0, model_name=model)
         return float(column_correlation(torch.as_tensor(result.user_embeddings)))
 
     plain, decorrelated = layer_correlation(0.0), layer_correlation(1.0)
@@ -227,7 +227,7 @@ def test_afdgcf_lowers_layer_correlation_against_plain_lightgcn(tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path):
     data = planted_world()
-    result = train(data, RecommendConf(**FAST), seed=0, model_name=model, cache=EigenCache(tmp_path))
+    result = train(data, RecommendTrainConf(**FAST), seed=0, model_name=model, cache=EigenCache(tmp_path))
     assert result.device == "cpu" and 1 <= result.best_epoch <= result.epochs <= FAST["max_epochs"]
     assert result.losses[-1] < result.losses[0]
     # a random ranking of the 74 unbought items finds ~2 of 80 items: NDCG@10 ~ 0.09
@@ -245,7 +245,7 @@ def test_every_model_trains_on_cpu_reduces_loss_and_beats_chance(model, tmp_path
 @pytest.mark.parametrize("model", ["lightgcn", "lgcn3"])
 def test_training_on_cuda_with_mixed_precision(model, tmp_path):
     data = planted_world()
-    result = train(data, RecommendConf(**{**FAST, "device": "auto", "amp": True}), seed=0, model_name=model,
+    result = train(data, RecommendTrainConf(**{**FAST, "device": "auto", "amp": True}), seed=0, model_name=model,
                    cache=EigenCache(tmp_path))
     assert result.device.startswith("cuda")
     assert result.losses[-1] < result.losses[0] and result.metrics["ndcg@10"] > 0.25, result.summary()
@@ -254,7 +254,7 @@ def test_training_on_cuda_with_mixed_precision(model, tmp_path):
 
 def test_early_stopping_selects_on_validation_not_test():
     data = planted_world()
-    conf = RecommendConf(**{**FAST, "max_epochs": 30, "patience": 2, "lr": 0.05})
+    conf = RecommendTrainConf(**{**FAST, "max_epochs": 30, "patience": 2, "lr": 0.05})
     result = train(data, conf, seed=1, model_name="mf")
     assert result.epochs < 30 and result.epochs - result.best_epoch == 2
     # the test split is never looked at while training: other test edges, the same training run
@@ -277,7 +277,7 @@ def test_batch_rows_propagate_like_the_full_graph():
 def test_lgcn3_without_persona_edges_is_an_error():
     data = RecData(n_users=2, n_items=2, n_personas=3, train=np.array([[0, 0], [1, 1]]))
     with pytest.raises(ValueError, match="persona edges"):
-        train(data, RecommendConf(**FAST), seed=0, model_name="lgcn3")
+        train(data, RecommendTrainConf(**FAST), seed=0, model_name="lgcn3")
 
 
 # ---- Spark export ---------------------------------------------------------------------------

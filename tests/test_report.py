@@ -103,10 +103,9 @@ def rendered(spark, frames, tmp_path_factory):
             "personas": str(write_persona_set(root / "tiny_shop.yaml")),
             "segment": {"ks": [2, 4], "seed": 1},
             "report": {"path": str(root / "report" / "index.html")},
-            "labeling": {"openai": {"price_prompt_per_1k": PRICES[0], "price_completion_per_1k": PRICES[1],
-                                    "price_cached_prompt_per_1k": CACHED_PRICE,
-                                    "batch_price_prompt_per_1k": BATCH_PRICES[0], "batch_price_cached_prompt_per_1k": BATCH_PRICES[1],
-                                    "batch_price_completion_per_1k": BATCH_PRICES[2]}},
+            "labeling": {"openai": {
+                "prices": {"prompt": PRICES[0], "completion": PRICES[1], "cached_prompt": CACHED_PRICE},
+                "batch_prices": dict(zip(("prompt", "cached_prompt", "completion"), BATCH_PRICES))}},
         }
     )
     STAGES["segment"](cfg, store)

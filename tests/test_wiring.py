@@ -170,8 +170,8 @@ def test_spark_submit_runs_a_job_script(tmp_path):
          "--packages", delta_coordinates(), "--conf", f"spark.jars.ivy={os.path.expanduser(SparkConf().ivy_cache)}",
          *[arg for key, value in DELTA_EXTENSIONS.items() for arg in ("--conf", f"{key}={value}")],
          str(ROOT / "jobs" / "generate.py"),
-         "--set", f"tables.root={tmp_path}", "--set", "generate.users=20", "--set", "generate.items=40",
-         "--set", "generate.partitions=1"],
+         "--set", f"tables.root={tmp_path}", "--set", "demo.users=20", "--set", "demo.items=40",
+         "--set", "demo.partitions=1"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -180,16 +180,17 @@ def test_spark_submit_runs_a_job_script(tmp_path):
 
 
 def test_configuration_reference_is_current():
-    """docs/configuration.md is generated from config.py; a new knob must show up there."""
-    assert (ROOT / "docs" / "configuration.md").read_text() == config_reference(), (
-        "docs/configuration.md is stale: run `python -m persona_spark.config > docs/configuration.md`")
+    """docs/reference/configuration.md is generated from config.py; a new knob must show up there."""
+    assert (ROOT / "docs" / "reference" / "configuration.md").read_text() == config_reference(), (
+        "docs/reference/configuration.md is stale: "
+        "run `python -m persona_spark.config > docs/reference/configuration.md`")
 
 
 def test_paper_conf_is_the_papers_settings_and_extends_merges(tmp_path):
     paper = load_config(ROOT / "conf" / "paper.yaml")
     assert (paper.affinity.ell, paper.affinity.beta, paper.gplr.rounds, paper.gplr.top_k) == (1, 0.5, 10, 5)
     assert paper.gplr.assignment == "topk" and paper.labeling.user_prompt == "paper_v1"
-    assert paper.labeling.generate.method == "paper" and paper.labeling.openai.model == "gpt-4-turbo"
+    assert paper.labeling.persona_generation.method == "paper" and paper.labeling.openai.model == "gpt-4-turbo"
     faithful = load_config(ROOT / "conf" / "paper_faithful_online_retail.yaml")
     assert faithful.labeling.backend == "recorded" and faithful.labeling.user_prompt == "paper_v1"  # override + inherited
     assert faithful.labeling.openai.temperature == 1.0 and faithful.affinity.ell == 1

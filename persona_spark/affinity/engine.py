@@ -119,7 +119,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark.config import AffinityConf
-from persona_spark.runtime.checkpoint import checkpoint, has_checkpoint_dir
+from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint, has_checkpoint_dir
 from persona_spark.runtime.frames import require_columns, union_all
 from persona_spark.runtime.session import (CONNECT_CLOSURE_MAX_BYTES, default_parallelism, is_connect,
                                    share_with_tasks)
@@ -483,7 +483,7 @@ class HopPlan:
     target: Blocking
     width: int
     broadcast_max_bytes: int
-    checkpoint_mode: str = "local"
+    checkpoint_mode: CheckpointMode = "local"
     value_bytes: int = 8  # bytes of one state value: 8 (float64) or 4 (float32)
 
 
@@ -659,10 +659,10 @@ def vector_stats(vectors: DataFrame, idx_col: str, vec_col: str, what: str, widt
 
 
 # ---- public API --------------------------------------------------------------------------------
-def _require_checkpoint_dir(df: DataFrame, conf: AffinityConf) -> None:
-    if conf.checkpoint == "reliable" and not has_checkpoint_dir(df.sparkSession):
-        raise ValueError("affinity.checkpoint=reliable needs a checkpoint directory "
-                         "(SparkContext.setCheckpointDir; the stage sets spark.checkpoint_dir)")
+def _require_checkpoint_dir(df: DataFrame, checkpoint_mode: CheckpointMode) -> None:
+    if checkpoint_mode == "reliable" and not has_checkpoint_dir(df.sparkSession):
+        raise ValueError("reliable checkpoints (spark.checkpoint=reliable) need a checkpoint directory "
+                         "(SparkContext.setCheckpointDir; a stage sets spark.checkpoint_dir)")
 
 
 def _parallel_blocks(edges: DataFrame, n_edges: int, conf: AffinityConf) -> int:
@@ -700,13 +700,14 @@ class AffinityGraph:
             return f"the tiles hold states of at most {self.width} personas, the call propagates {width}"
         return None
 
-    def plan(self, direction: int, width: int, conf: AffinityConf) -> HopPlan:
+    def plan(self, direction: int, width: int, conf: AffinityConf,
+             checkpoint_mode: CheckpointMode = "local") -> HopPlan:
         reason = self.mismatch(conf, width, (direction,))
         if reason:
             raise ValueError(f"AffinityGraph: {reason}")
         source, target = (self.users, self.items) if direction == TO_ITEMS else (self.items, self.users)
         tiles = self.tiles if len(self.directions) == 1 else self.tiles.where(F.col("direction") == direction)
-        return HopPlan(tiles, source, target, width, conf.broadcast_max_bytes, conf.checkpoint,
+        return HopPlan(tiles, source, target, width, conf.broadcast_max_bytes, checkpoint_mode,
                        np.dtype(state_dtype(conf)).itemsize)
 
     def to_table(self) -> DataFrame:
@@ -819,9 +820,9 @@ def _edge_batches(spark):
 
 
 def _graph_for(edges: DataFrame | AffinityGraph, conf: AffinityConf, width: int, directions: tuple[int, ...],
-               trace: list[dict] | None) -> tuple[AffinityGraph, bool]:
+               trace: list[dict] | None, checkpoint_mode: CheckpointMode) -> tuple[AffinityGraph, bool]:
     """The caller's prepared graph, or one prepared for this call (second value: release it after)."""
-    _require_checkpoint_dir(edges.tiles if isinstance(edges, AffinityGraph) else edges, conf)
+    _require_checkpoint_dir(edges.tiles if isinstance(edges, AffinityGraph) else edges, checkpoint_mode)
     if isinstance(edges, AffinityGraph):
         return edges, False
     return prepare_graph(edges, conf, width, directions, trace), True
@@ -833,7 +834,8 @@ def _with_edges(vectors: DataFrame, idx_col: str, blocking: Blocking) -> DataFra
 
 
 def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_personas: int,
-                     conf: AffinityConf | None = None, trace: list[dict] | None = None) -> DataFrame:
+                     conf: AffinityConf | None = None, trace: list[dict] | None = None,
+                     checkpoint_mode: CheckpointMode = "local") -> DataFrame:
     """Ψ for every user reached from a prototype within 2ℓ̂ hops → ``user_idx int, scores array<double>``.
 
     ``edges`` are the propagation edges (see ``prepare_graph``) or a graph prepared from them.
@@ -841,10 +843,12 @@ def compute_affinity(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_
     persona (unreached, or pruned to zero). ``scores[r]`` is persona r. With ``conf.eps > 0`` every
     score is within ε of the exact Ψ and never above it; with ``conf.state_precision = "float32"``
     within a relative bound of it (both proven in the module docstring). ``trace``,
-    when given, receives one dict per phase (path, seconds).
+    when given, receives one dict per phase (path, seconds). Every hop's state is pinned with
+    ``checkpoint_mode`` (``reliable`` needs the session's checkpoint directory).
     """
     conf = conf or AffinityConf()
-    return compute_affinity_depths(edges, prototypes, n_personas, (conf.ell,), conf, trace)[conf.ell]
+    return compute_affinity_depths(edges, prototypes, n_personas, (conf.ell,), conf, trace,
+                                   checkpoint_mode)[conf.ell]
 
 
 @contextmanager
@@ -858,7 +862,8 @@ def _phase(trace: list[dict] | None, label: str):
 
 def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFrame, n_personas: int,
                             depths: tuple[int, ...], conf: AffinityConf | None = None,
-                            trace: list[dict] | None = None) -> dict[int, DataFrame]:
+                            trace: list[dict] | None = None,
+                            checkpoint_mode: CheckpointMode = "local") -> dict[int, DataFrame]:
     """Ψ at each ℓ̂ in ``depths`` (``conf.ell`` is ignored) from one propagation of max(depths) round trips.
 
     Ψ_ℓ̂ = (1/ℓ̂) Σ_{t≤ℓ̂} x_{2t} shares its hop states x_{2t} with every deeper ℓ̂, so one walk gives all
@@ -870,14 +875,15 @@ def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFr
         raise ValueError(f"affinity.ell (ℓ̂) must be >= 1, got {depths}")
     deepest = max(depths)
     vector_stats(prototypes, "user_idx", "vec", "prototypes", n_personas)
-    graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace)
+    graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace, checkpoint_mode)
     try:
-        to_items, to_users = graph.plan(TO_ITEMS, n_personas, conf), graph.plan(TO_USERS, n_personas, conf)
+        to_items = graph.plan(TO_ITEMS, n_personas, conf, checkpoint_mode)
+        to_users = graph.plan(TO_USERS, n_personas, conf, checkpoint_mode)
         tau = conf.eps / (2 * deepest)
         packed = pack_vectors(_with_edges(prototypes, "user_idx", graph.users), "user_idx", "vec", graph.users,
                               n_personas, state_dtype(conf))
         with _phase(trace, "pack prototypes"):
-            state = checkpoint(packed, conf.checkpoint)
+            state = checkpoint(packed, checkpoint_mode)
         terms = []
         for step in range(1, deepest + 1):
             state = hop(state, to_items, tau, trace, f"hop {2 * step - 1} (users→items)")
@@ -892,7 +898,8 @@ def compute_affinity_depths(edges: DataFrame | AffinityGraph, prototypes: DataFr
 
 def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets: list[DataFrame], n_personas: int,
                                     depths: tuple[int, ...], conf: AffinityConf | None = None,
-                                    trace: list[dict] | None = None) -> list[dict[int, DataFrame]]:
+                                    trace: list[dict] | None = None,
+                                    checkpoint_mode: CheckpointMode = "local") -> list[dict[int, DataFrame]]:
     """``compute_affinity_depths`` for several prototype matrices L_1..L_K over one graph, in as few walks as
     the tiles allow: one result dict per matrix, in order.
 
@@ -907,7 +914,7 @@ def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets
     result when one of its own columns is non-zero, as in a walk of its own.
     """
     conf = conf or AffinityConf()
-    graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace)
+    graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace, checkpoint_mode)
     stacked_width = (conf.stack_max_bytes // max(graph.users.n_nodes, 1) - 4) // 8
     per_walk = max(1, min(graph.width, stacked_width) // n_personas)
     results = []
@@ -915,8 +922,9 @@ def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets
         for start in range(0, len(label_sets), per_walk):
             chunk = label_sets[start:start + per_walk]
             stacked = chunk[0] if len(chunk) == 1 else _side_by_side(chunk, n_personas)
-            walked = compute_affinity_depths(graph, stacked, n_personas * len(chunk), depths, conf, trace)
-            walked = {d: checkpoint(frame, conf.checkpoint) for d, frame in walked.items()}
+            walked = compute_affinity_depths(graph, stacked, n_personas * len(chunk), depths, conf, trace,
+                                             checkpoint_mode)
+            walked = {d: checkpoint(frame, checkpoint_mode) for d, frame in walked.items()}
             results.extend({d: frame if len(chunk) == 1 else _column_block(frame, i, n_personas)
                             for d, frame in walked.items()} for i in range(len(chunk)))
     finally:
@@ -942,7 +950,7 @@ def _column_block(scores: DataFrame, part: int, width: int) -> DataFrame:
 
 
 def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame,
-                       conf: AffinityConf | None = None) -> DataFrame:
+                       conf: AffinityConf | None = None, checkpoint_mode: CheckpointMode = "local") -> DataFrame:
     """One item → user averaging step: ``user_idx, vec`` = Σ_v P[u,v]·vec[v] (row-normalized P).
 
     GPLR pushes the LLM's item labels to users with it. Same tiles and hop as the affinity engine;
@@ -953,12 +961,12 @@ def propagate_to_users(edges: DataFrame | AffinityGraph, item_vectors: DataFrame
     width = vec["max_width"]
     if not vec["rows"]:
         return item_vectors.sparkSession.createDataFrame([], "user_idx int, vec array<double>")
-    graph, own = _graph_for(edges, conf, width, (TO_USERS,), None)
+    graph, own = _graph_for(edges, conf, width, (TO_USERS,), None, checkpoint_mode)
     try:
         packed = pack_vectors(_with_edges(item_vectors, "item_idx", graph.items), "item_idx", "vec", graph.items, width,
                               state_dtype(conf))
-        state = checkpoint(packed, conf.checkpoint)
-        result = hop(state, graph.plan(TO_USERS, width, conf), 0.0, label="item→user")
+        state = checkpoint(packed, checkpoint_mode)
+        result = hop(state, graph.plan(TO_USERS, width, conf, checkpoint_mode), 0.0, label="item→user")
     finally:
         if own:
             graph.release()

@@ -23,7 +23,7 @@ import time
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint
 from persona_spark.config import AffinityConf
 from persona_spark.runtime.frames import union_all
 from persona_spark.graph import node_edges
@@ -61,7 +61,7 @@ def transition_edges(edges: DataFrame, weighted: bool) -> DataFrame:
 
 
 def message_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: int, conf: AffinityConf | None = None,
-                     trace: list[dict] | None = None) -> DataFrame:
+                     trace: list[dict] | None = None, checkpoint_mode: CheckpointMode = "local") -> DataFrame:
     """Exact Ψ by aggregateMessages hops → ``user_idx int, scores array<double>`` (reached users only),
     equal to ``compute_affinity(edges, prototypes, n_personas, conf)`` with ``conf.eps = 0``; ``trace``
     receives the seconds of the edge weights and of each hop."""
@@ -71,7 +71,7 @@ def message_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: int, c
 
     def timed(label: str, frame: DataFrame) -> DataFrame:
         started = time.perf_counter()
-        frame = checkpoint(frame, conf.checkpoint)
+        frame = checkpoint(frame, checkpoint_mode)
         if trace is not None:
             trace.append({"phase": label, "seconds": round(time.perf_counter() - started, 3)})
         return frame

@@ -1,6 +1,6 @@
 """Persona-set generation (paper §2.2, App. B): sampled histories -> candidate personas -> set R.
 
-Two methods (``labeling.generate.method``):
+Two methods (``labeling.persona_generation.method``):
 
 * ``merge`` (the cheap default): one seeded sample of users cut into groups, candidates per
   group (``persona_candidates_v1``), one call merging all distinct candidates into |R|
@@ -120,7 +120,7 @@ class PersonaSetGenerator:
     def __init__(self, conf: LabelingConf, n_users: int | None = None):
         """``n_users``: all users of the shop (the paper prompt states the sample's share of them)."""
         self.conf = conf
-        self.gen = conf.generate
+        self.gen = conf.persona_generation
         self.n_users = n_users
         user_fields, _ = load_template_file(conf.user_prompt)
         self.format = HistoryFormat(user_fields, conf.history_tokens, conf.max_name_chars)

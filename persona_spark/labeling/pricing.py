@@ -1,5 +1,5 @@
 """What labeling costs, priced like the bill: uncached prompt, cached prompt and completion tokens,
-at the synchronous or the Batch API rates (``labeling.openai.*price*``)."""
+at the synchronous or the Batch API rates (``labeling.openai.prices`` and ``labeling.openai.batch_prices``)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ class Rates:
 
 
 def rates(conf: OpenAIConf, channel: str) -> Rates:
-    if channel == "batch":
-        return Rates(conf.batch_price_prompt_per_1k, conf.batch_price_cached_prompt_per_1k, conf.batch_price_completion_per_1k)
-    return Rates(conf.price_prompt_per_1k, conf.price_cached_prompt_per_1k, conf.price_completion_per_1k)
+    prices = conf.batch_prices if channel == "batch" else conf.prices
+    return Rates(prices.prompt, prices.cached_prompt, prices.completion)
 
 
 def price_table(conf: OpenAIConf) -> dict[str, Rates]:

@@ -148,7 +148,7 @@ def select_entities(requests: DataFrame, selection: SelectionConf, id_col: str,
     if selection.mode == "all":
         return requests
     if selection.mode == "sample":
-        order = F.xxhash64(F.lit(selection.seed), id_col)
+        order = F.xxhash64(F.lit(selection.sample_seed), id_col)
         return requests.orderBy(order, id_col).limit(selection.size)
     if not selection.table:
         raise ValueError("selection mode 'table' needs a table name (labeling.users.table / labeling.items.table)")
@@ -176,7 +176,8 @@ def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | Entity
     kind = KINDS[kind] if isinstance(kind, str) else kind
     if conf.backend == "embedding":
         embeddings = cache.read(tables.ITEM_EMBEDDINGS)
-        return EmbeddingBackend(conf.embedding, persona_set, kind.id_col, conf.max_personas, conf.max_name_chars,
+        return EmbeddingBackend(conf.embedding, persona_set, kind.id_col, conf.max_personas_per_answer,
+                                conf.max_name_chars,
                                 embeddings if embeddings is not None else cache.spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
     if conf.backend == "recorded":
         if recording is None:
@@ -186,7 +187,7 @@ def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | Entity
             recording = read_recording(cache.spark, conf.recorded.path, kind.id_col)
         return RecordedBackend(conf.recorded, persona_set, kind.id_col, recording)
     template = conf.user_prompt if kind.name == "user" else conf.item_prompt
-    prompt = LabelPrompt(template, persona_set, conf.max_personas, conf.history_tokens, conf.max_name_chars)
+    prompt = LabelPrompt(template, persona_set, conf.max_personas_per_answer, conf.history_tokens, conf.max_name_chars)
     if conf.openai.users_per_request > 1 and not prompt.multi:
         raise ValueError(f"prompt template {template!r} labels one {kind.name} per request: set labeling.openai.users_per_request=1")
     if prompt.keyed and conf.openai.json_mode == "json_schema":

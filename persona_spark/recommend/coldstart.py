@@ -93,7 +93,7 @@ class ColdStartModel:
         empty (new-customer recommendations need only personas and items)."""
         path = storage.join(str(model_dir), EMBEDDINGS_FILE)
         if not storage.exists(path):
-            raise FileNotFoundError(f"{path} not found: run the 'train' stage with recommend.model=lgcn3 first")
+            raise FileNotFoundError(f"{path} not found: run the 'train' stage with recommend.train.model=lgcn3 first")
         with np.load(io.BytesIO(storage.read_bytes(path))) as stored:  # npz members load lazily: the customer side only when asked for
             personas = stored["personas"]
             _check_personas(personas)  # a run without personas saved no cold-start fields either

@@ -164,7 +164,8 @@ def read_directory(path: str) -> RecData:
     path = str(path)
     meta_path = storage.join(path, META_FILE)
     if not storage.exists(meta_path):
-        raise FileNotFoundError(f"{meta_path} not found: run the 'export-tripartite' stage first (recommend.export_dir)")
+        raise FileNotFoundError(f"{meta_path} not found: run the 'export-tripartite' stage first "
+                                "(recommend.export.dir)")
     meta = json.loads(storage.read_text(meta_path))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")

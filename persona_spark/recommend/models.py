@@ -22,7 +22,7 @@ MODELS = ("mf", "lightgcn", "afdgcf", "lgcn", "lgcn3", "algcn3")
 WITH_PERSONAS = {"lgcn3", "algcn3"}
 # trained with AFDGCF's de-correlation loss: AFDGCF = LightGCN + it, A-LGCN3 = LGCN3 + it
 DECORRELATED = {"afdgcf", "algcn3"}
-# α of each when recommend.decorrelation_weight is unset. afdgcf: the AFDGCF authors' setting for
+# α of each when recommend.train.decorrelation_weight is unset. afdgcf: the AFDGCF authors' setting for
 # LightGCN (U-rara/AFDGCF README, ``--model=afd-lightgcn --alpha=1e-4``). algcn3: this project's 0.1,
 # not tuned (the GPLR authors tuned theirs and did not publish it). At 0.1 AFDGCF's layer term,
 # summed over three propagated layers, outweighs BPR and the model collapses (README, recommender).

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 from persona_spark.tables import storage
-from persona_spark.config import RecommendConf
+from persona_spark.config import RecommendTrainConf
 from persona_spark.recommend.data import RecData
 from persona_spark.recommend.metrics import evaluate
 from persona_spark.recommend.models import (DECORRELATED, DEFAULT_DECORRELATION, Recommender, afd_blocks, afd_loss,
@@ -86,7 +86,7 @@ def sample_negatives(users: torch.Tensor, n_items: int, positive_keys: torch.Ten
     return negatives
 
 
-def decorrelation_weight(conf: RecommendConf, name: str) -> float:
+def decorrelation_weight(conf: RecommendTrainConf, name: str) -> float:
     """α of AFDGCF's loss for model ``name``: 0 for a model without it, else the configured or the model's own."""
     if name not in DECORRELATED:
         return 0.0
@@ -124,14 +124,14 @@ def final_embeddings(model: Recommender) -> tuple[torch.Tensor, torch.Tensor, to
         return tuple(block.detach().float() for block in model.split(model.propagate()))
 
 
-def train(data: RecData, conf: RecommendConf, seed: int, model_name: str | None = None,
+def train(data: RecData, conf: RecommendTrainConf, seed: int, model_name: str | None = None,
           cache: EigenCache | None = None) -> TrainResult:
     """Train ``model_name`` (default ``conf.model``) on ``data.train``; score ``data.test`` once."""
     started = time.perf_counter()
     name = model_name or conf.model
     device = resolve_device(conf.device)
     torch.manual_seed(seed)
-    fit, validation = data.split_validation(conf.val_fraction, conf.split_seed)
+    fit, validation = data.split_validation(conf.val_fraction, conf.validation_seed)
     model = build_model(name, fit, conf.dim, conf.eigen_k, conf.lightgcn_layers, conf.persona_edge_weight, cache)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=conf.lr)
@@ -175,7 +175,7 @@ def train(data: RecData, conf: RecommendConf, seed: int, model_name: str | None 
         model.load_state_dict(best_state, strict=False)
     model.eval()
     user_emb, item_emb, persona_emb = final_embeddings(model)
-    metrics = evaluate(user_emb, item_emb, data.test, data.train, ks=tuple(conf.ks)) if len(data.test) else {}
+    metrics = evaluate(user_emb, item_emb, data.test, data.train, ks=tuple(conf.cutoffs)) if len(data.test) else {}
     return TrainResult(
         model=name, seed=seed, metrics=metrics, val_ndcg=best_score, best_epoch=best_epoch, epochs=epoch,
         seconds=time.perf_counter() - started, device=str(device), losses=losses,

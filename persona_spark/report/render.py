@@ -143,7 +143,7 @@ def missing_note(missing: list[str], written_by: Mapping[str, str]) -> str:
 # ---- sections -----------------------------------------------------------------------------------------
 def persona_distribution(counts: gather.PersonaCounts, canvas: Canvas) -> str:
     wide, customers = counts.per_persona, counts.customers
-    shown = wide.head(canvas.conf.top_personas).iloc[::-1]
+    shown = wide.head(canvas.conf.personas_shown).iloc[::-1]
     labels = [short(canvas.name(i), 34) for i in shown.index]
     fig = new_figure(figsize=(11, 0.32 * len(shown) + 1.6))
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1.1]})
@@ -200,7 +200,7 @@ def reach_sentence(reach: dict) -> str:
 def cooccurrence(pairs: pd.DataFrame, canvas: Canvas) -> str:
     matrix = pairs.pivot_table(index="row", columns="col", values="count", fill_value=0)
     diagonal = pd.Series(np.diag(matrix.reindex(columns=matrix.index).fillna(0).values), index=matrix.index)
-    top = diagonal.sort_values(ascending=False).head(canvas.conf.top_personas).index
+    top = diagonal.sort_values(ascending=False).head(canvas.conf.personas_shown).index
     conditional = matrix.reindex(index=top, columns=top).fillna(0).div(diagonal[top], axis=0)
     values = conditional.values.astype(float)
     np.fill_diagonal(values, np.nan)
@@ -434,7 +434,7 @@ def drift(found: gather.Drift | None, canvas: Canvas) -> str:
         return headline + note("Nobody gained or lost a persona between these runs.")
     volume = pd.concat([moves.groupby("from_persona_idx")["customers"].sum(), moves.groupby("to_persona_idx")["customers"].sum()])
     volume = volume.groupby(level=0).sum().drop(index=-1, errors="ignore").sort_values(ascending=False)
-    shown = list(volume.head(canvas.conf.top_personas).index) + [-1]
+    shown = list(volume.head(canvas.conf.personas_shown).index) + [-1]
     labels = [short(canvas.name(i), 30) if i >= 0 else "(no persona)" for i in shown]
     matrix = (moves.pivot_table(index="from_persona_idx", columns="to_persona_idx", values="customers", aggfunc="sum")
               .reindex(index=shown, columns=shown).astype(float))

@@ -8,12 +8,16 @@ executor), ``reliable`` writes them to the checkpoint directory (survives a lost
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pyspark.sql import DataFrame, SparkSession
 
 from persona_spark.runtime.session import is_connect
 
+CheckpointMode = Literal["local", "reliable"]  # the spark.checkpoint setting
 
-def checkpoint(df: DataFrame, mode: str = "local") -> DataFrame:
+
+def checkpoint(df: DataFrame, mode: CheckpointMode = "local") -> DataFrame:
     """Materialize and cut the lineage so the plan stays flat however many hops follow."""
     return df.checkpoint(eager=True) if mode == "reliable" else df.localCheckpoint(eager=True)
 
@@ -26,8 +30,8 @@ def ensure_checkpoint_dir(spark: SparkSession, directory: str) -> None:
     """
     if is_connect(spark):
         if not spark.conf.get("spark.checkpoint.dir", None):
-            raise ValueError("affinity.checkpoint=reliable on Spark Connect needs the server's spark.checkpoint.dir "
-                             "(set it in the cluster's Spark config), or use affinity.checkpoint=local")
+            raise ValueError("spark.checkpoint=reliable on Spark Connect needs the server's spark.checkpoint.dir "
+                             "(set it in the cluster's Spark config), or use spark.checkpoint=local")
         return
     if spark.sparkContext.getCheckpointDir() is None:
         spark.sparkContext.setCheckpointDir(directory)

@@ -60,14 +60,14 @@ def persona_names(cfg: Config, store: TableStore) -> DataFrame:
 def prepare_checkpoints(cfg: Config, spark) -> None:
     """Reliable checkpoints need a checkpoint directory: ``spark.checkpoint_dir`` unless one is set
     (call before a library call that pins its intermediates)."""
-    if cfg.affinity.checkpoint == "reliable":
+    if cfg.spark.checkpoint == "reliable":
         ensure_checkpoint_dir(spark, cfg.spark.checkpoint_dir)
 
 
 def pin(cfg: Config, df: DataFrame) -> DataFrame:
-    """Materialize an intermediate result the way ``affinity.checkpoint`` says (reliable: survives a lost executor)."""
+    """Materialize an intermediate result the way ``spark.checkpoint`` says (reliable: survives a lost executor)."""
     prepare_checkpoints(cfg, df.sparkSession)
-    return checkpoint(df, cfg.affinity.checkpoint)
+    return checkpoint(df, cfg.spark.checkpoint)
 
 
 def write_slice(cfg: Config, store: TableStore, name: str, rows: DataFrame, where: dict[str, str],

@@ -46,7 +46,7 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     loading = {"graph": round(time.perf_counter() - started, 3)} if graph is not None else {}  # else cut in the run
     try:
         run = gplr.run_gplr(users, items, edges, transactions, asked_before, personas_before, persona_set, label,
-                            cfg.gplr, cfg.affinity, cfg.labeling, graph)
+                            cfg.gplr, cfg.affinity, cfg.labeling, graph, cfg.spark.checkpoint)
     finally:
         if graph is not None:
             graph.release()
@@ -76,7 +76,7 @@ def record_refresh(cfg: Config, store: TableStore, personas: DataFrame, run: tup
         edges=store.read_table(tables.EDGES), names=persona_names(cfg, store),
         persona_set=load_persona_set(cfg.personas), history=read_if_exists(store, tables.PERSONA_HISTORY),
         runs=store.read_table(tables.GPLR_RUNS), reasons_table=read_if_exists(store, tables.PERSONA_REASONS),
-        conf=cfg.refresh, affinity_conf=cfg.affinity)
+        conf=cfg.refresh, affinity_conf=cfg.affinity, checkpoint_mode=cfg.spark.checkpoint)
     by_run, to_run = {"run_id": run[0]}, {"to_run_id": run[0]}
     if record.history is not None:
         store.merge_table(record.history, tables.PERSONA_HISTORY, refresh.HISTORY_KEYS)
@@ -112,7 +112,8 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
     trace: list[dict] = []
     graph = stored_train_graph(cfg, store, n_personas, trace)
     try:
-        scores = affinity_lib.compute_affinity(graph or train_edges(store), prototypes, n_personas, conf, trace)
+        scores = affinity_lib.compute_affinity(graph or train_edges(store), prototypes, n_personas, conf, trace,
+                                               cfg.spark.checkpoint)
         store.write_table(affinity_lib.affinity_long(scores), tables.AFFINITY)
     finally:
         if graph is not None:
@@ -136,7 +137,7 @@ def audience_stage(cfg: Config, store: TableStore) -> dict:
     runs, personas, users, stored = (read_if_exists(store, t) for t in (tables.GPLR_RUNS, tables.PERSONAS, tables.USERS,
                                                                          tables.AUDIENCE_MEMBERS))
     built = audience_lib.build_audiences(cfg.audience, load_persona_set(cfg.personas), runs, personas, users, stored,
-                                         cfg.affinity.checkpoint)
+                                         cfg.spark.checkpoint)
     done = {}
     for audience in built.audiences:
         spec = audience.spec

@@ -75,7 +75,7 @@ def generate_personas_stage(cfg: Config, store: TableStore) -> dict:
         log.info("generate-personas estimate: %s", estimate)
         return {"dry_run": True, **estimate}
     persona_set, stats = generator.generate(groups, resolve_api_key(conf.openai, store.spark), cache.TableCache(store))
-    path = write_persona_set(persona_set, conf.generate.output, generator.metadata(stats))
+    path = write_persona_set(persona_set, conf.persona_generation.output, generator.metadata(stats))
     table = persona_set.to_dataframe(store.spark).select(
         "*", F.lit(persona_set.title).alias("title"), F.lit(conf.openai.model).alias("model"),
         F.current_timestamp().alias("created"),

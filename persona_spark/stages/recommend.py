@@ -25,12 +25,12 @@ def export_stage(cfg: Config, store: TableStore) -> dict:
     """Write the recommender's directory (train/test edges, user/item personas, index maps) from tables."""
     from persona_spark.recommend import export
 
-    conf = cfg.recommend
+    conf = cfg.recommend.export
     spark = store.spark
     edges, users, items = (store.read_table(t) for t in (tables.EDGES, tables.USERS, tables.ITEMS))
     if not store.exists(conf.user_personas_table):
         raise ValueError(f"export: table {conf.user_personas_table!r} not found (run gplr, or set "
-                         "recommend.user_personas_table=reference_personas for the paper split's GPT-4 labels)")
+                         "recommend.export.user_personas_table=reference_personas for the paper split's GPT-4 labels)")
     item_source = next((t for t in (tables.ITEM_LABELS, tables.REFERENCE_ITEM_PERSONAS) if store.exists(t)), None)
     item_personas = (export.item_persona_edges(store.read_table(item_source)) if item_source else
                      spark.createDataFrame([], "item_idx int, persona_idx int, weight float"))
@@ -47,13 +47,13 @@ def export_stage(cfg: Config, store: TableStore) -> dict:
         "items": items.select("item_idx", "item_id", "item_name"),
         "personas": names,
     }
-    counts = export.write_export(conf.export_dir, parts, bounds["users"] + 1, bounds["items"] + 1, persona_names_in_order)
-    log.info("export: %s -> %s", counts, conf.export_dir)
-    return {"rows": counts, "item_personas_from": item_source, "export_dir": conf.export_dir}
+    counts = export.write_export(conf.dir, parts, bounds["users"] + 1, bounds["items"] + 1, persona_names_in_order)
+    log.info("export: %s -> %s", counts, conf.dir)
+    return {"rows": counts, "item_personas_from": item_source, "export_dir": conf.dir}
 
 
 def train_stage(cfg: Config, store: TableStore) -> dict:
-    """Train recommend.model for each of recommend.seeds on the export; metrics -> ``recommend_runs``."""
+    """Train recommend.train.model for each of recommend.train.seeds on the export; metrics -> ``recommend_runs``."""
     try:
         from persona_spark.recommend.spectral import EigenCache
         from persona_spark.recommend.train import train
@@ -61,8 +61,8 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
         raise RuntimeError(f"the train stage needs torch ({error}): pip install 'persona-spark[train]'") from error
     from persona_spark.recommend.data import read_directory
 
-    conf = cfg.recommend
-    data = read_directory(conf.export_dir)
+    conf = cfg.recommend.train
+    data = read_directory(cfg.recommend.export.dir)
     cache = EigenCache(conf.eigen_cache_dir)
     (run_id, run_ts), rows, summaries = new_run(), [], []
     for seed in conf.seeds:
@@ -85,19 +85,19 @@ def cold_start_stage(cfg: Config, store: TableStore) -> dict:
     from persona_spark.recommend import coldstart_batch as batch
     from persona_spark.recommend.coldstart import ColdStartModel
 
-    conf = cfg.recommend
+    conf, trained, exported = cfg.recommend.cold_start, cfg.recommend.train, cfg.recommend.export
     spark = store.spark
-    run_dir = storage.join(conf.model_dir, f"{conf.model}-seed{conf.seeds[0]}")
+    run_dir = storage.join(trained.model_dir, f"{trained.model}-seed{trained.seeds[0]}")
     model = ColdStartModel.from_run(run_dir, with_users=False)
-    train = spark.read.parquet(storage.join(conf.export_dir, "train"))
+    train = spark.read.parquet(storage.join(exported.dir, "train"))
     each_persona = spark.createDataFrame([(p, [p]) for p in range(len(model.persona_names))],
                                          "subject_idx int, personas array<int>")
-    recs = batch.recommend_items(each_persona, model, conf.cold_start_k, "persona")
+    recs = batch.recommend_items(each_persona, model, conf.list_size, "persona")
     if store.exists(conf.declared_personas_table):
         declared = batch.without_training_edges(store.read_table(conf.declared_personas_table), train, "user_idx")
         customers = batch.persona_lists(declared, "user_idx").withColumnRenamed("user_idx", "subject_idx")
-        recs = recs.unionByName(batch.recommend_items(customers, model, conf.cold_start_k, "new_customer"))
-    item_personas = spark.read.parquet(storage.join(conf.export_dir, "item_personas"))
+        recs = recs.unionByName(batch.recommend_items(customers, model, conf.list_size, "new_customer"))
+    item_personas = spark.read.parquet(storage.join(exported.dir, "item_personas"))
     tagged = batch.without_training_edges(item_personas, train, "item_idx")
     new_items = [(r["item_idx"], r["personas"]) for r in batch.persona_lists(tagged, "item_idx").collect()]
     profile = None
@@ -105,7 +105,7 @@ def cold_start_stage(cfg: Config, store: TableStore) -> dict:
         n_personas = len(model.persona_names)
         # kept: audiences_for_items reads it once for the personas anybody bought, then scores it
         profile = batch.persona_purchase_profile(train, item_personas, n_personas).persist()
-        recs = recs.unionByName(batch.audiences_for_items(new_items, profile, n_personas, conf.cold_start_k,
+        recs = recs.unionByName(batch.audiences_for_items(new_items, profile, n_personas, conf.list_size,
                                                           conf.audience_activity_exponent))
     store.write_table(recs, tables.COLD_START_RECS)
     if profile is not None:

@@ -68,7 +68,7 @@ def segment_stage(cfg: Config, store: TableStore) -> dict:
     persona_segments = store.read_table(tables.SEGMENTS).filter(F.col("representation") == "personas")
     summary = segment_lib.describe_segments(
         persona_segments.select("user_idx", "k", "segment"), personas, store.read_table(tables.EDGES),
-        store.read_table(tables.ITEMS), names, conf.top_personas, conf.top_items,
+        store.read_table(tables.ITEMS), names, conf.personas_per_segment, conf.items_per_segment,
     )
     store.write_table(summary, tables.SEGMENT_SUMMARY)
     return {"silhouette": silhouettes, "rfm_parts": rfm_parts,
@@ -95,7 +95,7 @@ def robustness_stage(cfg: Config, store: TableStore) -> dict:
         sample = segment_lib.PaperSample(paper.robustness_customers, paper.min_transactions, paper.transaction_unit,
                                          conf.seed, str(paper.year_start) if paper.year_start else None)
         result = segment_lib.paper_robustness(transactions, labeler, "customer_id", conf.rfm_buckets, sample,
-                                              paper.top_personas)
+                                              paper.robustness_top_personas)
     else:
         result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
     store.write_table(result, tables.ROBUSTNESS)

@@ -20,14 +20,14 @@ log = logging.getLogger("persona_spark")
 def generate(cfg: Config, store: TableStore) -> dict:
     """Generate the demo shop's raw purchase lines and the planted personas (ground truth)."""
     personas = load_persona_set(cfg.personas)
-    raw, planted, _ = generate_lines(store.spark, personas, cfg.generate)
+    raw, planted, _ = generate_lines(store.spark, personas, cfg.demo)
     store.write_table(raw, tables.RAW_TRANSACTIONS)
     store.write_table(planted, tables.PLANTED_PERSONAS)
     store.write_table(personas.to_dataframe(store.spark), tables.PERSONA_SET)
     lines = store.read_table(tables.RAW_TRANSACTIONS).count()
     where = store.location(tables.RAW_TRANSACTIONS)
-    log.info("generated %d raw lines for %d users into %s", lines, cfg.generate.users, where)
-    return {"raw_lines": lines, "users": cfg.generate.users, "items": cfg.generate.items, "table": where}
+    log.info("generated %d raw lines for %d users into %s", lines, cfg.demo.users, where)
+    return {"raw_lines": lines, "users": cfg.demo.users, "items": cfg.demo.items, "table": where}
 
 
 def _read_source(cfg: Config, store: TableStore) -> tuple[DataFrame, str]:
@@ -76,7 +76,7 @@ def build_graph_stage(cfg: Config, store: TableStore) -> dict:
     conf = cfg.graph
     users, items, edges = graph.build_graph(
         store.read_table(tables.TRANSACTIONS), conf.min_user_degree, conf.min_item_degree, conf.test_fraction,
-        conf.seed, read_if_exists(store, tables.USERS), read_if_exists(store, tables.ITEMS),
+        conf.split_seed, read_if_exists(store, tables.USERS), read_if_exists(store, tables.ITEMS),
     )
     # All three materialized before the first write overwrites a table the indices were read from.
     pinned = {tables.USERS: pin(cfg, users), tables.ITEMS: pin(cfg, items), tables.EDGES: pin(cfg, edges)}
@@ -118,6 +118,6 @@ def _graph_summary(cfg: Config, store: TableStore) -> dict:
                "train_edges": split.get("train", 0), "test_edges": split.get("test", 0)}
     if cfg.graph.components:
         prepare_checkpoints(cfg, store.spark)
-        summary["train_components"] = graph.component_summary(train_edges(store), cfg.affinity.checkpoint)
+        summary["train_components"] = graph.component_summary(train_edges(store), cfg.spark.checkpoint)
     log.info("graph: %s", summary)
     return {**summary, "tables": locations(store, tables.USERS, tables.ITEMS, tables.EDGES)}

@@ -2,7 +2,7 @@
 
 Stages read and write through these constants, and the report names ``WRITTEN_BY[table]`` when a
 table it needs is missing, so a renamed table or a moved writer is one edit here. Tables whose name
-is a setting (``evaluate.reference_table``, ``recommend.user_personas_table``, ...) default to one
+is a setting (``evaluate.reference_table``, ``recommend.export.user_personas_table``, ...) default to one
 of these.
 """
 
