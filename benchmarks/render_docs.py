@@ -24,8 +24,13 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 
 
 def load(name: str) -> list[dict]:
+    """The file's lines, each command's from its latest date only: a rerun supersedes what it measured before."""
     with (RESULTS / f"{name}.jsonl").open() as lines:
-        return [json.loads(line) for line in lines if line.strip()]
+        records = [json.loads(line) for line in lines if line.strip()]
+    latest: dict[str, str] = {}
+    for record in records:
+        latest[record["command"]] = max(latest.get(record["command"], ""), record["date"])
+    return [record for record in records if record["date"] == latest[record["command"]]]
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
