@@ -46,6 +46,7 @@ from persona_spark.affinity.messages import message_affinity
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, SparkConf
 from persona_spark.runtime.session import get_spark, is_connect
+from results_file import RESULTS, append_results_to
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                         "interleaved (timings on a shared machine); lines carry run = 0, 1, ...")
     parser.add_argument("--engines", nargs="+", help="run only these rows (e.g. spark_exact at 100 M edges, where "
                         "scipy and the stored-tile write are not the point); errors are then against nothing")
+    parser.add_argument("--out", default=str(RESULTS / "affinity.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
 
     spark = get_spark(SparkConf(master=args.master, remote=args.master if args.connect else None, shuffle_partitions=2,
                                 default_parallelism=2, driver_memory=args.driver_memory, app_name="affinity-benchmark"))

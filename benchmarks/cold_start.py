@@ -39,6 +39,7 @@ from persona_spark.recommend.data import csr, load_gplr_json
 from persona_spark.recommend.metrics import hit_matrix, summarize
 from persona_spark.recommend.spectral import EigenCache
 from persona_spark.recommend.train import train
+from results_file import RESULTS, append_results_to
 
 KS = (10, 50)
 REPORTED = ("ndcg@10", "f1@10", "recall@50")
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eigen-cache", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default=str(RESULTS / "cold_start.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
     logging.basicConfig(level=logging.WARNING)
 
     overrides = dict(parse_override(o, RecommendTrainConf) for o in args.overrides)

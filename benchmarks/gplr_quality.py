@@ -38,6 +38,7 @@ from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import label_entities
+from results_file import RESULTS, append_results_to
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump-assignments", type=Path, default=None, metavar="DIR",
                         help="also write each run's personas as DIR/<budget>-<seed>-<method>.json "
                              "({user_idx: [persona_idx, ...]}, the recommender benchmark's --user-personas)")
+    parser.add_argument("--out", default=str(RESULTS / "gplr_quality.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
 
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=4, default_parallelism=4))
     split = load_split(spark, Path(args.data))

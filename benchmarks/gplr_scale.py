@@ -47,6 +47,7 @@ from persona_spark.personas import load_persona_set  # noqa: E402
 from persona_spark.runtime.session import get_spark  # noqa: E402
 from persona_spark.stages import gplr_stage  # noqa: E402
 from persona_spark.stages.sources import write_edge_tiles  # noqa: E402
+from results_file import RESULTS, append_results_to  # noqa: E402
 
 KEY_ENV = "PS_BENCHMARK_KEY"
 
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-memory", default="10g")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting of the run, as the CLI takes it (e.g. gplr.assignment=topk)")
+    parser.add_argument("--out", default=str(RESULTS / "gplr_scale.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     os.environ[KEY_ENV] = "sk-benchmark"
 

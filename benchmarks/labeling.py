@@ -30,6 +30,7 @@ from persona_spark.testing.openai_server import LoopbackChatServer, obedient, wi
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import label_entities
+from results_file import RESULTS, append_results_to
 
 KEY_ENV = "PS_BENCHMARK_KEY"
 
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users-per-request", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=5000)
     parser.add_argument("--tpm", type=int, default=0, help="tokens per minute the server enforces and the job's shared budget uses")
+    parser.add_argument("--out", default=str(RESULTS / "labeling.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
 
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=2, default_parallelism=2))

@@ -33,6 +33,7 @@ from persona_spark.stages.cache import label_entities
 
 sys.path.insert(0, os.path.dirname(__file__))
 from labeling import KEY_ENV, synthetic_graph  # noqa: E402
+from results_file import RESULTS, append_results_to  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--faulty", type=float, default=0.05, help="share of lines with a scripted fault")
     parser.add_argument("--max-lines", type=int, default=4000, help="lines per batch (the API allows 50,000)")
+    parser.add_argument("--out", default=str(RESULTS / "labeling_batch.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
 
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=2, default_parallelism=2))

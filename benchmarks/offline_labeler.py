@@ -29,6 +29,7 @@ from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
 from persona_spark.stages import STAGES
+from results_file import RESULTS, append_results_to
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for both runs, e.g. --set labeling.embedding.temperature=0.5")
+    parser.add_argument("--out", default=str(RESULTS / "offline_labeler.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
     with tempfile.TemporaryDirectory(prefix="offline_labeler_") as folder:
         root = Path(folder)
         results = []

@@ -30,6 +30,7 @@ from persona_spark.recommend.data import load_gplr_json, read_user_personas
 from persona_spark.recommend.models import MODELS, WITH_PERSONAS
 from persona_spark.recommend.spectral import EigenCache
 from persona_spark.recommend.train import train
+from results_file import RESULTS, append_results_to
 
 # Shared by both benchmarks. Sized so every model trains on a CPU machine (large batches: one spectral
 # propagation per batch dominates a step), not tuned: no setting is chosen on test.
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eigen-cache", default=None, help="directory to keep eigenvectors between runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="RecommendTrainConf field, e.g. --set lr=0.01 (repeatable)")
+    parser.add_argument("--out", default=str(RESULTS / "recommend.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
     logging.basicConfig(level=logging.WARNING)
 
     overrides = dict(parse_override(o, RecommendTrainConf) for o in args.overrides)

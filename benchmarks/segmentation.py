@@ -45,6 +45,7 @@ from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import make_backend
+from results_file import RESULTS, append_results_to
 
 
 def raw_transactions(spark, csv: Path):
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robustness", action="store_true", help="also the two-period stability (embeds product names)")
     parser.add_argument("--protocol", choices=["project", "paper", "both"], default="project",
                         help="the project's pipeline, the paper's Tables 8/9 protocol, or both")
+    parser.add_argument("--out", default=str(RESULTS / "{bench}.jsonl"), help="appends here per bench; - prints only")
     args = parser.parse_args(argv)
+    append_results_to(args.out)
     protocols = ["project", "paper"] if args.protocol == "both" else [args.protocol]
 
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=4, default_parallelism=2))

@@ -81,5 +81,153 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+
+def _one_line(text: str) -> str:
+    """A docstring as one Markdown line (Sphinx roles dropped, pipes escaped for tables)."""
+    return " ".join(text.split()).replace(":func:", "").replace("|", "\\|")
+
+
+def cli_reference() -> str:
+    """docs/reference/cli.md: the options every stage takes, then each stage, what it does and what it writes."""
+    from persona_spark import tables
+    from persona_spark.stages import STAGES
+
+    parser = build_parser()
+    stage_parser = next(iter(parser._subparsers._group_actions[0].choices.values()))  # the same options for all
+    for p in (parser, stage_parser):  # a fixed width: the page must not depend on the terminal that generated it
+        p.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
+    lines = ["# Command-line reference", "",
+             "Generated from `persona_spark/cli.py`'s parser and the stage registry (`python docs/gen_reference.py`).",
+             "", *(__doc__ or "").strip().splitlines()[2:], "",
+             "```text", parser.format_usage().strip(), "```", "",
+             "Every stage takes the same options:", "", "```text",
+             stage_parser.format_help().split("options:", 1)[1].strip("\n"), "```", "",
+             "Settings and their defaults: [configuration](configuration.md). Tables: [tables](tables.md).", "",
+             "| stage | what it does | writes |", "|---|---|---|"]
+    for name, fn in STAGES.items():
+        summary = _one_line((fn.__doc__ or "").strip().split("\n\n")[0])
+        written = ", ".join(f"[`{t}`](tables.md#{t})" for t, by in tables.WRITTEN_BY.items() if by == name)
+        lines.append(f"| [`{name}`](#{name}) | {summary} | {written} |")
+    for name, fn in STAGES.items():
+        doc = _one_line(fn.__doc__ or "")
+        lines += ["", f"## `{name}`", "", "```bash", f"persona-spark {name} --conf conf/local.yaml", "```", "", doc]
+    return "\n".join(lines) + "\n"
+
+
+# Columns of the tables whose writer has no schema constant, as the writing code leaves them.
+DOCUMENTED_COLUMNS = {
+    "planted_personas": "customer_id string, persona_idx bigint",
+    "transactions": "customer_id string, order_id string, item_id string, item_name string, quantity bigint, "
+                    "unit_price double, ts timestamp, order_number bigint, days_since_prior_order double",
+    "edges": "user_idx int, item_idx int, n_purchases int, quantity bigint, first_ts timestamp, "
+             "last_ts timestamp, split string",
+    "reference_personas": "user_idx int, persona_idx int",
+    "reference_item_personas": "item_idx int, persona_idx int",
+    "generated_persona_sets": "persona_idx int, name string, description string, version string, title string, "
+                              "model string, created timestamp",
+    "gplr_prototypes": "user_idx int, status string, history_hash string",
+    "gplr_runs": "run_id string, run_ts timestamp, budget bigint, rounds int, sampling string, assignment string, "
+                 "seed int, eps double, ell int, beta double, versions string, details string",
+    "persona_transitions": "from_run_id string, to_run_id string, from_ts timestamp, to_ts timestamp, "
+                           "persona_idx int, persona string, customers_before bigint, customers_after bigint, "
+                           "kept bigint, gained bigint, lost bigint, customers bigint, customers_changed bigint, "
+                           "share_changed double",
+    "persona_flows": "from_run_id string, to_run_id string, from_persona_idx int, to_persona_idx int, "
+                     "customers bigint",
+    "persona_catalog": "run_id string, persona_idx int, name string, description string, "
+                       "persona_set_version string, customers bigint, llm_share double, propagated_share double, "
+                       "top_products array<string>, distinctive_products array<string>",
+    "persona_calibration": "run_id string, bin int, lower double, upper double, pairs bigint, "
+                           "mean_predicted double, observed double",
+    "persona_reasons": "run_id string, user_idx int, customer_id string, persona_idx int, "
+                       "items array<struct<item_idx, item_name, contribution, share>>, "
+                       "neighbours array<struct<user_idx, customer_id, contribution, share>>",
+    "prototype_labels": "user_idx int, persona_idx int, weight double",
+    "affinity": "user_idx int, persona_idx int, score double",
+    "evaluation": "run_id string, method string, reference string, users bigint, micro_f1 double, "
+                  "macro_f1 double, precision double, recall double, baseline_micro_f1 double, run_ts timestamp",
+    "evaluation_per_persona": "run_id string, persona_idx int, tp bigint, predicted bigint, actual bigint, "
+                              "precision double, recall double, f1 double, run_ts timestamp",
+    "segments": "representation string, user_idx int, k int, segment int",
+    "segment_points": "representation string, user_idx int, x double, y double, z double",
+    "silhouette": "representation string, k int, clusters int, silhouette double",
+    "rfm_parts": "part string, computed boolean, source string",
+    "segment_summary": "k int, segment int, size bigint, share double, "
+                       "personas array<struct<persona_idx, name, share, lift>>, "
+                       "top_items array<struct<item_idx, item_name, buyers, share, lift>>, description string",
+    "robustness": "representation string, users bigint, unchanged bigint, share_unchanged double",
+}
+
+
+def table_columns() -> dict[str, str]:
+    """Each table's columns: the writer's schema constant where it has one, else ``DOCUMENTED_COLUMNS``."""
+    from persona_spark import audience, generate, gplr, graph, ingest, refresh
+    from persona_spark.affinity.engine import TILE_FIELDS
+    from persona_spark.labeling.backends import ITEM_EMBEDDINGS_SCHEMA, label_schema
+    from persona_spark.labeling.batch import LEDGER_SCHEMA
+    from persona_spark.recommend.coldstart_batch import RECS_SCHEMA
+    from persona_spark.stages import RECOMMEND_RUNS_SCHEMA
+
+    from_code = {
+        "raw_transactions": generate.RAW_SCHEMA,
+        "persona_set": "persona_idx int, name string, description string, version string",
+        "quarantine": ", ".join(f"{name} string" for name in ingest.QUARANTINE_COLUMNS[:-1])
+                      + ", ingested_at timestamp",
+        "users": graph.USERS_SCHEMA,
+        "items": graph.ITEMS_SCHEMA,
+        "edge_tiles": ", ".join(f"{name} {kind}" for name, kind in TILE_FIELDS) + ", layout string (JSON)",
+        "user_labels": label_schema("user_idx"),
+        "item_labels": label_schema("item_idx"),
+        "item_embeddings": ITEM_EMBEDDINGS_SCHEMA,
+        "label_batches": LEDGER_SCHEMA,
+        "personas": gplr.PERSONAS_SCHEMA + ", percentile double",
+        "persona_history": ", ".join(refresh.HISTORY_COLUMNS),
+        "audience_members": ", ".join(audience.MEMBER_COLUMNS),
+        "audience_changes": ", ".join(audience.CHANGE_COLUMNS),
+        "recommend_runs": RECOMMEND_RUNS_SCHEMA + ", run_ts timestamp",
+        "cold_start_recs": RECS_SCHEMA,
+    }
+    return {**DOCUMENTED_COLUMNS, **from_code}
+
+
+def tables_reference() -> str:
+    """docs/reference/tables.md: every table of ``persona_spark.tables``, the stage writing it, what a row is."""
+    from persona_spark import tables
+
+    columns = table_columns()
+    lines = ["# Tables", "",
+             "Generated from the registry in `persona_spark/tables/__init__.py` and the schemas of the code that "
+             "writes each table (`python docs/gen_reference.py`). Tables live under `tables.root` (Delta locations) "
+             "or, in catalog mode, as `catalog.schema.name`; see [storage](../guides/object-storage.md).", "",
+             "| table | written by | what a row is |", "|---|---|---|"]
+    for info in tables.TABLES.values():
+        by = info.written_by if info.written_by == "input" else f"[`{info.written_by}`](cli.md#{info.written_by})"
+        lines.append(f"| [`{info.name}`](#{info.name}) | {by} | {_one_line(info.description)} |")
+    for info in tables.TABLES.values():
+        writer = "an input the user provides" if info.written_by == "input" else f"written by `{info.written_by}`"
+        lines += ["", f"## `{info.name}`", "", f"{writer[0].upper()}{writer[1:]}: {info.description}.", "",
+                  "| column | type |", "|---|---|"]
+        lines += [f"| `{name}` | {kind} |" for name, kind in _split_columns(columns[info.name])]
+    return "\n".join(lines) + "\n"
+
+
+def _split_columns(ddl: str) -> list[tuple[str, str]]:
+    """``"a int, b array<struct<x, y>>"`` -> [("a", "int"), ("b", "array<struct<x, y>>")]: commas inside <> stay."""
+    parts, depth, current = [], 0, ""
+    for char in ddl:
+        depth += {"<": 1, ">": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    parts.append(current.strip())
+    out = []
+    for part in parts:
+        name, _, kind = part.partition(" ")
+        out.append((name, kind.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")))
+    return out
+
+
 if __name__ == "__main__":
     sys.exit(main())

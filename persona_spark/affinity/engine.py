@@ -1,102 +1,17 @@
 """Distributed user–persona affinity Ψ = (1/ℓ̂) Σ_{ℓ=1..ℓ̂} (P·P')^ℓ · L as Spark jobs.
 
-P[u,v] = w_uv / Σ_v' w_uv' (user → item) and P'[v,u] = w_uv / Σ_u' w_u'v (item → user), with
-w = 1 (the paper) or ``n_purchases`` (``AffinityConf.weighted``). Ψ is computed for all personas
-at once by 2ℓ̂ hops of message passing: odd hops average user state onto items, even hops average
-item state onto users, and the user states after the even hops are summed.
+P is the row-normalized user → item transition matrix and P' the item → user one (w = 1, or
+``n_purchases`` with ``AffinityConf.weighted``). One DataFrame row per (node, persona) or per edge would
+shuffle |E|·|R| values through Spark rows at every hop, so the train edges are cut once into CSC *tiles*
+(target block × source block) and each of the 2ℓ̂ hops is a handful of partition-local sparse × dense
+products of a tile with its source block's *state* (sparse in nodes, dense in personas). A small state
+reaches the tiles by broadcast (on Spark Connect, in the UDF closure), a large one by a cogroup that copies
+each source block once per task slot; every hop is checkpointed so the plan stays flat for any ℓ̂. Nothing
+proportional to |U| or |E| reaches the driver.
 
-Why this layout (see /work/shared/notes/measurements.md): one DataFrame row per (node, persona)
-or per edge is ~70× slower than a single-machine scipy product, because every hop would shuffle
-|E|·|R| values through Spark rows. Here the graph is cut once into *tiles* and each hop is a
-handful of partition-local sparse × dense products:
-
-* Nodes of a kind (users or items) are split into ``T`` target blocks by ``idx % T``; a node's
-  local row in its block is ``idx // T``. The same nodes are split into ``S`` source blocks
-  (``S`` divides ``T``, so a target block lies inside one source block).
-* A tile holds, for one target block ``tb`` and one source block ``sb``, the row-normalized
-  transition weights as a CSC matrix (target rows × source columns), serialized into binary
-  columns; for unweighted edges only the 0/1 pattern and 1/degree per target row (a third of
-  the bytes every hop reads). Tiles are built once per call, or once for many calls with ``prepare_graph`` (one
-  pass over the edges, one shuffle of compact binary rows) and cached, or once per version of the
-  edges where the graph is built (``AffinityGraph.to_table``; build-graph writes ``edge_tiles``,
-  which gplr and the affinity stage load with ``from_table`` while it matches).
-* A *state* is sparse in nodes and dense in personas: per block, the local ids of the nodes
-  reached and a dense (reached × |R|) float64 matrix. Unreached nodes hold nothing.
-* A hop multiplies each tile by its source block's state, restricted to the reached columns, so
-  the work is proportional to the edges leaving reached nodes. With ``S > 1`` the partial
-  products of a target block are summed in a shuffle of block rows.
-* The source state reaches the tiles by a broadcast when its reached rows take at most
-  ``broadcast_max_bytes`` (4 + 8·|R| bytes a row), otherwise by a shuffle join: each source block
-  is copied once per task slot (``G`` = min(T, default parallelism) groups of target blocks, not
-  once per target block: ``G·S`` copies, the volume a broadcast would send to every slot) and
-  cogrouped with the tiles of its group on (group, sb). A cogroup hands Python one source block
-  and its group's tiles at a time, so no task holds more than one source block (at most
-  ``broadcast_max_bytes`` of state) whatever the partition count; a hash join would build every
-  copy that lands on a task into one relation (at 100 M edges on two partitions, 1.8 GB, more
-  than a task may take). Nothing proportional to
-  |U| or |E| reaches the driver except a state that is below the broadcast limit.
-* Every hop's state is checkpointed (local by default), so the plan never deepens with ℓ̂: Ψ is
-  the ℓ̂ checkpointed user terms, summed per block as the scores are unpacked (``unpack_states``).
-* On Spark Connect there is no broadcast: a small state travels in the UDF closure instead
-  (``session.share_with_tasks``), capped at ``CONNECT_CLOSURE_MAX_BYTES``; larger states take the
-  shuffle join, as on a classic session.
-
-ε-pruning and its guarantee — proof
------------------------------------
-Write one persona column at a time (columns never mix). Let A_1, …, A_{2ℓ̂} be the hop matrices
-(alternately P' and P). Each is non-negative with row sums 1 (rows of nodes without edges are 0),
-so ‖A_k x‖_∞ ≤ ‖x‖_∞ for every vector x. Exact: x_0 = L, x_k = A_k x_{k-1}. Pruned:
-x̂_0 = L, x̂_k = prune_τ(A_k x̂_{k-1}) where prune_τ zeroes entries with |value| < τ, so
-‖prune_τ(y) − y‖_∞ < τ. By induction ‖x_k − x̂_k‖_∞ ≤ kτ:
-
-    ‖x_k − x̂_k‖ ≤ ‖A_k (x_{k-1} − x̂_{k-1})‖ + ‖A_k x̂_{k-1} − prune_τ(A_k x̂_{k-1})‖
-                ≤ (k−1)τ + τ.
-
-Ψ = (1/ℓ̂) Σ_ℓ x_{2ℓ}, hence |Ψ̂ − Ψ| ≤ (1/ℓ̂) Σ_{ℓ=1..ℓ̂} 2ℓτ = (ℓ̂+1)τ elementwise, and with
-τ = ε/(2ℓ̂) this is (ℓ̂+1)/(2ℓ̂)·ε ≤ ε for every ℓ̂ ≥ 1. For non-negative L every x̂_k ≤ x_k (pruning
-only removes mass), so Ψ̂ never overestimates: 0 ≤ Ψ − Ψ̂ ≤ ε. With ε = 0 nothing is pruned and
-the result equals the exact product up to float rounding. The paper's reverse push (RevAff,
-Algorithm 2, ``reference.rev_aff``) pushes asynchronously and keeps the sub-threshold mass it
-received, so its bound is ℓ̂τ instead; pruning whole hops is what lets every hop here be one
-batch of sparse products.
-
-float32 states and their guarantee — proof
-------------------------------------------
-With ``AffinityConf.state_precision = "float32"`` (and ε = 0) L is rounded to float32 when it is
-packed, and every hop multiplies float32 tiles (the 0/1 pattern and 1/degree, or w/degree, rounded
-to float32) by float32 states, accumulating in float32; states are shipped, checkpointed and summed
-as float32, and the scores are widened to float64 (exactly) only when unpacked. Half the bytes of
-every broadcast, checkpoint and product, and scipy's float32 kernels. The price is a *relative*
-error on every score, and everything being non-negative is what keeps it relative:
-
-Let u = 2⁻²⁴ (float32's unit roundoff) and γ_m = m·u/(1 − m·u). Standard rounding analysis
-(Higham, Accuracy and Stability of Numerical Algorithms, §3.1–3.4), barring underflow: a product
-rounds to (1+δ)·exact with |δ| ≤ u, and a sum of n non-negative terms added in any order equals
-Σ t_j(1+θ_j) with |θ_j| ≤ γ_{n−1}. A hop computes target value i as Σ_j a_ij x̂_j with a_ij ≥ 0:
-each a_ij carries at most one rounding (w/degree rounded; the 0/1 pattern is exact and 1/degree
-is applied after the sum, rounded once and multiplied once), each product a_ij·x̂_j one, the
-tile's sum over the ≤ d source nodes of row i at most d − 1, and summing the partial products of
-S source blocks at most S − 1. So x̂_k[i] = Σ_j A_k[i,j]·x̂_{k−1}[j]·(1+θ_ij) with
-|θ_ij| ≤ γ_m, m = d + S + 1, d the largest degree of a node of hop k's target kind (items on odd
-hops, users on even ones), S its source blocks. Induction on k, elementwise and per persona
-column: if |x̂_{k−1} − x_{k−1}| ≤ c_{k−1}·x_{k−1} then, A_k being non-negative,
-
-    |x̂_k − x_k| ≤ Σ_j A_k[i,j] (|x̂_{k−1}[j] − x_{k−1}[j]| + γ_m x̂_{k−1}[j])
-                ≤ (c_{k−1} + γ_m(1 + c_{k−1}))·x_k,   i.e.  1 + c_k = (1 + γ_m)(1 + c_{k−1}),
-
-with c_0 = u (L rounded). Summing the ℓ̂ user terms adds γ_{ℓ̂−1}, the widening is exact and the
-1/ℓ̂ is applied in float64 (≤ 2⁻⁵³, folded into one more u). Hence, elementwise, with m_I and m_U
-the m of the hops onto items and onto users,
-
-    |Ψ̂ − Ψ| ≤ ((1 + γ_{m_I})^ℓ̂ (1 + γ_{m_U})^ℓ̂ (1 + γ_{ℓ̂+1}) − 1) · Ψ ≈ (ℓ̂(m_I + m_U) + ℓ̂ + 1)·u·Ψ,
-
-so every score keeps its sign, zero stays zero (no user gains or loses a result), and a user's
-persona ranking can only change between scores that lie within twice that relative distance.
-The bound is the recursive-summation worst case, linear in the largest degree (at 13 M edges, whose
-top item has 178,935 buyers and top user 2,254 items, 2.2 % at ℓ̂ = 2); measured errors are about
-√d·u (1.1e-5 relative there, benchmarks/results/affinity_13m_float32.jsonl). Underflow (values below 1.2e-38) adds an
-absolute 2⁻¹⁴⁹ per operation at most. ε-pruning is proven above for float64 only, so float32
-requires ε = 0 (``AffinityConf`` refuses the pair).
+With ε > 0, entries below ε/(2ℓ̂) are pruned after each hop and 0 ≤ Ψ − Ψ̂ ≤ ε elementwise; float32 states
+(ε = 0) keep every score within a relative bound linear in the largest degree. The layout, both proofs and
+the measured figures are in docs/concepts/affinity.md.
 """
 
 from __future__ import annotations
@@ -908,8 +823,8 @@ def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets
     own |R| columns: the same products, in one walk's jobs instead of K walks'. GPLR's cross-fitting propagates
     K folds' prototypes plus all of them over the same train edges. That pays where a walk's fixed cost (its
     jobs, packing, unpacking) outweighs its products, i.e. on small states; on large ones the products dominate,
-    stacking saves nothing and a stacked state is K times one walk's. So a walk stacks as many matrices as keep
-    all users' stacked state within ``conf.stack_max_bytes`` and the tiles' width (``AffinityGraph.width``: one
+    stacking saves nothing (docs/concepts/assignment.md) and a stacked state is K times one walk's. So a walk
+    stacks as many matrices as keep all users' stacked state within ``conf.stack_max_bytes`` and the tiles' width (``AffinityGraph.width``: one
     source block within ``broadcast_max_bytes``); the rest go in further walks. A user has a row in a matrix's
     result when one of its own columns is non-zero, as in a walk of its own.
     """

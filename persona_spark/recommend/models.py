@@ -25,7 +25,7 @@ DECORRELATED = {"afdgcf", "algcn3"}
 # α of each when recommend.train.decorrelation_weight is unset. afdgcf: the AFDGCF authors' setting for
 # LightGCN (U-rara/AFDGCF README, ``--model=afd-lightgcn --alpha=1e-4``). algcn3: this project's 0.1,
 # not tuned (the GPLR authors tuned theirs and did not publish it). At 0.1 AFDGCF's layer term,
-# summed over three propagated layers, outweighs BPR and the model collapses (README, recommender).
+# summed over three propagated layers, outweighs BPR and the model collapses (docs/guides/recommender.md).
 DEFAULT_DECORRELATION = {"afdgcf": 1e-4, "algcn3": 0.1}
 
 
