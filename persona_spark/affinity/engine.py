@@ -824,9 +824,10 @@ def compute_affinity_depths_of_sets(edges: DataFrame | AffinityGraph, label_sets
     K folds' prototypes plus all of them over the same train edges. That pays where a walk's fixed cost (its
     jobs, packing, unpacking) outweighs its products, i.e. on small states; on large ones the products dominate,
     stacking saves nothing (docs/concepts/assignment.md) and a stacked state is K times one walk's. So a walk
-    stacks as many matrices as keep all users' stacked state within ``conf.stack_max_bytes`` and the tiles' width (``AffinityGraph.width``: one
-    source block within ``broadcast_max_bytes``); the rest go in further walks. A user has a row in a matrix's
-    result when one of its own columns is non-zero, as in a walk of its own.
+    stacks as many matrices as keep all users' stacked state within ``conf.stack_max_bytes`` and the tiles'
+    width (``AffinityGraph.width``: one source block within ``broadcast_max_bytes``); the rest go in further
+    walks. A user has a row in a matrix's result when one of its own columns is non-zero, as in a walk of its
+    own.
     """
     conf = conf or AffinityConf()
     graph, own = _graph_for(edges, conf, n_personas, (TO_ITEMS, TO_USERS), trace, checkpoint_mode)
