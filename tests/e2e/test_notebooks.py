@@ -2,7 +2,7 @@
 
 Notebook 01 runs the pipeline once on a tiny generated shop (module fixture); 02-04 read its tables, as a
 user running them one after the other would. On Spark Connect all four run on S3 in one child process in
-tests/test_production_path.py.
+tests/e2e/test_production_path.py.
 """
 
 from __future__ import annotations
@@ -12,39 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, SMALL_DATA_SPARK
+from tests.conftest import SMALL_DATA_SPARK
+from tests.notebook_world import execute
 
 pytestmark = pytest.mark.slow(minutes=6)  # end to end: run first, skipped by `-m "not slow"`
-
-NOTEBOOKS = REPO_ROOT / "notebooks"
-HEADER = "# Databricks notebook source"
-SEPARATOR = "# COMMAND ----------"
-
-
-def cells(path: Path) -> list[tuple[str, str]]:
-    """``(kind, source)`` per cell, kind 'md' for ``# MAGIC %md`` cells and 'code' otherwise."""
-    text = path.read_text()
-    assert text.startswith(HEADER + "\n"), f"{path.name} must start with {HEADER!r}"
-    parts = [p.strip("\n") for p in text[len(HEADER):].split("\n" + SEPARATOR + "\n")]
-    out = []
-    for part in parts:
-        lines = [line for line in part.splitlines() if line.strip()]
-        if lines and all(line.startswith("# MAGIC") for line in lines):
-            assert lines[0] == "# MAGIC %md", f"{path.name}: a MAGIC cell that is not markdown: {lines[0]!r}"
-            out.append(("md", part))
-        else:
-            out.append(("code", part))
-    return out
-
-
-def execute(name: str) -> dict:
-    """Run a notebook's code cells in order in one namespace (as a notebook kernel would) and return it."""
-    path = NOTEBOOKS / name
-    namespace: dict = {"__name__": "__main__"}
-    for number, (kind, source) in enumerate(cells(path), start=1):
-        if kind == "code":
-            exec(compile(source, f"{path}:cell{number}", "exec"), namespace)  # noqa: S102
-    return namespace
 
 
 def write_conf(folder: Path) -> Path:
@@ -77,15 +48,6 @@ def quick_start(spark, tmp_path_factory):
         env.setenv("MPLBACKEND", "Agg")
         env.delenv("OPENAI_BASE_URL", raising=False)
         yield execute("01_quick_start.py")
-
-
-def test_notebooks_are_databricks_source_files():
-    names = sorted(p.name for p in NOTEBOOKS.glob("*.py"))
-    assert names == ["01_quick_start.py", "02_gplr_with_llm_endpoint.py", "03_explore_personas.py",
-                     "04_recommender_results.py"]
-    for name in names:
-        kinds = [kind for kind, _ in cells(NOTEBOOKS / name)]
-        assert kinds[0] == "md" and "code" in kinds, f"{name}: starts with a title cell and has code"
 
 
 def test_01_quick_start_runs_the_pipeline(quick_start):

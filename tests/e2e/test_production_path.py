@@ -79,8 +79,8 @@ def personas_on_s3(s3: S3Server, prefix: str, version: int | None = None) -> lis
 # not run (on the demo's tables, the paper split's on S3).
 CONNECT_CHILD = """
 import contextlib, io, json, os, sys
-from tests.test_labeling_persona_sets import candidates
-from tests.test_notebooks import execute
+from tests.spark.test_labeling_persona_sets import candidates
+from tests.notebook_world import execute
 from persona_spark.tables import storage
 from persona_spark.cli import main
 from persona_spark.testing.openai_server import LoopbackChatServer
@@ -203,7 +203,7 @@ def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s
 
 
 def test_notebooks_01_and_02_on_spark_connect(connect_run):
-    """What tests/test_notebooks.py checks on the classic session, on Connect and S3."""
+    """What tests/e2e/test_notebooks.py checks on the classic session, on Connect and S3."""
     shown = connect_run[2]["NOTEBOOKS"]
     assert {"gplr", "evaluate", "export-tripartite", "train", "cold-start", "segment", "report"} <= set(shown["stages"])
     assert shown["propagated"] > shown["llm"] > 0

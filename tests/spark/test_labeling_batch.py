@@ -8,19 +8,13 @@ from collections import Counter
 import pytest
 from pyspark.sql import functions as F
 
-from persona_spark.config import DEFAULT_PERSONAS, LabelingConf
+from persona_spark.config import LabelingConf
 from persona_spark.labeling import build_user_histories, summarize
-from persona_spark.labeling.batch import LEDGER_TABLE, BatchAPI, BatchesPending, BatchLedger, BatchRunner, InputFile, Submission
+from persona_spark.labeling.batch import LEDGER_TABLE, BatchAPI, BatchesPending, BatchLedger, BatchRunner, Submission
 from persona_spark.labeling.client import Secret
 from persona_spark.testing.openai_server import BatchFaults, LoopbackChatServer, Reply, answer, entity_ids
-from persona_spark.personas import load_persona_set
 from persona_spark.stages.cache import TableCache, label_entities
-from tests.test_labeling_openai import KEY_ENV, by_user, make_graph
-
-
-@pytest.fixture(scope="module")
-def personas():
-    return load_persona_set(DEFAULT_PERSONAS)
+from tests.spark.test_labeling_openai import KEY_ENV, by_user, make_graph
 
 
 def obedient_but(personas, invented: set[str] = frozenset()):
@@ -147,17 +141,3 @@ def test_a_batch_created_but_never_recorded_is_adopted(store, server, tmp_path):
     (adopted,) = runner.create([resumed])
     assert adopted.batch_id == lost.id and len(server.batches) == 1
     assert [s.batch_id for s in runner.ledger.latest("user", "t")] == [lost.id]
-
-
-def test_input_files_are_split_by_lines_and_bytes(tmp_path):
-    from persona_spark.labeling.batch import roll_lines
-
-    source = tmp_path / "part-0"
-    source.write_text("".join(f'{{"custom_id": "{i}", "pad": "{"x" * (i % 7)}"}}\n' for i in range(100)))
-    files = roll_lines([source], tmp_path / "out", max_lines=30, max_bytes=1000)
-    assert sum(f.lines for f in files) == 100
-    assert all(f.lines <= 30 and f.bytes <= 1000 for f in files)
-    assert b"".join(open(f.path, "rb").read() for f in files) == source.read_bytes()
-    assert all(isinstance(f, InputFile) for f in files)
-    with pytest.raises(ValueError, match="over labeling.batch.max_bytes"):
-        roll_lines([source], tmp_path / "tiny", max_lines=30, max_bytes=20)

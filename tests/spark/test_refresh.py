@@ -21,7 +21,7 @@ from persona_spark.config import load_config
 from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES, record_refresh
-from tests.test_gplr import shop  # noqa: F401 (module fixture: the prepared demo shop)
+from tests.spark.test_gplr import shop  # noqa: F401 (module fixture: the prepared demo shop)
 
 PET, BARGAIN, CHEF = 0, 1, 2
 RUNS = [("run-1", datetime(2026, 1, 1, 3, tzinfo=timezone.utc)),
@@ -214,20 +214,6 @@ def test_query_language_matches_set_logic(spark, tmp_path):
         assert got == {u for u, s in sets.items() if rule(set(s))}, query
 
 
-@pytest.mark.parametrize("query, message", [
-    ("Pet Lover & !Bargian Hunter", "unknown persona 'Bargian Hunter' at position 13"),
-    ("Pet Lover &", "the query ends after '&'"),
-    ("(Pet Lover | Home Chef", "'(' at position 0 is never closed"),
-    ("Pet Lover )", "unexpected ')' at position 10"),
-    ("| Home Chef", "expected a persona name, '!' or '(' at position 0, found '|'"),
-    ("Pet Lover & \"Home Chef", "unterminated quote at position 12"),
-    ("   ", "empty query"),
-])
-def test_bad_queries_name_the_token(tmp_path, query, message):
-    with pytest.raises(audience_lib.AudienceQueryError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        audience_lib.parse(query, load_persona_set(_persona_file(tmp_path)))
-
-
 def test_audience_members_changes_and_export(world):
     store = world.store
 
@@ -289,7 +275,7 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
     """The second run reuses every prototype whose history did not change (no answer paid twice),
     rewrites exactly the persona rows that differ, and history, drift and audiences follow the two
     runs' personas."""
-    from tests.test_gplr import _demo_config, _prepare, _record_planted_labels
+    from tests.spark.test_gplr import _demo_config, _prepare, _record_planted_labels
 
     cfg = _demo_config(tmp_path, "gplr.sampling=random", "gplr.rounds=1", "refresh.trace_items=1000",
                        "refresh.trace_buyers=1000", "audience.name=pets_or_gardeners",

@@ -7,7 +7,6 @@ import zipimport
 
 import pyarrow as pa
 
-from persona_spark.runtime.worker import skip_zip_rereads_per_task
 
 EAGER_ZIP_INVALIDATION = (3, 10) <= sys.version_info < (3, 12)
 
@@ -33,8 +32,3 @@ def test_workers_keep_zip_directories_across_tasks_and_still_import_from_them(sp
     assert {row.invalidate for row in rows} == {expected}
     # read from inside pyspark.zip (ahead of site-packages on a worker's path) after the invalidation
     assert all(row.module_file.endswith(".zip/pyspark/ml/linalg/__init__.py") for row in rows), rows
-
-
-def test_the_driver_keeps_pythons_own_zip_invalidation():
-    assert skip_zip_rereads_per_task() is False  # pytest is not a Spark worker
-    assert zipimport.zipimporter.invalidate_caches.__qualname__ == "zipimporter.invalidate_caches"

@@ -7,15 +7,9 @@ import re
 
 import pytest
 
-from persona_spark.config import DEFAULT_PERSONAS, OpenAIConf
+from persona_spark.config import OpenAIConf
 from persona_spark.labeling.client import Secret, backoff_seconds, resolve_api_key, retry_after_seconds
 from persona_spark.labeling.prompts import PROMPTS_DIR, Entity, LabelPrompt, estimate_tokens, load_template_file, sanitize_name
-from persona_spark.personas import load_persona_set
-
-
-@pytest.fixture(scope="module")
-def personas():
-    return load_persona_set(DEFAULT_PERSONAS)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
 import sys
@@ -13,12 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona_spark.config import SparkConf, config_reference, load_config
-from persona_spark.runtime.session import DELTA_EXTENSIONS, delta_coordinates
+from persona_spark.config import config_reference, load_config
 from persona_spark.stages import STAGES
-from tests.conftest import TEST_JVM_OPTIONS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job_stage(path: Path) -> str:
@@ -156,27 +153,6 @@ def test_unknown_setting_is_rejected_naming_it():
     with pytest.raises(UserError, match=r"^config: gplr\.budgett: unknown key \(did you mean gplr\.budget_fraction\?\)$"):
         load_config(None, ["gplr.budgett=3"])
     load_config(None, ["gplr.budget_fraction=0.2"])  # the suggested key is accepted
-
-
-def test_spark_submit_runs_a_job_script(tmp_path):
-    """jobs/generate.py through pyspark's own spark-submit with the connector from --packages (the README's command)."""
-    spark_submit = Path(sys.executable).parent / "spark-submit"
-    if not spark_submit.exists():
-        pytest.skip(f"spark-submit not found next to {sys.executable}")
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    result = subprocess.run(
-        [str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-         "--driver-java-options", TEST_JVM_OPTIONS,  # the suite's C1-only JVM (tests/conftest.py)
-         "--packages", delta_coordinates(), "--conf", f"spark.jars.ivy={os.path.expanduser(SparkConf().ivy_cache)}",
-         *[arg for key, value in DELTA_EXTENSIONS.items() for arg in ("--conf", f"{key}={value}")],
-         str(ROOT / "jobs" / "generate.py"),
-         "--set", f"tables.root={tmp_path}", "--set", "generate.users=20", "--set", "generate.items=40",
-         "--set", "generate.partitions=1"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert '"stage": "generate"' in result.stdout
-    assert (tmp_path / "raw_transactions" / "_delta_log" / "00000000000000000000.json").exists()
 
 
 def test_configuration_reference_is_current():
