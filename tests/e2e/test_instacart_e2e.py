@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from persona_spark.config import load_config
-from persona_spark.tables.store import TableStore
 from persona_spark.stages import STAGES
+from persona_spark.tables.store import TableStore
 from tests.conftest import REPO_ROOT, shared_path
 
 pytestmark = pytest.mark.slow(minutes=3)  # end to end: run first, skipped by `-m "not slow"`

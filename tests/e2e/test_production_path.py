@@ -16,12 +16,18 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
-from persona_spark.testing.openai_server import LoopbackChatServer, keyword_responder
-from persona_spark.personas import load_persona_set
 from persona_spark.config import DEFAULT_PERSONAS
+from persona_spark.personas import load_persona_set
+from persona_spark.testing.openai_server import LoopbackChatServer, keyword_responder
 from tests.conftest import SMALL_DATA_SPARK
-from tests.production_world import (S3Server, StandaloneCluster, local_connect_server_slot, run_python, run_stages,
-                                    write_conf)
+from tests.production_world import (
+    S3Server,
+    StandaloneCluster,
+    local_connect_server_slot,
+    run_python,
+    run_stages,
+    write_conf,
+)
 
 pytestmark = pytest.mark.slow(minutes=12)
 
@@ -174,7 +180,7 @@ def connect_run(s3, llm, tmp_path_factory):
     assert result.returncode == 0, result.stdout[-6000:]
     shown = {}
     for tag in ("NOTEBOOKS", "EXPLORER", "STAGES"):
-        (line,) = [l for l in result.stdout.splitlines() if l.startswith(f"{tag} ")]
+        (line,) = [out for out in result.stdout.splitlines() if out.startswith(f"{tag} ")]
         shown[tag] = json.loads(line[len(tag) + 1:])
     return workdir, result, shown
 

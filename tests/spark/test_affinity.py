@@ -14,9 +14,16 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from persona_spark.affinity import (AffinityGraph, affinity_long, compute_affinity, compute_affinity_depths,
-                                    compute_affinity_depths_of_sets, prepare_graph, propagate_to_users,
-                                    prototype_labels)
+from persona_spark.affinity import (
+    AffinityGraph,
+    affinity_long,
+    compute_affinity,
+    compute_affinity_depths,
+    compute_affinity_depths_of_sets,
+    prepare_graph,
+    propagate_to_users,
+    prototype_labels,
+)
 from persona_spark.affinity.engine import Blocking, pack_vectors, state_row_bytes
 from persona_spark.affinity.messages import aggregate_messages, message_affinity, sum_arrays
 from persona_spark.affinity.reference import exact_affinity, rev_aff

@@ -10,8 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from persona_spark.config import Config  # noqa: E402
-from persona_spark.recommend.coldstart import (  # noqa: E402
-    PERSONAS, ColdStartModel)
+from persona_spark.recommend.coldstart import PERSONAS, ColdStartModel  # noqa: E402
 from tests.recommend_world import FAST, ITEMS_PER_PERSONA, USERS_PER_PERSONA, planted_world, purchase_world  # noqa: E402
 
 

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from persona_spark import explore
-from tests.persona_world import BESTSELLER, COMBOS, ITEMS_PER_PERSONA, LLM_USERS, N_USERS, PERSONAS, combo_of
-from tests.persona_world import frames, world  # noqa: F401 (module fixtures)
+from tests.persona_world import (  # noqa: F401 (module fixtures)
+    BESTSELLER,
+    COMBOS,
+    ITEMS_PER_PERSONA,
+    LLM_USERS,
+    N_USERS,
+    PERSONAS,
+    combo_of,
+    frames,
+    world,
+)
 
 
 def users_of(df) -> set[int]:

@@ -13,8 +13,8 @@ from pyspark.sql import functions as F
 
 from persona_spark import assignment, evaluate, gplr, sampling
 from persona_spark.config import load_config
-from persona_spark.tables.store import TableStore
 from persona_spark.stages import STAGES
+from persona_spark.tables.store import TableStore
 
 ROOT = Path(__file__).resolve().parents[2]
 

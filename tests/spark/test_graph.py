@@ -9,10 +9,9 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from persona_spark import graph
-from persona_spark.config import GenerateConf
+from persona_spark.config import DEFAULT_PERSONAS, GenerateConf
 from persona_spark.generate import generate
 from persona_spark.personas import load_persona_set
-from persona_spark.config import DEFAULT_PERSONAS
 from tests.conftest import shared_path
 
 TX = "customer_id string, order_id string, item_id string, item_name string, quantity long, unit_price double, ts timestamp"
@@ -142,7 +141,7 @@ def test_connected_components_match_scipy_on_a_random_graph(spark, seed):
     scipy_of = {2 * u: expected[u] for u in range(n_users)} | {2 * i + 1: expected[n_users + i] for i in range(n_items)}
     pairs = {(scipy_of[n], c) for n, c in got.items()}
     assert len(pairs) == len({c for _, c in pairs}) == len({s for s, _ in pairs})  # the same partition
-    for node, component in got.items():
+    for component in got.values():
         assert component == min(n for n in got if got[n] == component)  # labelled by its least node
     summary = graph.component_summary(edges)
     sizes = np.bincount(expected[np.unique(np.concatenate([users, n_users + items]))])
@@ -167,8 +166,8 @@ def test_connected_components_of_a_long_path_and_known_pieces(spark):
 
 def test_build_graph_stage_reports_train_components(spark, tmp_path):
     from persona_spark.config import load_config
-    from persona_spark.tables.store import TableStore
     from persona_spark.stages import STAGES
+    from persona_spark.tables.store import TableStore
 
     cfg = load_config(None, [f"tables.root={tmp_path / 'tables'}"])
     store = TableStore(spark, cfg.tables)

@@ -12,8 +12,8 @@ from persona_spark.config import LabelingConf
 from persona_spark.labeling import build_user_histories, summarize
 from persona_spark.labeling.batch import LEDGER_TABLE, BatchAPI, BatchesPending, BatchLedger, BatchRunner, Submission
 from persona_spark.labeling.client import Secret
-from persona_spark.testing.openai_server import BatchFaults, LoopbackChatServer, Reply, answer, entity_ids
 from persona_spark.stages.cache import TableCache, label_entities
+from persona_spark.testing.openai_server import BatchFaults, LoopbackChatServer, Reply, answer, entity_ids
 from tests.spark.test_labeling_openai import KEY_ENV, by_user, make_graph
 
 

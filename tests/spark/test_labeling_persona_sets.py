@@ -9,9 +9,9 @@ from datetime import datetime
 import pytest
 
 from persona_spark.config import Config
-from persona_spark.testing.openai_server import LoopbackChatServer, Reply, entity_ids
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES
+from persona_spark.testing.openai_server import LoopbackChatServer, Reply, entity_ids
 
 KEY_ENV = "PS_LOOPBACK_KEY"
 

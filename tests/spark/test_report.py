@@ -16,12 +16,10 @@ import matplotlib.image
 import pytest
 
 from persona_spark import report
-from persona_spark.config import ReportConf
-from persona_spark.config import Config
+from persona_spark.config import Config, ReportConf
 from persona_spark.labeling import label_schema
 from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES
-from tests.persona_world import N_USERS, PERSONAS, write_persona_set, write_world
-from tests.persona_world import frames, world  # noqa: F401 (module fixtures)
+from tests.persona_world import N_USERS, PERSONAS, frames, world, write_persona_set, write_world  # noqa: F401 (module fixtures)
 
 PRICES = (0.5, 2.0)  # USD per 1k prompt / completion tokens (synchronous)
 CACHED_PRICE = 0.1  # USD per 1k cached prompt tokens (synchronous)

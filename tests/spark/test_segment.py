@@ -14,8 +14,7 @@ from persona_spark import segment
 from persona_spark.config import Config
 from persona_spark.stages import STAGES
 from tests.conftest import shared_path
-from tests.persona_world import COMBOS, N_USERS, PERSONAS, combo_of, write_persona_set, write_world
-from tests.persona_world import frames, world  # noqa: F401 (module fixtures)
+from tests.persona_world import COMBOS, N_USERS, PERSONAS, combo_of, frames, world, write_persona_set, write_world  # noqa: F401 (module fixtures)
 
 
 def test_persona_vectors_are_multi_hot(frames):

@@ -7,7 +7,6 @@ import zipimport
 
 import pyarrow as pa
 
-
 EAGER_ZIP_INVALIDATION = (3, 10) <= sys.version_info < (3, 12)
 
 

@@ -11,7 +11,12 @@ torch = pytest.importorskip("torch")
 
 from persona_spark.config import RecommendConf  # noqa: E402
 from persona_spark.recommend.coldstart import (  # noqa: E402
-    NO_MATCH_SHARE, PERSONAS, POPULARITY, ColdStartModel, persona_purchase_share)
+    NO_MATCH_SHARE,
+    PERSONAS,
+    POPULARITY,
+    ColdStartModel,
+    persona_purchase_share,
+)
 from persona_spark.recommend.train import train  # noqa: E402
 from tests.recommend_world import FAST, ITEMS_PER_PERSONA, USERS_PER_PERSONA, planted_world, purchase_world  # noqa: E402
 

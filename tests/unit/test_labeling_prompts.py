@@ -9,7 +9,14 @@ import pytest
 
 from persona_spark.config import OpenAIConf
 from persona_spark.labeling.client import Secret, backoff_seconds, resolve_api_key, retry_after_seconds
-from persona_spark.labeling.prompts import PROMPTS_DIR, Entity, LabelPrompt, estimate_tokens, load_template_file, sanitize_name
+from persona_spark.labeling.prompts import (
+    PROMPTS_DIR,
+    Entity,
+    LabelPrompt,
+    estimate_tokens,
+    load_template_file,
+    sanitize_name,
+)
 
 
 @pytest.fixture(scope="module")

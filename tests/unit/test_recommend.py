@@ -15,7 +15,14 @@ from persona_spark.config import RecommendConf  # noqa: E402
 from persona_spark.recommend.data import RecData, load_gplr_json, read_directory, write_directory  # noqa: E402
 from persona_spark.recommend.metrics import evaluate, f1_at_k, hit_matrix, ndcg_at_k, recall_at_k  # noqa: E402
 from persona_spark.recommend.models import (  # noqa: E402
-    DECORRELATED, MODELS, WITH_PERSONAS, adaptive_layer_weights, afd_blocks, afd_loss, build_model, column_correlation,
+    DECORRELATED,
+    MODELS,
+    WITH_PERSONAS,
+    adaptive_layer_weights,
+    afd_blocks,
+    afd_loss,
+    build_model,
+    column_correlation,
 )
 from persona_spark.recommend.spectral import EigenCache, normalized_adjacency, top_eigenpairs  # noqa: E402
 from persona_spark.recommend.train import decorrelation_weight, train  # noqa: E402

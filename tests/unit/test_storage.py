@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from persona_spark.tables import storage
 from tests.production_world import S3Server
 

@@ -1,4 +1,5 @@
-"""The driver keeps Python's own zip invalidation: persona_spark/runtime/worker.py changes it in Spark's workers only."""
+"""The driver keeps Python's own zip invalidation: persona_spark/runtime/worker.py changes it in Spark's workers
+only."""
 
 from __future__ import annotations
 
