@@ -27,26 +27,27 @@ demo: jars
 # Two pytest workers, one test file each at a time (module fixtures stay shared): most of a Spark test's time is
 # waiting, not computing. --no-loadscope-reorder keeps the files in collection order (tests/conftest.py puts the
 # end-to-end and the longest files first); xdist's default reorders them by test count, which starts them last.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 # pytest exits 5 when it collected no test; that is a failure to report, not a crash to hide,
 # but CI only treats it as red if something actually failed.
 define run_pytest
-	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q --durations=15 $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 endef
 
 test: jars
-	$(call run_pytest,tests)
+	$(call run_pytest,$(XDIST) tests)
 
-# No JVM, no jars: the unit tier needs only the installed package.
+# No JVM and no jars. One process: the unit tests compute rather than wait, so a second worker on two cores
+# mostly repeats the imports and collection.
 test-unit: install
 	$(call run_pytest,tests/unit)
 
 test-spark: jars
-	$(call run_pytest,tests/spark)
+	$(call run_pytest,$(XDIST) tests/spark)
 
 test-e2e: jars
-	$(call run_pytest,tests/e2e)
+	$(call run_pytest,$(XDIST) tests/e2e)
 
 lint: install
 	$(BIN)/ruff check .
