@@ -23,9 +23,6 @@ from persona_spark.explore import persona_sets
 from persona_spark.personas import PersonaSet
 from persona_spark.runtime.runs import latest_runs, utc
 
-MEMBER_COLUMNS = ["audience", "run_id", "run_ts", "query", "user_idx", "customer_id"]
-CHANGE_COLUMNS = ["audience", "run_id", "previous_run_id", "user_idx", "customer_id", "change"]
-
 
 class AudienceError(UserError):
     """An audience request that cannot run as given (a UserError: the CLI prints it and exits with status 2)."""

@@ -60,8 +60,6 @@ REASONS = [
     "duplicate",
 ]
 
-QUARANTINE_COLUMNS = CANONICAL + ["reason", "source", "ingested_at"]
-
 
 def resolve_mapping(preset: str, overrides: dict[str, str]) -> dict[str, str]:
     if preset not in PRESETS:

@@ -1,4 +1,7 @@
-"""One local SparkSession for the whole test run (starting one costs ~6 s), tuned for 2 cores."""
+"""Fixtures and settings shared by the three test tiers (tests/unit, tests/spark, tests/e2e).
+
+One local SparkSession per test process, because starting a JVM dominates a small test; tuned for two cores.
+"""
 
 from __future__ import annotations
 
@@ -25,19 +28,23 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-# Test data is tiny and the suite is CPU-bound on two cores: compiling generated code (whole-stage and
-# per-expression, with Janino), C2-compiling the JVM's hot methods and re-planning each shuffle (AQE)
-# cost more CPU than they save there. Interpreted expressions and C1 only cut the CPU (cgroup CPU time, the
-# JVMs' and their Python workers' together) of tests/test_gplr.py by about a quarter, of test_segment.py
-# with test_refresh's two-batch test by a few percent; the whole suite stays CPU-bound on two cores.
-# C1 alone makes the JVM reserve only 48 MB for compiled code. A Spark JVM that lives through many
-# tests (or the Connect server of tests/test_production_path.py) fills that and then flushes and
-# recompiles methods, or stops compiling ("CodeCache is full. Compiler has been disabled."). 256 MB
-# cut the CPU of that Connect child from 588 to 433 s. C2 with the same cache is no better here: the
-# whole suite took 27 min 50 s against 24 min 32 s. The parallel collector instead of G1 (no write barriers
-# to maintain, no concurrent marking threads; these heaps are small and pauses do not matter) cut the JVM's
-# own CPU time by about an eighth: that Connect child's 230 -> 200 s, the demo on a local session 86-96 -> 76-81 s
-# (per-process CPU from /proc, one run each alone).
+def user_error_line(capsys) -> str:
+    """The CLI's last line on stderr, checked to be its one-line user error (no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("persona-spark ") and ": error: " in last
+    return last
+
+
+# Test data is tiny and the suite is CPU-bound on two cores, so the test JVMs spend as little CPU as they can:
+# - interpreted expressions instead of generated code (whole-stage and per-expression, compiled with Janino), and
+#   no adaptive re-planning of each shuffle: on tiny data compiling and re-planning cost more than they save;
+# - C1 only: C2 spends more compile time than its faster code gives back in tests this short;
+# - a 256 MB code cache: with C1 alone the JVM reserves a small one, which a JVM living through many tests (or the
+#   Connect server of tests/e2e/test_production_path.py) fills, then flushes and recompiles or stops compiling;
+# - the parallel collector instead of G1: no write barriers or concurrent marking threads, and pauses on these
+#   small heaps do not matter.
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m -XX:+UseParallelGC"
 SMALL_DATA_SPARK = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
                     "spark.sql.adaptive.enabled": "false",
@@ -62,6 +69,15 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def personas():
+    """The packaged default persona set."""
+    from persona_spark.config import DEFAULT_PERSONAS
+    from persona_spark.personas import load_persona_set
+
+    return load_persona_set(DEFAULT_PERSONAS)
+
+
 @pytest.fixture()
 def store(spark, tmp_path):
     from persona_spark.config import TablesConf
@@ -70,10 +86,25 @@ def store(spark, tmp_path):
     return TableStore(spark, TablesConf(root=str(tmp_path / "tables")))
 
 
+TIERS = ("e2e", "spark", "unit")  # the order their files start in: the slowest first
+
+
+def tier(item) -> str:
+    """The tier folder a test lives in (tests/unit, tests/spark or tests/e2e)."""
+    folder = item.path.relative_to(Path(__file__).parent).parts[0]
+    if folder not in TIERS:
+        raise pytest.UsageError(f"{item.nodeid}: every test lives in one of tests/{{{','.join(TIERS)}}}")
+    return folder
+
+
 def pytest_collection_modifyitems(items):
-    """Longest files first (``slow(minutes=N)``): with two xdist workers they start at once, not last."""
+    """Marks each test with its tier (so ``-m unit``, ``-m spark``, ``-m e2e`` select them) and orders the files
+    the two xdist workers take: end to end first, longest (``slow(minutes=N)``) first within a tier, so that the
+    long files start at once rather than last."""
     def minutes(item) -> float:
         marker = item.get_closest_marker("slow")
         return marker.kwargs.get("minutes", 1) if marker else 0
 
-    items.sort(key=minutes, reverse=True)
+    for item in items:
+        item.add_marker(tier(item))
+    items.sort(key=lambda item: (TIERS.index(tier(item)), -minutes(item)))

@@ -11,10 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyspark
 import yaml
@@ -75,7 +75,7 @@ class S3Server:
                 "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
 
     @classmethod
-    def start(cls) -> "S3Server":
+    def start(cls) -> S3Server:
         port = free_port()
         process = subprocess.Popen([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,7 +88,7 @@ class S3Server:
 
     @classmethod
     @contextmanager
-    def with_bucket(cls, bucket: str) -> Iterator["S3Server"]:
+    def with_bucket(cls, bucket: str) -> Iterator[S3Server]:
         """A started server holding one empty bucket, stopped on exit."""
         server = cls.start()
         try:
@@ -122,7 +122,7 @@ class StandaloneCluster:
         return subprocess.Popen([SPARK_CLASS, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    def start(self) -> "StandaloneCluster":
+    def start(self) -> StandaloneCluster:
         self.processes.append(self._spawn(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                            "--port", str(self.master_port), "--webui-port", str(free_port())], "master"))
         wait_for_port(self.master_port)

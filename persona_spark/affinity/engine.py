@@ -61,7 +61,6 @@ def _arrow_schema(fields: list[tuple[str, str]]) -> pa.Schema:
 
 
 TILE_SCHEMA, EDGE_PART_SCHEMA, STATE_SCHEMA = _ddl(TILE_FIELDS), _ddl(EDGE_PART_FIELDS), _ddl(STATE_FIELDS)
-SCORES_SCHEMA = "user_idx int, scores array<double>"
 UNPACKED_SCHEMA = "idx int, vec array<double>"
 UNPACKED_ARROW_SCHEMA = pa.schema([("idx", pa.int32()), ("vec", pa.list_(pa.float64()))])
 

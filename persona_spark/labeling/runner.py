@@ -49,7 +49,6 @@ from persona_spark.runtime.runs import new_run
 
 log = logging.getLogger(__name__)
 
-HISTORY_TYPE = "array<struct<item_idx:int,name:string,n:int,quantity:bigint>>"
 EXPECTED_PERSONAS_PER_ANSWER = 3  # for the expected (not maximal) completion size in estimates
 
 
