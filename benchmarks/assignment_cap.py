@@ -46,7 +46,7 @@ from gplr_quality import load_split  # noqa: E402
 from persona_spark import evaluate
 from persona_spark.affinity import AffinityGraph, prepare_graph
 from persona_spark.config import AffinityConf, GPLRConf, SparkConf
-from persona_spark.gplr import GPLR
+from persona_spark.gplr import GPLRLoop, GPLRSettings
 from persona_spark.sampling import pick_random
 from persona_spark.runtime.session import get_spark
 
@@ -66,7 +66,7 @@ def planted_personas(edges: DataFrame, n_personas: int, seed: int) -> DataFrame:
 
 
 def as_answers(chosen: DataFrame, reference: DataFrame) -> DataFrame:
-    """Chosen users' reference personas as answered label rows (what ``GPLR.sample`` returns)."""
+    """Chosen users' reference personas as answered label rows (what ``GPLRLoop.sample`` returns)."""
     labels = reference.groupBy("user_idx").agg(F.sort_array(F.collect_list("persona_idx")).alias("persona_idx"))
     return chosen.select("user_idx").join(labels, "user_idx").select(
         "user_idx", "persona_idx", F.lit("ok").alias("status"), F.lit(0).alias("prompt_tokens"),
@@ -85,8 +85,8 @@ class Fits:
         self.driver, self.tree = PeakMemory(0.1, own_rss_mb), PeakMemory(0.2)
 
     def fit(self, answered: DataFrame, rounds: list[dict], conf: GPLRConf, budget: float, extra: dict) -> None:
-        run = GPLR(self.users, self.train, lambda _: None, self.n_personas, conf, self.affinity_conf, self.item_vectors,
-                   graph=self.graph)
+        run = GPLRLoop(self.users, self.train, lambda _: None, self.n_personas, GPLRSettings(conf, self.affinity_conf),
+                       self.item_vectors, graph=self.graph)
         eval_users = evaluate.evaluation_users(self.reference, answered).localCheckpoint()
         gc.collect()
         load_before = os.getloadavg()[0]
@@ -124,8 +124,8 @@ def online_retail(args) -> None:
     fits = Fits("online_retail", split.users, split.train, split.reference, split.n_personas, split.item_vectors)
     for budget in args.budgets:
         conf = GPLRConf(budget_fraction=budget, seed=args.seed)
-        sampler = GPLR(split.users, split.train, split.label_users, split.n_personas, conf, AffinityConf(),
-                       split.item_vectors)
+        sampler = GPLRLoop(split.users, split.train, split.label_users, split.n_personas, GPLRSettings(conf),
+                           split.item_vectors)
         answered, rounds = sampler.sample()
         sampler.release()
         n_ok = sum(r["ok"] for r in rounds)

@@ -31,10 +31,12 @@ from gplr_scale import write_graph_tables, write_persona_set  # noqa: E402
 from persona_spark import refresh, tables  # noqa: E402
 from persona_spark.runtime.runs import new_run
 from persona_spark.config import load_config  # noqa: E402
+from persona_spark.graph import PurchaseGraph  # noqa: E402
+from persona_spark.refresh import RunPersonas  # noqa: E402
 from persona_spark.tables.store import TableStore  # noqa: E402
 from persona_spark.personas import load_persona_set  # noqa: E402
 from persona_spark.runtime.session import get_spark  # noqa: E402
-from persona_spark.stages import record_refresh  # noqa: E402
+from persona_spark.stages import RunContext, record_refresh  # noqa: E402
 from persona_spark.stages.common import persona_names  # noqa: E402
 
 
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 "persona_rows": {r["source"]: r["count"] for r in counts},
                 "tables_s": round(time.perf_counter() - started, 1), "load_before": list(os.getloadavg())}
         users, items, edges = (store.read_table(t) for t in (tables.USERS, tables.ITEMS, tables.EDGES))
-        names, conf = persona_names(cfg, store), cfg.refresh
+        ctx = RunContext(cfg, store)
+        names, conf, graph = persona_names(ctx), cfg.refresh, PurchaseGraph(users, items, edges)
         line["refresh_conf"] = conf.model_dump()
         if "history" in parts:
             line["history_s"] = timed(lambda: refresh.history_changes(None, refresh.named_personas(personas, users, names),
@@ -110,14 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             line["catalog_s"] = timed(lambda: refresh.catalog(personas, persona_set.to_dataframe(spark), edges, items, run_id,
                                                       conf.catalog_products))
         if "reasons" in parts:
-            line["reasons_s"] = timed(lambda: refresh.reasons(
-                personas, edges, items, users, run_id, n_items=conf.reason_items, n_neighbours=conf.reason_neighbours,
-                trace_items=conf.trace_items, trace_buyers=conf.trace_buyers, beta=cfg.affinity.beta,
-                weighted=cfg.affinity.weighted))
+            line["reasons_s"] = timed(lambda: refresh.reasons(personas, graph, run_id, conf, cfg.affinity.beta,
+                                                              cfg.affinity.weighted))
         def reasons_at(k: int, b: int):
-            return refresh.reasons(personas, edges, items, users, run_id, n_items=conf.reason_items,
-                                   n_neighbours=conf.reason_neighbours, trace_items=k, trace_buyers=b,
-                                   beta=cfg.affinity.beta, weighted=cfg.affinity.weighted)
+            limits = conf.model_copy(update={"trace_items": k, "trace_buyers": b})
+            return refresh.reasons(personas, graph, run_id, limits, cfg.affinity.beta, cfg.affinity.weighted)
 
         exact = None
         if args.exact_check:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 trace_items=20, trace_buyers=20, beta=cfg.affinity.beta, weighted=cfg.affinity.weighted))
         if "record" in parts:
             started = time.perf_counter()
-            record_refresh(cfg, store, personas, (run_id, run_ts), [])
+            record_refresh(ctx, RunPersonas((run_id, run_ts), personas))
             line["record_refresh_s"] = round(time.perf_counter() - started, 2)
         line["load_after"] = list(os.getloadavg())
         print(json.dumps(line), flush=True)

@@ -13,7 +13,7 @@ from persona_spark.config import DEFAULT_PERSONAS, Config, EmbeddingLabelConf, L
 from persona_spark.labeling import CacheKey, build_user_histories
 from persona_spark.labeling.backends import ITEM_EMBEDDINGS_SCHEMA, EmbeddingBackend, EmbeddingScorer
 from persona_spark.personas import load_persona_set
-from persona_spark.stages import STAGES
+from persona_spark.stages import STAGES, RunContext
 from persona_spark.stages.cache import label_entities
 
 ITEMS = ["Dry dog food 10kg", "Cat litter 5l", "Tomato seeds", "Organic loose leaf green tea", "Whey protein 1kg",
@@ -130,15 +130,15 @@ def test_label_stages_write_the_cache_tables(spark, store, personas):
     store.write_table(edges, "edges")
     store.write_table(items, "items")
     cfg = Config.model_validate({"labeling": {"embedding": {"partitions": 1}, "users": {"mode": "sample", "size": 2}}})
-    summary = STAGES["label-users"](cfg, store)
+    summary = STAGES["label-users"](RunContext(cfg, store))
     assert summary["entities"] == 2 and summary["ok"] + summary["unrepresentable"] == 2 and summary["prompt_tokens"] == 0
     assert store.read_table("user_labels").count() == 2
-    items_summary = STAGES["label-items"](cfg, store)
+    items_summary = STAGES["label-items"](RunContext(cfg, store))
     assert items_summary["entities"] == len(ITEMS) and items_summary["ok"] == len(ITEMS)
     item_rows = {r["item_idx"]: r for r in store.read_table("item_labels").collect()}
     assert item_rows[6]["personas"][0] == "Busy Parent" and item_rows[5]["personas"][0] == "Home Chef"
     assert store.read_table("item_embeddings").count() == len(ITEMS)  # each item embedded once
-    dry = STAGES["label-users"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), store)
+    dry = STAGES["label-users"](RunContext(cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), store))
     assert dry["dry_run"] is True and dry["entities"] == 0  # both sampled users are cached already
 
 

@@ -121,11 +121,11 @@ def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
 def explored(quick_start, spark):
     """Notebook 03 after a second gplr run (other prototypes: drift to show), once for the module."""
     from persona_spark.tables.store import TableStore
-    from persona_spark.stages import STAGES
+    from persona_spark.stages import STAGES, RunContext
 
     cfg = quick_start["cfg"]
     next_month = cfg.model_copy(update={"gplr": cfg.gplr.model_copy(update={"seed": cfg.gplr.seed + 1})})
-    STAGES["gplr"](next_month, TableStore(spark, cfg.tables))
+    STAGES["gplr"](RunContext(next_month, TableStore(spark, cfg.tables)))
     return execute("03_explore_personas.py")
 
 

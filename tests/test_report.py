@@ -22,7 +22,7 @@ from persona_spark.config import ReportConf
 from persona_spark.report import render
 from persona_spark.config import Config
 from persona_spark.labeling import label_schema
-from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES
+from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES, RunContext
 from tests.persona_world import N_USERS, PERSONAS, write_persona_set, write_world
 from tests.persona_world import frames, world  # noqa: F401 (module fixtures)
 
@@ -109,8 +109,8 @@ def rendered(spark, frames, tmp_path_factory):
                                     "batch_price_completion_per_1k": BATCH_PRICES[2]}},
         }
     )
-    STAGES["segment"](cfg, store)
-    summary = STAGES["report"](cfg, store)
+    STAGES["segment"](RunContext(cfg, store))
+    summary = STAGES["report"](RunContext(cfg, store))
     return summary, (root / "report" / "index.html").read_text(encoding="utf-8")
 
 
@@ -175,7 +175,7 @@ def test_missing_tables_say_which_stage_to_run(frames, store, tmp_path):
     cfg = Config.model_validate(
         {"personas": str(write_persona_set(tmp_path / "p.yaml")), "report": {"path": str(tmp_path / "r" / "index.html")}}
     )
-    summary = STAGES["report"](cfg, store)
+    summary = STAGES["report"](RunContext(cfg, store))
     assert summary["sections"]["personas"] == "ok" and summary["sections"]["cooccurrence"] == "ok"
     assert {k for k, v in summary["sections"].items() if v == "missing"} == {
         "segments", "silhouette", "robustness", "quality", "recommendations", "labeling", "drift", "calibration"
@@ -250,7 +250,7 @@ def test_report_stage_redacts_the_configured_key_from_labeling_errors(spark, fra
     cfg = Config.model_validate({"personas": str(write_persona_set(tmp_path / "p.yaml")),
                                  "labeling": {"openai": {"api_key_env": "PERSONA_REPORT_TEST_KEY"}},
                                  "report": {"path": str(tmp_path / "r" / "index.html")}})
-    summary = STAGES["report"](cfg, store)
+    summary = STAGES["report"](RunContext(cfg, store))
     assert summary["sections"]["labeling"] == "ok"
     page = (tmp_path / "r" / "index.html").read_text()
     assert "Most frequent errors" in page and "401 Unauthorized: invalid key [redacted]" in page

@@ -14,7 +14,6 @@ from persona_spark import labeling, tables
 from persona_spark.config import LabelingConf, RecordedConf, SelectionConf
 from persona_spark.tables.store import TableStore
 from persona_spark.personas import PersonaSet
-from persona_spark.stages.common import read_if_exists
 
 CACHE_TABLES = frozenset({tables.USER_LABELS, tables.ITEM_LABELS, tables.ITEM_EMBEDDINGS, tables.BATCH_LEDGER})
 
@@ -32,7 +31,8 @@ class TableCache:
         return name
 
     def read(self, name: str) -> DataFrame | None:
-        return read_if_exists(self.store, self._checked(name))
+        name = self._checked(name)
+        return self.store.read_table(name) if self.store.exists(name) else None
 
     def append(self, name: str, rows: DataFrame) -> None:
         self.store.write_table(rows, self._checked(name), mode="append")
