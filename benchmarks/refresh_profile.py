@@ -31,8 +31,8 @@ from gplr_scale import write_graph_tables, write_persona_set  # noqa: E402
 from persona_spark import refresh, tables  # noqa: E402
 from persona_spark.runtime.runs import new_run
 from persona_spark.config import load_config  # noqa: E402
-from persona_spark.graph import PurchaseGraph  # noqa: E402
-from persona_spark.refresh import RunPersonas  # noqa: E402
+from persona_spark.graph import PurchaseGraph
+from persona_spark.refresh import RunPersonas
 from persona_spark.tables.store import TableStore  # noqa: E402
 from persona_spark.personas import load_persona_set  # noqa: E402
 from persona_spark.runtime.session import get_spark  # noqa: E402

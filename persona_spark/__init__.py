@@ -29,7 +29,27 @@ _EXPORTS = {
     "compute_affinity": "affinity", "UserError": "errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "GPLR",
+    "Config",
+    "EmbeddingLabeler",
+    "GPLRResult",
+    "Labeler",
+    "OpenAIBatchLabeler",
+    "OpenAILabeler",
+    "PersonaSet",
+    "PurchaseGraph",
+    "RecordedLabeler",
+    "RunContext",
+    "TableStore",
+    "UserError",
+    "__version__",
+    "compute_affinity",
+    "demo_shop",
+    "load_config",
+    "load_persona_set",
+    "spark_session",
+]
 
 
 def __getattr__(name: str):

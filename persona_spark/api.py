@@ -23,8 +23,17 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 
 from persona_spark import ingest
-from persona_spark.config import (DEFAULT_PERSONAS, AffinityConf, EmbeddingLabelConf, GenerateConf, GPLRConf,
-                                  LabelingConf, OpenAIConf, RecordedConf, SparkConf)
+from persona_spark.config import (
+    DEFAULT_PERSONAS,
+    AffinityConf,
+    EmbeddingLabelConf,
+    GenerateConf,
+    GPLRConf,
+    LabelingConf,
+    OpenAIConf,
+    RecordedConf,
+    SparkConf,
+)
 from persona_spark.generate import generate
 from persona_spark.gplr import GPLRSettings, run_gplr
 from persona_spark.graph import PurchaseGraph
@@ -163,7 +172,7 @@ class GPLR:
         result.personas.filter("source = 'propagated'").show()
     """
 
-    def __init__(self, labeler: Labeler | None = None, budget: float | int = 0.05, *,
+    def __init__(self, labeler: Labeler | None = None, budget: float = 0.05, *,
                  affinity: AffinityConf | None = None, labeling: LabelingConf | None = None,
                  checkpoint: str = "local", **settings):
         self.labeler = labeler or EmbeddingLabeler()

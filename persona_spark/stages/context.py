@@ -8,8 +8,8 @@ persona set or prepares the checkpoint directory again inside a run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cached_property
-from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -48,7 +48,7 @@ class RunContext:
             ensure_checkpoint_dir(store.spark, cfg.spark.checkpoint_dir)
 
     @classmethod
-    def open(cls, conf_path: str | None = None, overrides: list[str] | None = None) -> "RunContext":
+    def open(cls, conf_path: str | None = None, overrides: list[str] | None = None) -> RunContext:
         """Load the config (``conf_path``, else the defaults) with ``overrides`` (``section.key=value``), get the
         Spark session (an active one is reused) and the table store."""
         cfg = load_config(conf_path, overrides)
