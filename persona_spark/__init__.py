@@ -56,9 +56,9 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'persona_spark' has no attribute {name!r}")
     from persona_spark import affinity, api, config, errors, graph, personas, stages
-    from persona_spark.tables import store
+    from persona_spark.tables import store as tables_store
 
-    modules = {"api": api, "config": config, "stages": stages, "tables.store": store, "personas": personas,
+    modules = {"api": api, "config": config, "stages": stages, "tables.store": tables_store, "personas": personas,
                "graph": graph, "affinity": affinity, "errors": errors}
     value = getattr(modules[_EXPORTS[name]], name)
     globals()[name] = value  # found once
