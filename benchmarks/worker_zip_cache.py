@@ -3,15 +3,16 @@
     python benchmarks/worker_zip_cache.py [--tasks 400] [--repeats 3] [--master local[2]]
 
 A trivial ``mapInArrow`` job (one row per task, the rows passed through) runs ``--tasks`` tasks, in
-two variants that differ only in the fix: both import ``persona_spark`` in the worker (what
-unpickling any task of this package's code does); ``with_fix`` keeps what the import did,
-``without_fix`` puts Python's own ``zipimporter.invalidate_caches`` back, so the next task's
-``importlib.invalidate_caches()`` (pyspark runs it before every task) rereads every archive's
-directory again. The variants alternate ``--repeats`` times on one session built like the stages'
-(the Delta connector's jars on the workers' path). Per variant: the job's wall seconds, seconds per
-task (wall x task slots / tasks), and the worker-side cost of one ``invalidate_caches()`` call
-timed inside a task. Prints one JSON line per run and a summary line; appends them, with the
-command, machine and date, to ``benchmarks/results/worker_zip_cache.jsonl``.
+two variants that differ only in the fix: ``with_fix`` imports ``persona_spark`` in the worker (what
+unpickling any task of this package's code does, and what applies the fix), ``without_fix`` does not
+(Python's own ``zipimporter.invalidate_caches`` stays, so pyspark's ``importlib.invalidate_caches()``
+before every task rereads every archive's directory). A patched worker stays patched while it lives,
+so each variant runs in a Spark session of its own (its own Python workers), built like the stages'
+(the Delta connector's jars on the workers' path), after a warm-up job; the variants alternate
+``--repeats`` times. Per variant: the job's wall seconds, seconds per task (wall x task slots / tasks),
+and the cost of one ``importlib.invalidate_caches()`` call timed inside each task (what pyspark runs
+before it). Prints one JSON line per run and a summary line; appends them, with the command, machine
+and date, to ``benchmarks/results/worker_zip_cache.jsonl``.
 """
 
 from __future__ import annotations
@@ -50,12 +51,6 @@ def with_fix(batches):
 
 
 def without_fix(batches):
-    import zipimport
-
-    original = zipimport.zipimporter.invalidate_caches
-    import persona_spark  # noqa: F401
-
-    zipimport.zipimporter.invalidate_caches = original  # the next task rereads every archive again
     seconds = _timed_invalidation()
     for batch in batches:
         yield pa.RecordBatch.from_pydict({"id": batch.column("id"), "invalidate_s": [seconds] * batch.num_rows})
@@ -94,18 +89,18 @@ def main() -> None:
     from persona_spark.runtime.session import get_spark
 
     cfg = load_config(None, [f"spark.master={args.master}"])
-    spark = get_spark(cfg.spark)
-    slots = task_slots(spark)
-    meta = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.node()} ({os.cpu_count()} cpus, "
-            f"{platform.machine()})", "python": platform.python_version(), "pyspark": spark.version,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    for variant in VARIANTS:  # warm-up: the workers start, both variants' code is imported once
-        run_once(spark, variant, 2 * slots, slots)
-    lines = []
+    lines, meta = [], {}
     for repeat in range(args.repeats):
         for variant in VARIANTS:
+            spark = get_spark(cfg.spark)  # a fresh session: fresh Python workers
+            slots = task_slots(spark)
+            meta = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.node()} ({os.cpu_count()} cpus, "
+                    f"{platform.machine()})", "python": platform.python_version(), "pyspark": spark.version,
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            run_once(spark, variant, 2 * slots, slots)  # warm-up: the workers start and import what they import
             line = {"benchmark": "worker_zip_cache", "repeat": repeat, **run_once(spark, variant, args.tasks, slots),
                     **meta}
+            spark.stop()
             print(json.dumps(line), flush=True)
             lines.append(line)
     per_task = {v: statistics.median(l["per_task_s"] for l in lines if l["variant"] == v) for v in VARIANTS}
@@ -122,7 +117,6 @@ def main() -> None:
     with RESULTS.open("a") as out:
         for line in [*lines, summary]:
             out.write(json.dumps(line) + "\n")
-    spark.stop()
 
 
 if __name__ == "__main__":
