@@ -16,7 +16,7 @@ from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
 from persona_spark.stages.common import (locations, persona_names, prepare_checkpoints, read_if_exists, stored_train_graph,
                                          train_edges, write_slice)
-from persona_spark.stages.labeling import behaviour_source, label_conf_for, label_stage
+from persona_spark.stages.labeling import behaviour_source, label_stage
 
 log = logging.getLogger("persona_spark")
 
@@ -32,13 +32,14 @@ def gplr_stage(cfg: Config, store: TableStore) -> dict:
     users, items, edges = (store.read_table(t) for t in (tables.USERS, tables.ITEMS, tables.EDGES))
     transactions = behaviour_source(cfg, store)
     prepare_checkpoints(cfg, store.spark)
+    labeler = cache.configured_labeler(cfg.labeling, store)
     if cfg.labeling.dry_run:
         return gplr.estimate_run(users, items, edges, transactions, cfg.gplr, cfg.labeling,
-                                 lambda wanted, kind: label_stage(cfg, store, wanted, kind))
+                                 lambda wanted, kind: label_stage(cfg, store, wanted, kind, labeler))
 
     def label(requests: DataFrame, kind: str) -> DataFrame:
         """Labels through the run's caches: the library gets this callable, never the store."""
-        return cache.label_entities(store, requests, persona_set, label_conf_for(cfg, kind), kind)
+        return cache.label_entities(store, requests, persona_set, cfg.labeling, kind, labeler)
 
     asked_before, personas_before = (read_if_exists(store, t) for t in (tables.GPLR_PROTOTYPES, tables.PERSONAS))
     started = time.perf_counter()

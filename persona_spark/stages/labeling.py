@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import labeling, tables
-from persona_spark.config import Config, LabelingConf
+from persona_spark.config import Config
 from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
@@ -40,22 +40,15 @@ def label_items_stage(cfg: Config, store: TableStore) -> dict:
     return label_stage(cfg, store, labeling.select_entities(requests, cfg.labeling.items, "item_idx", chosen), "item")
 
 
-def label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str) -> dict:
-    """Label ``requests`` through the cache; the summary of what came back, or the dry run's estimate."""
+def label_stage(cfg: Config, store: TableStore, requests: DataFrame, kind: str,
+                labeler: labeling.Labeler | None = None) -> dict:
+    """Label ``requests`` through the cache by ``labeler`` (default: the configured one); the summary
+    of what came back, or the dry run's estimate."""
     try:
-        labels = cache.label_entities(store, requests, load_persona_set(cfg.personas), label_conf_for(cfg, kind), kind)
+        labels = cache.label_entities(store, requests, load_persona_set(cfg.personas), cfg.labeling, kind, labeler)
     except labeling.DryRunEstimate as dry:
         return {"dry_run": True, **dry.estimate}
     return {**labeling.summarize(labels, cfg.labeling), "table": store.location(labeling.KINDS[kind].table)}
-
-
-def label_conf_for(cfg: Config, kind: str) -> LabelingConf:
-    """Labeling settings for users or items (a recorded backend replays a different file for items)."""
-    conf = cfg.labeling
-    if kind == "item" and conf.backend == "recorded":
-        recorded = conf.recorded.model_copy(update={"path": conf.recorded.item_path, "table": conf.recorded.item_table})
-        conf = conf.model_copy(update={"recorded": recorded})
-    return conf
 
 
 def generate_personas_stage(cfg: Config, store: TableStore) -> dict:
