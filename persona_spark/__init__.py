@@ -22,8 +22,9 @@ except metadata.PackageNotFoundError:  # a source tree that is not installed
 
 # name -> the module that defines it
 _EXPORTS = {
-    "spark_session": "api", "demo_shop": "api", "GPLR": "api", "GPLRResult": "api", "Labeler": "api",
-    "EmbeddingLabeler": "api", "OpenAILabeler": "api", "OpenAIBatchLabeler": "api", "RecordedLabeler": "api",
+    "spark_session": "api", "demo_shop": "api", "GPLR": "api", "GPLRResult": "api", "Labeler": "labeling",
+    "EmbeddingLabeler": "labeling", "OpenAILabeler": "labeling", "OpenAIBatchLabeler": "labeling",
+    "RecordedLabeler": "labeling",
     "load_config": "config", "Config": "config", "RunContext": "stages", "TableStore": "tables.store",
     "PersonaSet": "personas", "load_persona_set": "personas", "PurchaseGraph": "graph",
     "compute_affinity": "affinity", "UserError": "errors",
@@ -55,11 +56,20 @@ __all__ = [
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'persona_spark' has no attribute {name!r}")
-    from persona_spark import affinity, api, config, errors, graph, personas, stages
+    from persona_spark import (
+        affinity,
+        api,
+        config,
+        errors,
+        graph,
+        labeling,
+        personas,
+        stages,
+    )
     from persona_spark.tables import store as tables_store
 
     modules = {"api": api, "config": config, "stages": stages, "tables.store": tables_store, "personas": personas,
-               "graph": graph, "affinity": affinity, "errors": errors}
+               "graph": graph, "affinity": affinity, "errors": errors, "labeling": labeling}
     value = getattr(modules[_EXPORTS[name]], name)
     globals()[name] = value  # found once
     return value

@@ -26,22 +26,23 @@ from persona_spark import ingest
 from persona_spark.config import (
     DEFAULT_PERSONAS,
     AffinityConf,
-    EmbeddingLabelConf,
     GenerateConf,
     GPLRConf,
     LabelingConf,
-    OpenAIConf,
-    RecordedConf,
     SparkConf,
 )
 from persona_spark.generate import generate
 from persona_spark.gplr import GPLRSettings, run_gplr
 from persona_spark.graph import PurchaseGraph
-from persona_spark.labeling import label_entities
+from persona_spark.labeling import (
+    EmbeddingLabeler,
+    Labeler,
+    MemoryCache,
+    label_entities,
+)
 from persona_spark.personas import PersonaSet, load_persona_set
 from persona_spark.refresh import named_personas
 from persona_spark.runtime.session import get_spark
-from persona_spark.stages.labeling import label_conf_for
 
 PERSONA_COLUMNS = ["customer_id", "user_idx", "persona_idx", "persona", "score", "rank", "source", "probability"]
 
@@ -66,79 +67,6 @@ def demo_shop(spark: SparkSession, users: int = 2000, items: int = 600, seed: in
     conf = GenerateConf(users=users, items=items, seed=seed, dirty_share=0.0)
     raw, _, _ = generate(spark, persona_set, conf)
     return ingest.good_rows(ingest.validate(ingest.to_canonical_strings(raw))), persona_set
-
-
-class Labeler:
-    """Who answers the label requests: one of :class:`EmbeddingLabeler`, :class:`OpenAILabeler`,
-    :class:`OpenAIBatchLabeler`, :class:`RecordedLabeler`. Its keyword arguments are the fields of its
-    configuration section (``labeling.<section>``)."""
-
-    backend: str  # the labeling.backend value
-    section: str  # the LabelingConf field holding the settings
-    settings_type: type
-
-    def __init__(self, **fields):
-        self.settings = self.settings_type(**fields)
-
-    def labeling_conf(self, base: LabelingConf | None = None) -> LabelingConf:
-        """``base`` (the defaults when None) answering through this labeler."""
-        base = base or LabelingConf()
-        return base.model_copy(update={"backend": self.backend, self.section: self.settings})
-
-    def __repr__(self) -> str:
-        changed = ", ".join(f"{k}={v!r}" for k, v in self.settings.model_dump(exclude_unset=True).items())
-        return f"{type(self).__name__}({changed})"
-
-
-class EmbeddingLabeler(Labeler):
-    """Offline, free: product names against persona descriptions with a sentence-embedding model.
-
-    Example: ``ps.EmbeddingLabeler(temperature=0.5)``."""
-
-    backend, section, settings_type = "embedding", "embedding", EmbeddingLabelConf
-
-
-class OpenAILabeler(Labeler):
-    """Any OpenAI-protocol chat endpoint, one request per user (or a few, ``users_per_request``).
-
-    Example: ``ps.OpenAILabeler(model="gpt-4o-mini", base_url="http://localhost:8000/v1", api_key_env="MY_KEY")``."""
-
-    backend, section, settings_type = "openai", "openai", OpenAIConf
-
-
-class OpenAIBatchLabeler(Labeler):
-    """The OpenAI Batch API: the same requests as :class:`OpenAILabeler` at half the price, within a day.
-
-    Example: ``ps.OpenAIBatchLabeler(model="gpt-4o-mini")``."""
-
-    backend, section, settings_type = "openai_batch", "openai", OpenAIConf
-
-
-class RecordedLabeler(Labeler):
-    """Replays labels an LLM gave earlier (a JSON file or a table of ``<id>, persona_idx``).
-
-    Example: ``ps.RecordedLabeler(path="labels/users.json", item_path="labels/items.json")``."""
-
-    backend, section, settings_type = "recorded", "recorded", RecordedConf
-
-
-class MemoryCache:
-    """``labeling.LabelCache`` held in the Spark application: answers are reused within the session and
-    nothing is persisted (a table store keeps them across runs: use a RunContext for that)."""
-
-    def __init__(self, spark: SparkSession):
-        self.spark = spark
-        self.frames: dict[str, DataFrame] = {}
-
-    def read(self, name: str) -> DataFrame | None:
-        return self.frames.get(name)
-
-    def append(self, name: str, rows: DataFrame) -> None:
-        rows = rows.localCheckpoint()  # the rows as labelled: a re-evaluation would call the labeler again
-        self.frames[name] = rows if name not in self.frames else self.frames[name].unionByName(rows)
-
-    def replace(self, name: str, rows: DataFrame) -> None:
-        self.frames[name] = rows.localCheckpoint()
 
 
 @dataclass
@@ -177,8 +105,8 @@ class GPLR:
                  checkpoint: str = "local", **settings):
         self.labeler = labeler or EmbeddingLabeler()
         sized = {"budget_users": budget} if isinstance(budget, int) else {"budget_fraction": budget}
-        self.settings = GPLRSettings(GPLRConf(**sized, **settings), affinity or AffinityConf(),
-                                     self.labeler.labeling_conf(labeling), checkpoint)
+        labeling = (labeling or LabelingConf()).model_copy(update={"backend": self.labeler.backend})  # as recorded
+        self.settings = GPLRSettings(GPLRConf(**sized, **settings), affinity or AffinityConf(), labeling, checkpoint)
         self._caches: dict[int, MemoryCache] = {}
 
     def fit(self, purchases: DataFrame | PurchaseGraph, personas: PersonaSet | str | Path) -> GPLRResult:
@@ -187,13 +115,12 @@ class GPLR:
         persona_set = personas if isinstance(personas, PersonaSet) else load_persona_set(personas)
         graph = purchases if isinstance(purchases, PurchaseGraph) else PurchaseGraph.from_orders(purchases)
         # the embedding labeler weighs price / basket / cadence from the order lines
-        transactions = purchases if self.settings.labeling.backend == "embedding" and graph is not purchases else None
+        transactions = purchases if isinstance(self.labeler, EmbeddingLabeler) and graph is not purchases else None
         spark = graph.users.sparkSession
         cache = self._caches.setdefault(id(spark), MemoryCache(spark))
 
         def label(requests: DataFrame, kind: str) -> DataFrame:
-            conf = label_conf_for(self.settings.labeling, kind)
-            return label_entities(cache, requests, persona_set, conf, kind)
+            return label_entities(cache, requests, persona_set, self.settings.labeling, kind, self.labeler)
 
         run = run_gplr(graph, persona_set, label, self.settings, transactions=transactions)
         names = persona_set.to_dataframe(spark).select("persona_idx", "name")

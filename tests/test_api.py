@@ -11,6 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 import persona_spark as ps
+from persona_spark.labeling import labeler_from_config
 from persona_spark.stages import context as context_module
 from persona_spark.testing.openai_server import (
     LoopbackChatServer,
@@ -103,13 +104,17 @@ def test_the_recorded_labeler_replays_its_file(spark, shop, tmp_path):
     assert llm and all(recorded[str(r.user_idx)] == [r.persona_idx] for r in llm)
 
 
-def test_a_labeler_object_is_the_configured_backend(tmp_path):
-    """The object and the config section it stands for pick the same labeling code."""
-    cfg = ps.load_config(None, ["labeling.backend=openai", "labeling.openai.model=m", "labeling.openai.max_attempts=2"])
-    labeler = ps.OpenAILabeler(model="m", max_attempts=2)
-    assert labeler.labeling_conf(cfg.labeling).model_dump() == cfg.labeling.model_dump()
-    batch = ps.OpenAIBatchLabeler(model="m", max_attempts=2).labeling_conf(cfg.labeling)
-    assert batch.model_dump() == {**cfg.labeling.model_dump(), "backend": "openai_batch"}
+@pytest.mark.parametrize(("overrides", "labeler"), [
+    (["labeling.backend=embedding", "labeling.embedding.temperature=0.5"], ps.EmbeddingLabeler(temperature=0.5)),
+    (["labeling.backend=openai", "labeling.openai.model=m", "labeling.openai.max_attempts=2"],
+     ps.OpenAILabeler(model="m", max_attempts=2)),
+    (["labeling.backend=openai_batch", "labeling.openai.model=m"], ps.OpenAIBatchLabeler(model="m")),
+    (["labeling.backend=recorded", "labeling.recorded.path=x.json"], ps.RecordedLabeler(path="x.json")),
+])
+def test_a_labeler_object_is_the_one_the_stages_build_from_the_config(overrides, labeler):
+    """The stages build their labeler from the config (``labeler_from_config``); the API takes the object."""
+    configured = labeler_from_config(ps.load_config(None, overrides).labeling)
+    assert type(configured) is type(labeler) and configured.conf == labeler.conf
 
 
 def test_a_run_context_is_built_once(spark, tmp_path, monkeypatch):

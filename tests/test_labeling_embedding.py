@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from persona_spark.config import DEFAULT_PERSONAS, Config, EmbeddingLabelConf, LabelingConf
 from persona_spark.labeling import CacheKey, build_user_histories
-from persona_spark.labeling.backends import ITEM_EMBEDDINGS_SCHEMA, EmbeddingBackend, EmbeddingScorer
+from persona_spark.labeling.embedding import ITEM_EMBEDDINGS_SCHEMA, BoundEmbeddingLabeler, EmbeddingScorer
 from persona_spark.personas import load_persona_set
 from persona_spark.stages import STAGES, RunContext
 from persona_spark.stages.cache import label_entities
@@ -90,7 +90,7 @@ def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, persona
     second call with the same items embeds nothing again."""
     conf = LabelingConf.model_validate({"embedding": {"partitions": 1}})
     edges, items = graph(spark, PURCHASES)
-    backend = EmbeddingBackend(conf.embedding, personas, "user_idx", conf.max_personas, conf.max_name_chars,
+    backend = BoundEmbeddingLabeler(conf.embedding, personas, "user_idx", conf.max_personas, conf.max_name_chars,
                                spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
     requests = build_user_histories(edges, items)
     first = {r["user_idx"]: r["personas"] for r in backend.label(requests).collect()}
@@ -103,11 +103,11 @@ def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, persona
 
 def test_persona_vectors_are_embedded_once_per_driver_process(spark, personas, monkeypatch):
     """A second backend (each label call makes one) gets the persona vectors without a Spark job."""
-    from persona_spark.labeling import backends
+    from persona_spark.labeling import embedding
 
-    monkeypatch.setattr(backends, "_PERSONA_VECTORS", {})
+    monkeypatch.setattr(embedding, "_PERSONA_VECTORS", {})
     conf = EmbeddingLabelConf()
-    made = [EmbeddingBackend(conf, personas, "user_idx", 3, 80, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
+    made = [BoundEmbeddingLabeler(conf, personas, "user_idx", 3, 80, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
             for _ in range(2)]
     sc = spark.sparkContext
     vectors = []
@@ -143,7 +143,7 @@ def test_label_stages_write_the_cache_tables(spark, store, personas):
 
 
 def test_hubness_correction_standardizes_each_persona_and_shrinks_small_catalogues():
-    from persona_spark.labeling.backends import hubness_correction
+    from persona_spark.labeling.embedding import hubness_correction
 
     rng = np.random.default_rng(0)
     sims = np.column_stack([rng.normal(0.5, 0.02, 500), rng.normal(0.1, 0.1, 500)])  # persona 0 is a hub

@@ -13,7 +13,7 @@ from persona_spark.refresh import RunHistory, RunPersonas
 from persona_spark.stages import cache
 from persona_spark.stages.common import locations, persona_names, stored_train_graph, train_edges, write_slice
 from persona_spark.stages.context import RunContext
-from persona_spark.stages.labeling import behaviour_source, label_conf_for, label_stage
+from persona_spark.stages.labeling import behaviour_source, label_stage
 
 log = logging.getLogger("persona_spark")
 
@@ -38,13 +38,14 @@ def gplr_stage(ctx: RunContext) -> dict:
 
     cfg, store, persona_set = ctx.cfg, ctx.store, ctx.persona_set
     graph, earlier, transactions = stored_graph(ctx), run_history(ctx), behaviour_source(ctx)
+    labeler = cache.configured_labeler(cfg.labeling, store)
     if cfg.labeling.dry_run:
         return gplr.estimate_run(graph, transactions, ctx.gplr_settings,
-                                 lambda wanted, kind: label_stage(ctx, wanted, kind))
+                                 lambda wanted, kind: label_stage(ctx, wanted, kind, labeler))
 
     def label(requests: DataFrame, kind: str) -> DataFrame:
         """Labels through the run's caches: the library gets this callable, never the store."""
-        return cache.label_entities(store, requests, persona_set, label_conf_for(cfg.labeling, kind), kind)
+        return cache.label_entities(store, requests, persona_set, cfg.labeling, kind, labeler)
 
     started = time.perf_counter()
     tiles = stored_train_graph(ctx, len(persona_set))

@@ -8,7 +8,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import labeling, tables
-from persona_spark.config import LabelingConf
 from persona_spark.stages import cache
 from persona_spark.stages.common import train_edges
 from persona_spark.stages.context import RunContext
@@ -41,22 +40,15 @@ def label_items_stage(ctx: RunContext) -> dict:
     return label_stage(ctx, labeling.select_entities(requests, cfg.labeling.items, "item_idx", chosen), "item")
 
 
-def label_stage(ctx: RunContext, requests: DataFrame, kind: str) -> dict:
-    """Label ``requests`` through the cache; the summary of what came back, or the dry run's estimate."""
+def label_stage(ctx: RunContext, requests: DataFrame, kind: str, labeler: labeling.Labeler | None = None) -> dict:
+    """Label ``requests`` through the cache by ``labeler`` (default: the configured one); the summary
+    of what came back, or the dry run's estimate."""
     cfg, store = ctx.cfg, ctx.store
     try:
-        labels = cache.label_entities(store, requests, ctx.persona_set, label_conf_for(cfg.labeling, kind), kind)
+        labels = cache.label_entities(store, requests, ctx.persona_set, cfg.labeling, kind, labeler)
     except labeling.DryRunEstimate as dry:
         return {"dry_run": True, **dry.estimate}
     return {**labeling.summarize(labels, cfg.labeling), "table": store.location(labeling.KINDS[kind].table)}
-
-
-def label_conf_for(conf: LabelingConf, kind: str) -> LabelingConf:
-    """Labeling settings for users or items (a recorded backend replays a different file for items)."""
-    if kind == "item" and conf.backend == "recorded":
-        recorded = conf.recorded.model_copy(update={"path": conf.recorded.item_path, "table": conf.recorded.item_table})
-        conf = conf.model_copy(update={"recorded": recorded})
-    return conf
 
 
 def generate_personas_stage(ctx: RunContext) -> dict:

@@ -87,8 +87,9 @@ def robustness_stage(ctx: RunContext) -> dict:
     transactions = store.read_table(tables.TRANSACTIONS)
     if conf.protocol == "project" and conf.robustness_customers is not None:
         transactions = segment_lib.sample_customers(transactions, conf.robustness_customers, conf.seed)
-    backend = cache.make_backend(cfg.labeling, ctx.persona_set, "user", store)
-    labeler = segment_lib.period_labeler(backend.label, store.read_table(tables.USERS), store.read_table(tables.ITEMS))
+    bound = cache.bind_labeler(cache.configured_labeler(cfg.labeling, store), cfg.labeling, ctx.persona_set, "user",
+                               store)
+    labeler = segment_lib.period_labeler(bound.label, store.read_table(tables.USERS), store.read_table(tables.ITEMS))
     if conf.protocol == "paper":
         paper = conf.paper
         result = segment_lib.paper_robustness(
@@ -98,6 +99,6 @@ def robustness_stage(ctx: RunContext) -> dict:
     else:
         result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
     store.write_table(result, tables.ROBUSTNESS)
-    cache.store_cache_rows(store, backend)  # e.g. item embeddings the halves needed
+    cache.store_cache_rows(store, bound)  # e.g. item embeddings the halves needed
     return {"robustness": [row.asDict() for row in store.read_table(tables.ROBUSTNESS).collect()],
             "table": store.location(tables.ROBUSTNESS)}
