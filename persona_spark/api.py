@@ -23,11 +23,23 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 
 from persona_spark import ingest
-from persona_spark.config import DEFAULT_PERSONAS, AffinityConf, GenerateConf, GPLRConf, LabelingConf, SparkConf
+from persona_spark.config import (
+    DEFAULT_PERSONAS,
+    AffinityConf,
+    GenerateConf,
+    GPLRConf,
+    LabelingConf,
+    SparkConf,
+)
 from persona_spark.generate import generate
 from persona_spark.gplr import GPLRSettings, run_gplr
 from persona_spark.graph import PurchaseGraph
-from persona_spark.labeling import EmbeddingLabeler, Labeler, MemoryCache, label_entities
+from persona_spark.labeling import (
+    EmbeddingLabeler,
+    Labeler,
+    MemoryCache,
+    label_entities,
+)
 from persona_spark.personas import PersonaSet, load_persona_set
 from persona_spark.refresh import named_personas
 from persona_spark.runtime.session import get_spark
