@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from persona_spark import evaluate, labeling
 from persona_spark.config import (AffinityConf, EvaluateConf, GPLRConf, LabelingConf, RecordedConf, SparkConf, TablesConf,
                                   load_config)
-from persona_spark.gplr import GPLR, item_vectors_from_labels
+from persona_spark.gplr import GPLRLoop, GPLRSettings, item_vectors_from_labels
 from persona_spark.graph import load_gplr_split
 from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds if budget == args.multi_seed_budget else args.seeds[:1]:
             for mode in args.modes:
                 conf, affinity = mode_settings(mode, budget, seed, args.sampling, args.state_precision)
-                run = GPLR(users, train, label_users, n_personas, conf, affinity, item_vectors if conf.item_signal else None)
+                run = GPLRLoop(users, train, label_users, n_personas, GPLRSettings(conf, affinity),
+                               item_vectors if conf.item_signal else None)
                 started = time.perf_counter()
                 answered, rounds = run.sample()
                 sampled_s = time.perf_counter() - started

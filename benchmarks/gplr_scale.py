@@ -45,7 +45,7 @@ from persona_spark.tables.store import TableStore  # noqa: E402
 from persona_spark.testing.openai_server import LoopbackChatServer, obedient  # noqa: E402
 from persona_spark.personas import load_persona_set  # noqa: E402
 from persona_spark.runtime.session import get_spark  # noqa: E402
-from persona_spark.stages import gplr_stage  # noqa: E402
+from persona_spark.stages import RunContext, gplr_stage  # noqa: E402
 from persona_spark.stages.sources import write_edge_tiles  # noqa: E402
 from results_file import RESULTS, append_results_to  # noqa: E402
 
@@ -121,7 +121,7 @@ def run(args, tmp: str, names: list[str]) -> int:
         memory = PeakMemory()
         started = time.perf_counter()
         n_edges = write_graph_tables(spark, store, args)
-        write_edge_tiles(cfg, store)  # as build-graph does after writing the edges
+        write_edge_tiles(RunContext(cfg, store))  # as build-graph does after writing the edges
         users, items = (store.read_table(t).count() for t in (tables.USERS, tables.ITEMS))
         print(json.dumps({"step": "tables", "users": users, "items": items, "edges": n_edges,
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)
@@ -129,7 +129,7 @@ def run(args, tmp: str, names: list[str]) -> int:
         load_before = os.getloadavg()
         memory.reset()
         started = time.perf_counter()
-        summary = gplr_stage(cfg, store)
+        summary = gplr_stage(RunContext(cfg, store))
         seconds = time.perf_counter() - started
         phases = summary["phases"]
         line = {

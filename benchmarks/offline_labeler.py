@@ -28,14 +28,14 @@ from persona_spark.config import load_config
 from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
-from persona_spark.stages import STAGES
+from persona_spark.stages import RunContext, STAGES
 from results_file import RESULTS, append_results_to
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run_stages(cfg, store, names: list[str]) -> dict:
-    return {name: STAGES[name](cfg, store) for name in names}
+    return {name: STAGES[name](RunContext(cfg, store)) for name in names}
 
 
 def persona_shares(store: TableStore, names: list[str]) -> dict[str, float]:
@@ -51,7 +51,7 @@ def demo_shop(root: Path, overrides: list[str]) -> dict:
     cfg = load_config(REPO / "conf" / "local.yaml", [f"tables.root={root / 'demo'}", "labeling.backend=embedding", *overrides])
     store = TableStore(get_spark(cfg.spark), cfg.tables)
     run_stages(cfg, store, ["generate", "ingest", "build-graph", "gplr"])
-    evaluation = STAGES["evaluate"](cfg, store)
+    evaluation = STAGES["evaluate"](RunContext(cfg, store))
     names = load_persona_set(cfg.personas).names
     per = store.read_table("evaluation_per_persona").filter(F.col("run_id") == evaluation["run_id"]).collect()
     planted = store.read_table("planted_personas").groupBy("persona_idx").agg(F.countDistinct("customer_id").alias("n")).collect()

@@ -41,11 +41,12 @@ import pandas as pd
 from persona_spark import segment
 from persona_spark.config import LabelingConf, SparkConf, TablesConf
 from persona_spark.graph import build_graph, load_gplr_split
+from persona_spark.labeling import EmbeddingLabeler
 from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
-from persona_spark.stages.cache import make_backend
 from results_file import RESULTS, append_results_to
+from persona_spark.stages.cache import bind_labeler
 
 
 def raw_transactions(spark, csv: Path):
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             store = TableStore(spark, TablesConf(root=folder))
             users, items, _ = build_graph(transactions, test_fraction=0.0)
             users, items = users.localCheckpoint(), items.localCheckpoint()
-            backend = make_backend(LabelingConf(), persona_set, "user", store)  # one backend: items embedded once
+            backend = bind_labeler(EmbeddingLabeler(), LabelingConf(), persona_set, "user", store)  # items embedded once
             labeler = segment.period_labeler(backend.label, users, items)
         for protocol in protocols:
             if protocol == "project":

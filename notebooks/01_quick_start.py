@@ -21,19 +21,20 @@
 import importlib.util
 import time
 
+import persona_spark as ps
 from persona_spark.notebook import open_run, show
-from persona_spark.stages import DEMO_STAGES, STAGES
+from persona_spark.stages import DEMO_STAGES
 
-run = open_run(globals().get("dbutils"))
-cfg, spark, store = run.cfg, run.spark, run.store
-print(f"config: {run.conf_path}; tables under: {store.location('')}")
+ctx = open_run(globals().get("dbutils"))  # a ps.RunContext: config, Spark session, tables, persona set
+cfg, spark, store = ctx.cfg, ctx.spark, ctx.store
+print(f"config: {ctx.conf_path}; tables under: {store.location('')}")
 
 # COMMAND ----------
 
 # MAGIC %md
 # MAGIC ## Run the pipeline
 # MAGIC Each stage is the same function the CLI (`persona-spark <stage>`), `spark-submit jobs/<stage>.py` and the
-# MAGIC Databricks job call. Generated data is only used when no `ingest.source` is configured; training is skipped
+# MAGIC Databricks job call, run here through the notebook's `RunContext` (`ctx.run(stage)`). Generated data is only used when no `ingest.source` is configured; training is skipped
 # MAGIC when torch is not installed, evaluation when there are no reference labels.
 
 # COMMAND ----------
@@ -50,7 +51,7 @@ for stage in DEMO_STAGES:
         print(f"[{stage:>11}] skipped: no reference table {cfg.evaluate.reference_table!r}")
         continue
     started = time.perf_counter()
-    summaries[stage] = STAGES[stage](cfg, store) or {}
+    summaries[stage] = ctx.run(stage)
     headline = {k: v for k, v in summaries[stage].items() if isinstance(v, (int, float, str))}
     print(f"[{stage:>11}] {time.perf_counter() - started:6.1f}s  " + ", ".join(f"{k}={v}" for k, v in list(headline.items())[:6]))
 
@@ -101,3 +102,16 @@ if store.exists("evaluation"):
 if store.exists("segment_summary"):
     segments = show(store.read_table("segment_summary").filter(F.col("k") == min(cfg.segment.ks)).select("segment", "size", "description"))
 print(f"HTML report: {cfg.report.path}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The same in a few lines, without configuration or tables
+# MAGIC `ps.GPLR` takes order lines (here the ingested `transactions`) and a persona set, and returns personas for every
+# MAGIC customer as a DataFrame; nothing is written. The labeler is an object: `ps.EmbeddingLabeler()` (offline),
+# MAGIC `ps.OpenAILabeler(...)`, `ps.OpenAIBatchLabeler(...)` or `ps.RecordedLabeler(...)`.
+
+# COMMAND ----------
+
+quick = ps.GPLR(labeler=ps.EmbeddingLabeler(), budget=0.1).fit(store.read_table("transactions"), ctx.persona_set)
+quick_personas = show(quick.personas.orderBy("customer_id", "rank"), 10)

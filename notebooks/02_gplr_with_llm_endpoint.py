@@ -21,17 +21,14 @@
 
 import os
 
+import persona_spark as ps
 from persona_spark import labeling
-from persona_spark.tables.store import TableStore
 from persona_spark.testing.openai_server import LoopbackChatServer, keyword_responder
 from persona_spark.notebook import open_run, show, widget
-from persona_spark.personas import load_persona_set
-from persona_spark.stages import STAGES
 
 dbutils = globals().get("dbutils")
-run = open_run(dbutils)
-cfg, spark, store = run.cfg, run.spark, run.store
-persona_set = load_persona_set(cfg.personas)
+ctx = open_run(dbutils)  # a ps.RunContext
+cfg, spark, store, persona_set = ctx.cfg, ctx.spark, ctx.store, ctx.persona_set
 base_url = widget(dbutils, "base_url", os.environ.get("OPENAI_BASE_URL", cfg.labeling.openai.base_url or ""), "LLM endpoint")
 
 # COMMAND ----------
@@ -60,7 +57,8 @@ print(f"endpoint: {llm.labeling.openai.base_url}  model: {llm.labeling.openai.mo
 # This run's LLM tables sit next to the run's own ones, suffixed _llm (the cache is per table).
 LLM_TABLES = ("personas", "user_labels", "item_labels", "gplr_prototypes", "gplr_runs", "evaluation", "evaluation_per_persona")
 llm.tables.names = {**cfg.tables.names, **{t: f"{cfg.tables.names.get(t, t)}_llm" for t in LLM_TABLES}}
-llm_store = TableStore(spark, llm.tables)
+llm_run = ps.RunContext(llm, ps.TableStore(spark, llm.tables))  # the same session, the _llm tables
+llm_store = llm_run.store
 
 # COMMAND ----------
 
@@ -73,7 +71,7 @@ llm_store = TableStore(spark, llm.tables)
 # COMMAND ----------
 
 dry_run = llm.model_copy(update={"labeling": llm.labeling.model_copy(update={"dry_run": True})})
-plan = STAGES["gplr"](dry_run, llm_store)  # the gplr stage's own dry run: prices its budget, calls nothing
+plan = ps.RunContext(dry_run, llm_store).run("gplr")  # the gplr stage's own dry run: prices its budget, calls nothing
 estimate, budget = plan["users"], plan["budget"]
 n_customers = store.read_table("users").count()
 per_customer = estimate["cost_expected_usd"] / max(estimate["entities"], 1)
@@ -94,10 +92,10 @@ if "items" in plan:
 
 # COMMAND ----------
 
-gplr_summary = STAGES["gplr"](llm, llm_store)
+gplr_summary = llm_run.run("gplr")
 print({k: gplr_summary[k] for k in ("budget", "rounds", "persona_rows", "seconds")})
 if llm_store.exists(llm.evaluate.reference_table):
-    evaluation = STAGES["evaluate"](llm, llm_store)
+    evaluation = llm_run.run("evaluate")
 
 # COMMAND ----------
 

@@ -14,12 +14,11 @@ from pyspark.sql import functions as F
 
 from persona_spark import explore
 from persona_spark.runtime.runs import latest_runs
+import persona_spark as ps
 from persona_spark.notebook import open_run, show
-from persona_spark.personas import load_persona_set
 
-run = open_run(globals().get("dbutils"))
-cfg, spark, store = run.cfg, run.spark, run.store
-persona_set = load_persona_set(cfg.personas)
+ctx = open_run(globals().get("dbutils"))  # a ps.RunContext
+cfg, spark, store, persona_set = ctx.cfg, ctx.spark, ctx.store, ctx.persona_set
 personas, edges, items = (store.read_table(t) for t in ("personas", "edges", "items"))
 print(f"{len(persona_set)} personas: {', '.join(persona_set.names)}")
 
@@ -60,11 +59,9 @@ audience = show(both, 10)
 
 # COMMAND ----------
 
-from persona_spark.stages import STAGES
-
 query = f'"{top_two[0]}" & !"{top_two[1]}"'
 campaign = cfg.model_copy(update={"audience": cfg.audience.model_copy(update={"name": "notebook_campaign", "query": query})})
-exported = STAGES["audience"](campaign, store)["audiences"]["notebook_campaign"]
+exported = ps.RunContext(campaign, store).run("audience")["audiences"]["notebook_campaign"]
 print(f"{query}: {exported['members']:,} customers ({exported['added']:,} added, {exported['removed']:,} removed "
       f"since the previous export {exported['previous_run_id'] or '(none)'})")
 audience_changes = show(store.read_table("audience_changes").filter(F.col("audience") == "notebook_campaign")

@@ -15,9 +15,9 @@ from pyspark.sql import functions as F
 from persona_spark.notebook import open_run, show
 from persona_spark.report import metric_rows
 
-run = open_run(globals().get("dbutils"))
-cfg, spark, store = run.cfg, run.spark, run.store
-runs = run.table("recommend_runs")
+ctx = open_run(globals().get("dbutils"))  # a ps.RunContext
+cfg, spark, store = ctx.cfg, ctx.spark, ctx.store
+runs = ctx.table("recommend_runs")
 if runs is None:
     print("No training run yet: run `persona-spark export-tripartite` and `persona-spark train` (needs the torch extra); "
           "the cells below skip until then.")
@@ -65,7 +65,7 @@ if runs is not None:
 
 # COMMAND ----------
 
-cold_start = run.table("cold_start_recs")
+cold_start = ctx.table("cold_start_recs")
 if cold_start is not None:
     show(cold_start, 10)
 else:

@@ -1,7 +1,7 @@
 """``persona-spark <stage> --conf conf/local.yaml --set section.key=value``.
 
-The CLI, the ``jobs/*.py`` spark-submit scripts and the Databricks bundle all call the same
-stage functions in ``persona_spark.stages``.
+The CLI, the ``jobs/*.py`` spark-submit scripts and the Databricks bundle all open one
+``RunContext`` and run the same stage functions in ``persona_spark.stages`` through it.
 
 Exit status: 0 done; 2 a mistake the user can fix (unknown or out-of-bounds setting, missing table,
 column or path), told in one line on stderr, with the traceback only under ``--debug``; 1 (with the
@@ -54,19 +54,13 @@ def user_error_message(error: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from persona_spark.config import load_config
-    from persona_spark.tables.store import TableStore
-    from persona_spark.runtime.session import describe_master, get_spark
-    from persona_spark.stages import STAGES
+    from persona_spark.stages import RunContext
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.conf, args.overrides)
-        spark = get_spark(cfg.spark)
-        log.info("persona-spark %s on %s", args.stage, describe_master(spark))
-        summary = STAGES[args.stage](cfg, TableStore(spark, cfg.tables))
+        summary = RunContext.open(args.conf, args.overrides).run(args.stage)
     except Exception as error:
         message = user_error_message(error)
         if message is None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Callable, Iterator
@@ -46,9 +46,11 @@ from persona_spark.runtime.runs import changed_rows, new_run
 from persona_spark.assignment import AssignmentModel, Fold, fit_assignment
 from persona_spark.affinity import (AffinityGraph, compute_affinity_depths_of_sets, prepare_graph, propagate_to_users,
                                    prototype_labels)
-from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.config import AffinityConf, GPLRConf, LabelingConf
+from persona_spark.graph import PurchaseGraph
 from persona_spark.personas import PersonaSet
+from persona_spark.refresh import RunHistory, RunPersonas
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
 
 log = logging.getLogger("persona_spark.gplr")
@@ -171,8 +173,21 @@ def item_vectors_from_labels(item_rows: DataFrame, n_personas: int) -> DataFrame
     return chosen.select(F.col("item_idx").cast("int"), vec.alias("vec"))
 
 
+@dataclass(frozen=True)
+class GPLRSettings:
+    """The settings one GPLR run reads: its own, the affinity's, the labeling's, and how it pins intermediates
+    (``local``, or ``reliable``: survives a lost executor, the caller has set the checkpoint directory)."""
+
+    gplr: GPLRConf = field(default_factory=GPLRConf)
+    affinity: AffinityConf = field(default_factory=AffinityConf)
+    labeling: LabelingConf = field(default_factory=LabelingConf)
+    checkpoint: str = "local"
+
+
 @dataclass
-class GPLRResult:
+class LoopResult:
+    """What :class:`GPLRLoop` found: the prototypes, who was asked, everyone's personas, the model, the rounds."""
+
     prototypes: DataFrame  # user_idx, persona_idx, answer_position
     asked: DataFrame  # user_idx, status
     personas: DataFrame  # PERSONAS_SCHEMA, prototypes and propagated
@@ -211,31 +226,32 @@ def reach_counts(unlabelled: DataFrame, model: AssignmentModel, ell: int) -> dic
             "unreached_receive": receive}
 
 
-def run_record(result: GPLRResult, run: tuple[str, datetime], conf: GPLRConf, affinity_conf: AffinityConf,
-               persona_set_version: str, labeling_backend: str, seconds: float) -> dict:
+def run_record(result: LoopResult, run: tuple[str, datetime], settings: GPLRSettings, persona_set_version: str,
+               seconds: float) -> dict:
     """The ``gplr_runs`` row of a run: its settings, the tokens its new answers cost (reused
     prototypes were paid for by an earlier run) and the whole record as JSON in ``details``."""
     run_id, run_ts = run
+    conf, affinity_conf = settings.gplr, settings.affinity
     tokens = {f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in result.rounds if r["sampling"] != "reused")
               for kind in ("prompt", "completion")}
     return {
         "run_id": run_id, "run_ts": run_ts, "budget": result.budget, "rounds": conf.rounds,
         "sampling": conf.sampling, "assignment": conf.assignment, "seed": conf.seed,
         "eps": affinity_conf.eps, "ell": affinity_conf.ell, "beta": affinity_conf.beta,
-        "persona_set_version": persona_set_version, "labeling_backend": labeling_backend, **tokens,
+        "persona_set_version": persona_set_version, "labeling_backend": settings.labeling.backend, **tokens,
         "details": json.dumps(result.record()), "seconds": round(seconds, 2),
     }
 
 
-def estimate_run(users: DataFrame, items: DataFrame, edges: DataFrame, transactions: DataFrame | None,
-                 conf: GPLRConf, labeling_conf: LabelingConf, estimate: Callable[[DataFrame, str], dict]) -> dict:
+def estimate_run(graph: PurchaseGraph, transactions: DataFrame | None, settings: GPLRSettings,
+                 estimate: Callable[[DataFrame, str], dict]) -> dict:
     """What a run would pay, nothing called: ``estimate(requests, "user" | "item")`` prices the items
     (once, with ``item_signal``) and ``budget`` users. Which users DU sampling picks is unknown before
     round 1, so a random sample of that size stands in for them."""
+    conf, users, items = settings.gplr, graph.users, graph.items
     budget = conf.budget_size(users.count())
     sample = pick_random(users.select("user_idx"), budget, conf.seed)
-    train = edges.filter(F.col("split") == "train")
-    requests = labeling.user_requests(train, items, labeling_conf, transactions, users)
+    requests = labeling.user_requests(graph.train_edges, items, settings.labeling, transactions, users)
     result = {"dry_run": True, "budget": budget,
               "users": estimate(requests.join(sample, "user_idx", "left_semi"), "user")}
     if conf.item_signal:
@@ -248,32 +264,31 @@ def estimate_run(users: DataFrame, items: DataFrame, edges: DataFrame, transacti
 @dataclass
 class GPLRRun:
     """What a gplr run writes: ``personas`` changes, who was asked, its ``gplr_runs`` row, and what the
-    refresh record needs (the run's pinned persona rows, its name, the model's reliability bins)."""
+    refresh record needs (the run's name, its pinned persona rows with percentile, the model's reliability bins)."""
 
-    run: tuple[str, datetime]
-    personas: DataFrame  # every persona row of the run, with percentile
+    outcome: RunPersonas
     changed_personas: DataFrame  # MERGE source for personas on (user_idx, persona_idx): changes and tombstones
     prototypes: DataFrame  # gplr_prototypes: user_idx, status, history_hash
     record: DataFrame  # the gplr_runs row
-    reliability: list[dict]
     summary: dict
 
 
-def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions: DataFrame | None,
-             previous_prototypes: DataFrame | None, previous_personas: DataFrame | None, persona_set: PersonaSet,
-             label: LabelRequestsFn, conf: GPLRConf, affinity_conf: AffinityConf,
-             labeling_conf: LabelingConf, graph: AffinityGraph | None = None,
-             checkpoint_mode: CheckpointMode = "local") -> GPLRRun:
-    """One gplr run from the tables as they are before it (``previous_*``: None where missing).
+def run_gplr(graph: PurchaseGraph, persona_set: PersonaSet, label: LabelRequestsFn, settings: GPLRSettings,
+             earlier: RunHistory | None = None, transactions: DataFrame | None = None,
+             tiles: AffinityGraph | None = None) -> GPLRRun:
+    """One gplr run over ``graph`` from what ``earlier`` runs left (their prototypes and personas).
 
-    Prototypes still answered for the same history in ``previous_prototypes`` are reused first.
-    ``graph``: the train edges already cut into tiles (build-graph's ``edge_tiles``; the caller
-    releases it), else they are cut here. Intermediates are pinned with ``checkpoint_mode``
-    (a reliable one needs the caller to have set the checkpoint directory)."""
+    ``label(requests, "user" | "item")`` answers label requests through the caller's caches. Prototypes
+    ``earlier`` answered for the same history are reused first (None: the first run). ``transactions``: the order lines, when the
+    labeler weighs behaviour (the embedding labeler). ``tiles``: the train edges already cut into tiles
+    (build-graph's ``edge_tiles``; the caller releases them), else they are cut here. Intermediates are
+    pinned with ``settings.checkpoint``."""
     started = time.perf_counter()
-    pin = partial(checkpoint, mode=checkpoint_mode)
-    train = pin(edges.filter(F.col("split") == "train"))
-    requests = pin(labeling.user_requests(train, items, labeling_conf, transactions, users))
+    earlier = earlier or RunHistory()
+    conf, pin = settings.gplr, partial(checkpoint, mode=settings.checkpoint)
+    users, items = graph.users, graph.items
+    train = pin(graph.train_edges)
+    requests = pin(labeling.user_requests(train, items, settings.labeling, transactions, users))
     phases = {"requests": round(time.perf_counter() - started, 3)}
 
     def label_users(selected: DataFrame) -> DataFrame:
@@ -286,45 +301,43 @@ def run_gplr(users: DataFrame, items: DataFrame, edges: DataFrame, transactions:
         item_vectors = pin(item_vectors_from_labels(item_rows, len(persona_set)))
         phases["item_labeling"] = round(time.perf_counter() - items_started, 3)
     reusable = None
-    if previous_prototypes is not None:
-        reusable = (previous_prototypes.filter(F.col("status") == "ok")
+    if earlier.prototypes is not None:
+        reusable = (earlier.prototypes.filter(F.col("status") == "ok")
                     .join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx"))
-    result = GPLR(users, train, label_users, len(persona_set), conf, affinity_conf, item_vectors, reusable, graph,
-                  checkpoint_mode).run()
+    result = GPLRLoop(users, train, label_users, len(persona_set), settings, item_vectors, reusable, tiles).run()
 
     run = new_run()
     diff_started = time.perf_counter()
     personas = pin(refresh.with_percentile(result.personas))
     # pinned before the merge rewrites its source
-    changed = pin(changed_rows(previous_personas, personas, ["user_idx", "persona_idx"]))
+    changed = pin(changed_rows(earlier.personas, personas, ["user_idx", "persona_idx"]))
     phases["diff"] = round(time.perf_counter() - diff_started, 3)
     result.seconds.update(phases)
     asked = result.asked.join(requests.select("user_idx", "history_hash"), "user_idx", "left")
-    record = run_record(result, run, conf, affinity_conf, persona_set.version, labeling_conf.backend,
-                        time.perf_counter() - started)
+    record = run_record(result, run, settings, persona_set.version, time.perf_counter() - started)
     counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
     summary = {**{k: v for k, v in record.items() if k not in ("details", "run_ts")}, "run_ts": run[1].isoformat(),
                "per_round": result.rounds, "reach": result.reach, "persona_rows": counts,
                "rows_rewritten": changed.count(), "assignment_cv_micro_f1": result.model.cv_micro_f1,
                "assignment_fitted_on": result.model.fitted_on, "phases": dict(result.seconds)}
-    return GPLRRun(run, personas, changed, asked, users.sparkSession.createDataFrame([record]),
-                   result.model.reliability, summary)
+    return GPLRRun(RunPersonas(run, personas, result.model.reliability), changed, asked,
+                   users.sparkSession.createDataFrame([record]), summary)
 
 
-class GPLR:
-    """One GPLR run over fixed inputs; ``run()`` returns the result, nothing is written."""
+class GPLRLoop:
+    """GPLR's rounds over fixed inputs: sample, label, propagate, assign; ``run()`` returns the result,
+    nothing is written."""
 
     def __init__(self, users: DataFrame, train_edges: DataFrame, label_users: LabelFn, n_personas: int,
-                 conf: GPLRConf, affinity_conf: AffinityConf, item_vectors: DataFrame | None = None,
-                 reusable_prototypes: DataFrame | None = None, graph: AffinityGraph | None = None,
-                 checkpoint_mode: CheckpointMode = "local"):
+                 settings: GPLRSettings, item_vectors: DataFrame | None = None,
+                 reusable_prototypes: DataFrame | None = None, graph: AffinityGraph | None = None):
         self.users = users.select("user_idx")
         self.edges = train_edges
         self.label_users = label_users
         self.n_personas = n_personas
-        self.conf = conf
-        self.affinity_conf = affinity_conf
-        self.checkpoint_mode = checkpoint_mode
+        self.conf = settings.gplr
+        self.affinity_conf = settings.affinity
+        self.checkpoint_mode = settings.checkpoint
         self.item_vectors = item_vectors
         self.reusable = reusable_prototypes
         self.seconds: dict[str, float] = {}
@@ -356,7 +369,7 @@ class GPLR:
 
     def _pin(self, df: DataFrame) -> DataFrame:
         """Materialize an intermediate result: a local checkpoint, or a reliable one (survives a lost
-        executor) with ``checkpoint_mode="reliable"``."""
+        executor)."""
         return checkpoint(df, self.checkpoint_mode)
 
     def _timed(self, key: str, started: float) -> None:
@@ -394,7 +407,7 @@ class GPLR:
         self._timed("labeling", started)
         return rows
 
-    def run(self) -> GPLRResult:
+    def run(self) -> LoopResult:
         try:
             answered, rounds = self.sample()
             return self.assign_all(answered, rounds)
@@ -444,7 +457,7 @@ class GPLR:
             raise ValueError("GPLR: the budget is 0 users; raise gplr.budget_fraction or gplr.budget_users")
         return answered, rounds
 
-    def assign_all(self, answered: DataFrame, rounds: list[dict], assignment: str | None = None) -> GPLRResult:
+    def assign_all(self, answered: DataFrame, rounds: list[dict], assignment: str | None = None) -> LoopResult:
         """Personas for everyone from the answers: LLM labels for prototypes, assigned for the rest."""
         mode = assignment or self.conf.assignment
         prototypes = self._pin(ok_prototypes(answered))
@@ -459,7 +472,7 @@ class GPLR:
         self._timed("assignment", started)
         log.info("GPLR reach: %s", reach)
         asked = answered.select("user_idx", "status")
-        return GPLRResult(prototypes, asked, personas, model, rounds, self.budget(), dict(self.seconds), reach)
+        return LoopResult(prototypes, asked, personas, model, rounds, self.budget(), dict(self.seconds), reach)
 
     def _round_record(self, how: str, rows: DataFrame) -> dict:
         """Counts per status and the tokens of the answers (for ``reused``: what they cost back then)."""

@@ -1,37 +1,22 @@
-"""What every notebook in ``notebooks/`` needs first: the run's config, Spark session and tables.
+"""What every notebook in ``notebooks/`` needs first: the run's context (config, Spark session, tables).
 
 The config path comes from the ``conf`` widget on Databricks, else the ``PERSONA_SPARK_CONF`` env
-var, else ``conf/local.yaml`` (the embedded default). The session is ``get_spark``'s, so a notebook
-reuses the cluster's (or a test's) active session instead of starting another one.
+var, else ``conf/local.yaml`` (the embedded default). A notebook reuses the cluster's (or a test's) active
+Spark session instead of starting another one.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 
-from persona_spark.config import Config, load_config
-from persona_spark.tables.store import TableStore
-from persona_spark.runtime.session import get_spark
+from persona_spark.stages import RunContext
 
 CONF_ENV = "PERSONA_SPARK_CONF"
 DEFAULT_CONF = "conf/local.yaml"
-
-
-@dataclass
-class Run:
-    cfg: Config
-    spark: SparkSession
-    store: TableStore
-    conf_path: str
-
-    def table(self, name: str) -> DataFrame | None:
-        """The table if a stage has written it, else None (so a notebook can say what to run)."""
-        return self.store.read_table(name) if self.store.exists(name) else None
 
 
 def widget(dbutils, name: str, default: str, label: str | None = None) -> str:
@@ -49,16 +34,14 @@ def config_path(dbutils=None) -> str:
     return widget(dbutils, "conf", os.environ.get(CONF_ENV, DEFAULT_CONF), "config file")
 
 
-def open_run(dbutils=None, overrides: list[str] | None = None) -> Run:
-    """Load the config (see module doc), get the Spark session and the table store of the run."""
+def open_run(dbutils=None, overrides: list[str] | None = None) -> RunContext:
+    """The run's context (config from the path in the module doc, Spark session, tables, persona set)."""
     path = config_path(dbutils)
     if not Path(path).exists():
         raise FileNotFoundError(
             f"config {path!r} not found: set the 'conf' widget or {CONF_ENV}, or run from the repository root"
         )
-    cfg = load_config(path, overrides)
-    spark = get_spark(cfg.spark)
-    return Run(cfg, spark, TableStore(spark, cfg.tables), path)
+    return RunContext.open(path, overrides)
 
 
 def show(frame: DataFrame | pd.DataFrame, n: int = 20) -> pd.DataFrame:

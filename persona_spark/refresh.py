@@ -16,17 +16,17 @@ gplr stage reads and writes the tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import prototype_weights
-from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.runtime.runs import latest_runs, utc
 from persona_spark.config import AffinityConf, RefreshConf
-from persona_spark.graph import distinctive_items
+from persona_spark.graph import PurchaseGraph, distinctive_items
 from persona_spark.personas import PersonaSet
 
 NOTHING = -1  # persona_flows: "no persona" on either side of a flow
@@ -194,8 +194,75 @@ def _small(frame: DataFrame, entries: int | None = None) -> DataFrame:
     return F.broadcast(frame) if (frame.count() if entries is None else entries) <= BROADCAST_ROWS else frame
 
 
-def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: DataFrame, run_id: str, *,
-            n_items: int, n_neighbours: int, trace_items: int, trace_buyers: int, beta: float = 0.5,
+def _labelled_paths(walk: DataFrame, personas: DataFrame, beta: float) -> DataFrame:
+    """Every labelled path item -> labelled buyer -> persona with its P'(i, v) L(v, m) as ``c``: small (the
+    budget's edges), materialized once."""
+    in_mass = walk.groupBy("item_idx").agg(F.sum("w").alias("w_in"))
+    llm_labels = personas.filter(F.col("source") == "llm").select("user_idx", "persona_idx")
+    labels = prototype_weights(llm_labels, beta).withColumnRenamed("user_idx", "neighbour_idx")
+    return (walk.withColumnRenamed("user_idx", "neighbour_idx").join(_small(labels), "neighbour_idx")
+            .join(in_mass, "item_idx")
+            .select("item_idx", "persona_idx", "neighbour_idx", (F.col("w") / F.col("w_in") * F.col("weight")).alias("c"))
+            .localCheckpoint())
+
+
+def _ranked_products(walk: DataFrame, via: DataFrame, rows: DataFrame, keep: int) -> DataFrame:
+    """``user_idx, persona_idx, total, top``: each row's voted products as (contribution, -item_idx, item_idx,
+    p_out), strongest first, the ``keep`` strongest kept; ``total``: the row's one-step affinity."""
+    out_mass = walk.groupBy("user_idx").agg(F.sum("w").alias("w_out"))
+    item_votes = via.groupBy("item_idx", "persona_idx").agg(F.sum("c").alias("vote"))
+    votes = item_votes.groupBy("item_idx").agg(F.map_from_entries(F.collect_list(F.struct("persona_idx", "vote"))).alias("votes"))
+    votes = _small(votes, item_votes.count())  # a row per product, packing its (product, persona) entries
+    held = (rows.groupBy("user_idx").agg(F.array_sort(F.collect_set("persona_idx")).alias("held"))
+            .join(out_mass, "user_idx"))
+    # per purchase: P(u, i) and the product's vote for each of the customer's personas (null: none)
+    bought = (walk.join(held, "user_idx").join(votes, "item_idx")
+              .select("user_idx", "held", F.struct(
+                  "item_idx", (F.col("w") / F.col("w_out")).alias("p"),
+                  F.transform("held", lambda m: F.try_element_at("votes", m)).alias("v")).alias("x"))
+              .groupBy("user_idx").agg(F.first("held").alias("held"), F.collect_list("x").alias("bought")))
+
+    def ranked(j: Column) -> Column:
+        scored = F.transform("bought", lambda x: F.struct(
+            (x["p"] * F.element_at(x["v"], j + 1)).alias("contribution"), (-x["item_idx"]).alias("neg"),
+            x["item_idx"].alias("item_idx"), x["p"].alias("p_out")))
+        return F.sort_array(F.filter(scored, lambda s: s["contribution"].isNotNull()), asc=False)
+
+    return (bought.select("user_idx", F.posexplode("held").alias("j", "persona_idx"), "bought")
+            .select("user_idx", "persona_idx", ranked(F.col("j")).alias("r"))
+            .select("user_idx", "persona_idx",
+                    F.aggregate("r", F.lit(0.0), lambda acc, s: acc + s["contribution"]).alias("total"),
+                    F.slice("r", 1, keep).alias("top"))
+            .filter(F.size("top") > 0).localCheckpoint())
+
+
+def _traced_neighbours(per_row: DataFrame, via: DataFrame, users: DataFrame, conf: RefreshConf) -> DataFrame:
+    """``user_idx, persona_idx, total, pos, neighbour_idx, neighbour_id, contribution``: each row's strongest
+    labelled neighbours, traced through its ``trace_items`` strongest products and their ``trace_buyers``
+    strongest labelled buyers."""
+    candidates = (via.withColumn("pos", F.row_number().over(
+        Window.partitionBy("item_idx", "persona_idx").orderBy(F.desc("c"), "neighbour_idx")))
+        .filter(F.col("pos") <= conf.trace_buyers).drop("pos").localCheckpoint())  # counted, then joined: one window
+    traced = per_row.select("user_idx", "persona_idx", "total",
+                            F.explode(F.slice("top", 1, conf.trace_items)).alias("t")).select(
+        "user_idx", "persona_idx", "total", F.col("t.item_idx").alias("item_idx"), F.col("t.p_out").alias("p_out"))
+    row = Window.partitionBy("user_idx", "persona_idx")
+    return (traced.join(_small(candidates), ["item_idx", "persona_idx"])
+            .groupBy("user_idx", "persona_idx", "neighbour_idx", "total")
+            .agg(F.sum(F.col("p_out") * F.col("c")).alias("contribution"))
+            .withColumn("pos", F.row_number().over(row.orderBy(F.desc("contribution"), "neighbour_idx")))
+            .filter(F.col("pos") <= conf.reason_neighbours)
+            .join(users.select(F.col("user_idx").alias("neighbour_idx"), F.col("customer_id").alias("neighbour_id")),
+                  "neighbour_idx", "left"))
+
+
+def _packed(frame: DataFrame, fields: list[Column], alias: str) -> DataFrame:
+    """``user_idx, persona_idx, <alias>``: the row's ``fields`` as an array in ``pos`` order."""
+    ordered = F.array_sort(F.collect_list(F.struct(F.col("pos"), *fields)))
+    return frame.groupBy("user_idx", "persona_idx").agg(F.transform(ordered, lambda s: s.dropFields("pos")).alias(alias))
+
+
+def reasons(personas: DataFrame, graph: PurchaseGraph, run_id: str, conf: RefreshConf, beta: float = 0.5,
             weighted: bool = False) -> DataFrame:
     """``persona_reasons``: for every (customer, persona) row, the purchased products and the labelled
     neighbours that contributed most — :func:`persona_spark.explore.explain` for all rows at once.
@@ -203,12 +270,14 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
     The t=1 term of Ψ, user → item (P) → labelled user (P') → labels (L): a product's contribution
     is P(u, i) · Σ_v P'(i, v) L(v, m), exact for every product, and so is ``share``, its part of the
     row's one-step affinity Σ_i P(u, i) Σ_v P'(i, v) L(v, m). A neighbour's contribution is
-    Σ_i P(u, i) P'(i, v) L(v, m), *traced*: only through the row's ``trace_items`` strongest
-    products and, per product and persona, its ``trace_buyers`` strongest labelled buyers (ties:
+    Σ_i P(u, i) P'(i, v) L(v, m), *traced*: only through the row's ``conf.trace_items`` strongest
+    products and, per product and persona, its ``conf.trace_buyers`` strongest labelled buyers (ties:
     lowest index). A traced contribution is a lower bound of the neighbour's full one, and the
     neighbours listed are the strongest among those traced; both are exact whenever nothing is cut
     (a row with at most ``trace_items`` voted products, each with at most ``trace_buyers`` labelled
     buyers of the persona). Each row costs at most ``trace_items`` × ``trace_buyers`` traced paths.
+    ``conf.reason_items`` products and ``conf.reason_neighbours`` neighbours are kept per row; ``beta``
+    and ``weighted`` are the affinity's (de-bias exponent, edges weighted by ``n_purchases``).
 
     Cost: the products are ranked per customer in one grouped pass (the customer's purchases, each
     with the votes of the customer's personas, ranked per persona inside the group), never by
@@ -218,80 +287,50 @@ def reasons(personas: DataFrame, edges: DataFrame, items: DataFrame, users: Data
     Columns: ``run_id, user_idx, customer_id, persona_idx, items array<struct<item_idx, item_name,
     contribution, share>>, neighbours array<struct<user_idx, customer_id, contribution, share>>``.
     """
-    if "split" in edges.columns:
-        edges = edges.filter(F.col("split") == "train")
+    edges = graph.train_edges if "split" in graph.edges.columns else graph.edges
     weight = F.col("n_purchases").cast("double") if weighted else F.lit(1.0)
     walk = edges.select("user_idx", "item_idx", weight.alias("w"))
-    out_mass = walk.groupBy("user_idx").agg(F.sum("w").alias("w_out"))
-    in_mass = walk.groupBy("item_idx").agg(F.sum("w").alias("w_in"))
-    llm_labels = personas.filter(F.col("source") == "llm").select("user_idx", "persona_idx")
-    labels = prototype_weights(llm_labels, beta).withColumnRenamed("user_idx", "neighbour_idx")
-    # every labelled path item -> labelled buyer -> persona with its P'(i, v) L(v, m): small (the budget's edges)
-    via = (walk.withColumnRenamed("user_idx", "neighbour_idx").join(_small(labels), "neighbour_idx")
-           .join(in_mass, "item_idx")
-           .select("item_idx", "persona_idx", "neighbour_idx", (F.col("w") / F.col("w_in") * F.col("weight")).alias("c"))
-           .localCheckpoint())
-    item_votes = via.groupBy("item_idx", "persona_idx").agg(F.sum("c").alias("vote"))
-    votes = item_votes.groupBy("item_idx").agg(F.map_from_entries(F.collect_list(F.struct("persona_idx", "vote"))).alias("votes"))
-    votes = _small(votes, item_votes.count())  # a row per product, packing its (product, persona) entries
+    via = _labelled_paths(walk, personas, beta)
     rows = personas.select("user_idx", "persona_idx")
-    held = (rows.groupBy("user_idx").agg(F.array_sort(F.collect_set("persona_idx")).alias("held"))
-            .join(out_mass, "user_idx"))
-    # per purchase: P(u, i) and the product's vote for each of the customer's personas (null: none)
-    bought = (walk.join(held, "user_idx").join(votes, "item_idx")
-              .select("user_idx", "held", F.struct(
-                  "item_idx", (F.col("w") / F.col("w_out")).alias("p"),
-                  F.transform("held", lambda m: F.try_element_at("votes", m)).alias("v")).alias("x"))
-              .groupBy("user_idx").agg(F.first("held").alias("held"), F.collect_list("x").alias("bought")))
-    keep = max(n_items, trace_items)
-
-    def ranked(j: Column) -> Column:
-        """The row's voted products as (contribution, -item_idx, item_idx, p), strongest first."""
-        scored = F.transform("bought", lambda x: F.struct(
-            (x["p"] * F.element_at(x["v"], j + 1)).alias("contribution"), (-x["item_idx"]).alias("neg"),
-            x["item_idx"].alias("item_idx"), x["p"].alias("p_out")))
-        return F.sort_array(F.filter(scored, lambda s: s["contribution"].isNotNull()), asc=False)
-
-    per_row = (bought.select("user_idx", F.posexplode("held").alias("j", "persona_idx"), "bought")
-               .select("user_idx", "persona_idx", ranked(F.col("j")).alias("r"))
-               .select("user_idx", "persona_idx",
-                       F.aggregate("r", F.lit(0.0), lambda acc, s: acc + s["contribution"]).alias("total"),
-                       F.slice("r", 1, keep).alias("top"))
-               .filter(F.size("top") > 0).localCheckpoint())
-    candidates = (via.withColumn("pos", F.row_number().over(
-        Window.partitionBy("item_idx", "persona_idx").orderBy(F.desc("c"), "neighbour_idx")))
-        .filter(F.col("pos") <= trace_buyers).drop("pos").localCheckpoint())  # counted, then joined: one window
-    traced = per_row.select("user_idx", "persona_idx", "total",
-                            F.explode(F.slice("top", 1, trace_items)).alias("t")).select(
-        "user_idx", "persona_idx", "total", F.col("t.item_idx").alias("item_idx"), F.col("t.p_out").alias("p_out"))
-    row = Window.partitionBy("user_idx", "persona_idx")
-    per_neighbour = (traced.join(_small(candidates), ["item_idx", "persona_idx"])
-                     .groupBy("user_idx", "persona_idx", "neighbour_idx", "total")
-                     .agg(F.sum(F.col("p_out") * F.col("c")).alias("contribution"))
-                     .withColumn("pos", F.row_number().over(row.orderBy(F.desc("contribution"), "neighbour_idx")))
-                     .filter(F.col("pos") <= n_neighbours)
-                     .join(users.select(F.col("user_idx").alias("neighbour_idx"), F.col("customer_id").alias("neighbour_id")),
-                           "neighbour_idx", "left"))
-
-    def packed(frame: DataFrame, fields: list[Column], alias: str) -> DataFrame:
-        ordered = F.array_sort(F.collect_list(F.struct(F.col("pos"), *fields)))
-        return frame.groupBy("user_idx", "persona_idx").agg(F.transform(ordered, lambda s: s.dropFields("pos")).alias(alias))
-
+    per_row = _ranked_products(walk, via, rows, max(conf.reason_items, conf.trace_items))
+    per_neighbour = _traced_neighbours(per_row, via, graph.users, conf)
     share = (F.col("contribution") / F.col("total")).alias("share")
-    top_items = (per_row.select("user_idx", "persona_idx", "total", F.posexplode(F.slice("top", 1, n_items)).alias("pos", "t"))
+    top_items = (per_row.select("user_idx", "persona_idx", "total",
+                                F.posexplode(F.slice("top", 1, conf.reason_items)).alias("pos", "t"))
                  .select("user_idx", "persona_idx", "total", "pos", F.col("t.item_idx").alias("item_idx"),
                          F.col("t.contribution").alias("contribution"))
-                 .join(items.select("item_idx", "item_name"), "item_idx", "left"))
-    item_lists = packed(top_items, [F.col("item_idx"), F.col("item_name"), F.col("contribution"), share], "items")
-    neighbour_lists = packed(per_neighbour, [F.col("neighbour_idx").alias("user_idx"),
-                                             F.col("neighbour_id").alias("customer_id"), F.col("contribution"), share],
-                             "neighbours")
+                 .join(graph.items.select("item_idx", "item_name"), "item_idx", "left"))
+    item_lists = _packed(top_items, [F.col("item_idx"), F.col("item_name"), F.col("contribution"), share], "items")
+    neighbour_lists = _packed(per_neighbour, [F.col("neighbour_idx").alias("user_idx"),
+                                              F.col("neighbour_id").alias("customer_id"), F.col("contribution"), share],
+                              "neighbours")
     return (rows.join(item_lists, ["user_idx", "persona_idx"], "left").join(neighbour_lists, ["user_idx", "persona_idx"], "left")
-            .join(users.select("user_idx", "customer_id"), "user_idx", "left")
+            .join(graph.users.select("user_idx", "customer_id"), "user_idx", "left")
             .select(F.lit(run_id).alias("run_id"), "user_idx", "customer_id", "persona_idx", "items", "neighbours"))
 
 
 # ---- one run's record -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunHistory:
+    """What earlier runs left in the tables, as they are before a run writes; None where a table does not
+    exist yet (the first run)."""
+
+    prototypes: DataFrame | None = None  # gplr_prototypes: who was asked, for which history
+    personas: DataFrame | None = None  # personas
+    history: DataFrame | None = None  # persona_history
+    runs: DataFrame | None = None  # gplr_runs
+    reasons: DataFrame | None = None  # persona_reasons
+
+
+@dataclass(frozen=True)
+class RunPersonas:
+    """One run's persona rows, as its refresh record reads them."""
+
+    run: tuple[str, datetime]  # run_id, run_ts (persona_spark.runtime.runs.new_run)
+    personas: DataFrame  # the run's persona rows (user_idx, persona_idx, score, rank, source, probability), pinned
+    reliability: list[dict] = field(default_factory=list)  # the assignment model's reliability bins
+
 
 @dataclass
 class RefreshRecord:
@@ -306,48 +345,42 @@ class RefreshRecord:
     summary: dict
 
 
-def record_run(personas: DataFrame, run: tuple[str, datetime], reliability: list[dict], *, users: DataFrame,
-               items: DataFrame, edges: DataFrame, names: DataFrame, persona_set: PersonaSet,
-               history: DataFrame | None, runs: DataFrame, reasons_table: DataFrame | None, conf: RefreshConf,
-               affinity_conf: AffinityConf, checkpoint_mode: CheckpointMode = "local") -> RefreshRecord:
-    """The refresh record of one run from the tables as they are before it is written (``history``,
-    ``reasons_table``: None where missing; ``runs``: gplr_runs). Refuses a run older than one
-    ``history`` holds: intervals are only appended in time order. Intermediates are pinned with
-    ``checkpoint_mode``."""
-    run_id, run_ts = run
+def record_run(new: RunPersonas, graph: PurchaseGraph, names: DataFrame, persona_set: PersonaSet, earlier: RunHistory,
+               conf: RefreshConf, affinity_conf: AffinityConf, checkpoint_mode: str = "local") -> RefreshRecord:
+    """The refresh record of one run from what ``earlier`` runs left (``names``: ``persona_idx, name``).
+    Refuses a run older than one ``earlier.history`` holds: intervals are only appended in time order.
+    Intermediates are pinned with ``checkpoint_mode`` (local, or reliable: the caller set the directory)."""
+    (run_id, run_ts), personas, history, mode = new.run, new.personas, earlier.history, checkpoint_mode
     if history is not None:
         later = history.filter((F.col("valid_from") > F.lit(run_ts)) | (F.col("valid_to") > F.lit(run_ts)))
         if later.limit(1).count():
             raise ValueError(f"persona_history already holds a run after {run_ts.isoformat()} ({run_id}): "
                              "runs are applied in time order")
-    changes = checkpoint(history_changes(history, named_personas(personas, users, names), run_id, run_ts),
-                         checkpoint_mode)
+    changes = checkpoint(history_changes(history, named_personas(personas, graph.users, names), run_id, run_ts), mode)
     changed = changes.count()
     summary = {"run_id": run_id, "history_rows_merged": changed}
 
     drift = moves = None
-    previous = latest_runs(runs.filter(F.col("run_ts") < F.lit(run_ts)))
+    previous = latest_runs(earlier.runs.filter(F.col("run_ts") < F.lit(run_ts))) if earlier.runs is not None else []
     if previous and history is not None:
         before = (previous[0]["run_id"], utc(previous[0]["run_ts"]))
         if personas_as_of(history, before[1]).limit(1).count():  # the MERGE only opens and closes at run_ts
             after = merged_history(history, changes)
-            drift = checkpoint(transitions(after, names, before, run), checkpoint_mode)
-            moves = flows(after, before, run)
+            drift = checkpoint(transitions(after, names, before, new.run), mode)
+            moves = flows(after, before, new.run)
             first = drift.first()
             summary.update(previous_run_id=before[0], customers_changed=first["customers_changed"],
                            share_changed=round(first["share_changed"], 4))
 
     spark = personas.sparkSession
     bins = None
-    if reliability:
-        bins = spark.createDataFrame([{"run_id": run_id, **row} for row in reliability],
+    if new.reliability:
+        bins = spark.createDataFrame([{"run_id": run_id, **row} for row in new.reliability],
                                      "run_id string, bin int, lower double, upper double, pairs long, "
                                      "mean_predicted double, observed double")
     why = None
-    done_before = reasons_table is not None and reasons_table.filter(F.col("run_id") == run_id).limit(1).count()
+    done_before = earlier.reasons is not None and earlier.reasons.filter(F.col("run_id") == run_id).limit(1).count()
     if conf.reasons and not done_before:  # the latest run's reasons replace the previous run's
-        why = reasons(personas, edges, items, users, run_id, n_items=conf.reason_items,
-                      n_neighbours=conf.reason_neighbours, trace_items=conf.trace_items, trace_buyers=conf.trace_buyers,
-                      beta=affinity_conf.beta, weighted=affinity_conf.weighted)
-    products = catalog(personas, persona_set.to_dataframe(spark), edges, items, run_id, conf.catalog_products)
+        why = reasons(personas, graph, run_id, conf, affinity_conf.beta, affinity_conf.weighted)
+    products = catalog(personas, persona_set.to_dataframe(spark), graph.edges, graph.items, run_id, conf.catalog_products)
     return RefreshRecord(changes if changed else None, drift, moves, products, bins, why, summary)

@@ -689,7 +689,7 @@ def _unchanged(first: DataFrame, second: DataFrame, key: str, representation: st
 
 
 def period_labeler(label: Callable[[DataFrame], DataFrame], users: DataFrame, items: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Adapts a labeling backend (``label(requests) -> label rows``, e.g. ``make_backend(...).label``)
+    """Adapts a labeling backend (``label(requests) -> label rows``, e.g. ``labeler.bind(...).label``)
     to ``robustness``: one period's transactions -> ``customer_id, persona_idx``.
 
     The period's purchases become a history per customer, in the same format GPLR labels, so a

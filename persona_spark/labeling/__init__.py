@@ -1,30 +1,34 @@
-"""LLM labeling at scale: persona labels for a budget of users (and for items), cached in Delta.
+"""LLM labeling at scale: persona labels for a budget of users (and for items), cached.
 
-The cache tables are reached only through a ``LabelCache`` the caller passes (the stages implement
-it over the run's tables); any other table a labeling needs comes in as a DataFrame.
+The labeler is an object, one module per backend: ``EmbeddingLabeler`` (offline, ``embedding``),
+``OpenAILabeler`` (any OpenAI-protocol endpoint, ``openai_chat``), ``OpenAIBatchLabeler`` (the Batch
+API, ``batch``) and ``RecordedLabeler`` (replays recorded labels, ``recorded``); each takes the
+fields of its configuration section as keyword arguments, and ``labeler_from_config(labeling_conf)``
+builds the one a configuration names.
 
-Public API (GPLR calls ``label_entities`` each round):
+The cache tables are reached only through the ``LabelCache`` the caller passes (the stages implement
+it over the run's tables; ``MemoryCache`` keeps them in the Spark application); any other table a
+labeling needs comes in as a DataFrame.
 
-* ``build_user_histories(edges, items[, order])`` / ``build_item_requests(items)`` -> label requests
-  (``history_order(conf)``: the order the configured user prompt lists products in; ``user_requests``
-  adds the behaviour measures the embedding labeler weighs)
-* ``label_entities(cache, requests, persona_set, conf, kind="user"|"item"[, backend])`` -> one label row per request
-* ``estimate_labeling`` / ``DryRunEstimate`` -> tokens and cost before anything is spent
-* ``make_backend(conf, persona_set, kind, cache[, recording])`` -> the configured openai / embedding / recorded
-  labeler (``recording``: the rows of ``recorded.table``; ``read_recording`` reads a ``recorded.path`` file)
+* ``build_user_histories(edges, items[, order])`` / ``build_item_requests(items)`` / ``user_requests``
+  -> label requests; ``select_entities`` picks the configured sample
+* ``label_entities(cache, requests, persona_set, conf, kind="user"|"item", labeler)`` -> one label row per request
+* ``estimate_labeling`` / ``DryRunEstimate`` -> tokens and cost before anything is spent; ``summarize``
 """
 
-from persona_spark.labeling.backends import CacheKey, label_schema, read_recording
+from persona_spark.labeling.base import KINDS, CacheKey, LabelCache, Labeler, MemoryCache, label_schema
+from persona_spark.labeling.batch import OpenAIBatchLabeler
+from persona_spark.labeling.configured import labeler_from_config
+from persona_spark.labeling.embedding import EmbeddingLabeler
+from persona_spark.labeling.openai_chat import OpenAILabeler
+from persona_spark.labeling.recorded import RecordedLabeler, read_recording
 from persona_spark.labeling.runner import (
-    KINDS,
     DryRunEstimate,
-    LabelCache,
     build_item_requests,
     build_user_histories,
     estimate_labeling,
     history_order,
     label_entities,
-    make_backend,
     select_entities,
     summarize,
     user_requests,
@@ -34,14 +38,20 @@ __all__ = [
     "KINDS",
     "CacheKey",
     "DryRunEstimate",
+    "EmbeddingLabeler",
     "LabelCache",
+    "Labeler",
+    "MemoryCache",
+    "OpenAIBatchLabeler",
+    "OpenAILabeler",
+    "RecordedLabeler",
     "build_item_requests",
     "build_user_histories",
     "estimate_labeling",
     "history_order",
     "label_entities",
     "label_schema",
-    "make_backend",
+    "labeler_from_config",
     "read_recording",
     "select_entities",
     "summarize",

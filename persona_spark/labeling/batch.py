@@ -1,4 +1,4 @@
-"""The OpenAI Batch API path (``labeling.backend: openai_batch``): half the price, nobody waits.
+"""``OpenAIBatchLabeler``: the OpenAI Batch API (``labeling.backend: openai_batch``), half the price, nobody waits.
 
 Requests become JSONL lines (``custom_id`` = entity id, history hash and a tag of model + prompt +
 persona-set version), rendered by Spark tasks and rolled on the driver into input files of at most
@@ -34,17 +34,20 @@ from pyspark.sql import functions as F
 
 from persona_spark import tables
 from persona_spark.tables import storage
-from persona_spark.config import BatchConf, OpenAIConf
-from persona_spark.labeling.backends import (
+from persona_spark.config import BatchConf, LabelingConf, OpenAIConf
+from persona_spark.labeling.base import (
+    BoundLabeler,
     CacheKey,
-    LabelBackend,
-    OpenAIWorker,
+    EntityKind,
+    LabelCache,
     entities_of,
     label_schema,
     make_row,
     rows_frame,
+    validated,
 )
 from persona_spark.labeling.client import CallResult, Secret, chat_body, completion_result
+from persona_spark.labeling.openai_chat import OpenAILabeler, OpenAIWorker
 from persona_spark.labeling.prompts import LabelPrompt, error_verdict
 from persona_spark.personas import PersonaSet
 from persona_spark.runtime.runs import new_run
@@ -410,25 +413,25 @@ class BatchRunner:
 
 
 # ---- the backend ------------------------------------------------------------------------------
-class BatchBackend(LabelBackend):
+class BoundBatchLabeler(BoundLabeler):
     """Users or items through the Batch API; commits each finished batch to the cache table itself."""
 
     paid = True
     batched = True
 
-    def __init__(self, conf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet, cache, kind: str,
-                 table: str):
-        self.conf = conf  # LabelingConf
-        self.key = CacheKey(conf.openai.model, prompt.version, persona_set.version)
-        self.worker = OpenAIWorker(conf.openai, api_key, prompt, id_col, self.key)
-        self.cache, self.kind, self.table = cache, kind, table  # cache: labeling.LabelCache
+    def __init__(self, conf: OpenAIConf, batch: BatchConf, api_key: Secret, prompt: LabelPrompt, id_col: str,
+                 persona_set: PersonaSet, cache: LabelCache, kind: str, table: str):
+        self.conf, self.batch = conf, batch
+        self.key = CacheKey(conf.model, prompt.version, persona_set.version)
+        self.worker = OpenAIWorker(conf, api_key, prompt, id_col, self.key)
+        self.cache, self.kind, self.table = cache, kind, table
         self.tag = cache_tag(self.key)
         self._runner = None
 
     @property
     def runner(self) -> BatchRunner:
         if self._runner is None:
-            self._runner = BatchRunner(BatchAPI(self.conf.openai, self.worker.api_key), BatchLedger(self.cache), self.conf.batch)
+            self._runner = BatchRunner(BatchAPI(self.conf, self.worker.api_key), BatchLedger(self.cache), self.batch)
         return self._runner
 
     def resume(self) -> int:
@@ -442,11 +445,11 @@ class BatchBackend(LabelBackend):
     def label_missing(self, todo: DataFrame) -> int:
         """Render, split, submit, wait, collect; returns the number of batches submitted."""
         run = new_run()[0]
-        folder = storage.join(self.conf.batch.dir, self.kind, run)
+        folder = storage.join(self.batch.dir, self.kind, run)
         rendered = storage.join(folder, "rendered")
         todo.mapInPandas(partial(render_partition, self.worker, self.tag), "value string").write.mode("overwrite").text(rendered)
         parts = [p for p in storage.list_files(rendered) if p.rsplit("/", 1)[-1].startswith("part-")]
-        files = roll_lines(parts, folder, self.conf.batch.max_lines, self.conf.batch.max_bytes)
+        files = roll_lines(parts, folder, self.batch.max_lines, self.batch.max_bytes)
         storage.remove_tree(rendered)
         submissions = self.runner.submit(files, self.kind, self.tag)
         self._collect(submissions)
@@ -468,6 +471,31 @@ class BatchBackend(LabelBackend):
             self.cache.append(self.table, rows)
             log.info("batch %s (%s): rows committed to %s", sub.batch_id, sub.state, self.table)
             self.runner.collected(sub)
+
+
+class OpenAIBatchLabeler(OpenAILabeler):
+    """``OpenAILabeler`` through the Batch API (half the price, answers within the completion window):
+    the keyword arguments are the fields of ``labeling.openai``, and ``batch`` those of
+    ``labeling.batch`` (a ``BatchConf`` or a dict)."""
+
+    backend = "openai_batch"
+
+    def __init__(self, batch: BatchConf | dict | None = None, **fields):
+        super().__init__(**fields)
+        if isinstance(batch, BatchConf):
+            self.batch = batch
+        else:
+            self.batch = validated(BatchConf, dict(batch or {}), f"{type(self).__name__} batch")
+
+    def changed(self) -> dict:
+        batch = self.batch.model_dump(exclude_defaults=True)
+        return {**super().changed(), **({"batch": batch} if batch else {})}
+
+    def bind(self, labeling: LabelingConf, persona_set: PersonaSet, kind: EntityKind, cache: LabelCache) -> BoundBatchLabeler:
+        prompt, key = self.prompt_and_key(labeling, persona_set, kind, cache)
+        if self.conf.users_per_request > 1:
+            raise ValueError("labeling.backend=openai_batch sends one entity per request line: set labeling.openai.users_per_request=1")
+        return BoundBatchLabeler(self.conf, self.batch, key, prompt, kind.id_col, persona_set, cache, kind.name, kind.table)
 
 
 # ---- driver-side calls (persona-set generation) -----------------------------------------------

@@ -15,68 +15,37 @@ import math
 import posixpath
 import threading
 import time
-from dataclasses import dataclass
 from functools import partial
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark import tables
 from persona_spark.tables import storage
 from persona_spark.config import LabelingConf, SelectionConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling import signals
-from persona_spark.labeling.backends import (
-    ITEM_EMBEDDINGS_SCHEMA,
-    EmbeddingBackend,
-    LabelBackend,
-    OpenAIBackend,
-    RecordedBackend,
+from persona_spark.labeling.base import (
+    KINDS,
+    BoundLabeler,
+    EntityKind,
+    LabelCache,
+    Labeler,
+    MemoryCache,
     entities_of,
     label_columns,
     label_schema,
-    read_recording,
 )
-from persona_spark.labeling.client import Secret, resolve_api_key
+from persona_spark.labeling.configured import labeler_from_config
 from persona_spark.labeling.pricing import cost_column, price_table, rates
-from persona_spark.labeling.prompts import HISTORY_ORDERS, LabelPrompt, load_template_file
-from persona_spark.labeling.ratelimit import job_budget_url
-from persona_spark.runtime.session import is_local_master
+from persona_spark.labeling.prompts import HISTORY_ORDERS, load_template_file
 from persona_spark.personas import PersonaSet
 from persona_spark.runtime.runs import new_run
 
 log = logging.getLogger(__name__)
 
 EXPECTED_PERSONAS_PER_ANSWER = 3  # for the expected (not maximal) completion size in estimates
-
-
-@dataclass(frozen=True)
-class EntityKind:
-    name: str  # user | item
-    id_col: str
-    table: str  # the cache table
-
-
-KINDS = {"user": EntityKind("user", "user_idx", tables.USER_LABELS),
-         "item": EntityKind("item", "item_idx", tables.ITEM_LABELS)}
-
-
-class LabelCache(Protocol):
-    """The cache tables as labeling sees them (the stages implement it over the run's tables): answers
-    paid for, item embeddings, the Batch API ledger. Nothing else is read or written from here."""
-
-    spark: object
-
-    def read(self, name: str) -> DataFrame | None:
-        """The table, or None before anything was cached in it."""
-
-    def append(self, name: str, rows: DataFrame) -> None:
-        """Commit ``rows`` in one append."""
-
-    def replace(self, name: str, rows: DataFrame) -> None:
-        """Overwrite the table with ``rows`` (materialized by the caller)."""
 
 
 class DryRunEstimate(Exception):
@@ -167,53 +136,6 @@ def check_requests(requests: DataFrame, kind: EntityKind) -> None:
         )
 
 
-# ---- backends ---------------------------------------------------------------------------------
-def make_backend(conf: LabelingConf, persona_set: PersonaSet, kind: str | EntityKind, cache: LabelCache,
-                 recording: DataFrame | None = None) -> LabelBackend:
-    """The configured labeler. A recorded backend replays ``recording`` (``<id>, persona_idx``: its
-    ``recorded.table`` as the caller read it); without one it reads its ``recorded.path`` file."""
-    kind = KINDS[kind] if isinstance(kind, str) else kind
-    if conf.backend == "embedding":
-        embeddings = cache.read(tables.ITEM_EMBEDDINGS)
-        return EmbeddingBackend(conf.embedding, persona_set, kind.id_col, conf.max_personas_per_answer,
-                                conf.max_name_chars,
-                                embeddings if embeddings is not None else cache.spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
-    if conf.backend == "recorded":
-        if recording is None:
-            if conf.recorded.table or not conf.recorded.path:
-                raise ValueError("labeling.backend=recorded needs labeling.recorded.path, or the rows of "
-                                 "labeling.recorded.table passed as recording")
-            recording = read_recording(cache.spark, conf.recorded.path, kind.id_col)
-        return RecordedBackend(conf.recorded, persona_set, kind.id_col, recording)
-    template = conf.user_prompt if kind.name == "user" else conf.item_prompt
-    prompt = LabelPrompt(template, persona_set, conf.max_personas_per_answer, conf.history_tokens, conf.max_name_chars)
-    if conf.openai.users_per_request > 1 and not prompt.multi:
-        raise ValueError(f"prompt template {template!r} labels one {kind.name} per request: set labeling.openai.users_per_request=1")
-    if prompt.keyed and conf.openai.json_mode == "json_schema":
-        raise ValueError(f"prompt template {template!r} answers keyed by id, which a fixed JSON schema cannot "
-                         "describe: set labeling.openai.json_mode to json_object or off")
-    # A dry run only renders prompts to count tokens: pricing a run must not require its key.
-    key = Secret("") if conf.dry_run else resolve_api_key(conf.openai, cache.spark)
-    if conf.backend == "openai_batch":
-        from persona_spark.labeling.batch import BatchBackend
-
-        if conf.openai.users_per_request > 1:
-            raise ValueError("labeling.backend=openai_batch sends one entity per request line: set labeling.openai.users_per_request=1")
-        return BatchBackend(conf, key, prompt, kind.id_col, persona_set, cache, kind.name, kind.table)
-    budget_url = None
-    if (conf.openai.tokens_per_minute or conf.openai.requests_per_minute) and not conf.dry_run:
-        budget_url = job_budget_url(conf.openai.tokens_per_minute, conf.openai.requests_per_minute,
-                                    conf.openai.base_url or "api.openai.com", driver_host(cache.spark))
-    return OpenAIBackend(conf.openai, key, prompt, kind.id_col, persona_set, budget_url)
-
-
-def driver_host(spark) -> str:
-    """Where the tasks reach the driver's budget server: loopback in local mode, else spark.driver.host."""
-    if is_local_master(spark):
-        return "127.0.0.1"
-    return spark.conf.get("spark.driver.host", "127.0.0.1")
-
-
 # ---- cache ------------------------------------------------------------------------------------
 LEDGER_COLUMNS = {"cached_prompt_tokens": "int", "channel": "string"}  # upgrade_cache_table adds them
 
@@ -231,11 +153,11 @@ def upgrade_cache_table(cache: LabelCache, kind: EntityKind) -> None:
     cache.replace(kind.table, upgraded.select(*label_columns(kind.id_col)).localCheckpoint())
     log.info("%s: added the columns %s", kind.table, sorted(LEDGER_COLUMNS))
 
-def cached_rows(cache: LabelCache, kind: EntityKind, backend: LabelBackend) -> DataFrame | None:
+def cached_rows(cache: LabelCache, kind: EntityKind, bound: BoundLabeler) -> DataFrame | None:
     table = cache.read(kind.table)
     if table is None:
         return None
-    key = backend.key
+    key = bound.key
     return table.filter(
         (F.col("model") == key.model)
         & (F.col("prompt_version") == key.prompt_version)
@@ -243,9 +165,9 @@ def cached_rows(cache: LabelCache, kind: EntityKind, backend: LabelBackend) -> D
     )
 
 
-def missing_requests(requests: DataFrame, cache: LabelCache, kind: EntityKind, backend: LabelBackend,
+def missing_requests(requests: DataFrame, cache: LabelCache, kind: EntityKind, bound: BoundLabeler,
                      retry_errors: bool) -> DataFrame:
-    cached = cached_rows(cache, kind, backend)
+    cached = cached_rows(cache, kind, bound)
     if cached is None:
         return requests
     if retry_errors:
@@ -342,56 +264,62 @@ class Progress:
 
 # ---- the loop ---------------------------------------------------------------------------------
 def label_entities(
-    cache: LabelCache,
+    cache: LabelCache | None,
     requests: DataFrame,
     persona_set: PersonaSet,
-    conf: LabelingConf,
+    conf: LabelingConf | None = None,
     kind: str = "user",
-    backend: LabelBackend | None = None,
+    labeler: Labeler | None = None,
 ) -> DataFrame:
     """Label every requested entity that the cache does not answer yet; return one row per request.
 
     ``requests``: ``<user_idx|item_idx>, history, history_hash`` (``build_user_histories`` /
     ``build_item_requests``, filtered to the entities wanted). Rows with status 'unrepresentable'
     or 'error' are returned too, so the caller decides what counts towards its budget.
+    ``labeler``: who answers (default: the one ``conf`` names); ``conf``: prompts, chunks, journal and
+    retries (default: the defaults); ``cache``: where answers are kept, ``None`` for a ``MemoryCache``
+    that lives as long as this call.
     """
     entity = KINDS[kind]
     check_requests(requests, entity)
-    backend = backend or make_backend(conf, persona_set, entity, cache)
+    conf = LabelingConf() if conf is None else conf
+    cache = MemoryCache(requests.sparkSession) if cache is None else cache
+    labeler = labeler_from_config(conf) if labeler is None else labeler
+    bound = labeler.bind(conf, persona_set, entity, cache)
     if conf.dry_run:
-        raise DryRunEstimate(estimate_labeling(cache, requests, conf, entity, backend))
+        raise DryRunEstimate(estimate_labeling(cache, requests, conf, entity, labeler, bound))
     upgrade_cache_table(cache, entity)
-    if getattr(backend, "batched", False):
+    if getattr(bound, "batched", False):
         # Batches an earlier run submitted are collected before anything new is asked.
-        backend.resume()
-        missing = missing_requests(requests, cache, entity, backend, conf.retry_errors)
+        bound.resume()
+        missing = missing_requests(requests, cache, entity, bound, conf.retry_errors)
         if not missing.isEmpty():
-            backend.label_missing(missing)
-        return best_rows(cached_rows(cache, entity, backend).join(requests.select(entity.id_col, "history_hash"), [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
-    if backend.paid:
+            bound.label_missing(missing)
+        return best_rows(cached_rows(cache, entity, bound).join(requests.select(entity.id_col, "history_hash"), [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
+    if bound.paid:
         recover_journal(cache, entity, conf.journal_dir)
-    missing = missing_requests(requests, cache, entity, backend, conf.retry_errors)
+    missing = missing_requests(requests, cache, entity, bound, conf.retry_errors)
     total = missing.count()
     n_chunks = max(1, math.ceil(total / conf.chunk_size))
     run_id = new_run()[0]  # UTC, sorts by time, unique: names this run's journal folders
     progress = Progress(entity.name, total, conf.progress_interval_s)
-    log.info("labeling %d %ss with %s (%s) in %d chunk(s)", total, entity.name, backend.key.model, backend.key.prompt_version, n_chunks if total else 0)
+    log.info("labeling %d %ss with %s (%s) in %d chunk(s)", total, entity.name, bound.key.model, bound.key.prompt_version, n_chunks if total else 0)
     chunk_of = F.pmod(F.xxhash64(entity.id_col, "history_hash"), F.lit(n_chunks))
     for chunk in range(n_chunks if total else 0):
         # Re-checked against the cache per chunk: rows committed meanwhile are never sent again.
-        todo = missing_requests(requests.filter(chunk_of == chunk), cache, entity, backend, conf.retry_errors)
-        folder = journal_io.chunk_dir(conf.journal_dir, entity.name, run_id, chunk) if backend.paid else None
+        todo = missing_requests(requests.filter(chunk_of == chunk), cache, entity, bound, conf.retry_errors)
+        folder = journal_io.chunk_dir(conf.journal_dir, entity.name, run_id, chunk) if bound.paid else None
         if folder is not None:
             progress.watch(folder)
-        labels = backend.label(todo, folder)
-        for table, rows in backend.cache_rows().items():  # e.g. the item embeddings this chunk made
+        labels = bound.label(todo, folder)
+        for table, rows in bound.cache_rows().items():  # e.g. the item embeddings this chunk made
             cache.append(table, rows)
         cache.append(entity.table, labels)
         log.info("%s labels: chunk %d/%d committed to %s", entity.name, chunk + 1, n_chunks, entity.table)
         progress.chunk_done()
         if folder is not None:
             journal_io.remove(folder)
-    result = cached_rows(cache, entity, backend)
+    result = cached_rows(cache, entity, bound)
     wanted = requests.select(entity.id_col, "history_hash")
     return best_rows(result.join(wanted, [entity.id_col, "history_hash"], "left_semi"), entity.id_col)
 
@@ -410,18 +338,18 @@ def estimate_partition(worker, id_col: str, batches: Iterator[pd.DataFrame]) -> 
         )
 
 
-def estimate_labeling(cache: LabelCache, requests: DataFrame, conf: LabelingConf, kind: EntityKind,
-                      backend: LabelBackend) -> dict:
+def estimate_labeling(cache: LabelCache, requests: DataFrame, conf: LabelingConf, kind: EntityKind, labeler: Labeler,
+                      bound: BoundLabeler) -> dict:
     """Entities the cache lacks and, for a paid backend, the tokens and cost of labeling them,
     measured on the real prompts (chars/4) in a Spark job, priced both synchronously and through
     the Batch API, and scaled to 1 M entities."""
-    missing = missing_requests(requests, cache, kind, backend, conf.retry_errors)
-    estimate = {"backend": conf.backend, "model": backend.key.model, "prompt_version": backend.key.prompt_version}
-    if not backend.paid:
+    missing = missing_requests(requests, cache, kind, bound, conf.retry_errors)
+    estimate = {"backend": labeler.backend, "model": bound.key.model, "prompt_version": bound.key.prompt_version}
+    if not bound.paid:
         return {**estimate, "entities": missing.count(), "requests": 0, "prompt_tokens": 0, "cost_max_usd": 0.0}
     columns = ("entities", "requests", "prompt_tokens", "completion_tokens_max", "cacheable_prompt_tokens")
     totals = missing.mapInPandas(
-        partial(estimate_partition, backend.worker, kind.id_col), ", ".join(f"{c} long" for c in columns)
+        partial(estimate_partition, bound.worker, kind.id_col), ", ".join(f"{c} long" for c in columns)
     ).agg(*[F.sum(c).alias(c) for c in columns]).first()
     totals = {k: int(totals[k] or 0) for k in columns}
     # An answer is about this many tokens per entity: JSON keys plus a few persona names.
@@ -432,13 +360,13 @@ def estimate_labeling(cache: LabelCache, requests: DataFrame, conf: LabelingConf
     totals.pop("cacheable_prompt_tokens")
     estimate.update(totals, completion_tokens_expected=expected_completion, cached_prompt_tokens_expected=cached,
                     cacheable_prefix_tokens=int(per_request_prefix))
-    channel = "batch" if conf.backend == "openai_batch" else "sync"
+    channel = "batch" if labeler.backend == "openai_batch" else "sync"
     per_entity = 1_000_000 / max(totals["entities"], 1)
-    for name, r in (("sync", rates(conf.openai, "sync")), ("batch", rates(conf.openai, "batch"))):
+    for name, r in (("sync", rates(labeler.conf, "sync")), ("batch", rates(labeler.conf, "batch"))):
         cost = r.cost(totals["prompt_tokens"], cached, expected_completion)
         estimate[f"cost_{name}_usd"] = round(cost, 4)
         estimate[f"cost_{name}_per_1m_{kind.name}s_usd"] = round(cost * per_entity, 2) if totals["entities"] else 0.0
-    chosen = rates(conf.openai, channel)
+    chosen = rates(labeler.conf, channel)
     estimate["cost_expected_usd"] = estimate[f"cost_{channel}_usd"]
     estimate["cost_max_usd"] = round(chosen.cost(totals["prompt_tokens"], 0, totals["completion_tokens_max"]), 4)
     log.info("labeling estimate: %s", estimate)

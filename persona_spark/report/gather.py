@@ -21,7 +21,7 @@ from persona_spark.labeling.pricing import Rates, cost_column
 K_TOLERANCE = 0.05  # silhouette slack when the report picks the segmentation to show
 # ndcg@10, ndcg_at_10, ndcg_10 ... (but not val_ndcg_at_10: validation is not a test result)
 METRIC_COLUMN = re.compile(r"^(ndcg|f1|recall|precision|hr|hit|mrr|map)(?:@|_at_|_)(\d+)$", re.IGNORECASE)
-EMBEDDING_LABELER_MODEL = "all-MiniLM-L6-v2"  # the offline labeler's model (labeling.backends.EMBEDDING_MODEL)
+EMBEDDING_LABELER_MODEL = "all-MiniLM-L6-v2"  # the offline labeler's model (labeling.embedding.EMBEDDING_MODEL)
 
 
 @dataclass(frozen=True)

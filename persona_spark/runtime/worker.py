@@ -22,11 +22,13 @@ def skip_zip_rereads_per_task() -> bool:
 
     Spark calls ``importlib.invalidate_caches()`` at the start of every Python task (pyspark's
     ``setup_spark_files``). On Python 3.10 and 3.11 that makes each zip importer reread its archive's
-    whole directory in pure Python (CPython gh-103200, made lazy in 3.12): here pyspark.zip, py4j, the
-    5,000-entry spark-core jar and every ``--packages`` jar, work every task pays again and a large share of a
-    small task's time. A worker's archives do not change while it lives (Spark adds each file once,
-    under a name of its own, and a newly added archive gets a new importer), so in a worker on those
-    versions the reread is skipped. Returns whether it was.
+    whole directory in pure Python (CPython gh-103200, made lazy in 3.12): pyspark.zip, py4j, the
+    5,000-entry spark-core jar and every ``--packages`` jar, on every task. A worker's archives do not
+    change while it lives (Spark adds each file once, under a name of its own, and a newly added archive
+    gets a new importer), so in a worker on those versions the reread is skipped. The package's import
+    calls this, so it takes effect in every worker that runs a task of this package's code; in the driver,
+    and on other Python versions, it changes nothing. ``benchmarks/worker_zip_cache.py`` measures what a
+    task saves. Returns whether the reread is skipped.
     """
     if not (_EAGER_ZIP_INVALIDATION and in_spark_worker()):
         return False

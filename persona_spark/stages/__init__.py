@@ -1,7 +1,8 @@
 """Stage functions: the edge where tables are read, a library call is made, tables are written.
 
-Each stage is ``fn(cfg, store) -> summary dict``; the CLI, ``jobs/*.py`` and the Databricks bundle
-call exactly the functions in ``STAGES``. One module per domain (``sources``, ``labeling``, ``gplr``,
+Each stage is ``fn(ctx) -> summary dict`` over one :class:`RunContext` (config, session, tables, persona
+set, built once per run); the CLI, ``jobs/*.py``, the notebooks and the Databricks bundle call exactly the
+functions in ``STAGES``, through ``RunContext.run``. One module per domain (``sources``, ``labeling``, ``gplr``,
 ``segments``, ``evaluate``, ``recommend``, ``report``, ``demo``); table names come from
 ``persona_spark.tables``. The library modules they call stay pure ``DataFrame -> DataFrame``:
 reading and writing (label caches included) happen here.
@@ -9,7 +10,7 @@ reading and writing (label caches included) happen here.
 
 from __future__ import annotations
 
-from persona_spark.stages.common import Stage
+from persona_spark.stages.context import STAGES, RunContext, Stage
 from persona_spark.stages.demo import DEMO_STAGES, demo
 from persona_spark.stages.evaluate import evaluate_stage
 from persona_spark.stages.gplr import affinity_stage, audience_stage, gplr_stage, record_refresh
@@ -19,7 +20,7 @@ from persona_spark.stages.report import report_stage
 from persona_spark.stages.segments import robustness_stage, segment_stage
 from persona_spark.stages.sources import build_graph_stage, generate, ingest_stage, load_paper_split
 
-STAGES: dict[str, Stage] = {
+STAGES.update({
     "generate": generate,
     "ingest": ingest_stage,
     "build-graph": build_graph_stage,
@@ -38,6 +39,6 @@ STAGES: dict[str, Stage] = {
     "cold-start": cold_start_stage,
     "audience": audience_stage,
     "demo": demo,
-}
+})
 
-__all__ = ["DEMO_STAGES", "RECOMMEND_RUNS_SCHEMA", "STAGES", "Stage", "ingest_stage", "record_refresh"]
+__all__ = ["DEMO_STAGES", "RECOMMEND_RUNS_SCHEMA", "STAGES", "RunContext", "Stage", "ingest_stage", "record_refresh"]

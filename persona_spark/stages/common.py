@@ -1,9 +1,8 @@
-"""What every stage module shares: the run's persona names, pinning intermediates, slice writes."""
+"""What every stage module shares: the run's persona names, stored tiles, slice writes."""
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -11,12 +10,9 @@ from pyspark.sql import functions as F
 from persona_spark import tables
 from persona_spark.runtime.runs import changed_rows
 from persona_spark.affinity import AffinityGraph
-from persona_spark.runtime.checkpoint import checkpoint, ensure_checkpoint_dir
-from persona_spark.config import Config
 from persona_spark.tables.store import TableStore
-from persona_spark.personas import load_persona_set
+from persona_spark.stages.context import RunContext
 
-Stage = Callable[[Config, TableStore], dict]
 log = logging.getLogger("persona_spark")
 
 
@@ -25,59 +21,43 @@ def locations(store: TableStore, *names: str) -> dict[str, str]:
     return {name: store.location(name) for name in names}
 
 
-def read_if_exists(store: TableStore, name: str) -> DataFrame | None:
-    return store.read_table(name) if store.exists(name) else None
-
-
 def train_edges(store: TableStore) -> DataFrame:
     """The edges personas propagate over (``split = 'train'``)."""
     return store.read_table(tables.EDGES).filter(F.col("split") == "train")
 
 
-def stored_train_graph(cfg: Config, store: TableStore, width: int, trace: list[dict] | None = None) -> AffinityGraph | None:
+def stored_train_graph(ctx: RunContext, width: int, trace: list[dict] | None = None) -> AffinityGraph | None:
     """build-graph's ``edge_tiles``, loaded, when they were cut from the current ``edges`` for this run's
     affinity settings and ``width`` personas (the caller releases it); else None, the reason logged,
     and the library cuts the tiles in the call."""
+    store = ctx.store
     if not store.exists(tables.EDGE_TILES):
         return None
     graph = AffinityGraph.from_table(store.read_table(tables.EDGE_TILES))
     current = store.version(tables.EDGES)
     reason = (f"they were cut from edges version {graph.edges_version}, edges is at version {current}"
-              if graph.edges_version != current else graph.mismatch(cfg.affinity, width))
+              if graph.edges_version != current else graph.mismatch(ctx.cfg.affinity, width))
     if reason:
         log.info("edge_tiles not used, the tiles are cut in this call: %s", reason)
         return None
     return graph.load(trace)
 
 
-def persona_names(cfg: Config, store: TableStore) -> DataFrame:
+def persona_names(ctx: RunContext) -> DataFrame:
     """``persona_idx, name`` of the run: its ``persona_set`` table, else the configured persona set."""
-    if store.exists(tables.PERSONA_SET):
-        return store.read_table(tables.PERSONA_SET).select("persona_idx", "name")
-    return load_persona_set(cfg.personas).to_dataframe(store.spark).select("persona_idx", "name")
+    if ctx.store.exists(tables.PERSONA_SET):
+        return ctx.store.read_table(tables.PERSONA_SET).select("persona_idx", "name")
+    return ctx.persona_set.to_dataframe(ctx.spark).select("persona_idx", "name")
 
 
-def prepare_checkpoints(cfg: Config, spark) -> None:
-    """Reliable checkpoints need a checkpoint directory: ``spark.checkpoint_dir`` unless one is set
-    (call before a library call that pins its intermediates)."""
-    if cfg.spark.checkpoint == "reliable":
-        ensure_checkpoint_dir(spark, cfg.spark.checkpoint_dir)
-
-
-def pin(cfg: Config, df: DataFrame) -> DataFrame:
-    """Materialize an intermediate result the way ``spark.checkpoint`` says (reliable: survives a lost executor)."""
-    prepare_checkpoints(cfg, df.sparkSession)
-    return checkpoint(df, cfg.spark.checkpoint)
-
-
-def write_slice(cfg: Config, store: TableStore, name: str, rows: DataFrame, where: dict[str, str],
-                keys: list[str]) -> bool:
+def write_slice(ctx: RunContext, name: str, rows: DataFrame, where: dict[str, str], keys: list[str]) -> bool:
     """Make ``rows`` the content of the slice ``where`` (column -> value) of table ``name``.
 
     A new slice is appended (Spark writes the files in parallel); an existing one is MERGEd as
     changed rows plus tombstones, so a rerun commits only what differs — nothing when nothing does.
     Returns whether anything was committed.
     """
+    store = ctx.store
     if not store.exists(name):
         store.write_table(rows, name)
         return True
@@ -87,7 +67,7 @@ def write_slice(cfg: Config, store: TableStore, name: str, rows: DataFrame, wher
     if existing.limit(1).count() == 0:
         store.write_table(rows, name, "append")
         return True
-    delta = pin(cfg, changed_rows(existing, rows, keys))  # pinned: the MERGE rewrites its source
+    delta = ctx.pin(changed_rows(existing, rows, keys))  # pinned: the MERGE rewrites its source
     if delta.limit(1).count() == 0:
         return False
     store.merge_table(delta, name, keys, delete_when="removed")

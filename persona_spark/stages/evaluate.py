@@ -6,18 +6,16 @@ from pyspark.sql import functions as F
 
 from persona_spark import evaluate, tables
 from persona_spark.runtime.runs import latest_runs, utc
-from persona_spark.config import Config
-from persona_spark.tables.store import TableStore
-from persona_spark.personas import load_persona_set
-from persona_spark.stages.common import pin
+from persona_spark.stages.context import RunContext
 
 
-def evaluate_stage(cfg: Config, store: TableStore) -> dict:
+def evaluate_stage(ctx: RunContext) -> dict:
     """Score ``personas`` against a reference table on users the run did not label; print table + JSON."""
+    cfg, store = ctx.cfg, ctx.store
     reference = store.read_table(cfg.evaluate.reference_table)
     if "user_idx" not in reference.columns:
         reference = reference.join(store.read_table(tables.USERS), "customer_id").select("user_idx", "persona_idx")
-    eval_users = pin(cfg, evaluate.evaluation_users(reference, store.read_table(tables.GPLR_PROTOTYPES)))
+    eval_users = ctx.pin(evaluate.evaluation_users(reference, store.read_table(tables.GPLR_PROTOTYPES)))
     personas = store.read_table(tables.PERSONAS)
     prototypes = personas.filter(F.col("source") == "llm")
     summary, per_persona = evaluate.evaluate_sets(personas, reference, eval_users)
@@ -34,7 +32,7 @@ def evaluate_stage(cfg: Config, store: TableStore) -> dict:
     per_persona.insert(0, "run_id", run_id)
     store.write_table(spark.createDataFrame(per_persona).withColumn("run_ts", run_ts), tables.EVALUATION_PER_PERSONA,
                       "append")
-    persona_set = load_persona_set(cfg.personas)
+    persona_set = ctx.persona_set
     per_persona["name"] = [persona_set.names[i] if i < len(persona_set) else str(i) for i in per_persona.persona_idx]
     print(per_persona[["persona_idx", "name", "actual", "predicted", "precision", "recall", "f1"]].to_string(
         index=False, float_format=lambda v: f"{v:.3f}"))

@@ -4,95 +4,99 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import refresh, tables
-from persona_spark.config import Config
-from persona_spark.tables.store import TableStore
-from persona_spark.personas import load_persona_set
+from persona_spark.graph import PurchaseGraph
+from persona_spark.refresh import RunHistory, RunPersonas
 from persona_spark.stages import cache
-from persona_spark.stages.common import (locations, persona_names, prepare_checkpoints, read_if_exists, stored_train_graph,
-                                         train_edges, write_slice)
-from persona_spark.stages.labeling import behaviour_source, label_conf_for, label_stage
+from persona_spark.stages.common import locations, persona_names, stored_train_graph, train_edges, write_slice
+from persona_spark.stages.context import RunContext
+from persona_spark.stages.labeling import behaviour_source, label_stage
 
 log = logging.getLogger("persona_spark")
 
 
-def gplr_stage(cfg: Config, store: TableStore) -> dict:
+def stored_graph(ctx: RunContext) -> PurchaseGraph:
+    """The run's ``users``, ``items`` and ``edges`` tables."""
+    return PurchaseGraph(*(ctx.store.read_table(t) for t in (tables.USERS, tables.ITEMS, tables.EDGES)))
+
+
+def run_history(ctx: RunContext) -> RunHistory:
+    """What earlier gplr runs left in the run's tables (None where a table does not exist yet)."""
+    return RunHistory(*(ctx.table(t) for t in (tables.GPLR_PROTOTYPES, tables.PERSONAS, tables.PERSONA_HISTORY,
+                                                tables.GPLR_RUNS, tables.PERSONA_REASONS)))
+
+
+def gplr_stage(ctx: RunContext) -> dict:
     """Run GPLR: LLM labels for a budget of users, personas propagated to everyone -> ``personas``,
     then the run's refresh record (:func:`record_refresh`).
 
     The summary's ``phases`` are seconds per phase, disjoint (the run's, then ``writes`` and ``refresh``)."""
     from persona_spark import gplr
 
-    persona_set = load_persona_set(cfg.personas)
-    users, items, edges = (store.read_table(t) for t in (tables.USERS, tables.ITEMS, tables.EDGES))
-    transactions = behaviour_source(cfg, store)
-    prepare_checkpoints(cfg, store.spark)
+    cfg, store, persona_set = ctx.cfg, ctx.store, ctx.persona_set
+    graph, earlier, transactions = stored_graph(ctx), run_history(ctx), behaviour_source(ctx)
+    labeler = cache.configured_labeler(cfg.labeling, store)
     if cfg.labeling.dry_run:
-        return gplr.estimate_run(users, items, edges, transactions, cfg.gplr, cfg.labeling,
-                                 lambda wanted, kind: label_stage(cfg, store, wanted, kind))
+        return gplr.estimate_run(graph, transactions, ctx.gplr_settings,
+                                 lambda wanted, kind: label_stage(ctx, wanted, kind, labeler))
 
     def label(requests: DataFrame, kind: str) -> DataFrame:
         """Labels through the run's caches: the library gets this callable, never the store."""
-        return cache.label_entities(store, requests, persona_set, label_conf_for(cfg, kind), kind)
+        return cache.label_entities(store, requests, persona_set, cfg.labeling, kind, labeler)
 
-    asked_before, personas_before = (read_if_exists(store, t) for t in (tables.GPLR_PROTOTYPES, tables.PERSONAS))
     started = time.perf_counter()
-    graph = stored_train_graph(cfg, store, len(persona_set))
-    loading = {"graph": round(time.perf_counter() - started, 3)} if graph is not None else {}  # else cut in the run
+    tiles = stored_train_graph(ctx, len(persona_set))
+    loading = {"graph": round(time.perf_counter() - started, 3)} if tiles is not None else {}  # else cut in the run
     try:
-        run = gplr.run_gplr(users, items, edges, transactions, asked_before, personas_before, persona_set, label,
-                            cfg.gplr, cfg.affinity, cfg.labeling, graph, cfg.spark.checkpoint)
+        run = gplr.run_gplr(graph, persona_set, label, ctx.gplr_settings, earlier, transactions, tiles)
     finally:
-        if graph is not None:
-            graph.release()
+        if tiles is not None:
+            tiles.release()
     started = time.perf_counter()
     store.merge_table(run.changed_personas, tables.PERSONAS, ["user_idx", "persona_idx"], delete_when="removed")
     store.write_table(run.prototypes, tables.GPLR_PROTOTYPES)
     store.write_table(run.record, tables.GPLR_RUNS, "append")
     writes = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
-    refreshed = record_refresh(cfg, store, run.personas, run.run, run.reliability)
+    refreshed = record_refresh(ctx, run.outcome, graph, earlier)
     phases = {**run.summary["phases"], **loading, "writes": writes, "refresh": round(time.perf_counter() - started, 3)}
-    summary = {**run.summary, "phases": phases, "edge_tiles": "loaded" if graph is not None else "cut in the run",
+    summary = {**run.summary, "phases": phases, "edge_tiles": "loaded" if tiles is not None else "cut in the run",
                "refresh": refreshed,
                "tables": locations(store, tables.PERSONAS, tables.PERSONA_HISTORY)}
     log.info("gplr: %s", summary)
     return summary
 
 
-def record_refresh(cfg: Config, store: TableStore, personas: DataFrame, run: tuple[str, datetime],
-                   reliability: list[dict]) -> dict:
+def record_refresh(ctx: RunContext, outcome: RunPersonas, graph: PurchaseGraph | None = None,
+                   earlier: RunHistory | None = None) -> dict:
     """What one gplr run leaves for the people who consume it: ``persona_history`` (one MERGE),
     ``persona_transitions`` and ``persona_flows`` against the previous run, ``persona_catalog``,
-    ``persona_reasons`` and ``persona_calibration``. Applying the same run again changes nothing."""
-    prepare_checkpoints(cfg, store.spark)
-    record = refresh.record_run(
-        personas, run, reliability, users=store.read_table(tables.USERS), items=store.read_table(tables.ITEMS),
-        edges=store.read_table(tables.EDGES), names=persona_names(cfg, store),
-        persona_set=load_persona_set(cfg.personas), history=read_if_exists(store, tables.PERSONA_HISTORY),
-        runs=store.read_table(tables.GPLR_RUNS), reasons_table=read_if_exists(store, tables.PERSONA_REASONS),
-        conf=cfg.refresh, affinity_conf=cfg.affinity, checkpoint_mode=cfg.spark.checkpoint)
-    by_run, to_run = {"run_id": run[0]}, {"to_run_id": run[0]}
+    ``persona_reasons`` and ``persona_calibration``. ``graph`` and ``earlier``: the run's tables as the
+    gplr stage read them before the run (None: read now). Applying the same run again changes nothing."""
+    cfg, store = ctx.cfg, ctx.store
+    graph, earlier = graph or stored_graph(ctx), earlier or run_history(ctx)
+    record = refresh.record_run(outcome, graph, persona_names(ctx), ctx.persona_set, earlier, cfg.refresh,
+                                cfg.affinity, ctx.checkpoint_mode)
+    run_id = outcome.run[0]
+    by_run, to_run = {"run_id": run_id}, {"to_run_id": run_id}
     if record.history is not None:
         store.merge_table(record.history, tables.PERSONA_HISTORY, refresh.HISTORY_KEYS)
     if record.transitions is not None:
-        write_slice(cfg, store, tables.PERSONA_TRANSITIONS, record.transitions, to_run, ["to_run_id", "persona_idx"])
-        write_slice(cfg, store, tables.PERSONA_FLOWS, record.flows, to_run,
+        write_slice(ctx, tables.PERSONA_TRANSITIONS, record.transitions, to_run, ["to_run_id", "persona_idx"])
+        write_slice(ctx, tables.PERSONA_FLOWS, record.flows, to_run,
                     ["to_run_id", "from_persona_idx", "to_persona_idx"])
-    write_slice(cfg, store, tables.PERSONA_CATALOG, record.catalog, by_run, ["run_id", "persona_idx"])
+    write_slice(ctx, tables.PERSONA_CATALOG, record.catalog, by_run, ["run_id", "persona_idx"])
     if record.calibration is not None:
-        write_slice(cfg, store, tables.PERSONA_CALIBRATION, record.calibration, by_run, ["run_id", "bin"])
+        write_slice(ctx, tables.PERSONA_CALIBRATION, record.calibration, by_run, ["run_id", "bin"])
     if record.reasons is not None:
         store.write_table(record.reasons, tables.PERSONA_REASONS)
     return record.summary
 
 
-def affinity_stage(cfg: Config, store: TableStore) -> dict:
+def affinity_stage(ctx: RunContext) -> dict:
     """Ψ from ``prototype_labels`` (user_idx, persona_idx (, weight)) over the train edges → ``affinity``.
 
     ``affinity`` is long: ``user_idx int, persona_idx int, score double``, non-zero scores only
@@ -101,16 +105,16 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
     """
     from persona_spark import affinity as affinity_lib
 
+    cfg, store = ctx.cfg, ctx.store
     if not store.exists(tables.PROTOTYPE_LABELS):
         raise ValueError(f"affinity: table prototype_labels (user_idx, persona_idx[, weight]) not found under "
                          f"{store.location(tables.PROTOTYPE_LABELS)}")
     conf = cfg.affinity
-    prepare_checkpoints(cfg, store.spark)
     started = time.perf_counter()
-    n_personas = persona_names(cfg, store).count()
+    n_personas = persona_names(ctx).count()
     prototypes = affinity_lib.prototype_labels(store.read_table(tables.PROTOTYPE_LABELS), n_personas, conf.beta)
     trace: list[dict] = []
-    graph = stored_train_graph(cfg, store, n_personas, trace)
+    graph = stored_train_graph(ctx, n_personas, trace)
     try:
         scores = affinity_lib.compute_affinity(graph or train_edges(store), prototypes, n_personas, conf, trace,
                                                cfg.spark.checkpoint)
@@ -129,21 +133,21 @@ def affinity_stage(cfg: Config, store: TableStore) -> dict:
     return summary
 
 
-def audience_stage(cfg: Config, store: TableStore) -> dict:
+def audience_stage(ctx: RunContext) -> dict:
     """Customers matching persona queries (audience.name + audience.query, or audience.defined) -> audience_members, audience_changes."""
     from persona_spark import audience as audience_lib
 
-    prepare_checkpoints(cfg, store.spark)
-    runs, personas, users, stored = (read_if_exists(store, t) for t in (tables.GPLR_RUNS, tables.PERSONAS, tables.USERS,
-                                                                         tables.AUDIENCE_MEMBERS))
-    built = audience_lib.build_audiences(cfg.audience, load_persona_set(cfg.personas), runs, personas, users, stored,
-                                         cfg.spark.checkpoint)
+    cfg, store = ctx.cfg, ctx.store
+    runs, personas, users, stored = (ctx.table(t) for t in (tables.GPLR_RUNS, tables.PERSONAS, tables.USERS,
+                                                             tables.AUDIENCE_MEMBERS))
+    built = audience_lib.build_audiences(cfg.audience, ctx.persona_set, runs, personas, users, stored,
+                                         ctx.checkpoint_mode)
     done = {}
     for audience in built.audiences:
         spec = audience.spec
         keys, where = ["audience", "run_id", "user_idx"], {"audience": spec.name, "run_id": built.run_id}
-        write_slice(cfg, store, tables.AUDIENCE_MEMBERS, audience.members, where, keys)
-        write_slice(cfg, store, tables.AUDIENCE_CHANGES, audience.changes, where, keys)
+        write_slice(ctx, tables.AUDIENCE_MEMBERS, audience.members, where, keys)
+        write_slice(ctx, tables.AUDIENCE_CHANGES, audience.changes, where, keys)
         exported = None
         if spec.export_path:
             exported = spec.export_path.format(audience=spec.name, run_id=built.run_id, root=cfg.root)

@@ -9,9 +9,8 @@ from pyspark.sql import functions as F
 from persona_spark import tables
 from persona_spark.runtime.runs import new_run
 from persona_spark.tables import storage
-from persona_spark.config import Config
-from persona_spark.tables.store import TableStore
 from persona_spark.stages.common import persona_names
+from persona_spark.stages.context import RunContext
 
 log = logging.getLogger("persona_spark")
 
@@ -21,10 +20,11 @@ RECOMMEND_RUNS_SCHEMA = (
 )
 
 
-def export_stage(cfg: Config, store: TableStore) -> dict:
+def export_stage(ctx: RunContext) -> dict:
     """Write the recommender's directory (train/test edges, user/item personas, index maps) from tables."""
     from persona_spark.recommend import export
 
+    cfg, store = ctx.cfg, ctx.store
     conf = cfg.recommend.export
     spark = store.spark
     edges, users, items = (store.read_table(t) for t in (tables.EDGES, tables.USERS, tables.ITEMS))
@@ -34,7 +34,7 @@ def export_stage(cfg: Config, store: TableStore) -> dict:
     item_source = next((t for t in (tables.ITEM_LABELS, tables.REFERENCE_ITEM_PERSONAS) if store.exists(t)), None)
     item_personas = (export.item_persona_edges(store.read_table(item_source)) if item_source else
                      spark.createDataFrame([], "item_idx int, persona_idx int, weight float"))
-    names = persona_names(cfg, store)
+    names = persona_names(ctx)
     persona_names_in_order = tuple(r["name"] for r in names.orderBy("persona_idx").collect())
     bounds = {"users": users.agg(F.max("user_idx")).first()[0], "items": items.agg(F.max("item_idx")).first()[0]}
     parts = {
@@ -52,8 +52,9 @@ def export_stage(cfg: Config, store: TableStore) -> dict:
     return {"rows": counts, "item_personas_from": item_source, "export_dir": conf.dir}
 
 
-def train_stage(cfg: Config, store: TableStore) -> dict:
+def train_stage(ctx: RunContext) -> dict:
     """Train recommend.train.model for each of recommend.train.seeds on the export; metrics -> ``recommend_runs``."""
+    cfg, store = ctx.cfg, ctx.store
     try:
         from persona_spark.recommend.spectral import EigenCache
         from persona_spark.recommend.train import train
@@ -80,11 +81,12 @@ def train_stage(cfg: Config, store: TableStore) -> dict:
     return {"runs": summaries, "run_id": run_id, "model_dir": conf.model_dir, "table": store.location(tables.RECOMMEND_RUNS)}
 
 
-def cold_start_stage(cfg: Config, store: TableStore) -> dict:
+def cold_start_stage(ctx: RunContext) -> dict:
     """Items per persona and per new customer, customers per new item, from personas alone -> ``cold_start_recs``."""
     from persona_spark.recommend import coldstart_batch as batch
     from persona_spark.recommend.coldstart import ColdStartModel
 
+    cfg, store = ctx.cfg, ctx.store
     conf, trained, exported = cfg.recommend.cold_start, cfg.recommend.train, cfg.recommend.export
     spark = store.spark
     run_dir = storage.join(trained.model_dir, f"{trained.model}-seed{trained.seeds[0]}")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 
 from persona_spark import report as report_lib
-from persona_spark.config import Config
-from persona_spark.tables.store import TableStore
 from persona_spark.labeling.pricing import price_table
-from persona_spark.stages.common import persona_names, read_if_exists
+from persona_spark.stages.common import persona_names
+from persona_spark.stages.context import RunContext
 
 
-def report_stage(cfg: Config, store: TableStore) -> dict:
+def report_stage(ctx: RunContext) -> dict:
     """Render the HTML report (and its PNG figures) from whichever tables of the run exist."""
-    found = {name: read_if_exists(store, name) for name in report_lib.REPORT_TABLES}
-    names = {row["persona_idx"]: row["name"] for row in persona_names(cfg, store).collect()}
+    cfg = ctx.cfg
+    found = {name: ctx.table(name) for name in report_lib.REPORT_TABLES}
+    names = {row["persona_idx"]: row["name"] for row in persona_names(ctx).collect()}
     api_key = os.environ.get(cfg.labeling.openai.api_key_env)  # redacted from any error the page shows
     result = report_lib.build_report(found, cfg.report.path, names, cfg.report, price_table(cfg.labeling.openai),
                                      secrets=(api_key,))

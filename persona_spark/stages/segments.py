@@ -8,25 +8,24 @@ from pyspark.sql import functions as F
 
 from persona_spark import tables
 from persona_spark import segment as segment_lib
-from persona_spark.config import Config
 from persona_spark.runtime.frames import union_all
-from persona_spark.tables.store import TableStore
-from persona_spark.personas import load_persona_set
 from persona_spark.stages import cache
 from persona_spark.stages.common import locations, persona_names
+from persona_spark.stages.context import RunContext
 
 log = logging.getLogger("persona_spark")
 
 
-def segment_stage(cfg: Config, store: TableStore) -> dict:
+def segment_stage(ctx: RunContext) -> dict:
     """Segment customers on personas (and RFM when transactions exist): segments, silhouette, summary.
 
     ``segment.protocol`` picks the project's pipeline or the paper's Table 9 protocol (first six months,
     raw RFM values, Euclidean silhouette; see ``persona_spark.segment``)."""
+    cfg, store = ctx.cfg, ctx.store
     conf = cfg.segment
     paper = conf.protocol == "paper"
     personas = store.read_table(tables.PERSONAS)
-    names = persona_names(cfg, store)
+    names = persona_names(ctx)
     has_rfm = store.exists(tables.TRANSACTIONS) and store.exists(tables.USERS)
     if not has_rfm:
         log.info("segment: no transactions/users tables, so no RFM baseline")
@@ -76,11 +75,12 @@ def segment_stage(cfg: Config, store: TableStore) -> dict:
             "tables": locations(store, tables.SEGMENTS, tables.SEGMENT_POINTS, tables.SILHOUETTE, tables.SEGMENT_SUMMARY)}
 
 
-def robustness_stage(cfg: Config, store: TableStore) -> dict:
+def robustness_stage(ctx: RunContext) -> dict:
     """Count customers whose personas / RFM deciles stay the same from one period to the next; each period
     is labelled by the configured labeling backend (not cached in user_labels). ``segment.protocol``:
     project = the two halves of each customer's orders; paper = Table 8 (calendar half-years, a sample
     of ``segment.paper.robustness_customers`` active customers, the three most dominant personas)."""
+    cfg, store = ctx.cfg, ctx.store
     if cfg.labeling.dry_run:
         raise ValueError("robustness has no dry run: it labels each customer's two halves directly (not through "
                          "the cache); price it with label-users, or set segment.robustness_customers to a sample")
@@ -88,8 +88,9 @@ def robustness_stage(cfg: Config, store: TableStore) -> dict:
     transactions = store.read_table(tables.TRANSACTIONS)
     if conf.protocol == "project" and conf.robustness_customers is not None:
         transactions = segment_lib.sample_customers(transactions, conf.robustness_customers, conf.seed)
-    backend = cache.make_backend(cfg.labeling, load_persona_set(cfg.personas), "user", store)
-    labeler = segment_lib.period_labeler(backend.label, store.read_table(tables.USERS), store.read_table(tables.ITEMS))
+    bound = cache.bind_labeler(cache.configured_labeler(cfg.labeling, store), cfg.labeling, ctx.persona_set, "user",
+                               store)
+    labeler = segment_lib.period_labeler(bound.label, store.read_table(tables.USERS), store.read_table(tables.ITEMS))
     if conf.protocol == "paper":
         paper = conf.paper
         sample = segment_lib.PaperSample(paper.robustness_customers, paper.min_transactions, paper.transaction_unit,
@@ -99,6 +100,6 @@ def robustness_stage(cfg: Config, store: TableStore) -> dict:
     else:
         result = segment_lib.robustness(transactions, labeler, "customer_id", conf.rfm_buckets)
     store.write_table(result, tables.ROBUSTNESS)
-    cache.store_cache_rows(store, backend)  # e.g. item embeddings the halves needed
+    cache.store_cache_rows(store, bound)  # e.g. item embeddings the halves needed
     return {"robustness": [row.asDict() for row in store.read_table(tables.ROBUSTNESS).collect()],
             "table": store.location(tables.ROBUSTNESS)}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from persona_spark.config import load_config
-from persona_spark.stages import STAGES
+from persona_spark.stages import RunContext, STAGES
 from persona_spark.tables.store import TableStore
 from tests.conftest import REPO_ROOT, shared_path
 
@@ -30,20 +30,20 @@ def test_instacart_sample_from_ingest_to_report(spark, tmp_path):
         f"personas={personas}", "gplr.budget_users=10", "gplr.rounds=2", "segment.ks=[2,3]",
     ])
     store = TableStore(spark, cfg.tables)
-    ingested = STAGES["ingest"](cfg, store)
+    ingested = STAGES["ingest"](RunContext(cfg, store))
     assert ingested["rows_in"] == LINES and ingested["rows_kept"] > 0.7 * LINES
     assert store.read_table("transactions").filter("order_number IS NULL").count() == 0  # the sequence is kept
-    STAGES["build-graph"](cfg, store)
-    gplr = STAGES["gplr"](cfg, store)
+    STAGES["build-graph"](RunContext(cfg, store))
+    gplr = STAGES["gplr"](RunContext(cfg, store))
     assert gplr["persona_rows"].get("llm", 0) > 0
-    segmented = STAGES["segment"](cfg, store)
+    segmented = STAGES["segment"](RunContext(cfg, store))
     parts = {p["part"]: p for p in segmented["rfm_parts"]}
     assert parts["recency"]["computed"] and "order sequence" in parts["recency"]["source"]
     assert not parts["monetary"]["computed"]
     assert {r["representation"] for r in segmented["silhouette"]} == {"personas", "rfm"}
-    robust = {r["representation"]: r for r in STAGES["robustness"](cfg, store)["robustness"]}
+    robust = {r["representation"]: r for r in STAGES["robustness"](RunContext(cfg, store))["robustness"]}
     assert robust["rfm"]["users"] > 0
-    report = STAGES["report"](cfg, store)
+    report = STAGES["report"](RunContext(cfg, store))
     page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert report["sections"]["segments"] == report["sections"]["robustness"] == "ok"
     assert "offline embedding labeler" in page and "estimated cost" not in page

@@ -13,7 +13,8 @@ from datetime import datetime
 
 from persona_spark.config import load_config
 from persona_spark.labeling import journal as journal_io
-from persona_spark.stages import STAGES
+from persona_spark.stages import RunContext, STAGES
+from persona_spark.testing.openai_server import LoopbackChatServer, Reply, obedient, server_error
 from persona_spark.testing.openai_server import LoopbackChatServer, Reply, obedient, server_error
 from tests.conftest import SMALL_DATA_SPARK
 
@@ -90,7 +91,7 @@ def test_killed_run_resumes_without_paying_twice(spark, store, tmp_path, monkeyp
 
         server.responder = good
         cfg = load_config(overrides=args)
-        summary = STAGES["label-users"](cfg, store)
+        summary = STAGES["label-users"](RunContext(cfg, store))
 
     assert summary["entities"] == USERS and summary["ok"] == USERS and summary["error"] == 0
     assert len(server.answered_ids) == USERS and len(set(server.answered_ids)) == USERS  # nobody answered twice

@@ -60,6 +60,8 @@ def test_01_quick_start_runs_the_pipeline(quick_start):
     quality = ns["quality"].iloc[0]
     assert quality["micro_f1"] > quality["baseline_micro_f1"], "propagated personas beat the popularity baseline"
     assert len(ns["segments"]) == min(ns["cfg"].segment.ks)
+    customers = ns["store"].read_table("transactions").select("customer_id").distinct().count()
+    assert ns["quick"].personas.select("customer_id").distinct().count() == customers  # the API cell: everyone
 
 
 def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
@@ -83,12 +85,12 @@ def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
 @pytest.fixture(scope="module")
 def explored(quick_start, spark):
     """Notebook 03 after a second gplr run (other prototypes: drift to show), once for the module."""
-    from persona_spark.stages import STAGES
+    from persona_spark.stages import RunContext, STAGES
     from persona_spark.tables.store import TableStore
 
     cfg = quick_start["cfg"]
     next_month = cfg.model_copy(update={"gplr": cfg.gplr.model_copy(update={"seed": cfg.gplr.seed + 1})})
-    STAGES["gplr"](next_month, TableStore(spark, cfg.tables))
+    STAGES["gplr"](RunContext(next_month, TableStore(spark, cfg.tables)))
     return execute("03_explore_personas.py")
 
 

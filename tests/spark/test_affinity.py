@@ -28,7 +28,7 @@ from persona_spark.affinity.engine import Blocking, pack_vectors, state_row_byte
 from persona_spark.affinity.messages import aggregate_messages, message_affinity, sum_arrays
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, load_config
-from persona_spark.stages import STAGES
+from persona_spark.stages import STAGES, RunContext
 from persona_spark.stages.sources import write_edge_tiles
 from tests.affinity_world import small_graphs
 
@@ -400,7 +400,7 @@ def test_affinity_stage_uses_train_edges_and_writes_long_table(spark, store, gra
     store.write_table(spark.createDataFrame(labelled, "user_idx int, persona_idx int"), "prototype_labels")
 
     cfg = load_config(None, ["affinity.ell=2", "affinity.beta=1.0"])
-    summary = STAGES["affinity"](cfg, store)
+    summary = STAGES["affinity"](RunContext(cfg, store))
 
     # Independent L: unit weights, row-normalized, c_r = min Q / Q_r.
     marks = (labels > 0).astype(float)
@@ -422,10 +422,10 @@ def test_affinity_stage_uses_train_edges_and_writes_long_table(spark, store, gra
     assert "tiles" in [p["phase"] for p in summary["phases"]]  # no edge_tiles table: cut in the call
 
     # build-graph's tiles are used while they describe the current edges, and give the same Ψ.
-    assert write_edge_tiles(cfg, store)["edge_tiles"]["edges_version"] == store.version("edges")
-    stored = STAGES["affinity"](cfg, store)
+    assert write_edge_tiles(RunContext(cfg, store))["edge_tiles"]["edges_version"] == store.version("edges")
+    stored = STAGES["affinity"](RunContext(cfg, store))
     assert [p["phase"] for p in stored["phases"]][0] == "load tiles"
     assert "tiles" not in [p["phase"] for p in stored["phases"]]
     assert sorted(map(tuple, store.read_table("affinity").collect())) == rows
     store.write_table(edges.where("user_idx > 0"), "edges")  # a new edges version: the stored tiles are stale
-    assert "tiles" in [p["phase"] for p in STAGES["affinity"](cfg, store)["phases"]]
+    assert "tiles" in [p["phase"] for p in STAGES["affinity"](RunContext(cfg, store))["phases"]]

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from persona_spark import assignment, evaluate, gplr, sampling
 from persona_spark.config import load_config
-from persona_spark.stages import STAGES
+from persona_spark.stages import RunContext, STAGES
 from persona_spark.tables.store import TableStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def shop(spark, tmp_path_factory) -> Path:
     cfg = _demo_config(base)
     store = TableStore(spark, cfg.tables)
     for stage in ("generate", "ingest", "build-graph"):
-        STAGES[stage](cfg, store)
+        STAGES[stage](RunContext(cfg, store))
     return Path(cfg.tables.root)
 
 
@@ -117,7 +117,7 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store, drop_users=range(0, 120, 4), bad_users=range(1, 120, 4))
     started = time.perf_counter()
-    summary = STAGES["gplr"](cfg, store)
+    summary = STAGES["gplr"](RunContext(cfg, store))
     seconds = time.perf_counter() - started
     assert summary["edge_tiles"] == "loaded"  # build-graph's tiles, cut from the same edges version
     phases = summary["phases"]  # disjoint: none counted inside another ("graph": loading the tiles)
@@ -138,7 +138,7 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     assert propagated.select("user_idx").distinct().count() == 120 - asked.count()
     per_user = propagated.groupBy("user_idx").count().agg(F.min("count"), F.max("count")).first()
     assert per_user[0] >= 1 and per_user[1] <= cfg.gplr.max_personas_per_user
-    result = STAGES["evaluate"](cfg, store)
+    result = STAGES["evaluate"](RunContext(cfg, store))
     assert result["users"] == 120 - asked.count()
     assert result["micro_f1"] > result["baseline_micro_f1"]  # planted personas are recoverable
     run = store.read_table("gplr_runs").first()
@@ -157,7 +157,7 @@ def test_capped_assignment_fit_still_assigns_everyone_and_says_what_it_was_fitte
     cfg = _demo_config(tmp_path, "gplr.max_train_users=12", "gplr.min_train_per_persona=2")
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
-    summary = STAGES["gplr"](cfg, store)
+    summary = STAGES["gplr"](RunContext(cfg, store))
     fitted_on = summary["assignment_fitted_on"]
     assert fitted_on["capped"] and fitted_on["prototypes_used"] == 12 and fitted_on["prototypes_available"] == 30
     assert json.loads(store.read_table("gplr_runs").first().details)["model"]["fitted_on"] == fitted_on
@@ -177,7 +177,7 @@ def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, shop, tmp_path):
                        "gplr.rounds=3")
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
-    summary = STAGES["gplr"](cfg, store)
+    summary = STAGES["gplr"](RunContext(cfg, store))
     assert [r["sampling"] for r in summary["per_round"]] == ["random", "du", "du"]
     assert [r["answered"] for r in summary["per_round"]] == [10, 10, 10]  # τ/T users a round
     propagated = store.read_table("personas").filter("source = 'propagated'")
@@ -196,7 +196,7 @@ def test_dry_run_prices_the_budget_and_calls_nothing(spark, shop, tmp_path):
     cfg = _demo_config(tmp_path, "labeling.backend=openai", "labeling.openai.base_url=http://127.0.0.1:9/v1",
                        "labeling.dry_run=true", "gplr.item_signal=true")
     store = _prepare(cfg, spark, shop)
-    estimate = STAGES["gplr"](cfg, store)
+    estimate = STAGES["gplr"](RunContext(cfg, store))
     assert estimate["dry_run"] and estimate["budget"] == 30
     assert estimate["users"]["entities"] == 30 and estimate["items"]["entities"] == store.read_table("items").count()
     assert estimate["prompt_tokens"] == estimate["users"]["prompt_tokens"] + estimate["items"]["prompt_tokens"] > 0

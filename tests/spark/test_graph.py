@@ -166,7 +166,7 @@ def test_connected_components_of_a_long_path_and_known_pieces(spark):
 
 def test_build_graph_stage_reports_train_components(spark, tmp_path):
     from persona_spark.config import load_config
-    from persona_spark.stages import STAGES
+    from persona_spark.stages import RunContext, STAGES
     from persona_spark.tables.store import TableStore
 
     cfg = load_config(None, [f"tables.root={tmp_path / 'tables'}"])
@@ -175,9 +175,9 @@ def test_build_graph_stage_reports_train_components(spark, tmp_path):
     # two shops that share no customer and no product, one of them a single purchase
     rows = [(f"u{u}", f"o{u}", f"i{(u + k) % 5}", "x", 1, 1.0, t) for u in range(8) for k in range(3)]
     store.write_table(_tx(spark, rows + [("loner", "o-l", "j0", "y", 1, 1.0, t)]), "transactions")
-    summary = STAGES["build-graph"](cfg, store)
+    summary = STAGES["build-graph"](RunContext(cfg, store))
     train = store.read_table("edges").where("split = 'train'")
     assert summary["train_components"] == graph.component_summary(train)
     assert summary["train_components"]["components"] == 2 and summary["train_components"]["users_outside_largest"] == 1
     off = load_config(None, [f"tables.root={tmp_path / 'tables'}", "graph.components=false"])
-    assert "train_components" not in STAGES["build-graph"](off, store)
+    assert "train_components" not in STAGES["build-graph"](RunContext(off, store))

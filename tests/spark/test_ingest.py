@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 
 from persona_spark import ingest
 from persona_spark.config import load_config
-from persona_spark.stages import ingest_stage
+from persona_spark.stages import RunContext, ingest_stage
 from tests.conftest import shared_path
 
 RAW = "customer_id string, order_id string, item_id string, item_name string, quantity string, unit_price string, ts string"
@@ -96,7 +96,7 @@ def test_online_retail_sample_counts_per_reason(spark, tmp_path):
     from persona_spark.tables.store import TableStore
 
     store = TableStore(spark, cfg.tables)
-    summary = ingest_stage(cfg, store)
+    summary = ingest_stage(RunContext(cfg, store))
     expected = _expected_online_retail_counts(csv)
     assert summary["rows_in"] == expected["rows"] == 40_000
     assert summary["rows_kept"] == expected["kept"]
@@ -119,7 +119,7 @@ def test_instacart_sample_joins_names(spark, tmp_path):
     from persona_spark.tables.store import TableStore
 
     store = TableStore(spark, cfg.tables)
-    summary = ingest_stage(cfg, store)
+    summary = ingest_stage(RunContext(cfg, store))
     assert summary["rows_in"] == 150_000
     assert summary["rows_kept"] + summary["rows_quarantined"] == 150_000
     # ~84 % of lines resolve to a product name (dataset README); the rest are quarantined, not lost.

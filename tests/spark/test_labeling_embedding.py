@@ -10,8 +10,10 @@ from pyspark.sql import functions as F
 
 from persona_spark.config import Config, EmbeddingLabelConf, LabelingConf
 from persona_spark.labeling import build_user_histories
-from persona_spark.labeling.backends import ITEM_EMBEDDINGS_SCHEMA, EmbeddingBackend
-from persona_spark.stages import STAGES
+from persona_spark.stages import RunContext, STAGES
+from persona_spark.config import Config, EmbeddingLabelConf, LabelingConf
+from persona_spark.labeling import build_user_histories
+from persona_spark.labeling.embedding import ITEM_EMBEDDINGS_SCHEMA, BoundEmbeddingLabeler
 from persona_spark.stages.cache import label_entities
 
 ITEMS = ["Dry dog food 10kg", "Cat litter 5l", "Tomato seeds", "Organic loose leaf green tea", "Whey protein 1kg",
@@ -56,8 +58,8 @@ def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, persona
     second call with the same items embeds nothing again."""
     conf = LabelingConf.model_validate({"embedding": {"partitions": 1}})
     edges, items = graph(spark, PURCHASES)
-    backend = EmbeddingBackend(conf.embedding, personas, "user_idx", conf.max_personas_per_answer,
-                               conf.max_name_chars, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
+    backend = BoundEmbeddingLabeler(conf.embedding, personas, "user_idx", conf.max_personas_per_answer, conf.max_name_chars,
+                               spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
     requests = build_user_histories(edges, items)
     first = {r["user_idx"]: r["personas"] for r in backend.label(requests).collect()}
     made = backend.cache_rows()
@@ -69,11 +71,11 @@ def test_embedding_backend_hands_back_the_item_embeddings_it_made(spark, persona
 
 def test_persona_vectors_are_embedded_once_per_driver_process(spark, personas, monkeypatch):
     """A second backend (each label call makes one) gets the persona vectors without a Spark job."""
-    from persona_spark.labeling import backends
+    from persona_spark.labeling import embedding
 
-    monkeypatch.setattr(backends, "_PERSONA_VECTORS", {})
+    monkeypatch.setattr(embedding, "_PERSONA_VECTORS", {})
     conf = EmbeddingLabelConf()
-    made = [EmbeddingBackend(conf, personas, "user_idx", 3, 80, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
+    made = [BoundEmbeddingLabeler(conf, personas, "user_idx", 3, 80, spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA))
             for _ in range(2)]
     sc = spark.sparkContext
     vectors = []
@@ -96,15 +98,15 @@ def test_label_stages_write_the_cache_tables(spark, store, personas):
     store.write_table(edges, "edges")
     store.write_table(items, "items")
     cfg = Config.model_validate({"labeling": {"embedding": {"partitions": 1}, "users": {"mode": "sample", "size": 2}}})
-    summary = STAGES["label-users"](cfg, store)
+    summary = STAGES["label-users"](RunContext(cfg, store))
     assert summary["entities"] == 2 and summary["ok"] + summary["unrepresentable"] == 2 and summary["prompt_tokens"] == 0
     assert store.read_table("user_labels").count() == 2
-    items_summary = STAGES["label-items"](cfg, store)
+    items_summary = STAGES["label-items"](RunContext(cfg, store))
     assert items_summary["entities"] == len(ITEMS) and items_summary["ok"] == len(ITEMS)
     item_rows = {r["item_idx"]: r for r in store.read_table("item_labels").collect()}
     assert item_rows[6]["personas"][0] == "Busy Parent" and item_rows[5]["personas"][0] == "Home Chef"
     assert store.read_table("item_embeddings").count() == len(ITEMS)  # each item embedded once
-    dry = STAGES["label-users"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), store)
+    dry = STAGES["label-users"](RunContext(cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), store))
     assert dry["dry_run"] is True and dry["entities"] == 0  # both sampled users are cached already
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from persona_spark.config import Config
 from persona_spark.personas import load_persona_set
-from persona_spark.stages import STAGES
+from persona_spark.stages import RunContext, STAGES
 from persona_spark.testing.openai_server import LoopbackChatServer, Reply, entity_ids
 
 KEY_ENV = "PS_LOOPBACK_KEY"
@@ -52,9 +52,9 @@ def test_generate_personas_writes_a_loadable_versioned_set(shop, tmp_path, monke
             "persona_generation": {"sample_users": 10, "histories_per_prompt": 4, "target_size": 3,
                                    "title": "test_shop", "output": str(tmp_path / "generated.yaml")},
         }})
-        dry = STAGES["generate-personas"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop)
+        dry = STAGES["generate-personas"](RunContext(cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop))
         assert dry["dry_run"] and dry["requests"] == 3 + 1 and dry["prompt_tokens"] > 0 and server.request_count == 0
-        summary = STAGES["generate-personas"](cfg, shop)
+        summary = STAGES["generate-personas"](RunContext(cfg, shop))
         asked = [entity_ids(b) for b in server.requests[:3]]
         batches = len(server.batches)
 
@@ -97,9 +97,9 @@ def test_paper_method_runs_app_b_three_steps(shop, tmp_path, monkeypatch):
             "backend": "openai", "user_prompt": "paper_v1",
             "openai": {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 2, "max_attempts": 1},
             "persona_generation": generate}})
-        dry = STAGES["generate-personas"](cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop)
+        dry = STAGES["generate-personas"](RunContext(cfg.model_copy(update={"labeling": cfg.labeling.model_copy(update={"dry_run": True})}), shop))
         assert dry["dry_run"] and dry["requests"] == 5 + 3 + 1 and dry["sample_users"] == 5 * 4 and server.request_count == 0
-        summary = STAGES["generate-personas"](cfg, shop)
+        summary = STAGES["generate-personas"](RunContext(cfg, shop))
         bodies = list(server.requests)
 
     step1 = [b for b in bodies if "deducing high-level consumer keywords" in b["messages"][0]["content"]]

@@ -19,9 +19,12 @@ from persona_spark.cli import main as cli_main
 from persona_spark.config import load_config
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.runs import changed_rows
-from persona_spark.stages import STAGES, record_refresh
+from persona_spark.stages import RunContext, STAGES, record_refresh
 from persona_spark.tables.store import TableStore
 from tests.spark.test_gplr import shop  # noqa: F401 (module fixture: the prepared demo shop)
+from persona_spark.config import RefreshConf, load_config
+from persona_spark.graph import PurchaseGraph
+from persona_spark.refresh import RunPersonas
 
 PET, BARGAIN, CHEF = 0, 1, 2
 RUNS = [("run-1", datetime(2026, 1, 1, 3, tzinfo=timezone.utc)),
@@ -76,13 +79,13 @@ class World:
         frame = spark.createDataFrame(rows, "user_idx int, persona_idx int, score double, rank int, source string, "
                                             "probability double")
         frame = refresh.with_percentile(frame).localCheckpoint()
-        summary = record_refresh(self.cfg, store, frame, RUNS[k], [])
+        summary = record_refresh(RunContext(self.cfg, store), RunPersonas(RUNS[k], frame))
         store.write_table(frame, "personas")  # after: a refused run leaves the tables as they were
         return summary
 
     def audience(self, **settings):
         audience = self.cfg.audience.model_copy(update={**AUDIENCE, "export_path": str(self.folder / "exports" / "{audience}" / "{run_id}"), **settings})
-        return STAGES["audience"](self.cfg.model_copy(update={"audience": audience}), self.store)
+        return STAGES["audience"](RunContext(self.cfg.model_copy(update={"audience": audience}), self.store))
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +241,7 @@ def test_audience_members_changes_and_export(world):
 def test_defined_audiences_run_when_none_is_given(world):
     defined = [{"name": "chefs", "query": "Home Chef"}, {"name": "deal_hunters", "query": "Bargain Hunter & !Pet Lover"}]
     cfg = world.cfg.model_copy(update={"audience": type(world.cfg.audience).model_validate({"defined": defined})})
-    done = STAGES["audience"](cfg, world.store)["audiences"]
+    done = STAGES["audience"](RunContext(cfg, world.store))["audiences"]
     assert {name: a["members"] for name, a in done.items()} == {"chefs": 2, "deal_hunters": 2}
 
 
@@ -282,11 +285,11 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
                        "audience.query=Pet Lover | Gardener & !Bargain Hunter", "report.path=" + str(tmp_path / "report" / "index.html"))
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
-    first = STAGES["gplr"](cfg, store)
+    first = STAGES["gplr"](RunContext(cfg, store))
     first_rows = _snapshot(store)
     assert first["rows_rewritten"] == store.read_table("personas").count()
     labels_before = store.read_table("user_labels").count()
-    STAGES["audience"](cfg, store)
+    STAGES["audience"](RunContext(cfg, store))
 
     # A month later: six customers buy again, three of them what others bought (their graph changes).
     t = store.read_table("transactions")
@@ -297,14 +300,14 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
              .withColumn("ts", F.col("ts") + F.expr("INTERVAL 30 DAYS")))
     batch_path = str(tmp_path / "batch2.parquet")
     batch.write.parquet(batch_path)
-    STAGES["ingest"](cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
-        update={"source": batch_path, "format": "parquet", "mode": "append"})}), store)
-    STAGES["build-graph"](cfg, store)
+    STAGES["ingest"](RunContext(cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
+        update={"source": batch_path, "format": "parquet", "mode": "append"})}), store))
+    STAGES["build-graph"](RunContext(cfg, store))
     _record_planted_labels(store)
     personas_version = store.version("personas")
-    second = STAGES["gplr"](cfg, store)
+    second = STAGES["gplr"](RunContext(cfg, store))
     second_rows = _snapshot(store)
-    STAGES["audience"](cfg, store)
+    STAGES["audience"](RunContext(cfg, store))
 
     assert second["per_round"][0]["sampling"] == "reused"
     reused = second["per_round"][0]["ok"]
@@ -380,10 +383,11 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
         assert batch_form == expected, kind
 
     versions = {t: store.version(t) for t in ("persona_history", "persona_transitions", "persona_catalog", "persona_reasons")}
-    record_refresh(cfg, store, personas, (second["run_id"], runs[second["run_id"]].astimezone(timezone.utc)), [])
+    record_refresh(RunContext(cfg, store), RunPersonas((second["run_id"], runs[second["run_id"]].astimezone(timezone.utc)),
+                                                       personas))
     assert {t: store.version(t) for t in versions} == versions  # the same run again: nothing committed
 
-    report = STAGES["report"](cfg, store)
+    report = STAGES["report"](RunContext(cfg, store))
     assert report["sections"]["drift"] == "ok" and report["sections"]["calibration"] == "ok"
     page = open(report["report"]).read()
     assert "changed their persona set" in page and "calibration error" in page
@@ -445,8 +449,8 @@ def test_reasons_match_brute_force_and_cut_traces_are_lower_bounds(spark, weight
         assert not listed or not rest or max(rest) <= listed[-1][1] * (1 + 1e-9), key
 
     def got(trace_items, trace_buyers):
-        frame = refresh.reasons(personas, edge_frame, items, users, "r", n_items=3, n_neighbours=3,
-                                trace_items=trace_items, trace_buyers=trace_buyers, weighted=weighted)
+        limits = RefreshConf(reason_items=3, reason_neighbours=3, trace_items=trace_items, trace_buyers=trace_buyers)
+        frame = refresh.reasons(personas, PurchaseGraph(users, items, edge_frame), "r", limits, weighted=weighted)
         return {(r.user_idx, r.persona_idx): r for r in frame.collect()}
 
     exact = got(1000, 1000)

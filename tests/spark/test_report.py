@@ -18,8 +18,9 @@ import pytest
 from persona_spark import report
 from persona_spark.config import Config, ReportConf
 from persona_spark.labeling import label_schema
-from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES
+from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, RunContext, STAGES
 from tests.persona_world import N_USERS, PERSONAS, frames, world, write_persona_set, write_world  # noqa: F401 (module fixtures)
+from tests.persona_world import N_USERS, PERSONAS, write_persona_set, write_world
 
 PRICES = (0.5, 2.0)  # USD per 1k prompt / completion tokens (synchronous)
 CACHED_PRICE = 0.1  # USD per 1k cached prompt tokens (synchronous)
@@ -103,8 +104,8 @@ def rendered(spark, frames, tmp_path_factory):
                 "batch_prices": dict(zip(("prompt", "cached_prompt", "completion"), BATCH_PRICES))}},
         }
     )
-    STAGES["segment"](cfg, store)
-    summary = STAGES["report"](cfg, store)
+    STAGES["segment"](RunContext(cfg, store))
+    summary = STAGES["report"](RunContext(cfg, store))
     return summary, (root / "report" / "index.html").read_text(encoding="utf-8")
 
 
@@ -160,7 +161,7 @@ def test_missing_tables_say_which_stage_to_run(frames, store, tmp_path):
     cfg = Config.model_validate(
         {"personas": str(write_persona_set(tmp_path / "p.yaml")), "report": {"path": str(tmp_path / "r" / "index.html")}}
     )
-    summary = STAGES["report"](cfg, store)
+    summary = STAGES["report"](RunContext(cfg, store))
     assert summary["sections"]["personas"] == "ok" and summary["sections"]["cooccurrence"] == "ok"
     assert {k for k, v in summary["sections"].items() if v == "missing"} == {
         "segments", "silhouette", "robustness", "quality", "recommendations", "labeling", "drift", "calibration"
@@ -208,7 +209,7 @@ def test_report_stage_redacts_the_configured_key_from_labeling_errors(spark, fra
     cfg = Config.model_validate({"personas": str(write_persona_set(tmp_path / "p.yaml")),
                                  "labeling": {"openai": {"api_key_env": "PERSONA_REPORT_TEST_KEY"}},
                                  "report": {"path": str(tmp_path / "r" / "index.html")}})
-    summary = STAGES["report"](cfg, store)
+    summary = STAGES["report"](RunContext(cfg, store))
     assert summary["sections"]["labeling"] == "ok"
     page = (tmp_path / "r" / "index.html").read_text()
     assert "Most frequent errors" in page and "401 Unauthorized: invalid key [redacted]" in page

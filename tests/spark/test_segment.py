@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from persona_spark import segment
 from persona_spark.config import Config
-from persona_spark.stages import STAGES
+from persona_spark.stages import STAGES, RunContext
 from tests.conftest import shared_path
 from tests.persona_world import COMBOS, N_USERS, PERSONAS, combo_of, frames, world, write_persona_set, write_world  # noqa: F401 (module fixtures)
 
@@ -186,7 +186,7 @@ def test_segment_and_robustness_stages_write_their_tables(store, frames, tmp_pat
             "labeling": {"embedding": {"partitions": 1}},
         }
     )
-    summary = STAGES["segment"](cfg, store)
+    summary = STAGES["segment"](RunContext(cfg, store))
     silhouettes = {(r["representation"], r["k"]): r["silhouette"] for r in summary["silhouette"]}
     assert set(silhouettes) == {("personas", 2), ("personas", 4), ("rfm", 2), ("rfm", 4)}
     assert silhouettes[("personas", 4)] == pytest.approx(1.0)  # four planted combinations, four points
@@ -199,7 +199,7 @@ def test_segment_and_robustness_stages_write_their_tables(store, frames, tmp_pat
     assert store.read_table("segment_points").filter("representation = 'personas'").count() == N_USERS
 
     # Robustness with the real offline labeler: customers buy from the same favourites in both halves.
-    result = {r["representation"]: r for r in STAGES["robustness"](cfg, store)["robustness"]}
+    result = {r["representation"]: r for r in STAGES["robustness"](RunContext(cfg, store))["robustness"]}
     assert result["rfm"]["users"] == 30  # the sample; every customer has at least two orders
     assert 0 < result["personas"]["users"] <= 30
     personas = result["personas"]
@@ -268,7 +268,7 @@ def test_segment_stage_on_a_source_without_timestamps_or_prices(spark, store, fr
     write_world(store, {**frames, "transactions": _sequence_only(spark, world)})
     cfg = Config.model_validate({"personas": str(write_persona_set(tmp_path / "tiny_shop.yaml")),
                                  "segment": {"ks": [2, 4], "seed": 1}})
-    summary = STAGES["segment"](cfg, store)
+    summary = STAGES["segment"](RunContext(cfg, store))
     assert {(r["representation"], r["k"]) for r in summary["silhouette"]} == {
         ("personas", 2), ("personas", 4), ("rfm", 2), ("rfm", 4)}
     parts = {r["part"]: r for r in store.read_table("rfm_parts").collect()}
@@ -460,13 +460,13 @@ def test_segment_and_robustness_stages_under_the_paper_protocol(store, frames, w
     )
     store.write_table(store.spark.createDataFrame([(u, list(combo_of(u))) for u in range(N_USERS)],
                                                   "user_idx int, persona_idx array<int>"), "recorded_labels")
-    summary = STAGES["segment"](cfg, store)
+    summary = STAGES["segment"](RunContext(cfg, store))
     silhouettes = {(r["representation"], r["k"]): r["silhouette"] for r in summary["silhouette"]}
     assert set(silhouettes) == {("personas", 2), ("personas", 4), ("rfm", 2), ("rfm", 4)}
     assert silhouettes[("personas", 4)] == pytest.approx(1.0)  # four combinations: four points, Euclidean too
     points = store.read_table("segment_points").toPandas()
     assert points.groupby("representation")["user_idx"].nunique().eq(N_USERS).all()  # all bought in months 1-6
 
-    result = {r["representation"]: r for r in STAGES["robustness"](cfg, store)["robustness"]}
+    result = {r["representation"]: r for r in STAGES["robustness"](RunContext(cfg, store))["robustness"]}
     for row in result.values():
         assert (row["users"], row["in_both_periods"], row["unchanged"]) == (30, 30, 30)

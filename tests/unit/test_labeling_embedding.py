@@ -9,7 +9,7 @@ import pytest
 
 from persona_spark.config import EmbeddingLabelConf
 from persona_spark.labeling import CacheKey
-from persona_spark.labeling.backends import EmbeddingScorer
+from persona_spark.labeling.embedding import EmbeddingScorer
 
 
 def scorer(personas, **rule):
@@ -40,7 +40,7 @@ def test_picking_rule_weights_threshold_cap_and_unrepresentable(personas):
 
 
 def test_hubness_correction_standardizes_each_persona_and_shrinks_small_catalogues():
-    from persona_spark.labeling.backends import hubness_correction
+    from persona_spark.labeling.embedding import hubness_correction
 
     rng = np.random.default_rng(0)
     sims = np.column_stack([rng.normal(0.5, 0.02, 500), rng.normal(0.1, 0.1, 500)])  # persona 0 is a hub

@@ -1,30 +1,18 @@
-"""Three labelers behind one interface: ``backend.label(requests) -> label rows``.
+"""``EmbeddingLabeler``: offline zero-shot labels, no API and no key.
 
-* ``OpenAIBackend`` — any OpenAI-compatible chat endpoint, called from ``mapInPandas``: each
-  partition runs one asyncio loop with ``concurrency`` requests in flight, so the total in flight
-  is ``concurrency x`` the partitions running at once (capped by ``partitions``).
-* ``EmbeddingBackend`` — offline zero-shot labels from all-MiniLM-L6-v2 similarities between
-  product names and persona descriptions, each persona's similarity standardized over the
-  catalogue (hubness), plus price / basket / cadence evidence for the personas whose descriptions
-  call for it (``persona_spark.labeling.signals``); the item embeddings it makes come back from
-  ``cache_rows()`` for the caller to keep in ``item_embeddings``.
-* ``RecordedBackend`` — replays labels an LLM gave earlier (e.g. the paper's GPT-4 labels), only
-  for the entities asked.
-
-Requests are rows ``<id>, history array<struct<item_idx, name, n, quantity>>, history_hash`` (see
-``persona_spark.labeling.runner``); every requested entity gets exactly one row back.
+all-MiniLM-L6-v2 similarities between product names and persona descriptions, each persona's
+similarity standardized over the catalogue (hubness), plus price / basket / cadence evidence for the
+personas whose descriptions call for it (``persona_spark.labeling.signals``). The item embeddings it
+makes come back from ``cache_rows()`` for the caller to keep in ``item_embeddings``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -33,223 +21,28 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import tables
-from persona_spark.config import EmbeddingLabelConf, OpenAIConf, RecordedConf
-from persona_spark.runtime.frames import require_columns, union_all
-from persona_spark.labeling import journal as journal_io
+from persona_spark.config import EmbeddingLabelConf, LabelingConf
 from persona_spark.labeling import signals
-from persona_spark.labeling.client import ChatClient, Secret
-from persona_spark.labeling.prompts import Entity, HistoryFormat, LabelPrompt, Verdict, error_verdict, estimate_tokens, sanitize_name
-from persona_spark.labeling.ratelimit import RemoteBudget
+from persona_spark.labeling.base import (
+    BoundLabeler,
+    CacheKey,
+    EntityKind,
+    LabelCache,
+    Labeler,
+    label_schema,
+    make_row,
+    rows_frame,
+)
+from persona_spark.labeling.prompts import Verdict, error_verdict, sanitize_name
 from persona_spark.personas import PersonaSet
+from persona_spark.runtime.frames import union_all
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 ITEM_EMBEDDINGS_SCHEMA = "item_idx int, text string, model string, embedding array<float>, ts timestamp"
-MAX_ANSWER_CHARS = 4000
 NO_EVIDENCE_SCORE = 1.0  # an embedding score (lift over the catalogue's mean vote) no better than any product's
 
-
-def label_schema(id_col: str) -> str:
-    return (
-        f"{id_col} int, personas array<string>, persona_idx array<int>, status string, error string, "
-        "model string, prompt_version string, persona_set_version string, history_hash string, "
-        "prompt_tokens int, completion_tokens int, latency_ms int, attempts int, answer string, ts timestamp, "
-        "cached_prompt_tokens int, channel string"
-    )
-
-
-def label_columns(id_col: str) -> list[str]:
-    return [part.split()[0] for part in label_schema(id_col).split(", ")]
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """What makes a cached answer reusable besides the entity and its history hash."""
-
-    model: str
-    prompt_version: str
-    persona_set_version: str
-
-
-def now_micros() -> int:
-    return time.time_ns() // 1000
-
-
-def make_row(id_col: str, entity_id: int, history_hash: str, key: CacheKey, verdict: Verdict, **extra) -> dict:
-    return {
-        id_col: int(entity_id),
-        "personas": list(verdict.personas),
-        "persona_idx": list(verdict.persona_idx),
-        "status": verdict.status,
-        "error": verdict.error,
-        "model": key.model,
-        "prompt_version": key.prompt_version,
-        "persona_set_version": key.persona_set_version,
-        "history_hash": history_hash,
-        "prompt_tokens": extra.get("prompt_tokens", 0),
-        "completion_tokens": extra.get("completion_tokens", 0),
-        "latency_ms": extra.get("latency_ms", 0),
-        "attempts": extra.get("attempts", 0),
-        "answer": extra.get("answer"),
-        "ts": extra.get("ts") or now_micros(),
-        "cached_prompt_tokens": extra.get("cached_prompt_tokens", 0),
-        "channel": extra.get("channel", "offline"),  # sync | batch: priced at its own rates; offline: no tokens
-    }
-
-
-def rows_frame(rows: list[dict], id_col: str) -> pd.DataFrame:
-    """Journal-style rows (ts in epoch microseconds) -> the pandas frame of ``label_schema``."""
-    frame = pd.DataFrame(rows, columns=label_columns(id_col))
-    frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="us", utc=True)
-    return frame
-
-
-def entities_of(pdf: pd.DataFrame, id_col: str, history_format: HistoryFormat) -> list[Entity]:
-    return [history_format.entity_of(int(i), history, h) for i, history, h in zip(pdf[id_col], pdf["history"], pdf["history_hash"])]
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """Token usage of a multi-entity request, shared so that the parts add up to the total."""
-    base, rest = divmod(total, parts)
-    return [base + (i < rest) for i in range(parts)]
-
-
-class LabelBackend:
-    """``paid`` backends get journaled chunks, a progress log and a cost estimate."""
-
-    paid = False
-    key: CacheKey
-
-    def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
-        raise NotImplementedError
-
-    def cache_rows(self) -> dict[str, DataFrame]:
-        """``{cache table: rows}`` the backend made for its own caches since the last call; the
-        caller stores them (the backend writes nothing)."""
-        return {}
-
-
-# ---- openai -----------------------------------------------------------------------------------
-@dataclass
-class OpenAIWorker:
-    """Everything a labeling task needs, pickled into the ``mapInPandas`` closure."""
-
-    conf: OpenAIConf
-    api_key: Secret
-    prompt: LabelPrompt
-    id_col: str
-    key: CacheKey
-    budget_url: str | None = None  # the driver's shared TPM/RPM budget (ratelimit.BudgetServer)
-
-    def requests_of(self, entities: list[Entity]) -> list[list[Entity]]:
-        size = max(1, self.conf.users_per_request)
-        return [entities[i : i + size] for i in range(0, len(entities), size)]
-
-    def request_sizes(self, entities: list[Entity]) -> list[tuple[int, int, int]]:
-        """(estimated prompt tokens, completion token bound, cacheable prefix tokens) of each request,
-        for dry runs. The prefix is every message but the last (persona list, rules, few-shot):
-        providers cache a repeated prefix of >= 1024 tokens, in 128-token blocks."""
-        sizes = []
-        for group in self.requests_of(entities):
-            tokens = [estimate_tokens(m["content"]) + 4 for m in self.prompt.messages(group)]
-            prefix = sum(tokens[:-1])
-            sizes.append((sum(tokens), self.conf.max_tokens, prefix // 128 * 128 if prefix >= 1024 else 0))
-        return sizes
-
-    async def label_group(self, client: ChatClient, group: list[Entity]) -> list[dict]:
-        """One chat request for ``group``; always returns one row per entity, never raises."""
-        ids = [e.id for e in group]
-        try:
-            messages = self.prompt.messages(group)
-            result = await client.complete(messages, self.prompt.response_format(self.conf.json_mode, len(group) > 1))
-            if result.content is None:
-                verdicts = {i: error_verdict(result.error) for i in ids}
-            else:
-                verdicts = self.prompt.parse(result.content, ids)
-                if result.error:  # e.g. cut at max_tokens: keep what validates, say why the rest failed
-                    verdicts = {i: error_verdict(f"{result.error}: {v.error}") if v.status == "error" else v for i, v in verdicts.items()}
-        except Exception as exc:  # noqa: BLE001 — a failed call must become a row, never a failed task
-            error = f"labeling failed: {type(exc).__name__}: {exc}"
-            return [make_row(self.id_col, e.id, e.history_hash, self.key, error_verdict(error)) for e in group]
-        prompt_shares = split_evenly(result.prompt_tokens, len(group))
-        completion_shares = split_evenly(result.completion_tokens, len(group))
-        cached_shares = split_evenly(result.cached_prompt_tokens, len(group))
-        answer = (result.content or "")[:MAX_ANSWER_CHARS] or None
-        ts = now_micros()
-        return [
-            make_row(
-                self.id_col, e.id, e.history_hash, self.key, verdicts[e.id],
-                prompt_tokens=p, completion_tokens=c, cached_prompt_tokens=k, latency_ms=result.latency_ms,
-                attempts=result.attempts, answer=answer, ts=ts, channel="sync",
-            )
-            for e, p, c, k in zip(group, prompt_shares, completion_shares, cached_shares)
-        ]
-
-    async def label_all(self, client: ChatClient, entities: list[Entity], journal: journal_io.JournalWriter | None) -> list[dict]:
-        groups = iter(self.requests_of(entities))
-        rows: list[dict] = []
-
-        async def worker() -> None:
-            for group in groups:  # one shared iterator: each group is taken by exactly one worker
-                group_rows = await self.label_group(client, group)
-                if journal is not None:
-                    journal.write(group_rows)  # before anything else can fail
-                rows.extend(group_rows)
-
-        await asyncio.gather(*(worker() for _ in range(max(1, self.conf.concurrency))))
-        return rows
-
-
-def label_partition(worker: OpenAIWorker, journal_folder: str | None, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """``mapInPandas`` body: one event loop and client per task; answers journaled as they arrive."""
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    partition, attempt = (context.partitionId(), context.attemptNumber()) if context else (0, 0)
-    earlier: dict[tuple[int, str], dict] = {}
-    journal = None
-    if journal_folder:
-        # A retried or speculative attempt reuses every answer already paid for in this chunk.
-        earlier = {(r[worker.id_col], r["history_hash"]): r for r in journal_io.read_rows(journal_io.journal_files(journal_folder))}
-        journal = journal_io.JournalWriter(journal_folder, partition, attempt)
-    loop = asyncio.new_event_loop()
-    client = None
-    try:
-        for pdf in batches:
-            entities = entities_of(pdf, worker.id_col, worker.prompt.format)
-            rows = [earlier[(e.id, e.history_hash)] for e in entities if (e.id, e.history_hash) in earlier]
-            fresh = [e for e in entities if (e.id, e.history_hash) not in earlier]
-            if fresh:
-                if client is None:
-                    budget = RemoteBudget(worker.budget_url) if worker.budget_url else None
-                    client = ChatClient(worker.conf, worker.api_key, connections=worker.conf.concurrency, budget=budget)
-                rows += loop.run_until_complete(worker.label_all(client, fresh, journal))
-            yield rows_frame(rows, worker.id_col)
-    finally:
-        if client is not None:
-            loop.run_until_complete(client.aclose())
-        loop.close()
-        if journal is not None:
-            journal.close()
-
-
-class OpenAIBackend(LabelBackend):
-    paid = True
-
-    def __init__(self, conf: OpenAIConf, api_key: Secret, prompt: LabelPrompt, id_col: str, persona_set: PersonaSet,
-                 budget_url: str | None = None):
-        self.conf = conf
-        self.key = CacheKey(conf.model, prompt.version, persona_set.version)
-        self.worker = OpenAIWorker(conf, api_key, prompt, id_col, self.key, budget_url)
-
-    def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
-        fn = partial(label_partition, self.worker, journal_folder)
-        return requests.repartition(self.conf.partitions).mapInPandas(fn, label_schema(self.worker.id_col))
-
-
-
-# ---- embedding --------------------------------------------------------------------------------
 _SENTENCE_MODEL = None
-# Persona texts -> their embeddings (|R| × 384), made once per driver process (EmbeddingBackend.persona_vectors).
+# Persona texts -> their embeddings (|R| × 384), made once per driver process (BoundEmbeddingLabeler.persona_vectors).
 _PERSONA_VECTORS: dict[tuple[str, ...], np.ndarray] = {}
 
 
@@ -425,7 +218,7 @@ class EmbeddingScorer:
             yield rows_frame(rows, self.id_col)
 
 
-class EmbeddingBackend(LabelBackend):
+class BoundEmbeddingLabeler(BoundLabeler):
     def __init__(self, conf: EmbeddingLabelConf, persona_set: PersonaSet, id_col: str, max_personas: int,
                  max_name_chars: int, embeddings: DataFrame):
         self.conf = conf
@@ -509,66 +302,17 @@ class EmbeddingBackend(LabelBackend):
         return requests.repartition(self.conf.partitions).mapInPandas(scorer, label_schema(self.id_col))
 
 
-# ---- recorded ---------------------------------------------------------------------------------
-class RecordedBackend(LabelBackend):
-    """Labels another model gave, joined to the asked entities only (so the budget stays honest)."""
+class EmbeddingLabeler(Labeler):
+    """Offline labels from sentence embeddings; the keyword arguments are the fields of
+    ``labeling.embedding`` (``EmbeddingLabeler(temperature=1.0, weight="log_quantity")``)."""
 
-    def __init__(self, conf: RecordedConf, persona_set: PersonaSet, id_col: str, recording: DataFrame):
-        """``recording``: ``<id_col>, persona_idx array<int>``, the rows of ``recorded.table`` or
-        ``read_recording(recorded.path)``."""
-        if not conf.path and not conf.table:
-            raise ValueError("labeling.backend=recorded needs labeling.recorded.path or labeling.recorded.table")
-        require_columns(recording, [id_col, "persona_idx"], f"recorded labels {conf.table or conf.path!r}")
-        self.conf = conf
-        self.id_col = id_col
-        self.persona_set = persona_set
-        self.recording = recording.select(F.col(id_col).cast("int"), F.col("persona_idx").cast("array<int>"))
-        source = Path(conf.path).stem if conf.path else conf.table
-        self.key = CacheKey(conf.model or f"recorded:{source}", "recorded", persona_set.version)
+    section = EmbeddingLabelConf
+    backend = "embedding"
 
-    def label(self, requests: DataFrame, journal_folder: str | None = None) -> DataFrame:
-        n = len(self.persona_set)
-        names = F.array(*[F.lit(name) for name in self.persona_set.names])
-        joined = requests.select(self.id_col, "history_hash").join(self.recording, self.id_col, "left")
-        idx = F.col("persona_idx")
-        out_of_range = F.exists(idx, lambda i: (i < 0) | (i >= n))
-        status = (
-            F.when(idx.isNull() | (F.size(idx) == 0), "unrepresentable").when(out_of_range, "error").otherwise("ok")
-        )
-        error = F.when(
-            out_of_range,
-            F.concat(F.lit(f"recorded persona index outside the persona set of {n}: "), F.array_join(idx, ",")),
-        )
-        ok = status == "ok"
-        return joined.select(
-            F.col(self.id_col).cast("int"),
-            F.when(ok, F.transform(idx, lambda i: F.element_at(names, i + 1))).otherwise(F.array().cast("array<string>")).alias("personas"),
-            F.when(ok, idx).otherwise(F.array().cast("array<int>")).alias("persona_idx"),
-            status.alias("status"),
-            error.alias("error"),
-            F.lit(self.key.model).alias("model"),
-            F.lit(self.key.prompt_version).alias("prompt_version"),
-            F.lit(self.key.persona_set_version).alias("persona_set_version"),
-            "history_hash",
-            F.lit(0).alias("prompt_tokens"),
-            F.lit(0).alias("completion_tokens"),
-            F.lit(0).alias("latency_ms"),
-            F.lit(0).alias("attempts"),
-            F.when(idx.isNull(), F.lit("not in the recording")).otherwise(F.to_json(idx)).alias("answer"),
-            F.current_timestamp().alias("ts"),
-            F.lit(0).alias("cached_prompt_tokens"),
-            F.lit("offline").alias("channel"),
-        )
-
-
-def read_recording(spark, path: str, id_col: str) -> DataFrame:
-    """A recording file ``{id: [persona_idx, ...]}`` (e.g. the paper's GPT-4 labels) as ``<id_col>, persona_idx``."""
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object {{id: [persona_idx, ...]}}")
-    rows = []
-    for key, value in data.items():
-        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-            raise ValueError(f"{path}: entry {key!r} must be a list of persona indices, got {value!r}")
-        rows.append((int(key), value))
-    return spark.createDataFrame(rows, f"{id_col} int, persona_idx array<int>")
+    def bind(self, labeling: LabelingConf, persona_set: PersonaSet, kind: EntityKind,
+             cache: LabelCache) -> BoundEmbeddingLabeler:
+        embeddings = cache.read(tables.ITEM_EMBEDDINGS)
+        if embeddings is None:
+            embeddings = cache.spark.createDataFrame([], ITEM_EMBEDDINGS_SCHEMA)
+        return BoundEmbeddingLabeler(self.conf, persona_set, kind.id_col, labeling.max_personas_per_answer, labeling.max_name_chars,
+                                     embeddings)
