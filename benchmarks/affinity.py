@@ -40,13 +40,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset
 from pyspark.sql import functions as F
+from results_file import RESULTS, append_results_to
 
 from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_graph, prototype_labels
 from persona_spark.affinity.messages import message_affinity
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, SparkConf
 from persona_spark.runtime.session import get_spark, is_connect
-from results_file import RESULTS, append_results_to
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if wanted("tiles_write") or wanted("spark_exact_stored"):
             report(prefix + "tiles_write", 0, 0.0, write_tiles)
         for ell in args.ell:
-            exact = (report("scipy_exact", ell, 0.0, lambda: (exact_affinity(u, i, L, ell, n_items=args.items), {}))
+            exact = (report("scipy_exact", ell, 0.0, lambda ell=ell: (exact_affinity(u, i, L, ell, n_items=args.items), {}))
                      if wanted("scipy_exact") else None)
             for run in range(args.repeat):
                 for engine, eps, stored, precision in (
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                        spark_run(AffinityConf(ell=ell, beta=args.beta), compute=message_affinity), exact,
                        (prefix + "spark_exact", prefix + "spark_exact_stored"))
             if args.rev_aff:
-                report("rev_aff", ell, args.eps, lambda: (rev_aff(u, i, L, ell, args.eps, n_items=args.items), {}), exact)
+                report("rev_aff", ell, args.eps, lambda ell=ell: (rev_aff(u, i, L, ell, args.eps, n_items=args.items), {}), exact)
         edges.unpersist()
     memory.stop()
     spark.stop()

@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recommend import BENCHMARK_DEFAULTS  # noqa: E402  (the settings both benchmarks share)
+from results_file import RESULTS, append_results_to
 
 from persona_spark.config import RecommendTrainConf, parse_override
 from persona_spark.recommend.coldstart import ColdStartModel, top_k_ranking
@@ -39,7 +40,6 @@ from persona_spark.recommend.data import csr, load_gplr_json
 from persona_spark.recommend.metrics import hit_matrix, summarize
 from persona_spark.recommend.spectral import EigenCache
 from persona_spark.recommend.train import train
-from results_file import RESULTS, append_results_to
 
 KS = (10, 50)
 REPORTED = ("ndcg@10", "f1@10", "recall@50")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(line), flush=True)
     verdict = {}
     for task in args.tasks:
-        mean = {method: {m: float(np.mean([l[m] for l in lines if l["task"] == task and l["method"] == method]))
+        mean = {method: {m: float(np.mean([rec[m] for rec in lines if rec["task"] == task and rec["method"] == method]))
                          for m in REPORTED} for method in METHODS[task]}
         headline = "ndcg@10" if task == "new_customers" else "recall@50"
         lifts = {method: round(mean[method][headline] / mean["popularity"][headline] - 1, 4) for method in METHODS[task][:2]}

@@ -22,24 +22,31 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from results_file import RESULTS, append_results_to
 
 from persona_spark import evaluate, labeling
-from persona_spark.config import (AffinityConf, EvaluateConf, GPLRConf, LabelingConf, RecordedConf, SparkConf, TablesConf,
-                                  load_config)
+from persona_spark.config import (
+    AffinityConf,
+    EvaluateConf,
+    GPLRConf,
+    LabelingConf,
+    RecordedConf,
+    SparkConf,
+    TablesConf,
+    load_config,
+)
 from persona_spark.gplr import GPLRLoop, GPLRSettings, item_vectors_from_labels
 from persona_spark.graph import load_gplr_split
-from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import label_entities
-from results_file import RESULTS, append_results_to
-
+from persona_spark.tables.store import TableStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

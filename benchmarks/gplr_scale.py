@@ -37,17 +37,17 @@ from pyspark.sql import functions as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from affinity import PeakMemory, add_graph_arguments, synthetic_edges  # noqa: E402  (the same generator as the affinity benchmark)
+from results_file import RESULTS, append_results_to  # noqa: E402
 
 from persona_spark import tables  # noqa: E402
 from persona_spark.config import load_config  # noqa: E402
 from persona_spark.graph import split_edges  # noqa: E402
-from persona_spark.tables.store import TableStore  # noqa: E402
-from persona_spark.testing.openai_server import LoopbackChatServer, obedient  # noqa: E402
 from persona_spark.personas import load_persona_set  # noqa: E402
 from persona_spark.runtime.session import get_spark  # noqa: E402
 from persona_spark.stages import RunContext, gplr_stage  # noqa: E402
 from persona_spark.stages.sources import write_edge_tiles  # noqa: E402
-from results_file import RESULTS, append_results_to  # noqa: E402
+from persona_spark.tables.store import TableStore  # noqa: E402
+from persona_spark.testing.openai_server import LoopbackChatServer, obedient  # noqa: E402
 
 KEY_ENV = "PS_BENCHMARK_KEY"
 

@@ -22,15 +22,15 @@ import tempfile
 import time
 
 from pyspark.sql import functions as F
+from results_file import RESULTS, append_results_to
 
 from persona_spark.config import DEFAULT_PERSONAS, LabelingConf, SparkConf, TablesConf
-from persona_spark.tables.store import TableStore
 from persona_spark.labeling import build_user_histories
-from persona_spark.testing.openai_server import LoopbackChatServer, obedient, with_rate_limits
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import label_entities
-from results_file import RESULTS, append_results_to
+from persona_spark.tables.store import TableStore
+from persona_spark.testing.openai_server import LoopbackChatServer, obedient, with_rate_limits
 
 KEY_ENV = "PS_BENCHMARK_KEY"
 

@@ -21,15 +21,14 @@ import sys
 import tempfile
 import time
 
-
 from persona_spark.config import DEFAULT_PERSONAS, LabelingConf, SparkConf, TablesConf
-from persona_spark.tables.store import TableStore
 from persona_spark.labeling import build_user_histories, summarize
-from persona_spark.testing.openai_server import BatchFaults, LoopbackChatServer, obedient, random_line_faults
 from persona_spark.labeling.pricing import rates
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
 from persona_spark.stages.cache import label_entities
+from persona_spark.tables.store import TableStore
+from persona_spark.testing.openai_server import BatchFaults, LoopbackChatServer, obedient, random_line_faults
 
 sys.path.insert(0, os.path.dirname(__file__))
 from labeling import KEY_ENV, synthetic_graph  # noqa: E402

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 from pyspark.sql import functions as F
+from results_file import RESULTS, append_results_to
 
 from persona_spark.config import load_config
-from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
-from persona_spark.stages import RunContext, STAGES
-from results_file import RESULTS, append_results_to
+from persona_spark.stages import STAGES, RunContext
+from persona_spark.tables.store import TableStore
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import RESULTS, append_results_to
 
 from persona_spark.config import RecommendTrainConf, parse_override
 from persona_spark.recommend.data import load_gplr_json, read_user_personas
 from persona_spark.recommend.models import MODELS, WITH_PERSONAS
 from persona_spark.recommend.spectral import EigenCache
 from persona_spark.recommend.train import train
-from results_file import RESULTS, append_results_to
 
 # Shared by both benchmarks. Sized so every model trains on a CPU machine (large batches: one spectral
 # propagation per batch dominates a step), not tuned: no setting is chosen on test.

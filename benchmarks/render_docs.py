@@ -60,8 +60,8 @@ def mean(values) -> float:
 def gplr_quality() -> list[str]:
     lines = load("gplr_quality")
     unique: dict[tuple, dict] = {}
-    for l in lines:  # the first line of a (budget, seed, method, sampling) stands; a rerun of it is the same
-        unique.setdefault((l["budget"], l["seed"], l["method"], l["settings"]["sampling"]), l)
+    for rec in lines:  # the first line of a (budget, seed, method, sampling) stands; a rerun of it is the same
+        unique.setdefault((rec["budget"], rec["seed"], rec["method"], rec["settings"]["sampling"]), rec)
     out = ["## GPLR quality on the paper's OnlineRetail split", "",
            "The authors' GPT-4 labels are replayed as the LLM (`recorded` backend); the users a run did not label "
            "are scored against their GPT-4 labels. `paper` is the faithful mode (`conf/paper.yaml`), `ours` the "
@@ -70,12 +70,12 @@ def gplr_quality() -> list[str]:
     rows, used = [], []
     for method, label in (("paper", "`paper` (T = 10 DU rounds, ℓ̂ = 1, β = 0.5, top-5 of Ψ)"),
                           ("ours", "`ours` (4 DU rounds, learned assignment, item signal, degree features)")):
-        runs = sorted((l for k, l in unique.items() if k[0] == 0.05 and k[2] == method and k[3] == "du"),
-                      key=lambda l: l["seed"])
+        runs = sorted((rec for k, rec in unique.items() if k[0] == 0.05 and k[2] == method and k[3] == "du"),
+                      key=lambda rec: rec["seed"])
         used += runs
-        rows.append([label, " / ".join(f3(l["micro_f1"]) for l in runs), f"**{f3(mean(l['micro_f1'] for l in runs))}**",
-                     f3(mean(l["macro_f1"] for l in runs)), f3(mean(l["baseline_micro_f1"] for l in runs)),
-                     f"{min(l['eval_users'] for l in runs):,}–{max(l['eval_users'] for l in runs):,}"])
+        rows.append([label, " / ".join(f3(rec["micro_f1"]) for rec in runs), f"**{f3(mean(rec['micro_f1'] for rec in runs))}**",
+                     f3(mean(rec["macro_f1"] for rec in runs)), f3(mean(rec["baseline_micro_f1"] for rec in runs)),
+                     f"{min(rec['eval_users'] for rec in runs):,}–{max(rec['eval_users'] for rec in runs):,}"])
     out += table(["5 %, seeds 0 / 1 / 2", "micro-F1", "mean", "macro-F1 (mean)", "popularity baseline (mean)",
                   "users scored"], rows)
     out += provenance(used, "gplr_quality")
@@ -98,13 +98,13 @@ def gplr_quality() -> list[str]:
     out += ["### Sampling: DU rounds against random users (`ours`, 5 %)", ""]
     rows, used = [], []
     for sampling, label in (("du", "DU rounds (default)"), ("random", "random")):
-        runs = sorted((l for k, l in unique.items() if k[0] == 0.05 and k[2] == "ours" and k[3] == sampling),
-                      key=lambda l: l["seed"])
+        runs = sorted((rec for k, rec in unique.items() if k[0] == 0.05 and k[2] == "ours" and k[3] == sampling),
+                      key=lambda rec: rec["seed"])
         used += runs
-        cv = [l["cv_micro_f1"] for l in runs]
-        degree = [l["asked_median_degree"] for l in runs]
-        rows.append([label, " / ".join(f3(l["micro_f1"]) for l in runs), f3(mean(l["micro_f1"] for l in runs)),
-                     f3(mean(l["macro_f1"] for l in runs)), f"{min(cv):.3f}–{max(cv):.3f}",
+        cv = [rec["cv_micro_f1"] for rec in runs]
+        degree = [rec["asked_median_degree"] for rec in runs]
+        rows.append([label, " / ".join(f3(rec["micro_f1"]) for rec in runs), f3(mean(rec["micro_f1"] for rec in runs)),
+                     f3(mean(rec["macro_f1"] for rec in runs)), f"{min(cv):.3f}–{max(cv):.3f}",
                      f"{min(degree)}–{max(degree)}"])
     out += table(["`ours` at 5 %, seeds 0 / 1 / 2", "micro-F1", "mean", "macro-F1 (mean)",
                   "cross-fitted micro-F1 on the prototypes", "median degree of the users asked"], rows)
@@ -118,20 +118,20 @@ def offline_labeler() -> list[str]:
            "evaluate against the planted personas) and on the Instacart sample (the 51 persona names without "
            "descriptions). "
            "See [labeling](concepts/labeling.md#the-offline-embedding-labeler).", ""]
-    demo = [l for l in lines if l["dataset"] == "demo_shop"]
+    demo = [rec for rec in lines if rec["dataset"] == "demo_shop"]
     rows = []
-    for l in demo:
-        weakest = min(l["recall_per_persona"], key=l["recall_per_persona"].get)
-        top = max(l["share_per_persona"], key=l["share_per_persona"].get)
-        rows.append([", ".join(f"`{o}`" for o in l["overrides"]) or "defaults", l["users"], f3(l["micro_f1"]),
-                     f3(l["precision"]), f3(l["recall"]), f3(l["baseline_micro_f1"]),
-                     f"{weakest} {l['recall_per_persona'][weakest]:.2f}",
-                     f"{top} {l['share_per_persona'][top]:.0%} (planted {l['planted_share_per_persona'][top]:.0%})"])
+    for rec in demo:
+        weakest = min(rec["recall_per_persona"], key=rec["recall_per_persona"].get)
+        top = max(rec["share_per_persona"], key=rec["share_per_persona"].get)
+        rows.append([", ".join(f"`{o}`" for o in rec["overrides"]) or "defaults", rec["users"], f3(rec["micro_f1"]),
+                     f3(rec["precision"]), f3(rec["recall"]), f3(rec["baseline_micro_f1"]),
+                     f"{weakest} {rec['recall_per_persona'][weakest]:.2f}",
+                     f"{top} {rec['share_per_persona'][top]:.0%} (planted {rec['planted_share_per_persona'][top]:.0%})"])
     out += table(["demo shop", "customers", "micro-F1", "precision", "recall", "popularity baseline",
                   "lowest recall", "most frequent persona"], rows)
-    instacart = [l for l in lines if l["dataset"] == "instacart_sample"]
+    instacart = [rec for rec in lines if rec["dataset"] == "instacart_sample"]
     out += table(["Instacart sample", "customers", "most frequent persona", "share of customers"],
-                 [["defaults", l["customers"], l["max_persona"], f"{l['max_persona_share']:.0%}"] for l in instacart])
+                 [["defaults", rec["customers"], rec["max_persona"], f"{rec['max_persona_share']:.0%}"] for rec in instacart])
     return out + provenance(lines, "offline_labeler")
 
 
@@ -152,43 +152,43 @@ def affinity() -> list[str]:
            f"({first['labelled_users']:,} labelled users, the paper's Instacart Full size), three runs of each Spark "
            "row in one process, median seconds. See [the affinity engine](concepts/affinity.md).", ""]
     runs: dict[tuple, list[dict]] = defaultdict(list)
-    for l in lines:
-        if l["engine"] != "tiles_write":
-            runs[(l["ell"], l["engine"])].append(l)
+    for rec in lines:
+        if rec["engine"] != "tiles_write":
+            runs[(rec["ell"], rec["engine"])].append(rec)
     rows = []
     for (ell, engine), group in sorted(runs.items(), key=lambda kv: (kv[0][0], list(AFFINITY_ENGINES).index(kv[0][1]))):
-        scipy = statistics.median(l["seconds"] for l in runs[(ell, "scipy_exact")])
-        median = statistics.median(l["seconds"] for l in group)
+        scipy = statistics.median(rec["seconds"] for rec in runs[(ell, "scipy_exact")])
+        median = statistics.median(rec["seconds"] for rec in group)
         exact = runs.get((ell, "spark_exact_stored"))
-        speedup = (f"{statistics.median(l['seconds'] for l in exact) / median:.2f}× faster"
+        speedup = (f"{statistics.median(rec['seconds'] for rec in exact) / median:.2f}× faster"
                    if engine == "spark_float32_stored" and exact else "")
-        rel = max((l.get("max_rel_err") or 0.0) for l in group)
-        rows.append([AFFINITY_ENGINES[engine], ell, ", ".join(f"{l['seconds']:.2f}" for l in group),
+        rel = max((rec.get("max_rel_err") or 0.0) for rec in group)
+        rows.append([AFFINITY_ENGINES[engine], ell, ", ".join(f"{rec['seconds']:.2f}" for rec in group),
                      f"**{median:.2f}**", "—" if engine == "scipy_exact" else f"{median / scipy:.2f}×",
                      speedup, "" if engine == "scipy_exact" else f"{rel:.1e}"])
     out += table(["engine", "ℓ̂", "seconds (runs)", "median", "vs scipy", "float32 vs exact", "max relative error"],
                  rows)
-    write = [l for l in lines if l["engine"] == "tiles_write"]
+    write = [rec for rec in lines if rec["engine"] == "tiles_write"]
     out += [f"Cutting and writing `edge_tiles` (what build-graph pays once per version of `edges`): "
             f"{write[0]['seconds']:.2f} s. Top-5 agreement with scipy: "
-            f"{min(l['top5_agreement'] for l in lines if 'top5_agreement' in l):.1f} on every Spark row.", ""]
+            f"{min(rec['top5_agreement'] for rec in lines if 'top5_agreement' in rec):.1f} on every Spark row.", ""]
     return out + provenance(lines, "affinity")
 
 
 def affinity_scale() -> list[str]:
-    lines = sorted(load("affinity_scale"), key=lambda l: l["edges"])
+    lines = sorted(load("affinity_scale"), key=lambda rec: rec["edges"])
     out = ["## Affinity at 100 M edges on one machine", "",
            "Exact ℓ̂ = 1 with a 64 MiB broadcast limit, so the larger hop states take the cogroup (shuffle) path; "
            "each row is the first run of its JVM.", ""]
     rows, previous = [], None
-    for l in lines:
+    for rec in lines:
         phases = ", ".join(f"{p['phase'].split(' (')[0]} {p['seconds']:.1f}"
                            + (f" ({p['path']})" if "path" in p else "")
-                           for p in l["phases"] if p["phase"] != "pack prototypes")
-        ratio = f"{l['seconds'] / previous['seconds']:.1f}×" if previous else "—"
-        rows.append([f"{l['edges'] / 1e6:.2f} M", f"{l['users']:,}", f"**{l['seconds']:.1f}**", ratio,
-                     f"{l['peak_rss_mb'] / 1024:.1f} GB", phases])
-        previous = l
+                           for p in rec["phases"] if p["phase"] != "pack prototypes")
+        ratio = f"{rec['seconds'] / previous['seconds']:.1f}×" if previous else "—"
+        rows.append([f"{rec['edges'] / 1e6:.2f} M", f"{rec['users']:,}", f"**{rec['seconds']:.1f}**", ratio,
+                     f"{rec['peak_rss_mb'] / 1024:.1f} GB", phases])
+        previous = rec
     out += table(["edges", "users", "seconds", "vs the size before", "peak RSS", "phases (s)"], rows)
     out += ["![seconds against edges](assets/affinity_scale.png)", "",
             "Drawn by `python benchmarks/plot_affinity_scale.py benchmarks/results/affinity_scale.jsonl --engine "
@@ -199,7 +199,7 @@ def affinity_scale() -> list[str]:
 def affinity_side_by_side() -> list[str]:
     out = ["## Affinity on Spark Connect and as DataFrame messages", ""]
     lines = load("affinity_connect")
-    rows = [[AFFINITY_ENGINES[l["engine"]], l["ell"], l["eps"], f"{l['seconds']:.1f}"] for l in lines]
+    rows = [[AFFINITY_ENGINES[rec["engine"]], rec["ell"], rec["eps"], f"{rec['seconds']:.1f}"] for rec in lines]
     out += ["Exact ℓ̂ = 1 at 13 M edges on the classic session and on a local Spark Connect server, run one after "
             "the other.", ""]
     out += table(["engine", "ℓ̂", "ε", "seconds"], rows) + provenance(lines, "affinity_connect")
@@ -208,9 +208,9 @@ def affinity_side_by_side() -> list[str]:
             "`aggregateMessages`, in plain DataFrames (it joins only the sender's side, so its time is a lower bound "
             "on GraphFrames').", ""]
     rows = []
-    for edges in sorted({l["edges"] for l in lines}):
-        for ell in sorted({l["ell"] for l in lines if l["edges"] == edges and l["ell"]}):
-            by = {l["engine"]: l for l in lines if l["edges"] == edges and l["ell"] == ell}
+    for edges in sorted({rec["edges"] for rec in lines}):
+        for ell in sorted({rec["ell"] for rec in lines if rec["edges"] == edges and rec["ell"]}):
+            by = {rec["engine"]: rec for rec in lines if rec["edges"] == edges and rec["ell"] == ell}
             if "dataframe_messages" not in by:
                 continue
             messages = by["dataframe_messages"]["seconds"]
@@ -224,7 +224,7 @@ def affinity_side_by_side() -> list[str]:
 
 def gplr_scale() -> list[str]:
     lines = load("gplr_scale")
-    run = next(l for l in lines if l.get("step") == "gplr")
+    run = next(rec for rec in lines if rec.get("step") == "gplr")
     phases = sorted(run["phases"].items(), key=lambda kv: -kv[1])
     out = ["## GPLR end to end at Instacart Full size", "",
            f"The `gplr` stage on {run['users']:,} users, {run['edges']:,} edges and {run['personas']} personas: a "
@@ -243,27 +243,27 @@ def gplr_scale() -> list[str]:
 
 def labeling() -> list[str]:
     lines = load("labeling")
-    plain = [l for l in lines if "tpm_limit" not in l]
-    tpm = [l for l in lines if "tpm_limit" in l]
+    plain = [rec for rec in lines if "tpm_limit" not in rec]
+    tpm = [rec for rec in lines if "tpm_limit" in rec]
     out = ["## Labeling throughput", "",
            "Against the loopback OpenAI-protocol server (200 ms per request). See "
            "[labeling and cost](concepts/labeling.md).", ""]
     out += table(["users", "users/s", "requests", "answered 429 and retried", "lost", "in flight"],
-                 [[f"{l['users']:,}", f"**{l['users_per_second']:.0f}**", f"{l['requests']:,}", f"{l['retries']:,}",
-                   l["lost"], f"{l['concurrency']} × {l['partitions']}"] for l in plain])
+                 [[f"{rec['users']:,}", f"**{rec['users_per_second']:.0f}**", f"{rec['requests']:,}", f"{rec['retries']:,}",
+                   rec["lost"], f"{rec['concurrency']} × {rec['partitions']}"] for rec in plain])
     out += table(["token-rate limit", "users", "minutes", "429 answers", "tokens/min admitted after the first minute",
                   "share of the limit", "lost"],
-                 [[f"{l['tpm_limit']:,} TPM", l["users"], l["run_minutes"], l["http_429"],
-                   f"{l['tokens_per_minute_after_first_minute']:,}", f"**{l['share_of_limit']:.0%}**", l["lost"]]
-                  for l in tpm])
+                 [[f"{rec['tpm_limit']:,} TPM", rec["users"], rec["run_minutes"], rec["http_429"],
+                   f"{rec['tokens_per_minute_after_first_minute']:,}", f"**{rec['share_of_limit']:.0%}**", rec["lost"]]
+                  for rec in tpm])
     out += provenance(lines, "labeling")
     lines = load("labeling_batch")
     out += ["### Batch API", "", "Scripted faults: 5 % of the lines missing, duplicated, malformed or failed.", ""]
     out += table(["users", "batches", "rows", "labels", "error rows (= faulty lines)", "lost", "submitted twice",
                   "cost at batch rates", "same tokens synchronously", "seconds"],
-                 [[f"{l['users']:,}", l["batches"], f"{l['rows']:,}", f"{l['ok']:,}", f"{l['error']:,}", l["lost"],
-                   l["lines_submitted_twice"], f"${l['cost_batch_usd']:.4f}", f"${l['cost_same_tokens_sync_usd']:.4f}",
-                   f"{l['seconds']:.0f}"] for l in lines])
+                 [[f"{rec['users']:,}", rec["batches"], f"{rec['rows']:,}", f"{rec['ok']:,}", f"{rec['error']:,}", rec["lost"],
+                   rec["lines_submitted_twice"], f"${rec['cost_batch_usd']:.4f}", f"${rec['cost_same_tokens_sync_usd']:.4f}",
+                   f"{rec['seconds']:.0f}"] for rec in lines])
     return out + provenance(lines, "labeling_batch")
 
 
@@ -275,7 +275,7 @@ RECOMMENDERS = [("mf", None, "MF (BPR)"), ("lightgcn", None, "LightGCN (3 layers
 
 def recommend() -> list[str]:
     lines = load("recommend")
-    summaries = {(l["summary"], l["personas"]): l for l in lines if "summary" in l}
+    summaries = {(rec["summary"], rec["personas"]): rec for rec in lines if "summary" in rec}
     out = ["## Recommender", "",
            "OnlineRetail split; dim 64, k = 128 eigenvectors, lr 0.01, batch 4096, at most 40 epochs, early stop on a "
            "validation split carved from the training edges, test scored once; mean ± std over seeds; nothing tuned. "
@@ -287,14 +287,14 @@ def recommend() -> list[str]:
             rows.append([label, s["seeds"], f"{s['ndcg@10_mean']:.4f} ± {s['ndcg@10_std']:.4f}",
                          f"{s['f1@10_mean']:.4f} ± {s['f1@10_std']:.4f}", f"{s['seconds_mean']:.0f}"])
     out += table(["model", "seeds", "NDCG@10", "F1@10", "s / run"], rows)
-    targets = next(l for l in lines if l.get("targets"))
+    targets = next(rec for rec in lines if rec.get("targets"))
     out += [f"LGCN3 / LGCN on NDCG@10: **{targets['targets']['lgcn3_over_lgcn']:.2f}**; personas from a 5 % GPLR run "
             f"keep {targets['targets']['gplr5_gain_kept']:.0%} of that gain. The first command below (six "
             f"configurations × three seeds, eigen solves included) took {targets['total_seconds'] / 60:.1f} min on "
             "the CPU.", ""]
     out += provenance(lines, "recommend")
     lines = load("cold_start")
-    summary = next(l["summary"] for l in lines if "summary" in l)
+    summary = next(rec["summary"] for rec in lines if "summary" in rec)
     out += ["### Cold start", "",
             "10 % of users / items held out with all their edges, 3 seeds. New customers are ranked from their "
             "personas alone; new items are ranked to customers from their persona tags.", ""]
@@ -316,10 +316,10 @@ def segmentation() -> list[str]:
            "(Table 9). See [segments and the report](guides/segments-and-report.md).", ""]
     groups: dict[tuple, dict[int, float]] = defaultdict(dict)
     users = {}
-    for l in lines:
-        key = (l["protocol"], l["representation"], l.get("labels") or "")
-        groups[key][l["k"]] = l["silhouette"]
-        users[key] = l["users"]
+    for rec in lines:
+        key = (rec["protocol"], rec["representation"], rec.get("labels") or "")
+        groups[key][rec["k"]] = rec["silhouette"]
+        users[key] = rec["users"]
     rows = []
     for (protocol, representation, labels), by_k in groups.items():
         what = representation + (f", {'GPT-4 labels' if labels == 'gpt4' else 'offline labeler'}" if labels else "")
@@ -332,8 +332,8 @@ def segmentation() -> list[str]:
     lines = load("robustness")
     out += ["### Robustness", "", "Customers whose personas (or RFM deciles) stay the same between two periods.", ""]
     out += table(["protocol", "representation", "customers", "in both periods", "unchanged", "share"],
-                 [[l["protocol"], l["representation"], f"{l['users']:,}", f"{l.get('in_both_periods', '')}",
-                   l["unchanged"], f"{l['share_unchanged']:.1%}"] for l in lines])
+                 [[rec["protocol"], rec["representation"], f"{rec['users']:,}", f"{rec.get('in_both_periods', '')}",
+                   rec["unchanged"], f"{rec['share_unchanged']:.1%}"] for rec in lines])
     out += ["The paper reports 54 of 300 (18 %) for GPT-4-Turbo personas and 4 of 300 (1.3 %) for RFM.", ""]
     return out + provenance(lines, "robustness")
 

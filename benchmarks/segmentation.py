@@ -37,16 +37,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from results_file import RESULTS, append_results_to
 
 from persona_spark import segment
 from persona_spark.config import LabelingConf, SparkConf, TablesConf
 from persona_spark.graph import build_graph, load_gplr_split
 from persona_spark.labeling import EmbeddingLabeler
-from persona_spark.tables.store import TableStore
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
-from results_file import RESULTS, append_results_to
 from persona_spark.stages.cache import bind_labeler
+from persona_spark.tables.store import TableStore
 
 
 def raw_transactions(spark, csv: Path):

@@ -103,8 +103,8 @@ def main() -> None:
             spark.stop()
             print(json.dumps(line), flush=True)
             lines.append(line)
-    per_task = {v: statistics.median(l["per_task_s"] for l in lines if l["variant"] == v) for v in VARIANTS}
-    invalidate = {v: statistics.median(l["invalidate_caches_median_s"] for l in lines if l["variant"] == v)
+    per_task = {v: statistics.median(rec["per_task_s"] for rec in lines if rec["variant"] == v) for v in VARIANTS}
+    invalidate = {v: statistics.median(rec["invalidate_caches_median_s"] for rec in lines if rec["variant"] == v)
                   for v in VARIANTS}
     summary = {"benchmark": "worker_zip_cache", "summary": True, "tasks": args.tasks, "repeats": args.repeats,
                "per_task_s_with_fix": per_task["with_fix"], "per_task_s_without_fix": per_task["without_fix"],

@@ -23,8 +23,8 @@ import os
 
 import persona_spark as ps
 from persona_spark import labeling
-from persona_spark.testing.openai_server import LoopbackChatServer, keyword_responder
 from persona_spark.notebook import open_run, show, widget
+from persona_spark.testing.openai_server import LoopbackChatServer, keyword_responder
 
 dbutils = globals().get("dbutils")
 ctx = open_run(dbutils)  # a ps.RunContext

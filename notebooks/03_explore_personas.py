@@ -12,10 +12,10 @@
 import matplotlib.pyplot as plt
 from pyspark.sql import functions as F
 
-from persona_spark import explore
-from persona_spark.runtime.runs import latest_runs
 import persona_spark as ps
+from persona_spark import explore
 from persona_spark.notebook import open_run, show
+from persona_spark.runtime.runs import latest_runs
 
 ctx = open_run(globals().get("dbutils"))  # a ps.RunContext
 cfg, spark, store, persona_set = ctx.cfg, ctx.spark, ctx.store, ctx.persona_set

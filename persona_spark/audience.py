@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.config import AudienceConf, AudienceSpec
 from persona_spark.errors import UserError
 from persona_spark.explore import persona_sets
 from persona_spark.personas import PersonaSet
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.runtime.runs import latest_runs, utc
 
 

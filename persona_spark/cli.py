@@ -150,22 +150,26 @@ DOCUMENTED_COLUMNS = {
                        "personas array<struct<persona_idx, name, share, lift>>, "
                        "top_items array<struct<item_idx, item_name, buyers, share, lift>>, description string",
     "robustness": "representation string, users bigint, unchanged bigint, share_unchanged double",
+    "audience_members": "audience string, run_id string, run_ts timestamp, query string, user_idx int, customer_id string",
+    "audience_changes": "audience string, run_id string, previous_run_id string, user_idx int, customer_id string, "
+                        "change string (added | removed)",
 }
 
 
 def table_columns() -> dict[str, str]:
     """Each table's columns: the writer's schema constant where it has one, else ``DOCUMENTED_COLUMNS``."""
-    from persona_spark import audience, generate, gplr, graph, ingest, refresh
+    from persona_spark import generate, gplr, graph, ingest, refresh
     from persona_spark.affinity.engine import TILE_FIELDS
-    from persona_spark.labeling.backends import ITEM_EMBEDDINGS_SCHEMA, label_schema
+    from persona_spark.labeling.base import label_schema
     from persona_spark.labeling.batch import LEDGER_SCHEMA
+    from persona_spark.labeling.embedding import ITEM_EMBEDDINGS_SCHEMA
     from persona_spark.recommend.coldstart_batch import RECS_SCHEMA
     from persona_spark.stages import RECOMMEND_RUNS_SCHEMA
 
     from_code = {
         "raw_transactions": generate.RAW_SCHEMA,
         "persona_set": "persona_idx int, name string, description string, version string",
-        "quarantine": ", ".join(f"{name} string" for name in ingest.QUARANTINE_COLUMNS[:-1])
+        "quarantine": ", ".join(f"{name} string" for name in [*ingest.CANONICAL, "reason", "source"])
                       + ", ingested_at timestamp",
         "users": graph.USERS_SCHEMA,
         "items": graph.ITEMS_SCHEMA,
@@ -176,8 +180,6 @@ def table_columns() -> dict[str, str]:
         "label_batches": LEDGER_SCHEMA,
         "personas": gplr.PERSONAS_SCHEMA + ", percentile double",
         "persona_history": ", ".join(refresh.HISTORY_COLUMNS),
-        "audience_members": ", ".join(audience.MEMBER_COLUMNS),
-        "audience_changes": ", ".join(audience.CHANGE_COLUMNS),
         "recommend_runs": RECOMMEND_RUNS_SCHEMA + ", run_ts timestamp",
         "cold_start_recs": RECS_SCHEMA,
     }

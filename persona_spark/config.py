@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from persona_spark.tables import storage
+
 from persona_spark.errors import UserError
+from persona_spark.tables import storage
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_PERSONAS = PACKAGE_ROOT / "resources" / "personas" / "demo_shop.yaml"
@@ -138,7 +139,7 @@ class DemoConf(Section):
     dirty_share: Fraction = Field(0.01, description="lines blemished on purpose so the demo exercises the quarantine")
 
     @model_validator(mode="after")
-    def _persona_range(self) -> "DemoConf":
+    def _persona_range(self) -> DemoConf:
         if self.personas_per_customer_min > self.personas_per_customer_max:
             raise ValueError(f"demo.personas_per_customer_min ({self.personas_per_customer_min}) must not exceed "
                              f"demo.personas_per_customer_max ({self.personas_per_customer_max})")
@@ -167,7 +168,7 @@ class AffinityConf(Section):
         "the exact bound, a worst case); eps must then be 0")
 
     @model_validator(mode="after")
-    def _precision_without_eps(self) -> "AffinityConf":
+    def _precision_without_eps(self) -> AffinityConf:
         if self.state_precision == "float32" and self.eps > 0:
             raise ValueError("affinity.eps > 0 is proven for float64 states only: use state_precision float64 or eps 0")
         return self
@@ -482,7 +483,7 @@ class GPLRConf(Section):
     calibration_bins: int = Field(10, ge=2, description="reliability bins of the held-out (cross-fitted) probabilities")
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "GPLRConf":
+    def _one_budget(self) -> GPLRConf:
         if self.budget_fraction is not None and self.budget_users is not None:
             raise ValueError(f"set one of gplr.budget_fraction ({self.budget_fraction}) and gplr.budget_users "
                              f"({self.budget_users}), not both")
@@ -590,7 +591,7 @@ class Config(Section):
     audience: AudienceConf = Field(default_factory=AudienceConf)
 
     @model_validator(mode="after")
-    def _derive_locations(self) -> "Config":
+    def _derive_locations(self) -> Config:
         """Fill run locations from ``root``; make plain paths absolute so executors (whose working
         directory differs) see the driver's; switch on hadoop-aws when anything is on s3a://."""
         for section_path, field, relative in RUN_LOCATIONS:

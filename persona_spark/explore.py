@@ -7,15 +7,16 @@ or by index.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal, NamedTuple
+from collections.abc import Iterable
+from typing import Literal, NamedTuple
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import prototype_weights
-from persona_spark.runtime.frames import require_columns
 from persona_spark.graph import distinctive_items
 from persona_spark.personas import PersonaSet
+from persona_spark.runtime.frames import require_columns
 
 PersonaRef = int | str
 

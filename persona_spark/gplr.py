@@ -31,10 +31,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from functools import partial
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -42,15 +42,20 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark import labeling, refresh
-from persona_spark.runtime.runs import changed_rows, new_run
+from persona_spark.affinity import (
+    AffinityGraph,
+    compute_affinity_depths_of_sets,
+    prepare_graph,
+    propagate_to_users,
+    prototype_labels,
+)
 from persona_spark.assignment import AssignmentModel, Fold, fit_assignment
-from persona_spark.affinity import (AffinityGraph, compute_affinity_depths_of_sets, prepare_graph, propagate_to_users,
-                                   prototype_labels)
-from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.config import AffinityConf, GPLRConf, LabelingConf
 from persona_spark.graph import PurchaseGraph
 from persona_spark.personas import PersonaSet
 from persona_spark.refresh import RunHistory, RunPersonas
+from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.runtime.runs import changed_rows, new_run
 from persona_spark.sampling import du_scores, persona_distribution, pick_random, pick_top, round_sizes, seeded_order
 
 log = logging.getLogger("persona_spark.gplr")

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from persona_spark.tables import storage
+
 from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.tables import storage
 
 USERS_SCHEMA = "user_idx int, customer_id string, degree int"
 ITEMS_SCHEMA = "item_idx int, item_id string, item_name string, degree int"

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from persona_spark.tables import storage
+
 from persona_spark.errors import UserError
+from persona_spark.tables import storage
 
 UNREPRESENTABLE = "Unrepresentable"
 

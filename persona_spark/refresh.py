@@ -23,11 +23,11 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.affinity import prototype_weights
-from persona_spark.runtime.checkpoint import checkpoint
-from persona_spark.runtime.runs import latest_runs, utc
 from persona_spark.config import AffinityConf, RefreshConf
 from persona_spark.graph import PurchaseGraph, distinctive_items
 from persona_spark.personas import PersonaSet
+from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.runtime.runs import latest_runs, utc
 
 NOTHING = -1  # persona_flows: "no persona" on either side of a flow
 HISTORY_KEYS = ["user_idx", "persona_idx", "valid_from"]

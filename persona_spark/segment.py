@@ -41,12 +41,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
-from scipy.spatial.distance import cdist
-
 from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
@@ -54,10 +53,11 @@ from pyspark.ml.feature import PCA, Normalizer, OneHotEncoder, QuantileDiscretiz
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from scipy.spatial.distance import cdist
 
-from persona_spark.runtime.frames import require_columns, union_all
 from persona_spark.graph import aggregate_edges, distinctive_items
 from persona_spark.labeling import build_user_histories
+from persona_spark.runtime.frames import require_columns, union_all
 
 log = logging.getLogger(__name__)
 

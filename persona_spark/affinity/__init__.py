@@ -17,9 +17,15 @@ Public API (pure DataFrame transforms; the ``affinity`` stage and GPLR call them
 ``reference`` holds the single-machine scipy exact Ψ and the paper's RevAff for tests/benchmarks.
 """
 
-from persona_spark.affinity.engine import (AffinityGraph, affinity_long, compute_affinity,
-                                           compute_affinity_depths, compute_affinity_depths_of_sets, prepare_graph,
-                                           propagate_to_users)
+from persona_spark.affinity.engine import (
+                                           AffinityGraph,
+                                           affinity_long,
+                                           compute_affinity,
+                                           compute_affinity_depths,
+                                           compute_affinity_depths_of_sets,
+                                           prepare_graph,
+                                           propagate_to_users,
+)
 from persona_spark.affinity.prototypes import debias_weights, prototype_labels, prototype_weights
 
 __all__ = ["AffinityGraph", "affinity_long", "compute_affinity", "compute_affinity_depths",

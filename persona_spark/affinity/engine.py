@@ -20,10 +20,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,7 @@ from pyspark.sql import functions as F
 from persona_spark.config import AffinityConf
 from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint, has_checkpoint_dir
 from persona_spark.runtime.frames import require_columns, union_all
-from persona_spark.runtime.session import (CONNECT_CLOSURE_MAX_BYTES, default_parallelism, is_connect,
-                                   share_with_tasks)
+from persona_spark.runtime.session import CONNECT_CLOSURE_MAX_BYTES, default_parallelism, is_connect, share_with_tasks
 
 log = logging.getLogger("persona_spark.affinity")
 
@@ -83,7 +82,7 @@ class Blocking:
         return self.target_rows * (self.target_blocks // self.source_blocks)
 
     @classmethod
-    def plan(cls, n_nodes: int, parallel_blocks: int, max_source_rows: int) -> "Blocking":
+    def plan(cls, n_nodes: int, parallel_blocks: int, max_source_rows: int) -> Blocking:
         source = max(1, math.ceil(n_nodes / max_source_rows))
         target = math.ceil(max(parallel_blocks, source) / source) * source
         return cls(n_nodes, target, source)
@@ -105,7 +104,7 @@ class BlockState:
     vals: np.ndarray  # float64 or float32 [n, R] (``AffinityConf.state_precision``)
 
     @classmethod
-    def from_buffers(cls, rows, vals, width: int) -> "BlockState":
+    def from_buffers(cls, rows, vals, width: int) -> BlockState:
         """The float type is read off the buffer: 8 or 4 bytes per (row, persona) value."""
         r = _frombuffer(rows, np.int32)
         dtype = np.float32 if len(r) and width and len(vals) == 4 * len(r) * width else np.float64
@@ -637,7 +636,7 @@ class AffinityGraph:
         return self.tiles.withColumn("layout", F.lit(json.dumps(layout)))
 
     @classmethod
-    def from_table(cls, table: DataFrame) -> "AffinityGraph":
+    def from_table(cls, table: DataFrame) -> AffinityGraph:
         """The graph ``to_table`` wrote (its layout is read now; call ``load`` before propagating)."""
         require_columns(table, [name for name, _ in TILE_FIELDS] + ["layout"], "edge tiles")
         row = table.select("layout").limit(1).first()
@@ -652,7 +651,7 @@ class AffinityGraph:
                    (layout["weighted"], layout["broadcast_max_bytes"], layout["target_blocks"]), layout["width"],
                    layout["edges_version"])
 
-    def load(self, trace: list[dict] | None = None) -> "AffinityGraph":
+    def load(self, trace: list[dict] | None = None) -> AffinityGraph:
         """Cache the tiles read by ``from_table``: every hop scans them."""
         started = time.perf_counter()
         self.tiles = self.tiles.persist()

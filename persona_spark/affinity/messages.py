@@ -23,10 +23,10 @@ import time
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint
 from persona_spark.config import AffinityConf
-from persona_spark.runtime.frames import union_all
 from persona_spark.graph import node_edges
+from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint
+from persona_spark.runtime.frames import union_all
 
 
 def sum_arrays(column: str, width: int) -> Column:

@@ -92,7 +92,7 @@ def rev_aff(user_idx: np.ndarray, item_idx: np.ndarray, labels: np.ndarray, ell:
         estimate: list[dict[int, float]] = [{} for _ in range(last + 1)]
         heap: list[tuple[float, int, int]] = []
 
-        def push(t: int, x: int, value: float) -> None:
+        def push(t: int, x: int, value: float, residue=residue, estimate=estimate, heap=heap) -> None:
             matrix = from_user if t % 2 == 0 else from_item
             start, end = matrix.indptr[x], matrix.indptr[x + 1]
             for w, factor in zip(matrix.indices[start:end], matrix.data[start:end]):

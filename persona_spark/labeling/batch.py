@@ -23,17 +23,16 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
-from typing import Iterable, Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark import tables
-from persona_spark.tables import storage
 from persona_spark.config import BatchConf, LabelingConf, OpenAIConf
 from persona_spark.labeling.base import (
     BoundLabeler,
@@ -51,6 +50,7 @@ from persona_spark.labeling.openai_chat import OpenAILabeler, OpenAIWorker
 from persona_spark.labeling.prompts import LabelPrompt, error_verdict
 from persona_spark.personas import PersonaSet
 from persona_spark.runtime.runs import new_run
+from persona_spark.tables import storage
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def answer_rows(worker: OpenAIWorker, batch_id: str, status: str, detail: str | 
         yield rows_frame(rows, worker.id_col)
 
 
-def collect_rows(spark, submission: "Submission", worker: OpenAIWorker) -> DataFrame:
+def collect_rows(spark, submission: Submission, worker: OpenAIWorker) -> DataFrame:
     """The label rows of one finished batch: the input file's lines left-joined with their answers."""
     answer_files = [f for f in answer_locations(submission) if storage.exists(f)]
     expected = spark.read.text(submission.input_path).select(F.get_json_object("value", "$.custom_id").alias("custom_id"))

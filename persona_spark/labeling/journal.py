@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
+
 from persona_spark.tables import storage
 
 JOURNAL_SUFFIX = ".jsonl"

@@ -9,9 +9,9 @@ secret scope) and travels to the tasks as a ``Secret``, never printed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame

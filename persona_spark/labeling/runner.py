@@ -15,14 +15,13 @@ import math
 import posixpath
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from persona_spark.tables import storage
 from persona_spark.config import LabelingConf, SelectionConf
 from persona_spark.labeling import journal as journal_io
 from persona_spark.labeling import signals
@@ -42,6 +41,7 @@ from persona_spark.labeling.pricing import cost_column, price_table, rates
 from persona_spark.labeling.prompts import HISTORY_ORDERS, load_template_file
 from persona_spark.personas import PersonaSet
 from persona_spark.runtime.runs import new_run
+from persona_spark.tables import storage
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,17 @@ numpy only (no torch, no Spark): notebooks and serving load a trained run with `
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from persona_spark.tables import storage
+
 from persona_spark.personas import PersonaSet
 from persona_spark.recommend.data import RecData
+from persona_spark.tables import storage
 
 EMBEDDINGS_FILE = "embeddings.npz"
 PERSONAS = "personas"
@@ -78,7 +80,7 @@ class ColdStartModel:
 
     @classmethod
     def from_training(cls, data: RecData, user_embeddings, item_embeddings, persona_embeddings,
-                      **options) -> "ColdStartModel":
+                      **options) -> ColdStartModel:
         """Embeddings of a run trained on ``data`` (the graph it saw decides what is popular and known)."""
         _check_personas(persona_embeddings)
         return cls(item_embeddings=np.asarray(item_embeddings, np.float32),
@@ -88,7 +90,7 @@ class ColdStartModel:
                    **options)
 
     @classmethod
-    def from_run(cls, model_dir: str, with_users: bool = True, **options) -> "ColdStartModel":
+    def from_run(cls, model_dir: str, with_users: bool = True, **options) -> ColdStartModel:
         """A run saved by ``TrainResult.save`` (any location); ``with_users=False`` leaves the customer side
         empty (new-customer recommendations need only personas and items)."""
         path = storage.join(str(model_dir), EMBEDDINGS_FILE)

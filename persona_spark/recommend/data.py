@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from persona_spark.tables import storage
 
 FORMAT = "persona-spark-recommend/1"
@@ -78,7 +79,7 @@ class RecData:
                     )
 
     # ---- derived views -----------------------------------------------------------------
-    def split_validation(self, fraction: float, seed: int) -> tuple["RecData", np.ndarray]:
+    def split_validation(self, fraction: float, seed: int) -> tuple[RecData, np.ndarray]:
         """Move ~``fraction`` of the training edges to a validation set; every user keeps one.
 
         Early stopping looks at these edges instead of the test split, so test is reported once.
@@ -95,14 +96,14 @@ class RecData:
         to_val[order] = (draw[order] < fraction) & ~first_of_user
         return replace(self, train=self.train[~to_val]), self.train[to_val]
 
-    def holdout_users(self, fraction: float, seed: int) -> tuple["RecData", np.ndarray]:
+    def holdout_users(self, fraction: float, seed: int) -> tuple[RecData, np.ndarray]:
         """Remove a random ``fraction`` of users with purchases: all their edges and persona labels.
 
         Returns the reduced data (held-out users stay as indices without edges) and their indices.
         """
         return self._holdout(0, "user_personas", "user_persona_weight", fraction, seed)
 
-    def holdout_items(self, fraction: float, seed: int) -> tuple["RecData", np.ndarray]:
+    def holdout_items(self, fraction: float, seed: int) -> tuple[RecData, np.ndarray]:
         """Remove a random ``fraction`` of purchased items: all their edges and persona tags."""
         return self._holdout(1, "item_personas", "item_persona_weight", fraction, seed)
 
@@ -112,7 +113,7 @@ class RecData:
         return replace(self, train=_without(self.train, column, held), test=_without(self.test, column, held),
                        **{labels: getattr(self, labels)[keep], weights: getattr(self, weights)[keep]}), held
 
-    def with_user_personas(self, pairs: np.ndarray, weight: np.ndarray | None = None) -> "RecData":
+    def with_user_personas(self, pairs: np.ndarray, weight: np.ndarray | None = None) -> RecData:
         """The same interactions with another user–persona labelling (e.g. GPLR instead of GPT-4)."""
         return replace(self, user_personas=_pairs(pairs), user_persona_weight=weight)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from persona_spark.tables import storage
+
 from persona_spark.recommend.data import write_meta
+from persona_spark.tables import storage
 
 
 def interaction_pairs(edges: DataFrame, split: str) -> DataFrame:

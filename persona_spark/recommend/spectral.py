@@ -12,8 +12,9 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import lobpcg
-from persona_spark.tables import storage
+
 from persona_spark.recommend.data import RecData
+from persona_spark.tables import storage
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from persona_spark.tables import storage
+
 from persona_spark.config import RecommendTrainConf
 from persona_spark.recommend.data import RecData
 from persona_spark.recommend.metrics import evaluate
-from persona_spark.recommend.models import (DECORRELATED, DEFAULT_DECORRELATION, Recommender, afd_blocks, afd_loss,
-                                            build_model)
+from persona_spark.recommend.models import (
+    DECORRELATED,
+    DEFAULT_DECORRELATION,
+    Recommender,
+    afd_blocks,
+    afd_loss,
+    build_model,
+)
 from persona_spark.recommend.spectral import EigenCache
+from persona_spark.tables import storage
 
 log = logging.getLogger(__name__)
 SELECTION_METRIC = "ndcg@10"

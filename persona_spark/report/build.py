@@ -5,17 +5,19 @@ from __future__ import annotations
 import html
 import logging
 import posixpath
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from pyspark.sql import DataFrame
-from persona_spark.tables import storage
+
 from persona_spark.config import ReportConf
 from persona_spark.labeling.pricing import Rates
 from persona_spark.report import gather, render
 from persona_spark.report.redact import redact
 from persona_spark.report.tables import WRITTEN_BY
+from persona_spark.tables import storage
 
 log = logging.getLogger(__name__)
 

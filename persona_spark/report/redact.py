@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 8  # shorter runs of a configured secret are too common in plain text to be telling

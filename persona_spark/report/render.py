@@ -11,11 +11,11 @@ import base64
 import html
 import io
 import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from string import Template
-from typing import Callable, Iterator, Mapping
 
 import matplotlib
 import numpy as np

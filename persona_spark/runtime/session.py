@@ -15,9 +15,10 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from functools import partial
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
@@ -246,7 +247,7 @@ def has_delta_connector(spark: SparkSession) -> bool:
 
 def _probe_delta_on_connect(spark: SparkSession) -> bool:
     try:
-        spark.read.format("delta").load("/persona-spark-delta-probe/does-not-exist").schema
+        spark.read.format("delta").load("/persona-spark-delta-probe/does-not-exist").schema  # noqa: B018 (resolving the schema is the probe)
     except Exception as error:  # noqa: BLE001 - the message tells which failure it is
         text = str(error)
         return not ("DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source" in text)

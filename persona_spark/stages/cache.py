@@ -12,8 +12,8 @@ from pyspark.sql import DataFrame
 
 from persona_spark import labeling, tables
 from persona_spark.config import LabelingConf, SelectionConf
-from persona_spark.tables.store import TableStore
 from persona_spark.personas import PersonaSet
+from persona_spark.tables.store import TableStore
 
 CACHE_TABLES = frozenset({tables.USER_LABELS, tables.ITEM_LABELS, tables.ITEM_EMBEDDINGS, tables.BATCH_LEDGER})
 

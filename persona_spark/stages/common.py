@@ -8,10 +8,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import tables
-from persona_spark.runtime.runs import changed_rows
 from persona_spark.affinity import AffinityGraph
-from persona_spark.tables.store import TableStore
+from persona_spark.runtime.runs import changed_rows
 from persona_spark.stages.context import RunContext
+from persona_spark.tables.store import TableStore
 
 log = logging.getLogger("persona_spark")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 

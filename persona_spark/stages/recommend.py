@@ -8,9 +8,9 @@ from pyspark.sql import functions as F
 
 from persona_spark import tables
 from persona_spark.runtime.runs import new_run
-from persona_spark.tables import storage
 from persona_spark.stages.common import persona_names
 from persona_spark.stages.context import RunContext
+from persona_spark.tables import storage
 
 log = logging.getLogger("persona_spark")
 

@@ -6,8 +6,8 @@ import logging
 
 from pyspark.sql import functions as F
 
-from persona_spark import tables
 from persona_spark import segment as segment_lib
+from persona_spark import tables
 from persona_spark.runtime.frames import union_all
 from persona_spark.stages import cache
 from persona_spark.stages.common import locations, persona_names

@@ -56,7 +56,7 @@ def is_local(location: str) -> bool:
     return scheme(location) in (None, "file")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _s3(endpoint: str | None, region: str):
     from pyarrow import fs
 

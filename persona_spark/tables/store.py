@@ -30,9 +30,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
-from persona_spark.tables import storage
+
 from persona_spark.config import TablesConf
-from persona_spark.runtime.session import delta_coordinates, describe_master, has_delta_connector, is_connect, is_local_master
+from persona_spark.runtime.session import (
+    delta_coordinates,
+    describe_master,
+    has_delta_connector,
+    is_connect,
+    is_local_master,
+)
+from persona_spark.tables import storage
 
 
 class TableStore:

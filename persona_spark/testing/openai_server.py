@@ -23,9 +23,9 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlparse
 
 ENTITY_TAG = re.compile(r'<(?:user|item) id="([^"]+)">')
@@ -370,7 +370,7 @@ class LoopbackChatServer:
                 batch["_faults"].hold = False
             self.batch_faults.hold = False
 
-    def start(self) -> "LoopbackChatServer":
+    def start(self) -> LoopbackChatServer:
         self._httpd = _HTTPServer(self)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -382,7 +382,7 @@ class LoopbackChatServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "LoopbackChatServer":
+    def __enter__(self) -> LoopbackChatServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from persona_spark.config import load_config
-from persona_spark.stages import RunContext, STAGES
+from persona_spark.stages import STAGES, RunContext
 from persona_spark.tables.store import TableStore
 from tests.conftest import REPO_ROOT, shared_path
 

@@ -13,8 +13,7 @@ from datetime import datetime
 
 from persona_spark.config import load_config
 from persona_spark.labeling import journal as journal_io
-from persona_spark.stages import RunContext, STAGES
-from persona_spark.testing.openai_server import LoopbackChatServer, Reply, obedient, server_error
+from persona_spark.stages import STAGES, RunContext
 from persona_spark.testing.openai_server import LoopbackChatServer, Reply, obedient, server_error
 from tests.conftest import SMALL_DATA_SPARK
 

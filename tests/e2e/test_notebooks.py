@@ -85,7 +85,7 @@ def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
 @pytest.fixture(scope="module")
 def explored(quick_start, spark):
     """Notebook 03 after a second gplr run (other prototypes: drift to show), once for the module."""
-    from persona_spark.stages import RunContext, STAGES
+    from persona_spark.stages import STAGES, RunContext
     from persona_spark.tables.store import TableStore
 
     cfg = quick_start["cfg"]

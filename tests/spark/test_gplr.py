@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from persona_spark import assignment, evaluate, gplr, sampling
 from persona_spark.config import load_config
-from persona_spark.stages import RunContext, STAGES
+from persona_spark.stages import STAGES, RunContext
 from persona_spark.tables.store import TableStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -166,7 +166,7 @@ def test_connected_components_of_a_long_path_and_known_pieces(spark):
 
 def test_build_graph_stage_reports_train_components(spark, tmp_path):
     from persona_spark.config import load_config
-    from persona_spark.stages import RunContext, STAGES
+    from persona_spark.stages import STAGES, RunContext
     from persona_spark.tables.store import TableStore
 
     cfg = load_config(None, [f"tables.root={tmp_path / 'tables'}"])

@@ -10,10 +10,8 @@ from pyspark.sql import functions as F
 
 from persona_spark.config import Config, EmbeddingLabelConf, LabelingConf
 from persona_spark.labeling import build_user_histories
-from persona_spark.stages import RunContext, STAGES
-from persona_spark.config import Config, EmbeddingLabelConf, LabelingConf
-from persona_spark.labeling import build_user_histories
 from persona_spark.labeling.embedding import ITEM_EMBEDDINGS_SCHEMA, BoundEmbeddingLabeler
+from persona_spark.stages import STAGES, RunContext
 from persona_spark.stages.cache import label_entities
 
 ITEMS = ["Dry dog food 10kg", "Cat litter 5l", "Tomato seeds", "Organic loose leaf green tea", "Whey protein 1kg",

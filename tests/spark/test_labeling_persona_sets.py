@@ -10,7 +10,7 @@ import pytest
 
 from persona_spark.config import Config
 from persona_spark.personas import load_persona_set
-from persona_spark.stages import RunContext, STAGES
+from persona_spark.stages import STAGES, RunContext
 from persona_spark.testing.openai_server import LoopbackChatServer, Reply, entity_ids
 
 KEY_ENV = "PS_LOOPBACK_KEY"

@@ -16,15 +16,14 @@ from pyspark.sql import functions as F
 from persona_spark import audience as audience_lib
 from persona_spark import explore, refresh
 from persona_spark.cli import main as cli_main
-from persona_spark.config import load_config
-from persona_spark.personas import load_persona_set
-from persona_spark.runtime.runs import changed_rows
-from persona_spark.stages import RunContext, STAGES, record_refresh
-from persona_spark.tables.store import TableStore
-from tests.spark.test_gplr import shop  # noqa: F401 (module fixture: the prepared demo shop)
 from persona_spark.config import RefreshConf, load_config
 from persona_spark.graph import PurchaseGraph
+from persona_spark.personas import load_persona_set
 from persona_spark.refresh import RunPersonas
+from persona_spark.runtime.runs import changed_rows
+from persona_spark.stages import STAGES, RunContext, record_refresh
+from persona_spark.tables.store import TableStore
+from tests.spark.test_gplr import shop  # noqa: F401 (module fixture: the prepared demo shop)
 
 PET, BARGAIN, CHEF = 0, 1, 2
 RUNS = [("run-1", datetime(2026, 1, 1, 3, tzinfo=timezone.utc)),

@@ -18,9 +18,8 @@ import pytest
 from persona_spark import report
 from persona_spark.config import Config, ReportConf
 from persona_spark.labeling import label_schema
-from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, RunContext, STAGES
+from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES, RunContext
 from tests.persona_world import N_USERS, PERSONAS, frames, world, write_persona_set, write_world  # noqa: F401 (module fixtures)
-from tests.persona_world import N_USERS, PERSONAS, write_persona_set, write_world
 
 PRICES = (0.5, 2.0)  # USD per 1k prompt / completion tokens (synchronous)
 CACHED_PRICE = 0.1  # USD per 1k cached prompt tokens (synchronous)

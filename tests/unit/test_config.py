@@ -8,8 +8,15 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from persona_spark.config import (RENAMED_KEYS, RUN_LOCATIONS, Config, GPLRConf, config_reference, load_config,
-                                  parse_override)
+from persona_spark.config import (
+    RENAMED_KEYS,
+    RUN_LOCATIONS,
+    Config,
+    GPLRConf,
+    config_reference,
+    load_config,
+    parse_override,
+)
 from persona_spark.errors import UserError
 
 

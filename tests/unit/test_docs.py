@@ -51,7 +51,7 @@ def test_site_builds_strictly(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (site / "benchmarks" / "index.html").exists()
-    assert "persona_spark.gplr.GPLR" in (site / "reference" / "api" / "index.html").read_text()
+    assert "persona_spark.api.GPLR" in (site / "reference" / "api" / "index.html").read_text()
 
 
 def test_readme_links_resolve():
