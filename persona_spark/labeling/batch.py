@@ -419,12 +419,12 @@ class BoundBatchLabeler(BoundLabeler):
     paid = True
     batched = True
 
-    def __init__(self, conf: OpenAIConf, batch: BatchConf, api_key: Secret, prompt: LabelPrompt, id_col: str,
-                 persona_set: PersonaSet, cache: LabelCache, kind: str, table: str):
+    def __init__(self, conf: OpenAIConf, batch: BatchConf, api_key: Secret, prompt: LabelPrompt,
+                 persona_set: PersonaSet, cache: LabelCache, kind: EntityKind):
         self.conf, self.batch = conf, batch
         self.key = CacheKey(conf.model, prompt.version, persona_set.version)
-        self.worker = OpenAIWorker(conf, api_key, prompt, id_col, self.key)
-        self.cache, self.kind, self.table = cache, kind, table
+        self.worker = OpenAIWorker(conf, api_key, prompt, kind.id_col, self.key)
+        self.cache, self.kind, self.table = cache, kind.name, kind.table
         self.tag = cache_tag(self.key)
         self._runner = None
 
@@ -495,7 +495,7 @@ class OpenAIBatchLabeler(OpenAILabeler):
         prompt, key = self.prompt_and_key(labeling, persona_set, kind, cache)
         if self.conf.users_per_request > 1:
             raise ValueError("labeling.backend=openai_batch sends one entity per request line: set labeling.openai.users_per_request=1")
-        return BoundBatchLabeler(self.conf, self.batch, key, prompt, kind.id_col, persona_set, cache, kind.name, kind.table)
+        return BoundBatchLabeler(self.conf, self.batch, key, prompt, persona_set, cache, kind)
 
 
 # ---- driver-side calls (persona-set generation) -----------------------------------------------

