@@ -23,14 +23,11 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import pyarrow as pa
+from results_file import RESULTS, append_results_to
 
-RESULTS = Path(__file__).resolve().parent / "results" / "worker_zip_cache.jsonl"
 SCHEMA = "id long, invalidate_s double"
 
 
@@ -83,7 +80,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--out", default=str(RESULTS / "worker_zip_cache.jsonl"), help="appends here; - prints only")
     args = parser.parse_args()
+    append_results_to(args.out)
 
     from persona_spark.config import load_config
     from persona_spark.runtime.session import get_spark
@@ -94,9 +93,7 @@ def main() -> None:
         for variant in VARIANTS:
             spark = get_spark(cfg.spark)  # a fresh session: fresh Python workers
             slots = task_slots(spark)
-            meta = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.node()} ({os.cpu_count()} cpus, "
-                    f"{platform.machine()})", "python": platform.python_version(), "pyspark": spark.version,
-                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            meta = {"python": platform.python_version(), "pyspark": spark.version}
             run_once(spark, variant, 2 * slots, slots)  # warm-up: the workers start and import what they import
             line = {"benchmark": "worker_zip_cache", "repeat": repeat, **run_once(spark, variant, args.tasks, slots),
                     **meta}
@@ -113,10 +110,6 @@ def main() -> None:
                "invalidate_caches_s_with_fix": invalidate["with_fix"],
                "invalidate_caches_s_without_fix": invalidate["without_fix"], **meta}
     print(json.dumps(summary), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as out:
-        for line in [*lines, summary]:
-            out.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":
