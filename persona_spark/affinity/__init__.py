@@ -18,13 +18,13 @@ Public API (pure DataFrame transforms; the ``affinity`` stage and GPLR call them
 """
 
 from persona_spark.affinity.engine import (
-                                           AffinityGraph,
-                                           affinity_long,
-                                           compute_affinity,
-                                           compute_affinity_depths,
-                                           compute_affinity_depths_of_sets,
-                                           prepare_graph,
-                                           propagate_to_users,
+    AffinityGraph,
+    affinity_long,
+    compute_affinity,
+    compute_affinity_depths,
+    compute_affinity_depths_of_sets,
+    prepare_graph,
+    propagate_to_users,
 )
 from persona_spark.affinity.prototypes import debias_weights, prototype_labels, prototype_weights
 
