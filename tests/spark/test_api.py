@@ -129,8 +129,8 @@ def test_a_run_context_is_built_once(spark, tmp_path, monkeypatch):
 
     monkeypatch.setattr(context_module, "load_config", counted("config", load_config))
     monkeypatch.setattr(context_module, "load_persona_set", counted("personas", load_persona_set))
-    ctx = ps.RunContext.open(None, [f"root={tmp_path}", "generate.users=40", "generate.items=30",
-                                    "generate.partitions=1"])
+    ctx = ps.RunContext.open(None, [f"root={tmp_path}", "demo.users=40", "demo.items=30",
+                                    "demo.partitions=1"])
     assert ctx.spark is spark  # the active session is reused
     first = ctx.run("generate")
     ctx.run("ingest")

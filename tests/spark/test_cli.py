@@ -29,7 +29,7 @@ def test_a_missing_source_column_names_it(spark, tmp_path, capsys):
 
 
 def test_anything_else_keeps_its_traceback(spark, monkeypatch):
-    def broken(cfg, store):
+    def broken(ctx):
         """A stage with a bug."""
         raise RuntimeError("a bug")
 

@@ -38,7 +38,7 @@ def test_spark_purchase_profile_and_audience_equal_the_in_memory_ones(spark):
 def test_export_train_cold_start_stages_write_cold_start_recs(spark, store, tmp_path):
     """The three stages on tables of the planted world plus one new customer and one new item."""
     from persona_spark.recommend.coldstart import EMBEDDINGS_FILE
-    from persona_spark.stages import STAGES
+    from persona_spark.stages import STAGES, RunContext
 
     world = planted_world()
     new_user, new_item = world.n_users, world.n_items  # no purchases at all
@@ -62,9 +62,9 @@ def test_export_train_cold_start_stages_write_cold_start_recs(spark, store, tmp_
                  "cold_start": {"list_size": 10}}
     cfg = Config(recommend=recommend)
 
-    exported = STAGES["export-tripartite"](cfg, store)
+    exported = STAGES["export-tripartite"](RunContext(cfg, store))
     assert exported["rows"]["train"] == len(world.train) and exported["rows"]["item_personas"] == new_item + 1
-    trained = STAGES["train"](cfg, store)
+    trained = STAGES["train"](RunContext(cfg, store))
     assert trained["runs"][0]["model"] == "lgcn3" and trained["runs"][0]["ndcg@10"] > 0.25
     runs = store.read_table("recommend_runs").collect()
     saved = json.loads((tmp_path / "models" / "lgcn3-seed0" / "run.json").read_text())
@@ -72,7 +72,7 @@ def test_export_train_cold_start_stages_write_cold_start_recs(spark, store, tmp_
     assert runs[0]["metrics"]["ndcg@10"] == pytest.approx(saved["ndcg@10"])
     assert (tmp_path / "models" / "lgcn3-seed0" / EMBEDDINGS_FILE).exists()
 
-    summary = STAGES["cold-start"](cfg, store)
+    summary = STAGES["cold-start"](RunContext(cfg, store))
     assert summary["subjects"] == {"persona": 4, "new_customer": 1, "new_item": 1}
     recs = store.read_table("cold_start_recs").toPandas()
     customer = recs[recs.subject == "new_customer"].sort_values("rank")
