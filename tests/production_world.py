@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -192,14 +193,15 @@ def run_python(code: str, env: dict[str, str], cwd: Path, timeout_s: float = 180
     process = subprocess.Popen([PYTHON, "-c", code], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines = []
-    deadline = time.monotonic() + timeout_s
-    for line in process.stdout:
-        lines.append(line)
-        if on_line is not None:
-            on_line(line)
-        if time.monotonic() > deadline:
-            process.kill()
-            break
+    watchdog = threading.Timer(timeout_s, process.kill)  # a child that hangs without printing still ends
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+    finally:
+        watchdog.cancel()
     process.wait()
     output = "".join(lines)
     return subprocess.CompletedProcess(code, process.returncode, output, "")
