@@ -145,7 +145,7 @@ class PurchaseGraph:
         and products with fewer than ``min_item_degree`` customers, are left out; ``test_fraction`` of each
         customer's products are held out as ``test`` edges (none by default: every purchase counts). The
         three frames are materialized once (every GPLR round reads them)."""
-        return cls(*(frame.localCheckpoint() for frame in build_graph(orders, min_user_degree, min_item_degree,
+        return cls(*(checkpoint(frame) for frame in build_graph(orders, min_user_degree, min_item_degree,
                                                                        test_fraction, seed)))
 
     @property

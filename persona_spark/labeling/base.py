@@ -26,6 +26,7 @@ from persona_spark.config import LabelingConf, Section
 from persona_spark.errors import UserError
 from persona_spark.labeling.prompts import Entity, HistoryFormat, Verdict
 from persona_spark.personas import PersonaSet
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.runtime.frames import union_all
 
 
@@ -135,7 +136,7 @@ class MemoryCache:
         return union_all(parts) if parts else None
 
     def append(self, name: str, rows: DataFrame) -> None:
-        self._parts.setdefault(name, []).append(rows.localCheckpoint())
+        self._parts.setdefault(name, []).append(checkpoint(rows))
 
     def replace(self, name: str, rows: DataFrame) -> None:
         self._parts[name] = [rows.localCheckpoint()]
