@@ -188,7 +188,7 @@ def connect_run(s3, llm, tmp_path_factory):
 
 def test_demo_on_spark_connect_and_object_storage_leaves_nothing_on_local_disk(s3, connect_run):
     workdir, result, _ = connect_run
-    assert "persona-spark report on a Spark Connect server" in result.stdout, "the CLI did not run on a Spark Connect session"
+    assert "persona-spark run on a Spark Connect server" in result.stdout, "the CLI did not run on a Spark Connect session"
     # the server got its static settings at launch: setting them again on the session is not worth a warning each
     assert "CANNOT_MODIFY_CONFIG" not in result.stdout
     # nor is the Delta connector probe (a read the server logs as an error) worth more than one per session
