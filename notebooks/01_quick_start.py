@@ -21,10 +21,11 @@
 import importlib.util
 import time
 
+import persona_spark as ps
 from persona_spark.notebook import open_run, show
 from persona_spark.stages import DEMO_STAGES
 
-ctx = open_run(globals().get("dbutils"))  # a RunContext (ps.RunContext): config, Spark session, tables, persona set
+ctx = open_run(globals().get("dbutils"))  # a ps.RunContext: config, Spark session, tables, persona set
 cfg, spark, store = ctx.cfg, ctx.spark, ctx.store
 print(f"config: {ctx.conf_path}; tables under: {store.location('')}")
 
@@ -101,3 +102,16 @@ if store.exists("evaluation"):
 if store.exists("segment_summary"):
     segments = show(store.read_table("segment_summary").filter(F.col("k") == min(cfg.segment.ks)).select("segment", "size", "description"))
 print(f"HTML report: {cfg.report.path}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The same in a few lines, without configuration or tables
+# MAGIC `ps.GPLR` takes order lines (here the ingested `transactions`) and a persona set, and returns personas for every
+# MAGIC customer as a DataFrame; nothing is written. The labeler is an object: `ps.EmbeddingLabeler()` (offline),
+# MAGIC `ps.OpenAILabeler(...)`, `ps.OpenAIBatchLabeler(...)` or `ps.RecordedLabeler(...)`.
+
+# COMMAND ----------
+
+quick = ps.GPLR(labeler=ps.EmbeddingLabeler(), budget=0.1).fit(store.read_table("transactions"), ctx.persona_set)
+quick_personas = show(quick.personas.orderBy("customer_id", "rank"), 10)

@@ -42,6 +42,7 @@ from persona_spark.labeling import (
 )
 from persona_spark.personas import PersonaSet, load_persona_set
 from persona_spark.refresh import named_personas
+from persona_spark.runtime.checkpoint import release_pins
 from persona_spark.runtime.session import get_spark
 
 PERSONA_COLUMNS = ["customer_id", "user_idx", "persona_idx", "persona", "score", "rank", "source", "probability"]
@@ -125,4 +126,6 @@ class GPLR:
         run = run_gplr(graph, persona_set, label, self.settings, transactions=transactions)
         names = persona_set.to_dataframe(spark).select("persona_idx", "name")
         named = named_personas(run.outcome.personas, graph.users, names).select(*PERSONA_COLUMNS)
-        return GPLRResult(named, run.prototypes, run.summary, graph)
+        result = GPLRResult(named, run.prototypes, run.summary, graph)
+        release_pins()  # the intermediates of the run; what the result needs it holds itself
+        return result

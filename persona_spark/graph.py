@@ -32,11 +32,10 @@ def dense_index(keys: DataFrame, key: str, idx: str, existing: DataFrame | None 
         known = existing.select(key, idx)
         distinct = distinct.join(known.select(key), key, "left_anti")
         start = (known.agg(F.max(idx)).first()[0] or -1) + 1
-    ranged = (
+    ranged = checkpoint(
         distinct.repartitionByRange(key)
         .sortWithinPartitions(key)
         .withColumn("_part", F.spark_partition_id())
-        .localCheckpoint()
     )
     counts = sorted((r["_part"], r["count"]) for r in ranged.groupBy("_part").count().collect())
     offsets, running = [], start
@@ -101,7 +100,7 @@ def build_graph(
     pairs = filter_degrees(aggregate_edges(transactions), min_user_degree, min_item_degree)
     # Read five times below: materialized once, held only as long as the returned frames need it
     # (a persist() stays in Spark's cache until someone unpersists it, which no caller can).
-    pairs = split_edges(pairs, test_fraction, seed).localCheckpoint()
+    pairs = checkpoint(split_edges(pairs, test_fraction, seed))
     user_index = dense_index(pairs, "customer_id", "user_idx", existing_users)
     item_index = dense_index(pairs, "item_id", "item_idx", existing_items)
     names = transactions.groupBy("item_id").agg(F.max("item_name").alias("item_name"))

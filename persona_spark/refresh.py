@@ -161,8 +161,8 @@ def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items
         F.countDistinct(F.when(F.col("source") == "llm", F.col("user_idx"))).alias("llm"))
     purchases = edges.select("user_idx", "item_idx").distinct()
     # counted once (persona × product rows, not customers), for the top and the distinctive products
-    bought = (members.join(purchases, "user_idx").groupBy("persona_idx", "item_idx").agg(F.count(F.lit(1)).alias("buyers"))
-              .localCheckpoint())
+    bought = checkpoint(members.join(purchases, "user_idx").groupBy("persona_idx", "item_idx")
+                        .agg(F.count(F.lit(1)).alias("buyers")))
     by_persona = Window.partitionBy("persona_idx")
     top = (bought.withColumn("pos", F.row_number().over(by_persona.orderBy(F.desc("buyers"), "item_idx")))
            .filter(F.col("pos") <= top_n).join(items.select("item_idx", "item_name"), "item_idx", "left"))
@@ -200,10 +200,10 @@ def _labelled_paths(walk: DataFrame, personas: DataFrame, beta: float) -> DataFr
     in_mass = walk.groupBy("item_idx").agg(F.sum("w").alias("w_in"))
     llm_labels = personas.filter(F.col("source") == "llm").select("user_idx", "persona_idx")
     labels = prototype_weights(llm_labels, beta).withColumnRenamed("user_idx", "neighbour_idx")
-    return (walk.withColumnRenamed("user_idx", "neighbour_idx").join(_small(labels), "neighbour_idx")
-            .join(in_mass, "item_idx")
-            .select("item_idx", "persona_idx", "neighbour_idx", (F.col("w") / F.col("w_in") * F.col("weight")).alias("c"))
-            .localCheckpoint())
+    return checkpoint(walk.withColumnRenamed("user_idx", "neighbour_idx").join(_small(labels), "neighbour_idx")
+                      .join(in_mass, "item_idx")
+                      .select("item_idx", "persona_idx", "neighbour_idx",
+                              (F.col("w") / F.col("w_in") * F.col("weight")).alias("c")))
 
 
 def _ranked_products(walk: DataFrame, via: DataFrame, rows: DataFrame, keep: int) -> DataFrame:
@@ -228,21 +228,21 @@ def _ranked_products(walk: DataFrame, via: DataFrame, rows: DataFrame, keep: int
             x["item_idx"].alias("item_idx"), x["p"].alias("p_out")))
         return F.sort_array(F.filter(scored, lambda s: s["contribution"].isNotNull()), asc=False)
 
-    return (bought.select("user_idx", F.posexplode("held").alias("j", "persona_idx"), "bought")
-            .select("user_idx", "persona_idx", ranked(F.col("j")).alias("r"))
-            .select("user_idx", "persona_idx",
-                    F.aggregate("r", F.lit(0.0), lambda acc, s: acc + s["contribution"]).alias("total"),
-                    F.slice("r", 1, keep).alias("top"))
-            .filter(F.size("top") > 0).localCheckpoint())
+    return checkpoint(bought.select("user_idx", F.posexplode("held").alias("j", "persona_idx"), "bought")
+                      .select("user_idx", "persona_idx", ranked(F.col("j")).alias("r"))
+                      .select("user_idx", "persona_idx",
+                              F.aggregate("r", F.lit(0.0), lambda acc, s: acc + s["contribution"]).alias("total"),
+                              F.slice("r", 1, keep).alias("top"))
+                      .filter(F.size("top") > 0))
 
 
 def _traced_neighbours(per_row: DataFrame, via: DataFrame, users: DataFrame, conf: RefreshConf) -> DataFrame:
     """``user_idx, persona_idx, total, pos, neighbour_idx, neighbour_id, contribution``: each row's strongest
     labelled neighbours, traced through its ``trace_items`` strongest products and their ``trace_buyers``
     strongest labelled buyers."""
-    candidates = (via.withColumn("pos", F.row_number().over(
+    candidates = checkpoint(via.withColumn("pos", F.row_number().over(  # counted, then joined: one window
         Window.partitionBy("item_idx", "persona_idx").orderBy(F.desc("c"), "neighbour_idx")))
-        .filter(F.col("pos") <= conf.trace_buyers).drop("pos").localCheckpoint())  # counted, then joined: one window
+        .filter(F.col("pos") <= conf.trace_buyers).drop("pos"))
     traced = per_row.select("user_idx", "persona_idx", "total",
                             F.explode(F.slice("top", 1, conf.trace_items)).alias("t")).select(
         "user_idx", "persona_idx", "total", F.col("t.item_idx").alias("item_idx"), F.col("t.p_out").alias("p_out"))

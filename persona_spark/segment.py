@@ -57,6 +57,7 @@ from scipy.spatial.distance import cdist
 
 from persona_spark.graph import aggregate_edges, distinctive_items
 from persona_spark.labeling import build_user_histories
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.runtime.frames import require_columns, union_all
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def rfm_vectors(transactions: DataFrame, key: str = "customer_id", buckets: int 
 
     A part no customer has a value for (no prices: no monetary) is left out and reported in ``parts``.
     """
-    values = rfm_values(transactions, key).localCheckpoint()  # read twice: which parts, then the buckets
+    values = checkpoint(rfm_values(transactions, key))  # read twice: which parts, then the buckets
     parts = rfm_parts(transactions, values)
     columns = [p.column for p in parts if p.computed]
     bucket_cols = [RFM_BUCKETS[RFM_COLUMNS.index(c)] for c in columns]
@@ -210,7 +211,7 @@ def rfm_value_vectors(transactions: DataFrame, key: str = "customer_id") -> RfmV
     """The paper's RFM (Table 9): ``key, <the computed value columns>, features`` with ``features`` the
     raw values themselves (recency days, orders, money), no buckets. A user without any price has
     monetary 0 (an unknown price counts 0, as in ``rfm_values``); parts no customer has are left out."""
-    values = rfm_values(transactions, key).localCheckpoint()  # read twice: which parts, then the vectors
+    values = checkpoint(rfm_values(transactions, key))  # read twice: which parts, then the vectors
     parts = rfm_parts(transactions, values)
     columns = [p.column for p in parts if p.computed]
     filled = values.select(key, *[F.nanvl(F.col(c), F.lit(0.0)).alias(c) for c in columns])

@@ -187,8 +187,10 @@ def run_stages(stages: list[str], conf: str, env: dict[str, str], cwd: Path, tim
 def run_python(code: str, env: dict[str, str], cwd: Path, timeout_s: float = 1800,
                on_line=None) -> subprocess.CompletedProcess:
     """``code`` in a child Python process (the repository importable, stdout and stderr as one stream),
-    each output line handed to ``on_line`` as it comes."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    each output line handed to ``on_line`` as it comes. A Spark Connect server the child starts runs its Python
+    workers with ``PYSPARK_PYTHON``, so that is this interpreter too."""
+    env = {**os.environ, "PYSPARK_PYTHON": PYTHON,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
            **env}
     process = subprocess.Popen([PYTHON, "-c", code], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)

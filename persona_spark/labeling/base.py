@@ -139,7 +139,7 @@ class MemoryCache:
         self._parts.setdefault(name, []).append(checkpoint(rows))
 
     def replace(self, name: str, rows: DataFrame) -> None:
-        self._parts[name] = [rows.localCheckpoint()]
+        self._parts[name] = [checkpoint(rows)]
 
 
 class BoundLabeler:

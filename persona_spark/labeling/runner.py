@@ -40,6 +40,7 @@ from persona_spark.labeling.configured import labeler_from_config
 from persona_spark.labeling.pricing import cost_column, price_table, rates
 from persona_spark.labeling.prompts import HISTORY_ORDERS, load_template_file
 from persona_spark.personas import PersonaSet
+from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.runtime.runs import new_run
 from persona_spark.tables import storage
 
@@ -150,7 +151,7 @@ def upgrade_cache_table(cache: LabelCache, kind: EntityKind) -> None:
         return
     paid = F.coalesce(F.col("prompt_tokens"), F.lit(0)) + F.coalesce(F.col("completion_tokens"), F.lit(0)) > 0
     upgraded = table.withColumn("cached_prompt_tokens", F.lit(0)).withColumn("channel", F.when(paid, "sync").otherwise("offline"))
-    cache.replace(kind.table, upgraded.select(*label_columns(kind.id_col)).localCheckpoint())
+    cache.replace(kind.table, checkpoint(upgraded.select(*label_columns(kind.id_col))))
     log.info("%s: added the columns %s", kind.table, sorted(LEDGER_COLUMNS))
 
 def cached_rows(cache: LabelCache, kind: EntityKind, bound: BoundLabeler) -> DataFrame | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -132,8 +133,6 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
         builder = SparkSession.builder.remote(conf.remote)
         settings = {k: v for k, v in settings.items() if k in CONNECT_RUNTIME_SETTINGS}
     else:
-        # Python workers must run the interpreter that has this package installed.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if conf.remote is not None:  # a Spark Connect server started here, e.g. remote="local[2]"
             builder = SparkSession.builder.remote(conf.remote)
             settings["spark.checkpoint.dir"] = conf.checkpoint_dir
@@ -173,7 +172,32 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
         ) from error
     if not is_connect(spark):
         spark.sparkContext.setLogLevel("WARN")
+        _workers_run_this_interpreter(spark)
+    elif not remote_server:
+        _warn_if_workers_run_another_python()
     return spark
+
+
+def _workers_run_this_interpreter(spark: SparkSession) -> None:
+    """Python workers of a session built here run this interpreter, which has persona_spark installed.
+
+    pyspark starts them with ``PYSPARK_PYTHON``, else ``python3`` from the PATH, which in a virtual
+    environment that is not activated is another Python without this package. The setting lives on
+    the SparkContext, so the process environment stays as the caller left it.
+    """
+    if "PYSPARK_PYTHON" not in os.environ:
+        spark.sparkContext.pythonExec = sys.executable
+
+
+def _warn_if_workers_run_another_python() -> None:
+    """A Spark Connect server started here picks its workers' Python from its own environment only."""
+    if "PYSPARK_PYTHON" in os.environ:
+        return
+    on_path = shutil.which("python3")
+    if on_path is None or os.path.dirname(os.path.abspath(on_path)) != os.path.dirname(sys.executable):
+        warnings.warn(f"the local Spark Connect server runs Python workers with {on_path or 'python3'}, not "
+                      f"{sys.executable}; set PYSPARK_PYTHON={sys.executable} if that Python lacks persona_spark",
+                      stacklevel=3)
 
 
 def is_connect(spark: SparkSession) -> bool:

@@ -17,7 +17,7 @@ from persona_spark.config import Config, load_config
 from persona_spark.errors import UserError
 from persona_spark.gplr import GPLRSettings
 from persona_spark.personas import PersonaSet, load_persona_set
-from persona_spark.runtime.checkpoint import checkpoint, ensure_checkpoint_dir
+from persona_spark.runtime.checkpoint import checkpoint, ensure_checkpoint_dir, release_pins
 from persona_spark.runtime.session import describe_master, get_spark
 from persona_spark.tables.store import TableStore
 
@@ -87,4 +87,7 @@ class RunContext:
         """Run one stage by its CLI name (``persona-spark --help`` lists them); its summary."""
         if stage not in STAGES:
             raise UserError(f"no stage {stage!r}; the stages are {', '.join(STAGES)}")
-        return STAGES[stage](self) or {}
+        try:
+            return STAGES[stage](self) or {}
+        finally:
+            release_pins()

@@ -60,6 +60,8 @@ def test_01_quick_start_runs_the_pipeline(quick_start):
     quality = ns["quality"].iloc[0]
     assert quality["micro_f1"] > quality["baseline_micro_f1"], "propagated personas beat the popularity baseline"
     assert len(ns["segments"]) == min(ns["cfg"].segment.ks)
+    customers = ns["store"].read_table("transactions").select("customer_id").distinct().count()
+    assert ns["quick"].personas.select("customer_id").distinct().count() == customers  # the API cell: everyone
 
 
 def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
