@@ -40,20 +40,6 @@ def test_the_package_exports_a_short_api_and_imports_no_spark():
     assert json.loads(done.stdout.replace("'", '"')) == ["persona_spark.runtime", "persona_spark.runtime.worker"]
 
 
-def test_the_readme_snippet_gives_personas_to_every_customer(spark, shop):
-    orders, personas = shop
-    result = ps.GPLR(labeler=ps.EmbeddingLabeler(), budget=0.1, **FAST).fit(orders, personas)
-    rows = result.personas
-    assert rows.columns == ["customer_id", "user_idx", "persona_idx", "persona", "score", "rank", "source",
-                            "probability"]
-    customers = orders.select("customer_id").distinct()
-    assert rows.select("customer_id").distinct().count() == customers.count()
-    assert rows.join(customers, "customer_id", "left_anti").count() == 0
-    assert rows.filter(F.col("persona").isNull()).count() == 0
-    assert {r.source for r in rows.select("source").distinct().collect()} == {"llm", "propagated"}
-    assert result.summary["budget"] == round(0.1 * customers.count())
-
-
 def test_a_purchase_graph_and_a_user_budget(spark, shop):
     orders, personas = shop
     graph = ps.PurchaseGraph.from_orders(orders, min_user_degree=2)
