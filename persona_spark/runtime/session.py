@@ -9,6 +9,7 @@ Delta connector (and ``hadoop-aws`` for ``s3a://`` locations) from Maven once pe
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import re
@@ -173,9 +174,21 @@ def get_spark(conf: SparkConf | None = None) -> SparkSession:
     if not is_connect(spark):
         spark.sparkContext.setLogLevel("WARN")
         _workers_run_this_interpreter(spark)
-    elif not remote_server:
-        _warn_if_workers_run_another_python()
+    else:
+        if not remote_server:
+            _warn_if_workers_run_another_python()
+        atexit.register(_close_before_shutdown, spark)
     return spark
+
+
+def _close_before_shutdown(spark: SparkSession) -> None:
+    """Close a Spark Connect session this module built while the interpreter can still start threads.
+
+    Each pinned Connect frame releases its server-side copy from its finalizer with a gRPC call, and
+    a gRPC call starts a thread. Finalizers that run during interpreter shutdown would wait for that
+    thread for ever; on a closed session they do nothing (the server drops the session's frames).
+    """
+    spark.stop()
 
 
 def _workers_run_this_interpreter(spark: SparkSession) -> None:
