@@ -87,7 +87,7 @@ class TablesConf(Section):
     lease_ttl_minutes: float = Field(10.0, gt=0, description="how long a lease lasts unless its run renews it (every "
                                      "third of it): a run killed on another host holds the tables this long; one "
                                      "killed on this host frees them at once")
-    lease_location: str | None = Field(None, description="where the lease object lives; null: <root>/_lease, and no "
+    lease_location: str | None = Field(None, description="where the lease object lives; null: _lease under tables.root, and no "
                                        "lease in catalog mode (set a path or URI, e.g. a Volume, to have one there)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

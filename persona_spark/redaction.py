@@ -114,6 +114,21 @@ def _redact_values(value):
     return value
 
 
+def redact_exception(error: BaseException) -> BaseException:
+    """``error`` and the exceptions it was raised from, their text arguments redacted in place: a notebook or a
+    caller that prints the exception shows what ``str`` gives, which those arguments make. Returns ``error``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        try:
+            current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
+        except (AttributeError, TypeError):  # an extension type whose args cannot be set: left as it is
+            pass
+        current = current.__cause__ or current.__context__
+    return error
+
+
 # ---- the process's log records and uncaught exceptions ----------------------------------------------
 _install_lock = threading.Lock()
 _installed = False

@@ -21,7 +21,7 @@ from persona_spark.config import Config, load_config
 from persona_spark.errors import UserError
 from persona_spark.gplr import GPLRSettings
 from persona_spark.personas import PersonaSet, load_persona_set
-from persona_spark.redaction import register
+from persona_spark.redaction import redact_exception, register
 from persona_spark.runtime.checkpoint import checkpoint, ensure_checkpoint_dir
 from persona_spark.runtime.runs import new_run
 from persona_spark.runtime.session import describe_master, get_spark
@@ -98,8 +98,12 @@ class RunContext:
         """Run one stage by its CLI name (``persona-spark --help`` lists them); its summary."""
         if stage not in STAGES:
             raise UserError(f"no stage {stage!r}; the stages are {', '.join(STAGES)}")
-        with self.lease(stage):
-            return STAGES[stage](self) or {}
+        try:
+            with self.lease(stage):
+                return STAGES[stage](self) or {}
+        except Exception as error:  # a provider's error may quote the key: whoever prints it shows it redacted
+            redact_exception(error)
+            raise
 
     @contextmanager
     def lease(self, stage: str) -> Iterator[None]:

@@ -133,8 +133,12 @@ class Lease:
 
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
-            if not self.renew():
-                return
+            try:
+                if not self.renew():
+                    return
+            except Exception:  # noqa: BLE001 - a store that failed once is tried again at the next third
+                log.warning("could not renew the lease at %s; trying again in %.0f s", self.location, self.ttl_s / 3,
+                            exc_info=True)
 
     def renew(self) -> bool:
         """Push the expiry one TTL ahead; False (logged) when another run holds the lease now."""

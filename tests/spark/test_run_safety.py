@@ -89,7 +89,7 @@ def readable(path: Path) -> bytes:
     return data
 
 
-def test_the_key_never_reaches_a_table_a_file_a_log_or_the_output(spark, personas, tmp_path, monkeypatch, capfd):
+def test_the_key_never_reaches_a_table_a_file_a_log_or_the_output(spark, personas, tmp_path, monkeypatch, capfd, caplog):
     canary = f"sk-canary-{uuid.uuid4().hex}"
     monkeypatch.setenv(KEY_ENV, canary)
     root = tmp_path / "run"
@@ -98,7 +98,7 @@ def test_the_key_never_reaches_a_table_a_file_a_log_or_the_output(spark, persona
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    monkeypatch.setattr(logging.getLogger("persona_spark"), "level", logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="persona_spark")
     with LoopbackChatServer(careless_provider(personas), echo_authorization=True) as server:
         server.batch_faults = BatchFaults(line_fault=lambda cid: "failed" if int(cid.split("-")[0]) % 2 else None)
         conf = root / "conf.yaml"
@@ -123,27 +123,28 @@ def test_the_key_never_reaches_a_table_a_file_a_log_or_the_output(spark, persona
         assert {401, 500} <= set(server.statuses) and server.batches  # the key was echoed, over both APIs
     output = capfd.readouterr()
 
+    # no file the run wrote, in no version the watcher saw, and nothing printed holds the key or a piece of it
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert log_file in files and (root / "report" / "index.html") in files
+    assert any("_delta_log" in str(p) for p in files) and any(p.suffix == ".parquet" for p in files)
+    pieces = (canary, canary[-16:])
+    leaks = [str(p.relative_to(root)) for p in files if any(piece.encode() in readable(p) for piece in pieces)]
+    leaks += [str(Path(p).relative_to(root)) for p, versions in watcher.seen.items()
+              if any(piece.encode() in v for v in versions for piece in pieces)]
+    leaks += [name for name, text in (("stdout", output.out), ("stderr", output.err)) if any(p in text for p in pieces)]
+    assert leaks == []
+
     # the run saw the echoes, and kept them as redacted errors
     users = {r["user_idx"]: r for r in spark.read.format("delta").load(str(root / "tables" / "user_labels")).collect()}
     assert users[0]["status"] == "error" and "Incorrect API key provided: [redacted]" in users[0]["error"]
     assert users[1]["status"] == "error" and "HTTP 500" in users[1]["error"] and "[redacted]" in users[1]["error"]
     assert users[2]["status"] == "ok"
     items = {r["item_idx"]: r for r in spark.read.format("delta").load(str(root / "tables" / "item_labels")).collect()}
-    assert "[redacted]" in items[1]["error"] and items[0]["status"] != "error"
+    assert "[redacted]" in items[1]["error"] and items[2]["status"] == "ok"  # item 1's line failed in the batch
     journal = [p for p in watcher.seen if p.endswith(".jsonl") and "labels_journal" in p]
     batch_errors = [p for p in watcher.seen if p.endswith("errors.jsonl")]
     assert journal and batch_errors, "the watcher saw no journal or batch error file: nothing was checked"
     assert any(b"[redacted]" in v for p in batch_errors for v in watcher.seen[p])
-
-    # no file the run wrote, in no version the watcher saw, and nothing printed holds the key or a piece of it
-    files = [p for p in root.rglob("*") if p.is_file()]
-    assert log_file in files and (root / "report" / "index.html") in files
-    assert any("_delta_log" in str(p) for p in files) and any(p.suffix == ".parquet" for p in files)
-    pieces = (canary, canary[-16:])
-    leaks = [str(p) for p in files if any(piece.encode() in readable(p) for piece in pieces)]
-    leaks += [p for p, versions in watcher.seen.items() if any(piece.encode() in v for v in versions for piece in pieces)]
-    leaks += [name for name, text in (("stdout", output.out), ("stderr", output.err)) if any(p in text for p in pieces)]
-    assert leaks == []
 
 
 # ---- one writer at a time ----------------------------------------------------------------------------------------

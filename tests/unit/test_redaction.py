@@ -9,9 +9,10 @@ import logging
 import pickle
 import subprocess
 import sys
+import traceback
 import uuid
 
-from persona_spark.redaction import REDACTED, Secret, install, redact, redact_json_line, register
+from persona_spark.redaction import REDACTED, Secret, install, redact, redact_exception, redact_json_line, register
 
 
 def unique_key(prefix: str = "azure-") -> str:
@@ -109,3 +110,17 @@ def test_install_is_idempotent():
     factory = logging.getLogRecordFactory()
     install()
     assert logging.getLogRecordFactory() is factory
+
+
+def test_an_exception_and_its_causes_are_redacted_in_place():
+    key = unique_key("sk-")
+    register(key)
+    try:
+        try:
+            raise KeyError(f"no model for {key}")
+        except KeyError as cause:
+            raise RuntimeError(f"Incorrect API key provided: {key}", 401) from cause
+    except RuntimeError as error:
+        assert redact_exception(error) is error
+        assert error.args == ("Incorrect API key provided: [redacted]", 401)
+        assert key not in "".join(traceback.format_exception(error))
