@@ -45,7 +45,7 @@ _known: set[str] = set()  # the secret values this process holds
 
 
 def register(value: str | None) -> None:
-    """Redact ``value`` from everything this process writes from now on (and install the log redaction)."""
+    """Redact ``value`` from everything this process writes from then on (and install the log redaction)."""
     if value and len(value) >= MIN_SECRET_CHARS:
         _known.add(value)
     install()
@@ -153,7 +153,7 @@ def install() -> None:
 
 
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """The record with its message (formatted now) and its traceback text redacted."""
+    """The record with its message (formatted at once) and its traceback text redacted."""
     try:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a bad format string: logging reports it when the record is emitted

@@ -8,7 +8,7 @@ paid for twice and no Delta commit races another run's. The holder renews the ex
 while it runs and removes the object when it ends, failed or not.
 
 A lease is stale when its expiry has passed (its holder was killed, or stalled past the TTL) or when its holder
-was a process on this host that no longer exists (a ``kill -9`` on a laptop). The next run takes a stale lease
+was a process on this host that is gone (a ``kill -9`` on a laptop). The next run takes a stale lease
 over through a create-if-absent of a marker named after the stale holder's run, so two runs that find the same
 stale lease cannot both take it. An object that does not parse (a racer caught mid-write, a damaged file) is
 held by an unknown holder until its modification time plus the TTL.
@@ -141,25 +141,30 @@ class Lease:
                             exc_info=True)
 
     def renew(self) -> bool:
-        """Push the expiry one TTL ahead; False (logged) when another run holds the lease now."""
+        """Push the expiry one TTL ahead; False (logged) when another run holds the lease instead."""
         held = self.current()
         if held is None or held.run_id != self.run_id:
-            log.error("the lease at %s is no longer this run's (%s): another run may write the same tables", self.location,
+            log.error("the lease at %s is not this run's (%s): another run may write the same tables", self.location,
                       held.describe() if held else "removed")
             return False
         storage.write_bytes(self.location, self._payload())
         return True
 
     def release(self) -> None:
-        """Stop renewing and remove the lease if it is still this run's."""
+        """Stop renewing and remove the lease if it is still this run's. A store that fails here is logged, not
+        raised: the stage's own outcome stands, and the lease expires by itself."""
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
-        held = self.current()
-        if held is not None and held.run_id == self.run_id:
-            storage.remove(self.location)
-        if self._marker is not None:
-            storage.remove(self._marker)
+        try:
+            held = self.current()
+            if held is not None and held.run_id == self.run_id:
+                storage.remove(self.location)
+            if self._marker is not None:
+                storage.remove(self._marker)
+        except Exception:  # noqa: BLE001
+            log.warning("could not remove the lease at %s; it expires within %.0f s", self.location, self.ttl_s,
+                        exc_info=True)
 
     def __enter__(self) -> Lease:
         self.acquire()
