@@ -4,8 +4,9 @@ The CLI, the ``jobs/*.py`` spark-submit scripts and the Databricks bundle all op
 ``RunContext`` and run the same stage functions in ``persona_spark.stages`` through it.
 
 Exit status: 0 done; 2 a mistake the user can fix (unknown or out-of-bounds setting, missing table,
-column or path), told in one line on stderr, with the traceback only under ``--debug``; 1 (with the
-traceback) anything else.
+column or path, tables in use by another run, a Delta write that lost to a concurrent one), told in one
+line on stderr, with the traceback only under ``--debug``; 1 (with the traceback) anything else. What
+the CLI prints passes through ``persona_spark.redaction.redact``, as do log records and tracebacks.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import traceback
 
 from persona_spark.errors import UserError
+from persona_spark.redaction import redact
 
 log = logging.getLogger("persona_spark.cli")
 
@@ -24,6 +27,11 @@ log = logging.getLogger("persona_spark.cli")
 SPARK_USER_ERRORS = ("PATH_NOT_FOUND", "TABLE_OR_VIEW_NOT_FOUND", "UNRESOLVED_COLUMN", "DELTA_TABLE_NOT_FOUND",
                      "DELTA_MISSING_DELTA_TABLE", "DELTA_PATH_DOES_NOT_EXIST")
 USER_ERROR_STATUS = 2
+# Delta's commit conflicts: another writer committed to the same table while this write ran (a run without the
+# tables' lease). Matched in the text because they arrive as Delta's Python exceptions, a Py4JJavaError or a
+# Spark Connect error, depending on the session.
+DELTA_CONFLICT = re.compile(r"\[(DELTA_CONCURRENT_[A-Z_]+|DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED)\]\s*"
+                            r"(?:[\w.]+Exception:\s*)?([^\n]*)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +58,11 @@ def user_error_message(error: BaseException) -> str | None:
         condition = error.getCondition() or ""
         if condition.split(".")[0] in SPARK_USER_ERRORS:
             return str(error).strip().splitlines()[0]
+    conflict = DELTA_CONFLICT.search(str(error)[:20000])
+    if conflict:
+        return (f"another writer committed to the same Delta table while this stage wrote it ({conflict.group(1)}: "
+                f"{conflict.group(2).strip()[:200]}); this write committed nothing. Run one writer per tables root at a "
+                "time (the tables' lease does that unless tables.lease=false), then run the stage again")
     return None
 
 
@@ -66,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         if args.debug:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), end="", file=sys.stderr)
         else:  # kept for a log handler at debug level
             log.debug("persona-spark %s stopped on a user error", args.stage, exc_info=True)
-        print(f"persona-spark {args.stage}: error: {message}", file=sys.stderr)
+        print(redact(f"persona-spark {args.stage}: error: {message}"), file=sys.stderr)
         return USER_ERROR_STATUS
-    print(json.dumps({"stage": args.stage, **(summary or {})}, default=str, indent=2))
+    print(redact(json.dumps({"stage": args.stage, **(summary or {})}, default=str, indent=2)))
     return 0
 
 

@@ -81,6 +81,14 @@ class TablesConf(Section):
                                                   "delta-rs: an explicit fallback for a single machine without the "
                                                   "connector jars; refused when the master is not local or the root is "
                                                   "not a local path")
+    lease: bool = Field(True, description="every stage but report takes a lease object beside the tables (created "
+                        "only if absent, renewed while the stage runs, removed at its end): a second run on the "
+                        "same tables stops at once naming the holder, before anything is read, written or paid for")
+    lease_ttl_minutes: float = Field(10.0, gt=0, description="how long a lease lasts unless its run renews it (every "
+                                     "third of it): a run killed on another host holds the tables this long; one "
+                                     "killed on this host frees them at once")
+    lease_location: str | None = Field(None, description="where the lease object lives; null: _lease under tables.root, and no "
+                                       "lease in catalog mode (set a path or URI, e.g. a Volume, to have one there)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

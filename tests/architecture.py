@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Lowest first. A module may import from its own layer and those below; a name covers its submodules.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "tables", "tables.storage", "testing"),
+    ("errors", "redaction", "tables", "tables.storage", "testing"),
     ("config",),
     ("runtime",),
     ("tables.store", "personas"),

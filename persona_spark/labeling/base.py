@@ -26,6 +26,7 @@ from persona_spark.config import LabelingConf, Section
 from persona_spark.errors import UserError
 from persona_spark.labeling.prompts import Entity, HistoryFormat, Verdict
 from persona_spark.personas import PersonaSet
+from persona_spark.redaction import redact
 from persona_spark.runtime.checkpoint import checkpoint
 from persona_spark.runtime.frames import union_all
 
@@ -57,12 +58,15 @@ def now_micros() -> int:
 
 
 def make_row(id_col: str, entity_id: int, history_hash: str, key: CacheKey, verdict: Verdict, **extra) -> dict:
+    """One label row, as the journal and the cache tables store it. Its free text (the error, the raw answer)
+    quotes the provider, which may echo the key: redacted here, where every label row is made."""
+    answer = extra.get("answer")
     return {
         id_col: int(entity_id),
         "personas": list(verdict.personas),
         "persona_idx": list(verdict.persona_idx),
         "status": verdict.status,
-        "error": verdict.error,
+        "error": verdict.error and redact(verdict.error),
         "model": key.model,
         "prompt_version": key.prompt_version,
         "persona_set_version": key.persona_set_version,
@@ -71,7 +75,7 @@ def make_row(id_col: str, entity_id: int, history_hash: str, key: CacheKey, verd
         "completion_tokens": extra.get("completion_tokens", 0),
         "latency_ms": extra.get("latency_ms", 0),
         "attempts": extra.get("attempts", 0),
-        "answer": extra.get("answer"),
+        "answer": answer and redact(answer),
         "ts": extra.get("ts") or now_micros(),
         "cached_prompt_tokens": extra.get("cached_prompt_tokens", 0),
         "channel": extra.get("channel", "offline"),  # sync | batch: priced at its own rates; offline: no tokens

@@ -45,10 +45,11 @@ from persona_spark.labeling.base import (
     rows_frame,
     validated,
 )
-from persona_spark.labeling.client import CallResult, Secret, chat_body, completion_result
+from persona_spark.labeling.client import CallResult, chat_body, completion_result
 from persona_spark.labeling.openai_chat import OpenAILabeler, OpenAIWorker
 from persona_spark.labeling.prompts import LabelPrompt, error_verdict
 from persona_spark.personas import PersonaSet
+from persona_spark.redaction import Secret, redact, redact_json_line
 from persona_spark.runtime.runs import new_run
 from persona_spark.tables import storage
 
@@ -281,7 +282,8 @@ class BatchLedger:
         if not submissions:
             return []
         now = datetime.now(timezone.utc)
-        rows = [{**asdict(s), "ts": now} for s in submissions]
+        # detail quotes the provider's messages, which may echo the key
+        rows = [{**asdict(s), "detail": s.detail and redact(s.detail), "ts": now} for s in submissions]
         self.cache.append(self.table, self.cache.spark.createDataFrame(rows, LEDGER_SCHEMA))
         return [s if s.ts else replace(s, ts=now) for s in submissions]
 
@@ -336,9 +338,10 @@ class BatchAPI:
         return self._client.batches.retrieve(batch_id)
 
     def download(self, file_id: str, location: str) -> None:
+        """The file, line by line, each redacted: an error line may quote the request's Authorization header."""
         with storage.open_output(location) as out:
-            for chunk in self._client.files.content(file_id).iter_bytes():
-                out.write(chunk)
+            for line in self._client.files.content(file_id).iter_lines():
+                out.write((redact_json_line(line) + "\n").encode())
 
 
 def batch_detail(batch) -> str | None:

@@ -16,21 +16,9 @@ from dataclasses import dataclass
 
 from persona_spark.config import OpenAIConf
 from persona_spark.labeling.prompts import estimate_tokens
+from persona_spark.redaction import Secret
 
 RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
-
-
-class Secret:
-    """An API key that never shows up in reprs, logs or error messages."""
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
 
 
 def resolve_api_key(conf: OpenAIConf, spark=None) -> Secret:

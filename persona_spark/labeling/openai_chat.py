@@ -31,10 +31,11 @@ from persona_spark.labeling.base import (
     rows_frame,
     split_evenly,
 )
-from persona_spark.labeling.client import ChatClient, Secret, resolve_api_key
+from persona_spark.labeling.client import ChatClient, resolve_api_key
 from persona_spark.labeling.prompts import Entity, LabelPrompt, error_verdict, estimate_tokens
 from persona_spark.labeling.ratelimit import RemoteBudget, job_budget_url
 from persona_spark.personas import PersonaSet
+from persona_spark.redaction import Secret
 from persona_spark.runtime.session import is_local_master
 
 MAX_ANSWER_CHARS = 4000

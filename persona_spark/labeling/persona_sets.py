@@ -34,10 +34,11 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_spark.config import LabelingConf
-from persona_spark.labeling.client import CallResult, ChatClient, Secret
+from persona_spark.labeling.client import CallResult, ChatClient
 from persona_spark.labeling.pricing import rates
 from persona_spark.labeling.prompts import Entity, HistoryFormat, estimate_tokens, load_template_file, strip_code_fence
 from persona_spark.personas import PersonaSet, normalize_name
+from persona_spark.redaction import Secret
 from persona_spark.tables import storage
 
 log = logging.getLogger(__name__)

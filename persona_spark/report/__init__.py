@@ -10,7 +10,6 @@ next to it, so the file opens offline and can be mailed as is.
 
 from persona_spark.report.build import SECTIONS, Report, ReportSectionsFailed, Section, build_report
 from persona_spark.report.gather import describe_labelers, metric_rows
-from persona_spark.report.redact import redact
 from persona_spark.report.render import movement_sentences
 from persona_spark.report.tables import REPORT_TABLES, WRITTEN_BY
 
@@ -25,5 +24,4 @@ __all__ = [
     "describe_labelers",
     "metric_rows",
     "movement_sentences",
-    "redact",
 ]

@@ -14,8 +14,8 @@ from pyspark.sql import DataFrame
 
 from persona_spark.config import ReportConf
 from persona_spark.labeling.pricing import Rates
+from persona_spark.redaction import redact
 from persona_spark.report import gather, render
-from persona_spark.report.redact import redact
 from persona_spark.report.tables import WRITTEN_BY
 from persona_spark.tables import storage
 
@@ -139,6 +139,6 @@ def build_report(
     for name, png in canvas.figures.items():
         written.append(storage.join(folder, f"{name}.png"))
         storage.write_bytes(written[-1], png)
-    storage.write_text(path, document)
+    storage.write_text(path, redact(document, canvas.secrets))  # errors quoted anywhere on the page included
     log.info("report written to %s (%s)", path, status)
     return Report(path, written, status)

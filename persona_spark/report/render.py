@@ -27,8 +27,8 @@ from matplotlib.ticker import PercentFormatter
 
 from persona_spark.config import ReportConf
 from persona_spark.labeling.pricing import Rates
+from persona_spark.redaction import redact
 from persona_spark.report import gather
-from persona_spark.report.redact import redact
 
 LLM_COLOUR = "#1f5f99"
 PROPAGATED_COLOUR = "#8fbce6"

@@ -2,13 +2,17 @@
 
 Every stage is ``fn(ctx) -> summary dict``. The CLI, ``jobs/*.py``, the notebooks and the public API
 open one :class:`RunContext` and run stages through it, so nothing re-reads the config, reloads the
-persona set or prepares the checkpoint directory again inside a run.
+persona set or prepares the checkpoint directory again inside a run. ``RunContext.run`` is where every
+stage starts: it holds the tables' lease (``persona_spark.tables.lease``) while a writing stage runs, so
+a second run on the same tables stops before it does anything.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 
 from pyspark.sql import DataFrame, SparkSession
@@ -17,8 +21,11 @@ from persona_spark.config import Config, load_config
 from persona_spark.errors import UserError
 from persona_spark.gplr import GPLRSettings
 from persona_spark.personas import PersonaSet, load_persona_set
+from persona_spark.redaction import redact_exception, register
 from persona_spark.runtime.checkpoint import checkpoint, ensure_checkpoint_dir, release_pins
+from persona_spark.runtime.runs import new_run
 from persona_spark.runtime.session import describe_master, get_spark
+from persona_spark.tables.lease import Lease
 from persona_spark.tables.store import TableStore
 
 log = logging.getLogger("persona_spark")
@@ -27,6 +34,8 @@ Stage = Callable[["RunContext"], dict]
 # The stages by their CLI names, in the CLI's order; ``persona_spark.stages`` fills it when it is imported,
 # which Python does before any of its submodules (this one included).
 STAGES: dict[str, Stage] = {}
+# Stages that write no table, so they run beside a run holding the tables' lease.
+LEASE_FREE_STAGES = frozenset({"report"})
 
 
 class RunContext:
@@ -44,6 +53,8 @@ class RunContext:
         self.cfg = cfg
         self.store = store
         self.conf_path = conf_path
+        # Everything this process writes from here on (rows, files, logs) goes without the configured key.
+        register(os.environ.get(cfg.labeling.openai.api_key_env))
         if self.checkpoint_mode == "reliable":  # reliable checkpoints need a directory, set once for the run
             ensure_checkpoint_dir(store.spark, cfg.spark.checkpoint_dir)
 
@@ -88,6 +99,20 @@ class RunContext:
         if stage not in STAGES:
             raise UserError(f"no stage {stage!r}; the stages are {', '.join(STAGES)}")
         try:
-            return STAGES[stage](self) or {}
+            with self.lease(stage):
+                return STAGES[stage](self) or {}
+        except Exception as error:  # a provider's error may quote the key: whoever prints it shows it redacted
+            redact_exception(error)
+            raise
         finally:
             release_pins()
+
+    @contextmanager
+    def lease(self, stage: str) -> Iterator[None]:
+        """Hold the tables' lease while ``stage`` runs (``LeaseHeld``, a user error, when another run does)."""
+        location = self.store.lease_location
+        if location is None or stage in LEASE_FREE_STAGES:
+            yield
+            return
+        with Lease(location, self.cfg.tables.lease_ttl_minutes * 60, stage, new_run()[0]):
+            yield

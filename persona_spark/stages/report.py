@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from persona_spark import report as report_lib
 from persona_spark.labeling.pricing import price_table
 from persona_spark.stages.common import persona_names
@@ -15,7 +13,6 @@ def report_stage(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     found = {name: ctx.table(name) for name in report_lib.REPORT_TABLES}
     names = {row["persona_idx"]: row["name"] for row in persona_names(ctx).collect()}
-    api_key = os.environ.get(cfg.labeling.openai.api_key_env)  # redacted from any error the page shows
-    result = report_lib.build_report(found, cfg.report.path, names, cfg.report, price_table(cfg.labeling.openai),
-                                     secrets=(api_key,))
+    # The configured key (the run registered it) is redacted from the page as it is written.
+    result = report_lib.build_report(found, cfg.report.path, names, cfg.report, price_table(cfg.labeling.openai))
     return {"report": result.path, "figures": result.figures, "sections": result.sections}

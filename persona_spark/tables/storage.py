@@ -164,6 +164,64 @@ def remove(location: str) -> None:
         handle.delete_file(path)
 
 
+def create_exclusive(location: str, data: bytes) -> bool:
+    """Write ``data`` at ``location`` only if nothing is there; whether this call created it.
+
+    Of two callers racing for one location exactly one gets True on a local disk (an exclusive create, which
+    a reader may catch with part of ``data`` for an instant) and on S3 (a conditional put, ``If-None-Match:
+    *``, through boto3 when it is installed). Elsewhere (S3 without boto3, ``gs://``, ``abfss://``, ...) the
+    object is written when absent and read back: a racer whose write lands between this call's check and its
+    read back makes it lose, but one that writes after that read wins as well. ``data`` must differ between
+    callers (name the writer) for the read back to tell them apart.
+    """
+    kind = scheme(location)
+    if is_local(location):
+        path = filesystem(location)[1]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        return True
+    if kind in S3_SCHEMES:
+        try:
+            return _s3_put_if_absent(location, data)
+        except ImportError:
+            pass
+    if exists(location):
+        return False
+    write_bytes(location, data)
+    return read_bytes(location) == data
+
+
+def _s3_put_if_absent(location: str, data: bytes) -> bool:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    parsed = urlparse(location)
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+                          region_name=os.environ.get("AWS_REGION", "us-east-1"))
+    try:
+        client.put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, IfNoneMatch="*")
+    except ClientError as error:
+        # 412: the object exists; 409: another conditional put on the key is in flight (one of them wins)
+        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
+    return True
+
+
+def modified(location: str) -> float | None:
+    """When ``location`` was last written (seconds since the epoch), None when it is not there."""
+    from pyarrow import fs
+
+    handle, path = filesystem(location)
+    info = handle.get_file_info(path)
+    return None if info.type == fs.FileType.NotFound or info.mtime is None else info.mtime.timestamp()
+
+
 def write_text(location: str, text: str) -> None:
     write_bytes(location, text.encode("utf-8"))
 

@@ -40,6 +40,7 @@ from persona_spark.runtime.session import (
     is_local_master,
 )
 from persona_spark.tables import storage
+from persona_spark.tables.lease import LEASE_NAME
 
 
 class TableStore:
@@ -75,6 +76,16 @@ class TableStore:
             parts = (self.conf.catalog, self.conf.schema_ or "default", table)
             return ".".join("`" + part.replace("`", "``") + "`" for part in parts)
         return storage.join(storage.absolute(self.conf.root), table)
+
+    @property
+    def lease_location(self) -> str | None:
+        """Where the run lease of these tables lives (``persona_spark.tables.lease``): ``tables.lease_location``,
+        else ``<root>/_lease``; None when leases are off, or in catalog mode without a location."""
+        if not self.conf.lease:
+            return None
+        if self.conf.lease_location:
+            return storage.absolute(self.conf.lease_location)
+        return None if self.conf.catalog else storage.join(storage.absolute(self.conf.root), LEASE_NAME)
 
     # ---- queries ------------------------------------------------------------------------
     def exists(self, name: str) -> bool:

@@ -11,6 +11,10 @@ charged its prompt estimate + ``max_tokens``, 429 + ``x-ratelimit-*`` headers), 
 prompt tokens for a repeated prompt prefix, and runs the Batch API (``/v1/files``, ``/v1/batches``)
 with scripted faults (``BatchFaults``): missing, duplicated, malformed and failed lines, an expired
 batch with partial output, a batch that fails validation, batches held in progress.
+
+With ``echo_authorization`` it behaves like a careless provider: every error body (a chat reply of
+status 400 or more, a failed line of a batch's error file) quotes the request's ``Authorization``
+header, which is how the tests prove that the key never reaches a table, a file or a log.
 """
 
 from __future__ import annotations
@@ -110,6 +114,17 @@ def server_error(status: int = 500) -> Reply:
     return Reply(status=status, raw=json.dumps(body).encode())
 
 
+def echoed_authorization(status: int, authorization: str | None) -> bytes:
+    """An error body quoting the request's Authorization header, as careless providers and proxies write them."""
+    if status == 401:
+        error = {"message": f"Incorrect API key provided: {authorization}", "type": "invalid_request_error",
+                 "code": "invalid_api_key"}
+    else:
+        error = {"message": f"The server had an error processing the request (Authorization: {authorization})",
+                 "type": "server_error"}
+    return json.dumps({"error": error}).encode()
+
+
 LINE_FAULTS = ("missing", "duplicated", "malformed", "failed")
 CACHE_MIN_TOKENS = 1024  # providers cache a repeated prompt prefix of at least this many tokens ...
 CACHE_BLOCK_TOKENS = 128  # ... in blocks of this many
@@ -147,8 +162,9 @@ class LoopbackChatServer:
     """``with LoopbackChatServer(responder, latency_s=0.2) as server: client(base_url=server.base_url)``."""
 
     def __init__(self, responder: Responder, latency_s: float = 0.0, model: str = "loopback-model",
-                 tokens_per_minute: int = 0, requests_per_minute: int = 0):
+                 tokens_per_minute: int = 0, requests_per_minute: int = 0, echo_authorization: bool = False):
         self.responder = responder
+        self.echo_authorization = echo_authorization
         self.latency_s = latency_s
         self.model = model
         self.lock = threading.Lock()
@@ -230,6 +246,8 @@ class LoopbackChatServer:
         except Exception as exc:  # noqa: BLE001 — a broken script shows up as a 500, not a hang
             reply = server_error(500)
             reply.raw = json.dumps({"error": {"message": f"responder failed: {exc!r}"}}).encode()
+        if self.echo_authorization and reply.status >= 400:
+            return reply, echoed_authorization(reply.status, authorization)
         payload = reply.raw if reply.raw is not None else self._completion(body, reply.content or "")
         return reply, payload
 
@@ -252,7 +270,7 @@ class LoopbackChatServer:
             self.files[file_id] = {**record, "content": content}
         return record
 
-    def _create_batch(self, body: dict) -> tuple[int, dict]:
+    def _create_batch(self, body: dict, authorization: str | None = None) -> tuple[int, dict]:
         source = self.files.get(body.get("input_file_id", ""))
         if source is None:
             return 404, {"error": {"message": f"no file {body.get('input_file_id')!r}"}}
@@ -267,6 +285,7 @@ class LoopbackChatServer:
             }
             faults = self.batch_faults
             batch["_faults"] = BatchFaults(faults.line_fault, faults.expire_after, faults.fail_validation > 0, faults.hold)
+            batch["_authorization"] = authorization  # what the batch's lines run under
             if faults.fail_validation:
                 faults.fail_validation -= 1
             self.batches[batch_id] = batch
@@ -323,6 +342,8 @@ class LoopbackChatServer:
             reply, payload = self._chat(request["body"], None)
             if fault == "failed":
                 reply, payload = server_error(500), server_error(500).raw
+            if self.echo_authorization and reply.status >= 400:
+                payload = echoed_authorization(reply.status, batch["_authorization"])
             try:
                 answer_body = json.loads(payload)
             except ValueError:
@@ -455,7 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = json.loads(data or b"{}")
         if path.endswith("/batches"):
-            self._json(*server._create_batch(body))
+            self._json(*server._create_batch(body, self.headers.get("Authorization")))
             return
         if not path.endswith("/chat/completions"):
             self._json(404, {"error": {"message": "not found"}})
