@@ -151,6 +151,30 @@ def _mlflow(stage: str):
     return mlflow
 
 
+@contextlib.contextmanager
+def _tracking_at(mlflow, uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block, then put back: MLflow mirrors it into
+    ``$MLFLOW_TRACKING_URI``, which :func:`tracking_uri` reads, and one run's store must not become the next
+    run's (nor a notebook's own MLflow runs')."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    _allow_file_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None: unset again, MLflow's default
+
+
+def _experiment_id(mlflow, uri: str, name: str | None) -> str | None:
+    """The id of experiment ``name`` in the store at ``uri``, created when missing (None: MLflow's default).
+    By id, not ``mlflow.set_experiment``, so a notebook's active experiment stays as it was."""
+    if name is None:
+        return None
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found is not None else client.create_experiment(name)
+
+
 def tracked_run(cfg: Config, stage: str, run_name: str, log_to: Callable[[Any], dict | None]) -> dict:
     """Call ``log_to(mlflow)`` inside a new MLflow run (nested in an active one, e.g. a notebook's); what the
     stage's summary says about it: the run's id and experiment, or ``skipped`` and why."""
@@ -166,13 +190,11 @@ def tracked_run(cfg: Config, stage: str, run_name: str, log_to: Callable[[Any], 
     if mlflow is None:
         return {"skipped": "MLflow is not installed"}
     try:
-        _allow_file_store(uri)
-        mlflow.set_tracking_uri(uri)
-        name = experiment_name(conf, uri)
-        if name:
-            mlflow.set_experiment(name)
-        with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
-            extra = log_to(mlflow) or {}
+        with _tracking_at(mlflow, uri):
+            experiment = _experiment_id(mlflow, uri, experiment_name(conf, uri))
+            with mlflow.start_run(experiment_id=experiment, run_name=run_name,
+                                  nested=mlflow.active_run() is not None) as run:
+                extra = log_to(mlflow) or {}
     except Exception as error:  # bookkeeping: the stage's tables are written already
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
         log.warning("mlflow: the %s run was not logged to %s: %s", stage, shown(uri), reason)
@@ -236,10 +258,9 @@ def model_files(cfg: Config, reference: str) -> Iterator[str]:
     runs_at = tracking_uri(cfg.mlflow, cfg.tables.root)
     if runs_at is not None:
         _allow_file_store(runs_at)
-        mlflow.set_tracking_uri(runs_at)
     with tempfile.TemporaryDirectory() as local:
         try:
-            path = artifacts.download_artifacts(artifact_uri=uri, dst_path=local)
+            path = artifacts.download_artifacts(artifact_uri=uri, dst_path=local, tracking_uri=runs_at)
         except mlflow.exceptions.MlflowException as error:
             raise UserError(f"recommend.cold_start.model_uri {reference!r}: {' '.join(str(error).split())[:300]}") from error
         yield os.path.join(path, MODEL_FILES)

@@ -94,7 +94,7 @@ def test_gplr_run_logs_to_a_local_mlflow_server(tracked, tmp_path):
     """``mlflow server`` on 127.0.0.1, started and stopped here: artifacts served by the server, runs in its
     file store (a SQLite store takes seconds longer to start: it migrates the schema first)."""
     cfg, summary, _ = tracked
-    port = free_port()
+    port, before = free_port(), os.environ.get("MLFLOW_TRACKING_URI")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ALLOW_FILE_STORE": "true"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -109,6 +109,8 @@ def test_gplr_run_logs_to_a_local_mlflow_server(tracked, tmp_path):
         while "run_id" not in (logged := tracking.log_gplr_run(served, summary)) and time.monotonic() < deadline:
             time.sleep(1)
         assert logged["tracking_uri"] == uri, (logged, (tmp_path / "server.log").read_text()[-2000:])
+        # MLflow mirrors its tracking URI into the environment: put back, so the next run finds its own store
+        assert os.environ.get("MLFLOW_TRACKING_URI") == before
         run = mlflow.MlflowClient(uri).get_run(logged["run_id"])
         assert run.data.tags["persona_spark.run_id"] == summary["run_id"]
         assert run.data.metrics["budget"] == BUDGET and run.data.params["gplr.budget_users"] == str(BUDGET)
