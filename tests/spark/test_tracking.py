@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
@@ -73,8 +74,9 @@ def test_gplr_run_is_an_mlflow_run_with_settings_ledger_quality_reach_and_phases
     assert metrics["phase_seconds.writes"] == summary["phases"]["writes"]
     propagated = store.read_table("personas").filter(F.col("source") == "propagated").count()
     assert metrics["personas.propagated"] == propagated
-    artifact = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/gplr_summary.json")
-    assert json.loads(artifact)["run_id"] == summary["run_id"]
+    artifact = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gplr_summary.json",
+                                                   tracking_uri=cfg.mlflow.tracking_uri)
+    assert json.loads(Path(artifact).read_text())["run_id"] == summary["run_id"]
 
 
 def test_a_failing_tracking_store_is_one_warning_line_not_a_failed_stage(tracked, caplog):
@@ -114,8 +116,9 @@ def test_gplr_run_logs_to_a_local_mlflow_server(tracked, tmp_path):
         run = mlflow.MlflowClient(uri).get_run(logged["run_id"])
         assert run.data.tags["persona_spark.run_id"] == summary["run_id"]
         assert run.data.metrics["budget"] == BUDGET and run.data.params["gplr.budget_users"] == str(BUDGET)
-        assert json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/gplr_summary.json")) == json.loads(
-            json.dumps(summary, default=str))
+        artifact = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gplr_summary.json",
+                                                       dst_path=str(tmp_path / "download"), tracking_uri=uri)
+        assert json.loads(Path(artifact).read_text()) == json.loads(json.dumps(summary, default=str))
     finally:
         server.terminate()
         server.wait(timeout=30)
