@@ -246,8 +246,8 @@ def log_trained_model(cfg: Config, result: TrainResult, run_dir: str, run_id: st
 
 @contextlib.contextmanager
 def model_files(cfg: Config, reference: str) -> Iterator[str]:
-    """A local folder holding the files of a model the train stage logged (``embeddings.npz``, ``run.json``),
-    for as long as the ``with`` block runs. ``reference``: a model URI (``runs:/<run_id>/model``,
+    """A local folder holding the files of a model the train stage logged (``embeddings.npz``, ``run.json``;
+    the downloaded model is its parent folder), for as long as the ``with`` block runs. ``reference``: a model URI (``runs:/<run_id>/model``,
     ``models:/<model_id>``) or a train run's id, found in the tracking store :func:`tracking_uri` names."""
     try:
         import mlflow
@@ -256,11 +256,12 @@ def model_files(cfg: Config, reference: str) -> Iterator[str]:
         raise UserError("recommend.cold_start.model_uri needs MLflow: pip install 'persona-spark[mlflow]'") from error
     uri = reference if ":/" in reference else f"runs:/{reference}/{MODEL_NAME}"
     runs_at = tracking_uri(cfg.mlflow, cfg.tables.root)
-    if runs_at is not None:
-        _allow_file_store(runs_at)
+    # the global URI, not download_artifacts(tracking_uri=...): MLflow resolves runs:/ through the global one
+    where = _tracking_at(mlflow, runs_at) if runs_at is not None else contextlib.nullcontext()
     with tempfile.TemporaryDirectory() as local:
         try:
-            path = artifacts.download_artifacts(artifact_uri=uri, dst_path=local, tracking_uri=runs_at)
+            with where:
+                path = artifacts.download_artifacts(artifact_uri=uri, dst_path=local)
         except mlflow.exceptions.MlflowException as error:
             raise UserError(f"recommend.cold_start.model_uri {reference!r}: {' '.join(str(error).split())[:300]}") from error
         yield os.path.join(path, MODEL_FILES)

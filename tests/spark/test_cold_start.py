@@ -124,10 +124,10 @@ def test_train_logs_the_model_to_mlflow_and_cold_start_loads_it_by_run_id(staged
     history = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
     assert [m.value for m in history] == pytest.approx(saved["losses"])
     # the logged network propagates to the item embeddings the model folder holds
-    local = mlflow.artifacts.download_artifacts(artifact_uri=logged["model_uri"], dst_path=str(tmp_path / "logged"),
-                                                tracking_uri=cfg.mlflow.tracking_uri)
-    _, items, _ = final_embeddings(torch_flavour.load_model(local))
     stored = (tmp_path / "models" / "lgcn3-seed0" / EMBEDDINGS_FILE).read_bytes()
+    with tracking.model_files(cfg, logged["model_uri"]) as files:  # runs:/<run_id>/model, downloaded
+        _, items, _ = final_embeddings(torch_flavour.load_model(str(Path(files).parent)))
+        assert (Path(files) / EMBEDDINGS_FILE).read_bytes() == stored
     with np.load(tmp_path / "models" / "lgcn3-seed0" / EMBEDDINGS_FILE) as arrays:
         np.testing.assert_allclose(items.numpy(), arrays["items"], rtol=1e-5, atol=1e-6)
     with tracking.model_files(cfg, logged["logged_model"]) as by_model_id:  # models:/<id> names the same files
