@@ -557,8 +557,8 @@ class MLflowConf(Section):
     enabled: bool = Field(True, description="log gplr and train runs to MLflow; without the MLflow package a stage "
                           "logs one warning line and goes on")
     tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else the workspace's tracking "
-                                     "server on Databricks (databricks), else a file store under tables.root "
-                                     "(file:<tables.root>/mlruns)")
+                                     "server on Databricks (databricks), else MLflow's SQLite store in "
+                                     "tables.root (sqlite:///<tables.root>/mlflow.db)")
     experiment: str | None = Field(None, description="experiment name; null: persona-spark, or on Databricks the "
                                    "notebook's own experiment (a Databricks job needs a workspace path: the bundle "
                                    "passes the experiment it declares)")

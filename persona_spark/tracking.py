@@ -2,8 +2,8 @@
 
 The stages call this module after their Delta writes; the library never does. Where runs go
 (:func:`tracking_uri`): ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the workspace's own
-tracking server on Databricks (``databricks``), else a file store under ``tables.root``. MLflow is an
-optional extra (``mlflow-skinny``): without it, or when the tracking server fails, the stage logs one
+tracking server on Databricks (``databricks``), else MLflow's SQLite store in ``tables.root/mlflow.db``. MLflow
+is an optional extra (``mlflow-skinny`` and the SQL store's SQLAlchemy): without it, or when the tracking server fails, the stage logs one
 warning line and its summary says why nothing was tracked, because a stage whose tables are written must not
 fail over its bookkeeping. ``mlflow.enabled=false`` turns all of it off.
 """
@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from persona_spark.config import Config, MLflowConf
 from persona_spark.errors import UserError
@@ -32,6 +33,7 @@ log = logging.getLogger("persona_spark")
 
 DATABRICKS = "databricks"
 DEFAULT_EXPERIMENT = "persona-spark"
+LOCAL_STORE = "mlflow.db"  # the local default: MLflow's SQLite store, one file under tables.root
 MODEL_NAME = "model"  # the logged model's name: runs:/<run_id>/model
 MODEL_FILES = "extra_files"  # where MLflow's torch flavour keeps a model's extra files
 LEDGER_KEYS = ("asked", "ok", "unrepresentable", "errors", "answered", "prompt_tokens", "completion_tokens")
@@ -47,8 +49,8 @@ def tracking_uri(conf: MLflowConf, tables_root: str) -> str | None:
         return DATABRICKS
     if not storage.is_local(tables_root):
         return None
-    folder = storage.join(tables_root, "mlruns")
-    return folder if storage.scheme(folder) else Path(storage.absolute(folder)).as_uri()
+    folder = urlparse(tables_root).path if storage.scheme(tables_root) == "file" else storage.absolute(tables_root)
+    return f"sqlite:///{Path(folder, LOCAL_STORE).as_posix()}"
 
 
 def experiment_name(conf: MLflowConf, uri: str) -> str | None:
@@ -133,13 +135,6 @@ def gplr_metrics(cfg: Config, summary: dict) -> dict[str, float]:
     return metrics
 
 
-def _allow_file_store(uri: str) -> None:
-    # MLflow refuses its file store unless told otherwise (it wants a SQL database), and the SQL store needs
-    # SQLAlchemy, which mlflow-skinny leaves out: the file store is the one local store the skinny client writes.
-    if uri.startswith("file:"):
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-
-
 def _mlflow(stage: str):
     """The mlflow module, or None after one warning line when it is not installed."""
     try:
@@ -157,12 +152,19 @@ def _tracking_at(mlflow, uri: str) -> Iterator[None]:
     ``$MLFLOW_TRACKING_URI``, which :func:`tracking_uri` reads, and one run's store must not become the next
     run's (nor a notebook's own MLflow runs')."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    _allow_file_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(before)  # None: unset again, MLflow's default
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment in a SQLite store keeps its artifacts: beside the database file (MLflow's
+    default is the working directory); None for other stores, which have their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").as_uri()
 
 
 def _experiment_id(mlflow, uri: str, name: str | None) -> str | None:
@@ -172,7 +174,7 @@ def _experiment_id(mlflow, uri: str, name: str | None) -> str | None:
         return None
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else client.create_experiment(name)
+    return found.experiment_id if found is not None else client.create_experiment(name, artifact_location(uri))
 
 
 def tracked_run(cfg: Config, stage: str, run_name: str, log_to: Callable[[Any], dict | None]) -> dict:

@@ -16,6 +16,8 @@ from persona_spark.runtime.session import DRIVER_JAVA_OPTIONS
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the network is loopback only
+# The tests track to MLflow file stores (quicker to create than a SQLite store), which MLflow refuses unless told
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PERSONA_SPARK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

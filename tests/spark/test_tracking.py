@@ -1,7 +1,7 @@
-"""MLflow tracking of a gplr run: a local file store, then the same logging against a local ``mlflow server``.
+"""MLflow tracking of a gplr run: a local file store, the SQLite default, and a local ``mlflow server``.
 
 One tiny gplr run (the 40-customer shop of tests/persona_world.py, recorded labels) is tracked to a ``file:``
-store through the stage; the server test logs that run's summary through the same function the stage calls.
+store through the stage; the other tests log that run's summary through the same function the stage calls.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from persona_spark import tracking
-from persona_spark.config import load_config
+from persona_spark.config import MLflowConf, load_config
 from persona_spark.stages import STAGES, RunContext
 from persona_spark.tables.store import TableStore
 from tests.persona_world import COMBOS, N_USERS, build_world, write_persona_set, write_world
@@ -77,6 +77,24 @@ def test_gplr_run_is_an_mlflow_run_with_settings_ledger_quality_reach_and_phases
     artifact = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gplr_summary.json",
                                                    tracking_uri=cfg.mlflow.tracking_uri)
     assert json.loads(Path(artifact).read_text())["run_id"] == summary["run_id"]
+
+
+def test_without_settings_runs_go_to_a_sqlite_store_under_the_tables_root(tracked, tmp_path, monkeypatch):
+    cfg, summary, _ = tracked
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing lands in the working directory
+    (tmp_path / "tables").mkdir()
+    local = cfg.model_copy(update={"tables": cfg.tables.model_copy(update={"root": str(tmp_path / "tables")}),
+                                   "mlflow": MLflowConf()})
+    logged = tracking.log_gplr_run(local, summary)
+    assert logged["tracking_uri"] == f"sqlite:///{tmp_path}/tables/mlflow.db"
+    client = mlflow.MlflowClient(logged["tracking_uri"])
+    run = client.get_run(logged["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "persona-spark"
+    assert run.data.tags["persona_spark.run_id"] == summary["run_id"]
+    assert run.info.artifact_uri.startswith((tmp_path / "tables" / "mlartifacts").as_uri())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tables"]
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["mlartifacts", "mlflow.db"]
 
 
 def test_a_failing_tracking_store_is_one_warning_line_not_a_failed_stage(tracked, caplog):

@@ -33,9 +33,12 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_runs_go_to_the_setting_then_the_environment_then_databricks_then_a_file_store(clean_env, tmp_path):
+def test_runs_go_to_the_setting_then_the_environment_then_databricks_then_a_sqlite_file(clean_env, tmp_path):
     local = str(tmp_path / "tables")
-    assert tracking.tracking_uri(MLflowConf(), local) == (tmp_path / "tables" / "mlruns").as_uri()
+    assert tracking.tracking_uri(MLflowConf(), local) == f"sqlite:///{tmp_path}/tables/mlflow.db"
+    assert tracking.tracking_uri(MLflowConf(), f"file://{tmp_path}/t") == f"sqlite:///{tmp_path}/t/mlflow.db"
+    assert tracking.artifact_location(f"sqlite:///{tmp_path}/tables/mlflow.db") == (tmp_path / "tables" / "mlartifacts").as_uri()
+    assert tracking.artifact_location("http://127.0.0.1:5000") is None
     assert tracking.tracking_uri(MLflowConf(), "s3a://bucket/tables") is None  # no file store on object storage
     assert tracking.experiment_name(MLflowConf(), "file:///x") == "persona-spark"
     clean_env.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")
