@@ -441,6 +441,9 @@ class RecommendColdStartConf(Section):
     audience_activity_exponent: float = Field(0.5, ge=0, description="new-item audiences: persona purchase share x "
                                               "activity^this")
     declared_personas_table: str = Field("declared_personas", description="personas customers chose at sign-up")
+    model_uri: str | None = Field(None, description="the trained model from MLflow instead of recommend.train.model_dir: "
+                                  "a model URI (runs:/<run_id>/model, models:/<model_id>) or the run id of a train "
+                                  "run (the train stage's summary names both)")
 
 
 class RecommendConf(Section):
@@ -556,6 +559,19 @@ class AudienceConf(Section):
         return list(self.defined)
 
 
+class MLflowConf(Section):
+    """MLflow tracking: each gplr run and each trained model as an MLflow run (the mlflow extra)."""
+
+    enabled: bool = Field(True, description="log gplr and train runs to MLflow; without the MLflow package a stage "
+                          "logs one warning line and goes on")
+    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else the workspace's tracking "
+                                     "server on Databricks (databricks), else MLflow's SQLite store in "
+                                     "tables.root (sqlite:///<tables.root>/mlflow.db)")
+    experiment: str | None = Field(None, description="experiment name; null: persona-spark, or on Databricks the "
+                                   "notebook's own experiment (a Databricks job needs a workspace path: the bundle "
+                                   "passes the experiment it declares)")
+
+
 class EvaluateConf(Section):
     """Scoring the personas against a reference on users the run did not label."""
 
@@ -597,6 +613,7 @@ class Config(Section):
     recommend: RecommendConf = Field(default_factory=RecommendConf)
     refresh: RefreshConf = Field(default_factory=RefreshConf)
     audience: AudienceConf = Field(default_factory=AudienceConf)
+    mlflow: MLflowConf = Field(default_factory=MLflowConf)
 
     @model_validator(mode="after")
     def _derive_locations(self) -> Config:

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tables.store", "personas"),
     ("ingest", "graph", "sampling", "evaluate", "generate", "assignment"),
     ("affinity", "labeling"),
-    ("explore", "refresh", "segment", "gplr", "audience", "recommend", "report"),
+    ("explore", "refresh", "segment", "gplr", "audience", "recommend", "report", "tracking"),
     ("stages",),
     ("api", "cli", "notebook", ""),
 ]

@@ -15,6 +15,9 @@ from persona_spark.runtime.session import DRIVER_JAVA_OPTIONS
 
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the network is loopback only
+# The tests track to MLflow file stores (quicker to create than a SQLite store), which MLflow refuses unless told
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PERSONA_SPARK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -52,6 +55,14 @@ SMALL_DATA_SPARK = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.
                     "spark.executor.extraJavaOptions": TEST_JVM_OPTIONS}
 TEST_SPARK = dict(master="local[2]", shuffle_partitions=2, default_parallelism=2, driver_memory="2g", ui_enabled=False,
                   extra=SMALL_DATA_SPARK)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """Every MLflow run of a test, and of the processes it starts, goes to one store in the test's temp folder
+    (stages log gplr and train runs; without this a config whose tables.root is the default would write under
+    the repository's data/)."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tmp_path_factory.mktemp("mlruns").as_uri())
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,7 @@ class TrainResult:
     user_embeddings: np.ndarray | None = field(default=None, repr=False)
     item_embeddings: np.ndarray | None = field(default=None, repr=False)
     persona_embeddings: np.ndarray | None = field(default=None, repr=False)
+    network: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (MLflow logs it)
 
     def summary(self) -> dict:
         """The JSON-able record of a run (one benchmark line, one ``recommend_runs`` row)."""
@@ -187,5 +188,5 @@ def train(data: RecData, conf: RecommendTrainConf, seed: int, model_name: str | 
         model=name, seed=seed, metrics=metrics, val_ndcg=best_score, best_epoch=best_epoch, epochs=epoch,
         seconds=time.perf_counter() - started, device=str(device), losses=losses,
         user_embeddings=user_emb.cpu().numpy(), item_embeddings=item_emb.cpu().numpy(),
-        persona_embeddings=persona_emb.cpu().numpy() if persona_emb.shape[0] else None,
+        persona_embeddings=persona_emb.cpu().numpy() if persona_emb.shape[0] else None, network=model,
     )

@@ -8,7 +8,7 @@ import time
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark import refresh, tables
+from persona_spark import refresh, tables, tracking
 from persona_spark.graph import PurchaseGraph
 from persona_spark.refresh import RunHistory, RunPersonas
 from persona_spark.stages import cache
@@ -32,9 +32,10 @@ def run_history(ctx: RunContext) -> RunHistory:
 
 def gplr_stage(ctx: RunContext) -> dict:
     """Run GPLR: LLM labels for a budget of users, personas propagated to everyone -> ``personas``,
-    then the run's refresh record (:func:`record_refresh`).
+    then the run's refresh record (:func:`record_refresh`), and the run in MLflow (``mlflow.*``).
 
-    The summary's ``phases`` are seconds per phase, disjoint (the run's, then ``writes`` and ``refresh``)."""
+    The summary's ``phases`` are seconds per phase, disjoint (the run's, then ``writes`` and ``refresh``);
+    ``mlflow`` names the MLflow run, or says why there is none."""
     from persona_spark import gplr
 
     cfg, store, persona_set = ctx.cfg, ctx.store, ctx.persona_set
@@ -67,6 +68,7 @@ def gplr_stage(ctx: RunContext) -> dict:
     summary = {**run.summary, "phases": phases, "edge_tiles": "loaded" if tiles is not None else "cut in the run",
                "refresh": refreshed,
                "tables": locations(store, tables.PERSONAS, tables.PERSONA_HISTORY)}
+    summary["mlflow"] = tracking.log_gplr_run(cfg, summary)
     log.info("gplr: %s", summary)
     return summary
 

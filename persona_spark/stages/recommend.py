@@ -6,7 +6,7 @@ import logging
 
 from pyspark.sql import functions as F
 
-from persona_spark import tables
+from persona_spark import tables, tracking
 from persona_spark.runtime.runs import new_run
 from persona_spark.stages.common import persona_names
 from persona_spark.stages.context import RunContext
@@ -53,7 +53,8 @@ def export_stage(ctx: RunContext) -> dict:
 
 
 def train_stage(ctx: RunContext) -> dict:
-    """Train recommend.train.model for each of recommend.train.seeds on the export; metrics -> ``recommend_runs``."""
+    """Train recommend.train.model for each of recommend.train.seeds on the export; metrics -> ``recommend_runs``,
+    each model with its metrics -> MLflow (the summary's ``mlflow.model_uri`` per seed)."""
     cfg, store = ctx.cfg, ctx.store
     try:
         from persona_spark.recommend.spectral import EigenCache
@@ -74,7 +75,8 @@ def train_stage(ctx: RunContext) -> dict:
                      float(result.val_ndcg), result.best_epoch, result.epochs, round(result.seconds, 2),
                      result.device, str(path)))
         summary = result.summary()
-        summaries.append({k: summary.get(k) for k in ("model", "seed", "ndcg@10", "f1@10", "epochs", "seconds", "device")})
+        summaries.append({**{k: summary.get(k) for k in ("model", "seed", "ndcg@10", "f1@10", "epochs", "seconds", "device")},
+                          "mlflow": tracking.log_trained_model(cfg, result, str(path), run_id)})
         log.info("train: %s", summary)
     runs = store.spark.createDataFrame(rows, RECOMMEND_RUNS_SCHEMA).withColumn("run_ts", F.lit(run_ts).cast("timestamp"))
     store.write_table(runs, tables.RECOMMEND_RUNS, "append")
@@ -82,15 +84,23 @@ def train_stage(ctx: RunContext) -> dict:
 
 
 def cold_start_stage(ctx: RunContext) -> dict:
-    """Items per persona and per new customer, customers per new item, from personas alone -> ``cold_start_recs``."""
+    """Items per persona and per new customer, customers per new item, from personas alone -> ``cold_start_recs``.
+
+    The model: the train stage's folder (recommend.train.model_dir), or an MLflow model by
+    recommend.cold_start.model_uri (a model URI or a train run's id)."""
     from persona_spark.recommend import coldstart_batch as batch
     from persona_spark.recommend.coldstart import ColdStartModel
 
     cfg, store = ctx.cfg, ctx.store
     conf, trained, exported = cfg.recommend.cold_start, cfg.recommend.train, cfg.recommend.export
     spark = store.spark
-    run_dir = storage.join(trained.model_dir, f"{trained.model}-seed{trained.seeds[0]}")
-    model = ColdStartModel.from_run(run_dir, with_users=False)
+    if conf.model_uri:
+        model_source = conf.model_uri
+        with tracking.model_files(cfg, conf.model_uri) as run_dir:
+            model = ColdStartModel.from_run(run_dir, with_users=False)
+    else:
+        model_source = storage.join(trained.model_dir, f"{trained.model}-seed{trained.seeds[0]}")
+        model = ColdStartModel.from_run(model_source, with_users=False)
     train = spark.read.parquet(storage.join(exported.dir, "train"))
     each_persona = spark.createDataFrame([(p, [p]) for p in range(len(model.persona_names))],
                                          "subject_idx int, personas array<int>")
@@ -114,4 +124,4 @@ def cold_start_stage(ctx: RunContext) -> dict:
         profile.unpersist()
     counts = {r["subject"]: r["count"] for r in store.read_table(tables.COLD_START_RECS).groupBy("subject").agg(
         F.countDistinct("subject_idx").alias("count")).collect()}
-    return {"subjects": counts, "model": str(run_dir), "table": store.location(tables.COLD_START_RECS)}
+    return {"subjects": counts, "model": str(model_source), "table": store.location(tables.COLD_START_RECS)}

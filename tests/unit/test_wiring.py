@@ -101,8 +101,9 @@ def test_bundle_targets_schedule_and_secrets():
     keys = [t["task_key"] for j, t in tasks if j is job]
     assert keys == ["ingest", "build_graph", "gplr", "audience", "export_tripartite", "train", "cold_start", "segment", "report"]
     serverless = jobs["persona-refresh-serverless"]
-    assert [e["spec"]["dependencies"] for e in serverless["environments"]] == [["../dist/*.whl"]]
-    assert all(t["environment_key"] == "persona_spark" and "job_cluster_key" not in t
+    assert all(e["spec"]["dependencies"][0] == "../dist/*.whl" for e in serverless["environments"])
+    environments = {e["environment_key"] for e in serverless["environments"]}
+    assert all(t["environment_key"] in environments and "job_cluster_key" not in t and "libraries" not in t
                for j, t in tasks if j is serverless)
     gpu = {c["job_cluster_key"]: c for c in job["job_clusters"]}[[t for _, t in tasks if t["task_key"] == "train"][0]["job_cluster_key"]]
     assert gpu["new_cluster"]["node_type_id"] == "${var.gpu_node_type}"
