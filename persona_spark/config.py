@@ -86,6 +86,11 @@ class TablesConf(Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# Python's name of each encoding Spark's CSV reader takes (spark.sql.legacy.javaCharsets off) -> Spark's name.
+CSV_CHARSETS = {"utf-8": "utf-8", "iso8859-1": "iso-8859-1", "ascii": "us-ascii", "utf-16": "utf-16",
+                "utf-16-be": "utf-16be", "utf-16-le": "utf-16le", "utf-32": "utf-32"}
+
+
 class IngestConf(Section):
     """Purchase lines in: where they come from and how their columns map to the canonical ones."""
 
@@ -101,17 +106,27 @@ class IngestConf(Section):
     cancellation_prefix: str | None = Field(None, description='invoice prefix of cancelled lines (Online Retail: "C")')
     mode: Literal["overwrite", "append"] = Field("overwrite", description="overwrite: the source is the full history; "
                                                  "append: the source is a new batch of lines")
-    encoding: str = Field("utf-8", description="character encoding of a CSV source (e.g. latin-1, cp1252); lines with "
-                          "bytes that are not valid in it are quarantined as invalid_encoding and counted in the summary")
+    encoding: str = Field("utf-8", description="character encoding of a CSV source: utf-8, latin-1 (iso-8859-1), "
+                          "us-ascii, utf-16, utf-16be, utf-16le or utf-32 (the ones Spark's CSV reader takes); lines "
+                          "with bytes that are not valid in it are quarantined as invalid_encoding and counted in the "
+                          "summary")
 
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
         try:
-            codecs.lookup(value)
+            known = codecs.lookup(value).name in CSV_CHARSETS
         except LookupError:
-            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+            known = False
+        if not known:
+            raise ValueError(f"encoding {value!r} is not one Spark's CSV reader takes: use one of "
+                             f"{', '.join(sorted(set(CSV_CHARSETS.values())))}")
         return value
+
+    @property
+    def charset(self) -> str:
+        """``encoding`` as Spark's CSV reader names it."""
+        return CSV_CHARSETS[codecs.lookup(self.encoding).name]
 
 
 class GraphConf(Section):

@@ -194,7 +194,7 @@ class Number:
 
     @property
     def special(self) -> Column:
-        return ~self.written & (F.isnan(self.value) | (F.abs(self.value) == F.lit(float("inf"))))
+        return ~self.written & F.coalesce(F.isnan(self.value) | (F.abs(self.value) == F.lit(float("inf"))), F.lit(False))
 
     def _part(self, group: int) -> Column:
         return F.regexp_extract(self.text, _NUMBER, group)

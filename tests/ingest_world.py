@@ -56,6 +56,24 @@ def text_value() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(["c1", "c2", "Mug", "Pan", "A1"]), odd, unicode)
 
 
+def clean_text() -> st.SearchStrategy[str]:
+    """Ids and names a good line has, quotes, commas and line breaks inside included (CSV quoting carries them)."""
+    words = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=10).filter(
+        lambda t: t.strip(" ") and t.strip(" ").lower() not in NULL_MARKERS and "\ufffd" not in t and t[0] != '"')
+    return st.one_of(st.sampled_from(["c1", "c2", "Mug", "13607.0", 'say "hi"', "a,b", "two\nlines", "Crème brûlée",
+                                      "寿司", " padded "]), words)
+
+
+def clean_number() -> st.SearchStrategy[str]:
+    """Quantities and prices a good line has: whole, positive, in range, however they are spelled."""
+    return st.one_of(st.integers(1, MAX_QUANTITY).map(str), st.integers(1, 99).map(lambda n: f"{n}.0"),
+                     st.sampled_from(["+3", "5e2", "500e-2", "1E+3", "007", "1000000000"]))
+
+
+def clean_price() -> st.SearchStrategy[str]:
+    return st.builds(lambda whole, cents: f"{whole}.{cents:02d}", st.integers(0, 10**6), st.integers(1, 99))
+
+
 @dataclass(frozen=True)
 class Line:
     fields: tuple[str, ...]  # customer_id .. ts as text
@@ -65,15 +83,21 @@ class Line:
 
 @st.composite
 def lines(draw, count: int) -> list[Line]:
+    """``count`` lines; each field is a good one most of the time, so that many lines are kept and checked."""
+    def pick(clean, messy):
+        return draw(clean if draw(st.integers(0, 6)) else messy)
+
     out = []
     for i in range(count):
         if out and draw(st.integers(0, 14)) == 0:  # an exact copy of an earlier line
             out.append(out[draw(st.integers(0, len(out) - 1))])
             continue
-        fields = (draw(text_value()), f"o{i}", draw(text_value()), draw(text_value()), draw(number_text()),
-                  draw(number_text()), draw(st.sampled_from([GOOD_TS, "", BAD_TS])))
-        bad = draw(st.sampled_from([-1] * 12 + [0, 2, 3, 4]))
-        shape = draw(st.sampled_from(["ok"] * 18 + ["short", "long"]))
+        fields = (pick(clean_text(), text_value()), f"o{i}", pick(clean_text(), text_value()),
+                  pick(clean_text(), text_value()), pick(clean_number(), number_text()),
+                  pick(st.one_of(clean_number(), clean_price()), number_text()),
+                  draw(st.sampled_from([GOOD_TS, GOOD_TS, "", BAD_TS])))
+        bad = draw(st.sampled_from([-1] * 20 + [0, 2, 3, 4]))
+        shape = draw(st.sampled_from(["ok"] * 25 + ["short", "long"]))
         out.append(Line(fields, bad, shape))
     return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import logging
@@ -34,11 +33,10 @@ def generate(ctx: RunContext) -> dict:
     return {"raw_lines": lines, "users": cfg.demo.users, "items": cfg.demo.items, "table": where}
 
 
-def _read_csv(spark, path: str, encoding: str) -> DataFrame:
+def _read_csv(spark, path: str, charset: str) -> DataFrame:
     """A CSV source, every column a string, as Spark reads it with ``multiLine`` on (a quoted field may hold line
-    breaks; each file is then read by one task), in ``encoding``, keeping the reader's corrupt record column for
+    breaks; each file is then read by one task), in ``charset``, keeping the reader's corrupt record column for
     lines that do not split into the header's fields. An empty file is refused."""
-    charset = codecs.lookup(encoding).name  # Python's canonical spelling, which Java also knows
     reader = (spark.read.option("header", True).option("multiLine", True).option("escape", '"')
               .option("encoding", charset))
     header = reader.csv(path).columns
@@ -54,7 +52,7 @@ def _read_source(ctx: RunContext) -> tuple[DataFrame, str]:
     if conf.source is None:
         return store.read_table(tables.RAW_TRANSACTIONS), store.location(tables.RAW_TRANSACTIONS)
     if conf.format == "csv":
-        raw = _read_csv(store.spark, conf.source, conf.encoding)
+        raw = _read_csv(store.spark, conf.source, conf.charset)
     elif conf.format == "parquet":
         raw = store.spark.read.parquet(conf.source)
     elif conf.format == "delta":
@@ -64,7 +62,7 @@ def _read_source(ctx: RunContext) -> tuple[DataFrame, str]:
     if conf.preset == "instacart":
         if not conf.products:
             raise UserError("ingest.preset=instacart needs ingest.products (the products.csv path)")
-        products = _read_csv(store.spark, conf.products, conf.encoding).drop(ingest.CORRUPT_RECORD)
+        products = _read_csv(store.spark, conf.products, conf.charset).drop(ingest.CORRUPT_RECORD)
         raw = ingest.join_instacart_products(raw, products)
     return raw, conf.source
 
@@ -87,7 +85,7 @@ def _warnings(counts: dict, unmapped: list[str], encoding: str) -> list[str]:
                    "(map one with ingest.mapping.<canonical>=<column>)")
     if counts.get("invalid_encoding"):
         out.append(f"{counts['invalid_encoding']} lines have bytes that are not valid {encoding}: quarantined as "
-                   "invalid_encoding; if the file is in another encoding, set ingest.encoding (e.g. latin-1, cp1252)")
+                   "invalid_encoding; if the file is in another encoding, set ingest.encoding (e.g. latin-1)")
     return out
 
 

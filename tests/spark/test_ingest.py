@@ -248,7 +248,7 @@ def test_adversarial_lines_are_quarantined_with_precise_reasons_and_reruns_repla
 
 def test_an_encoding_setting_reads_latin1_exactly(spark, tmp_path):
     source = tmp_path / "latin1.csv"
-    source.write_bytes(b"customer_id,order_id,item_id,item_name,quantity\nc1,o1,A,Cr\xe8me br\xfbl\xe9e,1\n")
+    source.write_bytes(b"customer_id,order_id,item_id,item_name,quantity,unit_price,ts\nc1,o1,A,Cr\xe8me br\xfbl\xe9e,1,,\n")
     cfg = load_config(None, [f"tables.root={tmp_path / 'tables'}", f"ingest.source={source}", "ingest.encoding=latin-1"])
     from persona_spark.tables.store import TableStore
 

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from persona_spark import ingest
+from persona_spark.config import IngestConf
 from persona_spark.stages.sources import _read_csv
 from tests.ingest_world import expected_reason, kept_values, lines, to_csv
 
@@ -28,7 +29,7 @@ EXAMPLES = int(os.environ.get("PERSONA_SPARK_FUZZ_EXAMPLES", "12"))
 def test_every_line_lands_once_with_its_reason_and_exact_values(spark, tmp_path_factory, batch, encoding):
     path = tmp_path_factory.mktemp("fuzz") / "lines.csv"
     path.write_bytes(to_csv(batch, encoding))
-    validated = ingest.validate(ingest.to_canonical_strings(_read_csv(spark, str(path), encoding)))
+    validated = ingest.validate(ingest.to_canonical_strings(_read_csv(spark, str(path), IngestConf(encoding=encoding).charset)))
     rows = validated.select(*ingest.CANONICAL, "reason", "_quantity", "_unit_price").collect()
 
     assert len(rows) == len(batch)  # rows in: one per line written, none split or merged
