@@ -547,7 +547,7 @@ AUDIENCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 class AudienceSpec(Section):
     name: str = Field(pattern=AUDIENCE_NAME, description="letters, digits, _ . - (it names table rows and export paths)")
     query: str = Field(description='boolean over persona names: & (and), | (or), ! (not), parentheses; "quotes" for odd '
-                       "names")
+                       'names ("" inside them for a quote)')
     export_path: str | None = Field(None, description="optional export for activation tools: a path or URI; {root}, "
                                     "{audience} and {run_id} are filled in")
     export_format: Literal["csv", "parquet"] = Field("csv", description="format of export_path")

@@ -150,18 +150,21 @@ class TableStore:
 
     def replace_rows(self, df: DataFrame, name: str, column: str, value: str) -> None:
         """Replace the rows of ``name`` whose ``column`` is ``value`` with ``df`` (whose rows all have it) in one
-        commit; the other rows stay. A table without ``column`` yet has no such rows: ``df`` is appended, adding it."""
-        if not self.exists(name) or column not in self.read_table(name).columns:
-            self.write_table(df, name, "append")
+        commit; the other rows stay. A table without ``column`` yet has no such rows, and gains the column."""
+        if not self.exists(name):
+            self.write_table(df, name)
             return
-        if self.backend == "spark":
+        existing = self.read_table(name)
+        if self.backend != "spark":  # delta-rs commits whole-table writes: the kept rows and the new ones
+            kept = existing.filter(~F.col(column).eqNullSafe(value)) if column in existing.columns else existing
+            self.write_table(kept.unionByName(df, allowMissingColumns=True), name, "overwrite")
+        elif column not in existing.columns:
+            self.write_table(df, name, "append")
+        else:
             predicate = f"`{column}` = '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
             writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
             loc = self.location(name)
             writer.saveAsTable(loc) if self.conf.catalog else writer.save(loc)
-        else:  # delta-rs commits whole-table writes: the kept rows and the new ones, read before the commit
-            kept = self.read_table(name).filter(F.col(column) != F.lit(value))
-            self.write_table(kept.unionByName(df, allowMissingColumns=True), name, "overwrite")
 
     def merge_table(self, df: DataFrame, name: str, keys: list[str], delete_when: str | None = None) -> None:
         """Upsert ``df`` into ``name`` on ``keys``: matched rows are updated, new rows inserted.
