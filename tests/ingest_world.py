@@ -150,9 +150,9 @@ def _number_reason(text: str | None, kind: str) -> str | None:
     if kind == "quantity":
         if value <= 0:
             return "non_positive_quantity"
-        if value.denominator != 1:
-            return "fractional_quantity"
-        return "quantity_out_of_range" if value > MAX_QUANTITY else None
+        if float(text) > MAX_QUANTITY:  # the text as a double, as the order of the reasons reads it
+            return "quantity_out_of_range"
+        return "fractional_quantity" if value.denominator != 1 else None
     if value <= 0:
         return "non_positive_price"
     return "price_out_of_range" if float(text) > MAX_UNIT_PRICE or float(text) == 0 else None
