@@ -2,9 +2,12 @@
 
 ``Pet Lover & !Bargain Hunter``, ``(Home Chef | Gardener) & !"Coffee and Tea Connoisseur"``:
 ``&`` (and) binds tighter than ``|`` (or), ``!`` negates, parentheses group; a name is the text
-between operators (spaces inside it are part of it) or anything in double quotes. Names resolve
+between operators (spaces inside it are part of it) or anything in double quotes, where ``""`` stands
+for one ``"`` (``"Say ""Cheese"" Fan"`` names the persona ``Say "Cheese" Fan``). Names resolve
 against the persona set like LLM answers do (exactly, then ignoring case and spacing); an unknown
-name or a syntax error is an :class:`AudienceQueryError` that names the token and its position.
+name or a syntax error is an :class:`AudienceQueryError` that names the token and its position, and so is
+a query nested deeper than ``MAX_DEPTH`` (the parser recurses once per ``!`` or ``(``, and Python's stack
+is finite).
 :func:`build_audiences` puts a run's audiences and their changes together; the audience stage writes them.
 """
 
@@ -40,6 +43,23 @@ class Token:
 
 
 _NAME = re.compile(r'[^&|!()"]+')
+# Deep enough for any query a person writes; shallow enough that the parser's recursion (three frames per level)
+# stays far inside Python's default limit of 1,000 frames.
+MAX_DEPTH = 100
+QUERY_SHOWN = 200  # characters of a query an error quotes: it stays one readable line
+
+
+def _quoted(query: str, at: int) -> tuple[str, int]:
+    """The name in the double quotes opening at ``at`` (``""`` inside stands for ``"``), and where it ends."""
+    parts, start = [], at + 1
+    while True:
+        end = query.find('"', start)
+        if end < 0:
+            raise AudienceQueryError(f"unterminated quote at position {at} in audience query {query!r}")
+        parts.append(query[start:end])
+        if not query.startswith('""', end):
+            return '"'.join(parts), end + 1
+        start = end + 2
 
 
 def tokenize(query: str) -> list[Token]:
@@ -54,11 +74,9 @@ def tokenize(query: str) -> list[Token]:
             tokens.append(Token(char, char, at))
             at += 1
         elif char == '"':
-            end = query.find('"', at + 1)
-            if end < 0:
-                raise AudienceQueryError(f"unterminated quote at position {at} in audience query {query!r}")
-            tokens.append(Token("name", query[at + 1:end], at))
-            at = end + 1
+            name, end = _quoted(query, at)
+            tokens.append(Token("name", name, at))
+            at = end
         else:
             match = _NAME.match(query, at)
             tokens.append(Token("name", match.group().rstrip(), at))
@@ -74,12 +92,14 @@ class _Parser:
         self.query, self.persona_set = query, persona_set
         self.tokens = tokenize(query)
         self.at = 0
+        self.depth = 0
 
     def peek(self) -> Token | None:
         return self.tokens[self.at] if self.at < len(self.tokens) else None
 
     def fail(self, message: str) -> AudienceQueryError:
-        return AudienceQueryError(f"{message} in audience query {self.query!r}")
+        shown = self.query if len(self.query) <= QUERY_SHOWN else f"{self.query[:QUERY_SHOWN]}... ({len(self.query)} characters)"
+        return AudienceQueryError(f"{message} in audience query {shown!r}")
 
     def parse(self) -> Node:
         if not self.tokens:
@@ -108,15 +128,12 @@ class _Parser:
         if token is None:
             raise self.fail(f"the query ends after {self.tokens[-1].text!r}: a persona name or '(' is missing")
         self.at += 1
-        if token.kind == "!":
-            return ("not", self.factor())
-        if token.kind == "(":
-            node = self.either()
-            closing = self.peek()
-            if closing is None or closing.kind != ")":
-                found = f"found {closing.text!r} at position {closing.position}" if closing else "the query ends"
-                raise self.fail(f"'(' at position {token.position} is never closed ({found})")
-            self.at += 1
+        if token.kind in "!(":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.fail(f"{token.text!r} at position {token.position} nests deeper than {MAX_DEPTH} levels")
+            node = self.negated() if token.kind == "!" else self.group(token)
+            self.depth -= 1
             return node
         if token.kind == "name":
             try:
@@ -125,6 +142,18 @@ class _Parser:
                 known = ", ".join(self.persona_set.names)
                 raise self.fail(f"unknown persona {token.text!r} at position {token.position} (known: {known})") from None
         raise self.fail(f"expected a persona name, '!' or '(' at position {token.position}, found {token.text!r}")
+
+    def negated(self) -> Node:
+        return ("not", self.factor())
+
+    def group(self, opening: Token) -> Node:
+        node = self.either()
+        closing = self.peek()
+        if closing is None or closing.kind != ")":
+            found = f"found {closing.text!r} at position {closing.position}" if closing else "the query ends"
+            raise self.fail(f"'(' at position {opening.position} is never closed ({found})")
+        self.at += 1
+        return node
 
 
 def parse(query: str, persona_set: PersonaSet) -> Node:
@@ -140,10 +169,11 @@ def to_column(node: Node, personas: Column) -> Column:
     if kind == "not":
         return ~to_column(node[1], personas)
     parts = [to_column(n, personas) for n in node[1]]
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = (combined & part) if kind == "and" else (combined | part)
-    return combined
+    # Pairwise, so a chain of n names is an expression log2(n) deep rather than n deep (Spark's analyzer recurses).
+    while len(parts) > 1:
+        pairs = [(a & b) if kind == "and" else (a | b) for a, b in zip(parts[::2], parts[1::2])]
+        parts = pairs + parts[len(pairs) * 2:]
+    return parts[0]
 
 
 def members(persona_sets: DataFrame, query: Node) -> DataFrame:

@@ -183,7 +183,7 @@ def table_columns() -> dict[str, str]:
         "raw_transactions": generate.RAW_SCHEMA,
         "persona_set": "persona_idx int, name string, description string, version string",
         "quarantine": ", ".join(f"{name} string" for name in [*ingest.CANONICAL, "reason", "source"])
-                      + ", ingested_at timestamp",
+                      + ", ingested_at timestamp, batch_id string, raw_line string",
         "users": graph.USERS_SCHEMA,
         "items": graph.ITEMS_SCHEMA,
         "edge_tiles": ", ".join(f"{name} {kind}" for name, kind in TILE_FIELDS) + ", layout string (JSON)",
@@ -217,7 +217,18 @@ def tables_reference() -> str:
         lines += ["", f"## `{info.name}`", "", f"{writer[0].upper()}{writer[1:]}: {info.description}.", "",
                   "| column | type |", "|---|---|"]
         lines += [f"| `{name}` | {kind} |" for name, kind in _split_columns(columns[info.name])]
+        if info.name == tables.QUARANTINE:
+            lines += _quarantine_reasons()
     return "\n".join(lines) + "\n"
+
+
+def _quarantine_reasons() -> list[str]:
+    """The ``reason`` values of ``quarantine``, in the order ingest checks them, with what each means."""
+    from persona_spark import ingest
+
+    return ["", "`reason` is the first of these that applies to the line, checked in this order:", "",
+            "| reason | meaning |", "|---|---|",
+            *[f"| `{name}` | {_one_line(meaning)} |" for name, meaning in ingest.REASONS.items()]]
 
 
 def _split_columns(ddl: str) -> list[tuple[str, str]]:

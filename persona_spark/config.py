@@ -6,6 +6,7 @@ overrides adjust it. Unknown keys are errors so a typo never silently falls back
 
 from __future__ import annotations
 
+import codecs
 import difflib
 from datetime import date
 from pathlib import Path
@@ -13,7 +14,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from persona_spark.errors import UserError
@@ -93,6 +94,11 @@ class TablesConf(Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# Python's name of each encoding Spark's CSV reader takes (spark.sql.legacy.javaCharsets off) -> Spark's name.
+CSV_CHARSETS = {"utf-8": "utf-8", "iso8859-1": "iso-8859-1", "ascii": "us-ascii", "utf-16": "utf-16",
+                "utf-16-be": "utf-16be", "utf-16-le": "utf-16le", "utf-32": "utf-32"}
+
+
 class IngestConf(Section):
     """Purchase lines in: where they come from and how their columns map to the canonical ones."""
 
@@ -108,6 +114,27 @@ class IngestConf(Section):
     cancellation_prefix: str | None = Field(None, description='invoice prefix of cancelled lines (Online Retail: "C")')
     mode: Literal["overwrite", "append"] = Field("overwrite", description="overwrite: the source is the full history; "
                                                  "append: the source is a new batch of lines")
+    encoding: str = Field("utf-8", description="character encoding of a CSV source: utf-8, latin-1 (iso-8859-1), "
+                          "us-ascii, utf-16, utf-16be, utf-16le or utf-32 (the ones Spark's CSV reader takes); lines "
+                          "with bytes that are not valid in it are quarantined as invalid_encoding and counted in the "
+                          "summary")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            known = codecs.lookup(value).name in CSV_CHARSETS
+        except LookupError:
+            known = False
+        if not known:
+            raise ValueError(f"encoding {value!r} is not one Spark's CSV reader takes: use one of "
+                             f"{', '.join(sorted(set(CSV_CHARSETS.values())))}")
+        return value
+
+    @property
+    def charset(self) -> str:
+        """``encoding`` as Spark's CSV reader names it."""
+        return CSV_CHARSETS[codecs.lookup(self.encoding).name]
 
 
 class GraphConf(Section):
@@ -157,7 +184,8 @@ class DemoConf(Section):
 class AffinityConf(Section):
     """Persona affinity Ψ: prototype labels propagated along user→item→user walks (paper §5)."""
 
-    ell: int = Field(2, ge=1, description="ℓ̂: number of user→item→user round trips averaged")
+    ell: int = Field(2, ge=1, le=20, description="ℓ̂: number of user→item→user round trips averaged (each one a "
+                     "distributed hop; past a few the walk has mixed and further ones add cost, not signal)")
     eps: float = Field(0.0, ge=0, description="absolute error bound; state entries below eps/(2·ell) are pruned")
     beta: float = Field(0.5, ge=0, description="de-bias exponent for rare personas; 0 disables")
     weighted: bool = Field(False, description="weight edges by n_purchases instead of 1")
@@ -211,8 +239,8 @@ class OpenAIConf(Section):
     max_tokens: int = Field(300, ge=1, description="always sent: bounds the price of every answer")
     temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature sent with every request")
     timeout_s: float = Field(60.0, gt=0, description="seconds per attempt")
-    max_attempts: int = Field(5, ge=1, description="429 / 5xx / timeouts / connection errors are retried up to this many "
-                              "tries")
+    max_attempts: int = Field(5, ge=1, le=20, description="429 / 5xx / timeouts / connection errors are retried up to "
+                              "this many tries (a failure that persists is a row with its error, not an endless retry)")
     backoff_base_s: float = Field(0.5, ge=0, description="full-jitter exponential backoff when no Retry-After is given")
     backoff_max_s: float = Field(30.0, ge=0, description="longest backoff between two attempts")
     concurrency: int = Field(8, ge=1, description="requests in flight per partition (total = concurrency x partitions "
@@ -367,7 +395,7 @@ class SegmentConf(Section):
                                                   description="numbers of segments tried")
     pca_components: int = Field(3, ge=1, description="PCA components the features are reduced to")
     rfm_buckets: int = Field(10, ge=2, description="quantile buckets per R, F and M")
-    max_iter: int = Field(20, ge=1, description="KMeans iterations")
+    max_iter: int = Field(20, ge=1, le=1000, description="KMeans iterations (one Spark job each)")
     seed: Seed = Field(42, description="seed of every random draw of segmentation and robustness (KMeans, the "
                        "silhouette and robustness samples)")
     personas_per_segment: int = Field(3, ge=1, description="dominant personas named per segment")
@@ -468,7 +496,8 @@ class GPLRConf(Section):
                                           "1); null with budget_users null: 0.05")
     budget_users: int | None = Field(None, ge=1, description="LLM budget as a number of users answered; excludes "
                                      "budget_fraction")
-    rounds: int = Field(4, ge=1, description="T: round 1 random, rounds 2..T Diversity-Uncertainty")
+    rounds: int = Field(4, ge=1, le=100, description="T: round 1 random, rounds 2..T Diversity-Uncertainty (each "
+                        "round runs the affinity engine once; the paper uses 10)")
     sampling: Literal["du", "random"] = Field("du", description="du: Diversity-Uncertainty rounds; random: one random "
                                               "draw")
     seed: Seed = Field(0, description="seed of the random draws and of the cross-fitting folds")
@@ -476,7 +505,8 @@ class GPLRConf(Section):
                                                    "topk = the paper's fixed top-k of Ψ")
     top_k: int = Field(5, ge=1, description="personas per user with assignment=topk")
     max_personas_per_user: int = Field(8, ge=1, description="learned: upper bound of personas per user")
-    cv_folds: int = Field(4, ge=2, description="cross-fitting folds over the prototypes")
+    cv_folds: int = Field(4, ge=2, le=20, description="cross-fitting folds over the prototypes (one affinity walk and "
+                          "one model fit each)")
     # Why 20k: at |R| = 51 personas it is 20k·51 ≈ 1 M (prototype, persona) rows, over 10k per model weight, so
     # the sample adds little error beside the out-of-fold threshold's grid step; the design matrix, 20k·|R|·(26 + |R|)
     # doubles ≈ 0.6 GB, fits a laptop; and a 5 % budget stays uncapped up to 400k users (Instacart-Full's 206k
@@ -528,7 +558,7 @@ AUDIENCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 class AudienceSpec(Section):
     name: str = Field(pattern=AUDIENCE_NAME, description="letters, digits, _ . - (it names table rows and export paths)")
     query: str = Field(description='boolean over persona names: & (and), | (or), ! (not), parentheses; "quotes" for odd '
-                       "names")
+                       'names ("" inside them for a quote)')
     export_path: str | None = Field(None, description="optional export for activation tools: a path or URI; {root}, "
                                     "{audience} and {run_id} are filled in")
     export_format: Literal["csv", "parquet"] = Field("csv", description="format of export_path")

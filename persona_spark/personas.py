@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -69,23 +68,62 @@ class PersonaSet:
 
 
 def load_persona_set(path: str | Path) -> PersonaSet:
-    """Read a persona set from YAML/JSON (any location): a list of {name, description[, index]} or {personas: [...]}."""
+    """Read a persona set from YAML/JSON (any location): a list of {name, description[, index]} or {personas: [...]}.
+
+    Anything wrong with the file (missing, not UTF-8, not YAML/JSON, a persona without a text name) is a
+    :class:`UserError` that names the file and what is wrong.
+    """
     path = str(path)
-    text = storage.read_text(path)
-    stem, suffix = os.path.splitext(posixpath.basename(path))
-    data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    title = stem
+    data = _parse(path)
+    title = posixpath.basename(path).rsplit(".", 1)[0]
     if isinstance(data, dict):
-        title = data.get("title", title)
+        title = str(data.get("title") or title)
         data = data.get("personas")
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a list of personas or a mapping with a 'personas' list")
+        raise UserError(f"persona set {path}: expected a list of personas or a mapping with a 'personas' list")
     if all(isinstance(p, dict) and "index" in p for p in data):
+        if not all(isinstance(p["index"], int) and not isinstance(p["index"], bool) for p in data):
+            raise UserError(f"persona set {path}: every 'index' must be a whole number")
         data = sorted(data, key=lambda p: p["index"])
     names, descriptions = [], []
     for pos, entry in enumerate(data):
-        if not isinstance(entry, dict) or not str(entry.get("name", "")).strip():
-            raise UserError(f"{path}: persona #{pos} has no 'name'")
-        names.append(str(entry["name"]).strip())
-        descriptions.append(str(entry.get("description") or "").strip())
-    return PersonaSet(tuple(names), tuple(descriptions), title)
+        names.append(_text(path, pos, entry, "name"))
+        descriptions.append(_text(path, pos, entry, "description"))
+    try:
+        return PersonaSet(tuple(names), tuple(descriptions), title)
+    except UserError as error:
+        raise UserError(f"persona set {path}: {error}") from None
+
+
+def _parse(path: str) -> object:
+    """The file's YAML or JSON (by its extension), or a UserError naming the file."""
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise UserError(f"persona set file not found: {path} (the 'personas' setting)") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"persona set {path}: not UTF-8 text (byte {error.start})") from None
+    try:
+        return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise UserError(f"persona set {path}: not valid {kind}: {' '.join(str(error).split())}") from None
+
+
+def _text(path: str, pos: int, entry: object, key: str) -> str:
+    """A persona's ``name`` (required, non-empty text) or ``description`` (text, may be missing or null).
+
+    Text only: YAML reads ``name: null`` as None and ``name: 1.10`` as 1.1, and writing either as a name
+    would change it without a word; quoting it in the file keeps it as written.
+    """
+    if not isinstance(entry, dict):
+        raise UserError(f"persona set {path}: persona #{pos} is not a mapping with a 'name' (got {entry!r})")
+    value = entry.get(key)
+    if key == "description" and value is None:
+        return ""
+    if not isinstance(value, str):
+        got = "nothing" if value is None else f"{value!r}, not text: quote it"
+        raise UserError(f"persona set {path}: persona #{pos} has no {key!r} ({got})")
+    if key == "name" and not value.strip():
+        raise UserError(f"persona set {path}: persona #{pos} has an empty 'name'")
+    return value.strip()

@@ -34,6 +34,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark.config import AffinityConf
+from persona_spark.errors import UserError
 from persona_spark.runtime.checkpoint import CheckpointMode, checkpoint, has_checkpoint_dir
 from persona_spark.runtime.frames import require_columns, union_all
 from persona_spark.runtime.session import CONNECT_CLOSURE_MAX_BYTES, default_parallelism, is_connect, share_with_tasks
@@ -641,7 +642,8 @@ class AffinityGraph:
         require_columns(table, [name for name, _ in TILE_FIELDS] + ["layout"], "edge tiles")
         row = table.select("layout").limit(1).first()
         if row is None:
-            raise ValueError("edge tiles: the table is empty (the graph it was cut from has no edges)")
+            raise UserError("edge tiles: the table is empty (the graph it was cut from has no edges): run build-graph "
+                            "on transactions with valid lines")
         layout = json.loads(row["layout"])
         if layout.get("format") != TILE_TABLE_FORMAT:
             raise ValueError(f"edge tiles: layout format {layout.get('format')!r}, this release reads "

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from persona_spark import graph, ingest, tables
 from persona_spark.affinity import prepare_graph
+from persona_spark.errors import UserError
 from persona_spark.generate import generate as generate_lines
 from persona_spark.stages.common import locations, persona_names, train_edges
 from persona_spark.stages.context import RunContext
@@ -29,44 +33,94 @@ def generate(ctx: RunContext) -> dict:
     return {"raw_lines": lines, "users": cfg.demo.users, "items": cfg.demo.items, "table": where}
 
 
+def _read_csv(spark, path: str, charset: str) -> DataFrame:
+    """A CSV source, every column a string, as Spark reads it with ``multiLine`` on (a quoted field may hold line
+    breaks; each file is then read by one task), in ``charset``, keeping the reader's corrupt record column for
+    lines that do not split into the header's fields. An empty file is refused."""
+    reader = (spark.read.option("header", True).option("multiLine", True).option("escape", '"')
+              .option("encoding", charset))
+    header = reader.csv(path).columns
+    if not header:
+        raise UserError(f"ingest: {path} is empty (not even a header line)")
+    schema = ", ".join(f"`{c}` string" for c in [*header, ingest.CORRUPT_RECORD])
+    return (reader.schema(schema).option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", ingest.CORRUPT_RECORD).csv(path))
+
+
 def _read_source(ctx: RunContext) -> tuple[DataFrame, str]:
     conf, store = ctx.cfg.ingest, ctx.store
     if conf.source is None:
         return store.read_table(tables.RAW_TRANSACTIONS), store.location(tables.RAW_TRANSACTIONS)
-    reader = store.spark.read
     if conf.format == "csv":
-        raw = reader.option("header", True).option("multiLine", False).option("escape", '"').csv(conf.source)
+        raw = _read_csv(store.spark, conf.source, conf.charset)
     elif conf.format == "parquet":
-        raw = reader.parquet(conf.source)
+        raw = store.spark.read.parquet(conf.source)
     elif conf.format == "delta":
         raw = store.read_path(conf.source)
     else:
         raw = store.read_table(conf.source)
     if conf.preset == "instacart":
         if not conf.products:
-            raise ValueError("ingest.preset=instacart needs ingest.products (the products.csv path)")
-        products = reader.option("header", True).option("escape", '"').csv(conf.products)
+            raise UserError("ingest.preset=instacart needs ingest.products (the products.csv path)")
+        products = _read_csv(store.spark, conf.products, conf.charset).drop(ingest.CORRUPT_RECORD)
         raw = ingest.join_instacart_products(raw, products)
     return raw, conf.source
 
 
+def _tally(validated: DataFrame, source: str) -> tuple[dict, str]:
+    """Lines per reason (None: kept) and the batch id: a hash of the source and of every line's text, so the same
+    lines ingested again are the same batch, in one pass over the lines."""
+    rows = validated.groupBy("reason").agg(F.count(F.lit(1)).alias("lines"),
+                                           F.sum(ingest.line_hash().cast("decimal(38,0)")).alias("hash")).collect()
+    content = sorted((r["reason"] or "", r["lines"], str(r["hash"])) for r in rows)
+    batch_id = hashlib.sha256(json.dumps([source, content]).encode()).hexdigest()[:16]
+    return {r["reason"]: r["lines"] for r in rows}, batch_id
+
+
+def _warnings(counts: dict, unmapped: list[str], encoding: str) -> list[str]:
+    """One line each about what ingest kept out without a reason of its own on the line, or what it suspects."""
+    out = []
+    if unmapped:
+        out.append(f"source columns not mapped to any canonical column, not ingested: {', '.join(unmapped)} "
+                   "(map one with ingest.mapping.<canonical>=<column>)")
+    if counts.get("invalid_encoding"):
+        out.append(f"{counts['invalid_encoding']} lines have bytes that are not valid {encoding}: quarantined as "
+                   "invalid_encoding; if the file is in another encoding, set ingest.encoding (e.g. latin-1)")
+    return out
+
+
 def ingest_stage(ctx: RunContext) -> dict:
-    """Validate source lines into ``transactions``; bad lines go to ``quarantine`` with a reason."""
+    """Validate source lines into ``transactions``; bad lines go to ``quarantine`` with a reason.
+
+    Refuses a source without lines, and writes no ``transactions`` when none of its lines is valid. Ingesting
+    the same lines again replaces their quarantine rows (one batch id per source and content) rather than adding
+    them twice.
+    """
     cfg, store = ctx.cfg, ctx.store
     conf = cfg.ingest
     raw, source = _read_source(ctx)
+    unmapped = ingest.unmapped_columns(raw.columns, conf.preset, conf.mapping)
     lines = ingest.to_canonical_strings(raw, conf.preset, conf.mapping)
     validated = ingest.validate(lines, conf.cancellation_prefix, conf.timestamp_format).persist()
     try:
-        counts = {r["reason"]: r["count"] for r in validated.groupBy("reason").count().collect()}
+        counts, batch_id = _tally(validated, source)
+        kept = counts.pop(None, 0)
+        quarantined = sum(counts.values())
+        if kept + quarantined == 0:
+            raise UserError(f"ingest: {source} has no lines (a header at most): nothing to ingest")
+        by_reason = {r: counts[r] for r in ingest.REASONS if counts.get(r)}
+        store.replace_rows(ingest.bad_rows(validated, source, batch_id), tables.QUARANTINE, "batch_id", batch_id)
+        if kept == 0:
+            raise UserError(f"ingest: none of the {quarantined} lines of {source} is valid ({by_reason}); they are in "
+                            f"{store.location(tables.QUARANTINE)}, batch_id {batch_id}; transactions is unchanged")
         store.write_table(ingest.good_rows(validated), tables.TRANSACTIONS, conf.mode)
-        store.write_table(ingest.bad_rows(validated, source), tables.QUARANTINE, "append")
     finally:
         validated.unpersist()
-    kept = counts.pop(None, 0)
-    summary = {"source": source, "rows_in": kept + sum(counts.values()), "rows_kept": kept,
-               "rows_quarantined": sum(counts.values()),
-               "quarantined_by_reason": {r: counts.get(r, 0) for r in ingest.REASONS if counts.get(r)}}
+    warnings = _warnings(counts, unmapped, conf.encoding)
+    for line in warnings:
+        log.warning("ingest: %s", line)
+    summary = {"source": source, "batch_id": batch_id, "rows_in": kept + quarantined, "rows_kept": kept,
+               "rows_quarantined": quarantined, "quarantined_by_reason": by_reason, "warnings": warnings}
     log.info("ingest: %s", summary)
     return summary
 
@@ -81,6 +135,10 @@ def build_graph_stage(ctx: RunContext) -> dict:
     )
     # All three materialized before the first write overwrites a table the indices were read from.
     pinned = {tables.USERS: ctx.pin(users), tables.ITEMS: ctx.pin(items), tables.EDGES: ctx.pin(edges)}
+    if pinned[tables.USERS].isEmpty():  # every later stage needs customers: refused before anything is written
+        raise UserError(f"build-graph: no customers: {store.location(tables.TRANSACTIONS)} has no lines, or no customer "
+                        f"buys graph.min_user_degree={conf.min_user_degree} products of graph.min_item_degree="
+                        f"{conf.min_item_degree} buyers; run ingest on a source with valid lines")
     for name, frame in pinned.items():
         store.write_table(frame, name)
     return {**_graph_summary(ctx), **write_edge_tiles(ctx)}

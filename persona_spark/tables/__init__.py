@@ -31,7 +31,8 @@ RAW_TRANSACTIONS = _table("raw_transactions", "generate", "the demo shop's purch
 PLANTED_PERSONAS = _table("planted_personas", "generate", "the demo shop's true personas per customer")
 PERSONA_SET = _table("persona_set", "generate", "persona_idx, name, description of the run's persona set")
 TRANSACTIONS = _table("transactions", "ingest", "validated purchase lines in the canonical columns")
-QUARANTINE = _table("quarantine", "ingest", "rejected source lines, one reason each (appended)")
+QUARANTINE = _table("quarantine", "ingest", "rejected source lines, one reason each; a source batch ingested again "
+                    "replaces its own rows")
 USERS = _table("users", "build-graph", "customer_id -> user_idx, degree")
 ITEMS = _table("items", "build-graph", "item_id -> item_idx, item_name, degree")
 EDGES = _table("edges", "build-graph", "user-item purchase edges with their train/test split")

@@ -96,6 +96,20 @@ def filesystem(location: str):
         return PyFileSystem(FSSpecHandler(handler)), path
 
 
+def file_in_the_way(location: str) -> str | None:
+    """The file that stops ``location`` from being a local folder (it, or the nearest existing parent, is a file),
+    else None. Object stores have no such conflict; neither has a folder still to be made under a folder."""
+    if not is_local(location):
+        return None
+    _, path = filesystem(location)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None if os.path.isdir(path) else path
+
+
 def exists(location: str) -> bool:
     from pyarrow import fs
 

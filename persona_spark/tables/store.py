@@ -32,6 +32,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
 from persona_spark.config import TablesConf
+from persona_spark.errors import UserError
 from persona_spark.runtime.session import (
     delta_coordinates,
     describe_master,
@@ -56,6 +57,8 @@ class TableStore:
                 "catalog.DeltaCatalog), let persona-spark build the session (spark.delta=true), or on a single "
                 "machine without the jars set tables.backend=delta-rs"
             )
+        if not self.conf.catalog and (blocker := storage.file_in_the_way(self.conf.root)):
+            raise UserError(f"tables.root {self.conf.root} must be a folder, but {blocker} is a file")
         if self.backend == "delta-rs":
             why = ("tables.catalog is set (catalog tables need the connector)" if self.conf.catalog else
                    f"the session runs on {describe_master(spark)}, not a local master" if not is_local_master(spark) else
@@ -155,6 +158,24 @@ class TableStore:
             writer.saveAsTable(loc) if self.conf.catalog else writer.save(loc)
         else:
             self._write_delta_rs(df, loc, mode)
+
+    def replace_rows(self, df: DataFrame, name: str, column: str, value: str) -> None:
+        """Replace the rows of ``name`` whose ``column`` is ``value`` with ``df`` (whose rows all have it) in one
+        commit; the other rows stay. A table without ``column`` yet has no such rows, and gains the column."""
+        if not self.exists(name):
+            self.write_table(df, name)
+            return
+        existing = self.read_table(name)
+        if self.backend != "spark":  # delta-rs commits whole-table writes: the kept rows and the new ones
+            kept = existing.filter(~F.col(column).eqNullSafe(value)) if column in existing.columns else existing
+            self.write_table(kept.unionByName(df, allowMissingColumns=True), name, "overwrite")
+        elif column not in existing.columns:
+            self.write_table(df, name, "append")
+        else:
+            predicate = f"`{column}` = '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+            loc = self.location(name)
+            writer.saveAsTable(loc) if self.conf.catalog else writer.save(loc)
 
     def merge_table(self, df: DataFrame, name: str, keys: list[str], delete_when: str | None = None) -> None:
         """Upsert ``df`` into ``name`` on ``keys``: matched rows are updated, new rows inserted.

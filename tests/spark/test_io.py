@@ -78,6 +78,19 @@ def test_merge_with_tombstones_replaces_a_changed_set_in_one_commit(any_store, s
     assert any_store.version("sets") == 1 and "gone" not in any_store.read_table("sets").columns
 
 
+def test_replace_rows_swaps_one_batch_in_one_commit_and_adds_the_column_to_an_older_table(any_store, spark):
+    def batch(name, n):
+        return _people(spark, n).drop("vec").withColumn("batch", F.lit(name))
+
+    any_store.write_table(_people(spark, 2).drop("vec"), "people")  # written before the table had batches
+    any_store.replace_rows(batch("a", 3), "people", "batch", "a")
+    any_store.replace_rows(batch("b'c", 2), "people", "batch", "b'c")
+    any_store.replace_rows(batch("a", 4), "people", "batch", "a")  # the same batch again: its rows are replaced
+    assert any_store.version("people") == 3
+    counts = {r["batch"]: r["count"] for r in any_store.read_table("people").groupBy("batch").count().collect()}
+    assert counts == {None: 2, "a": 4, "b'c": 2}
+
+
 def test_merge_into_missing_table_creates_it(any_store, spark):
     any_store.merge_table(_people(spark, 2), "fresh", keys=["key"])
     assert any_store.read_table("fresh").count() == 2

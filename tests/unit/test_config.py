@@ -49,10 +49,22 @@ def test_every_number_is_bounded_and_every_key_described():
     ("labeling.openai.temperature=-1", "labeling.openai.temperature"),
     ("gplr.budget_fraction=1.5", "gplr.budget_fraction"),
     ("gplr.budget_users=0", "gplr.budget_users"),
+    ("gplr.rounds=1000000", "gplr.rounds"),
+    ("affinity.ell=3000", "affinity.ell"),
+    ("gplr.cv_folds=1000", "gplr.cv_folds"),
+    ("segment.max_iter=100000", "segment.max_iter"),
+    ("labeling.openai.max_attempts=1000", "labeling.openai.max_attempts"),
+    ("ingest.encoding=klingon", "ingest.encoding"),
+    ("ingest.encoding=cp1252", "ingest.encoding"),
 ])
 def test_a_value_out_of_bounds_fails_at_load_naming_the_key(override, key):
     with pytest.raises(UserError, match=rf"^config: {key}\b"):
         load_config(None, [override])
+
+
+def test_an_encoding_is_named_for_spark_however_python_spells_it():
+    assert [load_config(None, [f"ingest.encoding={name}"]).ingest.charset for name in ("latin-1", "UTF8", "ascii")] \
+        == ["iso-8859-1", "utf-8", "us-ascii"]
 
 
 def test_budget_is_a_fraction_or_a_count_never_both():

@@ -68,3 +68,12 @@ def test_missing_file_is_file_not_found_naming_it(base):
 ])
 def test_parent_keeps_scheme_and_bucket(location, parent):
     assert storage.parent(location) == parent
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    blocker = tmp_path / "tables"
+    blocker.write_text("not a folder")
+    assert storage.file_in_the_way(str(blocker)) == str(blocker)
+    assert storage.file_in_the_way(str(blocker / "deeper" / "still")) == str(blocker)
+    assert storage.file_in_the_way(str(tmp_path / "new" / "folder")) is None
+    assert storage.file_in_the_way("s3a://bucket/tables") is None
