@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     from persona_spark.stages import RunContext
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.debug else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # basicConfig does nothing when a library (or a notebook) configured logging first; the package's own
+    # progress lines still reach whatever handlers are there.
+    logging.getLogger("persona_spark").setLevel(level)
     try:
         summary = RunContext.open(args.conf, args.overrides).run(args.stage)
     except Exception as error:
