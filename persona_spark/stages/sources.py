@@ -85,7 +85,7 @@ def _warnings(counts: dict, unmapped: list[str], encoding: str) -> list[str]:
         out.append(f"source columns not mapped to any canonical column, not ingested: {', '.join(unmapped)} "
                    "(map one with ingest.mapping.<canonical>=<column>)")
     if counts.get("invalid_encoding"):
-        out.append(f"{counts['invalid_encoding']} lines have bytes that are not valid {encoding}: quarantined as "
+        out.append(f"lines with bytes that are not valid {encoding}: {counts['invalid_encoding']}, quarantined as "
                    "invalid_encoding; if the file is in another encoding, set ingest.encoding (e.g. latin-1)")
     return out
 
