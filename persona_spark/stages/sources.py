@@ -8,6 +8,7 @@ import logging
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from persona_spark import graph, ingest, tables
 from persona_spark.affinity import prepare_graph
@@ -42,7 +43,7 @@ def _read_csv(spark, path: str, charset: str) -> DataFrame:
     header = reader.csv(path).columns
     if not header:
         raise UserError(f"ingest: {path} is empty (not even a header line)")
-    schema = ", ".join(f"`{c}` string" for c in [*header, ingest.CORRUPT_RECORD])
+    schema = StructType([StructField(c, StringType()) for c in [*header, ingest.CORRUPT_RECORD]])
     return (reader.schema(schema).option("mode", "PERMISSIVE")
             .option("columnNameOfCorruptRecord", ingest.CORRUPT_RECORD).csv(path))
 
@@ -84,7 +85,7 @@ def _warnings(counts: dict, unmapped: list[str], encoding: str) -> list[str]:
         out.append(f"source columns not mapped to any canonical column, not ingested: {', '.join(unmapped)} "
                    "(map one with ingest.mapping.<canonical>=<column>)")
     if counts.get("invalid_encoding"):
-        out.append(f"{counts['invalid_encoding']} lines have bytes that are not valid {encoding}: quarantined as "
+        out.append(f"lines with bytes that are not valid {encoding}: {counts['invalid_encoding']}, quarantined as "
                    "invalid_encoding; if the file is in another encoding, set ingest.encoding (e.g. latin-1)")
     return out
 
