@@ -207,3 +207,14 @@ def run_python(code: str, env: dict[str, str], cwd: Path, timeout_s: float = 180
     process.wait()
     output = "".join(lines)
     return subprocess.CompletedProcess(code, process.returncode, output, "")
+
+
+def local_or_s3_location(request, tmp_path, monkeypatch, bucket: str, folder: str) -> str:
+    """For a test parametrized ``local`` / ``s3a``: ``tmp_path/folder``, or a fresh prefix in ``bucket`` of the
+    module's ``s3`` fixture (an :class:`S3Server`) with its endpoint and keys in the environment."""
+    if request.param == "local":
+        return str(tmp_path / folder)
+    server = request.getfixturevalue("s3")
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3a://{bucket}/{tmp_path.name}"

@@ -15,7 +15,7 @@ import pytest
 
 from persona_spark.tables import storage
 from persona_spark.tables.lease import Holder, Lease, LeaseHeld
-from tests.production_world import S3Server
+from tests.production_world import S3Server, local_or_s3_location
 
 BUCKET = "leases"
 
@@ -28,12 +28,7 @@ def s3():
 
 @pytest.fixture(params=["local", "s3a"])
 def root(request, tmp_path, monkeypatch):
-    if request.param == "local":
-        return str(tmp_path / "tables")
-    server = request.getfixturevalue("s3")
-    for key, value in server.env.items():
-        monkeypatch.setenv(key, value)
-    return f"s3a://{BUCKET}/{tmp_path.name}"
+    return local_or_s3_location(request, tmp_path, monkeypatch, BUCKET, "tables")
 
 
 def write_holder(location: str, **changes) -> Holder:

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from persona_spark.tables import storage
-from tests.production_world import S3Server
+from tests.production_world import S3Server, local_or_s3_location
 
 BUCKET = "files"
 
@@ -21,12 +21,7 @@ def s3():
 
 @pytest.fixture(params=["local", "s3a"])
 def base(request, tmp_path, monkeypatch):
-    if request.param == "local":
-        return str(tmp_path / "files")
-    server = request.getfixturevalue("s3")
-    for key, value in server.env.items():
-        monkeypatch.setenv(key, value)
-    return f"s3a://{BUCKET}/{tmp_path.name}"
+    return local_or_s3_location(request, tmp_path, monkeypatch, BUCKET, "files")
 
 
 def test_streams_round_trip_large_content_line_by_line(base):
