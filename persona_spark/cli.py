@@ -128,7 +128,7 @@ def cli_reference() -> str:
 DOCUMENTED_COLUMNS = {
     "planted_personas": "customer_id string, persona_idx bigint",
     "transactions": "customer_id string, order_id string, item_id string, item_name string, quantity bigint, "
-                    "unit_price double, ts timestamp, order_number bigint, days_since_prior_order double",
+                    "unit_price double, ts timestamp, order_number bigint, days_since_prior_order double, batch_id string",
     "edges": "user_idx int, item_idx int, n_purchases int, quantity bigint, first_ts timestamp, "
              "last_ts timestamp, split string",
     "reference_personas": "user_idx int, persona_idx int",

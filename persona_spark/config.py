@@ -88,8 +88,9 @@ class TablesConf(Section):
     lease_ttl_minutes: float = Field(10.0, gt=0, description="how long a lease lasts unless its run renews it (every "
                                      "third of it): a run killed on another host holds the tables this long; one "
                                      "killed on this host frees them at once")
-    lease_location: str | None = Field(None, description="where the lease object lives; null: _lease under tables.root, and no "
-                                       "lease in catalog mode (set a path or URI, e.g. a Volume, to have one there)")
+    lease_location: str | None = Field(None, description="where the lease object lives; null: _lease under tables.root, "
+                                       "also in catalog mode, where root is the deployment's storage (e.g. the "
+                                       "schema's Volume)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -113,7 +114,8 @@ class IngestConf(Section):
                                          "Spark's default parsing")
     cancellation_prefix: str | None = Field(None, description='invoice prefix of cancelled lines (Online Retail: "C")')
     mode: Literal["overwrite", "append"] = Field("overwrite", description="overwrite: the source is the full history; "
-                                                 "append: the source is a new batch of lines")
+                                                 "append: the source is a new batch of lines (the same lines ingested "
+                                                 "again replace their rows: a batch is a source and its content)")
     encoding: str = Field("utf-8", description="character encoding of a CSV source: utf-8, latin-1 (iso-8859-1), "
                           "us-ascii, utf-16, utf-16be, utf-16le or utf-32 (the ones Spark's CSV reader takes); lines "
                           "with bytes that are not valid in it are quarantined as invalid_encoding and counted in the "

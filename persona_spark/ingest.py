@@ -313,8 +313,10 @@ def line_hash() -> Column:
     return F.xxhash64(*_line_key(), F.coalesce(F.col("raw_line"), F.lit("\u0000")))
 
 
-def good_rows(validated: DataFrame) -> DataFrame:
-    """The canonical, typed ``transactions`` rows."""
+def good_rows(validated: DataFrame, batch_id: str | None = None) -> DataFrame:
+    """The canonical, typed ``transactions`` rows; with ``batch_id`` (the table's), tagged with the source batch
+    they came in, so that ingesting the same batch again can replace its rows instead of adding them twice."""
+    tag = [F.lit(batch_id).alias("batch_id")] if batch_id is not None else []
     return validated.filter(F.col("reason").isNull()).select(
         _numeric_id(F.col("customer_id")).alias("customer_id"),
         "order_id",
@@ -325,6 +327,7 @@ def good_rows(validated: DataFrame) -> DataFrame:
         F.col("_ts").alias("ts"),
         F.col("_order_number").alias("order_number"),
         F.col("_days_since_prior_order").alias("days_since_prior_order"),
+        *tag,
     )
 
 

@@ -26,7 +26,7 @@ from persona_spark.runtime.checkpoint import checkpoint, ensure_checkpoint_dir, 
 from persona_spark.runtime.runs import new_run
 from persona_spark.runtime.session import describe_master, get_spark
 from persona_spark.tables.lease import Lease
-from persona_spark.tables.store import TableStore
+from persona_spark.tables.store import TableStore, lease_location
 
 log = logging.getLogger("persona_spark")
 
@@ -110,7 +110,7 @@ class RunContext:
     @contextmanager
     def lease(self, stage: str) -> Iterator[None]:
         """Hold the tables' lease while ``stage`` runs (``LeaseHeld``, a user error, when another run does)."""
-        location = self.store.lease_location
+        location = lease_location(self.cfg.tables)
         if location is None or stage in LEASE_FREE_STAGES:
             yield
             return

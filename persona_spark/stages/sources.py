@@ -16,6 +16,7 @@ from persona_spark.errors import UserError
 from persona_spark.generate import generate as generate_lines
 from persona_spark.stages.common import locations, persona_names, train_edges
 from persona_spark.stages.context import RunContext
+from persona_spark.tables.store import TableStore
 
 log = logging.getLogger("persona_spark")
 
@@ -78,6 +79,15 @@ def _tally(validated: DataFrame, source: str) -> tuple[dict, str]:
     return {r["reason"]: r["lines"] for r in rows}, batch_id
 
 
+def _rows_of_batch(store: TableStore, batch_id: str) -> int:
+    """How many ``transactions`` rows an earlier ingest of this batch left (0 for a table written before rows
+    carried their batch)."""
+    if not store.exists(tables.TRANSACTIONS):
+        return 0
+    rows = store.read_table(tables.TRANSACTIONS)
+    return rows.filter(F.col("batch_id") == batch_id).count() if "batch_id" in rows.columns else 0
+
+
 def _warnings(counts: dict, unmapped: list[str], encoding: str) -> list[str]:
     """One line each about what ingest kept out without a reason of its own on the line, or what it suspects."""
     out = []
@@ -93,9 +103,9 @@ def _warnings(counts: dict, unmapped: list[str], encoding: str) -> list[str]:
 def ingest_stage(ctx: RunContext) -> dict:
     """Validate source lines into ``transactions``; bad lines go to ``quarantine`` with a reason.
 
-    Refuses a source without lines, and writes no ``transactions`` when none of its lines is valid. Ingesting
-    the same lines again replaces their quarantine rows (one batch id per source and content) rather than adding
-    them twice.
+    Refuses a source without lines, and writes no ``transactions`` when none of its lines is valid. Every row
+    carries its batch id (a hash of the source and its content): ingesting the same lines again replaces their
+    quarantine rows and, in append mode, their ``transactions`` rows, rather than adding them twice.
     """
     cfg, store = ctx.cfg, ctx.store
     conf = cfg.ingest
@@ -114,10 +124,17 @@ def ingest_stage(ctx: RunContext) -> dict:
         if kept == 0:
             raise UserError(f"ingest: none of the {quarantined} lines of {source} is valid ({by_reason}); they are in "
                             f"{store.location(tables.QUARANTINE)}, batch_id {batch_id}; transactions is unchanged")
-        store.write_table(ingest.good_rows(validated), tables.TRANSACTIONS, conf.mode)
+        replaced = _rows_of_batch(store, batch_id) if conf.mode == "append" else 0
+        if conf.mode == "append":
+            store.replace_rows(ingest.good_rows(validated, batch_id), tables.TRANSACTIONS, "batch_id", batch_id)
+        else:
+            store.write_table(ingest.good_rows(validated, batch_id), tables.TRANSACTIONS)
     finally:
         validated.unpersist()
     warnings = _warnings(counts, unmapped, conf.encoding)
+    if replaced:
+        warnings.append(f"batch {batch_id} (the same lines of {source}) was ingested before: its {replaced} rows in "
+                        "transactions were replaced, not added again")
     for line in warnings:
         log.warning("ingest: %s", line)
     summary = {"source": source, "batch_id": batch_id, "rows_in": kept + quarantined, "rows_kept": kept,

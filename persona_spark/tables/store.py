@@ -44,6 +44,17 @@ from persona_spark.tables import storage
 from persona_spark.tables.lease import LEASE_NAME
 
 
+def lease_location(conf: TablesConf) -> str | None:
+    """Where the lease of these tables lives: ``tables.lease_location``, else ``<root>/_lease``; None when leases
+    are off. Catalog tables have no folder of their own, so in catalog mode the lease lives under ``root`` too:
+    the deployment's storage (the bundle's schema Volume), which every run of that deployment shares."""
+    if not conf.lease:
+        return None
+    if conf.lease_location:
+        return storage.absolute(conf.lease_location)
+    return storage.join(storage.absolute(conf.root), LEASE_NAME)
+
+
 class TableStore:
     def __init__(self, spark: SparkSession, conf: TablesConf | None = None):
         self.spark = spark
@@ -79,16 +90,6 @@ class TableStore:
             parts = (self.conf.catalog, self.conf.schema_ or "default", table)
             return ".".join("`" + part.replace("`", "``") + "`" for part in parts)
         return storage.join(storage.absolute(self.conf.root), table)
-
-    @property
-    def lease_location(self) -> str | None:
-        """Where the run lease of these tables lives (``persona_spark.tables.lease``): ``tables.lease_location``,
-        else ``<root>/_lease``; None when leases are off, or in catalog mode without a location."""
-        if not self.conf.lease:
-            return None
-        if self.conf.lease_location:
-            return storage.absolute(self.conf.lease_location)
-        return None if self.conf.catalog else storage.join(storage.absolute(self.conf.root), LEASE_NAME)
 
     # ---- queries ------------------------------------------------------------------------
     def exists(self, name: str) -> bool:

@@ -246,6 +246,30 @@ def test_adversarial_lines_are_quarantined_with_precise_reasons_and_reruns_repla
     assert store.read_table("quarantine").count() == summary["rows_quarantined"]
 
 
+def test_append_mode_adds_new_batches_and_replaces_a_batch_ingested_again(spark, tmp_path):
+    from persona_spark.tables.store import TableStore
+
+    header = b"customer_id,order_id,item_id,item_name,quantity,unit_price,ts\n"
+    january, february = tmp_path / "january.csv", tmp_path / "february.csv"
+    january.write_bytes(header + b"c1,o1,A,Mug,1,2.0,%s\nc2,o2,B,Pan,2,3.0,%s\nc3,o3,B,Pan,0,3.0,%s\n" % (TS, TS, TS))
+    february.write_bytes(header + b"c1,o4,B,Pan,1,3.0,%s\n" % TS)
+    cfg = load_config(None, [f"tables.root={tmp_path / 'tables'}", "ingest.mode=append"])
+    store = TableStore(spark, cfg.tables)
+
+    def ingest_file(path):
+        return ingest_stage(RunContext(cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
+            update={"source": str(path)})}), store))
+
+    first, second, again = ingest_file(january), ingest_file(february), ingest_file(january)
+    rows = store.read_table("transactions").select("order_id", "batch_id", "quantity").collect()
+    assert sorted((r["order_id"], r["batch_id"], r["quantity"]) for r in rows) == [
+        ("o1", first["batch_id"], 1), ("o2", first["batch_id"], 2), ("o4", second["batch_id"], 1)]
+    assert again["batch_id"] == first["batch_id"] != second["batch_id"]
+    assert not first["warnings"] and not second["warnings"]
+    assert any(f"its {first['rows_kept']} rows in transactions were replaced" in w for w in again["warnings"])
+    assert store.read_table("quarantine").count() == 1  # o3's line, once
+
+
 def test_an_encoding_setting_reads_latin1_exactly(spark, tmp_path):
     source = tmp_path / "latin1.csv"
     source.write_bytes(b"customer_id,order_id,item_id,item_name,quantity,unit_price,ts\nc1,o1,A,Cr\xe8me br\xfbl\xe9e,1,,\n")

@@ -145,3 +145,14 @@ def test_without_boto3_s3_falls_back_to_write_and_read_back(s3, tmp_path, monkey
     assert storage.create_exclusive(location, b"first")
     assert not storage.create_exclusive(location, b"second")
     assert storage.read_text(location) == "first"
+
+
+def test_the_lease_lives_under_the_root_in_both_modes_unless_placed_elsewhere(tmp_path):
+    from persona_spark.config import TablesConf
+    from persona_spark.tables.store import lease_location
+
+    volume = "/Volumes/main/shop/persona"
+    assert lease_location(TablesConf(root=str(tmp_path))) == storage.join(str(tmp_path), "_lease")
+    assert lease_location(TablesConf(root=volume, catalog="main", schema="shop")) == volume + "/_lease"
+    assert lease_location(TablesConf(root=volume, catalog="main", lease_location="s3a://b/l")) == "s3a://b/l"
+    assert lease_location(TablesConf(root=volume, lease=False)) is None
