@@ -17,7 +17,7 @@ as ``tiles_write``), Spark ε-pruned (``--eps``), and Spark with float32 states 
 RevAff with ``--rev-aff`` (slow: small graphs only), Ψ by GraphFrames' ``aggregateMessages`` with
 ``--graphframes`` (``affinity.graphframes_affinity``; its lines carry ``vs_spark_exact(_stored)``, its seconds over
 the engine's of the same ℓ̂), and with ``--components`` the connected components of the same edges by the
-package's large-star rounds and by GraphFrames (``components_*`` lines: seconds and the summary). GraphFrames'
+package's large-star rounds and by GraphFrames' two algorithms (``components_*`` lines: seconds and summary). GraphFrames'
 jars come from ``--graphframes-jars`` (a folder) or else from Maven (``spark.graphframes``). A tiny warm-up run
 precedes the timed ones. One JSON object per line:
 ``{"engine", "edges", "users", "items", "personas", "ell", "eps", "seconds", "max_abs_err",
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run Ψ by GraphFrames' aggregateMessages (exact); its lines carry "
                              "vs_spark_exact(_stored) = its seconds / spark_exact(_stored)'s of the same ℓ̂")
     parser.add_argument("--components", action="store_true",
-                        help="also time the connected components of the edges: large-star against GraphFrames")
+                        help="also time the connected components of the edges: large-star against GraphFrames' "
+                             "graphframes and graphx algorithms")
     parser.add_argument("--graphframes-jars", help="folder with GraphFrames' two jars (else resolved from Maven)")
     parser.add_argument("--connect", action="store_true",
                         help="a Spark Connect session (a local server on --master) instead of a classic one")
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rev_aff:
                 report("rev_aff", ell, args.eps, lambda ell=ell: (rev_aff(u, i, L, ell, args.eps, n_items=args.items), {}), exact)
         if args.components:
-            for algorithm in ("large-star", "graphframes"):
+            for algorithm in ("large-star", "graphframes", "graphx"):
                 time_components(edges, algorithm, {**common, "ell": 0}, memory)
         edges.unpersist()
     memory.stop()

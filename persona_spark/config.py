@@ -158,10 +158,11 @@ class GraphConf(Section):
     components: bool = Field(True, description="build-graph and load-paper-split report the connected components of the "
                              "train edges (how many, the largest, the users outside it: they only take personas from "
                              "prototypes in their own component)")
-    components_algorithm: Literal["auto", "graphframes", "large-star"] = Field(
-        "auto", description="who finds the components: graphframes (GraphFrames' connectedComponents; needs the "
-        "graph extra and its jars, see spark.graphframes), large-star (the package's own DataFrame rounds: runs "
-        "everywhere, Spark Connect included), auto (GraphFrames where the session has it, else large-star)")
+    components_algorithm: Literal["auto", "large-star", "graphframes", "graphx"] = Field(
+        "auto", description="who finds the components: large-star (the package's own DataFrame rounds: runs "
+        "everywhere, Spark Connect included), graphframes or graphx (GraphFrames' connectedComponents with that "
+        "algorithm; needs the graph extra and its jars, see spark.graphframes), auto (the fastest of them where "
+        "the session has GraphFrames, else large-star)")
 
 
 class DemoConf(Section):

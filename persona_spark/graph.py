@@ -244,30 +244,34 @@ def connected_components(pairs: DataFrame, checkpoint_mode: str = "local") -> Da
     return current.select(F.col("src").alias("node"), F.col("dst").alias("component")).unionByName(roots)
 
 
-def graphframes_components(pairs: DataFrame, checkpoint_mode: str = "local") -> DataFrame:
+def graphframes_components(pairs: DataFrame, checkpoint_mode: str = "local", inner: str = "graphx") -> DataFrame:
     """``id, component`` (an id its nodes share) of the undirected ``src, dst`` long pairs by GraphFrames'
-    ``connectedComponents`` (its own large-star/small-star), pinned as ``checkpoint_mode`` says: local
-    checkpoints, or reliable ones in the session's checkpoint directory. GraphFrames returns the result
-    persisted: ``unpersist()`` it when done."""
-    require_graphframes(pairs.sparkSession, "graph.components_algorithm=graphframes")
+    ``connectedComponents`` with its ``inner`` algorithm: ``graphx`` (GraphX's Pregel rounds) or ``graphframes``
+    (its own DataFrame large-star/small-star, pinned as ``checkpoint_mode`` says: local checkpoints, or reliable
+    ones in the session's checkpoint directory). GraphFrames returns the result persisted: ``unpersist()`` it
+    when done."""
+    require_graphframes(pairs.sparkSession, f"graph.components_algorithm={inner}")
     from graphframes import GraphFrame
 
     edges = pairs.select("src", "dst")
     vertices = edges.select(F.col("src").alias("id")).union(edges.select(F.col("dst").alias("id"))).distinct()
-    # broadcastThreshold -1: the joins are left to adaptive execution, which GraphFrames recommends as faster
+    # max_iter: graphframes-py 0.10.1's default is 2 ^ 31 - 2, an XOR (31), which stops GraphX's rounds
+    # before a long path is labelled; its own algorithm ignores it
     return GraphFrame(vertices, edges).connectedComponents(
-        broadcastThreshold=-1, use_local_checkpoints=checkpoint_mode == "local")
+        algorithm=inner, use_local_checkpoints=checkpoint_mode == "local", max_iter=2**31 - 2)
 
 
-ComponentsAlgorithm = Literal["auto", "graphframes", "large-star"]
-# Which of the two "auto" runs where GraphFrames is available (benchmarks/affinity.py --components times both)
-AUTO_COMPONENTS_WITH_GRAPHFRAMES = True
+ComponentsAlgorithm = Literal["auto", "large-star", "graphframes", "graphx"]
+GRAPHFRAMES_ALGORITHMS = ("graphframes", "graphx")  # the two algorithms of GraphFrames' connectedComponents
+# What "auto" runs where GraphFrames is available: the fastest of the three at 13 M edges
+# (benchmarks/affinity.py --components, on the benchmarks page)
+AUTO_WITH_GRAPHFRAMES = "graphx"
 
 
 def pick_components_algorithm(requested: ComponentsAlgorithm, graphframes_available: bool) -> str:
-    """``graphframes`` or ``large-star``: ``auto`` takes GraphFrames where it runs and is the faster one."""
+    """The algorithm that runs: ``auto`` is ``AUTO_WITH_GRAPHFRAMES`` where GraphFrames runs, else large-star."""
     if requested == "auto":
-        return "graphframes" if graphframes_available and AUTO_COMPONENTS_WITH_GRAPHFRAMES else "large-star"
+        return AUTO_WITH_GRAPHFRAMES if graphframes_available else "large-star"
     return requested
 
 
@@ -275,10 +279,11 @@ def component_summary(edges: DataFrame, checkpoint_mode: str = "local",
                       algorithm: ComponentsAlgorithm = "auto") -> dict:
     """Connected components of the user–item graph of ``edges``: how many, the largest one's users and
     items, and the users outside it (they can only take personas from prototypes in their own component),
-    and which ``algorithm`` found them (``pick_components_algorithm``)."""
+    and which ``algorithm`` found them (``pick_components_algorithm``): the package's ``large-star`` rounds,
+    or GraphFrames' ``connectedComponents`` with its ``graphframes`` or ``graphx`` algorithm."""
     chosen = pick_components_algorithm(algorithm, has_graphframes(edges.sparkSession))
-    if chosen == "graphframes":
-        labels = graphframes_components(node_edges(edges), checkpoint_mode)
+    if chosen in GRAPHFRAMES_ALGORITHMS:
+        labels = graphframes_components(node_edges(edges), checkpoint_mode, chosen)
         try:
             return {**_summarize_components(labels.select(F.col("id").alias("node"), "component")),
                     "algorithm": chosen}

@@ -61,8 +61,9 @@ def graphframes_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: in
     if conf.eps:
         raise ValueError("graphframes_affinity is the exact reference: affinity.eps must be 0")
 
-    def timed(label: str, frame: DataFrame) -> DataFrame:
-        started = time.perf_counter()
+    def timed(label: str, frame: DataFrame, started: float | None = None) -> DataFrame:
+        """Checkpoint ``frame``; the seconds since ``started`` (default: now) go to ``trace``."""
+        started = time.perf_counter() if started is None else started
         frame = checkpoint(frame, checkpoint_mode)
         if trace is not None:
             trace.append({"phase": label, "seconds": round(time.perf_counter() - started, 3)})
@@ -78,9 +79,10 @@ def graphframes_affinity(edges: DataFrame, prototypes: DataFrame, n_personas: in
     for hop in range(1, 2 * conf.ell + 1):
         sender, weight, direction = hops[hop % 2]
         message = scaled(sender["vec"], AM.edge[weight])
+        started = time.perf_counter()  # aggregateMessages computes and persists the sums before it returns
         sums = GraphFrame(vertices, weights).aggregateMessages([total], **{direction: [message]})
         vertices = timed(f"hop {hop} ({'users→items' if hop % 2 else 'items→users'})",
-                         ids.join(sums, "id", "left"))
+                         ids.join(sums, "id", "left"), started)
         sums.unpersist()
         if hop % 2 == 0:
             terms.append(vertices.where(F.col("id") % 2 == 0))

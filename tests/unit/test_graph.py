@@ -7,17 +7,18 @@ from importlib import metadata
 import pytest
 
 from persona_spark.config import SparkConf
-from persona_spark.graph import pick_components_algorithm
+from persona_spark.graph import AUTO_WITH_GRAPHFRAMES, GRAPHFRAMES_ALGORITHMS, pick_components_algorithm
 from persona_spark.runtime.session import graphframes_coordinates, jar_settings
 
 
 @pytest.mark.parametrize(("requested", "available", "runs"), [
     ("large-star", True, "large-star"), ("large-star", False, "large-star"),
-    ("graphframes", True, "graphframes"), ("graphframes", False, "graphframes"),  # refused later, with a message
-    ("auto", False, "large-star"), ("auto", True, "graphframes"),
+    ("graphframes", True, "graphframes"), ("graphx", False, "graphx"),  # refused later, with a message
+    ("auto", False, "large-star"), ("auto", True, AUTO_WITH_GRAPHFRAMES),
 ])
 def test_auto_takes_graphframes_only_where_the_session_has_it(requested, available, runs):
     assert pick_components_algorithm(requested, available) == runs
+    assert AUTO_WITH_GRAPHFRAMES in (*GRAPHFRAMES_ALGORITHMS, "large-star")
 
 
 def test_graphframes_jars_come_from_maven_at_the_python_package_version():
