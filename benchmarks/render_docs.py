@@ -228,8 +228,10 @@ def graphframes_side_by_side() -> list[str]:
                   "GraphFrames / tiles cut", "GraphFrames / stored tiles", "max abs error", "load (1 min)"], rows)
     components = [rec for rec in lines if rec["engine"].startswith("components_")]
     if components:
-        out += ["Connected components of the same edges (`build-graph`'s `train_components`): the package's "
-                "large-star/small-star rounds and GraphFrames' `connectedComponents`, one after the other.", ""]
+        out += ["Connected components of the same edges (`build-graph`'s `train_components`; the generated graph "
+                "is one component): the package's large-star/small-star rounds and GraphFrames' `connectedComponents` "
+                "with each of its algorithms, one after the other. `graph.components_algorithm=auto` runs the fastest "
+                "at the larger size where the session has GraphFrames, else large-star.", ""]
         out += table(["edges", "algorithm", "seconds", "components", "largest (users + items)", "load (1 min)"],
                      [[f"{rec['edges'] / 1e6:.2f} M", rec["engine"].removeprefix("components_").replace("_", "-"),
                        f"**{rec['seconds']:.1f}**", f"{rec['components']:,}",
