@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 $(BIN)/persona-spark: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[spark,dev,train,embed,mlflow]"
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[spark,dev,train,embed,mlflow,graph]"
 	touch $@
 
 install: $(BIN)/persona-spark

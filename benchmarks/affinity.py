@@ -4,7 +4,8 @@
     python benchmarks/affinity.py --users 206209 --items 49677 --edges 13300000   # Instacart Full size
     python benchmarks/affinity.py ... --connect     # the same on a local Spark Connect server (connect_* rows)
     python benchmarks/affinity.py ... --edges-cache DIR   # generate once into DIR, reuse it in later runs
-    python benchmarks/affinity.py ... --dataframe-messages   # also the GraphFrames-style aggregateMessages Ψ
+    python benchmarks/affinity.py ... --graphframes   # also Ψ by GraphFrames' aggregateMessages (classic only)
+    python benchmarks/affinity.py ... --components    # also connected components: large-star against GraphFrames
 
 A synthetic purchase graph is generated in Spark (lognormal user activity, Zipf item popularity,
 duplicate pairs dropped, so ``edges`` is the unique count actually reached), 5 % of users get
@@ -13,7 +14,12 @@ Spark exact with the tiles cut in the call (cold), Spark exact on the tiles buil
 written (``spark_exact_stored``: read back from a Delta table and cached, the cut and write timed once
 as ``tiles_write``), Spark ε-pruned (``--eps``), and Spark with float32 states (``spark_float32``, cold, and
 ``spark_float32_stored``: ``AffinityConf.state_precision``, a relative error bound), plus the paper's
-RevAff with ``--rev-aff`` (slow: small graphs only). A tiny warm-up run precedes the timed ones. One JSON object per line:
+RevAff with ``--rev-aff`` (slow: small graphs only), Ψ by GraphFrames' ``aggregateMessages`` with
+``--graphframes`` (``affinity.graphframes_affinity``; its lines carry ``vs_spark_exact(_stored)``, its seconds over
+the engine's of the same ℓ̂), and with ``--components`` the connected components of the same edges by the
+package's large-star rounds and by GraphFrames' two algorithms (``components_*`` lines: seconds and summary). GraphFrames'
+jars come from ``--graphframes-jars`` (a folder) or else from Maven (``spark.graphframes``). A tiny warm-up run
+precedes the timed ones. One JSON object per line:
 ``{"engine", "edges", "users", "items", "personas", "ell", "eps", "seconds", "max_abs_err",
 "mean_abs_err", "max_rel_err", "top5_agreement", "users_nonempty_share", "peak_rss_mb", ...}`` — errors and the
 top-5 agreement against scipy exact of the same ℓ̂ (the share of each reached user's exact top-5
@@ -43,9 +49,10 @@ from pyspark.sql import functions as F
 from results_file import RESULTS, append_results_to
 
 from persona_spark.affinity import AffinityGraph, compute_affinity, prepare_graph, prototype_labels
-from persona_spark.affinity.messages import message_affinity
+from persona_spark.affinity.graphframes_affinity import graphframes_affinity
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, SparkConf
+from persona_spark.graph import component_summary
 from persona_spark.runtime.session import get_spark, is_connect
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -177,6 +184,32 @@ def top_k_agreement(psi: np.ndarray, exact: np.ndarray, k: int = 5) -> float:
     return float((hits / scored.sum(1)).mean())
 
 
+def graphframes_settings(args) -> dict:
+    """SparkConf fields that load GraphFrames when a GraphFrames row is asked for: the jars in
+    ``--graphframes-jars`` beside the Maven-resolved Delta connector, else GraphFrames from Maven too."""
+    if not (args.graphframes or args.components):
+        return {}
+    if not args.graphframes_jars:
+        return {"graphframes": True}
+    jars = sorted(str(p) for p in Path(args.graphframes_jars).glob("graphframes-*.jar"))
+    if len(jars) != 2:
+        raise SystemExit(f"--graphframes-jars: want GraphFrames' two jars (core, graphx) in {args.graphframes_jars}, "
+                         f"found {jars}")
+    return {"extra": {"spark.jars": ",".join(jars)}}
+
+
+def time_components(edges, algorithm: str, common: dict, memory: PeakMemory) -> None:
+    """One ``components_<algorithm>`` line: the seconds ``component_summary`` takes on ``edges``, and its summary."""
+    load_before = os.getloadavg()[0]
+    memory.reset()
+    started = time.perf_counter()
+    summary = component_summary(edges, algorithm=algorithm)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"engine": f"components_{algorithm.replace('-', '_')}", **common, "seconds": round(seconds, 3),
+                      **{k: v for k, v in summary.items() if k != "algorithm"}, "peak_rss_mb": round(memory.peak_mb),
+                      "load_before": load_before, "load_after": os.getloadavg()[0]}), flush=True)
+
+
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     """The generated graph's flags (``synthetic_edges``), shared by the benchmarks that generate one."""
     parser.add_argument("--users", type=int, default=20_000)
@@ -198,9 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rev-aff", action="store_true", help="also run the pure-Python RevAff (small graphs)")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="10g")
-    parser.add_argument("--dataframe-messages", action="store_true",
-                        help="also run affinity.messages (Ψ the aggregateMessages way, exact); its lines carry "
+    parser.add_argument("--graphframes", action="store_true",
+                        help="also run Ψ by GraphFrames' aggregateMessages (exact); its lines carry "
                              "vs_spark_exact(_stored) = its seconds / spark_exact(_stored)'s of the same ℓ̂")
+    parser.add_argument("--components", action="store_true",
+                        help="also time the connected components of the edges: large-star against GraphFrames' "
+                             "graphframes and graphx algorithms")
+    parser.add_argument("--graphframes-jars", help="folder with GraphFrames' two jars (else resolved from Maven)")
     parser.add_argument("--connect", action="store_true",
                         help="a Spark Connect session (a local server on --master) instead of a classic one")
     parser.add_argument("--edges-cache", help="folder for the generated edges (parquet): reused when present")
@@ -215,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     append_results_to(args.out)
 
     spark = get_spark(SparkConf(master=args.master, remote=args.master if args.connect else None, shuffle_partitions=2,
-                                default_parallelism=2, driver_memory=args.driver_memory, app_name="affinity-benchmark"))
+                                default_parallelism=2, driver_memory=args.driver_memory, app_name="affinity-benchmark",
+                                **graphframes_settings(args)))
     prefix = "connect_" if args.connect else ""
     memory = PeakMemory()
     with tempfile.TemporaryDirectory(prefix="affinity-bench-") as tmp:
@@ -297,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         tiny_graph.to_table().write.format("delta").save(f"{tmp}/warm_tiles")
         tiny_graph.release()
         AffinityGraph.from_table(spark.read.format("delta").load(f"{tmp}/warm_tiles")).load().release()
+        if args.graphframes:
+            graphframes_affinity(tiny, prototypes.where(F.col("user_idx") < 50), args.personas).count()
         def wanted(engine: str) -> bool:
             return args.engines is None or engine in args.engines
 
@@ -316,12 +356,15 @@ def main(argv: list[str] | None = None) -> int:
                         report(prefix + engine, ell, eps, spark_run(
                             AffinityConf(ell=ell, eps=eps, beta=args.beta, state_precision=precision, **limit), stored),
                             exact, extra={"state_precision": precision, "run": run})
-            if args.dataframe_messages:
-                report(prefix + "dataframe_messages", ell, 0.0,
-                       spark_run(AffinityConf(ell=ell, beta=args.beta), compute=message_affinity), exact,
-                       (prefix + "spark_exact", prefix + "spark_exact_stored"))
+            if args.graphframes:
+                report("graphframes", ell, 0.0, spark_run(AffinityConf(ell=ell, beta=args.beta),
+                                                          compute=graphframes_affinity),
+                       exact, tuple(e for e in ("spark_exact", "spark_exact_stored") if (e, ell) in seconds_of))
             if args.rev_aff:
                 report("rev_aff", ell, args.eps, lambda ell=ell: (rev_aff(u, i, L, ell, args.eps, n_items=args.items), {}), exact)
+        if args.components:
+            for algorithm in ("large-star", "graphframes", "graphx"):
+                time_components(edges, algorithm, {**common, "ell": 0}, memory)
         edges.unpersist()
     memory.stop()
     spark.stop()

@@ -58,6 +58,11 @@ class SparkConf(Section):
                         "fallback on a jar-less laptop")
     hadoop_aws: bool = Field(False, description="load org.apache.hadoop:hadoop-aws for s3a:// (switched on when a "
                              "location is s3a://)")
+    graphframes: bool = Field(False, description="load GraphFrames (the graph extra): io.graphframes:graphframes-spark4_2.13 "
+                              "and its graphx module at the installed graphframes-py's version, resolved from Maven "
+                              "like the Delta connector. Where Maven cannot serve them leave this false and name the "
+                              "two jar files in extra's spark.jars (Delta still comes from Maven), or put them in jars "
+                              "with every other jar")
     packages: list[str] = Field(default_factory=list, description="more Maven coordinates group:artifact:version")
     repositories: list[str] = Field(default_factory=list, description="Maven repositories tried before Maven Central")
     jars: list[str] = Field(default_factory=list, description="jar files or folders of jars: replaces Maven resolution")
@@ -155,6 +160,11 @@ class GraphConf(Section):
     components: bool = Field(True, description="build-graph and load-paper-split report the connected components of the "
                              "train edges (how many, the largest, the users outside it: they only take personas from "
                              "prototypes in their own component)")
+    components_algorithm: Literal["auto", "large-star", "graphframes", "graphx"] = Field(
+        "auto", description="who finds the components: large-star (the package's own DataFrame rounds: runs "
+        "everywhere, Spark Connect included), graphframes or graphx (GraphFrames' connectedComponents with that "
+        "algorithm; needs the graph extra and its jars, see spark.graphframes), auto (the fastest of them where "
+        "the session has GraphFrames, else large-star)")
 
 
 class DemoConf(Section):

@@ -9,12 +9,18 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from persona_spark.errors import UserError
 from persona_spark.runtime.checkpoint import checkpoint
+from persona_spark.runtime.session import has_graphframes
 from persona_spark.tables import storage
+
+if TYPE_CHECKING:
+    from graphframes import GraphFrame
 
 USERS_SCHEMA = "user_idx int, customer_id string, degree int"
 ITEMS_SCHEMA = "item_idx int, item_id string, item_name string, degree int"
@@ -152,6 +158,38 @@ class PurchaseGraph:
         """The edges personas propagate over (``split = 'train'``)."""
         return self.edges.filter(F.col("split") == "train")
 
+    def graphframe(self) -> GraphFrame:
+        """The graph as a GraphFrames ``GraphFrame`` (the ``graph`` extra, on a classic session with its jars).
+
+        ``vertices``: ``id`` (users ``2·user_idx``, items ``2·item_idx + 1``: one long id space, as GraphFrames
+        wants it), ``kind`` (``user`` or ``item``), ``key`` (``customer_id`` or ``item_id``), ``name``
+        (``item_name``; null for users), ``degree``. ``edges``: ``src`` (the user) → ``dst`` (the item),
+        ``n_purchases, quantity, first_ts, last_ts, split``.
+
+        Example::
+
+            g = graph.graphframe()
+            g.inDegrees.orderBy("inDegree", ascending=False).show(5)       # best-selling items
+            g.find("(u)-[]->(a); (u)-[]->(b)").filter("a.id < b.id")      # items bought together
+            g.pageRank(resetProbability=0.15, maxIter=10).vertices.filter("kind = 'item'")
+        """
+        require_graphframes(self.edges.sparkSession, "PurchaseGraph.graphframe")
+        from graphframes import GraphFrame
+
+        users = self.users.select((F.col("user_idx").cast("long") * 2).alias("id"), F.lit("user").alias("kind"),
+                                  F.col("customer_id").alias("key"), F.lit(None).cast("string").alias("name"), "degree")
+        items = self.items.select((F.col("item_idx").cast("long") * 2 + 1).alias("id"), F.lit("item").alias("kind"),
+                                  F.col("item_id").alias("key"), F.col("item_name").alias("name"), "degree")
+        edges = node_edges(self.edges, "n_purchases", "quantity", "first_ts", "last_ts", "split")
+        return GraphFrame(users.unionByName(items), edges)
+
+
+def require_graphframes(spark: SparkSession, what: str) -> None:
+    """Raise a one-line ``UserError`` saying how to get GraphFrames when this session cannot run it."""
+    if not has_graphframes(spark):
+        raise UserError(f"{what} needs GraphFrames: pip install 'persona-spark[graph]' and a classic session "
+                        "with its jars (spark.graphframes=true resolves them from Maven; Spark Connect has none)")
+
 
 def node_edges(edges: DataFrame, *extra: Column) -> DataFrame:
     """Edges in one vertex id space, as GraphFrames wants them: ``src`` = 2·user_idx, ``dst`` = 2·item_idx + 1
@@ -206,10 +244,55 @@ def connected_components(pairs: DataFrame, checkpoint_mode: str = "local") -> Da
     return current.select(F.col("src").alias("node"), F.col("dst").alias("component")).unionByName(roots)
 
 
-def component_summary(edges: DataFrame, checkpoint_mode: str = "local") -> dict:
+def graphframes_components(pairs: DataFrame, checkpoint_mode: str = "local", inner: str = "graphx") -> DataFrame:
+    """``id, component`` (an id its nodes share) of the undirected ``src, dst`` long pairs by GraphFrames'
+    ``connectedComponents`` with its ``inner`` algorithm: ``graphx`` (GraphX's Pregel rounds) or ``graphframes``
+    (its own DataFrame large-star/small-star, pinned as ``checkpoint_mode`` says: local checkpoints, or reliable
+    ones in the session's checkpoint directory). GraphFrames returns the result persisted: ``unpersist()`` it
+    when done."""
+    require_graphframes(pairs.sparkSession, f"graph.components_algorithm={inner}")
+    from graphframes import GraphFrame
+
+    edges = pairs.select("src", "dst")
+    vertices = edges.select(F.col("src").alias("id")).union(edges.select(F.col("dst").alias("id"))).distinct()
+    # max_iter: graphframes-py 0.10.1's default is 2 ^ 31 - 2, an XOR (31), which stops GraphX's rounds
+    # before a long path is labelled; its own algorithm ignores it
+    return GraphFrame(vertices, edges).connectedComponents(
+        algorithm=inner, use_local_checkpoints=checkpoint_mode == "local", max_iter=2**31 - 2)
+
+
+ComponentsAlgorithm = Literal["auto", "large-star", "graphframes", "graphx"]
+GRAPHFRAMES_ALGORITHMS = ("graphframes", "graphx")  # the two algorithms of GraphFrames' connectedComponents
+# What "auto" runs where GraphFrames is available: the fastest of the three at 13 M edges
+# (benchmarks/affinity.py --components, on the benchmarks page)
+AUTO_WITH_GRAPHFRAMES = "graphx"
+
+
+def pick_components_algorithm(requested: ComponentsAlgorithm, graphframes_available: bool) -> str:
+    """The algorithm that runs: ``auto`` is ``AUTO_WITH_GRAPHFRAMES`` where GraphFrames runs, else large-star."""
+    if requested == "auto":
+        return AUTO_WITH_GRAPHFRAMES if graphframes_available else "large-star"
+    return requested
+
+
+def component_summary(edges: DataFrame, checkpoint_mode: str = "local",
+                      algorithm: ComponentsAlgorithm = "auto") -> dict:
     """Connected components of the user–item graph of ``edges``: how many, the largest one's users and
-    items, and the users outside it (they can only take personas from prototypes in their own component)."""
-    labels = connected_components(node_edges(edges), checkpoint_mode)
+    items, and the users outside it (they can only take personas from prototypes in their own component),
+    and which ``algorithm`` found them (``pick_components_algorithm``): the package's ``large-star`` rounds,
+    or GraphFrames' ``connectedComponents`` with its ``graphframes`` or ``graphx`` algorithm."""
+    chosen = pick_components_algorithm(algorithm, has_graphframes(edges.sparkSession))
+    if chosen in GRAPHFRAMES_ALGORITHMS:
+        labels = graphframes_components(node_edges(edges), checkpoint_mode, chosen)
+        try:
+            return {**_summarize_components(labels.select(F.col("id").alias("node"), "component")),
+                    "algorithm": chosen}
+        finally:
+            labels.unpersist()
+    return {**_summarize_components(connected_components(node_edges(edges), checkpoint_mode)), "algorithm": chosen}
+
+
+def _summarize_components(labels: DataFrame) -> dict:
     sizes = labels.groupBy("component").agg(
         F.count(F.when(F.col("node") % 2 == 0, 1)).alias("users"),
         F.count(F.when(F.col("node") % 2 == 1, 1)).alias("items"))

@@ -21,6 +21,9 @@ os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PERSONA_SPARK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+# GraphFrames' two jars (core and graphx module) for a machine whose Maven mirror cannot serve them: beside the
+# shared data, or where PERSONA_SPARK_GRAPHFRAMES_JARS says
+GRAPHFRAMES_JARS = Path(os.environ.get("PERSONA_SPARK_GRAPHFRAMES_JARS", SHARED_DATA.parent / "jars"))
 
 
 def shared_path(*parts: str) -> Path:
@@ -57,6 +60,12 @@ TEST_SPARK = dict(master="local[2]", shuffle_partitions=2, default_parallelism=2
                   extra=SMALL_DATA_SPARK)
 
 
+def graphframes_jar_files() -> list[str]:
+    """The GraphFrames jars under GRAPHFRAMES_JARS, both (core and graphx module) or none."""
+    found = sorted(str(p) for p in GRAPHFRAMES_JARS.glob("graphframes-*spark4_2.13-*.jar"))
+    return found if len(found) == 2 else []
+
+
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_store(tmp_path_factory):
     """Every MLflow run of a test, and of the processes it starts, goes to one store in the test's temp folder
@@ -67,17 +76,35 @@ def mlflow_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    """With the Delta connector (resolved from Maven into the user's cache on first use)."""
+    """With the Delta connector (resolved from Maven into the user's cache on first use), and GraphFrames'
+    jars when GRAPHFRAMES_JARS has them."""
     from persona_spark.config import SparkConf
     from persona_spark.runtime.session import get_spark
 
     warehouse = str(tmp_path_factory.mktemp("warehouse"))
+    jars = graphframes_jar_files()
+    settings = {**TEST_SPARK, "extra": {**SMALL_DATA_SPARK, **({"spark.jars": ",".join(jars)} if jars else {})}}
     # pytest-xdist workers start their JVMs one at a time: Ivy resolves the jars into one shared cache.
     with open(tmp_path_factory.getbasetemp().parent / "spark-start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        session = get_spark(SparkConf(**TEST_SPARK, warehouse_dir=warehouse))
+        session = get_spark(SparkConf(**settings, warehouse_dir=warehouse))
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def graphframes(spark):
+    """The ``spark`` session, when it can run GraphFrames; else the test is skipped saying what is missing."""
+    import importlib.util
+
+    from persona_spark.runtime.session import has_graphframes
+
+    if importlib.util.find_spec("graphframes") is None:
+        pytest.skip("GraphFrames: the graphframes-py package is not installed (pip install -e '.[graph]')")
+    if not has_graphframes(spark):
+        pytest.skip(f"GraphFrames: its two jars are not in {GRAPHFRAMES_JARS} (set PERSONA_SPARK_GRAPHFRAMES_JARS "
+                    "to a folder with graphframes-spark4_2.13-*.jar and graphframes-graphx-spark4_2.13-*.jar)")
+    return spark
 
 
 @pytest.fixture(scope="session")

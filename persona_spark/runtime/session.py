@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -55,6 +56,18 @@ def hadoop_aws_coordinates() -> str:
     return f"org.apache.hadoop:hadoop-aws:{match.group(1)}"
 
 
+def graphframes_coordinates() -> list[str]:
+    """GraphFrames' core jar and its graphx module at the installed ``graphframes-py`` version (the ``graph``
+    extra): the Python package holds no jar, and the two must match it."""
+    try:
+        version = metadata.version("graphframes-py")
+    except metadata.PackageNotFoundError:
+        raise JarsUnavailable("spark.graphframes needs the graphframes-py package: pip install "
+                              "'persona-spark[graph]'") from None
+    return [f"io.graphframes:{artifact}-spark4_{SCALA_VERSION}:{version}"
+            for artifact in ("graphframes", "graphframes-graphx")]
+
+
 def jar_settings(conf: SparkConf) -> dict[str, str]:
     """``spark.jars`` / ``spark.jars.packages`` for a session this module builds.
 
@@ -73,7 +86,8 @@ def jar_settings(conf: SparkConf) -> dict[str, str]:
             files += listed
         return {"spark.jars": ",".join(files)}
     packages = ([delta_coordinates()] if conf.delta else []) + (
-        [hadoop_aws_coordinates()] if conf.hadoop_aws else []) + list(conf.packages)
+        [hadoop_aws_coordinates()] if conf.hadoop_aws else []) + (
+        graphframes_coordinates() if conf.graphframes else []) + list(conf.packages)
     if not packages:
         return {}
     settings = {"spark.jars.packages": ",".join(packages), "spark.jars.ivy": os.path.expanduser(conf.ivy_cache)}
@@ -280,6 +294,19 @@ def has_delta_connector(spark: SparkSession) -> bool:
 
     # py4j resolves names through Spark's class loader; an unknown class comes back as a package.
     return isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass)
+
+
+def has_graphframes(spark: SparkSession) -> bool:
+    """True when GraphFrames runs here: a classic session whose JVM has its jar, and its Python package.
+
+    Spark Connect is False: the Connect plugin of GraphFrames is a separate server-side jar this package
+    does not load, so on Connect the graph algorithms are the project's own DataFrame ones.
+    """
+    if is_connect(spark) or importlib.util.find_spec("graphframes") is None:
+        return False
+    from py4j.java_gateway import JavaClass
+
+    return isinstance(spark._jvm.org.graphframes.GraphFrame, JavaClass)
 
 
 def _probe_delta_on_connect(spark: SparkSession) -> bool:

@@ -197,6 +197,7 @@ def _graph_summary(ctx: RunContext) -> dict:
     summary = {"users": store.read_table(tables.USERS).count(), "items": store.read_table(tables.ITEMS).count(),
                "train_edges": split.get("train", 0), "test_edges": split.get("test", 0)}
     if cfg.graph.components:
-        summary["train_components"] = graph.component_summary(train_edges(store), ctx.checkpoint_mode)
+        summary["train_components"] = graph.component_summary(train_edges(store), ctx.checkpoint_mode,
+                                                              cfg.graph.components_algorithm)
     log.info("graph: %s", summary)
     return {**summary, "tables": locations(store, tables.USERS, tables.ITEMS, tables.EDGES)}

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from persona_spark.affinity import (
@@ -25,7 +24,7 @@ from persona_spark.affinity import (
     prototype_labels,
 )
 from persona_spark.affinity.engine import Blocking, pack_vectors, state_row_bytes
-from persona_spark.affinity.messages import aggregate_messages, message_affinity, sum_arrays
+from persona_spark.affinity.graphframes_affinity import graphframes_affinity
 from persona_spark.affinity.reference import exact_affinity, rev_aff
 from persona_spark.config import AffinityConf, load_config
 from persona_spark.stages import STAGES, RunContext
@@ -125,33 +124,23 @@ def test_weighted_edges_use_purchase_counts(spark, graph):
     assert np.abs(got - exact_affinity(users, items, labels, 1, N_ITEMS)).max() > 1e-3  # weights matter here
 
 
-@pytest.mark.parametrize("ell", [1, 2])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_aggregate_messages_version_equals_the_engine_and_scipy(spark, graph, ell, weighted):
-    """The GraphFrames-style side-by-side computes the same Ψ, users no prototype reaches left out."""
+@pytest.mark.parametrize(("ell", "weighted"), [(1, False), (2, True)])
+def test_graphframes_version_equals_the_engine_and_scipy(graphframes, graph, ell, weighted):
+    """Ψ by GraphFrames' aggregateMessages is the same Ψ, users no prototype reaches left out."""
+    spark = graphframes
     users, items, labels = graph
     purchases = np.random.default_rng(3).integers(1, 6, size=len(users)) if weighted else None
     conf = AffinityConf(ell=ell, weighted=weighted)
     edges, prototypes = edges_df(spark, users, items, purchases), vectors_df(spark, labels, "user_idx")
-    messages = message_affinity(edges, prototypes, N_PERSONAS, conf)
-    got = dense(messages, N_USERS, N_PERSONAS)
+    trace: list[dict] = []
+    psi = graphframes_affinity(edges, prototypes, N_PERSONAS, conf, trace)
+    got = dense(psi, N_USERS, N_PERSONAS)
     np.testing.assert_allclose(got, exact_affinity(users, items, labels, ell, N_ITEMS, weights=purchases), rtol=0, atol=1e-12)
     np.testing.assert_allclose(got, spark_affinity(spark, users, items, labels, conf, purchases=purchases), rtol=0, atol=1e-12)
     reached = {r.user_idx for r in compute_affinity(edges, prototypes, N_PERSONAS, conf).select("user_idx").collect()}
-    assert {r.user_idx for r in messages.select("user_idx").collect()} == reached and 0 < len(reached) < N_USERS
-
-
-def test_aggregate_messages_sums_what_each_vertex_receives(spark):
-    vertices = spark.createDataFrame([(1, [1.0, 2.0]), (2, [10.0, 20.0])], "id long, vec array<double>")
-    edges = spark.createDataFrame([(1, 3, 0.5), (2, 3, 1.0), (1, 4, 2.0)], "src long, dst long, w double")
-    total = sum_arrays("msg", 2).alias("vec")
-    to_dst = F.transform("src.vec", lambda x: x * F.col("edge.w"))
-    got = {r.id: r.vec for r in aggregate_messages(vertices, edges, total, send_to_dst=to_dst).collect()}
-    assert got == {3: [10.5, 21.0], 4: [2.0, 4.0]}  # vertex 3 hears from 1 and 2, vertex 4 from 1
-    to_src = F.transform("dst.vec", lambda x: x * F.col("edge.w"))
-    back = spark.createDataFrame([(3, [1.0, 1.0])], "id long, vec array<double>")
-    got = {r.id: r.vec for r in aggregate_messages(back, edges, total, send_to_src=to_src).collect()}
-    assert got == {1: [0.5, 0.5], 2: [1.0, 1.0]}  # only the edges leaving vertex 3 carry a message
+    assert {r.user_idx for r in psi.select("user_idx").collect()} == reached and 0 < len(reached) < N_USERS
+    assert [t["phase"] for t in trace][-2 * ell:] == [f"hop {h} ({'users→items' if h % 2 else 'items→users'})"
+                                                      for h in range(1, 2 * ell + 1)]
 
 
 @pytest.fixture(scope="module")

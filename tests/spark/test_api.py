@@ -49,6 +49,28 @@ def test_a_purchase_graph_and_a_user_budget(spark, shop):
     assert result.personas.select("user_idx").distinct().count() == graph.users.count()
 
 
+def test_a_purchase_graph_as_a_graphframe(graphframes):
+    """Three customers, two products: degrees, a motif (products bought together) and PageRank of the products."""
+    spark = graphframes
+    users = spark.createDataFrame([(0, "c0", 2), (1, "c1", 2), (2, "c2", 1)], "user_idx int, customer_id string, degree int")
+    items = spark.createDataFrame([(0, "p0", "apple", 3), (1, "p1", "pear", 2)],
+                                  "item_idx int, item_id string, item_name string, degree int")
+    edges = spark.createDataFrame([(u, i, 1, 1, None, None, "train") for u, i in ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0))],
+                                  "user_idx int, item_idx int, n_purchases int, quantity long, first_ts timestamp, "
+                                  "last_ts timestamp, split string")
+    g = ps.PurchaseGraph(users, items, edges).graphframe()
+    kinds = {r.key: (r.kind, r.name) for r in g.vertices.collect()}
+    assert kinds == {"c0": ("user", None), "c1": ("user", None), "c2": ("user", None),
+                     "p0": ("item", "apple"), "p1": ("item", "pear")}
+    sold = {r.key: r.inDegree for r in g.inDegrees.join(g.vertices, "id").collect()}
+    assert sold == {"p0": 3, "p1": 2} == {r.key: r.degree for r in g.vertices.filter("kind = 'item'").collect()}
+    together = g.find("(u)-[]->(a); (u)-[]->(b)").filter("a.id < b.id").select("u.key", "a.name", "b.name").collect()
+    assert sorted(map(tuple, together)) == [("c0", "apple", "pear"), ("c1", "apple", "pear")]
+    ranks = {r.name: r.pagerank for r in g.pageRank(resetProbability=0.15, maxIter=5).vertices.filter("kind = 'item'")
+             .collect()}
+    assert ranks["apple"] > ranks["pear"] > 0
+
+
 def _serve(responder):
     return LoopbackChatServer(responder, model="stand-in").start()
 

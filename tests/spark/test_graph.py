@@ -143,13 +143,14 @@ def test_connected_components_match_scipy_on_a_random_graph(spark, seed):
     assert len(pairs) == len({c for _, c in pairs}) == len({s for s, _ in pairs})  # the same partition
     for component in got.values():
         assert component == min(n for n in got if got[n] == component)  # labelled by its least node
-    summary = graph.component_summary(edges)
+    summary = graph.component_summary(edges, algorithm="large-star")
     sizes = np.bincount(expected[np.unique(np.concatenate([users, n_users + items]))])
     user_sizes = np.bincount(expected[np.unique(users)], minlength=len(sizes))
     largest = int(np.argmax(sizes))
     assert summary == {"components": int((sizes > 0).sum()), "largest_users": int(user_sizes[largest]),
                        "largest_items": int(sizes[largest] - user_sizes[largest]),
-                       "users_outside_largest": len(np.unique(users)) - int(user_sizes[largest])}
+                       "users_outside_largest": len(np.unique(users)) - int(user_sizes[largest]),
+                       "algorithm": "large-star"}
 
 
 def test_connected_components_of_a_long_path_and_known_pieces(spark):
@@ -158,14 +159,34 @@ def test_connected_components_of_a_long_path_and_known_pieces(spark):
     path = [(u, u) for u in range(10, 20)] + [(u + 1, u) for u in range(10, 19)]  # u10 - i10 - u11 - i11 … - u19 - i19
     piece = [(0, 0), (0, 1), (1, 1)]  # u0 - i0, u0 - i1, u1 - i1
     edges = spark.createDataFrame(path + piece + [(5, 7)], "user_idx int, item_idx int")
-    summary = graph.component_summary(edges)
-    assert summary == {"components": 3, "largest_users": 10, "largest_items": 10, "users_outside_largest": 3}
+    summary = graph.component_summary(edges, algorithm="large-star")
+    assert summary == {"components": 3, "largest_users": 10, "largest_items": 10, "users_outside_largest": 3,
+                       "algorithm": "large-star"}
     labels = {r.node: r.component for r in graph.connected_components(graph.node_edges(edges)).collect()}
     assert {labels[2 * u] for u in range(10, 20)} == {20} and labels[2 * 5] == labels[2 * 7 + 1] == 10
 
 
+def test_graphframes_finds_the_same_components(graphframes):
+    """GraphFrames' connectedComponents (both its algorithms) and the large-star rounds summarize one graph the same
+    way: a random sparse graph (dozens of components, some of one edge), a 50-node path and two separate pieces, in
+    disjoint id ranges."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(300, size=260), rng.integers(200, size=260))}
+    pairs |= {(1000 + u, 1000 + u) for u in range(25)} | {(1001 + u, 1000 + u) for u in range(24)}  # 50 nodes
+    pairs |= {(2000, 2000), (2000, 2001), (2001, 2001), (2005, 2007)}
+    edges = graphframes.createDataFrame(sorted(pairs), "user_idx int, item_idx int")
+    ours = graph.component_summary(edges, algorithm="large-star")
+    assert ours["components"] > 10 and ours["algorithm"] == "large-star"
+    for algorithm in graph.GRAPHFRAMES_ALGORITHMS:  # the path is longer than graphframes-py 0.10.1's max_iter default (31)
+        assert graph.component_summary(edges, algorithm=algorithm) == {**ours, "algorithm": algorithm}
+    assert graph.component_summary(edges.limit(0), algorithm="graphx")["components"] == 0
+
+
 def test_build_graph_stage_reports_train_components(spark, tmp_path):
     from persona_spark.config import load_config
+    from persona_spark.runtime.session import has_graphframes
     from persona_spark.stages import STAGES, RunContext
     from persona_spark.tables.store import TableStore
 
@@ -179,5 +200,6 @@ def test_build_graph_stage_reports_train_components(spark, tmp_path):
     train = store.read_table("edges").where("split = 'train'")
     assert summary["train_components"] == graph.component_summary(train)
     assert summary["train_components"]["components"] == 2 and summary["train_components"]["users_outside_largest"] == 1
+    assert summary["train_components"]["algorithm"] == graph.pick_components_algorithm("auto", has_graphframes(spark))
     off = load_config(None, [f"tables.root={tmp_path / 'tables'}", "graph.components=false"])
     assert "train_components" not in STAGES["build-graph"](RunContext(off, store))
