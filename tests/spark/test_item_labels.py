@@ -22,9 +22,9 @@ def test_edge_share_keeps_the_most_bought_items_up_to_the_share(spark):
 
     # an item is kept while the items before it carry less than the share
     assert (picked(0.5), picked(0.51), picked(0.8), picked(0.9), picked(1.0)) == ([0], [0, 1], [0, 1], [0, 1, 2], [0, 1, 2, 3])
-    prototypes = spark.createDataFrame([(3, 7), (3, 8), (0, 7)], "user_idx int, persona_idx int")
+    prototypes = spark.createDataFrame([(3, 7), (3, 8), (1, 7)], "user_idx int, persona_idx int")
     bought = gplr.items_to_label(edges, prototypes, GPLRConf(item_labels="prototypes"))
-    assert sorted(r.item_idx for r in bought.collect()) == [0, 2]  # user 0: items 0, 2; user 3: item 0
+    assert sorted(r.item_idx for r in bought.collect()) == [0, 1, 3]  # user 1: items 0, 1, 3; user 3: item 0
     assert gplr.items_to_label(edges, prototypes, GPLRConf()) is None  # all: every item
 
 
