@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ from persona_spark.config import (
     TablesConf,
     load_config,
 )
-from persona_spark.gplr import GPLRLoop, GPLRSettings, item_vectors_from_labels
+from persona_spark.gplr import GPLRLoop, GPLRSettings, item_vectors_from_labels, items_to_label
 from persona_spark.graph import load_gplr_split
 from persona_spark.personas import load_persona_set
 from persona_spark.runtime.session import get_spark
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump-assignments", type=Path, default=None, metavar="DIR",
                         help="also write each run's personas as DIR/<budget>-<seed>-<method>.json "
                              "({user_idx: [persona_idx, ...]}, the recommender benchmark's --user-personas)")
+    parser.add_argument("--item-labels", nargs="+", default=["all"], choices=["all", "prototypes", "edge_share"],
+                        help="gplr.item_labels of the item-signal mode, each a run (the items left out count as "
+                             "item answers saved)")
+    parser.add_argument("--item-edge-share", type=float, default=0.9, help="gplr.item_edge_share")
     parser.add_argument("--out", default=str(RESULTS / "gplr_quality.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
     append_results_to(args.out)
@@ -88,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for budget in args.budgets:
         for seed in args.seeds if budget == args.multi_seed_budget else args.seeds[:1]:
-            for mode in args.modes:
+            for mode, item_labels in ((m, k) for m in args.modes for k in args.item_labels):
                 conf, affinity = mode_settings(mode, budget, seed, args.sampling, args.state_precision)
+                if not conf.item_signal and item_labels != args.item_labels[0]:
+                    continue  # no item signal: one run, whatever the items
+                conf = conf.model_copy(update={"item_labels": item_labels, "item_edge_share": args.item_edge_share})
+                signal = ItemSignal(train, item_vectors, conf)
                 run = GPLRLoop(users, train, label_users, n_personas, GPLRSettings(conf, affinity),
-                               item_vectors if conf.item_signal else None)
+                               signal if conf.item_signal else None)
                 started = time.perf_counter()
                 answered, rounds = run.sample()
                 sampled_s = time.perf_counter() - started
@@ -114,12 +123,29 @@ def main(argv: list[str] | None = None) -> int:
                     "settings": {"rounds": conf.rounds, "sampling": conf.sampling, "assignment": conf.assignment,
                                  "top_k": conf.top_k, "item_signal": conf.item_signal, "ell": affinity.ell,
                                  "beta": affinity.beta, "eps": affinity.eps,
-                                 "state_precision": affinity.state_precision},
+                                 "state_precision": affinity.state_precision, "item_labels": conf.item_labels,
+                                 "item_edge_share": conf.item_edge_share},
+                    **(signal.counts if conf.item_signal else {}),
                     "sampling_seconds": round(sampled_s, 1),
-                    "assignment_seconds": round(time.perf_counter() - started, 1),
+                    "assignment_seconds": round(time.perf_counter() - started, 1), "load": list(os.getloadavg()),
                 }), flush=True)
                 run.release()
     return 0
+
+
+class ItemSignal:
+    """The run's item signal: the recorded labels of the items ``conf.item_labels`` picks (the others are the
+    item answers a run saves), counted in ``counts``."""
+
+    def __init__(self, train: DataFrame, item_vectors: DataFrame, conf: GPLRConf):
+        self.train, self.item_vectors, self.conf, self.counts = train, item_vectors, conf, {}
+
+    def __call__(self, prototypes: DataFrame) -> DataFrame:
+        wanted = items_to_label(self.train, prototypes, self.conf)
+        items = self.train.select("item_idx").distinct().count()
+        labelled = items if wanted is None else wanted.count()
+        self.counts = {"items": items, "items_labelled": labelled, "item_answers_saved": items - labelled}
+        return self.item_vectors if wanted is None else self.item_vectors.join(wanted, "item_idx", "left_semi")
 
 
 @dataclass
@@ -146,10 +172,10 @@ def load_split(spark, data: Path) -> Split:
     users, items = store.read_table("users"), store.read_table("items")
     train = store.read_table("edges").filter(F.col("split") == "train").localCheckpoint()
     requests = labeling.build_user_histories(train, items).localCheckpoint()
-    recorded = RecordedConf(path=str(data / "user_personas_gpt4.json"), model="gpt-4 (recorded)")
+    recorded = RecordedConf(path=str(data / "user_personas_gpt4.json"), item_path=str(data / "item_personas_gpt4.json"),
+                            model="gpt-4 (recorded)")
     user_conf = LabelingConf(backend="recorded", recorded=recorded, journal_dir=str(work / "journal"))
-    item_conf = user_conf.model_copy(update={"recorded": RecordedConf(path=str(data / "item_personas_gpt4.json"))})
-    item_rows = label_entities(store, labeling.build_item_requests(items), persona_set, item_conf, "item")
+    item_rows = label_entities(store, labeling.build_item_requests(items), persona_set, user_conf, "item")
     item_vectors = item_vectors_from_labels(item_rows, n_personas).localCheckpoint()
 
     def label_users(selected):

@@ -2,6 +2,8 @@
 
     python benchmarks/gplr_scale.py                                   # 20k users, 1 M edges
     python benchmarks/gplr_scale.py --users 206209 --items 49677 --edges 13300000   # Instacart Full size
+    python benchmarks/gplr_scale.py --users 1500000 --items 300000 --edges 100000000 --second-month \
+        --driver-memory 16g   # a platform's shop, and its next month
 
 The purchase graph comes from ``benchmarks/affinity.py``'s generator (lognormal users, Zipf items,
 generated in Spark). It is written as the Delta tables ``build-graph`` writes (``users``, ``items``
@@ -13,7 +15,12 @@ item is labelled too) and ``labeling.backend=openai`` against ``LoopbackChatServ
 ``--latency`` seconds per request. The "LLM" answers each user or item with 1–5 personas drawn
 from a hash of its id (no rate limits, no faults: the figure is the pipeline's, not the provider's).
 
-Two JSON lines: ``{"step": "tables", ...}`` (generating and writing the tables, not part of GPLR),
+``--second-month`` then plays the next month on the same tables: ``--returning`` of the users (5 %)
+buy again, ``--arriving`` new users (1 %) arrive, and the stage runs again, reusing every prototype
+whose history did not change and every cached item answer (``user_tokens_saved``: what the reused
+prototypes cost when they were asked; ``requests``: what the month asked the server).
+
+Two JSON lines per month: ``{"step": "tables", ...}`` (generating and writing the tables, not part of GPLR),
 then ``{"step": "gplr", "seconds", "phases", ...}``: ``seconds`` is the stage's wall time and
 ``phases`` the stage's own timings (its summary's ``phases``: history requests, item labelling,
 graph tiles, per-round sampling, labelling, affinity, cross-fitting, assignment, the personas diff,
@@ -58,11 +65,32 @@ def write_persona_set(path: str, n: int) -> None:
         yaml.safe_dump({"title": f"synthetic_{n}", "personas": personas}, f)
 
 
-def write_graph_tables(spark, store: TableStore, args) -> int:
-    """``users``, ``items``, ``edges`` in build-graph's schemas from the generated pairs; the edge count."""
-    pairs = synthetic_edges(spark, args.users, args.items, args.edges, args.zipf, args.sigma, args.seed).select(
+def generated_pairs(spark, _store: TableStore, args):
+    """The generated (user, item) pairs with their customer and item ids."""
+    return synthetic_edges(spark, args.users, args.items, args.edges, args.zipf, args.sigma, args.seed).select(
         "user_idx", "item_idx", F.col("user_idx").cast("string").alias("customer_id"),
         F.col("item_idx").cast("string").alias("item_id"))
+
+
+def next_month(spark, store: TableStore, args):
+    """The pairs a month later: ``--returning`` of the users buy again (pairs drawn as the generator draws,
+    new ones only count) and ``--arriving`` new users (at their share of the edges); pinned, as the edges
+    they are read from are overwritten next."""
+    pairs = store.read_table(tables.EDGES).select("user_idx", "item_idx")
+    back = F.pmod(F.xxhash64("user_idx", F.lit(args.seed)), F.lit(10_000)) < int(args.returning * 10_000)
+    again = synthetic_edges(spark, args.users, args.items, int(args.edges * args.returning), args.zipf, args.sigma,
+                            args.seed + 1).filter(back)
+    arriving = max(1, int(args.users * args.arriving))
+    new = synthetic_edges(spark, arriving, args.items, max(1, int(args.edges * args.arriving)), args.zipf, args.sigma,
+                          args.seed + 2).withColumn("user_idx", F.col("user_idx") + args.users)
+    return (pairs.unionByName(again).unionByName(new).dropDuplicates(["user_idx", "item_idx"]).localCheckpoint()
+            .select("user_idx", "item_idx", F.col("user_idx").cast("string").alias("customer_id"),
+                    F.col("item_idx").cast("string").alias("item_id")))
+
+
+def write_graph_tables(store: TableStore, pairs, args) -> int:
+    """``users``, ``items``, ``edges`` in build-graph's schemas from the generated pairs; the edge count.
+    A pair keeps its split month after month: the split hashes the pair."""
     split = split_edges(pairs, args.test_fraction, args.seed)
     store.write_table(split.select(
         "user_idx", "item_idx", F.lit(1).alias("n_purchases"), F.lit(1).cast("long").alias("quantity"),
@@ -87,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users-per-request", type=int, default=1, help="labeling.openai.users_per_request")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="10g")
+    parser.add_argument("--second-month", action="store_true",
+                        help="then a month later: --returning of the users buy again, --arriving new users; the "
+                             "gplr stage again on the same tables (reused prototypes and cached item answers)")
+    parser.add_argument("--returning", type=float, default=0.05, help="share of the users with new orders")
+    parser.add_argument("--arriving", type=float, default=0.01, help="new users, as a share of the users")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting of the run, as the CLI takes it (e.g. gplr.assignment=topk)")
     parser.add_argument("--out", default=str(RESULTS / "gplr_scale.jsonl"), help="appends here; - prints only")
@@ -119,35 +152,51 @@ def run(args, tmp: str, names: list[str]) -> int:
         spark = get_spark(cfg.spark)
         store = TableStore(spark, cfg.tables)
         memory = PeakMemory()
-        started = time.perf_counter()
-        n_edges = write_graph_tables(spark, store, args)
-        write_edge_tiles(RunContext(cfg, store))  # as build-graph does after writing the edges
-        users, items = (store.read_table(t).count() for t in (tables.USERS, tables.ITEMS))
-        print(json.dumps({"step": "tables", "users": users, "items": items, "edges": n_edges,
-                          "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-
-        load_before = os.getloadavg()
-        memory.reset()
-        started = time.perf_counter()
-        summary = gplr_stage(RunContext(cfg, store))
-        seconds = time.perf_counter() - started
-        phases = summary["phases"]
-        line = {
-            "step": "gplr", "users": users, "items": items, "edges": n_edges, "personas": args.personas,
-            "budget": summary["budget"], "rounds": cfg.gplr.rounds, "assignment": cfg.gplr.assignment,
-            "item_signal": cfg.gplr.item_signal, "ell": cfg.affinity.ell, "latency_s": args.latency,
-            "concurrency": args.concurrency, "partitions": args.partitions,
-            "users_per_request": args.users_per_request, "seconds": round(seconds, 1),
-            "edge_tiles": summary["edge_tiles"], "phases": phases, "unaccounted_s": round(seconds - sum(phases.values()), 1),
-            "requests": server.request_count, "llm_users": sum(r["answered"] for r in summary["per_round"]),
-            "per_round": summary["per_round"], "persona_rows": summary["persona_rows"],
-            "cv_micro_f1": summary["assignment_cv_micro_f1"], "peak_rss_mb": round(memory.peak_mb),
-            "load_before": list(load_before), "load_after": list(os.getloadavg()), "cpu_count": os.cpu_count(),
-        }
-        print(json.dumps(line), flush=True)
+        months = [("gplr", generated_pairs)] + ([("gplr-month-2", next_month)] if args.second_month else [])
+        for step, pairs in months:
+            started = time.perf_counter()
+            n_edges = write_graph_tables(store, pairs(spark, store, args), args)
+            write_edge_tiles(RunContext(cfg, store))  # as build-graph does after writing the edges
+            users, items = (store.read_table(t).count() for t in (tables.USERS, tables.ITEMS))
+            print(json.dumps({"step": "tables" if step == "gplr" else f"tables-{step}", "users": users, "items": items,
+                              "edges": n_edges, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+            requests_before = server.request_count
+            print(json.dumps(gplr_line(cfg, store, args, memory, step, (users, items, n_edges))
+                             | {"requests": server.request_count - requests_before}), flush=True)
     memory.stop()
     spark.stop()
     return 0
+
+
+def gplr_line(cfg, store: TableStore, args, memory: PeakMemory, step: str, sizes: tuple[int, int, int]) -> dict:
+    """One run of the gplr stage as the CLI runs it: its JSON line (phases, tokens, memory, load)."""
+    users, items, n_edges = sizes
+    load_before = os.getloadavg()
+    memory.reset()
+    started = time.perf_counter()
+    summary = gplr_stage(RunContext(cfg, store))
+    seconds = time.perf_counter() - started
+    phases = summary["phases"]
+    reused = [r for r in summary["per_round"] if r["sampling"] == "reused"]
+    line = {
+        "step": step, "users": users, "items": items, "edges": n_edges, "personas": args.personas,
+        "budget": summary["budget"], "rounds": cfg.gplr.rounds, "assignment": cfg.gplr.assignment,
+        "item_signal": cfg.gplr.item_signal, "ell": cfg.affinity.ell, "latency_s": args.latency,
+        "concurrency": args.concurrency, "partitions": args.partitions,
+        "users_per_request": args.users_per_request, "seconds": round(seconds, 1),
+        "edge_tiles": summary["edge_tiles"], "phases": phases, "unaccounted_s": round(seconds - sum(phases.values()), 1),
+        "llm_users": sum(r["answered"] for r in summary["per_round"]),
+        "per_round": summary["per_round"], "persona_rows": summary["persona_rows"],
+        "item_labels": cfg.gplr.item_labels, "items_labelled": summary.get("items_labelled"),
+        "refresh": summary["refresh"],
+        # user tokens: what the prototypes reused from an earlier month cost back then (paid once, not again),
+        # and what this run's new answers cost; item answers from the cache make no request
+        "user_tokens_saved": sum(r["prompt_tokens"] + r["completion_tokens"] for r in reused),
+        "user_tokens_paid": sum(r["prompt_tokens"] + r["completion_tokens"] for r in summary["per_round"] if r not in reused),
+        "cv_micro_f1": summary["assignment_cv_micro_f1"], "peak_rss_mb": round(memory.peak_mb),
+        "load_before": list(load_before), "load_after": list(os.getloadavg()), "cpu_count": os.cpu_count(),
+    }
+    return line
 
 
 if __name__ == "__main__":

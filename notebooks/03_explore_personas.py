@@ -103,12 +103,17 @@ contributing_items = show(why.items, 15)
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC The `gplr` stage stores the same answer for every (customer, persona) row in `persona_reasons` (computed in
-# MAGIC Spark), next to each row's calibrated `probability` and its `percentile` within the persona in `personas`.
+# MAGIC The `reasons` stage stores the same answer for the (customer, persona) rows of the customers asked
+# MAGIC (`refresh.explain`; none: every row) in `persona_reasons`, computed in Spark; `personas` holds each row's
+# MAGIC calibrated `probability` and its `percentile` within the persona.
+# MAGIC From a shell: `persona-spark reasons --set 'refresh.explain=[C1001,C1002]'`.
 
 # COMMAND ----------
 
 confidence = show(personas.filter(F.col("user_idx") == propagated_user).select("persona_idx", "score", "probability", "percentile"))
+customer = store.read_table("users").filter(F.col("user_idx") == propagated_user).first()["customer_id"]
+asked = cfg.model_copy(update={"refresh": cfg.refresh.model_copy(update={"explain": [customer]})})
+ps.RunContext(asked, store).run("reasons")
 stored_reasons = show(store.read_table("persona_reasons").filter(F.col("user_idx") == propagated_user)
                       .select("persona_idx", "items", "neighbours"))
 

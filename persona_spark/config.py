@@ -533,6 +533,12 @@ class GPLRConf(Section):
                                        "plain uniform sample")
     l2: float = Field(1.0, ge=0, description="ridge penalty of the learned assignment model")
     item_signal: bool = Field(True, description="label items with the LLM too and use them as a second signal")
+    item_labels: Literal["all", "prototypes", "edge_share"] = Field(
+        "all", description="items labelled for the item signal: all; prototypes: those the LLM-labelled users bought "
+        "(after sampling); edge_share: the most bought ones carrying item_edge_share of the train edges. Answers are "
+        "cached by item and text either way: an unchanged product is never paid twice")
+    item_edge_share: float = Field(0.9, gt=0, le=1, description="item_labels=edge_share: the share of the train edges "
+                                   "the labelled items carry")
     calibration_bins: int = Field(10, ge=2, description="reliability bins of the held-out (cross-fitted) probabilities")
 
     @model_validator(mode="after")
@@ -553,8 +559,11 @@ class GPLRConf(Section):
 class RefreshConf(Section):
     """What the gplr stage records for the people who consume a monthly refresh (see persona_spark.refresh)."""
 
-    reasons: bool = Field(True, description="write persona_reasons (the few products / labelled neighbours behind each "
-                          "row)")
+    reasons: bool = Field(False, description="gplr writes persona_reasons (the few products / labelled neighbours "
+                          "behind each row) for every row: most of the refresh's cost at scale; off, the reasons "
+                          "stage writes them for the customers asked")
+    explain: list[str] = Field(default_factory=list, description="customer ids the reasons stage explains "
+                               "(e.g. --set 'refresh.explain=[c1,c2]'); empty: every row of the latest run")
     reason_items: int = Field(3, ge=1, description="products kept per (customer, persona) row")
     reason_neighbours: int = Field(3, ge=1, description="labelled neighbours kept per row")
     trace_items: int = Field(10, ge=1, description="neighbours are traced through a row's top trace_items products "

@@ -61,6 +61,8 @@ from persona_spark.sampling import du_scores, persona_distribution, pick_random,
 log = logging.getLogger("persona_spark.gplr")
 
 LabelFn = Callable[[DataFrame], DataFrame]
+# prototypes -> item_idx, vec: the item signal, labelled once the prototypes are known
+ItemSignalFn = Callable[[DataFrame], DataFrame]
 # (label requests, "user" | "item") -> label rows, through the caller's label caches
 LabelRequestsFn = Callable[[DataFrame, str], DataFrame]
 PERSONAS_SCHEMA = "user_idx int, persona_idx int, score double, rank int, source string, probability double"
@@ -178,6 +180,22 @@ def item_vectors_from_labels(item_rows: DataFrame, n_personas: int) -> DataFrame
     return chosen.select(F.col("item_idx").cast("int"), vec.alias("vec"))
 
 
+def items_to_label(train_edges: DataFrame, prototypes: DataFrame | None, conf: GPLRConf) -> DataFrame | None:
+    """``item_idx`` of the items the item signal labels (``conf.item_labels``); None: every item (also for
+    ``prototypes`` before any are known: an estimate's upper bound)."""
+    if conf.item_labels == "prototypes" and prototypes is not None:
+        bought = train_edges.join(prototypes.select("user_idx").distinct(), "user_idx", "left_semi")
+        return bought.select("item_idx").distinct()
+    if conf.item_labels != "edge_share":
+        return None
+    buyers = train_edges.groupBy("item_idx").agg(F.count(F.lit(1)).alias("n"))
+    # a row per product of the catalogue, ranked in one window: most bought first
+    before = F.sum("n").over(Window.orderBy(F.desc("n"), "item_idx").rowsBetween(Window.unboundedPreceding, -1))
+    total = F.sum("n").over(Window.partitionBy())
+    return (buyers.withColumn("before", F.coalesce(before, F.lit(0))).withColumn("total", total)
+            .filter(F.col("before") < F.col("total") * conf.item_edge_share).select("item_idx"))
+
+
 @dataclass(frozen=True)
 class GPLRSettings:
     """The settings one GPLR run reads: its own, the affinity's, the labeling's, and how it pins intermediates
@@ -260,7 +278,10 @@ def estimate_run(graph: PurchaseGraph, transactions: DataFrame | None, settings:
     result = {"dry_run": True, "budget": budget,
               "users": estimate(requests.join(sample, "user_idx", "left_semi"), "user")}
     if conf.item_signal:
-        result["items"] = estimate(labeling.build_item_requests(items), "item")
+        wanted = items_to_label(graph.train_edges, None, conf)
+        item_requests = labeling.build_item_requests(items)
+        result["items"] = estimate(item_requests if wanted is None else item_requests.join(wanted, "item_idx", "left_semi"),
+                                   "item")
     for key in ("cost_expected_usd", "cost_max_usd", "prompt_tokens"):
         result[key] = round(sum(part.get(key, 0) for part in (result["users"], result.get("items", {}))), 4)
     return result
@@ -299,17 +320,23 @@ def run_gplr(graph: PurchaseGraph, persona_set: PersonaSet, label: LabelRequests
     def label_users(selected: DataFrame) -> DataFrame:
         return label(requests.join(selected.select("user_idx"), "user_idx", "left_semi"), "user")
 
-    item_vectors = None
-    if conf.item_signal:
+    item_counts: dict[str, int] = {}
+
+    def item_signal(prototypes: DataFrame) -> DataFrame:
+        """The item vectors of the items ``conf.item_labels`` picks once the prototypes are known."""
         items_started = time.perf_counter()
-        item_rows = label(labeling.build_item_requests(items), "item")
-        item_vectors = pin(item_vectors_from_labels(item_rows, len(persona_set)))
+        requests, wanted = labeling.build_item_requests(items), items_to_label(train, prototypes, conf)
+        requests = pin(requests if wanted is None else requests.join(wanted, "item_idx", "left_semi"))
+        vectors = pin(item_vectors_from_labels(label(requests, "item"), len(persona_set)))
+        item_counts.update(items=items.count(), items_labelled=requests.count())
         phases["item_labeling"] = round(time.perf_counter() - items_started, 3)
+        return vectors
     reusable = None
     if earlier.prototypes is not None:
         reusable = (earlier.prototypes.filter(F.col("status") == "ok")
                     .join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx"))
-    result = GPLRLoop(users, train, label_users, len(persona_set), settings, item_vectors, reusable, tiles).run()
+    result = GPLRLoop(users, train, label_users, len(persona_set), settings, item_signal if conf.item_signal else None,
+                      reusable, tiles).run()
 
     run = new_run()
     diff_started = time.perf_counter()
@@ -322,7 +349,7 @@ def run_gplr(graph: PurchaseGraph, persona_set: PersonaSet, label: LabelRequests
     record = run_record(result, run, settings, persona_set.version, time.perf_counter() - started)
     counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
     summary = {**{k: v for k, v in record.items() if k not in ("details", "run_ts")}, "run_ts": run[1].isoformat(),
-               "per_round": result.rounds, "reach": result.reach, "persona_rows": counts,
+               "per_round": result.rounds, "reach": result.reach, "persona_rows": counts, **item_counts,
                "rows_rewritten": changed.count(), "assignment_cv_micro_f1": result.model.cv_micro_f1,
                "assignment_fitted_on": result.model.fitted_on, "phases": dict(result.seconds)}
     return GPLRRun(RunPersonas(run, personas, result.model.reliability), changed, asked,
@@ -334,7 +361,7 @@ class GPLRLoop:
     nothing is written."""
 
     def __init__(self, users: DataFrame, train_edges: DataFrame, label_users: LabelFn, n_personas: int,
-                 settings: GPLRSettings, item_vectors: DataFrame | None = None,
+                 settings: GPLRSettings, item_vectors: DataFrame | ItemSignalFn | None = None,
                  reusable_prototypes: DataFrame | None = None, graph: AffinityGraph | None = None):
         self.users = users.select("user_idx")
         self.edges = train_edges
@@ -508,8 +535,9 @@ class GPLRLoop:
         items = None
         if self.item_vectors is not None:
             graph = self.graph
+            vectors = self.item_vectors if isinstance(self.item_vectors, DataFrame) else self.item_vectors(prototypes)
             started = time.perf_counter()
-            items = propagate_to_users(graph, self.item_vectors, self.affinity_conf, self.checkpoint_mode)
+            items = propagate_to_users(graph, vectors, self.affinity_conf, self.checkpoint_mode)
             items = items.withColumnRenamed("vec", "items")
             items = self._pin(items)
             self._timed("affinity", started)

@@ -16,9 +16,13 @@ gplr stage reads and writes the tables.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -149,6 +153,70 @@ def flows(history: DataFrame, from_run: tuple[str, datetime], to_run: tuple[str,
                     "from_persona_idx", "to_persona_idx", "customers"))
 
 
+DENSE_CELLS = 1 << 24  # (product, persona) cells a partition counts in one array; more: sorted runs of cells
+FLUSH_CODES = 1 << 22  # purchase × persona codes gathered before they are counted
+
+
+def _merge_cells(counts: tuple[np.ndarray, np.ndarray] | None, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct cells and their counts, ``counts`` plus one per entry of ``codes``."""
+    if counts is not None:
+        codes = np.concatenate([counts[0], codes])
+    keys, inverse = np.unique(codes, return_inverse=True)
+    weights = None if counts is None else np.concatenate([counts[1], np.ones(len(codes) - len(counts[0]))])
+    return keys, np.bincount(inverse, weights=weights, minlength=len(keys)).astype(np.int64)
+
+
+def _count_cells(batches: Iterator[pa.RecordBatch], n_personas: int, n_items: int) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: (item_idx, held) purchases -> this partition's buyers per (persona, item) cell.
+    A dense array when the catalogue's cells fit ``DENSE_CELLS``, else sorted runs, so a partition holds
+    at most its distinct cells."""
+    cells = n_items * n_personas
+    dense = np.zeros(cells, dtype=np.int64) if cells <= DENSE_CELLS else None
+    sparse, pending, gathered = None, [], 0
+
+    def flush() -> None:
+        nonlocal sparse
+        codes = np.concatenate(pending)
+        pending.clear()
+        if dense is not None:
+            dense[:] += np.bincount(codes, minlength=cells)
+        else:
+            sparse = _merge_cells(sparse, codes)
+
+    for batch in batches:
+        held = batch.column(1)
+        lengths = np.diff(held.offsets.to_numpy())
+        items = np.repeat(batch.column(0).to_numpy().astype(np.int64), lengths)
+        pending.append(items * n_personas + held.flatten().to_numpy())
+        gathered += len(items)
+        if gathered >= FLUSH_CODES:
+            flush()
+            gathered = 0
+    if pending:
+        flush()
+    if dense is not None:
+        keys = np.flatnonzero(dense)
+        counts = dense[keys]
+    else:
+        keys, counts = sparse or (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    for start in range(0, len(keys), 1 << 20):
+        part = keys[start:start + (1 << 20)]
+        yield pa.RecordBatch.from_arrays(
+            [pa.array((part % n_personas).astype(np.int32)), pa.array((part // n_personas).astype(np.int32)),
+             pa.array(counts[start:start + (1 << 20)])], names=["persona_idx", "item_idx", "buyers"])
+
+
+def persona_buyers(members: DataFrame, purchases: DataFrame, n_personas: int, n_items: int) -> DataFrame:
+    """``persona_idx, item_idx, buyers``: per persona and product, the members (``user_idx, persona_idx``,
+    distinct) who bought it (``purchases``: distinct ``user_idx, item_idx``); ``n_personas`` and ``n_items``
+    bound the indices. Each purchase meets its buyer's personas once, as a list, and each partition counts
+    its (product, persona) cells in numpy: a row per purchase travels, never one per (purchase, persona)."""
+    held = members.groupBy("user_idx").agg(F.collect_list("persona_idx").alias("held"))
+    counted = purchases.join(held, "user_idx").select("item_idx", "held").mapInArrow(
+        partial(_count_cells, n_personas=n_personas, n_items=n_items), "persona_idx int, item_idx int, buyers long")
+    return counted.groupBy("persona_idx", "item_idx").agg(F.sum("buyers").alias("buyers"))
+
+
 def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items: DataFrame, run_id: str,
             top_n: int) -> DataFrame:
     """``persona_catalog`` rows of one run: per persona its name, description, persona-set version,
@@ -160,9 +228,9 @@ def catalog(personas: DataFrame, persona_set: DataFrame, edges: DataFrame, items
         F.countDistinct("user_idx").alias("customers"),
         F.countDistinct(F.when(F.col("source") == "llm", F.col("user_idx"))).alias("llm"))
     purchases = edges.select("user_idx", "item_idx").distinct()
+    last_item, last_persona = (frame.agg(F.max(c)).first()[0] for frame, c in ((items, "item_idx"), (members, "persona_idx")))
     # counted once (persona × product rows, not customers), for the top and the distinctive products
-    bought = checkpoint(members.join(purchases, "user_idx").groupBy("persona_idx", "item_idx")
-                        .agg(F.count(F.lit(1)).alias("buyers")))
+    bought = checkpoint(persona_buyers(members, purchases, (last_persona or 0) + 1, (last_item or 0) + 1))
     by_persona = Window.partitionBy("persona_idx")
     top = (bought.withColumn("pos", F.row_number().over(by_persona.orderBy(F.desc("buyers"), "item_idx")))
            .filter(F.col("pos") <= top_n).join(items.select("item_idx", "item_name"), "item_idx", "left"))
@@ -263,9 +331,11 @@ def _packed(frame: DataFrame, fields: list[Column], alias: str) -> DataFrame:
 
 
 def reasons(personas: DataFrame, graph: PurchaseGraph, run_id: str, conf: RefreshConf, beta: float = 0.5,
-            weighted: bool = False) -> DataFrame:
-    """``persona_reasons``: for every (customer, persona) row, the purchased products and the labelled
-    neighbours that contributed most — :func:`persona_spark.explore.explain` for all rows at once.
+            weighted: bool = False, users: DataFrame | None = None) -> DataFrame:
+    """``persona_reasons``: for every (customer, persona) row, or the rows of ``users`` (``user_idx``) only,
+    the purchased products and the labelled neighbours that contributed most —
+    :func:`persona_spark.explore.explain` for many rows at once. A row's reasons are the same whichever
+    other rows are asked for with it: the labelled paths always come from every LLM row of ``personas``.
 
     The t=1 term of Ψ, user → item (P) → labelled user (P') → labels (L): a product's contribution
     is P(u, i) · Σ_v P'(i, v) L(v, m), exact for every product, and so is ``share``, its part of the
@@ -279,8 +349,9 @@ def reasons(personas: DataFrame, graph: PurchaseGraph, run_id: str, conf: Refres
     ``conf.reason_items`` products and ``conf.reason_neighbours`` neighbours are kept per row; ``beta``
     and ``weighted`` are the affinity's (de-bias exponent, edges weighted by ``n_purchases``).
 
-    Cost: the products are ranked per customer in one grouped pass (the customer's purchases, each
-    with the votes of the customer's personas, ranked per persona inside the group), never by
+    Cost (most of a refresh record's when every row is asked for): the products are ranked per customer
+    in one grouped pass (the customer's purchases, each with the votes of the customer's personas,
+    ranked per persona inside the group), never by
     sorting all (row × purchase) pairs; the labelled paths (labelled users' edges × their personas,
     bounded by the LLM budget) are materialized once and reused.
 
@@ -291,8 +362,11 @@ def reasons(personas: DataFrame, graph: PurchaseGraph, run_id: str, conf: Refres
     weight = F.col("n_purchases").cast("double") if weighted else F.lit(1.0)
     walk = edges.select("user_idx", "item_idx", weight.alias("w"))
     via = _labelled_paths(walk, personas, beta)
-    rows = personas.select("user_idx", "persona_idx")
-    per_row = _ranked_products(walk, via, rows, max(conf.reason_items, conf.trace_items))
+    rows, own = personas.select("user_idx", "persona_idx"), walk
+    if users is not None:
+        asked = users.select("user_idx").distinct()
+        rows, own = rows.join(asked, "user_idx", "left_semi"), walk.join(asked, "user_idx", "left_semi")
+    per_row = _ranked_products(own, via, rows, max(conf.reason_items, conf.trace_items))
     per_neighbour = _traced_neighbours(per_row, via, graph.users, conf)
     share = (F.col("contribution") / F.col("total")).alias("share")
     top_items = (per_row.select("user_idx", "persona_idx", "total",
@@ -382,5 +456,6 @@ def record_run(new: RunPersonas, graph: PurchaseGraph, names: DataFrame, persona
     done_before = earlier.reasons is not None and earlier.reasons.filter(F.col("run_id") == run_id).limit(1).count()
     if conf.reasons and not done_before:  # the latest run's reasons replace the previous run's
         why = reasons(personas, graph, run_id, conf, affinity_conf.beta, affinity_conf.weighted)
+    summary["reasons"] = "every row" if conf.reasons else "on request (the reasons stage)"
     products = catalog(personas, persona_set.to_dataframe(spark), graph.edges, graph.items, run_id, conf.catalog_products)
     return RefreshRecord(changes if changed else None, drift, moves, products, bins, why, summary)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from persona_spark.stages.context import STAGES, RunContext, Stage
 from persona_spark.stages.demo import DEMO_STAGES, demo
 from persona_spark.stages.evaluate import evaluate_stage
-from persona_spark.stages.gplr import affinity_stage, audience_stage, gplr_stage, record_refresh
+from persona_spark.stages.gplr import affinity_stage, audience_stage, gplr_stage, reasons_stage, record_refresh
 from persona_spark.stages.labeling import generate_personas_stage, label_items_stage, label_users_stage
 from persona_spark.stages.recommend import RECOMMEND_RUNS_SCHEMA, cold_start_stage, export_stage, train_stage
 from persona_spark.stages.report import report_stage
@@ -38,6 +38,7 @@ STAGES.update({
     "train": train_stage,
     "cold-start": cold_start_stage,
     "audience": audience_stage,
+    "reasons": reasons_stage,
     "demo": demo,
 })
 

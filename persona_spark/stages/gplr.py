@@ -9,8 +9,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_spark import refresh, tables, tracking
+from persona_spark.errors import UserError
 from persona_spark.graph import PurchaseGraph
 from persona_spark.refresh import RunHistory, RunPersonas
+from persona_spark.runtime.runs import latest_runs
 from persona_spark.stages import cache
 from persona_spark.stages.common import locations, persona_names, stored_train_graph, train_edges, write_slice
 from persona_spark.stages.context import RunContext
@@ -97,6 +99,33 @@ def record_refresh(ctx: RunContext, outcome: RunPersonas, graph: PurchaseGraph |
     if record.reasons is not None:
         store.write_table(record.reasons, tables.PERSONA_REASONS)
     return record.summary
+
+
+def reasons_stage(ctx: RunContext) -> dict:
+    """``persona_reasons`` of the latest gplr run for the customers in ``refresh.explain`` (empty: every row):
+    what ``gplr`` leaves to be asked for when ``refresh.reasons`` is off. Rows asked for again are replaced;
+    an earlier run's rows are dropped, so the table holds the latest run's only."""
+    cfg, store = ctx.cfg, ctx.store
+    runs, personas = ctx.table(tables.GPLR_RUNS), ctx.table(tables.PERSONAS)
+    if runs is None or personas is None:
+        raise UserError("reasons: no gplr run in the tables yet; run `persona-spark gplr` first")
+    run_id, graph, wanted = latest_runs(runs)[0]["run_id"], stored_graph(ctx), list(dict.fromkeys(cfg.refresh.explain))
+    asked = None
+    if wanted:  # the ids a user typed: few, so they and the ones found are compared on the driver
+        asked = ctx.pin(graph.users.filter(F.col("customer_id").isin(wanted)).select("user_idx", "customer_id"))
+        unknown = sorted(set(wanted) - {r.customer_id for r in asked.select("customer_id").collect()})
+        if unknown:
+            raise UserError(f"reasons: {len(unknown)} customer id(s) of refresh.explain not in users: "
+                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    rows = ctx.pin(refresh.reasons(personas, graph, run_id, cfg.refresh, cfg.affinity.beta, cfg.affinity.weighted,
+                                   asked))
+    existing = ctx.table(tables.PERSONA_REASONS)
+    if asked is None or existing is None or existing.filter(F.col("run_id") != run_id).limit(1).count():
+        store.write_table(rows, tables.PERSONA_REASONS)
+    else:  # the same run's personas: a row asked for again is the same key
+        store.merge_table(rows, tables.PERSONA_REASONS, ["run_id", "user_idx", "persona_idx"])
+    return {"run_id": run_id, "rows": rows.count(), "customers": len(wanted) or "all",
+            "tables": locations(store, tables.PERSONA_REASONS)}
 
 
 def affinity_stage(ctx: RunContext) -> dict:

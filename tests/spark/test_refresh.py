@@ -17,6 +17,7 @@ from persona_spark import audience as audience_lib
 from persona_spark import explore, refresh
 from persona_spark.cli import main as cli_main
 from persona_spark.config import RefreshConf, load_config
+from persona_spark.errors import UserError
 from persona_spark.graph import PurchaseGraph
 from persona_spark.personas import load_persona_set
 from persona_spark.refresh import RunPersonas
@@ -178,6 +179,42 @@ def test_catalog_per_persona_and_run(world):
     # kibble: 2 of 2 Pet Lovers vs 3 of 4 customers (lift 4/3); coupon: 1/2 vs 2/4 (lift 1, not distinctive)
     assert pet.distinctive_products == ["kibble"]
     assert store.read_table("persona_catalog").filter("run_id = 'run-3' AND persona_idx = 0").first().customers == 0
+
+
+def test_catalog_counts_match_a_join_of_every_purchase_with_every_persona(spark):
+    """On a random graph (customers with up to five personas, repeated train/test pairs) the catalog's top
+    and distinctive products are the ones counted by joining each purchase with each of its buyer's
+    personas: top by brute force in Python, distinctive by ``distinctive_items`` counting the buyers itself."""
+    import random
+    from collections import Counter
+
+    from persona_spark.graph import distinctive_items
+
+    rng = random.Random(11)
+    n_users, n_items, n_personas, top_n = 80, 25, 6, 4
+    pairs = {(u, min(n_items - 1, int(rng.paretovariate(1.2)) - 1)) for u in range(n_users) for _ in range(rng.randint(1, 9))}
+    edge_rows = [(u, i, "train") for u, i in pairs] + [(u, i, "test") for u, i in list(pairs)[:20]]  # repeats too
+    held = {u: rng.sample(range(n_personas), rng.randint(1, 5)) for u in range(n_users) if u % 7}  # some have none
+    personas = spark.createDataFrame([(u, p, 0.5, 1, "llm" if u % 5 == 0 else "propagated") for u, ps in held.items() for p in ps],
+                                     "user_idx int, persona_idx int, score double, rank int, source string")
+    edges = spark.createDataFrame(edge_rows, "user_idx int, item_idx int, split string")
+    items = spark.createDataFrame([(i, f"i{i}", f"item {i}") for i in range(n_items)], "item_idx int, item_id string, item_name string")
+    persona_set = spark.createDataFrame([(p, f"P{p}", "d", "v1") for p in range(n_personas + 1)],  # one persona nobody has
+                                        "persona_idx int, name string, description string, version string")
+    got = {r.persona_idx: r for r in refresh.catalog(personas, persona_set, edges, items, "r", top_n).collect()}
+
+    buyers = Counter((p, i) for u, i in pairs for p in held.get(u, []))
+    assert set(got) == set(range(n_personas + 1)) and got[n_personas].top_products == []
+    members = personas.select("user_idx", "persona_idx")
+    distinctive = {}
+    for r in distinctive_items(members, edges, items, top_n=top_n, group_cols=["persona_idx"]).orderBy("item_rank").collect():
+        distinctive.setdefault(r.persona_idx, []).append(r.item_name)
+    for p in range(n_personas):
+        ranked = sorted((i for q, i in buyers if q == p), key=lambda i: (-buyers[(p, i)], i))[:top_n]
+        assert got[p].top_products == [f"item {i}" for i in ranked], p
+        assert got[p].distinctive_products == distinctive.get(p, []), p
+        assert got[p].customers == sum(p in ps for ps in held.values())
+    assert sum(len(v) for v in distinctive.values()) > n_personas  # the comparison is not vacuous
 
 
 def test_percentile_ranks_propagated_rows_within_their_persona(spark):
@@ -369,9 +406,23 @@ def test_two_ingestion_batches_a_month_apart(spark, shop, tmp_path):
         F.col("run_id") == second["run_id"]).collect()}
     assert catalog == {p: len({u for u, q, _ in second_rows if q == p}) for p in range(len(persona_set))}
 
-    user = personas.filter("source = 'propagated'").agg(F.min("user_idx")).first()[0]
+    assert not store.exists("persona_reasons") and second["refresh"]["reasons"].startswith("on request")
+    user, other = (r.user_idx for r in personas.filter("source = 'propagated'").groupBy("user_idx").count()
+                   .orderBy("user_idx").limit(2).collect())
+    ids = {r.user_idx: r.customer_id for r in store.read_table("users").filter(F.col("user_idx").isin(user, other)).collect()}
+
+    def explain(*customers):
+        asked = cfg.model_copy(update={"refresh": cfg.refresh.model_copy(update={"explain": list(customers)})})
+        return STAGES["reasons"](RunContext(asked, store))
+
+    assert explain(ids[user])["rows"] == personas.filter(F.col("user_idx") == user).count()
+    explain(ids[user], ids[other])  # asked again with another: merged, each row once
+    stored = store.read_table("persona_reasons")
+    assert stored.count() == personas.filter(F.col("user_idx").isin(user, other)).count()
+    with pytest.raises(UserError, match="1 customer id"):
+        explain(ids[user], "no-such-customer")
     why = explore.explain(user, personas, store.read_table("edges"), store.read_table("items"), persona_set, top_n=3)
-    reasons = store.read_table("persona_reasons").filter(F.col("user_idx") == user).collect()
+    reasons = stored.filter(F.col("user_idx") == user).collect()
     assert len(reasons) == personas.filter(F.col("user_idx") == user).count() and {r.run_id for r in reasons} == {second["run_id"]}
     for kind, key in (("items", "item_idx"), ("neighbours", "neighbour_idx")):
         expected = {}
@@ -447,13 +498,18 @@ def test_reasons_match_brute_force_and_cut_traces_are_lower_bounds(spark, weight
         rest = [c for idx, c in contributions.items() if idx not in {e[0] for e in listed}]
         assert not listed or not rest or max(rest) <= listed[-1][1] * (1 + 1e-9), key
 
-    def got(trace_items, trace_buyers):
+    def got(trace_items, trace_buyers, asked=None):
         limits = RefreshConf(reason_items=3, reason_neighbours=3, trace_items=trace_items, trace_buyers=trace_buyers)
-        frame = refresh.reasons(personas, PurchaseGraph(users, items, edge_frame), "r", limits, weighted=weighted)
+        frame = refresh.reasons(personas, PurchaseGraph(users, items, edge_frame), "r", limits, weighted=weighted,
+                                users=asked)
         return {(r.user_idx, r.persona_idx): r for r in frame.collect()}
 
     exact = got(1000, 1000)
     assert set(exact) == set(rows)
+    # the rows of a few customers (labelled ones among them) asked for alone are the same rows
+    few = sorted(labelled[:2]) + [u for u in range(n_users) if u not in labelled][:3]
+    alone = got(1000, 1000, spark.createDataFrame([(u,) for u in few + few[:1]], "user_idx int"))
+    assert alone == {key: r for key, r in exact.items() if key[0] in few} and len(alone) >= len(few)
     reached = 0
     for key, (item_c, neighbour_c) in expected.items():
         r, total = exact[key], sum(item_c.values())
