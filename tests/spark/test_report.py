@@ -16,6 +16,7 @@ import matplotlib.image
 import pytest
 
 from persona_spark import report
+from persona_spark.audit import AUDIT_SCHEMA
 from persona_spark.config import Config, ReportConf
 from persona_spark.labeling import label_schema
 from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES, RunContext
@@ -57,9 +58,19 @@ def run_tables(spark) -> dict:
         ),
         # r1 is the latest run by time; "r9-older" sorts after it by id and must not be shown
         "gplr_runs": spark.createDataFrame(
-            [("r1", datetime(2024, 7, 1), json.dumps({"reach": REACH})),
-             ("r9-older", datetime(2024, 6, 1), json.dumps({"reach": {**REACH, "unreached_users": 9}}))],
-            "run_id string, run_ts timestamp, details string"),
+            [("r1", datetime(2024, 7, 1), json.dumps({"reach": REACH}), "failed"),
+             ("r9-older", datetime(2024, 6, 1), json.dumps({"reach": {**REACH, "unreached_users": 9}}), "passed")],
+            "run_id string, run_ts timestamp, details string, audit_guard string"),
+        # the latest run's audit (its guard failed) and the one before; r0 is older still and not shown
+        "persona_audit": spark.createDataFrame(
+            [(run, ts_, metric, None, est, est - 0.021, est + 0.018, 480, None, "bootstrap", 0.95)
+             for run, ts_, base in (("r1", datetime(2024, 7, 1), 0.752), ("r9-older", datetime(2024, 6, 1), 0.701),
+                                    ("r0", datetime(2024, 5, 1), 0.333))
+             for metric, est in (("micro_f1", base), ("precision", base + 0.1), ("recall", base - 0.1),
+                                 ("macro_f1", base - 0.2))]
+            + [("r1", datetime(2024, 7, 1), "recall", p, 0.5 + p / 10, 0.3, 0.7, 480, 10 + p, "wilson", 0.95)
+               for p in range(3)],
+            AUDIT_SCHEMA),
         "recommend_runs": spark.createDataFrame(runs, RECOMMEND_RUNS_SCHEMA),
         "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
         "robustness": spark.createDataFrame(
@@ -145,6 +156,13 @@ def test_report_states_the_numbers_of_the_run(rendered):
             "them personas from the labels of the products they bought (1) or from how common each persona is alone (2)."
             in html.unescape(page))  # the latest run's (r1) reach
     assert "0.812" in page  # micro F1 of the evaluation row
+    text = html.unescape(page)
+    # the audit: the latest run beside the previous one, its recall per persona, and its failed guard up top
+    assert "0.752 (0.731–0.770)" in text and "0.701 (0.680–0.719)" in text and "0.333" not in text
+    assert "this run 2024-07-01 00:00 (r1), 480 customers" in text and "previous run 2024-06-01 00:00" in text
+    assert f"<td>{PERSONAS.names[2]}</td>" in text and "0.700 (0.300–0.700)" in text
+    alert = "Run r1: audit micro F1 0.752 (0.731–0.770) is below the guard gplr.min_audit_micro_f1"
+    assert text.count(alert) == 2 and text.index(alert) < text.index('<section id="personas"')  # headline too
     assert "0.3150 ± 0.0071" in page  # lgcn3 ndcg@10 over seeds 0 and 1: 0.31 and 0.32
     assert "77.5 %" in page  # personas unchanged in the robustness table
     assert "<b>13</b> of 40 customers (32.5 %) changed their persona set" in page
