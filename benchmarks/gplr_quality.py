@@ -171,10 +171,10 @@ def load_split(spark, data: Path) -> Split:
     users, items = store.read_table("users"), store.read_table("items")
     train = store.read_table("edges").filter(F.col("split") == "train").localCheckpoint()
     requests = labeling.build_user_histories(train, items).localCheckpoint()
-    recorded = RecordedConf(path=str(data / "user_personas_gpt4.json"), model="gpt-4 (recorded)")
+    recorded = RecordedConf(path=str(data / "user_personas_gpt4.json"), item_path=str(data / "item_personas_gpt4.json"),
+                            model="gpt-4 (recorded)")
     user_conf = LabelingConf(backend="recorded", recorded=recorded, journal_dir=str(work / "journal"))
-    item_conf = user_conf.model_copy(update={"recorded": RecordedConf(path=str(data / "item_personas_gpt4.json"))})
-    item_rows = label_entities(store, labeling.build_item_requests(items), persona_set, item_conf, "item")
+    item_rows = label_entities(store, labeling.build_item_requests(items), persona_set, user_conf, "item")
     item_vectors = item_vectors_from_labels(item_rows, n_personas).localCheckpoint()
 
     def label_users(selected):

@@ -309,6 +309,7 @@ class Labeling:
     ledger: pd.DataFrame  # per model, prompt version, channel, status: customers, tokens, cost USD, latency
     refreshes: pd.DataFrame  # per day and channel: customers, tokens, cost USD
     errors: pd.DataFrame | None  # status, error, count: the five most frequent; None: no error column
+    audit: dict | None = None  # the latest gplr run's audit spend: run_id, users, tokens, run_tokens
 
     @property
     def customers(self) -> int:
@@ -345,4 +346,16 @@ def labeling(sources: Sources) -> Labeling:
     if "status" in labels.columns and "error" in labels.columns:
         errors = (labels.filter(F.col("error").isNotNull()).groupBy("status", "error").count()
                   .orderBy(F.desc("count")).limit(5).toPandas())
-    return Labeling(ledger, refreshes, errors)
+    return Labeling(ledger, refreshes, errors, audit_spend(sources.tables.get("gplr_runs")))
+
+
+def audit_spend(runs: DataFrame | None) -> dict | None:
+    """What the latest gplr run's audit cost beside the whole run (None: no run, or no audit recorded)."""
+    if runs is None or "audit_prompt_tokens" not in runs.columns:
+        return None
+    latest = runs.orderBy(F.desc("run_ts"), F.desc("run_id")).first()
+    if latest is None or latest["audit_users"] is None:
+        return None
+    tokens = int(latest["audit_prompt_tokens"] or 0) + int(latest["audit_completion_tokens"] or 0)
+    run_tokens = int(latest["prompt_tokens"] or 0) + int(latest["completion_tokens"] or 0)
+    return {"run_id": latest["run_id"], "users": int(latest["audit_users"]), "tokens": tokens, "run_tokens": run_tokens}

@@ -604,6 +604,12 @@ def labeling(found: gather.Labeling, canvas: Canvas) -> str:
                              errors="ignore")
         free = f"The prototypes were labelled by {canvas.labeler}, which uses no tokens and costs nothing per label."
         parts = [cards(shown), note(free), table(ledger, decimals=2)]
+    if found.audit:
+        spent = found.audit
+        share = f", {spent['tokens']:,} of its {spent['run_tokens']:,} tokens ({100 * spent['tokens'] / spent['run_tokens']:.1f} %)" \
+            if spent["run_tokens"] else ""
+        parts.append(note(f"The latest gplr run ({spent['run_id']}) labelled {spent['users']:,} customers for its quality "
+                          f"audit{share}; a later run reuses them as prototypes at no new cost."))
     if found.errors is not None and not found.errors.empty:
         errors = found.errors.assign(error=found.errors["error"].map(lambda e: redact(str(e), canvas.secrets)))
         parts.append("<h3>Most frequent errors</h3>" + table(errors))
