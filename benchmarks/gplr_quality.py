@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                              "({user_idx: [persona_idx, ...]}, the recommender benchmark's --user-personas)")
     parser.add_argument("--audit-users", type=int, default=GPLRConf().audit_users,
                         help="gplr.audit_users of both modes (0: no audit)")
+    parser.add_argument("--class-balance", type=float, default=GPLRConf().class_balance,
+                        help="gplr.class_balance of both modes (the learned assignment's re-balancing of rare personas)")
     parser.add_argument("--out", default=str(RESULTS / "gplr_quality.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
     append_results_to(args.out)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds if budget == args.multi_seed_budget else args.seeds[:1]:
             for mode in args.modes:
                 conf, affinity = mode_settings(mode, budget, seed, args.sampling, args.state_precision)
-                conf = conf.model_copy(update={"audit_users": args.audit_users})
+                conf = conf.model_copy(update={"audit_users": args.audit_users, "class_balance": args.class_balance})
                 run = GPLRLoop(users, train, label_users, n_personas, GPLRSettings(conf, affinity),
                                item_vectors if conf.item_signal else None)
                 started = time.perf_counter()
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     "eval_users": eval_users.count(), "cv_micro_f1": result.model.cv_micro_f1, **profile,
                     "settings": {"rounds": conf.rounds, "sampling": conf.sampling, "assignment": conf.assignment,
                                  "top_k": conf.top_k, "item_signal": conf.item_signal, "ell": affinity.ell,
+                                 "class_balance": conf.class_balance,
                                  "beta": affinity.beta, "eps": affinity.eps,
                                  "state_precision": affinity.state_precision},
                     "sampling_seconds": round(sampled_s, 1),

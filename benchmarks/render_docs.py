@@ -64,7 +64,7 @@ def gplr_quality() -> list[str]:
     lines = load("gplr_quality")
     unique: dict[tuple, dict] = {}
     for rec in lines:  # the first line of a (budget, seed, method, sampling) stands; a rerun of it is the same
-        if "settings" in rec:  # not a summary line
+        if "settings" in rec and not balanced(rec):  # not a summary line, the defaults' assignment
             unique.setdefault((rec["budget"], rec["seed"], rec["method"], rec["settings"]["sampling"]), rec)
     out = ["## GPLR quality on the paper's OnlineRetail split", "",
            "The authors' GPT-4 labels are replayed as the LLM (`recorded` backend); the users a run did not label "
@@ -121,7 +121,7 @@ def gplr_audit(lines: list[dict]) -> list[str]:
     """Each `ours` run's own estimate (its audit sample) beside the micro-F1 over every user it predicted for."""
     audited: dict[int, dict] = {}
     for rec in lines:  # the latest line of a seed stands: the audit came after the first runs of these seeds
-        if rec.get("audit") and rec.get("budget") == 0.05 and rec.get("method") == "ours":
+        if rec.get("audit") and rec.get("budget") == 0.05 and rec.get("method") == "ours" and not balanced(rec):
             audited[rec["seed"]] = rec
     if not audited:
         return []
@@ -143,6 +143,36 @@ def gplr_audit(lines: list[dict]) -> list[str]:
                  f"mean abs. {mean(gaps):.3f}", ""])
     out += table(["seed", "users audited", "audit micro-F1 (95 % interval)", "micro-F1, all predicted users",
                   "interval covers it", "audit − all", "cross-fitted micro-F1 on the prototypes"], rows)
+    return out + provenance(used, "gplr_quality") + gplr_class_balance(lines, audited)
+
+
+def balanced(rec: dict) -> bool:
+    return bool(rec.get("settings", {}).get("class_balance"))
+
+
+def gplr_class_balance(lines: list[dict], default: dict[int, dict]) -> list[str]:
+    """`gplr.class_balance` against the default (0) on the same seeds: micro- and macro-F1."""
+    runs: dict[float, dict[int, dict]] = {}
+    for rec in lines:
+        if balanced(rec) and rec.get("budget") == 0.05 and rec.get("method") == "ours":
+            runs.setdefault(rec["settings"]["class_balance"], {})[rec["seed"]] = rec
+    if not runs:
+        return []
+    out = ["### Rare personas: `gplr.class_balance` (`ours`, 5 %)", "",
+           "The learned assignment with each persona's carriers weighted by (mean persona share / its share) ** "
+           "`class_balance` in its likelihood ([the learned assignment](concepts/assignment.md#rare-personas)), "
+           "against the default (0) on the same seeds.", ""]
+    rows, used = [], []
+    for power in sorted(runs):
+        seeds = sorted(set(runs[power]) & set(default))
+        pairs = [(default[s], runs[power][s]) for s in seeds]
+        used += [r for pair in pairs for r in pair]
+        for label, pick in (("0 (default)", 0), (f"{power:g}", 1)):
+            chosen = [pair[pick] for pair in pairs]
+            rows.append([label, " / ".join(f3(r["micro_f1"]) for r in chosen), f3(mean(r["micro_f1"] for r in chosen)),
+                         " / ".join(f3(r["macro_f1"]) for r in chosen), f"**{f3(mean(r['macro_f1'] for r in chosen))}**"])
+    seeds_label = " / ".join(str(s) for s in sorted(set(runs[max(runs)]) & set(default)))
+    out += table([f"class_balance, seeds {seeds_label}", "micro-F1", "mean", "macro-F1", "mean"], rows)
     return out + provenance(used, "gplr_quality")
 
 

@@ -522,6 +522,9 @@ class GPLRConf(Section):
     l2: float = Field(1.0, ge=0, description="ridge penalty of the learned assignment model")
     item_signal: bool = Field(True, description="label items with the LLM too and use them as a second signal")
     calibration_bins: int = Field(10, ge=2, description="reliability bins of the held-out (cross-fitted) probabilities")
+    class_balance: float = Field(0.0, ge=0, le=1, description="learned: weigh each persona's carriers in the model's "
+                                 "likelihood by (mean persona share / its share) ** this; 0.5 gives rare personas more "
+                                 "recall (macro-F1) for a little micro-F1; 0 = off")
     # Why 500: a 95 % interval on micro-F1 narrow enough to alert on (about ±0.012 on the OnlineRetail split, whose
     # users carry five personas each), and 1 % of the budget at a million users (5 %: 50k prototypes); on a small
     # shop it can exceed the budget, so lower it there.

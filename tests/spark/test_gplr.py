@@ -82,7 +82,7 @@ def _demo_config(tmp_path, *extra):
         "demo.users=120", "demo.items=90", "demo.mean_orders_per_user=4", "demo.partitions=2",
         "demo.dirty_share=0", "ingest.cancellation_prefix=C",
         "labeling.backend=recorded", "labeling.recorded.table=recorded_labels",
-        "gplr.budget_users=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false", "gplr.audit_users=20",
+        "gplr.budget_users=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false", "gplr.audit_users=0",
         *extra,
     ])
 
@@ -115,7 +115,7 @@ def _prepare(cfg, spark, shop: Path) -> TableStore:
 
 
 def test_gplr_end_to_end_budget_accounting_quality_and_audit(spark, shop, tmp_path, capsys):
-    cfg = _demo_config(tmp_path)
+    cfg = _demo_config(tmp_path, "gplr.audit_users=20")
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store, drop_users=range(0, 120, 4), bad_users=range(1, 120, 4))
     started = time.perf_counter()
@@ -212,7 +212,7 @@ def _check_a_later_run(store, cfg, tmp_path, first, capsys):
 
 
 def test_capped_assignment_fit_still_assigns_everyone_and_says_what_it_was_fitted_on(spark, shop, tmp_path):
-    cfg = _demo_config(tmp_path, "gplr.max_train_users=12", "gplr.min_train_per_persona=2", "gplr.audit_users=0")
+    cfg = _demo_config(tmp_path, "gplr.max_train_users=12", "gplr.min_train_per_persona=2")
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
     summary = STAGES["gplr"](RunContext(cfg, store))

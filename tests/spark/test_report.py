@@ -301,5 +301,6 @@ def test_report_names_the_offline_labeler_shows_no_cost_and_the_rfm_parts(spark,
     assert "RFM monetary: not computed, no unit prices (unit_price) in transactions." in page
     assert "RFM recency: from days_since_prior_order" in page
     text = html.unescape(page)
-    assert "0.700 (0.680–0.720)" in text and "previous run" not in text and "Quality alert" not in text
+    assert "0.700 (0.680–0.720)" in text and "this run 2024-06-01 00:00 (r1), 300 customers" in text
+    assert "previous run 2" not in text and "Quality alert" not in text
     assert "No reference labels scored" in text
