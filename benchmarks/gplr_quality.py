@@ -10,9 +10,12 @@ pipeline (Spark affinity engine, labeling layer with the ``recorded`` backend, D
 temporary folder) and is scored on the users *its* run did not label. Budgets default to
 2.5 / 5 / 10 / 20 %, with every ``--seeds`` at ``--multi-seed-budget`` (5 %) and the first seed
 elsewhere. Prints one JSON line per (budget, seed, method):
-``{"budget", "seed", "method", "micro_f1", "macro_f1", "precision", "recall", "baseline_micro_f1", ...}``
+``{"budget", "seed", "method", "micro_f1", "macro_f1", "precision", "recall", "baseline_micro_f1", "audit", ...}``
 where ``baseline_micro_f1`` gives every evaluated user the top-5 personas most frequent among
-the prototypes.
+the prototypes, and ``audit`` is the run's own estimate from its audit sample (``gplr.audit_users``
+users it did not label, labelled by the same recorded labels): micro-F1 with its 95 % interval beside
+the micro-F1 over all users the run predicted for (``micro_f1``), whether the interval covers it and
+the gap. A last line per (budget, method) sums the seeds up: intervals covering, mean absolute gap.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="gplr.item_labels of the item-signal mode, each a run (the items left out count as "
                              "item answers saved)")
     parser.add_argument("--item-edge-share", type=float, default=0.9, help="gplr.item_edge_share")
+    parser.add_argument("--audit-users", type=int, default=GPLRConf().audit_users,
+                        help="gplr.audit_users of both modes (0: no audit)")
+    parser.add_argument("--class-balance", type=float, default=GPLRConf().class_balance,
+                        help="gplr.class_balance of both modes (the learned assignment's re-balancing of rare personas)")
     parser.add_argument("--out", default=str(RESULTS / "gplr_quality.jsonl"), help="appends here; - prints only")
     args = parser.parse_args(argv)
     append_results_to(args.out)
@@ -91,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     users, train, reference, label_users = split.users, split.train, split.reference, split.label_users
     n_personas, item_vectors = split.n_personas, split.item_vectors
 
+    audits: dict[tuple, list[dict]] = {}
     for budget in args.budgets:
         for seed in args.seeds if budget == args.multi_seed_budget else args.seeds[:1]:
             for mode, item_labels in ((m, k) for m in args.modes for k in args.item_labels):
                 conf, affinity = mode_settings(mode, budget, seed, args.sampling, args.state_precision)
                 if not conf.item_signal and item_labels != args.item_labels[0]:
                     continue  # no item signal: one run, whatever the items
-                conf = conf.model_copy(update={"item_labels": item_labels, "item_edge_share": args.item_edge_share})
+                conf = conf.model_copy(update={"item_labels": item_labels, "item_edge_share": args.item_edge_share,
+                                               "audit_users": args.audit_users, "class_balance": args.class_balance})
                 signal = ItemSignal(train, item_vectors, conf)
                 run = GPLRLoop(users, train, label_users, n_personas, GPLRSettings(conf, affinity),
                                signal if conf.item_signal else None)
@@ -114,14 +123,19 @@ def main(argv: list[str] | None = None) -> int:
                 baseline, _ = evaluate.evaluate_sets(
                     evaluate.popular_personas(result.prototypes, eval_users, EvaluateConf().baseline_k), reference, eval_users)
                 profile = _sample_profile(train, answered, reference, eval_users)
+                audited = _audit(run, answered, personas, metrics["micro_f1"]) if conf.audit_users else None
+                if audited:
+                    audits.setdefault((budget, mode), []).append(audited)
                 print(json.dumps({
                     "budget": budget, "seed": seed, "method": mode,
                     **{k: round(v, 4) for k, v in metrics.items()},
+                    "audit": audited,
                     "baseline_micro_f1": round(baseline["micro_f1"], 4),
                     "prototypes": result.prototypes.select("user_idx").distinct().count(),
                     "eval_users": eval_users.count(), "cv_micro_f1": result.model.cv_micro_f1, **profile,
                     "settings": {"rounds": conf.rounds, "sampling": conf.sampling, "assignment": conf.assignment,
                                  "top_k": conf.top_k, "item_signal": conf.item_signal, "ell": affinity.ell,
+                                 "class_balance": conf.class_balance,
                                  "beta": affinity.beta, "eps": affinity.eps,
                                  "state_precision": affinity.state_precision, "item_labels": conf.item_labels,
                                  "item_edge_share": conf.item_edge_share},
@@ -130,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                     "assignment_seconds": round(time.perf_counter() - started, 1), "load": list(os.getloadavg()),
                 }), flush=True)
                 run.release()
+    for (budget, mode), found in audits.items():
+        print(json.dumps({"budget": budget, "method": mode, "audit_summary": {
+            "seeds": len(found), "covered": sum(a["covers"] for a in found),
+            "mean_abs_gap": round(sum(abs(a["gap"]) for a in found) / len(found), 4)}}), flush=True)
     return 0
 
 
@@ -146,6 +164,16 @@ class ItemSignal:
         labelled = items if wanted is None else wanted.count()
         self.counts = {"items": items, "items_labelled": labelled, "item_answers_saved": items - labelled}
         return self.item_vectors if wanted is None else self.item_vectors.join(wanted, "item_idx", "left_semi")
+
+
+def _audit(run: GPLRLoop, answered: DataFrame, personas: DataFrame, micro_f1: float) -> dict:
+    """The run's audit (as the gplr stage draws it) beside the micro-F1 over every user the run predicted for."""
+    audit, _ = run.audit(answered, personas)
+    found = audit.summary()
+    estimate = audit.overall["micro_f1"]
+    return {"users": found["users"], "errors": found["errors"], "micro_f1": found["micro_f1"],
+            "lower": found["micro_f1_lower"], "upper": found["micro_f1_upper"], "macro_f1": found["macro_f1"],
+            "covers": estimate.covers(micro_f1), "gap": round(estimate.value - micro_f1, 4)}
 
 
 @dataclass

@@ -57,11 +57,15 @@ def mean(values) -> float:
     return statistics.fmean(values)
 
 
+THREE_SEEDS = (0, 1, 2)  # the seeds the tables of three runs show
+
+
 def gplr_quality() -> list[str]:
     lines = load("gplr_quality")
     unique: dict[tuple, dict] = {}
     for rec in lines:  # the first line of a (budget, seed, method, sampling) stands; a rerun of it is the same
-        unique.setdefault((rec["budget"], rec["seed"], rec["method"], rec["settings"]["sampling"]), rec)
+        if "settings" in rec and not balanced(rec):  # not a summary line, the defaults' assignment
+            unique.setdefault((rec["budget"], rec["seed"], rec["method"], rec["settings"]["sampling"]), rec)
     out = ["## GPLR quality on the paper's OnlineRetail split", "",
            "The authors' GPT-4 labels are replayed as the LLM (`recorded` backend); the users a run did not label "
            "are scored against their GPT-4 labels. `paper` is the faithful mode (`conf/paper.yaml`), `ours` the "
@@ -70,7 +74,8 @@ def gplr_quality() -> list[str]:
     rows, used = [], []
     for method, label in (("paper", "`paper` (T = 10 DU rounds, ℓ̂ = 1, β = 0.5, top-5 of Ψ)"),
                           ("ours", "`ours` (4 DU rounds, learned assignment, item signal, degree features)")):
-        runs = sorted((rec for k, rec in unique.items() if k[0] == 0.05 and k[2] == method and k[3] == "du"),
+        runs = sorted((rec for k, rec in unique.items()
+                       if k[0] == 0.05 and k[1] in THREE_SEEDS and k[2] == method and k[3] == "du"),
                       key=lambda rec: rec["seed"])
         used += runs
         rows.append([label, " / ".join(f3(rec["micro_f1"]) for rec in runs), f"**{f3(mean(rec['micro_f1'] for rec in runs))}**",
@@ -98,7 +103,8 @@ def gplr_quality() -> list[str]:
     out += ["### Sampling: DU rounds against random users (`ours`, 5 %)", ""]
     rows, used = [], []
     for sampling, label in (("du", "DU rounds (default)"), ("random", "random")):
-        runs = sorted((rec for k, rec in unique.items() if k[0] == 0.05 and k[2] == "ours" and k[3] == sampling),
+        runs = sorted((rec for k, rec in unique.items()
+                       if k[0] == 0.05 and k[1] in THREE_SEEDS and k[2] == "ours" and k[3] == sampling),
                       key=lambda rec: rec["seed"])
         used += runs
         cv = [rec["cv_micro_f1"] for rec in runs]
@@ -108,9 +114,7 @@ def gplr_quality() -> list[str]:
                      f"{min(degree)}–{max(degree)}"])
     out += table(["`ours` at 5 %, seeds 0 / 1 / 2", "micro-F1", "mean", "macro-F1 (mean)",
                   "cross-fitted micro-F1 on the prototypes", "median degree of the users asked"], rows)
-    out += provenance(used, "gplr_quality")
-    out += item_labels_section(lines)
-    return out
+    return out + provenance(used, "gplr_quality") + item_labels_section(lines) + gplr_audit(lines)
 
 
 def item_labels_section(lines: list[dict]) -> list[str]:
@@ -146,6 +150,65 @@ def item_labels_section(lines: list[dict]) -> list[str]:
              "No narrower choice keeps macro-F1 within 0.005 of `all` (micro-F1 stays within it for each): macro-F1 "
              "averages 20 personas, some carried by a few dozen users, and moves more than micro-F1 from seed to seed; "
              "`gplr.item_labels` stays `all` by default.") + "", ""]
+    return out + provenance(used, "gplr_quality")
+
+
+def gplr_audit(lines: list[dict]) -> list[str]:
+    """Each `ours` run's own estimate (its audit sample) beside the micro-F1 over every user it predicted for."""
+    audited: dict[int, dict] = {}
+    for rec in lines:  # the latest line of a seed stands: the audit came after the first runs of these seeds
+        if rec.get("audit") and rec.get("budget") == 0.05 and rec.get("method") == "ours" and not balanced(rec):
+            audited[rec["seed"]] = rec
+    if not audited:
+        return []
+    out = ["### The run's own estimate: its audit sample (`ours`, 5 %)", "",
+           "Each run labels `gplr.audit_users` users drawn at random from those it did not label and scores its "
+           "predictions on them ([the audit](concepts/gplr.md#how-good-is-this-run-the-audit)); beside it, the "
+           "micro-F1 over all the users it predicted for, which a shop without reference labels cannot compute.",
+           ""]
+    rows, used = [], []
+    for seed in sorted(audited):
+        rec = audited[seed]
+        used.append(rec)
+        audit = rec["audit"]
+        rows.append([seed, f"{audit['users']:,}", f"{f3(audit['micro_f1'])} ({f3(audit['lower'])}–{f3(audit['upper'])})",
+                     f3(rec["micro_f1"]), "yes" if audit["covers"] else "**no**", f"{audit['gap']:+.3f}",
+                     f3(rec["cv_micro_f1"])])
+    gaps = [abs(rec["audit"]["gap"]) for rec in used]
+    rows.append(["all", "", "", "", f"{sum(rec['audit']['covers'] for rec in used)} of {len(used)}",
+                 f"mean abs. {mean(gaps):.3f}", ""])
+    out += table(["seed", "users audited", "audit micro-F1 (95 % interval)", "micro-F1, all predicted users",
+                  "interval covers it", "audit − all", "cross-fitted micro-F1 on the prototypes"], rows)
+    return out + provenance(used, "gplr_quality") + gplr_class_balance(lines, audited)
+
+
+def balanced(rec: dict) -> bool:
+    return bool(rec.get("settings", {}).get("class_balance"))
+
+
+def gplr_class_balance(lines: list[dict], default: dict[int, dict]) -> list[str]:
+    """`gplr.class_balance` against the default (0) on the same seeds: micro- and macro-F1."""
+    runs: dict[float, dict[int, dict]] = {}
+    for rec in lines:
+        if balanced(rec) and rec.get("budget") == 0.05 and rec.get("method") == "ours":
+            runs.setdefault(rec["settings"]["class_balance"], {})[rec["seed"]] = rec
+    if not runs:
+        return []
+    out = ["### Rare personas: `gplr.class_balance` (`ours`, 5 %)", "",
+           "The learned assignment with each persona's carriers weighted by (mean persona share / its share) ** "
+           "`class_balance` in its likelihood ([the learned assignment](concepts/assignment.md#rare-personas)), "
+           "against the default (0) on the same seeds.", ""]
+    rows, used = [], []
+    for power in sorted(runs):
+        seeds = sorted(set(runs[power]) & set(default))
+        pairs = [(default[s], runs[power][s]) for s in seeds]
+        used += [r for pair in pairs for r in pair]
+        for label, pick in (("0 (default)", 0), (f"{power:g}", 1)):
+            chosen = [pair[pick] for pair in pairs]
+            rows.append([label, " / ".join(f3(r["micro_f1"]) for r in chosen), f3(mean(r["micro_f1"] for r in chosen)),
+                         " / ".join(f3(r["macro_f1"]) for r in chosen), f"**{f3(mean(r['macro_f1'] for r in chosen))}**"])
+    seeds_label = " / ".join(str(s) for s in sorted(set(runs[max(runs)]) & set(default)))
+    out += table([f"class_balance, seeds {seeds_label}", "micro-F1", "mean", "macro-F1", "mean"], rows)
     return out + provenance(used, "gplr_quality")
 
 

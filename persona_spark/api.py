@@ -76,8 +76,9 @@ class GPLRResult:
 
     ``personas``: one row per (customer, persona): ``customer_id, user_idx, persona_idx, persona, score,
     rank, source, probability`` (``source``: ``llm`` for the labelled prototypes, ``propagated`` for the
-    rest). ``prototypes``: who was asked (``user_idx, status, history_hash``). ``summary``: the run's
-    budget, rounds, reach, phases and assignment model, as the gplr stage reports them."""
+    rest). ``prototypes``: who was asked (``user_idx, status, history_hash, role``: ``prototype``, or
+    ``audit`` for the audit sample). ``summary``: the run's budget, rounds, reach, phases, assignment model and
+    audit (its agreement with the labeler, with 95 % intervals), as the gplr stage reports them."""
 
     personas: DataFrame
     prototypes: DataFrame

@@ -167,17 +167,31 @@ class Fold:
         return np.ones(len(self.labels)) if self.weight is None else np.asarray(self.weight, dtype=float)
 
 
+def positive_weights(labels: np.ndarray, weight: np.ndarray, power: float) -> np.ndarray:
+    """Per persona, the weight of a carrier's (positive) pair in the likelihood: (mean share / the persona's
+    share of the prototypes) ** ``power``. 0: all 1; 0.5: square-root re-balancing, a rare persona's carriers
+    count more without the rarest dominating the fit."""
+    share = (labels * weight[:, None]).sum(axis=0) / weight.sum()
+    share = np.maximum(share, 1.0 / len(labels))  # a persona no prototype carries: as if one did
+    return (share.mean() / share) ** power
+
+
 def fit_assignment(folds: list[Fold], q_hat: np.ndarray, conf: GPLRConf, uses_item_signal: bool) -> AssignmentModel:
     """Cross-fitted training data per fold -> model with an out-of-fold threshold. Every sum over prototypes
     (likelihood, micro-F1 counts, calibration) is weighted by the folds' sampling weights, so a sample estimates
-    the fit on all prototypes; with unit weights this is the unweighted fit."""
+    the fit on all prototypes; with unit weights this is the unweighted fit. ``conf.class_balance`` also weighs
+    the likelihood's positive pairs per persona (:func:`positive_weights`); the threshold, calibration and
+    reliability keep the sampling weights alone, so probabilities stay calibrated to the labels."""
     xs = [pair_features(f.signals, q_hat, f.degree) for f in folds]
     ys = [f.labels.reshape(-1).astype(float) for f in folds]
     cs = [f.user_weight for f in folds]
     n_personas = folds[0].labels.shape[1]
+    balance = positive_weights(np.vstack([f.labels for f in folds]), np.concatenate(cs), conf.class_balance)
 
     def pairs(idx: list[int]) -> np.ndarray:
-        return np.repeat(np.concatenate([cs[i] for i in idx]), n_personas)
+        weight = np.repeat(np.concatenate([cs[i] for i in idx]), n_personas)
+        positive = np.concatenate([ys[i] for i in idx]) > 0
+        return weight * np.where(positive, np.tile(balance, len(weight) // n_personas), 1.0)
 
     out_of_fold = []
     for k in range(len(folds)):

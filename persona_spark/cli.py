@@ -5,7 +5,9 @@ The CLI, the ``jobs/*.py`` spark-submit scripts and the Databricks bundle all op
 
 Exit status: 0 done; 2 a mistake the user can fix (unknown or out-of-bounds setting, missing table,
 column or path, tables in use by another run, a Delta write that lost to a concurrent one), told in one
-line on stderr, with the traceback only under ``--debug``; 1 (with the traceback) anything else. What
+line on stderr, with the traceback only under ``--debug``; 3 a quality alert: the gplr run wrote its
+tables and printed its summary, but its audit estimate fails ``gplr.min_audit_micro_f1`` (one line on
+stderr says by how much); 1 (with the traceback) anything else. What
 the CLI prints passes through ``persona_spark.redaction.redact``, as do log records and tracebacks.
 """
 
@@ -18,7 +20,7 @@ import re
 import sys
 import traceback
 
-from persona_spark.errors import UserError
+from persona_spark.errors import QualityAlert, UserError
 from persona_spark.redaction import redact
 
 log = logging.getLogger("persona_spark.cli")
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("persona_spark").setLevel(level)
     try:
         summary = RunContext.open(args.conf, args.overrides).run(args.stage)
+    except QualityAlert as alert:
+        print(redact(json.dumps({"stage": args.stage, **alert.summary}, default=str, indent=2)))
+        print(redact(f"persona-spark {args.stage}: {alert}"), file=sys.stderr)
+        return QualityAlert.STATUS
     except Exception as error:
         message = user_error_message(error)
         if message is None:
@@ -135,7 +141,7 @@ DOCUMENTED_COLUMNS = {
     "reference_item_personas": "item_idx int, persona_idx int",
     "generated_persona_sets": "persona_idx int, name string, description string, version string, title string, "
                               "model string, created timestamp",
-    "gplr_prototypes": "user_idx int, status string, history_hash string",
+    "gplr_prototypes": "user_idx int, status string, role string (prototype | audit), history_hash string",
     "gplr_runs": "run_id string, run_ts timestamp, budget bigint, rounds int, sampling string, assignment string, "
                  "seed int, eps double, ell int, beta double, versions string, details string",
     "persona_transitions": "from_run_id string, to_run_id string, from_ts timestamp, to_ts timestamp, "
@@ -174,7 +180,7 @@ DOCUMENTED_COLUMNS = {
 
 def table_columns() -> dict[str, str]:
     """Each table's columns: the writer's schema constant where it has one, else ``DOCUMENTED_COLUMNS``."""
-    from persona_spark import generate, gplr, graph, ingest, refresh
+    from persona_spark import audit, generate, gplr, graph, ingest, refresh
     from persona_spark.affinity.engine import TILE_FIELDS
     from persona_spark.labeling.base import label_schema
     from persona_spark.labeling.batch import LEDGER_SCHEMA
@@ -195,6 +201,8 @@ def table_columns() -> dict[str, str]:
         "item_embeddings": ITEM_EMBEDDINGS_SCHEMA,
         "label_batches": LEDGER_SCHEMA,
         "personas": gplr.PERSONAS_SCHEMA + ", percentile double",
+        "gplr_runs": DOCUMENTED_COLUMNS["gplr_runs"] + "".join(f", {n} {t}" for n, t in audit.RUN_COLUMNS.items()),
+        "persona_audit": audit.AUDIT_SCHEMA,
         "persona_history": ", ".join(refresh.HISTORY_COLUMNS),
         "recommend_runs": RECOMMEND_RUNS_SCHEMA + ", run_ts timestamp",
         "cold_start_recs": RECS_SCHEMA,

@@ -1,6 +1,6 @@
 """Quality of predicted persona sets against reference labels (GPT-4's, or the planted ones).
 
-Only users the run did not send to the LLM are scored: a prototype's label is the reference's
+Only users whose personas the run predicted are scored: a prototype's label is the reference's
 own answer and would flatter the result. All counting happens in Spark; only per-persona totals
 (|R| rows) reach the driver.
 """
@@ -58,5 +58,7 @@ def evaluate_sets(predicted: DataFrame, reference: DataFrame, eval_users: DataFr
 
 
 def evaluation_users(reference: DataFrame, asked: DataFrame) -> DataFrame:
-    """Users with reference labels that the run never sent to the LLM."""
-    return reference.select("user_idx").distinct().join(asked.select("user_idx"), "user_idx", "left_anti")
+    """Users with reference labels whose personas the run predicted: never sent to the LLM, or sent only for
+    the run's audit (``role = 'audit'`` in ``gplr_prototypes``: they keep the personas the run predicted)."""
+    prototypes = asked.filter(F.col("role") != "audit") if "role" in asked.columns else asked
+    return reference.select("user_idx").distinct().join(prototypes.select("user_idx"), "user_idx", "left_anti")

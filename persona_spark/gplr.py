@@ -41,6 +41,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_spark import audit as audits
 from persona_spark import labeling, refresh
 from persona_spark.affinity import (
     AffinityGraph,
@@ -219,10 +220,12 @@ class LoopResult:
     budget: int
     seconds: dict
     reach: dict  # reach_counts: users no prototype reaches, and what they got instead
+    audit: audits.Audit | None = None  # the audit sample's estimates (None: gplr.audit_users = 0)
+    audit_asked: DataFrame | None = None  # user_idx, status of the audit sample
 
     def record(self) -> dict:
         return {"budget": self.budget, "rounds": self.rounds, "model": asdict(self.model), "seconds": self.seconds,
-                "reach": self.reach}
+                "reach": self.reach, "audit": self.audit.summary() if self.audit else None}
 
 
 def reach_counts(unlabelled: DataFrame, model: AssignmentModel, ell: int) -> dict:
@@ -251,12 +254,12 @@ def reach_counts(unlabelled: DataFrame, model: AssignmentModel, ell: int) -> dic
 
 def run_record(result: LoopResult, run: tuple[str, datetime], settings: GPLRSettings, persona_set_version: str,
                seconds: float) -> dict:
-    """The ``gplr_runs`` row of a run: its settings, the tokens its new answers cost (reused
-    prototypes were paid for by an earlier run) and the whole record as JSON in ``details``."""
+    """The ``gplr_runs`` row of a run: its settings, the tokens its new answers cost (the audit's included;
+    reused prototypes were paid for by an earlier run) and the whole record as JSON in ``details``."""
     run_id, run_ts = run
     conf, affinity_conf = settings.gplr, settings.affinity
-    tokens = {f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in result.rounds if r["sampling"] != "reused")
-              for kind in ("prompt", "completion")}
+    paid = [r for r in result.rounds if r["sampling"] != "reused"] + ([result.audit.cost] if result.audit else [])
+    tokens = {f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in paid) for kind in ("prompt", "completion")}
     return {
         "run_id": run_id, "run_ts": run_ts, "budget": result.budget, "rounds": conf.rounds,
         "sampling": conf.sampling, "assignment": conf.assignment, "seed": conf.seed,
@@ -294,9 +297,11 @@ class GPLRRun:
 
     outcome: RunPersonas
     changed_personas: DataFrame  # MERGE source for personas on (user_idx, persona_idx): changes and tombstones
-    prototypes: DataFrame  # gplr_prototypes: user_idx, status, history_hash
+    prototypes: DataFrame  # gplr_prototypes: user_idx, status, history_hash, role (prototype | audit)
     record: DataFrame  # the gplr_runs row
     summary: dict
+    audit: list[tuple] = field(default_factory=list)  # persona_audit rows (audit.AUDIT_SCHEMA)
+    alert: str | None = None  # the quality guard's one line when it failed
 
 
 def run_gplr(graph: PurchaseGraph, persona_set: PersonaSet, label: LabelRequestsFn, settings: GPLRSettings,
@@ -335,8 +340,9 @@ def run_gplr(graph: PurchaseGraph, persona_set: PersonaSet, label: LabelRequests
     if earlier.prototypes is not None:
         reusable = (earlier.prototypes.filter(F.col("status") == "ok")
                     .join(requests, ["user_idx", "history_hash"], "left_semi").select("user_idx"))
+    draws = earlier.runs.count() if earlier.runs is not None else 0
     result = GPLRLoop(users, train, label_users, len(persona_set), settings, item_signal if conf.item_signal else None,
-                      reusable, tiles).run()
+                      reusable, tiles).run(draws)
 
     run = new_run()
     diff_started = time.perf_counter()
@@ -345,15 +351,28 @@ def run_gplr(graph: PurchaseGraph, persona_set: PersonaSet, label: LabelRequests
     changed = pin(changed_rows(earlier.personas, personas, ["user_idx", "persona_idx"]))
     phases["diff"] = round(time.perf_counter() - diff_started, 3)
     result.seconds.update(phases)
-    asked = result.asked.join(requests.select("user_idx", "history_hash"), "user_idx", "left")
+    asked = asked_with_roles(result).join(requests.select("user_idx", "history_hash"), "user_idx", "left")
     record = run_record(result, run, settings, persona_set.version, time.perf_counter() - started)
     counts = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
+    guard = audits.guard_state(result.audit, conf.min_audit_micro_f1)
     summary = {**{k: v for k, v in record.items() if k not in ("details", "run_ts")}, "run_ts": run[1].isoformat(),
                "per_round": result.rounds, "reach": result.reach, "persona_rows": counts, **item_counts,
                "rows_rewritten": changed.count(), "assignment_cv_micro_f1": result.model.cv_micro_f1,
-               "assignment_fitted_on": result.model.fitted_on, "phases": dict(result.seconds)}
-    return GPLRRun(RunPersonas(run, personas, result.model.reliability), changed, asked,
-                   users.sparkSession.createDataFrame([record]), summary)
+               "assignment_fitted_on": result.model.fitted_on, "phases": dict(result.seconds),
+               "audit": {**result.audit.summary(), "guard": guard} if result.audit else None}
+    alert = audits.guard_message(result.audit, conf.min_audit_micro_f1, run[0]) if guard == "failed" else None
+    row = users.sparkSession.createDataFrame([record]).select("*", *audits.run_columns(result.audit, guard))
+    return GPLRRun(RunPersonas(run, personas, result.model.reliability), changed, asked, row, summary,
+                   result.audit.rows(run) if result.audit else [], alert)
+
+
+def asked_with_roles(result: LoopResult) -> DataFrame:
+    """Everyone the run asked, ``user_idx, status, role``: ``prototype`` (the sampling rounds) or ``audit``. A
+    later run reuses both as prototypes when their history is unchanged (the cache answers them for free)."""
+    asked = result.asked.select("user_idx", "status", F.lit("prototype").alias("role"))
+    if result.audit_asked is None:
+        return asked
+    return asked.unionByName(result.audit_asked.select("user_idx", "status", F.lit("audit").alias("role")))
 
 
 class GPLRLoop:
@@ -439,12 +458,33 @@ class GPLRLoop:
         self._timed("labeling", started)
         return rows
 
-    def run(self) -> LoopResult:
+    def run(self, audit_draw: int = 0) -> LoopResult:
+        """Sample, assign, audit. ``audit_draw``: how many runs drew an audit on these tables before (each
+        draws with its own seed: a run reuses the last audit's answered users as prototypes, and the same
+        seed would keep its unanswered ones in the next audit, no longer a uniform draw)."""
         try:
             answered, rounds = self.sample()
-            return self.assign_all(answered, rounds)
+            result = self.assign_all(answered, rounds)
+            if self.conf.audit_users > 0:
+                result.audit, result.audit_asked = self.audit(answered, result.personas, audit_draw)
+                result.seconds = dict(self.seconds)
+            return result
         finally:
             self.release()
+
+    def audit(self, answered: DataFrame, personas: DataFrame, draw: int = 0) -> tuple[audits.Audit, DataFrame]:
+        """Label ``gplr.audit_users`` users drawn from those nobody asked (the ones ``personas`` predicts for)
+        and score ``personas`` on them; their answers reach nothing else. The audit and who it asked."""
+        started = time.perf_counter()
+        candidates = self.users.join(answered.select("user_idx"), "user_idx", "left_anti")
+        chosen = self._pin(audits.draw(candidates, self.conf.audit_users, self.conf.seed, draw))
+        rows = self._pin(self.label_users(chosen).select(
+            "user_idx", "persona_idx", "status", "prompt_tokens", "completion_tokens"))
+        sets = audits.audited_sets(personas.select("user_idx", "persona_idx"), rows).toPandas()
+        result = audits.score(sets, self.n_personas, self._round_record("audit", rows), self.conf.seed)
+        self._timed("audit", started)
+        log.info("GPLR audit: %s", {k: v for k, v in result.summary().items() if k != "recall_per_persona"})
+        return result, rows.select("user_idx", "status")
 
     def sample(self) -> tuple[DataFrame, list[dict]]:
         """The labelling rounds: ``(user_idx, persona_idx, status, *_tokens)`` of every user asked, per-round records."""

@@ -105,29 +105,40 @@ def gplr_params(cfg: Config, summary: dict) -> dict[str, str]:
     return params
 
 
-def ledger_totals(cfg: Config, rounds: list[dict]) -> dict[str, float]:
+def ledger_totals(cfg: Config, rounds: list[dict], audit: dict | None = None) -> dict[str, float]:
     """What the run's new answers cost: counts and tokens over its rounds (prototypes reused from an earlier
-    run were paid for then, counted apart as ``reused``), and their USD at the configured rates of the
-    labeling channel (without the provider's cached-prompt discount, which the rounds do not count)."""
+    run were paid for then, counted apart as ``reused``) and its audit sample, and their USD at the configured
+    rates of the labeling channel (without the provider's cached-prompt discount, which the rounds do not
+    count). ``audit_*``: the audit's part (``audit_share``: of the cost, of the users asked when nothing costs)."""
     paid = [r for r in rounds if r["sampling"] != "reused"]
     totals = {key: float(sum(r[key] for r in paid)) for key in LEDGER_KEYS}
     totals["reused"] = float(sum(r["answered"] for r in rounds if r["sampling"] == "reused"))
     channel = "batch" if cfg.labeling.backend == "openai_batch" else "sync"
-    totals["cost_usd"] = rates(cfg.labeling.openai, channel).cost(totals["prompt_tokens"], 0, totals["completion_tokens"])
+    price = rates(cfg.labeling.openai, channel)
+    if audit:
+        part = {key: float(audit.get(key, 0)) for key in ("asked", "prompt_tokens", "completion_tokens")}
+        part["cost_usd"] = price.cost(part["prompt_tokens"], 0, part["completion_tokens"])
+        for key in ("asked", "prompt_tokens", "completion_tokens"):
+            totals[key] += part[key]
+        totals.update({f"audit_{key}": value for key, value in part.items()})
+    totals["cost_usd"] = price.cost(totals["prompt_tokens"], 0, totals["completion_tokens"])
+    if audit:
+        spent, asked = totals["cost_usd"], totals["asked"]
+        totals["audit_share"] = totals["audit_cost_usd"] / spent if spent else totals["audit_asked"] / max(asked, 1.0)
     return totals
 
 
 def gplr_metrics(cfg: Config, summary: dict) -> dict[str, float]:
     """A gplr run's numbers: budget, cost ledger, quality (the cross-fitted estimate, and ``audit``, a number
     or a dict of numbers, when the run has one), reach, persona rows and phase times."""
+    audit = summary.get("audit")
     metrics = {"budget": float(summary["budget"]), "seconds": float(summary["seconds"]),
                "rows_rewritten": float(summary["rows_rewritten"]),
-               **numbers(ledger_totals(cfg, summary["per_round"]), "ledger"),
+               **numbers(ledger_totals(cfg, summary["per_round"], audit if isinstance(audit, dict) else None), "ledger"),
                **numbers(summary["reach"], "reach"), **numbers(summary["persona_rows"], "personas"),
                **numbers(summary["phases"], "phase_seconds")}
     if summary.get("assignment_cv_micro_f1") is not None:
         metrics["quality.cross_fitted_micro_f1"] = float(summary["assignment_cv_micro_f1"])
-    audit = summary.get("audit")
     if isinstance(audit, dict):
         metrics.update(numbers(audit, "quality.audit"))
     elif isinstance(audit, (int, float)):

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("runtime",),
     ("tables.store", "personas"),
-    ("ingest", "graph", "sampling", "evaluate", "generate", "assignment"),
+    ("ingest", "graph", "sampling", "evaluate", "generate", "assignment", "intervals", "audit"),
     ("affinity", "labeling"),
     ("explore", "refresh", "segment", "gplr", "audience", "recommend", "report", "tracking"),
     ("stages",),

@@ -31,6 +31,7 @@ class Section:
     lead: str  # one sentence: what the reader learns here and how to read it
     gather: Callable[[gather.Sources], Any]  # Spark -> small frames
     render: Callable[[Any, render.Canvas], str]  # those frames -> HTML
+    any_of: bool = False  # the section shows what it can from any one of ``needs`` (else it needs them all)
 
 
 SECTIONS = (
@@ -61,9 +62,10 @@ SECTIONS = (
             "Every propagated persona carries a probability. On customers the LLM labelled (held out while "
             "fitting), personas given 70 % should be right about 70 % of the time: dots on the diagonal.",
             gather.calibration, render.calibration),
-    Section("quality", "Persona quality (GPLR vs reference labels)", "Quality", ("evaluation",),
-            "How well propagated personas match reference labels on customers the labeler did not label.",
-            gather.quality, render.quality),
+    Section("quality", "Persona quality", "Quality", ("persona_audit", "evaluation"),
+            "How well propagated personas match the labeler's own answers on a random audit sample of customers "
+            "(every run measures it), and reference labels where there are any, on customers the run did not label.",
+            gather.quality, render.quality, any_of=True),
     Section("recommendations", "Recommendations", "Recommendations", ("recommend_runs",),
             "Offline ranking quality of the recommenders trained on the purchase graph with personas.",
             gather.recommendations, render.recommendations),
@@ -108,7 +110,7 @@ def build_report(
     bodies, status, failures = [], {}, {}
     for section in SECTIONS:
         missing = [t for t in section.needs if tables.get(t) is None]
-        if missing:
+        if missing and (not section.any_of or len(missing) == len(section.needs)):
             status[section.key], body = "missing", render.missing_note(missing, WRITTEN_BY)
         else:
             drawn = set(canvas.figures)

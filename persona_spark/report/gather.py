@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from pyspark.sql import DataFrame
@@ -174,10 +174,23 @@ def robustness(sources: Sources) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
+class AuditRun:
+    run_id: str
+    run_ts: object
+    guard: str | None  # gplr_runs.audit_guard: off, passed, failed (None: not recorded)
+    rows: pd.DataFrame  # the run's persona_audit rows: metric, persona_idx, estimate, lower, upper, users, support
+
+
+@dataclass(frozen=True)
 class Quality:
-    runs: pd.DataFrame  # the evaluation table, latest run first
+    runs: pd.DataFrame | None  # the evaluation table, latest run first; None: no reference labels scored
     latest_run: str | None  # the run per_persona describes
     per_persona: pd.DataFrame | None  # the latest run's rows of evaluation_per_persona (empty: no run); None: not written
+    audits: list[AuditRun] = field(default_factory=list)  # the latest run's audit, then the one before (if any)
+
+    @property
+    def guard_failed(self) -> bool:
+        return bool(self.audits) and self.audits[0].guard == "failed"
 
 
 def latest_run_id(rows: DataFrame) -> str | None:
@@ -187,18 +200,37 @@ def latest_run_id(rows: DataFrame) -> str | None:
     return None if latest is None else latest["run_id"]
 
 
+def audit_runs(audit: DataFrame | None, runs: DataFrame | None, count: int = 2) -> list[AuditRun]:
+    """The latest ``count`` runs' audits (rows per run: 4 + personas), latest first, with their guard."""
+    if audit is None:
+        return []
+    latest = audit.select("run_id", "run_ts").distinct().orderBy(F.desc("run_ts"), F.desc("run_id")).limit(count).collect()
+    guards = {}
+    if runs is not None and "audit_guard" in runs.columns:
+        ids = [r["run_id"] for r in latest]
+        guards = {r["run_id"]: r["audit_guard"] for r in runs.filter(F.col("run_id").isin(ids)).collect()}
+    wanted = audit.filter(F.col("run_id").isin([r["run_id"] for r in latest])).toPandas()
+    return [AuditRun(r["run_id"], r["run_ts"], guards.get(r["run_id"]),
+                     wanted[wanted["run_id"] == r["run_id"]].drop(columns=["run_id", "run_ts"]).reset_index(drop=True))
+            for r in latest]
+
+
 def quality(sources: Sources) -> Quality:
-    runs = sources.tables["evaluation"].toPandas()
+    audits = audit_runs(sources.tables.get("persona_audit"), sources.tables.get("gplr_runs"))
+    evaluation = sources.tables.get("evaluation")
+    if evaluation is None:
+        return Quality(None, None, None, audits)
+    runs = evaluation.toPandas()
     order = [c for c in ("run_ts", "run_id") if c in runs.columns]
     if order:
         runs = runs.sort_values(order, ascending=False)
     per_persona = sources.tables.get("evaluation_per_persona")
     if per_persona is None:
-        return Quality(runs, None, None)
+        return Quality(runs, None, None, audits)
     latest = latest_run_id(per_persona)
     if latest is None:
-        return Quality(runs, None, pd.DataFrame())
-    return Quality(runs, latest, per_persona.filter(F.col("run_id") == latest).toPandas())
+        return Quality(runs, None, pd.DataFrame(), audits)
+    return Quality(runs, latest, per_persona.filter(F.col("run_id") == latest).toPandas(), audits)
 
 
 @dataclass(frozen=True)
@@ -277,6 +309,7 @@ class Labeling:
     ledger: pd.DataFrame  # per model, prompt version, channel, status: customers, tokens, cost USD, latency
     refreshes: pd.DataFrame  # per day and channel: customers, tokens, cost USD
     errors: pd.DataFrame | None  # status, error, count: the five most frequent; None: no error column
+    audit: dict | None = None  # the latest gplr run's audit spend: run_id, users, tokens, run_tokens
 
     @property
     def customers(self) -> int:
@@ -313,4 +346,16 @@ def labeling(sources: Sources) -> Labeling:
     if "status" in labels.columns and "error" in labels.columns:
         errors = (labels.filter(F.col("error").isNotNull()).groupBy("status", "error").count()
                   .orderBy(F.desc("count")).limit(5).toPandas())
-    return Labeling(ledger, refreshes, errors)
+    return Labeling(ledger, refreshes, errors, audit_spend(sources.tables.get("gplr_runs")))
+
+
+def audit_spend(runs: DataFrame | None) -> dict | None:
+    """What the latest gplr run's audit cost beside the whole run (None: no run, or no audit recorded)."""
+    if runs is None or "audit_prompt_tokens" not in runs.columns:
+        return None
+    latest = runs.orderBy(F.desc("run_ts"), F.desc("run_id")).first()
+    if latest is None or latest["audit_users"] is None:
+        return None
+    tokens = int(latest["audit_prompt_tokens"] or 0) + int(latest["audit_completion_tokens"] or 0)
+    run_tokens = int(latest["prompt_tokens"] or 0) + int(latest["completion_tokens"] or 0)
+    return {"run_id": latest["run_id"], "users": int(latest["audit_users"]), "tokens": tokens, "run_tokens": run_tokens}

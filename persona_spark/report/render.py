@@ -364,15 +364,59 @@ def robustness(frame: pd.DataFrame, canvas: Canvas) -> str:
     )
 
 
+AUDIT_FIGURES = {"micro_f1": "micro F1", "precision": "precision", "recall": "recall", "macro_f1": "macro F1"}
+
+
+def interval(row) -> str:
+    return f"{row['estimate']:.3f} ({row['lower']:.3f}–{row['upper']:.3f})"
+
+
+def guard_alert(run: gather.AuditRun) -> str:
+    """The alert a failed quality guard puts at the top of the page and of the quality section."""
+    micro = run.rows[run.rows["metric"] == "micro_f1"]
+    found = f"audit micro F1 {interval(micro.iloc[0])}" if len(micro) else "no audit estimate"
+    return ('<div class="error" role="alert"><b>Quality alert.</b> '
+            f"{html.escape(f'Run {run.run_id}: {found} is below the guard gplr.min_audit_micro_f1; its tables are written.')}"
+            "</div>")
+
+
+def audit(runs: list[gather.AuditRun], canvas: Canvas) -> str:
+    """The latest run's audit beside the previous run's: figures with 95 % intervals, then recall per persona."""
+    latest = runs[0]
+    parts = [guard_alert(latest)] if latest.guard == "failed" else []
+    columns = {}
+    for run in runs:
+        overall = run.rows[run.rows["persona_idx"].isna()].set_index("metric")
+        users = int(overall["users"].max()) if len(overall) else 0
+        label = f"{'this run' if run is latest else 'previous run'} {run_label(run.run_id, run.run_ts)}, {users:,} customers"
+        columns[label] = [interval(overall.loc[m]) if m in overall.index else "" for m in AUDIT_FIGURES]
+    parts.append(table(pd.DataFrame({"figure": list(AUDIT_FIGURES.values()), **columns})))
+    parts.append(note("Agreement of the run's personas with the labeler on customers drawn at random from those it "
+                      "did not label, then labelled for this check only; 95 % intervals (bootstrap over customers)."))
+    recall = latest.rows[latest.rows["metric"] == "recall"].dropna(subset=["persona_idx"]).sort_values("support")
+    if len(recall):
+        shown = pd.DataFrame({"persona": [canvas.name(i) for i in recall["persona_idx"]],
+                              "customers with it (audit)": recall["support"].astype(int).to_numpy(),
+                              "recall (95 % interval)": [interval(r) for _, r in recall.iterrows()]})
+        parts.append("<h3>Recall per persona (audit)</h3>" + table(shown))
+    return "".join(parts)
+
+
 def quality(found: gather.Quality, canvas: Canvas) -> str:
+    parts = ["<h3>Agreement with the labeler (audit sample)</h3>" + audit(found.audits, canvas)] if found.audits else []
     evaluation = found.runs
+    if evaluation is None:
+        parts.append(note("No reference labels scored — run persona-spark evaluate with reference labels to add them."))
+        return "".join(parts)
+    if found.audits:
+        parts.append("<h3>Against reference labels</h3>")
     shown = [c for c in ("run_id", "method", "reference", "users", "micro_f1", "macro_f1", "precision", "recall",
                          "baseline_micro_f1") if c in evaluation.columns]
     renamed = evaluation[shown or list(evaluation.columns)].rename(
         columns={"users": "customers scored", "micro_f1": "micro F1", "macro_f1": "macro F1",
                  "baseline_micro_f1": "baseline micro F1 (most popular personas)"}
     )
-    parts = [table(renamed)]
+    parts.append(table(renamed))
     if found.per_persona is None:
         parts.append(note("Per-persona precision/recall not available — run persona-spark evaluate."))
         return "".join(parts)
@@ -560,6 +604,12 @@ def labeling(found: gather.Labeling, canvas: Canvas) -> str:
                              errors="ignore")
         free = f"The prototypes were labelled by {canvas.labeler}, which uses no tokens and costs nothing per label."
         parts = [cards(shown), note(free), table(ledger, decimals=2)]
+    if found.audit:
+        spent = found.audit
+        share = f", {spent['tokens']:,} of its {spent['run_tokens']:,} tokens ({100 * spent['tokens'] / spent['run_tokens']:.1f} %)" \
+            if spent["run_tokens"] else ""
+        parts.append(note(f"The latest gplr run ({spent['run_id']}) labelled {spent['users']:,} customers for its quality "
+                          f"audit{share}; a later run reuses them as prototypes at no new cost."))
     if found.errors is not None and not found.errors.empty:
         errors = found.errors.assign(error=found.errors["error"].map(lambda e: redact(str(e), canvas.secrets)))
         parts.append("<h3>Most frequent errors</h3>" + table(errors))
@@ -582,7 +632,12 @@ def overview(sizes: Mapping[str, int], gathered: Mapping[str, object], canvas: C
     spent = gathered.get("labeling")
     if isinstance(spent, gather.Labeling) and spent.tokens > 0:
         shown.append(("labeling cost (est.)", f"${spent.cost:,.2f}"))
-    return cards(shown)
+    quality_found = gathered.get("quality")
+    audits = quality_found.audits if isinstance(quality_found, gather.Quality) else []
+    micro = audits[0].rows[audits[0].rows["metric"] == "micro_f1"] if audits else []
+    if len(micro):
+        shown.append(("agreement with the labeler (audit micro F1, 95 % interval)", interval(micro.iloc[0])))
+    return (guard_alert(audits[0]) if audits and audits[0].guard == "failed" else "") + cards(shown)
 
 
 def section(key: str, title: str, state: str, body: str) -> str:

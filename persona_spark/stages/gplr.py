@@ -8,8 +8,8 @@ import time
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from persona_spark import refresh, tables, tracking
-from persona_spark.errors import UserError
+from persona_spark import audit, refresh, tables, tracking
+from persona_spark.errors import QualityAlert, UserError
 from persona_spark.graph import PurchaseGraph
 from persona_spark.refresh import RunHistory, RunPersonas
 from persona_spark.runtime.runs import latest_runs
@@ -34,7 +34,8 @@ def run_history(ctx: RunContext) -> RunHistory:
 
 def gplr_stage(ctx: RunContext) -> dict:
     """Run GPLR: LLM labels for a budget of users, personas propagated to everyone -> ``personas``,
-    then the run's refresh record (:func:`record_refresh`), and the run in MLflow (``mlflow.*``).
+    then the run's refresh record (:func:`record_refresh`), its audit (``persona_audit``) and the run in MLflow
+    (``mlflow.*``). A failed quality guard (``gplr.min_audit_micro_f1``) then ends it with ``QualityAlert`` (exit status 3).
 
     The summary's ``phases`` are seconds per phase, disjoint (the run's, then ``writes`` and ``refresh``);
     ``mlflow`` names the MLflow run, or says why there is none."""
@@ -63,15 +64,19 @@ def gplr_stage(ctx: RunContext) -> dict:
     store.merge_table(run.changed_personas, tables.PERSONAS, ["user_idx", "persona_idx"], delete_when="removed")
     store.write_table(run.prototypes, tables.GPLR_PROTOTYPES)
     store.write_table(run.record, tables.GPLR_RUNS, "append")
+    if run.audit:
+        store.write_table(ctx.spark.createDataFrame(run.audit, audit.AUDIT_SCHEMA), tables.PERSONA_AUDIT, "append")
     writes = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     refreshed = record_refresh(ctx, run.outcome, graph, earlier)
     phases = {**run.summary["phases"], **loading, "writes": writes, "refresh": round(time.perf_counter() - started, 3)}
     summary = {**run.summary, "phases": phases, "edge_tiles": "loaded" if tiles is not None else "cut in the run",
                "refresh": refreshed,
-               "tables": locations(store, tables.PERSONAS, tables.PERSONA_HISTORY)}
+               "tables": locations(store, tables.PERSONAS, tables.PERSONA_HISTORY, tables.PERSONA_AUDIT)}
     summary["mlflow"] = tracking.log_gplr_run(cfg, summary)
     log.info("gplr: %s", summary)
+    if run.alert:
+        raise QualityAlert(run.alert, summary)
     return summary
 
 

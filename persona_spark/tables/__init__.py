@@ -57,6 +57,8 @@ PERSONA_TRANSITIONS = _table("persona_transitions", "gplr", "customers gained/lo
 PERSONA_FLOWS = _table("persona_flows", "gplr", "customers moving from one persona to another between runs")
 PERSONA_CATALOG = _table("persona_catalog", "gplr", "per run and persona: size and the products it buys")
 PERSONA_CALIBRATION = _table("persona_calibration", "gplr", "reliability bins of the assignment's probabilities")
+PERSONA_AUDIT = _table("persona_audit", "gplr", "per run: its agreement with the LLM on a random audit sample "
+                      "(micro/macro F1, precision, recall, recall per persona) with 95 % intervals (appended)")
 PERSONA_REASONS = _table("persona_reasons", "reasons", "why a customer has a persona: items and prototype neighbours "
                           "(gplr writes every row with refresh.reasons=true)")
 PROTOTYPE_LABELS = _table("prototype_labels", "input", "user_idx, persona_idx[, weight]: the affinity stage's L")

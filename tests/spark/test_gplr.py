@@ -12,7 +12,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from persona_spark import assignment, evaluate, gplr, sampling
+from persona_spark.cli import main
 from persona_spark.config import load_config
+from persona_spark.errors import QualityAlert
 from persona_spark.stages import STAGES, RunContext
 from persona_spark.tables.store import TableStore
 
@@ -80,7 +82,7 @@ def _demo_config(tmp_path, *extra):
         "demo.users=120", "demo.items=90", "demo.mean_orders_per_user=4", "demo.partitions=2",
         "demo.dirty_share=0", "ingest.cancellation_prefix=C",
         "labeling.backend=recorded", "labeling.recorded.table=recorded_labels",
-        "gplr.budget_users=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false",
+        "gplr.budget_users=30", "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false", "gplr.audit_users=0",
         *extra,
     ])
 
@@ -112,8 +114,8 @@ def _prepare(cfg, spark, shop: Path) -> TableStore:
     return TableStore(spark, cfg.tables)
 
 
-def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
-    cfg = _demo_config(tmp_path)
+def test_gplr_end_to_end_budget_accounting_quality_and_audit(spark, shop, tmp_path, capsys):
+    cfg = _demo_config(tmp_path, "gplr.audit_users=20")
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store, drop_users=range(0, 120, 4), bad_users=range(1, 120, 4))
     started = time.perf_counter()
@@ -129,7 +131,7 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     assert sum(r["unrepresentable"] for r in rounds) > 0 and sum(r["errors"] for r in rounds) > 0
     assert rounds[0]["sampling"] == "random" and rounds[1]["sampling"] == "du"
     personas = store.read_table("personas")
-    asked = store.read_table("gplr_prototypes")
+    asked = store.read_table("gplr_prototypes").filter("role = 'prototype'")
     llm_users = {r.user_idx for r in personas.filter("source = 'llm'").select("user_idx").distinct().collect()}
     ok_users = {r.user_idx for r in asked.filter("status = 'ok'").collect()}
     assert llm_users == ok_users and len(ok_users) == sum(r["ok"] for r in rounds)
@@ -151,6 +153,62 @@ def test_gplr_end_to_end_budget_accounting_and_quality(spark, shop, tmp_path):
     assert reach["unlabelled_users"] == 120 - asked.count()
     assert sum(reach["unreached_receive"].values()) == reach["unreached_users"]
     assert store.read_table("evaluation").first().run_ts == run.run_ts  # the latest evaluation is found by run_ts
+    _check_audit(store, summary, asked, run)
+    _check_a_later_run(store, cfg, tmp_path, summary, capsys)
+
+
+def _check_audit(store, summary, prototypes, run):
+    """The audit: 20 users the run did not pick, labelled, keeping their predicted personas, scored against the
+    answers exactly as ``evaluate`` scores them; stored in gplr_runs and persona_audit."""
+    audit_asked = store.read_table("gplr_prototypes").filter("role = 'audit'")
+    assert audit_asked.count() == 20 and audit_asked.join(prototypes, "user_idx").count() == 0
+    personas = store.read_table("personas")
+    assert personas.join(audit_asked, "user_idx").filter("source != 'propagated'").count() == 0
+    scored = audit_asked.filter("status != 'error'").select("user_idx")
+    answers = store.read_table("recorded_labels").join(audit_asked.filter("status = 'ok'"), "user_idx", "left_semi")
+    expected, _ = evaluate.evaluate_sets(personas, answers.select("user_idx", F.explode("persona_idx").alias("persona_idx")),
+                                         scored)
+    found = summary["audit"]
+    assert (found["asked"], found["users"]) == (20, scored.count()) and found["errors"] == 20 - scored.count() > 0
+    for name in ("micro_f1", "precision", "recall", "macro_f1"):
+        assert found[name] == pytest.approx(expected[name], abs=1e-4)
+        assert found[f"{name}_lower"] <= found[name] <= found[f"{name}_upper"]
+    assert found["guard"] == "off" and run.audit_guard == "off" and run.audit_users == found["users"]
+    assert run.audit_micro_f1 == pytest.approx(found["micro_f1"], abs=1e-4)
+    rows = store.read_table("persona_audit").filter(F.col("run_id") == run.run_id)
+    overall = {r.metric: r for r in rows.filter("persona_idx IS NULL").collect()}
+    assert set(overall) == {"micro_f1", "precision", "recall", "macro_f1"} and overall["micro_f1"].users == found["users"]
+    assert rows.filter("metric = 'recall' AND persona_idx IS NOT NULL").count() == len(found["recall_per_persona"]) > 0
+
+
+def _check_a_later_run(store, cfg, tmp_path, first, capsys):
+    """A second run (from the CLI) reuses the audited users as prototypes at no new cost, draws a fresh audit,
+    and a guard no estimate reaches ends it with status 3 and one line, its tables written."""
+    first_audit = {r.user_idx for r in store.read_table("gplr_prototypes").filter("role = 'audit' AND status = 'ok'")
+                   .collect()}
+    # a guard no upper bound reaches: unrepresentable answers among the audited are wrong predictions
+    overrides = [f"tables.root={cfg.tables.root}", f"labeling.journal_dir={tmp_path / 'journal'}",
+                 "labeling.backend=recorded", "labeling.recorded.table=recorded_labels", "gplr.budget_users=30",
+                 "gplr.rounds=2", "gplr.cv_folds=2", "gplr.item_signal=false", "gplr.audit_users=20",
+                 "gplr.min_audit_micro_f1=1.0", "mlflow.enabled=false"]
+    capsys.readouterr()
+    status = main(["gplr", *[a for o in overrides for a in ("--set", o)]])
+    captured = capsys.readouterr()
+    assert status == QualityAlert.STATUS == 3
+    line = captured.err.strip().splitlines()[-1]
+    assert "Traceback" not in captured.err and line.startswith("persona-spark gplr: quality alert: audit micro-F1")
+    assert "gplr.min_audit_micro_f1 = 1" in line
+    second = json.loads(captured.out)
+    reused = second["per_round"][0]
+    first_ok = sum(r["ok"] for r in first["per_round"])
+    assert reused["sampling"] == "reused" and reused["answered"] == first_ok + len(first_audit)  # no new cost
+    asked = store.read_table("gplr_prototypes")
+    prototypes = {r.user_idx for r in asked.filter("role = 'prototype'").collect()}
+    fresh = {r.user_idx for r in asked.filter("role = 'audit'").collect()}
+    assert first_audit <= prototypes and len(fresh) == 20 and not fresh & prototypes
+    runs = store.read_table("gplr_runs").orderBy("run_ts").collect()  # both runs' tables are written
+    assert [r.audit_guard for r in runs] == ["off", "failed"] and runs[1].run_id == second["run_id"] != first["run_id"]
+    assert store.read_table("persona_audit").select("run_id").distinct().count() == 2
 
 
 def test_capped_assignment_fit_still_assigns_everyone_and_says_what_it_was_fitted_on(spark, shop, tmp_path):
@@ -162,7 +220,7 @@ def test_capped_assignment_fit_still_assigns_everyone_and_says_what_it_was_fitte
     assert fitted_on["capped"] and fitted_on["prototypes_used"] == 12 and fitted_on["prototypes_available"] == 30
     assert json.loads(store.read_table("gplr_runs").first().details)["model"]["fitted_on"] == fitted_on
     assert fitted_on["drawn_weight"] > 1  # the uniform part stands for the prototypes left out
-    asked = store.read_table("gplr_prototypes")
+    asked = store.read_table("gplr_prototypes").filter("role = 'prototype'")
     propagated = store.read_table("personas").filter("source = 'propagated'")
     assert propagated.select("user_idx").distinct().count() == 120 - asked.count()
     assert summary["assignment_cv_micro_f1"] > 0
@@ -173,8 +231,8 @@ def test_paper_mode_gplr_runs_algorithm_1_as_configured(spark, shop, tmp_path):
     T = 10 is checked in test_wiring, three rounds keep this test short."""
     paper = load_config(ROOT / "conf" / "paper.yaml")
     sections = {"gplr": paper.gplr.model_dump(exclude={"budget_fraction", "budget_users"}), "affinity": paper.affinity.model_dump()}
-    cfg = _demo_config(tmp_path, *(f"{s}.{k}={v}" for s, values in sections.items() for k, v in values.items()),
-                       "gplr.rounds=3")
+    cfg = _demo_config(tmp_path, *(f"{s}.{k}={v}" for s, values in sections.items() for k, v in values.items()
+                                   if v is not None), "gplr.rounds=3", "gplr.audit_users=0")
     store = _prepare(cfg, spark, shop)
     _record_planted_labels(store)
     summary = STAGES["gplr"](RunContext(cfg, store))

@@ -16,6 +16,7 @@ import matplotlib.image
 import pytest
 
 from persona_spark import report
+from persona_spark.audit import AUDIT_SCHEMA
 from persona_spark.config import Config, ReportConf
 from persona_spark.labeling import label_schema
 from persona_spark.stages import RECOMMEND_RUNS_SCHEMA, STAGES, RunContext
@@ -57,9 +58,21 @@ def run_tables(spark) -> dict:
         ),
         # r1 is the latest run by time; "r9-older" sorts after it by id and must not be shown
         "gplr_runs": spark.createDataFrame(
-            [("r1", datetime(2024, 7, 1), json.dumps({"reach": REACH})),
-             ("r9-older", datetime(2024, 6, 1), json.dumps({"reach": {**REACH, "unreached_users": 9}}))],
-            "run_id string, run_ts timestamp, details string"),
+            [("r1", datetime(2024, 7, 1), json.dumps({"reach": REACH}), "failed", 9000, 1000, 480, 1800, 200),
+             ("r9-older", datetime(2024, 6, 1), json.dumps({"reach": {**REACH, "unreached_users": 9}}), "passed", 10, 1,
+              500, 5, 1)],
+            "run_id string, run_ts timestamp, details string, audit_guard string, prompt_tokens long, "
+            "completion_tokens long, audit_users long, audit_prompt_tokens long, audit_completion_tokens long"),
+        # the latest run's audit (its guard failed) and the one before; r0 is older still and not shown
+        "persona_audit": spark.createDataFrame(
+            [(run, ts_, metric, None, est, est - 0.021, est + 0.018, 480, None, "bootstrap", 0.95)
+             for run, ts_, base in (("r1", datetime(2024, 7, 1), 0.752), ("r9-older", datetime(2024, 6, 1), 0.701),
+                                    ("r0", datetime(2024, 5, 1), 0.333))
+             for metric, est in (("micro_f1", base), ("precision", base + 0.1), ("recall", base - 0.1),
+                                 ("macro_f1", base - 0.2))]
+            + [("r1", datetime(2024, 7, 1), "recall", p, 0.5 + p / 10, 0.3, 0.7, 480, 10 + p, "wilson", 0.95)
+               for p in range(3)],
+            AUDIT_SCHEMA),
         "recommend_runs": spark.createDataFrame(runs, RECOMMEND_RUNS_SCHEMA),
         "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
         "robustness": spark.createDataFrame(
@@ -145,6 +158,15 @@ def test_report_states_the_numbers_of_the_run(rendered):
             "them personas from the labels of the products they bought (1) or from how common each persona is alone (2)."
             in html.unescape(page))  # the latest run's (r1) reach
     assert "0.812" in page  # micro F1 of the evaluation row
+    text = html.unescape(page)
+    # the audit: the latest run beside the previous one, its recall per persona, and its failed guard up top
+    assert "0.752 (0.731–0.770)" in text and "0.701 (0.680–0.719)" in text and "0.333" not in text
+    assert "this run 2024-07-01 00:00 (r1), 480 customers" in text and "previous run 2024-06-01 00:00" in text
+    assert f"<td>{PERSONAS.names[2]}</td>" in text and "0.700 (0.300–0.700)" in text
+    alert = "Run r1: audit micro F1 0.752 (0.731–0.770) is below the guard gplr.min_audit_micro_f1"
+    assert text.count(alert) == 2 and text.index(alert) < text.index('<section id="personas"')  # headline too
+    assert "The latest gplr run (r1) labelled 480 customers for its quality audit, 2,000 of its 10,000 tokens (20.0 %)" \
+        in text  # the audit's share of the run's spend, in the labeling ledger
     assert "0.3150 ± 0.0071" in page  # lgcn3 ndcg@10 over seeds 0 and 1: 0.31 and 0.32
     assert "77.5 %" in page  # personas unchanged in the robustness table
     assert "<b>13</b> of 40 customers (32.5 %) changed their persona set" in page
@@ -265,12 +287,20 @@ def test_report_names_the_offline_labeler_shows_no_cost_and_the_rfm_parts(spark,
          ("monetary", False, "no unit prices (unit_price) in transactions")],
         "part string, computed boolean, source string",
     )
+    # a shop without reference labels: the quality section is the audit of its one run
+    audit = spark.createDataFrame([("r1", ts, "micro_f1", None, 0.7, 0.68, 0.72, 300, None, "bootstrap", 0.95)],
+                                  AUDIT_SCHEMA)
     tables = {"personas": frames["personas"], "user_labels": spark.createDataFrame(labels, label_schema("user_idx")),
-              "silhouette": silhouette, "rfm_parts": parts}
+              "silhouette": silhouette, "rfm_parts": parts, "persona_audit": audit}
     result = report.build_report(tables, tmp_path / "index.html", dict(enumerate(PERSONAS.names)))
     assert result.sections["labeling"] == result.sections["personas"] == result.sections["silhouette"] == "ok"
+    assert result.sections["quality"] == "ok"
     page = (tmp_path / "index.html").read_text()
     assert "12 of them were labelled by the offline embedding labeler (all-MiniLM-L6-v2)" in page
     assert "the LLM" not in page and "$" not in page and "estimated cost" not in page
     assert "RFM monetary: not computed, no unit prices (unit_price) in transactions." in page
     assert "RFM recency: from days_since_prior_order" in page
+    text = html.unescape(page)
+    assert "0.700 (0.680–0.720)" in text and "this run 2024-06-01 00:00 (r1), 300 customers" in text
+    assert "previous run 2" not in text and "Quality alert" not in text
+    assert "No reference labels scored" in text

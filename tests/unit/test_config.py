@@ -77,6 +77,15 @@ def test_budget_is_a_fraction_or_a_count_never_both():
         load_config(None, ["gplr.budget_fraction=0.1", "gplr.budget_users=10"])
 
 
+def test_the_quality_guard_is_off_by_default_and_needs_an_audit():
+    assert GPLRConf().min_audit_micro_f1 is None and GPLRConf().audit_users == 500
+    assert load_config(None, ["gplr.min_audit_micro_f1=0.7"]).gplr.min_audit_micro_f1 == 0.7
+    with pytest.raises(UserError, match="gplr.min_audit_micro_f1.*gplr.audit_users"):
+        load_config(None, ["gplr.min_audit_micro_f1=0.7", "gplr.audit_users=0"])
+    with pytest.raises(UserError, match="gplr.min_audit_micro_f1"):
+        load_config(None, ["gplr.min_audit_micro_f1=1.5"])
+
+
 def _nested(key: str, value) -> dict:
     """``a.b.c`` -> ``{"a": {"b": {"c": value}}}``: the key as a YAML file writes it."""
     for part in reversed(key.split(".")):

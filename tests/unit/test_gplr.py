@@ -64,3 +64,26 @@ def test_weighted_fit_counts_a_row_as_often_as_its_weight():
     predicted, actual = rng.integers(0, 2, size=(60, 4)), rng.integers(0, 2, size=(60, 4))
     assert assignment.micro_f1(predicted, actual, times) == pytest.approx(
         assignment.micro_f1(np.repeat(predicted, times, axis=0), np.repeat(actual, times, axis=0)))
+
+
+def test_class_balance_weighs_a_rare_personas_carriers_up_and_recalls_it_more():
+    labels = np.array([[1, 0], [1, 1], [1, 0], [0, 0]] * 4)
+    weights = assignment.positive_weights(labels, np.ones(len(labels)), 0.5)
+    np.testing.assert_allclose(weights, np.sqrt(0.5 / np.array([0.75, 0.25])))
+    np.testing.assert_allclose(assignment.positive_weights(labels, np.ones(len(labels)), 0.0), [1, 1])
+    # persona 1 is rare and its signal weak: square-root re-balancing recalls more of its carriers
+    rng = np.random.default_rng(4)
+    folds = []
+    for _ in range(4):
+        truth = np.column_stack([rng.random(150) < 0.6, rng.random(150) < 0.08]).astype(np.int8)
+        psi = np.clip(truth * 0.3 + rng.random((150, 2)) * 0.7, 0, None)
+        folds.append(assignment.Fold([psi, psi], np.full(150, 10), truth))
+    recall = {}
+    for power in (0.0, 0.5):
+        conf = load_config(None, [f"gplr.class_balance={power}"]).gplr
+        model = assignment.fit_assignment(folds, np.array([0.6, 0.08]), conf, uses_item_signal=False)
+        chosen = np.vstack([model.select(model.scores(f.signals, f.degree)) for f in folds])
+        truth = np.vstack([f.labels for f in folds])
+        recall[power] = (chosen[:, 1] & truth[:, 1]).sum() / truth[:, 1].sum()
+        assert model.calibration  # the probabilities are still calibrated on the unbalanced labels
+    assert recall[0.5] > recall[0.0]

@@ -79,6 +79,21 @@ def test_an_audit_estimate_is_logged_when_the_run_has_one():
     assert tracking.gplr_metrics(cfg, {**SUMMARY, "audit": 0.57})["quality.audit"] == 0.57
 
 
+def test_the_ledger_counts_the_audit_in_the_spend_and_shows_its_share():
+    cfg = load_config(None, ["labeling.backend=openai", "labeling.openai.prices.prompt=0.5",
+                             "labeling.openai.prices.completion=2"])
+    audit = {"asked": 5, "users": 5, "prompt_tokens": 1000, "completion_tokens": 100, "micro_f1": 0.7,
+             "recall_per_persona": {"3": {"recall": 0.5, "lower": 0.1, "upper": 0.9, "carriers": 2}}}
+    metrics = tracking.gplr_metrics(cfg, {**SUMMARY, "audit": audit})
+    assert metrics["ledger.prompt_tokens"] == 3000 + 1000 and metrics["ledger.completion_tokens"] == 400 + 100
+    assert metrics["ledger.audit_cost_usd"] == pytest.approx(1000 / 1000 * 0.5 + 100 / 1000 * 2)
+    assert metrics["ledger.audit_share"] == pytest.approx(0.7 / (2.3 + 0.7))
+    assert metrics["quality.audit.recall_per_persona.3.upper"] == 0.9
+    unpriced = load_config(None, ["labeling.openai.prices.prompt=0", "labeling.openai.prices.completion=0"])
+    free = tracking.gplr_metrics(unpriced, {**SUMMARY, "audit": audit})
+    assert free["ledger.audit_share"] == pytest.approx(5 / free["ledger.asked"])  # nothing costs: share of users asked
+
+
 def test_gplr_params_are_the_settings_without_the_endpoint_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-logged")
     cfg = load_config(None, ["labeling.backend=openai", "gplr.rounds=3", "affinity.ell=1"])
