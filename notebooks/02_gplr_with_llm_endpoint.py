@@ -76,7 +76,8 @@ estimate, budget = plan["users"], plan["budget"]
 n_customers = store.read_table("users").count()
 per_customer = estimate["cost_expected_usd"] / max(estimate["entities"], 1)
 print(
-    f"GPLR budget: {budget:,} of {n_customers:,} customers -> {estimate['prompt_tokens']:,} prompt tokens, "
+    f"GPLR budget: {budget:,} of {n_customers:,} customers, and {plan['audit_users']:,} more for the run's audit -> "
+    f"{estimate['prompt_tokens']:,} prompt tokens, "
     f"expected ${estimate['cost_expected_usd']:.4f} (at most ${estimate['cost_max_usd']:.4f})\n"
     f"labelling every customer instead would cost about ${per_customer * n_customers:.4f}"
 )

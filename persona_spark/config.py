@@ -544,11 +544,11 @@ class GPLRConf(Section):
                                  "likelihood by (mean persona share / its share) ** this; 0.5 gives rare personas more "
                                  "recall (macro-F1) for a little micro-F1; 0 = off")
     # Why 500: a 95 % interval on micro-F1 narrow enough to alert on (about ±0.012 on the OnlineRetail split, whose
-    # users carry five personas each), and 1 % of the budget at a million users (5 %: 50k prototypes); on a small
-    # shop it can exceed the budget, so lower it there.
-    audit_users: int = Field(500, ge=0, description="users drawn at random from those the run did not label, labelled "
-                             "too and scored against the run's predictions: its agreement with the LLM with a 95 % "
-                             "interval (persona_audit); 0 = no audit")
+    # users carry five personas each), and 1 % of the budget at a million users (5 %: 50k prototypes). A small
+    # shop's budget caps it, so the audit never doubles more than the labelling bill.
+    audit_users: int = Field(500, ge=0, description="users drawn at random from those the run did not label (at most "
+                             "the run's budget), labelled too and scored against the run's predictions: its agreement "
+                             "with the LLM with a 95 % interval (persona_audit); 0 = no audit")
     min_audit_micro_f1: float | None = Field(None, ge=0, le=1, description="quality guard, off when null: a run whose "
                                              "audit micro-F1 upper bound is below this writes its tables, then ends "
                                              "with exit status 3 and one line")

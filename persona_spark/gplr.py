@@ -272,13 +272,14 @@ def run_record(result: LoopResult, run: tuple[str, datetime], settings: GPLRSett
 def estimate_run(graph: PurchaseGraph, transactions: DataFrame | None, settings: GPLRSettings,
                  estimate: Callable[[DataFrame, str], dict]) -> dict:
     """What a run would pay, nothing called: ``estimate(requests, "user" | "item")`` prices the items
-    (once, with ``item_signal``) and ``budget`` users. Which users DU sampling picks is unknown before
-    round 1, so a random sample of that size stands in for them."""
+    (once, with ``item_signal``) and ``budget`` users plus the audit's. Which users DU sampling and the audit
+    pick is unknown before round 1, so a random sample of that size stands in for them."""
     conf, users, items = settings.gplr, graph.users, graph.items
     budget = conf.budget_size(users.count())
-    sample = pick_random(users.select("user_idx"), budget, conf.seed)
+    audit = min(conf.audit_users, budget)
+    sample = pick_random(users.select("user_idx"), budget + audit, conf.seed)
     requests = labeling.user_requests(graph.train_edges, items, settings.labeling, transactions, users)
-    result = {"dry_run": True, "budget": budget,
+    result = {"dry_run": True, "budget": budget, "audit_users": audit,
               "users": estimate(requests.join(sample, "user_idx", "left_semi"), "user")}
     if conf.item_signal:
         wanted = items_to_label(graph.train_edges, None, conf)
@@ -473,11 +474,13 @@ class GPLRLoop:
             self.release()
 
     def audit(self, answered: DataFrame, personas: DataFrame, draw: int = 0) -> tuple[audits.Audit, DataFrame]:
-        """Label ``gplr.audit_users`` users drawn from those nobody asked (the ones ``personas`` predicts for)
-        and score ``personas`` on them; their answers reach nothing else. The audit and who it asked."""
+        """Label ``gplr.audit_users`` users, at most the run's budget, drawn from those nobody asked (the ones
+        ``personas`` predicts for) and score ``personas`` on them; their answers reach nothing else. The cap keeps
+        the check from costing more than the labelling it checks on a small shop. The audit and who it asked."""
         started = time.perf_counter()
         candidates = self.users.join(answered.select("user_idx"), "user_idx", "left_anti")
-        chosen = self._pin(audits.draw(candidates, self.conf.audit_users, self.conf.seed, draw))
+        size = min(self.conf.audit_users, self.budget())
+        chosen = self._pin(audits.draw(candidates, size, self.conf.seed, draw))
         rows = self._pin(self.label_users(chosen).select(
             "user_idx", "persona_idx", "status", "prompt_tokens", "completion_tokens"))
         sets = audits.audited_sets(personas.select("user_idx", "persona_idx"), rows).toPandas()

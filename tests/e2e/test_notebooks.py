@@ -68,13 +68,14 @@ def test_02_gplr_with_the_stand_in_endpoint_and_cost_estimate(quick_start):
     ns = execute("02_gplr_with_llm_endpoint.py")
     assert ns["stand_in"] is not None, "no endpoint configured: the local stand-in answers"
     estimate, budget = ns["estimate"], ns["budget"]
-    assert estimate["entities"] == budget > 0 and estimate["prompt_tokens"] > 0
+    assert estimate["entities"] == budget + ns["plan"]["audit_users"] > budget > 0 and estimate["prompt_tokens"] > 0
     assert 0 < estimate["cost_expected_usd"] <= estimate["cost_max_usd"]
     labels = ns["llm_store"].read_table("user_labels").toPandas()
     assert set(labels["model"]) == {"keyword-stand-in"} and len(labels) >= budget
     assert ns["spent"]["entities"] == len(labels) and ns["spent"]["cost_usd"] > 0
     run = ns["llm_store"].read_table("gplr_runs").first()  # the ledger adds up: run = its rounds = the cache
-    assert run.prompt_tokens == sum(r["prompt_tokens"] for r in ns["gplr_summary"]["per_round"] if r["sampling"] != "reused")
+    rounds = sum(r["prompt_tokens"] for r in ns["gplr_summary"]["per_round"] if r["sampling"] != "reused")
+    assert run.prompt_tokens == rounds + run.audit_prompt_tokens and run.audit_prompt_tokens > 0
     assert run.prompt_tokens == int(labels["prompt_tokens"].sum()) > 0
     store = ns["store"]
     llm_personas = ns["llm_store"].read_table("personas")

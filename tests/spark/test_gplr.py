@@ -255,7 +255,7 @@ def test_dry_run_prices_the_budget_and_calls_nothing(spark, shop, tmp_path):
                        "labeling.dry_run=true", "gplr.item_signal=true")
     store = _prepare(cfg, spark, shop)
     estimate = STAGES["gplr"](RunContext(cfg, store))
-    assert estimate["dry_run"] and estimate["budget"] == 30
+    assert estimate["dry_run"] and estimate["budget"] == 30 and estimate["audit_users"] == 0
     assert estimate["users"]["entities"] == 30 and estimate["items"]["entities"] == store.read_table("items").count()
     assert estimate["prompt_tokens"] == estimate["users"]["prompt_tokens"] + estimate["items"]["prompt_tokens"] > 0
     assert estimate["cost_expected_usd"] > 0
