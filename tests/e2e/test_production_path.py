@@ -99,7 +99,8 @@ print("NOTEBOOKS " + json.dumps({
     "propagated": int(quick["persona_counts"]["propagated"].sum()),
     "micro_f1": float(quick["quality"].iloc[0]["micro_f1"]),
     "baseline_micro_f1": float(quick["quality"].iloc[0]["baseline_micro_f1"]),
-    "budget": endpoint["budget"], "estimated": endpoint["estimate"]["entities"], "users": users,
+    "budget": endpoint["budget"], "audit_users": endpoint["plan"]["audit_users"],
+    "estimated": endpoint["estimate"]["entities"], "users": users,
     "llm_run_users": endpoint["llm_store"].read_table("personas").select("user_idx").distinct().count(),
     "llm_models": sorted(r["model"] for r in endpoint["llm_store"].read_table("user_labels").select("model").distinct().collect()),
 }), flush=True)
@@ -215,7 +216,7 @@ def test_notebooks_01_and_02_on_spark_connect(connect_run):
     assert {"gplr", "evaluate", "export-tripartite", "train", "cold-start", "segment", "report"} <= set(shown["stages"])
     assert shown["propagated"] > shown["llm"] > 0
     assert shown["micro_f1"] > shown["baseline_micro_f1"], "propagated personas beat the popularity baseline"
-    assert shown["estimated"] == shown["budget"] > 0
+    assert shown["estimated"] == shown["budget"] + shown["audit_users"] > shown["budget"] > 0
     assert shown["llm_run_users"] == shown["users"] > 0 and shown["llm_models"] == ["keyword-stand-in"]
 
 
