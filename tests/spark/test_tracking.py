@@ -65,9 +65,9 @@ def test_gplr_run_is_an_mlflow_run_with_settings_ledger_quality_reach_and_phases
     assert metrics["ledger.answered"] == sum(r["answered"] for r in summary["per_round"]) == BUDGET
     assert metrics["ledger.asked"] == store.read_table("gplr_prototypes").count()
     assert metrics["ledger.prompt_tokens"] == metrics["ledger.cost_usd"] == 0
-    # the audit: every user the run did not label (its default asks for more), its share of the users asked
-    assert metrics["ledger.audit_asked"] == summary["audit"]["asked"] == N_USERS - BUDGET
-    assert metrics["ledger.audit_share"] == pytest.approx((N_USERS - BUDGET) / N_USERS)
+    # the audit: its default asks for more than the budget, which caps it; its share of the users asked
+    assert metrics["ledger.audit_asked"] == summary["audit"]["asked"] == BUDGET < N_USERS - BUDGET
+    assert metrics["ledger.audit_share"] == pytest.approx(BUDGET / (2 * BUDGET))
     assert metrics["quality.audit.micro_f1"] == pytest.approx(summary["audit"]["micro_f1"]) and summary["audit"]["micro_f1"] > 0
     assert metrics["quality.cross_fitted_micro_f1"] == pytest.approx(summary["assignment_cv_micro_f1"])
     assert 0 < metrics["quality.cross_fitted_micro_f1"] <= 1
