@@ -574,6 +574,11 @@ class GPLRConf(Section):
         fraction = DEFAULT_BUDGET_FRACTION if self.budget_fraction is None else self.budget_fraction
         return max(1, round(fraction * n_users))
 
+    def audit_size(self, budget: int) -> int:
+        """Users the audit labels: ``audit_users``, at most ``budget``, so the check never costs more than the
+        labelling it checks."""
+        return min(self.audit_users, budget)
+
 
 class RefreshConf(Section):
     """What the gplr stage records for the people who consume a monthly refresh (see persona_spark.refresh)."""

@@ -276,7 +276,7 @@ def estimate_run(graph: PurchaseGraph, transactions: DataFrame | None, settings:
     pick is unknown before round 1, so a random sample of that size stands in for them."""
     conf, users, items = settings.gplr, graph.users, graph.items
     budget = conf.budget_size(users.count())
-    audit = min(conf.audit_users, budget)
+    audit = conf.audit_size(budget)
     sample = pick_random(users.select("user_idx"), budget + audit, conf.seed)
     requests = labeling.user_requests(graph.train_edges, items, settings.labeling, transactions, users)
     result = {"dry_run": True, "budget": budget, "audit_users": audit,
@@ -475,12 +475,11 @@ class GPLRLoop:
 
     def audit(self, answered: DataFrame, personas: DataFrame, draw: int = 0) -> tuple[audits.Audit, DataFrame]:
         """Label ``gplr.audit_users`` users, at most the run's budget, drawn from those nobody asked (the ones
-        ``personas`` predicts for) and score ``personas`` on them; their answers reach nothing else. The cap keeps
-        the check from costing more than the labelling it checks on a small shop. The audit and who it asked."""
+        ``personas`` predicts for) and score ``personas`` on them; their answers reach nothing else. The audit
+        and who it asked."""
         started = time.perf_counter()
         candidates = self.users.join(answered.select("user_idx"), "user_idx", "left_anti")
-        size = min(self.conf.audit_users, self.budget())
-        chosen = self._pin(audits.draw(candidates, size, self.conf.seed, draw))
+        chosen = self._pin(audits.draw(candidates, self.conf.audit_size(self.budget()), self.conf.seed, draw))
         rows = self._pin(self.label_users(chosen).select(
             "user_idx", "persona_idx", "status", "prompt_tokens", "completion_tokens"))
         sets = audits.audited_sets(personas.select("user_idx", "persona_idx"), rows).toPandas()
